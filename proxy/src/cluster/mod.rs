@@ -1,0 +1,406 @@
+//! Clusters and their endpoints: the live state the request path reads.
+//!
+//! A [`Cluster`] owns an `ArcSwap<Snapshot>`: an immutable list of the
+//! endpoints that take new requests plus the balancer built for them. The
+//! control path (discovery updates, config reloads) builds a new snapshot
+//! and swaps it in; the request path only loads it.
+//!
+//! Per-endpoint live state (in-flight count, counters, connection pool)
+//! sits in an `Arc<Endpoint>` that is reused across snapshots, so an update
+//! never resets a count, and an endpoint removed from the set keeps serving
+//! the requests already sent to it; when the last of them ends, the `Arc`
+//! goes and its pooled connections close with it.
+
+pub mod balance;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use skiff_discovery::{EndpointSet, EndpointSpec};
+
+use crate::config::ClusterConfig;
+use crate::metrics::{CodeCounters, Gauge, Histogram};
+use crate::pool::Pool;
+use balance::Balancer;
+
+/// One backend address and everything skiff knows about it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    weight: AtomicU32,
+    in_flight: AtomicU64,
+    /// Set when the endpoint left the set; it only finishes what it has.
+    draining: AtomicBool,
+    /// Responses by status class (`skiff_endpoint_requests_total`).
+    pub requests: CodeCounters,
+    pub pool: Pool,
+}
+
+impl Endpoint {
+    pub fn new(spec: &EndpointSpec) -> Endpoint {
+        Endpoint {
+            address: spec.address,
+            weight: AtomicU32::new(spec.weight),
+            in_flight: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            requests: CodeCounters::default(),
+            pool: Pool::default(),
+        }
+    }
+
+    #[inline]
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Relaxed)
+    }
+
+    /// Requests sent to this endpoint whose response body has not ended.
+    #[inline]
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+}
+
+/// Errors answered locally, by kind, for `skiff_upstream_errors_total`.
+#[derive(Debug, Default)]
+pub struct ErrorCounters {
+    pub connect_timeout: AtomicU64,
+    pub connect_failed: AtomicU64,
+    pub request_timeout: AtomicU64,
+    pub reset: AtomicU64,
+    pub no_endpoints: AtomicU64,
+}
+
+impl ErrorCounters {
+    pub fn iter(&self) -> [(&'static str, u64); 5] {
+        [
+            ("connect_timeout", self.connect_timeout.load(Relaxed)),
+            ("connect_failed", self.connect_failed.load(Relaxed)),
+            ("request_timeout", self.request_timeout.load(Relaxed)),
+            ("reset", self.reset.load(Relaxed)),
+            ("no_endpoints", self.no_endpoints.load(Relaxed)),
+        ]
+    }
+}
+
+/// A cluster's metrics, held by the cluster so they survive reloads.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub in_flight: Gauge,
+    pub duration: Histogram,
+    pub discovery_updates: AtomicU64,
+    pub errors: ErrorCounters,
+}
+
+/// What the request path reads: the endpoints that take new requests, and
+/// how to pick among them.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub endpoints: Box<[Arc<Endpoint>]>,
+    pub balancer: Balancer,
+}
+
+impl Snapshot {
+    fn empty() -> Snapshot {
+        Snapshot {
+            endpoints: Box::new([]),
+            balancer: Balancer::RoundRobin(None),
+        }
+    }
+}
+
+/// A named group of endpoints with one balancing policy.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    settings: ArcSwap<ClusterConfig>,
+    snapshot: ArcSwap<Snapshot>,
+    /// Round-robin position; outlives snapshots so churn does not restart it.
+    cursor: AtomicUsize,
+    pub stats: ClusterStats,
+    /// Set once the source has delivered its first endpoint set.
+    primed: AtomicBool,
+    /// Control-path view of the current members, by address.
+    members: Mutex<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// Removed endpoints that still had requests in flight.
+    draining: Mutex<Vec<Arc<Endpoint>>>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Cluster {
+        Cluster {
+            name: config.name.as_str().into(),
+            settings: ArcSwap::from_pointee(config),
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            cursor: AtomicUsize::new(0),
+            stats: ClusterStats::default(),
+            primed: AtomicBool::new(false),
+            members: Mutex::new(HashMap::new()),
+            draining: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The cluster's current settings.
+    #[inline]
+    pub fn settings(&self) -> arc_swap::Guard<Arc<ClusterConfig>> {
+        self.settings.load()
+    }
+
+    /// Picks an endpoint for one request and counts it as in flight until
+    /// the returned guard drops. `None` when the cluster has no endpoints.
+    #[inline]
+    pub fn pick(self: &Arc<Self>) -> Option<InFlight> {
+        let snapshot = self.snapshot.load();
+        let i = snapshot.balancer.pick(&snapshot.endpoints, &self.cursor)?;
+        let endpoint = snapshot.endpoints[i].clone();
+        endpoint.in_flight.fetch_add(1, Relaxed);
+        self.stats.in_flight.inc();
+        Some(InFlight {
+            endpoint,
+            cluster: self.clone(),
+        })
+    }
+
+    /// Whether the source has delivered its first set.
+    pub fn is_primed(&self) -> bool {
+        self.primed.load(Relaxed)
+    }
+
+    /// Applies new settings from a reload; the endpoints and their state stay.
+    pub fn update_settings(&self, config: ClusterConfig) {
+        let lb_changed = self.settings.load().lb != config.lb;
+        self.settings.store(Arc::new(config));
+        if lb_changed {
+            // Held so a concurrent `apply` cannot publish in between.
+            let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            self.publish(self.snapshot.load().endpoints.to_vec());
+        }
+    }
+
+    /// Replaces the endpoint set. Endpoints present before keep their
+    /// state; removed ones stop getting requests, finish what they have,
+    /// and close their idle connections now and the rest as they finish.
+    pub fn apply(&self, set: &EndpointSet) {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::with_capacity(set.len());
+        let mut ordered = Vec::with_capacity(set.len());
+        for spec in set.iter() {
+            let endpoint = match members.remove(&spec.address) {
+                Some(existing) => {
+                    existing.weight.store(spec.weight, Relaxed);
+                    existing
+                }
+                None => Arc::new(Endpoint::new(spec)),
+            };
+            if next.insert(spec.address, endpoint.clone()).is_none() {
+                ordered.push(endpoint);
+            }
+        }
+        let removed: Vec<Arc<Endpoint>> = members.drain().map(|(_, e)| e).collect();
+        *members = next;
+        self.publish(ordered);
+        drop(members);
+
+        let mut draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        for endpoint in removed {
+            endpoint.draining.store(true, Relaxed);
+            endpoint.pool.close();
+            draining.push(endpoint);
+        }
+        draining.retain(|e| e.in_flight() > 0);
+        self.stats.discovery_updates.fetch_add(1, Relaxed);
+        self.primed.store(true, Relaxed);
+    }
+
+    fn publish(&self, endpoints: Vec<Arc<Endpoint>>) {
+        let balancer = Balancer::new(self.settings.load().lb, &endpoints);
+        self.snapshot.store(Arc::new(Snapshot {
+            endpoints: endpoints.into_boxed_slice(),
+            balancer,
+        }));
+    }
+
+    /// Periodic upkeep: closes idle connections past the idle timeout and
+    /// forgets drained endpoints.
+    pub fn sweep(&self) {
+        let idle = self.settings.load().timeouts.idle;
+        for endpoint in self.snapshot.load().endpoints.iter() {
+            endpoint.pool.evict_idle(idle);
+        }
+        self.draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|e| e.in_flight() > 0);
+    }
+
+    /// Current endpoints followed by draining ones, for `/clusters` and metrics.
+    pub fn endpoints_for_display(&self) -> Vec<Arc<Endpoint>> {
+        let mut all: Vec<Arc<Endpoint>> = self.snapshot.load().endpoints.to_vec();
+        let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        all.extend(draining.iter().filter(|e| e.in_flight() > 0).cloned());
+        all
+    }
+
+    /// (endpoints taking traffic, endpoints draining).
+    pub fn endpoint_counts(&self) -> (usize, usize) {
+        let active = self.snapshot.load().endpoints.len();
+        let draining = self
+            .draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| e.in_flight() > 0)
+            .count();
+        (active, draining)
+    }
+
+    /// Follows a discovery source until it closes or the task is aborted.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut updates: tokio::sync::watch::Receiver<Option<EndpointSet>>,
+    ) {
+        loop {
+            let set = updates.borrow_and_update().clone();
+            if let Some(set) = set {
+                self.apply(&set);
+                tracing::debug!(cluster = %self.name, endpoints = set.len(), "endpoint set applied");
+            }
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One request counted against an endpoint, from pick until the response
+/// body ends (or the request fails). Dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlight {
+    pub endpoint: Arc<Endpoint>,
+    pub cluster: Arc<Cluster>,
+}
+
+impl InFlight {
+    /// A second count on the same endpoint, for work that outlives the
+    /// response (an upgraded connection's tunnel).
+    pub fn another(&self) -> InFlight {
+        self.endpoint.in_flight.fetch_add(1, Relaxed);
+        self.cluster.stats.in_flight.inc();
+        InFlight {
+            endpoint: self.endpoint.clone(),
+            cluster: self.cluster.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Relaxed);
+        self.cluster.stats.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LbPolicy, Timeouts, UpstreamProtocol};
+    use skiff_discovery::Source;
+
+    fn cluster(lb: LbPolicy) -> Arc<Cluster> {
+        Arc::new(Cluster::new(ClusterConfig {
+            name: "c".into(),
+            lb,
+            protocol: UpstreamProtocol::Http1,
+            source: Source::Static(vec![]),
+            timeouts: Timeouts::default(),
+        }))
+    }
+
+    fn set(list: &[(u16, u32)]) -> EndpointSet {
+        list.iter()
+            .map(|&(port, weight)| EndpointSpec {
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                weight,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_is_exact_over_cycles() {
+        let c = cluster(LbPolicy::RoundRobin);
+        c.apply(&set(&[(1, 3), (2, 1), (3, 2)]));
+        let mut counts = HashMap::new();
+        for _ in 0..6 * 100 {
+            let f = c.pick().unwrap();
+            *counts.entry(f.endpoint.address.port()).or_insert(0) += 1;
+        }
+        assert_eq!(counts[&1], 300);
+        assert_eq!(counts[&2], 100);
+        assert_eq!(counts[&3], 200);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let c = cluster(LbPolicy::LeastRequest);
+        c.apply(&set(&[(1, 1), (2, 1)]));
+        let first = loop {
+            let f = c.pick().unwrap();
+            if f.endpoint.address.port() == 1 {
+                break f;
+            }
+        };
+        let held: Vec<InFlight> = (0..9).map(|_| first.another()).collect();
+        assert_eq!(first.endpoint.in_flight(), 10);
+        for _ in 0..100 {
+            assert_eq!(c.pick().unwrap().endpoint.address.port(), 2);
+        }
+        drop(held);
+    }
+
+    #[test]
+    fn weighted_least_request_balances_in_flight_by_weight() {
+        let c = cluster(LbPolicy::LeastRequest);
+        c.apply(&set(&[(1, 3), (2, 1)]));
+        // Hold every pick: in-flight settles at the 3:1 weight ratio.
+        let held: Vec<InFlight> = (0..400).map(|_| c.pick().unwrap()).collect();
+        let heavy = held.iter().filter(|f| f.endpoint.address.port() == 1).count();
+        assert!((290..=310).contains(&heavy), "heavy got {heavy} of 400");
+    }
+
+    #[test]
+    fn update_keeps_state_and_removed_endpoint_drains() {
+        let c = cluster(LbPolicy::RoundRobin);
+        c.apply(&set(&[(1, 1), (2, 1)]));
+        let held: Vec<InFlight> = (0..2).map(|_| c.pick().unwrap()).collect();
+        c.apply(&set(&[(2, 1), (3, 1)]));
+        let ep2 = held
+            .iter()
+            .find(|f| f.endpoint.address.port() == 2)
+            .unwrap()
+            .endpoint
+            .clone();
+        assert_eq!(ep2.in_flight(), 1, "state kept across the update");
+        for _ in 0..10 {
+            assert_ne!(c.pick().unwrap().endpoint.address.port(), 1);
+        }
+        assert_eq!(c.endpoint_counts(), (2, 1));
+        drop(held);
+        assert_eq!(c.endpoint_counts(), (2, 0));
+        assert_eq!(c.stats.in_flight.get(), 0);
+    }
+
+    #[test]
+    fn empty_cluster_picks_nothing() {
+        let c = cluster(LbPolicy::LeastRequest);
+        assert!(c.pick().is_none());
+        c.apply(&set(&[]));
+        assert!(c.pick().is_none());
+        assert!(c.is_primed());
+    }
+}

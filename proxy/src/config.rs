@@ -1,0 +1,711 @@
+//! The config file: its types, how it is read and validated, and defaults.
+//!
+//! Reading never stops at the first mistake: every unknown field, bad
+//! address, bad duration, duplicate name and dangling cluster reference is
+//! reported as `file:line:col: field.path: message`, so one `skiff check`
+//! shows everything to fix. A config that fails validation is never applied;
+//! the running one stays (see `reload` in the crate root).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use skiff_discovery::yaml::{self, Diagnostics, MapReader, Node};
+use skiff_discovery::{file as endpoint_file, Source};
+
+/// Where the admin server listens unless configured.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// How long listeners keep accepting after SIGTERM, so the pod can leave
+/// the Service's endpoints before connections are refused.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// How long in-flight requests get to finish once listeners stop.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Upstream connect timeout (Envoy's default is 5s; 1s suits a cluster network).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time from sending a request to the upstream's response headers (Envoy's default).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an unused upstream connection stays pooled.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub shutdown: ShutdownConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// Graceful shutdown on SIGTERM/SIGINT or `POST /drain`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShutdownConfig {
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_delay: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One route: requests whose host and path match go to `cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteConfig {
+    pub host: Option<HostMatch>,
+    pub path: PathMatch,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMatch {
+    /// `shop.example.com` (lowercase, no port).
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com` (stored as `.example.com`).
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+}
+
+/// The protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with a keep-alive pool per endpoint.
+    Http1,
+    /// HTTP/2 (h2c), one multiplexed connection per endpoint.
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Timeouts {
+    #[serde(serialize_with = "ser_duration")]
+    pub connect: Duration,
+    /// To response headers; zero disables it (long-lived streams).
+    #[serde(serialize_with = "ser_duration")]
+    pub request: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            request: DEFAULT_REQUEST_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub lb: LbPolicy,
+    pub protocol: UpstreamProtocol,
+    pub source: Source,
+    pub timeouts: Timeouts,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// Formats a duration the way the config file writes them (`250ms`, `2s`).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`. Relative paths inside
+    /// it (endpoint files) are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base).map_err(ConfigError::Invalid)
+    }
+
+    /// Parses and validates config text; `file` names it in errors and
+    /// `base` is the directory relative paths are resolved against.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, Diagnostics> {
+        let mut diags = Diagnostics::new(file);
+        let root = match yaml::parse(text) {
+            Ok(root) => root,
+            Err(e) => {
+                diags.syntax(e);
+                return Err(diags);
+            }
+        };
+        let config = read_config(&root, base, &mut diags);
+        diags.items.sort_by_key(|d| (d.line, d.col));
+        match config {
+            Some(config) if diags.is_empty() => Ok(config),
+            _ => {
+                if diags.is_empty() {
+                    diags.error(&root, "", "config is not valid");
+                }
+                Err(diags)
+            }
+        }
+    }
+
+    /// Finds a cluster's config by name.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+const TOP_FIELDS: &[&str] = &["admin", "shutdown", "listeners", "clusters"];
+
+fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Config> {
+    let mut map = MapReader::new(root, "", diags)?;
+    let admin = match map.optional("admin") {
+        Some(node) => read_admin(node, diags),
+        None => Some(AdminConfig {
+            listen: DEFAULT_ADMIN.parse().expect("default admin address parses"),
+        }),
+    };
+    let shutdown = match map.optional("shutdown") {
+        Some(node) => read_shutdown(node, diags),
+        None => Some(ShutdownConfig {
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            grace_period: DEFAULT_GRACE_PERIOD,
+        }),
+    };
+    let clusters_node = map.optional("clusters");
+    let clusters = match clusters_node {
+        Some(node) => read_list(node, "clusters", diags, |n, p, d| read_cluster(n, p, base, d)),
+        None => Vec::new(),
+    };
+    let listeners_node = map.optional("listeners");
+    let listeners = match listeners_node {
+        Some(node) => read_list(node, "listeners", diags, read_listener),
+        None => Vec::new(),
+    };
+    map.finish(diags, TOP_FIELDS);
+
+    // Duplicates are found on the raw items, so an item with another
+    // mistake still takes part.
+    check_unique(clusters_node, "clusters", "name", "cluster name", diags);
+    check_unique(listeners_node, "listeners", "name", "listener name", diags);
+    check_unique(listeners_node, "listeners", "listen", "listen address", diags);
+    if let Some(admin) = &admin {
+        for (node, listener) in &listeners {
+            if listener.listen == admin.listen {
+                diags.error(
+                    node,
+                    "listeners",
+                    format!("{} is also the admin address", listener.listen),
+                );
+            }
+        }
+    }
+    // Every route must name a cluster that exists.
+    for (li, (lnode, listener)) in listeners.iter().enumerate() {
+        for (ri, route) in listener.routes.iter().enumerate() {
+            if !clusters.iter().any(|(_, c)| c.name == route.cluster) {
+                let node = route_cluster_node(lnode, ri).unwrap_or(lnode);
+                diags.error(
+                    node,
+                    &format!("listeners[{li}].routes[{ri}].cluster"),
+                    format!("no cluster named `{}`", route.cluster),
+                );
+            }
+        }
+    }
+    Some(Config {
+        admin: admin?,
+        shutdown: shutdown?,
+        listeners: listeners.into_iter().map(|(_, l)| l).collect(),
+        clusters: clusters.into_iter().map(|(_, c)| c).collect(),
+    })
+}
+
+/// Finds the `cluster:` value node of route `index` under a listener node.
+fn route_cluster_node(listener: &Node, index: usize) -> Option<&Node> {
+    let routes = field(listener, "routes")?;
+    let yaml::Value::Seq(items) = &routes.value else {
+        return None;
+    };
+    field(items.get(index)?, "cluster")
+}
+
+/// The value of mapping field `name`, if `node` is a mapping that has it.
+fn field<'a>(node: &'a Node, name: &str) -> Option<&'a Node> {
+    match &node.value {
+        yaml::Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(name))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// Reads each item of a list, keeping the node beside each value for later checks.
+fn read_list<'a, T>(
+    node: &'a Node,
+    path: &str,
+    diags: &mut Diagnostics,
+    read: impl Fn(&'a Node, &str, &mut Diagnostics) -> Option<T>,
+) -> Vec<(&'a Node, T)> {
+    let Some(items) = yaml::seq(node, path, diags) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| read(item, &format!("{path}[{i}]"), diags).map(|v| (item, v)))
+        .collect()
+}
+
+/// Reports items of the list at `list` whose `key` field repeats an earlier one.
+fn check_unique(list: Option<&Node>, path: &str, key: &str, what: &str, diags: &mut Diagnostics) {
+    let Some(yaml::Value::Seq(items)) = list.map(|n| &n.value) else {
+        return;
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(value) = field(item, key).and_then(Node::as_str) else {
+            continue;
+        };
+        // Compare addresses in their canonical form.
+        let value = match value.parse::<SocketAddr>() {
+            Ok(addr) => addr.to_string(),
+            Err(_) => value.to_string(),
+        };
+        if seen.contains(&value) {
+            diags.error(item, &format!("{path}[{i}]"), format!("duplicate {what} `{value}`"));
+        }
+        seen.push(value);
+    }
+}
+
+fn read_admin(node: &Node, diags: &mut Diagnostics) -> Option<AdminConfig> {
+    let mut map = MapReader::new(node, "admin", diags)?;
+    let listen = map
+        .optional("listen")
+        .map(|n| endpoint_file::address(n, "admin.listen", diags))
+        .unwrap_or_else(|| DEFAULT_ADMIN.parse().ok());
+    map.finish(diags, &["listen"]);
+    Some(AdminConfig { listen: listen? })
+}
+
+fn read_shutdown(node: &Node, diags: &mut Diagnostics) -> Option<ShutdownConfig> {
+    let mut map = MapReader::new(node, "shutdown", diags)?;
+    let drain_delay = optional_duration(&mut map, "drain_delay", DEFAULT_DRAIN_DELAY, diags);
+    let grace_period = optional_duration(&mut map, "grace_period", DEFAULT_GRACE_PERIOD, diags);
+    map.finish(diags, &["drain_delay", "grace_period"]);
+    Some(ShutdownConfig {
+        drain_delay: drain_delay?,
+        grace_period: grace_period?,
+    })
+}
+
+fn optional_duration(
+    map: &mut MapReader<'_>,
+    name: &str,
+    default: Duration,
+    diags: &mut Diagnostics,
+) -> Option<Duration> {
+    let path = map.path_of(name);
+    match map.optional(name) {
+        Some(n) => yaml::duration(n, &path, diags),
+        None => Some(default),
+    }
+}
+
+/// Names of listeners and clusters appear in metric labels and URLs.
+fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String> {
+    let path = map.path_of("name");
+    let node = map.required("name", diags)?;
+    let name = yaml::string(node, &path, diags)?;
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        diags.error(
+            node,
+            &path,
+            format!("`{name}` is not a valid name (letters, digits, `-`, `_`, `.`; at most 128)"),
+        );
+        return None;
+    }
+    Some(name)
+}
+
+const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes"];
+
+fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<ListenerConfig> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let name = read_name(&mut map, diags);
+    let listen_path = map.path_of("listen");
+    let listen = map
+        .required("listen", diags)
+        .and_then(|n| endpoint_file::address(n, &listen_path, diags));
+    let routes_path = map.path_of("routes");
+    let routes = match map.required("routes", diags) {
+        Some(n) => read_list(n, &routes_path, diags, read_route)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect(),
+        None => Vec::new(),
+    };
+    map.finish(diags, LISTENER_FIELDS);
+    Some(ListenerConfig {
+        name: name?,
+        listen: listen?,
+        routes,
+    })
+}
+
+fn read_route(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<RouteConfig> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let match_path = map.path_of("match");
+    let matched = match map.optional("match") {
+        Some(n) => read_match(n, &match_path, diags),
+        None => Some((None, PathMatch::Prefix("/".into()))),
+    };
+    let cluster_path = map.path_of("cluster");
+    let cluster = map
+        .required("cluster", diags)
+        .and_then(|n| yaml::string(n, &cluster_path, diags));
+    map.finish(diags, &["match", "cluster"]);
+    let (host, path) = matched?;
+    Some(RouteConfig {
+        host,
+        path,
+        cluster: cluster?,
+    })
+}
+
+fn read_match(
+    node: &Node,
+    path: &str,
+    diags: &mut Diagnostics,
+) -> Option<(Option<HostMatch>, PathMatch)> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let host_path = map.path_of("host");
+    let host = map.optional("host").map(|n| {
+        let text = yaml::string(n, &host_path, diags)?.to_ascii_lowercase();
+        let (is_suffix, body) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        let valid = !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !valid {
+            diags.error(
+                n,
+                &host_path,
+                format!("`{text}` is not a host name or `*.suffix` (no port, no scheme)"),
+            );
+            return None;
+        }
+        Some(if is_suffix {
+            HostMatch::Suffix(format!(".{body}"))
+        } else {
+            HostMatch::Exact(body.to_string())
+        })
+    });
+    let mut read_path = |name: &str, diags: &mut Diagnostics| -> Option<Option<String>> {
+        let p = map.path_of(name);
+        let n = map.optional(name)?;
+        let text = yaml::string(n, &p, diags)?;
+        if !text.starts_with('/') {
+            diags.error(n, &p, format!("`{text}` must start with `/`"));
+            return Some(None);
+        }
+        Some(Some(text))
+    };
+    let prefix = read_path("path_prefix", diags);
+    let exact = read_path("path", diags);
+    let path_match = match (prefix, exact) {
+        (Some(_), Some(_)) => {
+            diags.error(node, path, "give `path_prefix` or `path`, not both");
+            None
+        }
+        (Some(p), None) => p.map(PathMatch::Prefix),
+        (None, Some(p)) => p.map(PathMatch::Exact),
+        (None, None) => Some(PathMatch::Prefix("/".into())),
+    };
+    map.finish(diags, &["host", "path_prefix", "path"]);
+    let host = match host {
+        Some(h) => Some(h?),
+        None => None,
+    };
+    Some((host, path_match?))
+}
+
+const CLUSTER_FIELDS: &[&str] = &["name", "lb", "protocol", "endpoints", "discovery", "timeouts"];
+
+fn read_cluster(
+    node: &Node,
+    path: &str,
+    base: &Path,
+    diags: &mut Diagnostics,
+) -> Option<ClusterConfig> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let name = read_name(&mut map, diags);
+    let lb_path = map.path_of("lb");
+    let lb = match map.optional("lb") {
+        None => Some(LbPolicy::LeastRequest),
+        Some(n) => match yaml::string(n, &lb_path, diags)?.as_str() {
+            "round_robin" => Some(LbPolicy::RoundRobin),
+            "least_request" => Some(LbPolicy::LeastRequest),
+            other => {
+                diags.error(
+                    n,
+                    &lb_path,
+                    format!("unknown policy `{other}` (expected round_robin or least_request)"),
+                );
+                None
+            }
+        },
+    };
+    let protocol_path = map.path_of("protocol");
+    let protocol = match map.optional("protocol") {
+        None => Some(UpstreamProtocol::Http1),
+        Some(n) => match yaml::string(n, &protocol_path, diags)?.as_str() {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "http2" => Some(UpstreamProtocol::Http2),
+            other => {
+                diags.error(
+                    n,
+                    &protocol_path,
+                    format!("unknown protocol `{other}` (expected http1 or http2)"),
+                );
+                None
+            }
+        },
+    };
+    let endpoints_path = map.path_of("endpoints");
+    let endpoints = map.optional("endpoints").map(|n| {
+        let items = yaml::seq(n, &endpoints_path, diags)?;
+        let mut out: Vec<skiff_discovery::EndpointSpec> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{endpoints_path}[{i}]");
+            if let Some(spec) = endpoint_file::endpoint(item, &p, diags) {
+                if out.iter().any(|e| e.address == spec.address) {
+                    diags.error(item, &p, format!("{} is listed twice", spec.address));
+                } else {
+                    out.push(spec);
+                }
+            }
+        }
+        Some(out)
+    });
+    let discovery_path = map.path_of("discovery");
+    let discovery = map
+        .optional("discovery")
+        .map(|n| read_discovery(n, &discovery_path, base, diags));
+    let timeouts_path = map.path_of("timeouts");
+    let timeouts = match map.optional("timeouts") {
+        Some(n) => read_timeouts(n, &timeouts_path, diags),
+        None => Some(Timeouts::default()),
+    };
+    map.finish(diags, CLUSTER_FIELDS);
+    let source = match (endpoints, discovery) {
+        (Some(_), Some(_)) => {
+            diags.error(node, path, "give `endpoints` or `discovery`, not both");
+            None
+        }
+        (Some(e), None) => e.map(Source::Static),
+        (None, Some(d)) => d,
+        (None, None) => {
+            diags.error(node, path, "missing field `endpoints` (or `discovery`)");
+            None
+        }
+    };
+    Some(ClusterConfig {
+        name: name?,
+        lb: lb?,
+        protocol: protocol?,
+        source: source?,
+        timeouts: timeouts?,
+    })
+}
+
+fn read_discovery(node: &Node, path: &str, base: &Path, diags: &mut Diagnostics) -> Option<Source> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let file_path = map.path_of("file");
+    let file = map.optional("file").map(|n| {
+        let text = yaml::string(n, &file_path, diags)?;
+        let p = PathBuf::from(&text);
+        Some(if p.is_absolute() { p } else { base.join(p) })
+    });
+    map.finish(diags, &["file"]);
+    match file {
+        Some(f) => f.map(Source::File),
+        None => {
+            diags.error(node, path, "missing field `file`");
+            None
+        }
+    }
+}
+
+fn read_timeouts(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Timeouts> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let defaults = Timeouts::default();
+    let connect = optional_duration(&mut map, "connect", defaults.connect, diags);
+    let request = optional_duration(&mut map, "request", defaults.request, diags);
+    let idle = optional_duration(&mut map, "idle", defaults.idle, diags);
+    map.finish(diags, &["connect", "request", "idle"]);
+    let connect = connect?;
+    if connect.is_zero() {
+        diags.error(node, &yaml::join(path, "connect"), "must be more than 0s");
+        return None;
+    }
+    Some(Timeouts {
+        connect,
+        request: request?,
+        idle: idle?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "skiff.yaml", Path::new("/etc/skiff")).map_err(|d| d.to_string())
+    }
+
+    const GOOD: &str = "\
+admin: { listen: 127.0.0.1:9901 }
+listeners:
+  - name: web
+    listen: 127.0.0.1:8080
+    routes:
+      - match: { host: shop.example.com, path_prefix: /products }
+        cluster: catalog
+      - match: { host: '*.example.com', path: /exact }
+        cluster: catalog
+clusters:
+  - name: catalog
+    lb: round_robin
+    endpoints: [127.0.0.1:9001, { address: 127.0.0.1:9002, weight: 3 }]
+    timeouts: { connect: 250ms, request: 2s }
+  - name: orders
+    discovery: { file: orders.yaml }
+";
+
+    #[test]
+    fn a_good_config_reads_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listeners[0].routes.len(), 2);
+        assert_eq!(
+            c.listeners[0].routes[1].host,
+            Some(HostMatch::Suffix(".example.com".into()))
+        );
+        let catalog = c.cluster("catalog").unwrap();
+        assert_eq!(catalog.lb, LbPolicy::RoundRobin);
+        assert_eq!(catalog.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(catalog.timeouts.idle, DEFAULT_IDLE_TIMEOUT);
+        let orders = c.cluster("orders").unwrap();
+        assert_eq!(orders.lb, LbPolicy::LeastRequest);
+        assert_eq!(orders.source, Source::File("/etc/skiff/orders.yaml".into()));
+        assert_eq!(c.shutdown.drain_delay, DEFAULT_DRAIN_DELAY);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_at_once() {
+        let err = parse(
+            "\
+listeners:
+  - name: web
+    listen: 127.0.0.1:1
+    routes:
+      - cluster: ghost
+    colour: blue
+  - name: web
+    listen: 127.0.0.1:2
+    routes: []
+  - name: api
+    listen: nowhere
+    routes: []
+clusters:
+  - name: a
+    endpoints: [127.0.0.1:1]
+    timeouts: { connect: fast }
+  - name: a
+    lb: random
+    endpoints: []
+",
+        )
+        .unwrap_err();
+        for expected in [
+            "skiff.yaml:5:18: listeners[0].routes[0].cluster: no cluster named `ghost`",
+            "skiff.yaml:6:5: listeners[0].colour: unknown field",
+            "skiff.yaml:7:5: listeners[1]: duplicate listener name `web`",
+            "skiff.yaml:11:13: listeners[2].listen: `nowhere` is not an address",
+            "skiff.yaml:16:26: clusters[0].timeouts.connect: `fast` is not a duration",
+            "skiff.yaml:17:5: clusters[1]: duplicate cluster name `a`",
+            "skiff.yaml:18:9: clusters[1].lb: unknown policy `random`",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn a_route_to_a_missing_cluster_names_it() {
+        let err = parse(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:1\n    routes:\n      - cluster: ghost\nclusters: []\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "skiff.yaml:5:18: listeners[0].routes[0].cluster: no cluster named `ghost`"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_position() {
+        let err = parse("listeners: [\n").unwrap_err();
+        assert!(err.starts_with("skiff.yaml:"), "{err}");
+    }
+}

@@ -1,0 +1,587 @@
+//! The per-request path: route, pick, connect, send, stream back.
+//!
+//! Everything here runs once per request, so it loads snapshots (no locks),
+//! bumps pre-resolved counters, and streams bodies frame by frame in both
+//! directions without buffering them. The in-flight count of the picked
+//! endpoint is held by [`InFlight`] until the response body ends, which is
+//! what least-request balances on.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+
+use crate::cluster::{balance::random, Cluster, InFlight};
+use crate::config::UpstreamProtocol;
+use crate::listener::ListenerState;
+use crate::pool::{ConnectError, Pool, Sender, UpstreamBody};
+use crate::route::Route;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+
+/// Proxies one request from `peer` arriving on `listener`.
+pub async fn handle(
+    req: Request<Incoming>,
+    listener: &ListenerState,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let routes = listener.routes.load();
+    let host = request_host(&req);
+    let Some(route) = routes.find(host, req.uri().path()) else {
+        listener.unrouted.fetch_add(1, Relaxed);
+        return local(StatusCode::NOT_FOUND, "no route matches this host and path\n");
+    };
+    let response = forward(req, route, peer, start).await;
+    route.requests.record(response.status().as_u16());
+    response
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    route: &Route,
+    peer: SocketAddr,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let cluster = &route.cluster;
+    let Some(in_flight) = cluster.pick() else {
+        cluster.stats.errors.no_endpoints.fetch_add(1, Relaxed);
+        let resp = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream: the cluster has no endpoints\n",
+        );
+        cluster.stats.duration.observe(start.elapsed());
+        return resp;
+    };
+    let settings = cluster.settings();
+    let upgrade = is_upgrade(&req);
+    prepare_request(&mut req, peer, upgrade);
+    let endpoint = in_flight.endpoint.clone();
+
+    let result = if upgrade {
+        tunnel(req, &in_flight, settings.timeouts.connect, settings.timeouts.request).await
+    } else {
+        set_upstream_uri(&mut req, settings.protocol, endpoint.address);
+        send(req, &endpoint.pool, endpoint.address, settings.protocol, settings.timeouts.connect, settings.timeouts.request).await
+    };
+
+    match result {
+        Ok((mut resp, conn)) => {
+            let status = resp.status();
+            endpoint.requests.record(status.as_u16());
+            strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS);
+            let (parts, body) = resp.into_parts();
+            let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+                // The tunnel task holds the in-flight count now.
+                ProxyBody::empty()
+            } else {
+                ProxyBody::Upstream(UpstreamResponse {
+                    inner: body,
+                    done: Some(Completion {
+                        in_flight,
+                        start,
+                        conn,
+                    }),
+                })
+            };
+            Response::from_parts(parts, body)
+        }
+        Err(failure) => {
+            let counter = match &failure {
+                Failure::Connect(ConnectError::Timeout(_)) => &cluster.stats.errors.connect_timeout,
+                Failure::Connect(_) => &cluster.stats.errors.connect_failed,
+                Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
+                Failure::Reset(_) => &cluster.stats.errors.reset,
+            };
+            counter.fetch_add(1, Relaxed);
+            let resp = failure.response();
+            endpoint.requests.record(resp.status().as_u16());
+            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
+            drop(in_flight);
+            cluster.stats.duration.observe(start.elapsed());
+            resp
+        }
+    }
+}
+
+/// Why a request got no upstream response.
+enum Failure {
+    Connect(ConnectError),
+    Timeout(Duration),
+    Reset(hyper::Error),
+}
+
+impl Failure {
+    fn message(&self) -> String {
+        match self {
+            Failure::Connect(ConnectError::Timeout(d)) => {
+                format!("upstream connect timeout: no connection after {d:?}\n")
+            }
+            Failure::Connect(e) => format!("upstream connect error: {e}\n"),
+            Failure::Timeout(d) => {
+                format!("upstream request timeout: no response headers after {d:?}\n")
+            }
+            Failure::Reset(e) => format!("upstream reset before response headers: {e}\n"),
+        }
+    }
+
+    fn response(&self) -> Response<ProxyBody> {
+        let status = match self {
+            Failure::Connect(ConnectError::Timeout(_)) | Failure::Timeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Failure::Connect(_) | Failure::Reset(_) => StatusCode::BAD_GATEWAY,
+        };
+        local(status, self.message())
+    }
+}
+
+type Sent = (Response<Incoming>, Option<http1::SendRequest<UpstreamBody>>);
+
+/// Sends `req` on a pooled or new connection and waits for response headers.
+async fn send(
+    mut req: Request<UpstreamBody>,
+    pool: &Pool,
+    address: SocketAddr,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> Result<Sent, Failure> {
+    // A pooled keep-alive connection can be closed by the upstream just as
+    // we pick it; hyper hands the request back unsent in that case, and
+    // then it is safe to try once more on a fresh connection.
+    for attempt in 0..2 {
+        let sender = pool
+            .checkout(address, protocol, connect_timeout)
+            .await
+            .map_err(Failure::Connect)?;
+        let response = match sender {
+            Sender::Http1(mut tx) => {
+                let fut = tx.try_send_request(req);
+                match with_timeout(request_timeout, fut).await? {
+                    Ok(resp) => return Ok((resp, Some(tx))),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) if attempt == 0 => {
+                            req = back;
+                            continue;
+                        }
+                        _ => Err(e.into_error()),
+                    },
+                }
+            }
+            Sender::Http2(mut tx) => {
+                let fut = tx.try_send_request(req);
+                match with_timeout(request_timeout, fut).await? {
+                    Ok(resp) => return Ok((resp, None)),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) if attempt == 0 => {
+                            req = back;
+                            continue;
+                        }
+                        _ => Err(e.into_error()),
+                    },
+                }
+            }
+        };
+        return response.map_err(Failure::Reset);
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+async fn with_timeout<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, Failure> {
+    if limit.is_zero() {
+        return Ok(fut.await);
+    }
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| Failure::Timeout(limit))
+}
+
+/// Proxies an HTTP/1.1 upgrade (WebSocket): a dedicated upstream
+/// connection, then bytes copied both ways until either side closes.
+async fn tunnel(
+    mut req: Request<Incoming>,
+    in_flight: &InFlight,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> Result<Sent, Failure> {
+    let address = in_flight.endpoint.address;
+    let client_side = hyper::upgrade::on(&mut req);
+    *req.uri_mut() = origin_form(req.uri());
+    let mut tx = Pool::connect_upgradable(address, connect_timeout)
+        .await
+        .map_err(Failure::Connect)?;
+    let mut resp = with_timeout(request_timeout, tx.send_request(req))
+        .await?
+        .map_err(Failure::Reset)?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        let hold = in_flight.another();
+        tokio::spawn(async move {
+            let _hold = hold;
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((client, upstream)) => {
+                    let mut client = hyper_util::rt::TokioIo::new(client);
+                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(e) => tracing::debug!(%address, "upgrade failed: {e}"),
+            }
+        });
+    }
+    Ok((resp, None))
+}
+
+/// Whether this is an HTTP/1.1 request to switch protocols (WebSocket).
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form)
+/// or the Host header.
+#[inline]
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and adds the forwarding ones.
+pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upgrade: bool) {
+    let headers = req.headers_mut();
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    strip_hop_by_hop(headers, upgrade);
+    if te_trailers {
+        // The one TE value that means something end to end: gRPC needs it.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+
+    let ip = peer.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    }
+}
+
+/// Removes the headers that describe one connection, not the message.
+/// With `upgrade`, `Upgrade` is kept and `Connection: upgrade` restored.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(header::TE);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(&PROXY_AUTHENTICATE);
+    headers.remove(&PROXY_AUTHORIZATION);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Rewrites the URI for the upstream protocol: origin-form with a Host
+/// header for HTTP/1.1, absolute with an authority for HTTP/2.
+fn set_upstream_uri<B>(req: &mut Request<B>, protocol: UpstreamProtocol, endpoint: SocketAddr) {
+    let authority = req.uri().authority().cloned().or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse().ok())
+    });
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            if req.uri().authority().is_some() {
+                *req.uri_mut() = origin_form(req.uri());
+            }
+            if !req.headers().contains_key(header::HOST) {
+                let host = match &authority {
+                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                    None => HeaderValue::from_str(&endpoint.to_string()).ok(),
+                };
+                if let Some(host) = host {
+                    req.headers_mut().insert(header::HOST, host);
+                }
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(match authority {
+                Some(a) => a,
+                None => endpoint
+                    .to_string()
+                    .parse()
+                    .expect("a socket address is a valid authority"),
+            });
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+            req.headers_mut().remove(header::HOST);
+            *req.version_mut() = Version::HTTP_2;
+        }
+    }
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// A random UUID (version 4) for `x-request-id`.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&random().to_le_bytes());
+    bytes[8..].copy_from_slice(&random().to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[(b >> 4) as usize];
+        out[o + 1] = HEX[(b & 0xf) as usize];
+        o += 2;
+    }
+    HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
+}
+
+/// A short plain-text response made by skiff itself.
+pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Local(Some(body.into())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// What finishing a response does: ends the in-flight count, records the
+/// duration, and returns a keep-alive connection to its pool.
+#[derive(Debug)]
+struct Completion {
+    in_flight: InFlight,
+    start: Instant,
+    conn: Option<http1::SendRequest<UpstreamBody>>,
+}
+
+impl Completion {
+    fn finish(self, clean: bool) {
+        let Completion {
+            in_flight,
+            start,
+            conn,
+        } = self;
+        if clean {
+            if let Some(conn) = conn {
+                in_flight.endpoint.pool.checkin(conn);
+            }
+        }
+        record_duration(&in_flight.cluster, start);
+    }
+}
+
+#[inline]
+fn record_duration(cluster: &Cluster, start: Instant) {
+    cluster.stats.duration.observe(start.elapsed());
+}
+
+/// An upstream response body on its way to the client.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    inner: Incoming,
+    done: Option<Completion>,
+}
+
+impl Drop for UpstreamResponse {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away or the stream broke.
+        if let Some(done) = self.done.take() {
+            done.finish(false);
+        }
+    }
+}
+
+/// The body of every response skiff sends.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// Streamed from an upstream.
+    Upstream(UpstreamResponse),
+    /// Made by skiff (errors, admin pages).
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Local(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream(up) => {
+                let polled = Pin::new(&mut up.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(done) = up.done.take() {
+                            done.finish(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(done) = up.done.take() {
+                            done.finish(false);
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) if up.inner.is_end_stream() => {
+                        if let Some(done) = up.done.take() {
+                            done.finish(true);
+                        }
+                    }
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(data) => data.is_none(),
+            ProxyBody::Upstream(up) => up.inner.is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            ProxyBody::Local(None) => SizeHint::with_exact(0),
+            ProxyBody::Upstream(up) => up.inner.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_named_ones_with_them() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_and_te_trailers_kept() {
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        req.headers_mut()
+            .insert("te", HeaderValue::from_static("trailers, deflate"));
+        prepare_request(&mut req, "192.0.2.7:5000".parse().unwrap(), false);
+        let h = req.headers();
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-request-id"].len(), 36);
+    }
+
+    #[test]
+    fn request_id_is_kept_when_present() {
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("abc"));
+        prepare_request(&mut req, "127.0.0.1:1".parse().unwrap(), false);
+        assert_eq!(req.headers()["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn request_ids_look_like_uuid_v4() {
+        let id = new_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.as_bytes()[14], b'4');
+        assert_eq!(s.matches('-').count(), 4);
+        assert_ne!(new_request_id(), id);
+    }
+}

@@ -1,0 +1,410 @@
+//! skiff: a sidecar proxy and L7 load balancer for Kubernetes.
+//!
+//! [`Proxy`] is the running data plane: it binds the admin server and the
+//! listeners, runs one discovery task per cluster, and applies new configs
+//! live ([`Proxy::apply`]). The request path lives in [`forward`]; what it
+//! reads is built by the control path here and swapped in atomically.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod route;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use skiff_discovery::Source;
+use tokio::task::AbortHandle;
+
+use cluster::Cluster;
+use config::{Config, ConfigError, ListenerConfig};
+use listener::{Listener, ListenerState};
+use metrics::Registry;
+use route::RouteTable;
+
+/// How often a config file given with `-c` is checked for changes.
+pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often clusters close expired idle connections.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why starting or reloading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listener `{name}` cannot listen on {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Route(#[from] route::UnknownCluster),
+}
+
+struct ClusterEntry {
+    cluster: Arc<Cluster>,
+    source: Source,
+    follower: AbortHandle,
+}
+
+impl Drop for ClusterEntry {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// Shared state of a running proxy.
+struct Inner {
+    config_path: Option<PathBuf>,
+    config: ArcSwap<Config>,
+    registry: Registry,
+    clusters: Mutex<HashMap<String, ClusterEntry>>,
+    /// The same clusters, for readers (admin, metrics) that must not lock.
+    cluster_list: ArcSwap<Vec<Arc<Cluster>>>,
+    listeners: Mutex<HashMap<String, Listener>>,
+    draining: AtomicBool,
+    /// Serialises reloads.
+    reload: tokio::sync::Mutex<()>,
+    /// Fires when `POST /drain` asks the process to shut down.
+    drain_requested: tokio::sync::Notify,
+    admin_address: Mutex<Option<SocketAddr>>,
+}
+
+/// A running skiff. Cheap to clone; all clones are the same proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+impl Proxy {
+    /// Starts the admin server, clusters and listeners of `config`.
+    /// `config_path` is watched for changes when given.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, ApplyError> {
+        let admin_listen = config.admin.listen;
+        let proxy = Proxy {
+            inner: Arc::new(Inner {
+                config_path,
+                config: ArcSwap::from_pointee(config.clone()),
+                registry: Registry::default(),
+                clusters: Mutex::new(HashMap::new()),
+                cluster_list: ArcSwap::from_pointee(Vec::new()),
+                listeners: Mutex::new(HashMap::new()),
+                draining: AtomicBool::new(false),
+                reload: tokio::sync::Mutex::new(()),
+                drain_requested: tokio::sync::Notify::new(),
+                admin_address: Mutex::new(None),
+            }),
+        };
+        let admin = admin::serve(admin_listen, proxy.clone())
+            .await
+            .map_err(|source| ApplyError::Bind {
+                name: "admin".into(),
+                address: admin_listen,
+                source,
+            })?;
+        *proxy.inner.admin_address.lock().unwrap_or_else(|e| e.into_inner()) = Some(admin);
+        proxy.apply(config).await?;
+        proxy.spawn_upkeep();
+        Ok(proxy)
+    }
+
+    /// Applies a validated config without dropping a connection: listeners
+    /// whose address is unchanged keep their sockets and get new routes;
+    /// clusters keep their endpoints' state. If a new listener cannot bind,
+    /// nothing changes and the running config stays.
+    pub async fn apply(&self, config: Config) -> Result<(), ApplyError> {
+        let _serial = self.inner.reload.lock().await;
+        let inner = &self.inner;
+        let grace = config.shutdown.grace_period;
+
+        // 1. Bind what is new first, so a failure changes nothing.
+        let mut fresh: HashMap<String, Listener> = HashMap::new();
+        {
+            let listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for lc in &config.listeners {
+                let reuse = listeners.get(&lc.name).is_some_and(|l| same_address(l, lc));
+                if !reuse {
+                    let state = self.listener_state(&lc.name);
+                    let listener = Listener::bind(lc.listen, state).map_err(|source| {
+                        ApplyError::Bind {
+                            name: lc.name.clone(),
+                            address: lc.listen,
+                            source,
+                        }
+                    })?;
+                    fresh.insert(lc.name.clone(), listener);
+                }
+            }
+        }
+
+        // 2. Clusters: keep, update, add; drop the ones no longer named.
+        let cluster_map: HashMap<String, Arc<Cluster>> = {
+            let mut clusters = inner.clusters.lock().unwrap_or_else(|e| e.into_inner());
+            clusters.retain(|name, _| config.cluster(name).is_some());
+            for cc in &config.clusters {
+                match clusters.get_mut(&cc.name) {
+                    Some(entry) if entry.source == cc.source => {
+                        entry.cluster.update_settings(cc.clone());
+                    }
+                    Some(entry) => {
+                        entry.cluster.update_settings(cc.clone());
+                        entry.follower.abort();
+                        entry.source = cc.source.clone();
+                        entry.follower = spawn_follower(&entry.cluster, &cc.source);
+                    }
+                    None => {
+                        let cluster = Arc::new(Cluster::new(cc.clone()));
+                        let follower = spawn_follower(&cluster, &cc.source);
+                        clusters.insert(
+                            cc.name.clone(),
+                            ClusterEntry {
+                                cluster,
+                                source: cc.source.clone(),
+                                follower,
+                            },
+                        );
+                    }
+                }
+            }
+            clusters
+                .iter()
+                .map(|(n, e)| (n.clone(), e.cluster.clone()))
+                .collect()
+        };
+        let mut list: Vec<Arc<Cluster>> = cluster_map.values().cloned().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        inner.cluster_list.store(Arc::new(list));
+
+        // 3. Routes, then swap listeners.
+        let mut tables = Vec::with_capacity(config.listeners.len());
+        for lc in &config.listeners {
+            tables.push(RouteTable::build(lc, &cluster_map, &inner.registry)?);
+        }
+        {
+            let mut listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for (lc, table) in config.listeners.iter().zip(tables) {
+                let table = Arc::new(table);
+                if let Some(new) = fresh.remove(&lc.name) {
+                    new.state.routes.store(table);
+                    tracing::info!(listener = %lc.name, address = %new.address, "listening");
+                    if let Some(old) = listeners.insert(lc.name.clone(), new) {
+                        old.retire(grace);
+                    }
+                } else if let Some(existing) = listeners.get(&lc.name) {
+                    existing.state.routes.store(table);
+                }
+            }
+            let gone: Vec<String> = listeners
+                .keys()
+                .filter(|n| !config.listeners.iter().any(|l| &l.name == *n))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(old) = listeners.remove(&name) {
+                    tracing::info!(listener = %name, "listener removed; draining it");
+                    old.retire(grace);
+                }
+            }
+        }
+
+        if config.admin.listen != inner.config.load().admin.listen {
+            tracing::warn!(
+                "admin.listen changed to {}; the admin server moves only on restart",
+                config.admin.listen
+            );
+        }
+        inner.registry.retain(
+            |l, c| {
+                config
+                    .listeners
+                    .iter()
+                    .any(|x| x.name == l && x.routes.iter().any(|r| r.cluster == c))
+            },
+            |l| config.listeners.iter().any(|x| x.name == l),
+        );
+        inner.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Re-reads the config file and applies it; a bad file changes nothing.
+    pub async fn reload(&self) -> Result<(), ApplyError> {
+        let Some(path) = self.inner.config_path.clone() else {
+            return Ok(());
+        };
+        let result = match Config::load(&path) {
+            Ok(config) => self.apply(config).await,
+            Err(e) => Err(e.into()),
+        };
+        self.inner.registry.reload(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+            Err(e) => tracing::error!("config reload refused, the running config stays:\n{e}"),
+        }
+        result
+    }
+
+    fn listener_state(&self, name: &str) -> Arc<ListenerState> {
+        let listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        // A listener moving to a new address keeps its counters.
+        if let Some(existing) = listeners.get(name) {
+            return Arc::new(ListenerState {
+                name: existing.state.name.clone(),
+                routes: ArcSwap::from_pointee(RouteTable::default()),
+                unrouted: existing.state.unrouted.clone(),
+                connections: existing.state.connections.clone(),
+            });
+        }
+        drop(listeners);
+        Arc::new(ListenerState {
+            name: name.into(),
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            unrouted: self.inner.registry.unrouted(name),
+            connections: self.inner.registry.connections(name),
+        })
+    }
+
+    fn spawn_upkeep(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                for c in inner.cluster_list.load().iter() {
+                    c.sweep();
+                }
+            }
+        });
+        if let Some(path) = self.inner.config_path.clone() {
+            let proxy = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                let stamp = |p: &std::path::Path| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .map(|m| (m.modified().ok(), m.len()))
+                        .zip(std::fs::read(p).ok())
+                };
+                let mut last = stamp(&path);
+                let mut tick = tokio::time::interval(CONFIG_POLL_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = proxy.upgrade() else { return };
+                    let now = stamp(&path);
+                    if now.is_some() && now != last {
+                        last = now;
+                        let _ = Proxy { inner }.reload().await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// True once listeners are bound and every cluster has its first
+    /// endpoint set, until shutdown begins.
+    pub fn is_ready(&self) -> bool {
+        !self.inner.draining.load(Relaxed)
+            && self.inner.cluster_list.load().iter().all(|c| c.is_primed())
+    }
+
+    /// The effective config.
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config.load_full()
+    }
+
+    /// Every cluster, sorted by name.
+    pub fn clusters(&self) -> Arc<Vec<Arc<Cluster>>> {
+        self.inner.cluster_list.load_full()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Where the admin server listens (useful with port 0).
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        *self.inner.admin_address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a listener listens (useful with port 0).
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|l| l.address)
+    }
+
+    /// Asks the process to shut down, as SIGTERM does (`POST /drain`).
+    pub fn request_drain(&self) {
+        self.inner.drain_requested.notify_one();
+    }
+
+    /// Resolves when `POST /drain` was called.
+    pub async fn drain_requested(&self) {
+        self.inner.drain_requested.notified().await
+    }
+
+    /// Graceful shutdown: `/ready` fails at once; listeners keep accepting
+    /// for `drain_delay` (so the pod leaves the Service's endpoints), then
+    /// stop; open connections are asked to close (GOAWAY, `connection:
+    /// close`) and get `grace_period` to finish their requests.
+    pub async fn shutdown(&self) {
+        self.inner.draining.store(true, Relaxed);
+        let config = self.config();
+        tracing::info!(
+            drain_delay = ?config.shutdown.drain_delay,
+            grace_period = ?config.shutdown.grace_period,
+            "shutting down: not ready; still accepting during the drain delay"
+        );
+        tokio::time::sleep(config.shutdown.drain_delay).await;
+        let listeners: Vec<Listener> = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
+        for l in &listeners {
+            l.stop_accepting();
+            l.drain_connections();
+        }
+        tracing::info!("listeners closed; waiting for in-flight requests");
+        let deadline = tokio::time::Instant::now() + config.shutdown.grace_period;
+        let mut all_closed = true;
+        for l in &listeners {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            all_closed &= l.wait_closed(left).await;
+        }
+        if all_closed {
+            tracing::info!("all connections finished");
+        } else {
+            let open: usize = listeners.iter().map(|l| l.open_connections()).sum();
+            tracing::warn!(open, "grace period over; closing the remaining connections");
+        }
+    }
+}
+
+fn same_address(l: &Listener, lc: &ListenerConfig) -> bool {
+    // Port 0 asks for any port; a listener bound that way keeps its port.
+    l.address == lc.listen || (lc.listen.port() == 0 && l.address.ip() == lc.listen.ip())
+}
+
+fn spawn_follower(cluster: &Arc<Cluster>, source: &Source) -> AbortHandle {
+    let updates = skiff_discovery::spawn(source, &cluster.name);
+    tokio::spawn(cluster.clone().follow(updates)).abort_handle()
+}

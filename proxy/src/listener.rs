@@ -1,0 +1,208 @@
+//! Listeners: accept loops that serve HTTP/1.1 and HTTP/2 on one port.
+//!
+//! Each accepted connection is served by hyper's auto-detecting builder
+//! (HTTP/1.1, or HTTP/2 with prior knowledge when the client opens with the
+//! h2 preface), with upgrades enabled for WebSocket. A listener's routes
+//! sit in an `ArcSwap`, so a reload swaps them under live connections.
+//! Shutdown is two steps: stop accepting, then ask every connection to
+//! finish (HTTP/2 GOAWAY, HTTP/1.1 `connection: close` on the response in
+//! progress) and wait for them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::metrics::Gauge;
+use crate::route::RouteTable;
+
+/// Pending connections the kernel queues per listener.
+const BACKLOG: i32 = 4096;
+
+/// What a request on a listener needs: its name, routes and counters.
+#[derive(Debug)]
+pub struct ListenerState {
+    pub name: Arc<str>,
+    pub routes: ArcSwap<RouteTable>,
+    /// Requests that matched no route.
+    pub unrouted: Arc<AtomicU64>,
+    pub connections: Arc<Gauge>,
+}
+
+/// Counts open connections so shutdown can wait for the last one.
+#[derive(Debug, Default)]
+struct Tracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// A bound, accepting listener.
+pub struct Listener {
+    pub state: Arc<ListenerState>,
+    pub address: SocketAddr,
+    stop_accepting: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    tracker: Arc<Tracker>,
+}
+
+impl Listener {
+    /// Binds `address` and starts accepting. Must run inside the runtime.
+    pub fn bind(address: SocketAddr, state: Arc<ListenerState>) -> std::io::Result<Listener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(address),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(BACKLOG)?;
+        let listener = TcpListener::from_std(socket.into())?;
+        let address = listener.local_addr()?;
+
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(false);
+        let tracker = Arc::new(Tracker::default());
+        tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            stop_rx,
+            drain_rx,
+            tracker.clone(),
+        ));
+        Ok(Listener {
+            state,
+            address,
+            stop_accepting,
+            drain,
+            tracker,
+        })
+    }
+
+    /// Stops accepting; the port is released.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop_accepting.send(true);
+    }
+
+    /// Asks every open connection to finish its requests and close.
+    pub fn drain_connections(&self) {
+        let _ = self.drain.send(true);
+    }
+
+    /// Open connections right now.
+    pub fn open_connections(&self) -> usize {
+        self.tracker.open.load(Relaxed)
+    }
+
+    /// Waits until every connection has closed, or `limit` passes.
+    /// Returns whether all closed.
+    pub async fn wait_closed(&self, limit: Duration) -> bool {
+        let tracker = self.tracker.clone();
+        tokio::time::timeout(limit, async move {
+            loop {
+                let notified = tracker.idle.notified();
+                if tracker.open.load(Relaxed) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Stops accepting and drains, in the background, within `grace`.
+    pub fn retire(self, grace: Duration) {
+        self.stop_accepting();
+        self.drain_connections();
+        tokio::spawn(async move {
+            if !self.wait_closed(grace).await {
+                tracing::warn!(listener = %self.state.name, open = self.open_connections(), "retired listener still had connections at the end of the grace period");
+            }
+        });
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<ListenerState>,
+    mut stop: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off briefly
+                // instead of spinning on the error.
+                tracing::warn!(listener = %state.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tracker.open.fetch_add(1, Relaxed);
+        state.connections.inc();
+        let guard = ConnectionGuard {
+            tracker: tracker.clone(),
+            state: state.clone(),
+        };
+        let state = state.clone();
+        let builder = builder.clone();
+        let mut drain = drain.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(crate::forward::handle(req, &state, peer).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = drain.wait_for(|d| *d) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended while draining: {e}");
+            }
+        });
+    }
+}
+
+struct ConnectionGuard {
+    tracker: Arc<Tracker>,
+    state: Arc<ListenerState>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.state.connections.dec();
+        if self.tracker.open.fetch_sub(1, Relaxed) == 1 {
+            self.tracker.idle.notify_waiters();
+        }
+    }
+}

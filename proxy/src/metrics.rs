@@ -1,0 +1,405 @@
+//! Prometheus metrics: the counters the request path bumps, and the text
+//! exposition the admin server renders.
+//!
+//! The request path holds pre-resolved handles (an `Arc` to a row of
+//! atomics, found when a route table or endpoint is built), so recording a
+//! request is a few relaxed atomic adds: no label lookup, no lock, no
+//! allocation. Series live as long as the thing they describe: an
+//! endpoint's counters sit in the endpoint and leave with it, which keeps
+//! label values bounded without a registry sweep. This is why skiff keeps
+//! its own small registry rather than the `metrics` facade, whose
+//! label-keyed handles cannot be dropped per endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Status classes used as the `code_class` label.
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upper bounds (seconds) of the request duration histogram: 0.5 ms to 30 s.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    30.0,
+];
+
+/// Request counts by status class.
+#[derive(Debug, Default)]
+pub struct CodeCounters([AtomicU64; 5]);
+
+impl CodeCounters {
+    /// Counts one response with `status`.
+    #[inline]
+    pub fn record(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.0[class].fetch_add(1, Relaxed);
+    }
+
+    /// Count for class index `i` (0 = 1xx).
+    pub fn get(&self, i: usize) -> u64 {
+        self.0[i].load(Relaxed)
+    }
+
+    /// Total over all classes.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// A gauge that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A fixed-bucket latency histogram (buckets in [`DURATION_BUCKETS`]).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` lines with `labels`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Metrics that are not owned by a cluster or endpoint.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// `skiff_requests_total` rows by (listener, cluster).
+    requests: Mutex<BTreeMap<(String, String), Arc<CodeCounters>>>,
+    /// Requests that matched no route, by listener.
+    unrouted: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    /// Open downstream connections by listener.
+    connections: Mutex<BTreeMap<String, Arc<Gauge>>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl Registry {
+    /// The counter row for requests from `listener` routed to `cluster`;
+    /// resolved when a route table is built, never per request.
+    pub fn requests(&self, listener: &str, cluster: &str) -> Arc<CodeCounters> {
+        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((listener.to_string(), cluster.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    pub fn unrouted(&self, listener: &str) -> Arc<AtomicU64> {
+        let mut map = self.unrouted.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(listener.to_string()).or_default().clone()
+    }
+
+    pub fn connections(&self, listener: &str) -> Arc<Gauge> {
+        let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(listener.to_string()).or_default().clone()
+    }
+
+    /// Forgets rows for listener/cluster pairs no longer configured, so a
+    /// reload that removes them also removes their series.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool, keep_listener: impl Fn(&str) -> bool) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(l, c), _| keep(l, c));
+        self.unrouted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l, _| keep_listener(l));
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l, g| keep_listener(l) || g.get() > 0);
+    }
+
+    /// Counts a config reload attempt.
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.fetch_add(1, Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Escapes a label value for the text format.
+pub fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        value.into()
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every metric family in the Prometheus text format (0.0.4).
+pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) -> String {
+    let mut out = String::with_capacity(4096 + clusters.len() * 2048);
+
+    header(
+        &mut out,
+        "skiff_requests_total",
+        "counter",
+        "Requests answered, by listener, cluster and status class.",
+    );
+    for ((listener, cluster), counters) in registry
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        for (i, class) in CODE_CLASSES.iter().enumerate() {
+            let n = counters.get(i);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "skiff_requests_total{{listener=\"{}\",cluster=\"{}\",code_class=\"{class}\"}} {n}",
+                    escape(listener),
+                    escape(cluster)
+                );
+            }
+        }
+    }
+
+    header(
+        &mut out,
+        "skiff_unrouted_requests_total",
+        "counter",
+        "Requests that matched no route (answered 404), by listener.",
+    );
+    for (listener, n) in registry
+        .unrouted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "skiff_unrouted_requests_total{{listener=\"{}\"}} {}",
+            escape(listener),
+            n.load(Relaxed)
+        );
+    }
+
+    header(
+        &mut out,
+        "skiff_connections_active",
+        "gauge",
+        "Open downstream connections, by listener.",
+    );
+    for (listener, g) in registry
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "skiff_connections_active{{listener=\"{}\"}} {}",
+            escape(listener),
+            g.get()
+        );
+    }
+
+    header(
+        &mut out,
+        "skiff_request_duration_seconds",
+        "histogram",
+        "Time from request received to response body end, by cluster.",
+    );
+    for c in clusters {
+        c.stats
+            .duration
+            .render(&mut out, "skiff_request_duration_seconds", &format!("cluster=\"{}\"", escape(&c.name)));
+    }
+
+    header(
+        &mut out,
+        "skiff_requests_in_flight",
+        "gauge",
+        "Requests sent upstream whose response has not ended, by cluster.",
+    );
+    for c in clusters {
+        let _ = writeln!(
+            out,
+            "skiff_requests_in_flight{{cluster=\"{}\"}} {}",
+            escape(&c.name),
+            c.stats.in_flight.get()
+        );
+    }
+
+    header(
+        &mut out,
+        "skiff_endpoint_requests_total",
+        "counter",
+        "Requests per endpoint by status class; series leave with the endpoint.",
+    );
+    for c in clusters {
+        for ep in c.endpoints_for_display() {
+            for (i, class) in CODE_CLASSES.iter().enumerate() {
+                let n = ep.requests.get(i);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "skiff_endpoint_requests_total{{cluster=\"{}\",endpoint=\"{}\",code_class=\"{class}\"}} {n}",
+                        escape(&c.name),
+                        ep.address
+                    );
+                }
+            }
+        }
+    }
+
+    header(
+        &mut out,
+        "skiff_endpoints",
+        "gauge",
+        "Endpoints per cluster by state.",
+    );
+    for c in clusters {
+        let (active, draining) = c.endpoint_counts();
+        let name = escape(&c.name);
+        let _ = writeln!(out, "skiff_endpoints{{cluster=\"{name}\",state=\"healthy\"}} {active}");
+        let _ = writeln!(out, "skiff_endpoints{{cluster=\"{name}\",state=\"draining\"}} {draining}");
+    }
+
+    header(
+        &mut out,
+        "skiff_discovery_updates_total",
+        "counter",
+        "Endpoint set updates applied, by cluster.",
+    );
+    for c in clusters {
+        let _ = writeln!(
+            out,
+            "skiff_discovery_updates_total{{cluster=\"{}\"}} {}",
+            escape(&c.name),
+            c.stats.discovery_updates.load(Relaxed)
+        );
+    }
+
+    header(
+        &mut out,
+        "skiff_upstream_errors_total",
+        "counter",
+        "Upstream failures answered locally, by cluster and kind.",
+    );
+    for c in clusters {
+        for (kind, n) in c.stats.errors.iter() {
+            let _ = writeln!(
+                out,
+                "skiff_upstream_errors_total{{cluster=\"{}\",kind=\"{kind}\"}} {n}",
+                escape(&c.name)
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "skiff_config_reloads_total",
+        "counter",
+        "Config reload attempts by result.",
+    );
+    let _ = writeln!(
+        out,
+        "skiff_config_reloads_total{{result=\"success\"}} {}",
+        registry.reloads_ok.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "skiff_config_reloads_total{{result=\"failure\"}} {}",
+        registry.reloads_failed.load(Relaxed)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_classes_bucket_statuses() {
+        let c = CodeCounters::default();
+        c.record(200);
+        c.record(204);
+        c.record(503);
+        c.record(101);
+        assert_eq!(c.get(1), 2);
+        assert_eq!(c.get(4), 1);
+        assert_eq!(c.get(0), 1);
+        assert_eq!(c.total(), 4);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "cluster=\"a\"");
+        assert!(out.contains("x_bucket{cluster=\"a\",le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{cluster=\"a\",le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{cluster=\"a\",le=\"30\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{cluster=\"a\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{cluster=\"a\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+        assert_eq!(escape("plain"), "plain");
+    }
+}

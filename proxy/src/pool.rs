@@ -1,0 +1,196 @@
+//! Upstream connection pools, one per endpoint.
+//!
+//! HTTP/1.1: a stack of idle keep-alive connections; a connection goes back
+//! on the stack when its response body has been read to the end (a response
+//! abandoned midway closes its connection, since the rest of the body would
+//! still be on the wire). HTTP/2: one multiplexed connection, shared by
+//! cloning its sender, re-dialled when it closes.
+//!
+//! The locks here guard a `Vec` push/pop or an `Option` clone and are never
+//! held across an await.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamProtocol;
+
+/// Body type sent upstream: the client's body, streamed through.
+pub type UpstreamBody = Incoming;
+
+/// A connection ready to carry one request.
+pub enum Sender {
+    Http1(http1::SendRequest<UpstreamBody>),
+    Http2(http2::SendRequest<UpstreamBody>),
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// An endpoint's connections.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// Set when the endpoint left its cluster: nothing is pooled any more.
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle_count())
+            .field("closed", &self.closed.load(Relaxed))
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A connection to `address`: pooled when one is free, else a new one.
+    pub async fn checkout(
+        &self,
+        address: SocketAddr,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                while let Some(mut sender) = self.pop_idle() {
+                    if sender.is_closed() {
+                        continue;
+                    }
+                    // Its last response ended, so the connection is ready or
+                    // about to be; a connection that closed meanwhile errors.
+                    if sender.ready().await.is_ok() {
+                        return Ok(Sender::Http1(sender));
+                    }
+                }
+                let io = dial(address, connect_timeout).await?;
+                let (sender, conn) = http1::Builder::new().handshake(io).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%address, "upstream connection ended: {e}");
+                    }
+                });
+                Ok(Sender::Http1(sender))
+            }
+            UpstreamProtocol::Http2 => {
+                if let Some(sender) = self.shared_h2() {
+                    return Ok(Sender::Http2(sender));
+                }
+                let io = dial(address, connect_timeout).await?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%address, "upstream h2 connection ended: {e}");
+                    }
+                });
+                if !self.closed.load(Relaxed) {
+                    *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+                }
+                Ok(Sender::Http2(sender))
+            }
+        }
+    }
+
+    /// A new HTTP/1.1 connection that can be upgraded (WebSocket); never pooled.
+    pub async fn connect_upgradable(
+        address: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
+        let io = dial(address, connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%address, "upgradable upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn pop_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .map(|i| i.sender)
+    }
+
+    fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
+        let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Returns an HTTP/1.1 connection whose response has fully ended.
+    pub fn checkin(&self, sender: http1::SendRequest<UpstreamBody>) {
+        if self.closed.load(Relaxed) || sender.is_closed() {
+            return;
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+    }
+
+    /// Closes connections idle for longer than `max_idle`.
+    pub fn evict_idle(&self, max_idle: Duration) {
+        let now = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < max_idle);
+    }
+
+    /// Stops pooling: idle connections close now, busy ones when they finish.
+    pub fn close(&self) {
+        self.closed.store(true, Relaxed);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.h2.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Idle HTTP/1.1 connections held.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+async fn dial(address: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    // Small requests and responses must not wait for Nagle.
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(stream))
+}

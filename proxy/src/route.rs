@@ -1,0 +1,223 @@
+//! Route tables: from a request's host and path to a cluster.
+//!
+//! Routes are grouped by host pattern as Envoy groups virtual hosts: an
+//! exact host first, then `*.suffix` patterns longest first, then routes
+//! with no host. Within that order the first route whose path matches wins,
+//! so a request for a known host that matches none of its paths falls
+//! through to the host-less routes, as a reader of the flat config expects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
+use crate::config::{HostMatch, ListenerConfig, PathMatch};
+use crate::metrics::{CodeCounters, Registry};
+
+/// One route, resolved: its cluster and its counter row are handles.
+#[derive(Debug)]
+pub struct Route {
+    pub path: PathMatch,
+    pub cluster: Arc<Cluster>,
+    /// `skiff_requests_total{listener, cluster}`.
+    pub requests: Arc<CodeCounters>,
+}
+
+impl Route {
+    #[inline]
+    fn matches(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+        }
+    }
+}
+
+/// A listener's routes, ready for lookups.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact: HashMap<Box<str>, Vec<usize>>,
+    /// (`.suffix`, route indices), longest suffix first.
+    suffixes: Vec<(Box<str>, Vec<usize>)>,
+    any_host: Vec<usize>,
+}
+
+/// A route names a cluster that is not running.
+#[derive(Debug, thiserror::Error)]
+#[error("listener `{listener}` routes to unknown cluster `{cluster}`")]
+pub struct UnknownCluster {
+    pub listener: String,
+    pub cluster: String,
+}
+
+impl RouteTable {
+    /// Builds the table for `listener`, resolving clusters by name.
+    pub fn build(
+        listener: &ListenerConfig,
+        clusters: &HashMap<String, Arc<Cluster>>,
+        registry: &Registry,
+    ) -> Result<RouteTable, UnknownCluster> {
+        let mut table = RouteTable::default();
+        for (i, route) in listener.routes.iter().enumerate() {
+            let cluster = clusters.get(&route.cluster).ok_or_else(|| UnknownCluster {
+                listener: listener.name.clone(),
+                cluster: route.cluster.clone(),
+            })?;
+            table.routes.push(Route {
+                path: route.path.clone(),
+                cluster: cluster.clone(),
+                requests: registry.requests(&listener.name, &route.cluster),
+            });
+            match &route.host {
+                Some(HostMatch::Exact(h)) => table.exact.entry(h.as_str().into()).or_default().push(i),
+                Some(HostMatch::Suffix(s)) => {
+                    match table.suffixes.iter_mut().find(|(k, _)| **k == **s) {
+                        Some((_, list)) => list.push(i),
+                        None => table.suffixes.push((s.as_str().into(), vec![i])),
+                    }
+                }
+                None => table.any_host.push(i),
+            }
+        }
+        table.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        Ok(table)
+    }
+
+    /// Finds the route for `host` (as sent: any case, maybe with a port) and `path`.
+    #[inline]
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        if let Some(host) = host {
+            let host = normalize_host(host);
+            if let Some(list) = self.exact.get(&*host) {
+                if let Some(r) = self.first_match(list, path) {
+                    return Some(r);
+                }
+            }
+            for (suffix, list) in &self.suffixes {
+                if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                    if let Some(r) = self.first_match(list, path) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        self.first_match(&self.any_host, path)
+    }
+
+    #[inline]
+    fn first_match(&self, list: &[usize], path: &str) -> Option<&Route> {
+        list.iter()
+            .map(|&i| &self.routes[i])
+            .find(|r| r.matches(path))
+    }
+
+    /// Every route, in config order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+/// Lowercases and strips the port and a trailing dot; borrows when it can.
+fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let without_port = if host.starts_with('[') {
+        // [v6]:port
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.rfind(':') {
+            Some(colon) => &host[..colon],
+            None => host,
+        }
+    };
+    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        trimmed.to_ascii_lowercase().into()
+    } else {
+        trimmed.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, LbPolicy, RouteConfig, Timeouts, UpstreamProtocol};
+    use skiff_discovery::Source;
+
+    fn table(routes: &[(Option<HostMatch>, PathMatch, &str)]) -> RouteTable {
+        let mut clusters = HashMap::new();
+        for (_, _, c) in routes {
+            clusters.entry(c.to_string()).or_insert_with(|| {
+                Arc::new(Cluster::new(ClusterConfig {
+                    name: c.to_string(),
+                    lb: LbPolicy::RoundRobin,
+                    protocol: UpstreamProtocol::Http1,
+                    source: Source::Static(vec![]),
+                    timeouts: Timeouts::default(),
+                }))
+            });
+        }
+        let listener = ListenerConfig {
+            name: "web".into(),
+            listen: "127.0.0.1:1".parse().unwrap(),
+            routes: routes
+                .iter()
+                .map(|(h, p, c)| RouteConfig {
+                    host: h.clone(),
+                    path: p.clone(),
+                    cluster: c.to_string(),
+                })
+                .collect(),
+        };
+        RouteTable::build(&listener, &clusters, &Registry::default()).unwrap()
+    }
+
+    fn find<'a>(t: &'a RouteTable, host: Option<&str>, path: &str) -> Option<&'a str> {
+        t.find(host, path).map(|r| &*r.cluster.name)
+    }
+
+    #[test]
+    fn exact_host_beats_suffix_beats_any() {
+        let t = table(&[
+            (None, PathMatch::Prefix("/".into()), "any"),
+            (Some(HostMatch::Suffix(".example.com".into())), PathMatch::Prefix("/".into()), "wild"),
+            (Some(HostMatch::Exact("shop.example.com".into())), PathMatch::Prefix("/products".into()), "shop"),
+        ]);
+        assert_eq!(find(&t, Some("shop.example.com"), "/products/1"), Some("shop"));
+        assert_eq!(find(&t, Some("SHOP.example.com:8080"), "/products"), Some("shop"));
+        assert_eq!(find(&t, Some("shop.example.com"), "/orders"), Some("wild"));
+        assert_eq!(find(&t, Some("a.b.example.com"), "/"), Some("wild"));
+        assert_eq!(find(&t, Some("example.com"), "/"), Some("any"));
+        assert_eq!(find(&t, None, "/x"), Some("any"));
+    }
+
+    #[test]
+    fn exact_paths_and_prefixes_and_misses() {
+        let t = table(&[
+            (None, PathMatch::Exact("/healthz".into()), "health"),
+            (None, PathMatch::Prefix("/api/".into()), "api"),
+        ]);
+        assert_eq!(find(&t, Some("h"), "/healthz"), Some("health"));
+        assert_eq!(find(&t, Some("h"), "/healthz/x"), None);
+        assert_eq!(find(&t, Some("h"), "/api/v1"), Some("api"));
+        assert_eq!(find(&t, Some("h"), "/other"), None);
+    }
+
+    #[test]
+    fn longest_suffix_wins() {
+        let t = table(&[
+            (Some(HostMatch::Suffix(".com".into())), PathMatch::Prefix("/".into()), "com"),
+            (Some(HostMatch::Suffix(".example.com".into())), PathMatch::Prefix("/".into()), "example"),
+        ]);
+        assert_eq!(find(&t, Some("www.example.com"), "/"), Some("example"));
+        assert_eq!(find(&t, Some("www.other.com"), "/"), Some("com"));
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Example.COM."), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("a.b:1"), "a.b");
+    }
+}

@@ -1,0 +1,550 @@
+//! Shared helpers for skiff's end-to-end tests: real upstream servers, a
+//! real skiff process (or an in-process [`skiff::Proxy`]), real clients,
+//! and waiting for conditions with a deadline instead of sleeping.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Boxed body used by the test servers and clients.
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Wraps bytes as a [`TestBody`].
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|e| match e {}).boxed()
+}
+
+/// An empty [`TestBody`].
+pub fn empty() -> TestBody {
+    full(Bytes::new())
+}
+
+/// A body of `len` bytes produced in 64 KiB chunks, never held whole.
+pub fn generated(len: u64) -> TestBody {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let stream = futures_stream(len, chunk);
+    StreamBody::new(stream).boxed()
+}
+
+fn futures_stream(
+    len: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> + Send {
+    struct Gen {
+        left: u64,
+        chunk: Bytes,
+    }
+    impl futures_core::Stream for Gen {
+        type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = self.left.min(self.chunk.len() as u64) as usize;
+            self.left -= n as u64;
+            std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+        }
+    }
+    Gen { left: len, chunk }
+}
+
+/// How a test backend behaves.
+#[derive(Debug, Default)]
+pub struct BackendControl {
+    /// Added to every response, in milliseconds.
+    pub delay_ms: AtomicU64,
+    /// Requests served.
+    pub requests: AtomicU64,
+    /// Requests in progress.
+    pub in_flight: AtomicUsize,
+}
+
+/// A real HTTP server (HTTP/1.1 and h2c) on 127.0.0.1 that names itself.
+///
+/// Paths: `/echo` streams the request body back; `/bytes/N` sends N bytes;
+/// `/headers` answers with the request's headers as JSON; `/trailers`
+/// answers with a trailer `x-checksum: ok`; `/slow/MS` waits MS ms; anything
+/// else answers `name` after the configured delay.
+pub struct Backend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub control: Arc<BackendControl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    /// Starts a backend on a free port.
+    pub async fn start(name: &str) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        Self::serve(name, listener)
+    }
+
+    /// Starts a backend on a given listener.
+    pub fn serve(name: &str, listener: tokio::net::TcpListener) -> Backend {
+        let address = listener.local_addr().expect("backend address");
+        let control = Arc::new(BackendControl::default());
+        let name_owned = name.to_string();
+        let ctl = control.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let name = name_owned.clone();
+                let ctl = ctl.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let name = name.clone();
+                        let ctl = ctl.clone();
+                        async move { Ok::<_, Infallible>(backend_respond(req, &name, &ctl).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            address,
+            control,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.control.requests.load(Relaxed)
+    }
+}
+
+async fn backend_respond(req: Request<Incoming>, name: &str, ctl: &BackendControl) -> Response<TestBody> {
+    ctl.requests.fetch_add(1, Relaxed);
+    ctl.in_flight.fetch_add(1, Relaxed);
+    let delay = ctl.delay_ms.load(Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let path = req.uri().path().to_string();
+    let mut builder = Response::builder().header("x-backend", name);
+    let resp = if path == "/echo" {
+        builder.body(req.into_body().map_err(|e| e.into()).boxed())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        builder = builder.header("content-length", n.to_string());
+        builder.body(generated(n))
+    } else if path == "/headers" {
+        let mut map = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            map.insert(k.to_string(), v.to_str().unwrap_or("").into());
+        }
+        map.insert("x-uri".into(), req.uri().to_string().into());
+        map.insert("x-version".into(), format!("{:?}", req.version()).into());
+        builder.body(full(serde_json::to_vec(&map).unwrap_or_default()))
+    } else if path == "/trailers" {
+        let body = req.into_body().collect().await.map(|c| c.to_bytes().len()).unwrap_or(0);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "ok".parse().expect("value"));
+        trailers.insert("x-request-bytes", body.to_string().parse().expect("value"));
+        let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"with trailers"))), Ok(Frame::trailers(trailers))];
+        builder.body(StreamBody::new(VecStream(frames.into())).boxed())
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        builder.body(full(name.to_string()))
+    } else {
+        builder.body(full(name.to_string()))
+    };
+    ctl.in_flight.fetch_sub(1, Relaxed);
+    resp.unwrap_or_else(|_| Response::new(empty()))
+}
+
+struct VecStream<T>(std::collections::VecDeque<T>);
+
+impl<T: Unpin> futures_core::Stream for VecStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        std::task::Poll::Ready(self.0.pop_front())
+    }
+}
+
+/// A keep-alive HTTP client connection (HTTP/1.1 or h2c prior knowledge).
+pub enum Client {
+    H1(hyper::client::conn::http1::SendRequest<TestBody>),
+    H2(hyper::client::conn::http2::SendRequest<TestBody>),
+}
+
+impl Client {
+    /// Connects with HTTP/1.1.
+    pub async fn h1(address: SocketAddr) -> std::io::Result<Client> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(Client::H1(tx))
+    }
+
+    /// Connects with HTTP/2 over cleartext (prior knowledge).
+    pub async fn h2(address: SocketAddr) -> std::io::Result<Client> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(Client::H2(tx))
+    }
+
+    /// Sends a request; `path` may be a path (host `test.local` is used) or an absolute URL.
+    pub async fn send(&mut self, mut req: Request<TestBody>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Client::H1(tx) => {
+                if !req.headers().contains_key("host") {
+                    req.headers_mut().insert("host", "test.local".parse().expect("host"));
+                }
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+            Client::H2(tx) => {
+                if req.uri().authority().is_none() {
+                    let uri = format!("http://test.local{}", req.uri());
+                    *req.uri_mut() = uri.parse().expect("uri");
+                }
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+        }
+    }
+
+    /// GETs `path` and returns status, the `x-backend` header and the body.
+    pub async fn get(&mut self, path: &str) -> Result<(StatusCode, String, Bytes), hyper::Error> {
+        let req = Request::get(path).body(empty()).expect("request");
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let backend = resp
+            .headers()
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, backend, body))
+    }
+}
+
+/// Waits until `check` holds, polling every 20 ms, failing after `limit`.
+pub async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, mut check: F) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`wait_for`], with an async check.
+pub async fn wait_for_async<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port that was free a moment ago (bind, read, release).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The `skiff` binary, built on first use with the same profile as the tests.
+pub fn skiff_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test-binary>
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "skiff", "--bin", "skiff"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the skiff binary");
+        assert!(status.success(), "building the skiff binary failed");
+        profile_dir.join("skiff")
+    })
+    .clone()
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "skiff-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes a file atomically (write to a temp name, then rename), as
+    /// config management tools do, so a reader never sees half a file.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write temp file");
+        std::fs::rename(&tmp, &path).expect("rename into place");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `skiff run` process; killed on drop.
+pub struct SkiffProcess {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl SkiffProcess {
+    /// Starts `skiff run -c config` and waits until `/live` answers.
+    pub async fn start(config: &Path, admin: SocketAddr) -> SkiffProcess {
+        let log = config.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(skiff_bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .args(["--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start skiff");
+        let process = SkiffProcess { child, admin, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((status, _)) = admin_get(admin, "/live").await {
+                if status == StatusCode::OK {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("skiff did not start; log:\n{}", process.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`kill -SIG pid`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for `/ready` to answer 200.
+    pub async fn wait_ready(&self) {
+        let admin = self.admin;
+        wait_for_async("skiff /ready", Duration::from_secs(20), || async move {
+            matches!(admin_get(admin, "/ready").await, Ok((StatusCode::OK, _)))
+        })
+        .await;
+    }
+}
+
+impl Drop for SkiffProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// GETs an admin path; returns status and body text.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<(StatusCode, String)> {
+    let mut client = Client::h1(admin).await?;
+    let req = Request::get(path).body(empty()).expect("request");
+    let resp = client.send(req).await.map_err(std::io::Error::other)?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Reads one sample's value from Prometheus text, matching all `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Runs a load loop of sequential GETs on `connections` keep-alive
+/// connections until `stop` is set; returns (ok, failed) with failures listed.
+pub struct Load {
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    pub errors: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `connections` clients GETting `path` through `address`.
+    pub fn start(address: SocketAddr, path: &'static str, connections: usize, h2: bool) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..connections)
+            .map(|_| {
+                let (ok, failed, errors, stop) = (ok.clone(), failed.clone(), errors.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut client = None;
+                    while !stop.load(Relaxed) {
+                        if client.is_none() {
+                            let c = if h2 { Client::h2(address).await } else { Client::h1(address).await };
+                            match c {
+                                Ok(c) => client = Some(c),
+                                Err(e) => {
+                                    failed.fetch_add(1, Relaxed);
+                                    errors.lock().expect("errors").push(format!("connect: {e}"));
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        let c = client.as_mut().expect("client");
+                        match c.get(path).await {
+                            Ok((status, _, _)) if status == StatusCode::OK => {
+                                ok.fetch_add(1, Relaxed);
+                            }
+                            Ok((status, _, body)) => {
+                                failed.fetch_add(1, Relaxed);
+                                errors.lock().expect("errors").push(format!(
+                                    "{status}: {}",
+                                    String::from_utf8_lossy(&body)
+                                ));
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Relaxed);
+                                errors.lock().expect("errors").push(format!("request: {e}"));
+                                client = None;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            ok,
+            failed,
+            errors,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops the clients and returns (ok, failed, errors).
+    pub async fn stop(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let errors = self.errors.lock().expect("errors").clone();
+        (self.ok.load(Relaxed), self.failed.load(Relaxed), errors)
+    }
+}
+
+/// A config for `skiff run` with one listener `web` routing `/` to cluster
+/// `app` over `backends` (a YAML endpoints list is written inline).
+pub fn simple_config(listen: SocketAddr, admin: SocketAddr, lb: &str, endpoints_yaml: &str) -> String {
+    format!(
+        "admin: {{ listen: {admin} }}\n\
+         shutdown: {{ drain_delay: 0s, grace_period: 10s }}\n\
+         listeners:\n  - name: web\n    listen: {listen}\n    routes:\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+         clusters:\n  - name: app\n    lb: {lb}\n    {endpoints_yaml}\n"
+    )
+}
