@@ -231,11 +231,13 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
     check_unique(listeners_node, "listeners", "name", "listener name", diags);
     check_unique(listeners_node, "listeners", "listen", "listen address", diags);
     if let Some(admin) = &admin {
-        for (node, listener) in &listeners {
-            if listener.listen == admin.listen {
+        for (i, (node, listener)) in listeners.iter().enumerate() {
+            // Port 0 asks the kernel for a free port, so it never clashes.
+            if listener.listen == admin.listen && admin.listen.port() != 0 {
+                let node = field(node, "listen").unwrap_or(node);
                 diags.error(
                     node,
-                    "listeners",
+                    &format!("listeners[{i}].listen"),
                     format!("{} is also the admin address", listener.listen),
                 );
             }
@@ -309,8 +311,9 @@ fn check_unique(list: Option<&Node>, path: &str, key: &str, what: &str, diags: &
         let Some(value) = field(item, key).and_then(Node::as_str) else {
             continue;
         };
-        // Compare addresses in their canonical form.
+        // Compare addresses in their canonical form; port 0 never clashes.
         let value = match value.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => continue,
             Ok(addr) => addr.to_string(),
             Err(_) => value.to_string(),
         };

@@ -131,23 +131,23 @@ impl Proxy {
         let grace = config.shutdown.grace_period;
 
         // 1. Bind what is new first, so a failure changes nothing.
-        let mut fresh: HashMap<String, Listener> = HashMap::new();
-        {
+        let to_bind: Vec<&ListenerConfig> = {
             let listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
-            for lc in &config.listeners {
-                let reuse = listeners.get(&lc.name).is_some_and(|l| same_address(l, lc));
-                if !reuse {
-                    let state = self.listener_state(&lc.name);
-                    let listener = Listener::bind(lc.listen, state).map_err(|source| {
-                        ApplyError::Bind {
-                            name: lc.name.clone(),
-                            address: lc.listen,
-                            source,
-                        }
-                    })?;
-                    fresh.insert(lc.name.clone(), listener);
-                }
-            }
+            config
+                .listeners
+                .iter()
+                .filter(|lc| !listeners.get(&lc.name).is_some_and(|l| same_address(l, lc)))
+                .collect()
+        };
+        let mut fresh: HashMap<String, Listener> = HashMap::new();
+        for lc in to_bind {
+            let state = self.listener_state(&lc.name);
+            let listener = Listener::bind(lc.listen, state).map_err(|source| ApplyError::Bind {
+                name: lc.name.clone(),
+                address: lc.listen,
+                source,
+            })?;
+            fresh.insert(lc.name.clone(), listener);
         }
 
         // 2. Clusters: keep, update, add; drop the ones no longer named.

@@ -78,7 +78,8 @@ pub struct BackendControl {
 ///
 /// Paths: `/echo` streams the request body back; `/bytes/N` sends N bytes;
 /// `/headers` answers with the request's headers as JSON; `/trailers`
-/// answers with a trailer `x-checksum: ok`; `/slow/MS` waits MS ms; anything
+/// answers with a trailer `x-checksum: ok`; `/sink` reads the body and
+/// answers its length; `/slow/MS` waits MS ms; anything
 /// else answers `name` after the configured delay.
 pub struct Backend {
     pub name: String,
@@ -151,6 +152,17 @@ async fn backend_respond(req: Request<Incoming>, name: &str, ctl: &BackendContro
         let n: u64 = n.parse().unwrap_or(0);
         builder = builder.header("content-length", n.to_string());
         builder.body(generated(n))
+    } else if path == "/sink" {
+        // Reads the whole body, keeping only its length.
+        let mut body = req.into_body();
+        let mut n: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+                Err(_) => break,
+            }
+        }
+        builder.body(full(n.to_string()))
     } else if path == "/headers" {
         let mut map = serde_json::Map::new();
         for (k, v) in req.headers() {
@@ -547,4 +559,76 @@ pub fn simple_config(listen: SocketAddr, admin: SocketAddr, lb: &str, endpoints_
          listeners:\n  - name: web\n    listen: {listen}\n    routes:\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
          clusters:\n  - name: app\n    lb: {lb}\n    {endpoints_yaml}\n"
     )
+}
+
+/// Starts an in-process proxy from YAML config text (use port 0 for
+/// listeners and admin); returns it with the `web` listener's address.
+pub async fn start_proxy(yaml: &str) -> (skiff::Proxy, SocketAddr) {
+    let config = skiff::config::Config::parse(yaml, "test.yaml", Path::new("."))
+        .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    let proxy = skiff::Proxy::start(config, None).await.expect("start proxy");
+    let address = proxy.listener_address("web").expect("listener web");
+    (proxy, address)
+}
+
+/// A Python peer (gRPC or WebSocket server) from `tests/py`; killed on drop.
+pub struct PyPeer {
+    child: Child,
+    pub port: u16,
+}
+
+/// Path of a script in `tests/py`.
+pub fn py_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
+}
+
+/// Fails with a clear message when a Python module the test needs is missing.
+pub fn require_python_module(module: &str, package: &str) {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "python3 module `{module}` is missing: pip install {package} (.ci/run installs it)");
+}
+
+impl PyPeer {
+    /// Starts `script server` and reads the port it prints.
+    pub fn server(script: &str) -> PyPeer {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(py_script(script))
+            .arg("server")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python peer");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("{script} printed {line:?}, not a port"));
+        PyPeer { child, port }
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `script client ARGS...` to completion; returns (success, output).
+pub async fn py_client(script: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new("python3")
+        .arg(py_script(script))
+        .arg("client")
+        .args(args)
+        .output()
+        .await
+        .expect("run python client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && text.contains("OK"), text)
 }

@@ -1,0 +1,210 @@
+//! Protocols through skiff: HTTP/1.1 and HTTP/2 on both sides, headers,
+//! trailers, gRPC (grpcio), WebSocket (websockets), and local errors.
+
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt;
+use skiff_tests::{full, start_proxy, Backend, Client};
+
+fn config(protocol: &str, endpoints: &str, extra: &str) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - match: {{ path_prefix: /missing-cluster }}\n        cluster: empty\n      - match: {{ host: only.example.com }}\n        cluster: app\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+         clusters:\n  - name: app\n    protocol: {protocol}\n    endpoints: {endpoints}\n{extra}\n  - name: empty\n    endpoints: []\n"
+    )
+}
+
+async fn client(h2: bool, address: std::net::SocketAddr) -> Client {
+    if h2 {
+        Client::h2(address).await.expect("connect h2")
+    } else {
+        Client::h1(address).await.expect("connect h1")
+    }
+}
+
+async fn check_protocol_pair(client_h2: bool, upstream: &str) {
+    let backend = Backend::start("b").await;
+    let (_proxy, address) = start_proxy(&config(upstream, &format!("[{}]", backend.address), "")).await;
+    let mut c = client(client_h2, address).await;
+
+    // Plain request.
+    let (status, name, _) = c.get("/hello").await.expect("get");
+    assert_eq!((status.as_u16(), name.as_str()), (200, "b"));
+
+    // Headers the upstream sees.
+    let req = Request::get("/headers?q=1")
+        .header("connection", if client_h2 { "" } else { "x-hop" })
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-request-id", "req-42")
+        .body(skiff_tests::empty())
+        .expect("req");
+    let req = if client_h2 {
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove("connection");
+        parts.headers.remove("keep-alive");
+        Request::from_parts(parts, body)
+    } else {
+        req
+    };
+    let resp = c.send(req).await.expect("headers");
+    let seen: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-request-id"], "req-42");
+    assert!(seen.get("keep-alive").is_none(), "{seen}");
+    if !client_h2 {
+        assert!(seen.get("x-hop").is_none(), "header named by Connection leaked: {seen}");
+    }
+    let want_version = if upstream == "http2" { "HTTP/2.0" } else { "HTTP/1.1" };
+    assert_eq!(seen["x-version"], want_version);
+    if upstream == "http1" {
+        assert_eq!(seen["host"], "test.local", "{seen}");
+        assert_eq!(seen["x-uri"], "/headers?q=1");
+    } else {
+        assert_eq!(seen["x-uri"], "http://test.local/headers?q=1");
+    }
+
+    // A generated request id when none is sent.
+    let resp = c.send(Request::get("/headers").body(skiff_tests::empty()).expect("req")).await.expect("headers");
+    let seen: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+    assert_eq!(seen["x-request-id"].as_str().map(str::len), Some(36), "{seen}");
+
+    // A streamed body both ways.
+    let payload = vec![7u8; 3 * 1024 * 1024 + 17];
+    let resp = c
+        .send(Request::post("/echo").body(full(payload.clone())).expect("req"))
+        .await
+        .expect("echo");
+    assert_eq!(resp.status(), 200);
+    let back = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(back.len(), payload.len());
+    assert!(back.iter().all(|b| *b == 7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_to_http1_upstream() {
+    check_protocol_pair(false, "http1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_to_http2_upstream() {
+    check_protocol_pair(false, "http2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_client_to_http1_upstream() {
+    check_protocol_pair(true, "http1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_client_to_http2_upstream() {
+    check_protocol_pair(true, "http2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_through_on_http2() {
+    let backend = Backend::start("b").await;
+    let (_proxy, address) = start_proxy(&config("http2", &format!("[{}]", backend.address), "")).await;
+    let mut c = Client::h2(address).await.expect("connect");
+    let resp = c
+        .send(Request::post("/trailers").header("te", "trailers").body(full("12345")).expect("req"))
+        .await
+        .expect("response");
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers arrived");
+    assert_eq!(trailers["x-checksum"], "ok");
+    assert_eq!(trailers["x-request-bytes"], "5");
+    assert_eq!(&collected.to_bytes()[..], b"with trailers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_calls_work_through_skiff() {
+    skiff_tests::require_python_module("grpc", "grpcio");
+    let server = skiff_tests::PyPeer::server("grpc_echo.py");
+    let (proxy, address) = start_proxy(&config("http2", &format!("[127.0.0.1:{}]", server.port), "")).await;
+    let (ok, output) = skiff_tests::py_client("grpc_echo.py", &[&address.to_string()]).await;
+    assert!(ok, "grpc client failed through skiff:\n{output}");
+    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let served = skiff_tests::metric_value(&metrics, "skiff_requests_total", &[("cluster", "app"), ("code_class", "2xx")]);
+    assert!(served.unwrap_or(0.0) >= 3.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_passes_through() {
+    skiff_tests::require_python_module("websockets", "websockets");
+    let server = skiff_tests::PyPeer::server("ws_echo.py");
+    let (proxy, address) = start_proxy(&config("http1", &format!("[127.0.0.1:{}]", server.port), "")).await;
+    let url = format!("ws://{address}/chat");
+    let (ok, output) = skiff_tests::py_client("ws_echo.py", &[&url]).await;
+    assert!(ok, "websocket client failed through skiff:\n{output}");
+    let cluster = proxy.clusters().iter().find(|c| &*c.name == "app").cloned().expect("app");
+    skiff_tests::wait_for("tunnel closed", Duration::from_secs(5), || cluster.stats.in_flight.get() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_errors_say_what_happened() {
+    // A port nobody listens on, and a backend that answers too slowly.
+    let closed = skiff_tests::free_port();
+    let slow = Backend::start("slow").await;
+    slow.control.delay_ms.store(2000, std::sync::atomic::Ordering::Relaxed);
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n\
+         \x20     - match: {{ path_prefix: /refused }}\n        cluster: refused\n\
+         \x20     - match: {{ path_prefix: /slow }}\n        cluster: slow\n\
+         \x20     - match: {{ path_prefix: /none }}\n        cluster: none\n\
+         clusters:\n\
+         \x20 - name: refused\n    endpoints: [127.0.0.1:{closed}]\n\
+         \x20 - name: slow\n    endpoints: [{}]\n    timeouts: {{ request: 200ms }}\n\
+         \x20 - name: none\n    endpoints: []\n",
+        slow.address
+    );
+    let (_proxy, address) = start_proxy(&yaml).await;
+    let mut c = Client::h1(address).await.expect("connect");
+    let (status, _, body) = c.get("/nowhere-routed-at-all").await.expect("404");
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("no route"));
+    let (status, _, body) = c.get("/refused").await.expect("502");
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&body).contains("connect error"), "{body:?}");
+    let (status, _, body) = c.get("/slow").await.expect("504");
+    assert_eq!(status, 504);
+    assert!(String::from_utf8_lossy(&body).contains("request timeout"), "{body:?}");
+    let (status, _, body) = c.get("/none").await.expect("503");
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("no endpoints"), "{body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_host_and_fall_through() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n\
+         \x20     - match: {{ host: shop.example.com, path_prefix: /products }}\n        cluster: a\n\
+         \x20     - match: {{ host: '*.example.com', path: /exact }}\n        cluster: b\n\
+         clusters:\n  - name: a\n    endpoints: [{}]\n  - name: b\n    endpoints: [{}]\n",
+        a.address, b.address
+    );
+    let (_proxy, address) = start_proxy(&yaml).await;
+    let mut c = Client::h1(address).await.expect("connect");
+    let get = |host: &'static str, path: &'static str| {
+        Request::get(path).header("host", host).body(skiff_tests::empty()).expect("req")
+    };
+    let resp = c.send(get("shop.example.com:8080", "/products/7")).await.expect("a");
+    assert_eq!(resp.headers()["x-backend"], "a");
+    let _ = resp.into_body().collect().await;
+    let resp = c.send(get("api.example.com", "/exact")).await.expect("b");
+    assert_eq!(resp.headers()["x-backend"], "b");
+    let _ = resp.into_body().collect().await;
+    let resp = c.send(get("api.example.com", "/exact/more")).await.expect("404");
+    assert_eq!(resp.status(), 404);
+    let _ = resp.into_body().collect().await;
+    let resp = c.send(get("other.org", "/products")).await.expect("404");
+    assert_eq!(resp.status(), 404);
+}
