@@ -199,9 +199,18 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("e.yaml:1:12: endpoints[0].address: `nope` is not an address"), "{err}");
-        assert!(err.contains("e.yaml:3:11: endpoints[1].weight: 0 is out of range"), "{err}");
-        assert!(err.contains("e.yaml:5:3: endpoints[3]: missing field `address`"), "{err}");
+        assert!(
+            err.contains("e.yaml:1:12: endpoints[0].address: `nope` is not an address"),
+            "{err}"
+        );
+        assert!(
+            err.contains("e.yaml:3:11: endpoints[1].weight: 0 is out of range"),
+            "{err}"
+        );
+        assert!(
+            err.contains("e.yaml:5:3: endpoints[3]: missing field `address`"),
+            "{err}"
+        );
         assert!(err.contains("endpoints[3].port: unknown field"), "{err}");
     }
 

@@ -140,7 +140,10 @@ impl Builder {
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some((node, anchor)) = self.stack.pop() {
                     if let Value::Map(entries) = &node.value {
-                        if entries.last().is_some_and(|(_, v)| v.mark == Mark::default()) {
+                        if entries
+                            .last()
+                            .is_some_and(|(_, v)| v.mark == Mark::default())
+                        {
                             return Err(SyntaxError {
                                 line: node.mark.line,
                                 col: node.mark.col,
@@ -390,16 +393,16 @@ pub fn uint(
             diags.error(
                 node,
                 path,
-                format!(
-                    "{v} is out of range ({}..={})",
-                    range.start(),
-                    range.end()
-                ),
+                format!("{v} is out of range ({}..={})", range.start(), range.end()),
             );
             None
         }
         Err(_) => {
-            diags.error(node, path, format!("expected a whole number, found `{text}`"));
+            diags.error(
+                node,
+                path,
+                format!("expected a whole number, found `{text}`"),
+            );
             None
         }
     }
@@ -412,7 +415,11 @@ pub fn boolean(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<bool>
         "true" | "True" | "TRUE" => Some(true),
         "false" | "False" | "FALSE" => Some(false),
         _ => {
-            diags.error(node, path, format!("expected true or false, found `{text}`"));
+            diags.error(
+                node,
+                path,
+                format!("expected true or false, found `{text}`"),
+            );
             None
         }
     }
@@ -423,7 +430,11 @@ pub fn seq<'a>(node: &'a Node, path: &str, diags: &mut Diagnostics) -> Option<&'
     match &node.value {
         Value::Seq(items) => Some(items),
         _ => {
-            diags.error(node, path, format!("expected a list, found {}", node.kind()));
+            diags.error(
+                node,
+                path,
+                format!("expected a list, found {}", node.kind()),
+            );
             None
         }
     }
@@ -445,7 +456,11 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
     };
     let secs = number * scale;
     if !secs.is_finite() || secs > 1e9 {
@@ -498,9 +513,18 @@ mod tests {
         map.required("listen", &mut diags);
         map.finish(&mut diags, &["name", "listen"]);
         let text = diags.to_string();
-        assert!(text.contains("f.yaml:1:1: root: missing field `listen`"), "{text}");
-        assert!(text.contains("f.yaml:2:1: root.bogus: unknown field"), "{text}");
-        assert!(text.contains("f.yaml:3:1: root.other: unknown field"), "{text}");
+        assert!(
+            text.contains("f.yaml:1:1: root: missing field `listen`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.yaml:2:1: root.bogus: unknown field"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.yaml:3:1: root.other: unknown field"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -106,7 +106,10 @@ fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
     let why = if waiting.is_empty() {
         "not ready: shutting down\n".to_string()
     } else {
-        format!("not ready: waiting for endpoints of {}\n", waiting.join(", "))
+        format!(
+            "not ready: waiting for endpoints of {}\n",
+            waiting.join(", ")
+        )
     };
     text(StatusCode::SERVICE_UNAVAILABLE, why)
 }

@@ -215,7 +215,9 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
     };
     let clusters_node = map.optional("clusters");
     let clusters = match clusters_node {
-        Some(node) => read_list(node, "clusters", diags, |n, p, d| read_cluster(n, p, base, d)),
+        Some(node) => read_list(node, "clusters", diags, |n, p, d| {
+            read_cluster(n, p, base, d)
+        }),
         None => Vec::new(),
     };
     let listeners_node = map.optional("listeners");
@@ -229,7 +231,13 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
     // mistake still takes part.
     check_unique(clusters_node, "clusters", "name", "cluster name", diags);
     check_unique(listeners_node, "listeners", "name", "listener name", diags);
-    check_unique(listeners_node, "listeners", "listen", "listen address", diags);
+    check_unique(
+        listeners_node,
+        "listeners",
+        "listen",
+        "listen address",
+        diags,
+    );
     if let Some(admin) = &admin {
         for (i, (node, listener)) in listeners.iter().enumerate() {
             // Port 0 asks the kernel for a free port, so it never clashes.
@@ -243,16 +251,32 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
             }
         }
     }
-    // Every route must name a cluster that exists.
-    for (li, (lnode, listener)) in listeners.iter().enumerate() {
-        for (ri, route) in listener.routes.iter().enumerate() {
-            if !clusters.iter().any(|(_, c)| c.name == route.cluster) {
-                let node = route_cluster_node(lnode, ri).unwrap_or(lnode);
-                diags.error(
-                    node,
-                    &format!("listeners[{li}].routes[{ri}].cluster"),
-                    format!("no cluster named `{}`", route.cluster),
-                );
+    // Every route must name a cluster that exists. Checked on the raw
+    // items, so a listener or cluster with another mistake still counts.
+    let cluster_names: Vec<&str> = match clusters_node.map(|n| &n.value) {
+        Some(yaml::Value::Seq(items)) => items
+            .iter()
+            .filter_map(|c| field(c, "name").and_then(Node::as_str))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some(yaml::Value::Seq(items)) = listeners_node.map(|n| &n.value) {
+        for (li, listener) in items.iter().enumerate() {
+            let Some(yaml::Value::Seq(routes)) = field(listener, "routes").map(|n| &n.value) else {
+                continue;
+            };
+            for (ri, route) in routes.iter().enumerate() {
+                let Some(node) = field(route, "cluster") else {
+                    continue;
+                };
+                let Some(name) = node.as_str() else { continue };
+                if !cluster_names.contains(&name) {
+                    diags.error(
+                        node,
+                        &format!("listeners[{li}].routes[{ri}].cluster"),
+                        format!("no cluster named `{name}`"),
+                    );
+                }
             }
         }
     }
@@ -262,15 +286,6 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
         listeners: listeners.into_iter().map(|(_, l)| l).collect(),
         clusters: clusters.into_iter().map(|(_, c)| c).collect(),
     })
-}
-
-/// Finds the `cluster:` value node of route `index` under a listener node.
-fn route_cluster_node(listener: &Node, index: usize) -> Option<&Node> {
-    let routes = field(listener, "routes")?;
-    let yaml::Value::Seq(items) = &routes.value else {
-        return None;
-    };
-    field(items.get(index)?, "cluster")
 }
 
 /// The value of mapping field `name`, if `node` is a mapping that has it.
@@ -318,7 +333,11 @@ fn check_unique(list: Option<&Node>, path: &str, key: &str, what: &str, diags: &
             Err(_) => value.to_string(),
         };
         if seen.contains(&value) {
-            diags.error(item, &format!("{path}[{i}]"), format!("duplicate {what} `{value}`"));
+            diags.error(
+                item,
+                &format!("{path}[{i}]"),
+                format!("duplicate {what} `{value}`"),
+            );
         }
         seen.push(value);
     }
@@ -484,7 +503,14 @@ fn read_match(
     Some((host, path_match?))
 }
 
-const CLUSTER_FIELDS: &[&str] = &["name", "lb", "protocol", "endpoints", "discovery", "timeouts"];
+const CLUSTER_FIELDS: &[&str] = &[
+    "name",
+    "lb",
+    "protocol",
+    "endpoints",
+    "discovery",
+    "timeouts",
+];
 
 fn read_cluster(
     node: &Node,

@@ -188,7 +188,10 @@ pub async fn run(duration: Option<Duration>, admin: SocketAddr) -> anyhow::Resul
         let _ = c.await;
     }
     let total: u64 = replicas.iter().map(|r| r.total.load(Relaxed)).sum();
-    println!("\ndone: {total} requests through skiff in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "\ndone: {total} requests through skiff in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -235,7 +238,11 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
 }
 
 /// One replica: `/healthz` answers at once, everything else after its latency.
-async fn serve_replica(listener: tokio::net::TcpListener, replica: Arc<Replica>, latency: (u64, u64)) {
+async fn serve_replica(
+    listener: tokio::net::TcpListener,
+    replica: Arc<Replica>,
+    latency: (u64, u64),
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -247,7 +254,8 @@ async fn serve_replica(listener: tokio::net::TcpListener, replica: Arc<Replica>,
                 async move {
                     if req.uri().path() != "/healthz" {
                         let (lo, hi) = latency;
-                        let ms = lo + random() % (hi - lo + 1) + replica.extra_latency_ms.load(Relaxed);
+                        let ms =
+                            lo + random() % (hi - lo + 1) + replica.extra_latency_ms.load(Relaxed);
                         tokio::time::sleep(Duration::from_millis(ms)).await;
                     }
                     let body = format!(
@@ -273,7 +281,11 @@ async fn serve_replica(listener: tokio::net::TcpListener, replica: Arc<Replica>,
 
 /// A client connection sending requests one after another, with a short
 /// random pause, to a path chosen by the services' shares.
-async fn client(entry: SocketAddr, replicas: Arc<HashMap<String, Arc<Replica>>>, stop: Arc<AtomicBool>) {
+async fn client(
+    entry: SocketAddr,
+    replicas: Arc<HashMap<String, Arc<Replica>>>,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Relaxed) {
         let Ok(stream) = tokio::net::TcpStream::connect(entry).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -332,7 +344,13 @@ async fn client(entry: SocketAddr, replicas: Arc<HashMap<String, Arc<Replica>>>,
 }
 
 /// Prints the per-replica table: in place on a terminal, as lines otherwise.
-fn render(proxy: &Proxy, replicas: &[Arc<Replica>], elapsed: Duration, events: &[String], tty: bool) {
+fn render(
+    proxy: &Proxy,
+    replicas: &[Arc<Replica>],
+    elapsed: Duration,
+    events: &[String],
+    tty: bool,
+) {
     let in_flight: HashMap<SocketAddr, u64> = proxy
         .clusters()
         .iter()

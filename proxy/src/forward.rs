@@ -43,7 +43,10 @@ pub async fn handle(
     let host = request_host(&req);
     let Some(route) = routes.find(host, req.uri().path()) else {
         listener.unrouted.fetch_add(1, Relaxed);
-        return local(StatusCode::NOT_FOUND, "no route matches this host and path\n");
+        return local(
+            StatusCode::NOT_FOUND,
+            "no route matches this host and path\n",
+        );
     };
     let response = forward(req, route, peer, start).await;
     route.requests.record(response.status().as_u16());
@@ -72,17 +75,34 @@ async fn forward(
     let endpoint = in_flight.endpoint.clone();
 
     let result = if upgrade {
-        tunnel(req, &in_flight, settings.timeouts.connect, settings.timeouts.request).await
+        tunnel(
+            req,
+            &in_flight,
+            settings.timeouts.connect,
+            settings.timeouts.request,
+        )
+        .await
     } else {
         set_upstream_uri(&mut req, settings.protocol, endpoint.address);
-        send(req, &endpoint.pool, endpoint.address, settings.protocol, settings.timeouts.connect, settings.timeouts.request).await
+        send(
+            req,
+            &endpoint.pool,
+            endpoint.address,
+            settings.protocol,
+            settings.timeouts.connect,
+            settings.timeouts.request,
+        )
+        .await
     };
 
     match result {
         Ok((mut resp, conn)) => {
             let status = resp.status();
             endpoint.requests.record(status.as_u16());
-            strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS);
+            strip_hop_by_hop(
+                resp.headers_mut(),
+                status == StatusCode::SWITCHING_PROTOCOLS,
+            );
             let (parts, body) = resp.into_parts();
             let body = if status == StatusCode::SWITCHING_PROTOCOLS {
                 // The tunnel task holds the in-flight count now.
@@ -201,7 +221,10 @@ async fn send(
     unreachable!("the loop returns on its second attempt")
 }
 
-async fn with_timeout<F: std::future::Future>(limit: Duration, fut: F) -> Result<F::Output, Failure> {
+async fn with_timeout<F: std::future::Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, Failure> {
     if limit.is_zero() {
         return Ok(fut.await);
     }
@@ -266,7 +289,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
         Some(a) => Some(a.as_str()),
-        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
     }
 }
 
@@ -276,7 +302,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upgrade: bool)
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     strip_hop_by_hop(headers, upgrade);
     if te_trailers {
         // The one TE value that means something end to end: gRPC needs it.
@@ -540,7 +569,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_named_ones_with_them() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));

@@ -115,7 +115,11 @@ impl Proxy {
                 address: admin_listen,
                 source,
             })?;
-        *proxy.inner.admin_address.lock().unwrap_or_else(|e| e.into_inner()) = Some(admin);
+        *proxy
+            .inner
+            .admin_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(admin);
         proxy.apply(config).await?;
         proxy.spawn_upkeep();
         Ok(proxy)
@@ -257,7 +261,11 @@ impl Proxy {
     }
 
     fn listener_state(&self, name: &str) -> Arc<ListenerState> {
-        let listeners = self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // A listener moving to a new address keeps its counters.
         if let Some(existing) = listeners.get(name) {
             return Arc::new(ListenerState {
@@ -335,7 +343,11 @@ impl Proxy {
 
     /// Where the admin server listens (useful with port 0).
     pub fn admin_address(&self) -> Option<SocketAddr> {
-        *self.inner.admin_address.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .admin_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where a listener listens (useful with port 0).

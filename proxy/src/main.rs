@@ -55,7 +55,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
-        eprintln!("skiff: bad --log-level `{}`: {e}; using info", cli.log_level);
+        eprintln!(
+            "skiff: bad --log-level `{}`: {e}; using info",
+            cli.log_level
+        );
         tracing_subscriber::EnvFilter::new("info")
     });
     let demo = matches!(cli.command, Command::Demo { .. });
@@ -162,4 +165,3 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
-

@@ -260,9 +260,11 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         "Time from request received to response body end, by cluster.",
     );
     for c in clusters {
-        c.stats
-            .duration
-            .render(&mut out, "skiff_request_duration_seconds", &format!("cluster=\"{}\"", escape(&c.name)));
+        c.stats.duration.render(
+            &mut out,
+            "skiff_request_duration_seconds",
+            &format!("cluster=\"{}\"", escape(&c.name)),
+        );
     }
 
     header(
@@ -311,8 +313,14 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
     for c in clusters {
         let (active, draining) = c.endpoint_counts();
         let name = escape(&c.name);
-        let _ = writeln!(out, "skiff_endpoints{{cluster=\"{name}\",state=\"healthy\"}} {active}");
-        let _ = writeln!(out, "skiff_endpoints{{cluster=\"{name}\",state=\"draining\"}} {draining}");
+        let _ = writeln!(
+            out,
+            "skiff_endpoints{{cluster=\"{name}\",state=\"healthy\"}} {active}"
+        );
+        let _ = writeln!(
+            out,
+            "skiff_endpoints{{cluster=\"{name}\",state=\"draining\"}} {draining}"
+        );
     }
 
     header(
@@ -390,10 +398,22 @@ mod tests {
         h.observe(Duration::from_secs(60));
         let mut out = String::new();
         h.render(&mut out, "x", "cluster=\"a\"");
-        assert!(out.contains("x_bucket{cluster=\"a\",le=\"0.0005\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{cluster=\"a\",le=\"0.005\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{cluster=\"a\",le=\"30\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{cluster=\"a\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{cluster=\"a\",le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{cluster=\"a\",le=\"0.005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{cluster=\"a\",le=\"30\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{cluster=\"a\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
         assert!(out.contains("x_count{cluster=\"a\"} 3\n"), "{out}");
     }
 

@@ -69,7 +69,9 @@ impl RouteTable {
                 requests: registry.requests(&listener.name, &route.cluster),
             });
             match &route.host {
-                Some(HostMatch::Exact(h)) => table.exact.entry(h.as_str().into()).or_default().push(i),
+                Some(HostMatch::Exact(h)) => {
+                    table.exact.entry(h.as_str().into()).or_default().push(i)
+                }
                 Some(HostMatch::Suffix(s)) => {
                     match table.suffixes.iter_mut().find(|(k, _)| **k == **s) {
                         Some((_, list)) => list.push(i),
@@ -79,7 +81,9 @@ impl RouteTable {
                 None => table.any_host.push(i),
             }
         }
-        table.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table
+            .suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         Ok(table)
     }
 
@@ -181,11 +185,25 @@ mod tests {
     fn exact_host_beats_suffix_beats_any() {
         let t = table(&[
             (None, PathMatch::Prefix("/".into()), "any"),
-            (Some(HostMatch::Suffix(".example.com".into())), PathMatch::Prefix("/".into()), "wild"),
-            (Some(HostMatch::Exact("shop.example.com".into())), PathMatch::Prefix("/products".into()), "shop"),
+            (
+                Some(HostMatch::Suffix(".example.com".into())),
+                PathMatch::Prefix("/".into()),
+                "wild",
+            ),
+            (
+                Some(HostMatch::Exact("shop.example.com".into())),
+                PathMatch::Prefix("/products".into()),
+                "shop",
+            ),
         ]);
-        assert_eq!(find(&t, Some("shop.example.com"), "/products/1"), Some("shop"));
-        assert_eq!(find(&t, Some("SHOP.example.com:8080"), "/products"), Some("shop"));
+        assert_eq!(
+            find(&t, Some("shop.example.com"), "/products/1"),
+            Some("shop")
+        );
+        assert_eq!(
+            find(&t, Some("SHOP.example.com:8080"), "/products"),
+            Some("shop")
+        );
         assert_eq!(find(&t, Some("shop.example.com"), "/orders"), Some("wild"));
         assert_eq!(find(&t, Some("a.b.example.com"), "/"), Some("wild"));
         assert_eq!(find(&t, Some("example.com"), "/"), Some("any"));
@@ -207,8 +225,16 @@ mod tests {
     #[test]
     fn longest_suffix_wins() {
         let t = table(&[
-            (Some(HostMatch::Suffix(".com".into())), PathMatch::Prefix("/".into()), "com"),
-            (Some(HostMatch::Suffix(".example.com".into())), PathMatch::Prefix("/".into()), "example"),
+            (
+                Some(HostMatch::Suffix(".com".into())),
+                PathMatch::Prefix("/".into()),
+                "com",
+            ),
+            (
+                Some(HostMatch::Suffix(".example.com".into())),
+                PathMatch::Prefix("/".into()),
+                "example",
+            ),
         ]);
         assert_eq!(find(&t, Some("www.example.com"), "/"), Some("example"));
         assert_eq!(find(&t, Some("www.other.com"), "/"), Some("com"));

@@ -18,7 +18,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// Boxed body used by the test servers and clients.
-pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type TestBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Wraps bytes as a [`TestBody`].
 pub fn full(data: impl Into<Bytes>) -> TestBody {
@@ -41,7 +42,8 @@ pub fn generated(len: u64) -> TestBody {
 fn futures_stream(
     len: u64,
     chunk: Bytes,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> + Send {
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>
+       + Send {
     struct Gen {
         left: u64,
         chunk: Bytes,
@@ -97,7 +99,9 @@ impl Drop for Backend {
 impl Backend {
     /// Starts a backend on a free port.
     pub async fn start(name: &str) -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         Self::serve(name, listener)
     }
 
@@ -109,7 +113,9 @@ impl Backend {
         let ctl = control.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let name = name_owned.clone();
                 let ctl = ctl.clone();
                 tokio::spawn(async move {
@@ -137,7 +143,11 @@ impl Backend {
     }
 }
 
-async fn backend_respond(req: Request<Incoming>, name: &str, ctl: &BackendControl) -> Response<TestBody> {
+async fn backend_respond(
+    req: Request<Incoming>,
+    name: &str,
+    ctl: &BackendControl,
+) -> Response<TestBody> {
     ctl.requests.fetch_add(1, Relaxed);
     ctl.in_flight.fetch_add(1, Relaxed);
     let delay = ctl.delay_ms.load(Relaxed);
@@ -172,12 +182,19 @@ async fn backend_respond(req: Request<Incoming>, name: &str, ctl: &BackendContro
         map.insert("x-version".into(), format!("{:?}", req.version()).into());
         builder.body(full(serde_json::to_vec(&map).unwrap_or_default()))
     } else if path == "/trailers" {
-        let body = req.into_body().collect().await.map(|c| c.to_bytes().len()).unwrap_or(0);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().len())
+            .unwrap_or(0);
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-checksum", "ok".parse().expect("value"));
         trailers.insert("x-request-bytes", body.to_string().parse().expect("value"));
-        let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
-            vec![Ok(Frame::data(Bytes::from_static(b"with trailers"))), Ok(Frame::trailers(trailers))];
+        let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"with trailers"))),
+            Ok(Frame::trailers(trailers)),
+        ];
         builder.body(StreamBody::new(VecStream(frames.into())).boxed())
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -223,19 +240,24 @@ impl Client {
     pub async fn h2(address: SocketAddr) -> std::io::Result<Client> {
         let stream = tokio::net::TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
         Ok(Client::H2(tx))
     }
 
     /// Sends a request; `path` may be a path (host `test.local` is used) or an absolute URL.
-    pub async fn send(&mut self, mut req: Request<TestBody>) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send(
+        &mut self,
+        mut req: Request<TestBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         match self {
             Client::H1(tx) => {
                 if !req.headers().contains_key("host") {
-                    req.headers_mut().insert("host", "test.local".parse().expect("host"));
+                    req.headers_mut()
+                        .insert("host", "test.local".parse().expect("host"));
                 }
                 tx.ready().await?;
                 tx.send_request(req).await
@@ -377,7 +399,10 @@ impl SkiffProcess {
         let child = Command::new(skiff_bin())
             .args(["run", "-c"])
             .arg(config)
-            .args(["--log-level", "info"])
+            .args([
+                "--log-level",
+                &std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ])
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -468,7 +493,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
@@ -492,12 +521,17 @@ impl Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..connections)
             .map(|_| {
-                let (ok, failed, errors, stop) = (ok.clone(), failed.clone(), errors.clone(), stop.clone());
+                let (ok, failed, errors, stop) =
+                    (ok.clone(), failed.clone(), errors.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut client = None;
                     while !stop.load(Relaxed) {
                         if client.is_none() {
-                            let c = if h2 { Client::h2(address).await } else { Client::h1(address).await };
+                            let c = if h2 {
+                                Client::h2(address).await
+                            } else {
+                                Client::h1(address).await
+                            };
                             match c {
                                 Ok(c) => client = Some(c),
                                 Err(e) => {
@@ -515,10 +549,10 @@ impl Load {
                             }
                             Ok((status, _, body)) => {
                                 failed.fetch_add(1, Relaxed);
-                                errors.lock().expect("errors").push(format!(
-                                    "{status}: {}",
-                                    String::from_utf8_lossy(&body)
-                                ));
+                                errors
+                                    .lock()
+                                    .expect("errors")
+                                    .push(format!("{status}: {}", String::from_utf8_lossy(&body)));
                             }
                             Err(e) => {
                                 failed.fetch_add(1, Relaxed);
@@ -552,7 +586,12 @@ impl Load {
 
 /// A config for `skiff run` with one listener `web` routing `/` to cluster
 /// `app` over `backends` (a YAML endpoints list is written inline).
-pub fn simple_config(listen: SocketAddr, admin: SocketAddr, lb: &str, endpoints_yaml: &str) -> String {
+pub fn simple_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    lb: &str,
+    endpoints_yaml: &str,
+) -> String {
     format!(
         "admin: {{ listen: {admin} }}\n\
          shutdown: {{ drain_delay: 0s, grace_period: 10s }}\n\
@@ -566,7 +605,9 @@ pub fn simple_config(listen: SocketAddr, admin: SocketAddr, lb: &str, endpoints_
 pub async fn start_proxy(yaml: &str) -> (skiff::Proxy, SocketAddr) {
     let config = skiff::config::Config::parse(yaml, "test.yaml", Path::new("."))
         .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
-    let proxy = skiff::Proxy::start(config, None).await.expect("start proxy");
+    let proxy = skiff::Proxy::start(config, None)
+        .await
+        .expect("start proxy");
     let address = proxy.listener_address("web").expect("listener web");
     (proxy, address)
 }
@@ -588,7 +629,10 @@ pub fn require_python_module(module: &str, package: &str) {
         .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok, "python3 module `{module}` is missing: pip install {package} (.ci/run installs it)");
+    assert!(
+        ok,
+        "python3 module `{module}` is missing: pip install {package} (.ci/run installs it)"
+    );
 }
 
 impl PyPeer {
@@ -603,8 +647,13 @@ impl PyPeer {
             .expect("start python peer");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("read port");
-        let port = line.trim().parse().unwrap_or_else(|_| panic!("{script} printed {line:?}, not a port"));
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{script} printed {line:?}, not a port"));
         PyPeer { child, port }
     }
 }

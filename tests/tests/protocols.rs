@@ -25,7 +25,8 @@ async fn client(h2: bool, address: std::net::SocketAddr) -> Client {
 
 async fn check_protocol_pair(client_h2: bool, upstream: &str) {
     let backend = Backend::start("b").await;
-    let (_proxy, address) = start_proxy(&config(upstream, &format!("[{}]", backend.address), "")).await;
+    let (_proxy, address) =
+        start_proxy(&config(upstream, &format!("[{}]", backend.address), "")).await;
     let mut c = client(client_h2, address).await;
 
     // Plain request.
@@ -50,15 +51,23 @@ async fn check_protocol_pair(client_h2: bool, upstream: &str) {
     };
     let resp = c.send(req).await.expect("headers");
     let seen: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("json");
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-request-id"], "req-42");
     assert!(seen.get("keep-alive").is_none(), "{seen}");
     if !client_h2 {
-        assert!(seen.get("x-hop").is_none(), "header named by Connection leaked: {seen}");
+        assert!(
+            seen.get("x-hop").is_none(),
+            "header named by Connection leaked: {seen}"
+        );
     }
-    let want_version = if upstream == "http2" { "HTTP/2.0" } else { "HTTP/1.1" };
+    let want_version = if upstream == "http2" {
+        "HTTP/2.0"
+    } else {
+        "HTTP/1.1"
+    };
     assert_eq!(seen["x-version"], want_version);
     if upstream == "http1" {
         assert_eq!(seen["host"], "test.local", "{seen}");
@@ -68,15 +77,31 @@ async fn check_protocol_pair(client_h2: bool, upstream: &str) {
     }
 
     // A generated request id when none is sent.
-    let resp = c.send(Request::get("/headers").body(skiff_tests::empty()).expect("req")).await.expect("headers");
+    let resp = c
+        .send(
+            Request::get("/headers")
+                .body(skiff_tests::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("headers");
     let seen: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
-    assert_eq!(seen["x-request-id"].as_str().map(str::len), Some(36), "{seen}");
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("json");
+    assert_eq!(
+        seen["x-request-id"].as_str().map(str::len),
+        Some(36),
+        "{seen}"
+    );
 
     // A streamed body both ways.
     let payload = vec![7u8; 3 * 1024 * 1024 + 17];
     let resp = c
-        .send(Request::post("/echo").body(full(payload.clone())).expect("req"))
+        .send(
+            Request::post("/echo")
+                .body(full(payload.clone()))
+                .expect("req"),
+        )
         .await
         .expect("echo");
     assert_eq!(resp.status(), 200);
@@ -108,10 +133,16 @@ async fn http2_client_to_http2_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_pass_through_on_http2() {
     let backend = Backend::start("b").await;
-    let (_proxy, address) = start_proxy(&config("http2", &format!("[{}]", backend.address), "")).await;
+    let (_proxy, address) =
+        start_proxy(&config("http2", &format!("[{}]", backend.address), "")).await;
     let mut c = Client::h2(address).await.expect("connect");
     let resp = c
-        .send(Request::post("/trailers").header("te", "trailers").body(full("12345")).expect("req"))
+        .send(
+            Request::post("/trailers")
+                .header("te", "trailers")
+                .body(full("12345"))
+                .expect("req"),
+        )
         .await
         .expect("response");
     let collected = resp.into_body().collect().await.expect("body");
@@ -125,11 +156,20 @@ async fn trailers_pass_through_on_http2() {
 async fn grpc_unary_and_streaming_calls_work_through_skiff() {
     skiff_tests::require_python_module("grpc", "grpcio");
     let server = skiff_tests::PyPeer::server("grpc_echo.py");
-    let (proxy, address) = start_proxy(&config("http2", &format!("[127.0.0.1:{}]", server.port), "")).await;
+    let (proxy, address) = start_proxy(&config(
+        "http2",
+        &format!("[127.0.0.1:{}]", server.port),
+        "",
+    ))
+    .await;
     let (ok, output) = skiff_tests::py_client("grpc_echo.py", &[&address.to_string()]).await;
     assert!(ok, "grpc client failed through skiff:\n{output}");
     let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
-    let served = skiff_tests::metric_value(&metrics, "skiff_requests_total", &[("cluster", "app"), ("code_class", "2xx")]);
+    let served = skiff_tests::metric_value(
+        &metrics,
+        "skiff_requests_total",
+        &[("cluster", "app"), ("code_class", "2xx")],
+    );
     assert!(served.unwrap_or(0.0) >= 3.0, "{metrics}");
 }
 
@@ -137,12 +177,25 @@ async fn grpc_unary_and_streaming_calls_work_through_skiff() {
 async fn websocket_echo_passes_through() {
     skiff_tests::require_python_module("websockets", "websockets");
     let server = skiff_tests::PyPeer::server("ws_echo.py");
-    let (proxy, address) = start_proxy(&config("http1", &format!("[127.0.0.1:{}]", server.port), "")).await;
+    let (proxy, address) = start_proxy(&config(
+        "http1",
+        &format!("[127.0.0.1:{}]", server.port),
+        "",
+    ))
+    .await;
     let url = format!("ws://{address}/chat");
     let (ok, output) = skiff_tests::py_client("ws_echo.py", &[&url]).await;
     assert!(ok, "websocket client failed through skiff:\n{output}");
-    let cluster = proxy.clusters().iter().find(|c| &*c.name == "app").cloned().expect("app");
-    skiff_tests::wait_for("tunnel closed", Duration::from_secs(5), || cluster.stats.in_flight.get() == 0).await;
+    let cluster = proxy
+        .clusters()
+        .iter()
+        .find(|c| &*c.name == "app")
+        .cloned()
+        .expect("app");
+    skiff_tests::wait_for("tunnel closed", Duration::from_secs(5), || {
+        cluster.stats.in_flight.get() == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +203,9 @@ async fn local_errors_say_what_happened() {
     // A port nobody listens on, and a backend that answers too slowly.
     let closed = skiff_tests::free_port();
     let slow = Backend::start("slow").await;
-    slow.control.delay_ms.store(2000, std::sync::atomic::Ordering::Relaxed);
+    slow.control
+        .delay_ms
+        .store(2000, std::sync::atomic::Ordering::Relaxed);
     let yaml = format!(
         "admin: {{ listen: 127.0.0.1:0 }}\n\
          listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n\
@@ -170,13 +225,22 @@ async fn local_errors_say_what_happened() {
     assert!(String::from_utf8_lossy(&body).contains("no route"));
     let (status, _, body) = c.get("/refused").await.expect("502");
     assert_eq!(status, 502);
-    assert!(String::from_utf8_lossy(&body).contains("connect error"), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("connect error"),
+        "{body:?}"
+    );
     let (status, _, body) = c.get("/slow").await.expect("504");
     assert_eq!(status, 504);
-    assert!(String::from_utf8_lossy(&body).contains("request timeout"), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("request timeout"),
+        "{body:?}"
+    );
     let (status, _, body) = c.get("/none").await.expect("503");
     assert_eq!(status, 503);
-    assert!(String::from_utf8_lossy(&body).contains("no endpoints"), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("no endpoints"),
+        "{body:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,15 +258,24 @@ async fn routes_match_host_and_fall_through() {
     let (_proxy, address) = start_proxy(&yaml).await;
     let mut c = Client::h1(address).await.expect("connect");
     let get = |host: &'static str, path: &'static str| {
-        Request::get(path).header("host", host).body(skiff_tests::empty()).expect("req")
+        Request::get(path)
+            .header("host", host)
+            .body(skiff_tests::empty())
+            .expect("req")
     };
-    let resp = c.send(get("shop.example.com:8080", "/products/7")).await.expect("a");
+    let resp = c
+        .send(get("shop.example.com:8080", "/products/7"))
+        .await
+        .expect("a");
     assert_eq!(resp.headers()["x-backend"], "a");
     let _ = resp.into_body().collect().await;
     let resp = c.send(get("api.example.com", "/exact")).await.expect("b");
     assert_eq!(resp.headers()["x-backend"], "b");
     let _ = resp.into_body().collect().await;
-    let resp = c.send(get("api.example.com", "/exact/more")).await.expect("404");
+    let resp = c
+        .send(get("api.example.com", "/exact/more"))
+        .await
+        .expect("404");
     assert_eq!(resp.status(), 404);
     let _ = resp.into_body().collect().await;
     let resp = c.send(get("other.org", "/products")).await.expect("404");

@@ -369,7 +369,10 @@ mod tests {
         c.apply(&set(&[(1, 3), (2, 1)]));
         // Hold every pick: in-flight settles at the 3:1 weight ratio.
         let held: Vec<InFlight> = (0..400).map(|_| c.pick().unwrap()).collect();
-        let heavy = held.iter().filter(|f| f.endpoint.address.port() == 1).count();
+        let heavy = held
+            .iter()
+            .filter(|f| f.endpoint.address.port() == 1)
+            .count();
         assert!((290..=310).contains(&heavy), "heavy got {heavy} of 400");
     }
 
