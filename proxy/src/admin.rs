@@ -103,7 +103,9 @@ fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
         .filter(|c| !c.is_primed())
         .map(|c| c.name.to_string())
         .collect();
-    let why = if waiting.is_empty() {
+    let why = if !proxy.is_started() {
+        "not ready: listeners are not bound yet\n".to_string()
+    } else if waiting.is_empty() {
         "not ready: shutting down\n".to_string()
     } else {
         format!(

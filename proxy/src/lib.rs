@@ -75,6 +75,8 @@ struct Inner {
     /// The same clusters, for readers (admin, metrics) that must not lock.
     cluster_list: ArcSwap<Vec<Arc<Cluster>>>,
     listeners: Mutex<HashMap<String, Listener>>,
+    /// Set once the first config's listeners are bound.
+    started: AtomicBool,
     draining: AtomicBool,
     /// Serialises reloads.
     reload: tokio::sync::Mutex<()>,
@@ -102,6 +104,7 @@ impl Proxy {
                 clusters: Mutex::new(HashMap::new()),
                 cluster_list: ArcSwap::from_pointee(Vec::new()),
                 listeners: Mutex::new(HashMap::new()),
+                started: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 reload: tokio::sync::Mutex::new(()),
                 drain_requested: tokio::sync::Notify::new(),
@@ -121,6 +124,7 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(admin);
         proxy.apply(config).await?;
+        proxy.inner.started.store(true, Relaxed);
         proxy.spawn_upkeep();
         Ok(proxy)
     }
@@ -323,8 +327,14 @@ impl Proxy {
     /// True once listeners are bound and every cluster has its first
     /// endpoint set, until shutdown begins.
     pub fn is_ready(&self) -> bool {
-        !self.inner.draining.load(Relaxed)
+        self.inner.started.load(Relaxed)
+            && !self.inner.draining.load(Relaxed)
             && self.inner.cluster_list.load().iter().all(|c| c.is_primed())
+    }
+
+    /// Whether the first config's listeners are bound.
+    pub fn is_started(&self) -> bool {
+        self.inner.started.load(Relaxed)
     }
 
     /// The effective config.
