@@ -146,7 +146,7 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                 "lb": settings.lb,
                 "protocol": settings.protocol,
                 "ready": c.is_primed(),
-                "in_flight": c.stats.in_flight.get(),
+                "in_flight": c.in_flight(),
                 "requests": c.stats.duration.count(),
                 "endpoints": endpoints,
             })

@@ -18,7 +18,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 
-use crate::cluster::{balance::random, Cluster, InFlight};
+use crate::cluster::{balance::random, InFlight};
 use crate::config::UpstreamProtocol;
 use crate::listener::ListenerState;
 use crate::pool::{ConnectError, Pool, Sender, UpstreamBody};
@@ -468,13 +468,12 @@ impl Completion {
                 in_flight.endpoint.pool.checkin(conn);
             }
         }
-        record_duration(&in_flight.cluster, start);
+        in_flight
+            .endpoint
+            .cluster_stats
+            .duration
+            .observe(start.elapsed());
     }
-}
-
-#[inline]
-fn record_duration(cluster: &Cluster, start: Instant) {
-    cluster.stats.duration.observe(start.elapsed());
 }
 
 /// An upstream response body on its way to the client.

@@ -278,7 +278,7 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
             out,
             "skiff_requests_in_flight{{cluster=\"{}\"}} {}",
             escape(&c.name),
-            c.stats.in_flight.get()
+            c.in_flight()
         );
     }
 

@@ -133,12 +133,12 @@ async fn in_flight_is_held_until_the_response_body_ends() {
     assert_eq!(resp.status(), 200);
     let cluster = proxy.clusters()[0].clone();
     // Headers are here but the body is not read: still in flight.
-    assert_eq!(cluster.stats.in_flight.get(), 1);
+    assert_eq!(cluster.in_flight(), 1);
     use http_body_util::BodyExt;
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(body.len(), 10_000_000);
     skiff_tests::wait_for("in-flight back to 0", Duration::from_secs(5), || {
-        cluster.stats.in_flight.get() == 0
+        cluster.in_flight() == 0
     })
     .await;
 }

@@ -21,7 +21,9 @@ fn file_config(dir: &TempDir, extra: &str) -> skiff::config::Config {
 async fn ready_waits_for_the_first_endpoint_set() {
     let dir = TempDir::new("ready");
     let backend = Backend::start("a").await;
-    let proxy = skiff::Proxy::start(file_config(&dir, ""), None).await.expect("start");
+    let proxy = skiff::Proxy::start(file_config(&dir, ""), None)
+        .await
+        .expect("start");
     let admin = proxy.admin_address().expect("admin");
     let (status, body) = admin_get(admin, "/ready").await.expect("ready");
     assert_eq!(status, 503);
@@ -41,7 +43,9 @@ async fn removed_endpoint_finishes_in_flight_requests() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
     dir.write("endpoints.yaml", &format!("- {}\n", old.address));
-    let proxy = skiff::Proxy::start(file_config(&dir, ""), None).await.expect("start");
+    let proxy = skiff::Proxy::start(file_config(&dir, ""), None)
+        .await
+        .expect("start");
     let address = proxy.listener_address("web").expect("web");
     wait_for("first set", Duration::from_secs(5), || proxy.is_ready()).await;
 
@@ -49,19 +53,29 @@ async fn removed_endpoint_finishes_in_flight_requests() {
     let mut client = Client::h1(address).await.expect("connect");
     let slow = tokio::spawn(async move {
         let resp = client
-            .send(Request::get("/slow/800").body(skiff_tests::empty()).expect("req"))
+            .send(
+                Request::get("/slow/800")
+                    .body(skiff_tests::empty())
+                    .expect("req"),
+            )
             .await
             .expect("response");
         let status = resp.status();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         (status, body)
     });
-    wait_for("slow request at old", Duration::from_secs(5), || old.control.in_flight.load(Relaxed) == 1).await;
+    wait_for("slow request at old", Duration::from_secs(5), || {
+        old.control.in_flight.load(Relaxed) == 1
+    })
+    .await;
 
     // ...when `old` leaves the set.
     dir.write("endpoints.yaml", &format!("- {}\n", new.address));
     let cluster = proxy.clusters()[0].clone();
-    wait_for("old to be draining", Duration::from_secs(5), || cluster.endpoint_counts() == (1, 1)).await;
+    wait_for("old to be draining", Duration::from_secs(5), || {
+        cluster.endpoint_counts() == (1, 1)
+    })
+    .await;
     let mut other = Client::h1(address).await.expect("connect");
     for _ in 0..5 {
         let (status, backend, _) = other.get("/").await.expect("new request");
@@ -70,7 +84,10 @@ async fn removed_endpoint_finishes_in_flight_requests() {
     let (status, body) = slow.await.expect("slow task");
     assert_eq!(status, 200);
     assert_eq!(&body[..], b"old");
-    wait_for("old to be dropped", Duration::from_secs(5), || cluster.endpoint_counts() == (1, 0)).await;
+    wait_for("old to be dropped", Duration::from_secs(5), || {
+        cluster.endpoint_counts() == (1, 0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,11 +105,26 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
     assert_eq!(status, 200);
     let cluster = proxy.clusters()[0].clone();
     let endpoint = cluster.endpoints_for_display()[0].clone();
-    wait_for("the connection to be pooled", Duration::from_secs(2), || endpoint.pool.idle_count() == 1).await;
+    wait_for(
+        "the connection to be pooled",
+        Duration::from_secs(2),
+        || endpoint.pool.idle_count() == 1,
+    )
+    .await;
     // Reused while fresh...
     let (status, _, _) = client.get("/").await.expect("request");
     assert_eq!(status, 200);
-    wait_for("the connection back in the pool", Duration::from_secs(2), || endpoint.pool.idle_count() == 1).await;
+    wait_for(
+        "the connection back in the pool",
+        Duration::from_secs(2),
+        || endpoint.pool.idle_count() == 1,
+    )
+    .await;
     // ...and closed once idle past the timeout.
-    wait_for("the idle connection to close", Duration::from_secs(5), || endpoint.pool.idle_count() == 0).await;
+    wait_for(
+        "the idle connection to close",
+        Duration::from_secs(5),
+        || endpoint.pool.idle_count() == 0,
+    )
+    .await;
 }

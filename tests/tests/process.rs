@@ -464,3 +464,46 @@ async fn sigterm_drains_in_flight_requests() {
         "listener still accepting after shutdown"
     );
 }
+
+#[test]
+fn example_configs_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("deploy/examples") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Endpoint files are read by their cluster, not as configs.
+        if !name.ends_with(".yaml") || name.contains("endpoints") {
+            continue;
+        }
+        let out = Command::new(skiff_bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run check");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no example configs found in {}", dir.display());
+}
+
+#[test]
+fn readme_config_example_is_valid() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .expect("README.md");
+    let block = readme
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block in the README");
+    if let Err(e) = skiff::config::Config::parse(block, "README.md", std::path::Path::new(".")) {
+        panic!("the README's config example is invalid:\n{e}");
+    }
+}

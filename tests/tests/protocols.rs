@@ -193,7 +193,7 @@ async fn websocket_echo_passes_through() {
         .cloned()
         .expect("app");
     skiff_tests::wait_for("tunnel closed", Duration::from_secs(5), || {
-        cluster.stats.in_flight.get() == 0
+        cluster.in_flight() == 0
     })
     .await;
 }

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use skiff_discovery::{EndpointSet, EndpointSpec};
 
 use crate::config::ClusterConfig;
-use crate::metrics::{CodeCounters, Gauge, Histogram};
+use crate::metrics::{CodeCounters, Histogram};
 use crate::pool::Pool;
 use balance::Balancer;
 
@@ -37,11 +37,14 @@ pub struct Endpoint {
     /// Responses by status class (`skiff_endpoint_requests_total`).
     pub requests: CodeCounters,
     pub pool: Pool,
+    /// The owning cluster's metrics, so a request holds one `Arc`, not two.
+    pub cluster_stats: Arc<ClusterStats>,
 }
 
 impl Endpoint {
-    pub fn new(spec: &EndpointSpec) -> Endpoint {
+    pub fn new(spec: &EndpointSpec, cluster_stats: Arc<ClusterStats>) -> Endpoint {
         Endpoint {
+            cluster_stats,
             address: spec.address,
             weight: AtomicU32::new(spec.weight),
             in_flight: AtomicU64::new(0),
@@ -90,9 +93,10 @@ impl ErrorCounters {
 }
 
 /// A cluster's metrics, held by the cluster so they survive reloads.
+/// (In-flight is not here: it is the sum over the endpoints, computed when
+/// read, so the request path bumps one counter instead of two.)
 #[derive(Debug, Default)]
 pub struct ClusterStats {
-    pub in_flight: Gauge,
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
     pub errors: ErrorCounters,
@@ -123,7 +127,7 @@ pub struct Cluster {
     snapshot: ArcSwap<Snapshot>,
     /// Round-robin position; outlives snapshots so churn does not restart it.
     cursor: AtomicUsize,
-    pub stats: ClusterStats,
+    pub stats: Arc<ClusterStats>,
     /// Set once the source has delivered its first endpoint set.
     primed: AtomicBool,
     /// Control-path view of the current members, by address.
@@ -139,7 +143,7 @@ impl Cluster {
             settings: ArcSwap::from_pointee(config),
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             cursor: AtomicUsize::new(0),
-            stats: ClusterStats::default(),
+            stats: Arc::default(),
             primed: AtomicBool::new(false),
             members: Mutex::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
@@ -155,16 +159,20 @@ impl Cluster {
     /// Picks an endpoint for one request and counts it as in flight until
     /// the returned guard drops. `None` when the cluster has no endpoints.
     #[inline]
-    pub fn pick(self: &Arc<Self>) -> Option<InFlight> {
+    pub fn pick(&self) -> Option<InFlight> {
         let snapshot = self.snapshot.load();
         let i = snapshot.balancer.pick(&snapshot.endpoints, &self.cursor)?;
         let endpoint = snapshot.endpoints[i].clone();
         endpoint.in_flight.fetch_add(1, Relaxed);
-        self.stats.in_flight.inc();
-        Some(InFlight {
-            endpoint,
-            cluster: self.clone(),
-        })
+        Some(InFlight { endpoint })
+    }
+
+    /// Requests in flight over all endpoints, draining ones included.
+    pub fn in_flight(&self) -> u64 {
+        self.endpoints_for_display()
+            .iter()
+            .map(|e| e.in_flight())
+            .sum()
     }
 
     /// Whether the source has delivered its first set.
@@ -196,7 +204,7 @@ impl Cluster {
                     existing.weight.store(spec.weight, Relaxed);
                     existing
                 }
-                None => Arc::new(Endpoint::new(spec)),
+                None => Arc::new(Endpoint::new(spec, self.stats.clone())),
             };
             if next.insert(spec.address, endpoint.clone()).is_none() {
                 ordered.push(endpoint);
@@ -283,7 +291,6 @@ impl Cluster {
 #[derive(Debug)]
 pub struct InFlight {
     pub endpoint: Arc<Endpoint>,
-    pub cluster: Arc<Cluster>,
 }
 
 impl InFlight {
@@ -291,10 +298,8 @@ impl InFlight {
     /// response (an upgraded connection's tunnel).
     pub fn another(&self) -> InFlight {
         self.endpoint.in_flight.fetch_add(1, Relaxed);
-        self.cluster.stats.in_flight.inc();
         InFlight {
             endpoint: self.endpoint.clone(),
-            cluster: self.cluster.clone(),
         }
     }
 }
@@ -302,7 +307,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Relaxed);
-        self.cluster.stats.in_flight.dec();
     }
 }
 
@@ -395,7 +399,7 @@ mod tests {
         assert_eq!(c.endpoint_counts(), (2, 1));
         drop(held);
         assert_eq!(c.endpoint_counts(), (2, 0));
-        assert_eq!(c.stats.in_flight.get(), 0);
+        assert_eq!(c.in_flight(), 0);
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! Microbenches of the per-request pieces. Results go in BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use skiff::cluster::Cluster;
+use skiff::config::{Config, LbPolicy};
+use skiff::metrics::Registry;
+use skiff::route::RouteTable;
+use skiff_discovery::{EndpointSet, EndpointSpec};
+
+fn cluster(lb: LbPolicy, n: usize, weighted: bool) -> Arc<Cluster> {
+    let yaml = format!(
+        "clusters:\n  - name: c\n    lb: {}\n    endpoints: []\n",
+        match lb {
+            LbPolicy::RoundRobin => "round_robin",
+            LbPolicy::LeastRequest => "least_request",
+        }
+    );
+    let config = Config::parse(&yaml, "bench.yaml", Path::new(".")).expect("config");
+    let cluster = Arc::new(Cluster::new(config.clusters[0].clone()));
+    let set: EndpointSet = (0..n)
+        .map(|i| EndpointSpec {
+            address: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080)),
+            weight: if weighted { 1 + (i % 4) as u32 } else { 1 },
+        })
+        .collect();
+    cluster.apply(&set);
+    cluster
+}
+
+fn pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for n in [10usize, 1_000, 10_000] {
+        for (name, lb, weighted) in [
+            ("round_robin", LbPolicy::RoundRobin, false),
+            ("round_robin_weighted", LbPolicy::RoundRobin, true),
+            ("least_request", LbPolicy::LeastRequest, false),
+            ("least_request_weighted", LbPolicy::LeastRequest, true),
+        ] {
+            let cl = cluster(lb, n, weighted);
+            // A pick as the request path does it: snapshot load, choice,
+            // in-flight count up, and down again when the guard drops.
+            group.bench_with_input(BenchmarkId::new(name, n), &cl, |b, cl| {
+                b.iter(|| black_box(cl.pick()))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn route_match(c: &mut Criterion) {
+    let mut routes = String::new();
+    for i in 0..100 {
+        let host = match i % 3 {
+            0 => format!("host: svc{i}.shop.example.com, "),
+            1 => format!("host: '*.zone{i}.example.com', "),
+            _ => String::new(),
+        };
+        routes.push_str(&format!(
+            "      - match: {{ {host}path_prefix: /api/v{i}/ }}\n        cluster: c\n"
+        ));
+    }
+    let yaml = format!(
+        "listeners:\n  - name: web\n    listen: 127.0.0.1:1\n    routes:\n{routes}clusters:\n  - name: c\n    endpoints: []\n"
+    );
+    let config = Config::parse(&yaml, "bench.yaml", Path::new(".")).expect("config");
+    let clusters: HashMap<String, Arc<Cluster>> = [(
+        "c".to_string(),
+        Arc::new(Cluster::new(config.clusters[0].clone())),
+    )]
+    .into();
+    let table =
+        RouteTable::build(&config.listeners[0], &clusters, &Registry::default()).expect("routes");
+    let mut group = c.benchmark_group("route_match_100_routes");
+    group.bench_function("exact_host_hit", |b| {
+        b.iter(|| {
+            black_box(table.find(
+                Some(black_box("svc99.shop.example.com")),
+                black_box("/api/v99/items"),
+            ))
+        })
+    });
+    group.bench_function("suffix_host_hit", |b| {
+        b.iter(|| {
+            black_box(table.find(
+                Some(black_box("a.zone97.example.com")),
+                black_box("/api/v97/x"),
+            ))
+        })
+    });
+    group.bench_function("any_host_last_route", |b| {
+        b.iter(|| black_box(table.find(Some(black_box("other.org")), black_box("/api/v98/x"))))
+    });
+    group.bench_function("miss", |b| {
+        b.iter(|| black_box(table.find(Some(black_box("other.org")), black_box("/nothing"))))
+    });
+    group.finish();
+}
+
+fn headers(c: &mut Criterion) {
+    let peer: SocketAddr = "10.1.2.3:40000".parse().expect("addr");
+    let template = http::Request::get("/products/42?x=1")
+        .header("host", "shop.example.com")
+        .header("user-agent", "curl/8.5.0")
+        .header("accept", "*/*")
+        .header("connection", "keep-alive")
+        .header("accept-encoding", "gzip, br")
+        .header("cookie", "session=abcdef0123456789")
+        .body(())
+        .expect("request");
+    c.bench_function("prepare_request_headers", |b| {
+        b.iter_batched(
+            || {
+                let mut r = http::Request::new(());
+                *r.uri_mut() = template.uri().clone();
+                *r.headers_mut() = template.headers().clone();
+                r
+            },
+            |mut r| {
+                skiff::forward::prepare_request(&mut r, peer, false);
+                r
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, pick, route_match, headers);
+criterion_main!(benches);
