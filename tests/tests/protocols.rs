@@ -281,3 +281,48 @@ async fn routes_match_host_and_fall_through() {
     let resp = c.send(get("other.org", "/products")).await.expect("404");
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_answers_504() {
+    // A listener that never accepts, with its accept queue already full:
+    // the kernel drops further SYNs, so a connect hangs until it times out.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = socket.local_addr().expect("addr");
+    let sock = socket2::Socket::from(socket);
+    sock.listen(0).expect("listen");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - cluster: app\n\
+         clusters:\n  - name: app\n    endpoints: [{address}]\n    timeouts: {{ connect: 150ms }}\n"
+    );
+    let (proxy, listen) = start_proxy(&yaml).await;
+    let mut c = Client::h1(listen).await.expect("connect");
+    let (status, _, body) = c.get("/").await.expect("response");
+    assert_eq!(status, 504, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("connect timeout"),
+        "{body:?}"
+    );
+    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    assert_eq!(
+        skiff_tests::metric_value(
+            &metrics,
+            "skiff_upstream_errors_total",
+            &[("cluster", "app"), ("kind", "connect_timeout")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    drop(sock);
+}
