@@ -92,16 +92,19 @@ pub fn address(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<std::
     }
 }
 
-/// What identifies one version of the file without reading it.
-#[derive(PartialEq, Eq, Clone, Copy)]
-struct Stamp {
+/// What identifies one version of a file without reading it: device,
+/// inode, size and mtime, following symlinks (so Kubernetes' `..data`
+/// swap shows as a new inode).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
     modified: Option<SystemTime>,
 }
 
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
+/// The current [`Stamp`] of `path`.
+pub fn stamp(path: &Path) -> std::io::Result<Stamp> {
     let meta = std::fs::metadata(path)?;
     Ok(Stamp {
         dev: meta.dev(),

@@ -303,12 +303,7 @@ impl Proxy {
         if let Some(path) = self.inner.config_path.clone() {
             let proxy = Arc::downgrade(&self.inner);
             tokio::spawn(async move {
-                let stamp = |p: &std::path::Path| {
-                    std::fs::metadata(p)
-                        .ok()
-                        .map(|m| (m.modified().ok(), m.len()))
-                        .zip(std::fs::read(p).ok())
-                };
+                let stamp = |p: &std::path::Path| skiff_discovery::file::stamp(p).ok();
                 let mut last = stamp(&path);
                 let mut tick = tokio::time::interval(CONFIG_POLL_INTERVAL);
                 loop {
