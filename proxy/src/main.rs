@@ -121,10 +121,15 @@ fn main() -> ExitCode {
 }
 
 fn build_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One thread needs no work-stealing: the current-thread scheduler has
+    // no cross-thread queues or wakeups to pay for.
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if let Some(n) = threads {
-        builder.worker_threads(n.max(1));
+    if let Some(n) = threads.filter(|&n| n > 1) {
+        builder.worker_threads(n);
     }
     builder.build()
 }
