@@ -18,8 +18,10 @@ use std::time::{Duration, SystemTime};
 use crate::yaml::{self, Diagnostics, MapReader, Node, Value};
 use crate::{EndpointSet, EndpointSpec, DEFAULT_WEIGHT, MAX_WEIGHT};
 
-/// How often the file is checked for changes.
+/// How often the file is checked for changes unless configured.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// The shortest check interval accepted.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Parses an endpoint file's text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Vec<EndpointSpec>, Diagnostics> {

@@ -35,8 +35,13 @@ pub type EndpointSet = Arc<[EndpointSpec]>;
 pub enum Source {
     /// A fixed list from the config file.
     Static(Vec<EndpointSpec>),
-    /// A YAML file (a list of `address` with optional `weight`), watched for changes.
-    File(std::path::PathBuf),
+    /// A YAML file (a list of `address` with optional `weight`), checked
+    /// for changes every `interval`.
+    File {
+        path: std::path::PathBuf,
+        #[serde(serialize_with = "millis")]
+        interval: std::time::Duration,
+    },
 }
 
 /// Starts a source and returns a receiver that always holds its latest set.
@@ -52,6 +57,12 @@ pub fn spawn(source: &Source, cluster: &str) -> tokio::sync::watch::Receiver<Opt
             tokio::spawn(async move { tx.closed().await });
             rx
         }
-        Source::File(path) => file::spawn(path.clone(), cluster.to_string(), file::POLL_INTERVAL),
+        Source::File { path, interval } => {
+            file::spawn(path.clone(), cluster.to_string(), *interval)
+        }
     }
+}
+
+fn millis<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
 }

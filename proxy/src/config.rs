@@ -607,9 +607,24 @@ fn read_discovery(node: &Node, path: &str, base: &Path, diags: &mut Diagnostics)
         let p = PathBuf::from(&text);
         Some(if p.is_absolute() { p } else { base.join(p) })
     });
-    map.finish(diags, &["file"]);
+    let interval_path = map.path_of("interval");
+    let interval = match map.optional("interval") {
+        Some(n) => yaml::duration(n, &interval_path, diags).and_then(|d| {
+            if d < endpoint_file::MIN_POLL_INTERVAL {
+                diags.error(n, &interval_path, "must be at least 10ms");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(endpoint_file::POLL_INTERVAL),
+    };
+    map.finish(diags, &["file", "interval"]);
     match file {
-        Some(f) => f.map(Source::File),
+        Some(f) => Some(Source::File {
+            path: f?,
+            interval: interval?,
+        }),
         None => {
             diags.error(node, path, "missing field `file`");
             None
@@ -677,7 +692,13 @@ clusters:
         assert_eq!(catalog.timeouts.idle, DEFAULT_IDLE_TIMEOUT);
         let orders = c.cluster("orders").unwrap();
         assert_eq!(orders.lb, LbPolicy::LeastRequest);
-        assert_eq!(orders.source, Source::File("/etc/skiff/orders.yaml".into()));
+        assert_eq!(
+            orders.source,
+            Source::File {
+                path: "/etc/skiff/orders.yaml".into(),
+                interval: endpoint_file::POLL_INTERVAL
+            }
+        );
         assert_eq!(c.shutdown.drain_delay, DEFAULT_DRAIN_DELAY);
     }
 
