@@ -5,6 +5,9 @@
 //!   an HDR histogram. Callers that compare several targets (the peer runner)
 //!   run one [`load::LoadSpec`] after another and hand every
 //!   [`load::LoadResult`] to [`report`] for one table, JSON file and chart.
+//! - [`compare`] and [`peers`]: the peer runner behind `skiff-bench
+//!   compare` (skiff against the direct path, nginx, HAProxy and Pingora),
+//!   and [`upstream`], the upstream pool it loads them with.
 //! - [`report`]: those results as a terminal table, JSON and an SVG chart of
 //!   the latency percentile curves.
 //! - `benches/hot_path.rs`: criterion microbenches of the per-request
@@ -16,5 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compare;
 pub mod load;
+pub mod peers;
 pub mod report;
+pub mod upstream;

@@ -23,12 +23,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Load(cli::load::Args),
+    Compare(cli::compare::Args),
+    Upstream(cli::upstream::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Load(args) => cli::load::run(args),
+        Command::Compare(args) => cli::compare::run(args),
+        Command::Upstream(args) => cli::upstream::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,9 @@
 //! The subcommands of the `skiff-bench` binary, one module each, and the
 //! argument parsers they share.
 
+pub mod compare;
 pub mod load;
+pub mod upstream;
 
 use std::time::Duration;
 
