@@ -113,21 +113,28 @@ fn headers(c: &mut Criterion) {
         .header("cookie", "session=abcdef0123456789")
         .body(())
         .expect("request");
-    c.bench_function("prepare_request_headers", |b| {
-        b.iter_batched(
-            || {
-                let mut r = http::Request::new(());
-                *r.uri_mut() = template.uri().clone();
-                *r.headers_mut() = template.headers().clone();
-                r
-            },
-            |mut r| {
-                skiff::forward::prepare_request(&mut r, peer, false);
-                r
-            },
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    let mut plain = template.headers().clone();
+    plain.remove("connection");
+    for (name, headers) in [
+        ("prepare_request_headers", template.headers().clone()),
+        ("prepare_request_headers_no_hop_by_hop", plain),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let mut r = http::Request::new(());
+                    *r.uri_mut() = template.uri().clone();
+                    *r.headers_mut() = headers.clone();
+                    r
+                },
+                |mut r| {
+                    skiff::forward::prepare_request(&mut r, peer, false);
+                    r
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
 }
 
 criterion_group!(benches, pick, route_match, headers);

@@ -6,6 +6,7 @@
 //! endpoint is held by [`InFlight`] until the response body ends, which is
 //! what least-request balances on.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -297,55 +298,112 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and adds the forwarding ones.
+///
+/// One pass over the header names finds what is present, so the common
+/// request (no hop-by-hop headers, no forwarding headers yet) costs no
+/// hash lookups beyond the three inserts.
 pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upgrade: bool) {
     let headers = req.headers_mut();
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    strip_hop_by_hop(headers, upgrade);
-    if te_trailers {
-        // The one TE value that means something end to end: gRPC needs it.
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let (mut hop, mut xff, mut xfp, mut rid) = (false, false, false, false);
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            hop = true;
+        } else if name == X_FORWARDED_FOR {
+            xff = true;
+        } else if name == X_FORWARDED_PROTO {
+            xfp = true;
+        } else if name == X_REQUEST_ID {
+            rid = true;
+        }
+    }
+    if hop || upgrade {
+        let te_trailers = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        remove_hop_by_hop(headers, upgrade);
+        if te_trailers {
+            // The one TE value that means something end to end: gRPC needs it.
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 
-    let ip = peer.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+    // Room for the three inserts below, so the map grows at most once.
+    headers.reserve(3);
+    // The peer's IP, formatted on the stack: at most 45 bytes for IPv6.
+    let mut ip = [0u8; 64];
+    let ip_len = {
+        let mut cursor = std::io::Cursor::new(&mut ip[..]);
+        let _ = write!(cursor, "{}", peer.ip());
+        cursor.position() as usize
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let ip = &ip[..ip_len];
+    let value = match headers.get(&X_FORWARDED_FOR).filter(|_| xff) {
+        Some(prior) => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + ip.len());
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_bytes(&joined)
+        }
+        None => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !xfp {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
+    if !rid {
         headers.insert(X_REQUEST_ID.clone(), new_request_id());
     }
+}
+
+/// Whether `name` is hop-by-hop by itself (headers named in `Connection`
+/// are found by reading it).
+#[inline]
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
 }
 
 /// Removes the headers that describe one connection, not the message.
 /// With `upgrade`, `Upgrade` is kept and `Connection: upgrade` restored.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(name);
+    if upgrade || headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers, upgrade);
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Headers named by `Connection` go too. The values are cloned (a
+    // reference count) so their tokens can be read while removing; a
+    // lookup by `&str` does not allocate a name.
+    let named: Vec<HeaderValue> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .cloned()
+        .collect();
+    for value in &named {
+        let Ok(tokens) = value.to_str() else { continue };
+        for token in tokens.split(',').map(str::trim) {
+            let keep = token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade"));
+            if !keep {
+                headers.remove(token);
             }
         }
-        headers.remove(header::CONNECTION);
     }
+    headers.remove(header::CONNECTION);
     headers.remove(&KEEP_ALIVE);
     headers.remove(header::TE);
     headers.remove(header::TRANSFER_ENCODING);
