@@ -691,3 +691,80 @@ pub fn charts(reports: &[ScenarioReport]) -> Vec<(&'static str, String)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(label: &str, requests: u64, cpu_ms: u64) -> Figures {
+        let mut f = Figures::new(label);
+        f.requests = requests;
+        f.elapsed = Duration::from_secs(1);
+        f.cpu = Duration::from_millis(cpu_ms);
+        for i in 1..=100 {
+            f.latencies.record(Duration::from_micros(i * 10));
+        }
+        f
+    }
+
+    #[test]
+    fn cpu_per_request_and_ratios_are_computed_from_totals() {
+        let skiff = figures("skiff-rr", 1000, 10);
+        let haproxy = figures("haproxy", 1000, 20);
+        assert_eq!(skiff.cpu_per_request_us(), Some(10.0));
+        assert_eq!(figures("direct", 1000, 0).cpu_per_request_us(), None);
+        let report = ScenarioReport {
+            scenario: Scenario::Small,
+            figures: vec![skiff, haproxy],
+            note: String::new(),
+        };
+        let text = table(&report);
+        assert!(text.contains("| skiff-rr | 1000 |"), "{text}");
+        // skiff's CPU per request over HAProxy's: 10 / 20.
+        assert!(text.contains("| 20.00 µs | 0.50 |"), "{text}");
+        let json = json(&[report]);
+        assert_eq!(json["scenarios"][0]["peers"][1]["cpu_per_request_us"], 20.0);
+        assert_eq!(json["scenarios"][0]["peers"][0]["latency_us"]["max"], 1000);
+    }
+
+    #[test]
+    fn idle_memory_is_per_connection() {
+        let mut f = Figures::new("skiff-rr");
+        f.idle_rss_kib = Some((1000, 1000 + IDLE_CONNECTIONS as u64));
+        assert_eq!(f.bytes_per_connection(), Some(1024.0));
+        let text = table(&ScenarioReport {
+            scenario: Scenario::Idle,
+            figures: vec![f],
+            note: String::new(),
+        });
+        assert!(
+            text.contains("| skiff-rr | 1000 KiB | 10000 KiB | 1024 B |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_a_process_tree() {
+        let pid = std::process::id();
+        assert!(crate::peers::process_tree(pid).contains(&pid));
+        // Burn CPU until /proc shows at least one clock tick of it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while crate::peers::cpu_time(pid).is_zero() && Instant::now() < deadline {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert!(crate::peers::cpu_time(pid) > Duration::ZERO);
+    }
+
+    #[test]
+    fn scenario_and_peer_names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()), Some(s));
+        }
+        for p in PeerKind::ALL {
+            assert_eq!(PeerKind::parse(p.name()), Some(p));
+        }
+    }
+}
