@@ -507,3 +507,47 @@ fn readme_config_example_is_valid() {
         panic!("the README's config example is invalid:\n{e}");
     }
 }
+
+#[test]
+fn demo_runs_the_shop_and_moves_traffic_off_the_slow_replica() {
+    let out = Command::new(skiff_bin())
+        .args(["demo", "--duration", "6s", "--admin", "127.0.0.1:0"])
+        .output()
+        .expect("run skiff demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for replica in [
+        "product-catalog-1",
+        "product-catalog-3",
+        "order-2",
+        "user-auth-1",
+    ] {
+        assert!(text.contains(replica), "{replica} missing:\n{text}");
+    }
+    assert!(text.contains("admin on http://127.0.0.1:"), "{text}");
+    assert!(text.contains("product-catalog-2 slowed down"), "{text}");
+    let done = text
+        .lines()
+        .find_map(|l| l.strip_prefix("done: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(done > 100, "only {done} requests:\n{text}");
+    // The last table: the slow replica's share of catalog traffic is below
+    // the even third it would get from round-robin.
+    let last_table = text.rsplit("replica ").next().unwrap_or("");
+    let share = last_table
+        .lines()
+        .find(|l| l.starts_with("product-catalog-2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.trim_end_matches('%').parse::<f64>().ok())
+        .unwrap_or(100.0);
+    assert!(
+        share < 30.0,
+        "slow replica still got {share}%:\n{last_table}"
+    );
+}
