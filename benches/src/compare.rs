@@ -110,6 +110,8 @@ pub struct Options {
     pub self_exe: PathBuf,
     /// Rate for `fixed-rate` when `1k` is not run.
     pub rate: Option<f64>,
+    /// Arguments for `skiff run` besides the config.
+    pub skiff_args: Vec<String>,
 }
 
 /// One peer's figures over every round of a scenario.
@@ -291,6 +293,7 @@ fn setup(opts: &Options, upstreams: &Upstreams, h2c: bool) -> PeerSetup {
         proxy_cpus: opts.proxy_cpus.clone(),
         upstreams: upstreams.addresses.clone(),
         h2c,
+        skiff_args: opts.skiff_args.clone(),
     }
 }
 
@@ -470,7 +473,9 @@ async fn churn(opts: &Options) -> anyhow::Result<ScenarioReport> {
     let mut child = Command::new("taskset")
         .args(["-c", &opts.proxy_cpus])
         .arg(&opts.skiff)
-        .args(["run", "--threads", "1", "--log-level", "warn", "-c"])
+        .arg("run")
+        .args(&opts.skiff_args)
+        .args(["--log-level", "warn", "-c"])
         .arg(&config)
         .spawn()
         .context("start skiff for churn")?;

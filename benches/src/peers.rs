@@ -94,6 +94,8 @@ pub struct PeerSetup {
     pub upstreams: Vec<SocketAddr>,
     /// Accept h2c (HTTP/2 prior knowledge) from the load generator.
     pub h2c: bool,
+    /// Arguments for `skiff run` besides the config (default `--threads 1`).
+    pub skiff_args: Vec<String>,
 }
 
 /// A running peer.
@@ -145,7 +147,9 @@ impl Peer {
                 std::fs::write(&path, skiff_config(address, lb, &setup.upstreams))
                     .map_err(io("write config"))?;
                 cmd.arg(&setup.skiff)
-                    .args(["run", "--threads", "1", "--log-level", "warn", "-c"])
+                    .arg("run")
+                    .args(&setup.skiff_args)
+                    .args(["--log-level", "warn", "-c"])
                     .arg(&path);
                 cmd.stderr(log_file(dir, kind).map_err(io("log file"))?);
                 cmd.spawn().map_err(io("start skiff"))?

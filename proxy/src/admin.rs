@@ -137,7 +137,7 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                         "state": if e.is_draining() { "draining" } else { "active" },
                         "in_flight": e.in_flight(),
                         "requests": requests,
-                        "idle_connections": e.pool.idle_count(),
+                        "idle_connections": e.idle_connections(),
                     })
                 })
                 .collect();

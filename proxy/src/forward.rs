@@ -87,7 +87,7 @@ async fn forward(
         set_upstream_uri(&mut req, settings.protocol, endpoint.address);
         send(
             req,
-            &endpoint.pool,
+            endpoint.pool(),
             endpoint.address,
             settings.protocol,
             settings.timeouts.connect,
@@ -523,7 +523,7 @@ impl Completion {
         } = self;
         if clean {
             if let Some(conn) = conn {
-                in_flight.endpoint.pool.checkin(conn);
+                in_flight.endpoint.pool().checkin(conn);
             }
         }
         in_flight

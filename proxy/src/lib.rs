@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod route;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use config::{Config, ConfigError, ListenerConfig};
 use listener::{Listener, ListenerState};
 use metrics::Registry;
 use route::RouteTable;
+use workers::Workers;
 
 /// How often a config file given with `-c` is checked for changes.
 pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -83,6 +85,8 @@ struct Inner {
     /// Fires when `POST /drain` asks the process to shut down.
     drain_requested: tokio::sync::Notify,
     admin_address: Mutex<Option<SocketAddr>>,
+    /// Thread-per-core workers the listeners accept on (none: this runtime).
+    workers: Workers,
 }
 
 /// A running skiff. Cheap to clone; all clones are the same proxy.
@@ -95,6 +99,15 @@ impl Proxy {
     /// Starts the admin server, clusters and listeners of `config`.
     /// `config_path` is watched for changes when given.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, ApplyError> {
+        Proxy::start_on(config, config_path, Workers::none()).await
+    }
+
+    /// Like [`Proxy::start`], with listeners accepting on `workers`.
+    pub async fn start_on(
+        config: Config,
+        config_path: Option<PathBuf>,
+        workers: Workers,
+    ) -> Result<Proxy, ApplyError> {
         let admin_listen = config.admin.listen;
         let proxy = Proxy {
             inner: Arc::new(Inner {
@@ -109,6 +122,7 @@ impl Proxy {
                 reload: tokio::sync::Mutex::new(()),
                 drain_requested: tokio::sync::Notify::new(),
                 admin_address: Mutex::new(None),
+                workers,
             }),
         };
         let admin = admin::serve(admin_listen, proxy.clone())
@@ -150,10 +164,12 @@ impl Proxy {
         let mut fresh: HashMap<String, Listener> = HashMap::new();
         for lc in to_bind {
             let state = self.listener_state(&lc.name);
-            let listener = Listener::bind(lc.listen, state).map_err(|source| ApplyError::Bind {
-                name: lc.name.clone(),
-                address: lc.listen,
-                source,
+            let listener = Listener::bind(lc.listen, state, &inner.workers).map_err(|source| {
+                ApplyError::Bind {
+                    name: lc.name.clone(),
+                    address: lc.listen,
+                    source,
+                }
             })?;
             fresh.insert(lc.name.clone(), listener);
         }

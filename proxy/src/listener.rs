@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::metrics::Gauge;
 use crate::route::RouteTable;
+use crate::workers::Workers;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 4096;
@@ -35,6 +36,23 @@ pub struct ListenerState {
     /// Requests that matched no route.
     pub unrouted: Arc<AtomicU64>,
     pub connections: Arc<Gauge>,
+}
+
+/// A bound, listening, non-blocking socket.
+fn socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
 }
 
 /// Counts open connections so shutdown can wait for the last one.
@@ -54,30 +72,55 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `address` and starts accepting. Must run inside the runtime.
-    pub fn bind(address: SocketAddr, state: Arc<ListenerState>) -> std::io::Result<Listener> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(address),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(BACKLOG)?;
-        let listener = TcpListener::from_std(socket.into())?;
-        let address = listener.local_addr()?;
-
+    /// Binds `address` and starts accepting: on the current runtime without
+    /// workers, else one `SO_REUSEPORT` socket and accept loop per worker.
+    /// Must run inside a runtime.
+    pub fn bind(
+        address: SocketAddr,
+        state: Arc<ListenerState>,
+        workers: &Workers,
+    ) -> std::io::Result<Listener> {
+        let per_worker = !workers.handles().is_empty();
+        let first = socket(address, per_worker)?;
+        // Port 0: every worker's socket takes the port the first one got.
+        let address = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("listener bound to a non-IP address"))?;
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
-        tokio::spawn(accept_loop(
-            listener,
-            state.clone(),
-            stop_rx,
-            drain_rx,
-            tracker.clone(),
-        ));
+        if per_worker {
+            let mut sockets = vec![first];
+            for _ in 1..workers.handles().len() {
+                sockets.push(socket(address, true)?);
+            }
+            for (socket, handle) in sockets.into_iter().zip(workers.handles()) {
+                let (state, stop_rx, drain_rx, tracker) = (
+                    state.clone(),
+                    stop_rx.clone(),
+                    drain_rx.clone(),
+                    tracker.clone(),
+                );
+                handle.spawn(async move {
+                    // Registered with this worker's reactor, so its
+                    // connections are served here.
+                    match TcpListener::from_std(socket.into()) {
+                        Ok(l) => accept_loop(l, state, stop_rx, drain_rx, tracker).await,
+                        Err(e) => tracing::error!(%address, "worker listener failed: {e}"),
+                    }
+                });
+            }
+        } else {
+            let listener = TcpListener::from_std(first.into())?;
+            tokio::spawn(accept_loop(
+                listener,
+                state.clone(),
+                stop_rx,
+                drain_rx,
+                tracker.clone(),
+            ));
+        }
         Ok(Listener {
             state,
             address,

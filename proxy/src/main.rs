@@ -18,8 +18,19 @@ struct Cli {
     /// Worker threads (default: one per core).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Threading model: `per-core` (each worker thread has its own runtime,
+    /// accept loop and upstream pools, as nginx and HAProxy do) or `shared`
+    /// (one work-stealing runtime). See BENCHMARKS.md for the measurements.
+    #[arg(long, global = true, value_enum, default_value_t = RuntimeModel::Shared)]
+    runtime: RuntimeModel,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeModel {
+    PerCore,
+    Shared,
 }
 
 #[derive(Subcommand)]
@@ -92,14 +103,35 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let runtime = match build_runtime(cli.threads) {
+            let threads = cli
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            // Per-core: the main thread runs only the control path; the
+            // workers serve traffic. With one thread both models are the
+            // same current-thread runtime.
+            let (runtime, workers) = if cli.runtime == RuntimeModel::PerCore && threads > 1 {
+                let workers = match skiff::workers::Workers::start(threads) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        eprintln!("skiff: cannot start the worker threads: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                (build_runtime(Some(1)), workers)
+            } else {
+                (
+                    build_runtime(Some(threads)),
+                    skiff::workers::Workers::none(),
+                )
+            };
+            let runtime = match runtime {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("skiff: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(loaded, config))
+            runtime.block_on(run(loaded, config, workers))
         }
         Command::Demo { duration, admin } => {
             let runtime = match build_runtime(cli.threads) {
@@ -134,9 +166,9 @@ fn build_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runt
     builder.build()
 }
 
-async fn run(config: Config, path: PathBuf) -> ExitCode {
+async fn run(config: Config, path: PathBuf, workers: skiff::workers::Workers) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let proxy = match Proxy::start(config, Some(path)).await {
+    let proxy = match Proxy::start_on(config, Some(path), workers).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("skiff: {e}");

@@ -394,11 +394,17 @@ pub struct SkiffProcess {
 impl SkiffProcess {
     /// Starts `skiff run -c config` and waits until `/live` answers.
     pub async fn start(config: &Path, admin: SocketAddr) -> SkiffProcess {
+        Self::start_with_args(config, admin, &[]).await
+    }
+
+    /// Like [`SkiffProcess::start`], with extra `skiff run` arguments.
+    pub async fn start_with_args(config: &Path, admin: SocketAddr, extra: &[&str]) -> SkiffProcess {
         let log = config.with_extension("log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(skiff_bin())
             .args(["run", "-c"])
             .arg(config)
+            .args(extra)
             .args([
                 "--log-level",
                 &std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info".into()),

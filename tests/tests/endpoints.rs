@@ -108,7 +108,7 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
     wait_for(
         "the connection to be pooled",
         Duration::from_secs(2),
-        || endpoint.pool.idle_count() == 1,
+        || endpoint.idle_connections() == 1,
     )
     .await;
     // Reused while fresh...
@@ -117,14 +117,14 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
     wait_for(
         "the connection back in the pool",
         Duration::from_secs(2),
-        || endpoint.pool.idle_count() == 1,
+        || endpoint.idle_connections() == 1,
     )
     .await;
     // ...and closed once idle past the timeout.
     wait_for(
         "the idle connection to close",
         Duration::from_secs(5),
-        || endpoint.pool.idle_count() == 0,
+        || endpoint.idle_connections() == 0,
     )
     .await;
 }

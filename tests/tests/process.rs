@@ -551,3 +551,49 @@ fn demo_runs_the_shop_and_moves_traffic_off_the_slow_replica() {
         "slow replica still got {share}%:\n{last_table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_runtime_serves_reloads_and_drains() {
+    let b1 = Backend::start("b1").await;
+    let b2 = Backend::start("b2").await;
+    let dir = TempDir::new("percore");
+    let (listen, admin) = (addr(free_port()), addr(free_port()));
+    let v1 = simple_config(
+        listen,
+        admin,
+        "least_request",
+        &format!("endpoints: [{}]", b1.address),
+    );
+    let path = dir.write("skiff.yaml", &v1);
+    let skiff =
+        SkiffProcess::start_with_args(&path, admin, &["--runtime", "per-core", "--threads", "2"])
+            .await;
+    skiff.wait_ready().await;
+    let load = Load::start(listen, "/", 8, false);
+    wait_for("traffic flowing", Duration::from_secs(10), || {
+        load.ok.load(std::sync::atomic::Ordering::Relaxed) > 200
+    })
+    .await;
+    dir.write(
+        "skiff.yaml",
+        &simple_config(
+            listen,
+            admin,
+            "least_request",
+            &format!("endpoints: [{}]", b2.address),
+        ),
+    );
+    wait_for("b2 to take the traffic", Duration::from_secs(10), || {
+        b2.requests() > 100
+    })
+    .await;
+    let (ok, failed, errors) = load.stop().await;
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(ok > 300);
+    skiff.signal("TERM");
+    let mut skiff = skiff;
+    let status = tokio::task::spawn_blocking(move || skiff.child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(status.success(), "{status:?}");
+}

@@ -71,6 +71,9 @@ pub struct Args {
     /// Do not pin processes to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Arguments for `skiff run` besides the config, space separated.
+    #[arg(long, default_value = "--threads 1", allow_hyphen_values = true)]
+    skiff_args: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -131,6 +134,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         self_exe,
         rate: args.rate,
+        skiff_args: args
+            .skiff_args
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

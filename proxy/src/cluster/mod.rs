@@ -36,7 +36,9 @@ pub struct Endpoint {
     draining: AtomicBool,
     /// Responses by status class (`skiff_endpoint_requests_total`).
     pub requests: CodeCounters,
-    pub pool: Pool,
+    /// One connection pool per worker (see `workers`), so a worker only
+    /// reuses connections its own runtime drives.
+    pools: Box<[Pool]>,
     /// The owning cluster's metrics, so a request holds one `Arc`, not two.
     pub cluster_stats: Arc<ClusterStats>,
 }
@@ -50,7 +52,9 @@ impl Endpoint {
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             requests: CodeCounters::default(),
-            pool: Pool::default(),
+            pools: (0..crate::workers::count())
+                .map(|_| Pool::default())
+                .collect(),
         }
     }
 
@@ -67,6 +71,22 @@ impl Endpoint {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    /// This worker's connection pool to the endpoint.
+    #[inline]
+    pub fn pool(&self) -> &Pool {
+        &self.pools[crate::workers::current() % self.pools.len()]
+    }
+
+    /// Idle pooled connections over every worker.
+    pub fn idle_connections(&self) -> usize {
+        self.pools.iter().map(Pool::idle_count).sum()
+    }
+
+    /// Stops pooling on every worker: idle connections close now.
+    fn close_pools(&self) {
+        self.pools.iter().for_each(Pool::close);
     }
 }
 
@@ -218,7 +238,7 @@ impl Cluster {
         let mut draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
         for endpoint in removed {
             endpoint.draining.store(true, Relaxed);
-            endpoint.pool.close();
+            endpoint.close_pools();
             draining.push(endpoint);
         }
         draining.retain(|e| e.in_flight() > 0);
@@ -239,7 +259,7 @@ impl Cluster {
     pub fn sweep(&self) {
         let idle = self.settings.load().timeouts.idle;
         for endpoint in self.snapshot.load().endpoints.iter() {
-            endpoint.pool.evict_idle(idle);
+            endpoint.pools.iter().for_each(|p| p.evict_idle(idle));
         }
         self.draining
             .lock()
