@@ -5,12 +5,10 @@
 //! (uses the release `skiff` binary, building it if needed).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use skiff_tests::{free_port, rss_kib, simple_config, Backend, Client, SkiffProcess, TempDir};
+use skiff_tests::{free_port, simple_config, Backend, Client, RssPeak, SkiffProcess, TempDir};
 
 const STREAM: u64 = 1 << 30;
 
@@ -57,17 +55,7 @@ async fn main() {
     let mut client = Client::h1(listen).await.expect("connect");
     client.get("/bytes/1024").await.expect("warm up");
     let baseline = skiff.rss_kib();
-    let pid = skiff.pid();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(rss_kib(pid), Relaxed);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let peak = RssPeak::start(skiff.pid(), Duration::from_millis(10));
     let started = std::time::Instant::now();
     let resp = client
         .send(
@@ -77,15 +65,9 @@ async fn main() {
         )
         .await
         .expect("download");
-    let mut body = resp.into_body();
-    let mut got = 0u64;
-    while let Some(frame) = body.frame().await {
-        got += frame
-            .expect("frame")
-            .data_ref()
-            .map(|d| d.len() as u64)
-            .unwrap_or(0);
-    }
+    let got = skiff_tests::drain_body(resp.into_body())
+        .await
+        .expect("body");
     assert_eq!(got, STREAM);
     let down = started.elapsed();
     let started = std::time::Instant::now();
@@ -100,8 +82,7 @@ async fn main() {
     let n = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(String::from_utf8_lossy(&n), STREAM.to_string());
     let up = started.elapsed();
-    sampler.abort();
-    let peak = peak.load(Relaxed);
+    let peak = peak.stop();
     println!(
         "streaming 1 GiB down ({:.2}s) and 1 GiB up ({:.2}s): RSS {baseline} KiB before, peak {peak} KiB, growth {} KiB",
         down.as_secs_f64(),

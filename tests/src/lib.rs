@@ -687,3 +687,38 @@ pub async fn py_client(script: &str, args: &[&str]) -> (bool, String) {
     );
     (out.status.success() && text.contains("OK"), text)
 }
+
+/// Reads a response body to its end, counting bytes without keeping them.
+pub async fn drain_body(mut body: Incoming) -> Result<u64, hyper::Error> {
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        n += frame?.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+    }
+    Ok(n)
+}
+
+/// Samples a process's VmRSS every `every` in the background and keeps the peak (KiB).
+pub struct RssPeak {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssPeak {
+    pub fn start(pid: u32, every: Duration) -> RssPeak {
+        let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
+        let p = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                p.fetch_max(rss_kib(pid), Relaxed);
+                tokio::time::sleep(every).await;
+            }
+        });
+        RssPeak { peak, task }
+    }
+
+    /// Stops sampling and returns the peak.
+    pub fn stop(self) -> u64 {
+        self.task.abort();
+        self.peak.load(Relaxed)
+    }
+}

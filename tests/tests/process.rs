@@ -307,20 +307,7 @@ async fn large_bodies_stream_with_flat_memory() {
     assert_eq!(status, 200);
     let baseline = skiff.rss_kib();
 
-    let pid = skiff.pid();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(
-                    skiff_tests::rss_kib(pid),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
-    };
+    let peak = skiff_tests::RssPeak::start(skiff.pid(), Duration::from_millis(25));
 
     // Download.
     let resp = client
@@ -331,15 +318,9 @@ async fn large_bodies_stream_with_flat_memory() {
         )
         .await
         .expect("download");
-    let mut body = resp.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        received += frame
-            .expect("frame")
-            .data_ref()
-            .map(|d| d.len() as u64)
-            .unwrap_or(0);
-    }
+    let received = skiff_tests::drain_body(resp.into_body())
+        .await
+        .expect("body");
     assert_eq!(received, SIZE);
 
     // Upload.
@@ -353,11 +334,7 @@ async fn large_bodies_stream_with_flat_memory() {
         .expect("upload");
     let count = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(String::from_utf8_lossy(&count), SIZE.to_string());
-    sampler.abort();
-
-    let growth_kib = peak
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(baseline);
+    let growth_kib = peak.stop().saturating_sub(baseline);
     // 400 MB went through; buffering any real part of it would show here.
     assert!(
         growth_kib < 24 * 1024,

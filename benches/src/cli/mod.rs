@@ -10,32 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 
 /// Parses a duration written as a number and a unit: `500ms`, `10s`, `1.5m`,
-/// `250us`. A bare `0` is zero.
+/// `250us`, as skiff's config does. A bare `0` is zero.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text == "0" {
+    if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 10s, 500ms or 2m"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
-    let seconds_per_unit = match unit {
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use us, ms, s, m or h"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|e| format!("{text:?}: {e}"))
+    skiff_discovery::yaml::parse_duration(text)
 }
 
 /// The async runtime a subcommand runs on: `threads` workers, or one per
@@ -66,10 +46,12 @@ mod tests {
 
     #[test]
     fn durations_without_a_known_unit_are_refused_with_the_fix() {
-        assert!(parse_duration("10").unwrap_err().contains("write e.g. 10s"));
+        assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("10d")
             .unwrap_err()
-            .contains("unknown unit \"d\""));
-        assert!(parse_duration("s").unwrap_err().contains("is not a number"));
+            .contains("unknown unit `d`"));
+        assert!(parse_duration("s")
+            .unwrap_err()
+            .contains("is not a duration"));
     }
 }
