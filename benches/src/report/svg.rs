@@ -68,6 +68,8 @@ fn draw(
     let mut chart = ChartBuilder::on(&root)
         .caption("Latency by percentile", ("sans-serif", 22))
         .margin(20)
+        // The last tick label (e.g. 99.9999%) is centred on the right edge.
+        .margin_right(45)
         .x_label_area_size(50)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..nines, 0.0..y_max)?;
