@@ -137,5 +137,13 @@ fn headers(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, pick, route_match, headers);
+fn snapshot_load(c: &mut Criterion) {
+    let cl = cluster(LbPolicy::LeastRequest, 1_000, false);
+    // What every request pays to see the current endpoint set.
+    c.bench_function("snapshot_load", |b| {
+        b.iter(|| black_box(cl.snapshot().endpoints.len()))
+    });
+}
+
+criterion_group!(benches, pick, route_match, headers, snapshot_load);
 criterion_main!(benches);

@@ -195,6 +195,12 @@ impl Cluster {
             .sum()
     }
 
+    /// The snapshot the request path reads (a lock-free `ArcSwap` load).
+    #[inline]
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
     /// Whether the source has delivered its first set.
     pub fn is_primed(&self) -> bool {
         self.primed.load(Relaxed)
