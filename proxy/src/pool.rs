@@ -51,6 +51,9 @@ struct Idle {
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// Held while an HTTP/2 connection is being dialled, so requests that
+    /// arrive together share one connection instead of each dialling.
+    h2_dial: tokio::sync::Mutex<()>,
     /// Set when the endpoint left its cluster: nothing is pooled any more.
     closed: AtomicBool,
 }
@@ -94,6 +97,11 @@ impl Pool {
                 Ok(Sender::Http1(sender))
             }
             UpstreamProtocol::Http2 => {
+                if let Some(sender) = self.shared_h2() {
+                    return Ok(Sender::Http2(sender));
+                }
+                let _dialing = self.h2_dial.lock().await;
+                // Another request may have connected while this one waited.
                 if let Some(sender) = self.shared_h2() {
                     return Ok(Sender::Http2(sender));
                 }

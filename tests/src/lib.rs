@@ -74,6 +74,8 @@ pub struct BackendControl {
     pub requests: AtomicU64,
     /// Requests in progress.
     pub in_flight: AtomicUsize,
+    /// Connections accepted.
+    pub connections: AtomicU64,
 }
 
 /// A real HTTP server (HTTP/1.1 and h2c) on 127.0.0.1 that names itself.
@@ -116,6 +118,7 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                ctl.connections.fetch_add(1, Relaxed);
                 let name = name_owned.clone();
                 let ctl = ctl.clone();
                 tokio::spawn(async move {

@@ -326,3 +326,31 @@ async fn connect_timeout_answers_504() {
     );
     drop(sock);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_http2_upstream_connection() {
+    let backend = Backend::start("b").await;
+    backend
+        .control
+        .delay_ms
+        .store(20, std::sync::atomic::Ordering::Relaxed);
+    let (_proxy, address) =
+        start_proxy(&config("http2", &format!("[{}]", backend.address), "")).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::h1(address).await.expect("connect");
+            c.get("/").await.expect("request").0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 200);
+    }
+    assert_eq!(
+        backend
+            .control
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
