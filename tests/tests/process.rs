@@ -16,6 +16,15 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Runs `skiff check -c path`.
+fn skiff_check(path: impl AsRef<std::path::Path>) -> std::process::Output {
+    Command::new(skiff_bin())
+        .args(["check", "-c"])
+        .arg(path.as_ref())
+        .output()
+        .expect("run skiff check")
+}
+
 #[test]
 fn check_reports_every_mistake_with_its_position() {
     let dir = TempDir::new("check");
@@ -42,11 +51,7 @@ clusters:
     endpoints: [not-an-address]
 ",
     );
-    let out = Command::new(skiff_bin())
-        .args(["check", "-c"])
-        .arg(&bad)
-        .output()
-        .expect("run check");
+    let out = skiff_check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = bad.display().to_string();
@@ -71,11 +76,7 @@ clusters:
             "endpoints: [127.0.0.1:9001]",
         ),
     );
-    let out = Command::new(skiff_bin())
-        .args(["check", "-c"])
-        .arg(&good)
-        .output()
-        .expect("run check");
+    let out = skiff_check(&good);
     assert!(
         out.status.success(),
         "{}",
@@ -453,11 +454,7 @@ fn example_configs_are_valid() {
         if !name.ends_with(".yaml") || name.contains("endpoints") {
             continue;
         }
-        let out = Command::new(skiff_bin())
-            .args(["check", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run check");
+        let out = skiff_check(&path);
         assert!(
             out.status.success(),
             "{}: {}",
