@@ -19,10 +19,12 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 
+use crate::body::UpstreamBody;
+
 use crate::cluster::{balance::random, InFlight};
 use crate::config::UpstreamProtocol;
 use crate::listener::ListenerState;
-use crate::pool::{ConnectError, Pool, Sender, UpstreamBody};
+use crate::pool::{ConnectError, Pool, Sender};
 use crate::route::Route;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -35,7 +37,7 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 
 /// Proxies one request from `peer` arriving on `listener`.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
     listener: &ListenerState,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -55,7 +57,7 @@ pub async fn handle(
 }
 
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
     route: &Route,
     peer: SocketAddr,
     start: Instant,
@@ -76,9 +78,9 @@ async fn forward(
     let endpoint = in_flight.endpoint.clone();
 
     let result = if upgrade {
-        tunnel(
+        upgrade_request(
             req,
-            &in_flight,
+            endpoint.address,
             settings.timeouts.connect,
             settings.timeouts.request,
         )
@@ -100,14 +102,16 @@ async fn forward(
         Ok((mut resp, conn)) => {
             let status = resp.status();
             endpoint.requests.record(status.as_u16());
-            strip_hop_by_hop(
-                resp.headers_mut(),
-                status == StatusCode::SWITCHING_PROTOCOLS,
-            );
+            let switching = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
+            strip_hop_by_hop(resp.headers_mut(), switching);
+            let upstream = switching.then(|| hyper::upgrade::on(&mut resp));
             let (parts, body) = resp.into_parts();
-            let body = if status == StatusCode::SWITCHING_PROTOCOLS {
-                // The tunnel task holds the in-flight count now.
-                ProxyBody::empty()
+            let body = if let Some(upstream) = upstream {
+                // The tunnel holds the in-flight count from here.
+                ProxyBody::Upgrade(Tunnel {
+                    in_flight,
+                    upstream,
+                })
             } else {
                 ProxyBody::Upstream(UpstreamResponse {
                     inner: body,
@@ -234,43 +238,55 @@ async fn with_timeout<F: std::future::Future>(
         .map_err(|_| Failure::Timeout(limit))
 }
 
-/// Proxies an HTTP/1.1 upgrade (WebSocket): a dedicated upstream
-/// connection, then bytes copied both ways until either side closes.
-async fn tunnel(
-    mut req: Request<Incoming>,
-    in_flight: &InFlight,
+/// Sends an HTTP/1.1 upgrade request (WebSocket) on a dedicated upstream
+/// connection, which becomes a [`Tunnel`] if the upstream agrees.
+async fn upgrade_request(
+    mut req: Request<UpstreamBody>,
+    address: SocketAddr,
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<Sent, Failure> {
-    let address = in_flight.endpoint.address;
-    let client_side = hyper::upgrade::on(&mut req);
     *req.uri_mut() = origin_form(req.uri());
     let mut tx = Pool::connect_upgradable(address, connect_timeout)
         .await
         .map_err(Failure::Connect)?;
-    let mut resp = with_timeout(request_timeout, tx.send_request(req))
+    let resp = with_timeout(request_timeout, tx.send_request(req))
         .await?
         .map_err(Failure::Reset)?;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_side = hyper::upgrade::on(&mut resp);
-        let hold = in_flight.another();
-        tokio::spawn(async move {
-            let _hold = hold;
-            match tokio::try_join!(client_side, upstream_side) {
-                Ok((client, upstream)) => {
-                    let mut client = hyper_util::rt::TokioIo::new(client);
-                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-                Err(e) => tracing::debug!(%address, "upgrade failed: {e}"),
-            }
-        });
-    }
     Ok((resp, None))
 }
 
+/// An upgraded connection (WebSocket) to an upstream, waiting for the
+/// client side; holds the endpoint's in-flight count while it lasts.
+#[derive(Debug)]
+pub struct Tunnel {
+    in_flight: InFlight,
+    upstream: hyper::upgrade::OnUpgrade,
+}
+
+impl Tunnel {
+    /// Copies bytes both ways between `client` and the upstream until
+    /// either side closes; `pending` is what the client sent early.
+    pub async fn run(self, mut client: tokio::net::TcpStream, pending: Bytes) {
+        use tokio::io::AsyncWriteExt as _;
+        let address = self.in_flight.endpoint.address;
+        let upstream = match self.upstream.await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::debug!(%address, "upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if !pending.is_empty() && upstream.write_all(&pending).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }
+}
+
 /// Whether this is an HTTP/1.1 request to switch protocols (WebSocket).
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && connection_has(req.headers(), "upgrade")
@@ -557,6 +573,8 @@ pub enum ProxyBody {
     Upstream(UpstreamResponse),
     /// Made by skiff (errors, admin pages).
     Local(Option<Bytes>),
+    /// A `101 Switching Protocols`: no body, the connection becomes a tunnel.
+    Upgrade(Tunnel),
 }
 
 impl ProxyBody {
@@ -576,6 +594,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upgrade(_) => Poll::Ready(None),
             ProxyBody::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
                 match &polled {
@@ -605,6 +624,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Local(data) => data.is_none(),
+            ProxyBody::Upgrade(_) => true,
             ProxyBody::Upstream(up) => up.inner.is_end_stream(),
         }
     }
@@ -613,7 +633,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            ProxyBody::Local(None) => SizeHint::with_exact(0),
+            ProxyBody::Local(None) | ProxyBody::Upgrade(_) => SizeHint::with_exact(0),
             ProxyBody::Upstream(up) => up.inner.size_hint(),
         }
     }

@@ -8,10 +8,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod h1;
+pub mod h2;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -1,23 +1,19 @@
 //! Listeners: accept loops that serve HTTP/1.1 and HTTP/2 on one port.
 //!
-//! Each accepted connection is served by hyper's auto-detecting builder
-//! (HTTP/1.1, or HTTP/2 with prior knowledge when the client opens with the
-//! h2 preface), with upgrades enabled for WebSocket. A listener's routes
+//! Each accepted connection is served by [`crate::h1`] (HTTP/1.x, and
+//! WebSocket upgrades), which hands it to [`crate::h2`] when the client
+//! opens with the HTTP/2 preface. A listener's routes
 //! sit in an `ArcSwap`, so a reload swaps them under live connections.
 //! Shutdown is two steps: stop accepting, then ask every connection to
 //! finish (HTTP/2 GOAWAY, HTTP/1.1 `connection: close` on the response in
 //! progress) and wait for them.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -181,10 +177,6 @@ async fn accept_loop(
     drain: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -209,29 +201,10 @@ async fn accept_loop(
             state: state.clone(),
         };
         let state = state.clone();
-        let builder = builder.clone();
-        let mut drain = drain.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(crate::forward::handle(req, &state, peer).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                    return;
-                }
-                _ = drain.wait_for(|d| *d) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended while draining: {e}");
-            }
+            crate::h1::serve(stream, state, peer, drain).await;
         });
     }
 }

@@ -14,15 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::body::UpstreamBody;
 use crate::config::UpstreamProtocol;
-
-/// Body type sent upstream: the client's body, streamed through.
-pub type UpstreamBody = Incoming;
 
 /// A connection ready to carry one request.
 pub enum Sender {

@@ -153,6 +153,14 @@ async fn backend_respond(
 ) -> Response<TestBody> {
     ctl.requests.fetch_add(1, Relaxed);
     ctl.in_flight.fetch_add(1, Relaxed);
+    // Counted down however the request ends, cancelled ones included.
+    struct Done<'a>(&'a AtomicUsize);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Relaxed);
+        }
+    }
+    let _done = Done(&ctl.in_flight);
     let delay = ctl.delay_ms.load(Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -205,7 +213,6 @@ async fn backend_respond(
     } else {
         builder.body(full(name.to_string()))
     };
-    ctl.in_flight.fetch_sub(1, Relaxed);
     resp.unwrap_or_else(|_| Response::new(empty()))
 }
 

@@ -1,0 +1,309 @@
+//! skiff's own HTTP/1.x server connection.
+//!
+//! Why not hyper's: an idle keep-alive connection there keeps an 8 KiB
+//! read buffer and an 8 KiB write buffer, about 20 KB a connection with
+//! the task, where HAProxy and nginx hold about 1 KB. Here a connection
+//! waiting for its next request holds no buffer at all (it waits for
+//! readability, then allocates), and the per-request future lives in a box
+//! that exists only while a request does, so 10,000 idle connections cost
+//! little more than their sockets.
+//!
+//! One request at a time per connection: read and check the head
+//! ([`parse`]), forward it with its body streaming from the socket
+//! ([`body`]), write the response ([`write`]), then go on with the next
+//! request, pipelined bytes included. A connection that opens with the
+//! HTTP/2 preface is handed to [`crate::h2`]. While a request without a
+//! body is out, the socket is watched: a client that goes away cancels the
+//! upstream request, as hyper and Envoy do.
+
+pub mod body;
+pub mod parse;
+pub mod write;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Response, StatusCode};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::body::UpstreamBody;
+use crate::forward::{self, ProxyBody};
+use crate::listener::ListenerState;
+use body::{ChunkedDecoder, Kind, RequestBody};
+use parse::{Framing, HeadError, Parsed};
+
+/// First read of a request head; the buffer grows if the head is larger.
+const HEAD_READ: usize = 4 * 1024;
+/// Time from a request's first byte to the end of its head (hyper's
+/// default; slow heads are a slowloris attack). Answered with 408.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle keep-alive connection is kept (Envoy: 1 h). Longer
+/// than clients' pool timeouts, so they close first and never reuse a
+/// connection skiff is closing.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// After the response, how long the rest of the request body may take to
+/// reach the upstream before the connection is given up.
+const BODY_AFTER_RESPONSE: Duration = Duration::from_secs(5);
+/// What an HTTP/2 client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one client connection until it closes or the listener drains.
+pub async fn serve(
+    stream: TcpStream,
+    state: Arc<ListenerState>,
+    peer: SocketAddr,
+    mut drain: watch::Receiver<bool>,
+) {
+    let stream = Arc::new(stream);
+    let mut buf = BytesMut::new();
+    let mut first = true;
+    loop {
+        if buf.is_empty() {
+            // Idle: hold no buffer while waiting for the next request.
+            buf = BytesMut::new();
+            tokio::select! {
+                biased;
+                _ = drain.wait_for(|d| *d) => return,
+                ready = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, stream.readable()) => {
+                    if !matches!(ready, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+            }
+        }
+        let parsed = match read_head(&stream, &mut buf, first).await {
+            Ok(Head::Request(parsed)) => parsed,
+            Ok(Head::Http2) => {
+                if let Ok(stream) = Arc::try_unwrap(stream) {
+                    crate::h2::serve(stream, buf.freeze(), state, peer, drain).await;
+                }
+                return;
+            }
+            Ok(Head::Closed) => return,
+            Err(ReadError::Head(e)) => {
+                tracing::debug!(%peer, "refused request: {e}");
+                refuse(&stream, e.status, e.reason).await;
+                return;
+            }
+            Err(ReadError::Timeout) => {
+                refuse(&stream, StatusCode::REQUEST_TIMEOUT, "request head timeout").await;
+                return;
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(%peer, "connection ended mid-head: {e}");
+                return;
+            }
+        };
+        first = false;
+        match exchange(&stream, &state, peer, &drain, parsed, &mut buf).await {
+            Next::KeepAlive => {}
+            Next::Close => {
+                let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Next::Upgrade(tunnel, pending) => {
+                if let Ok(stream) = Arc::try_unwrap(stream) {
+                    tunnel.run(stream, pending).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// What the connection does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// Switch to a tunnel, with bytes the client already sent past the head.
+    Upgrade(forward::Tunnel, bytes::Bytes),
+}
+
+/// Forwards one request and writes its response.
+async fn exchange(
+    stream: &Arc<TcpStream>,
+    state: &ListenerState,
+    peer: SocketAddr,
+    drain: &watch::Receiver<bool>,
+    parsed: Parsed,
+    buf: &mut BytesMut,
+) -> Next {
+    let Parsed {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+        head_len,
+    } = parsed;
+    buf.advance(head_len);
+    let asked_head = request.method() == Method::HEAD;
+    let version = request.version();
+    let (body, returned) = match framing {
+        Framing::Empty => (UpstreamBody::Empty, None),
+        Framing::Length(n) => body_from(stream, buf, Kind::Length(n)),
+        Framing::Chunked => body_from(stream, buf, Kind::Chunked(ChunkedDecoder::default())),
+    };
+    if expect_continue
+        && write::flush(stream, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await
+            .is_err()
+    {
+        return Next::Close;
+    }
+
+    let mut handling = Box::pin(forward::handle(request.map(|()| body), state, peer));
+    let response = if returned.is_none() {
+        // Nothing reads the socket meanwhile: watch it for the client
+        // leaving (dropping `handling` cancels the upstream request) or
+        // for a pipelined request, which waits its turn in `buf`.
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                biased;
+                response = &mut handling => break response,
+                ready = stream.readable(), if watching => {
+                    if ready.is_err() {
+                        return Next::Close;
+                    }
+                    buf.reserve(HEAD_READ);
+                    match stream.try_read_buf(buf) {
+                        Ok(0) => return Next::Close,
+                        Ok(_) => watching = false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Next::Close,
+                    }
+                }
+            }
+        }
+    } else {
+        (&mut handling).await
+    };
+    drop(handling);
+
+    let (mut parts, mut body) = response.into_parts();
+    let asked = write::Asked {
+        head: asked_head,
+        version,
+        keep_alive: keep_alive && !*drain.borrow(),
+    };
+    let mut out = Vec::with_capacity(512);
+    let framing = write::head(&mut parts, &body, asked, &mut out);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return match std::mem::replace(&mut body, ProxyBody::empty()) {
+            ProxyBody::Upgrade(tunnel) if returned.is_none() => {
+                if write::flush(stream, &mut out).await.is_err() {
+                    return Next::Close;
+                }
+                Next::Upgrade(tunnel, std::mem::take(buf).freeze())
+            }
+            _ => Next::Close,
+        };
+    }
+    let complete = match write::body(stream, &mut out, framing, &mut body).await {
+        Ok(complete) => complete,
+        Err(e) => {
+            tracing::debug!(%peer, "response ended early: {e}");
+            return Next::Close;
+        }
+    };
+    drop(body);
+    if let Some(returned) = returned {
+        // The body must have been read to its end to know where the next
+        // request starts; it usually has, by the time the response is out.
+        match tokio::time::timeout(BODY_AFTER_RESPONSE, returned).await {
+            Ok(Ok(back)) => *buf = back.buf,
+            _ => return Next::Close,
+        }
+    }
+    if complete && asked.keep_alive && framing != write::Framing::Close {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// A request body reading from the socket, taking the buffered bytes with it.
+fn body_from(
+    stream: &Arc<TcpStream>,
+    buf: &mut BytesMut,
+    kind: Kind,
+) -> (UpstreamBody, Option<oneshot::Receiver<body::Returned>>) {
+    let (back, returned) = oneshot::channel();
+    let body = RequestBody::new(stream.clone(), std::mem::take(buf), kind, back);
+    (UpstreamBody::Http1(body), Some(returned))
+}
+
+/// Answers a request skiff will not forward, and closes.
+async fn refuse(stream: &TcpStream, status: StatusCode, reason: &str) {
+    let resp: Response<ProxyBody> = forward::local(status, format!("{reason}\n"));
+    let (mut parts, mut body) = resp.into_parts();
+    let asked = write::Asked {
+        head: false,
+        version: http::Version::HTTP_11,
+        keep_alive: false,
+    };
+    let mut out = Vec::with_capacity(256);
+    let framing = write::head(&mut parts, &body, asked, &mut out);
+    let _ = write::body(stream, &mut out, framing, &mut body).await;
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}
+
+// Moved once per request; boxing it would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    Request(Parsed),
+    Http2,
+    /// The client closed between requests.
+    Closed,
+}
+
+enum ReadError {
+    Head(HeadError),
+    Timeout,
+    Io(io::Error),
+}
+
+/// Reads until a whole request head is buffered.
+async fn read_head(stream: &TcpStream, buf: &mut BytesMut, first: bool) -> Result<Head, ReadError> {
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    loop {
+        if !buf.is_empty() {
+            if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+                if buf.len() >= H2_PREFACE.len() {
+                    return Ok(Head::Http2);
+                }
+            } else if let Some(parsed) = parse::parse(buf).map_err(ReadError::Head)? {
+                return Ok(Head::Request(parsed));
+            }
+        }
+        buf.reserve(HEAD_READ);
+        let read = tokio::time::timeout_at(deadline, read_some(stream, buf))
+            .await
+            .map_err(|_| ReadError::Timeout)?;
+        match read {
+            Ok(0) if buf.is_empty() => return Ok(Head::Closed),
+            Ok(0) => {
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed mid-head",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.readable().await?,
+            result => return result,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! HTTP/2 client connections (h2c with prior knowledge), served by hyper.
+//!
+//! [`crate::h1`] reads the first bytes of every connection; when they are
+//! the HTTP/2 preface it hands the socket over here, with those bytes, and
+//! hyper's HTTP/2 server takes it from there. Draining sends GOAWAY and
+//! lets open streams finish.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::body::UpstreamBody;
+use crate::listener::ListenerState;
+
+/// Serves an HTTP/2 connection whose first bytes, `read`, were already taken.
+pub async fn serve(
+    stream: TcpStream,
+    read: Bytes,
+    state: Arc<ListenerState>,
+    peer: SocketAddr,
+    mut drain: watch::Receiver<bool>,
+) {
+    let io = TokioIo::new(Prefixed { read, stream });
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            let req = req.map(UpstreamBody::Http2);
+            Ok::<_, Infallible>(crate::forward::handle(req, &state, peer).await)
+        }
+    });
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, "HTTP/2 connection ended: {e}");
+            }
+            return;
+        }
+        _ = drain.wait_for(|d| *d) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, "HTTP/2 connection ended while draining: {e}");
+    }
+}
+
+/// A socket whose first bytes were already read into `read`.
+struct Prefixed {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
