@@ -108,6 +108,11 @@ pub struct Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
+            // The whole group: killing nginx's master alone orphans its
+            // worker, which keeps the port and the report's pipe open.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -129,6 +134,10 @@ impl Peer {
         let dir = &setup.workdir;
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", &setup.proxy_cpus]);
+        // Its own process group, so stopping it stops nginx's worker too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // Not the report's stdout: a straggler would hold a reader's pipe open.
+        cmd.stdout(std::process::Stdio::null());
         let child = match kind {
             PeerKind::Direct => {
                 return Ok(Peer {

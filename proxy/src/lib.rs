@@ -11,6 +11,7 @@ pub mod admin;
 pub mod body;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod forward;
 pub mod h1;

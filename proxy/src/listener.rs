@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use crate::conn::{Conn, Registry};
 use crate::metrics::Gauge;
 use crate::route::RouteTable;
 use crate::workers::Workers;
@@ -51,11 +52,20 @@ fn socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Soc
     Ok(socket)
 }
 
-/// Counts open connections so shutdown can wait for the last one.
+/// How long an idle keep-alive connection is kept (Envoy: 1 h). Longer
+/// than clients' pool timeouts, so they close first and never reuse a
+/// connection skiff is closing.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often the registry looks for connections idle too long.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Counts open connections so shutdown can wait for the last one, and
+/// closes idle ones.
 #[derive(Debug, Default)]
 struct Tracker {
     open: AtomicUsize,
     idle: Notify,
+    conns: Registry,
 }
 
 /// A bound, accepting listener.
@@ -86,6 +96,7 @@ impl Listener {
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
+        tokio::spawn(sweep_idle(Arc::downgrade(&tracker), stop_rx.clone()));
         if per_worker {
             let mut sockets = vec![first];
             for _ in 1..workers.handles().len() {
@@ -133,7 +144,10 @@ impl Listener {
 
     /// Asks every open connection to finish its requests and close.
     pub fn drain_connections(&self) {
+        // The flag first: a connection going idle after the sweep below
+        // sees it (see `crate::conn`).
         let _ = self.drain.send(true);
+        self.tracker.conns.close_idle();
     }
 
     /// Open connections right now.
@@ -200,16 +214,41 @@ async fn accept_loop(
             tracker: tracker.clone(),
             state: state.clone(),
         };
+        let conn = Arc::new(Conn::new(stream));
+        tracker.conns.register(&conn);
         let state = state.clone();
         let drain = drain.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            crate::h1::serve(stream, state, peer, drain).await;
-        });
+        tokio::spawn(crate::h1::serve(conn, state, peer, drain, guard));
     }
 }
 
-struct ConnectionGuard {
+/// Closes connections idle past [`KEEP_ALIVE_TIMEOUT`], until the
+/// listener stops accepting and its connections have gone.
+async fn sweep_idle(tracker: std::sync::Weak<Tracker>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopped = false;
+    loop {
+        if stopped {
+            every.tick().await;
+        } else {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.wait_for(|s| *s) => stopped = true,
+            }
+        }
+        let Some(tracker) = tracker.upgrade() else {
+            return;
+        };
+        tracker.conns.sweep(KEEP_ALIVE_TIMEOUT);
+        if stopped && tracker.open.load(Relaxed) == 0 {
+            return;
+        }
+    }
+}
+
+/// Held for as long as a connection is open.
+pub struct ConnectionGuard {
     tracker: Arc<Tracker>,
     state: Arc<ListenerState>,
 }

@@ -16,8 +16,9 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+use crate::conn::Conn;
 
 /// Bytes asked of the socket per read while a body streams.
 const READ_CHUNK: usize = 16 * 1024;
@@ -243,7 +244,7 @@ pub struct Returned {
 /// A client's request body, streamed from the socket as the upstream reads it.
 #[derive(Debug)]
 pub struct RequestBody {
-    stream: Arc<TcpStream>,
+    conn: Arc<Conn>,
     buf: BytesMut,
     kind: Kind,
     /// Trailers were sent; the end is next.
@@ -254,13 +255,13 @@ pub struct RequestBody {
 impl RequestBody {
     /// A body delimited by `kind`, whose first bytes may already be in `buf`.
     pub fn new(
-        stream: Arc<TcpStream>,
+        conn: Arc<Conn>,
         buf: BytesMut,
         kind: Kind,
         back: oneshot::Sender<Returned>,
     ) -> RequestBody {
         RequestBody {
-            stream,
+            conn,
             buf,
             kind,
             ended: false,
@@ -278,9 +279,9 @@ impl RequestBody {
     /// Reads more from the client into the buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
+            ready!(self.conn.stream.poll_read_ready(cx))?;
             self.buf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.buf) {
+            match self.conn.stream.try_read_buf(&mut self.buf) {
                 Ok(0) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

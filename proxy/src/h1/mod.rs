@@ -32,8 +32,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::body::UpstreamBody;
+use crate::conn::Conn;
 use crate::forward::{self, ProxyBody};
-use crate::listener::ListenerState;
+use crate::listener::{ConnectionGuard, ListenerState};
 use body::{ChunkedDecoder, Kind, RequestBody};
 use parse::{Framing, HeadError, Parsed};
 
@@ -42,10 +43,6 @@ const HEAD_READ: usize = 4 * 1024;
 /// Time from a request's first byte to the end of its head (hyper's
 /// default; slow heads are a slowloris attack). Answered with 408.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an idle keep-alive connection is kept (Envoy: 1 h). Longer
-/// than clients' pool timeouts, so they close first and never reuse a
-/// connection skiff is closing.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// After the response, how long the rest of the request body may take to
 /// reach the upstream before the connection is given up.
 const BODY_AFTER_RESPONSE: Duration = Duration::from_secs(5);
@@ -54,61 +51,58 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one client connection until it closes or the listener drains.
 pub async fn serve(
-    stream: TcpStream,
+    conn: Arc<Conn>,
     state: Arc<ListenerState>,
     peer: SocketAddr,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+    guard: ConnectionGuard,
 ) {
-    let stream = Arc::new(stream);
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {
         if buf.is_empty() {
-            // Idle: hold no buffer while waiting for the next request.
+            // Idle: no buffer, no timer, no drain future; the listener's
+            // registry closes the socket when the connection must go.
             buf = BytesMut::new();
-            tokio::select! {
-                biased;
-                _ = drain.wait_for(|d| *d) => return,
-                ready = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, stream.readable()) => {
-                    if !matches!(ready, Ok(Ok(()))) {
-                        return;
-                    }
-                }
+            conn.set_idle();
+            // After `set_idle`: a drain that began before it is seen here,
+            // one that begins after it finds the connection idle.
+            if *drain.borrow() {
+                return;
+            }
+            let ready = std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx)).await;
+            if ready.is_err() || !conn.claim() {
+                return;
             }
         }
-        let parsed = match read_head(&stream, &mut buf, first).await {
-            Ok(Head::Request(parsed)) => parsed,
-            Ok(Head::Http2) => {
-                if let Ok(stream) = Arc::try_unwrap(stream) {
-                    crate::h2::serve(stream, buf.freeze(), state, peer, drain).await;
+        // Boxed: the connection's own future stays small while it idles,
+        // and a request's state exists only while the request does.
+        match Box::pin(request(&conn, &state, peer, &drain, &mut buf, first)).await {
+            Next::KeepAlive => first = false,
+            Next::Close => {
+                let _ = socket2::SockRef::from(&conn.stream).shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Next::Gone => return,
+            // Handed to tasks of their own (holding the connection's
+            // guard), so this future needs no room for them.
+            Next::Http2 => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    let read = buf.freeze();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        crate::h2::serve(conn.stream, read, state, peer, drain).await;
+                    });
                 }
                 return;
             }
-            Ok(Head::Closed) => return,
-            Err(ReadError::Head(e)) => {
-                tracing::debug!(%peer, "refused request: {e}");
-                refuse(&stream, e.status, e.reason).await;
-                return;
-            }
-            Err(ReadError::Timeout) => {
-                refuse(&stream, StatusCode::REQUEST_TIMEOUT, "request head timeout").await;
-                return;
-            }
-            Err(ReadError::Io(e)) => {
-                tracing::debug!(%peer, "connection ended mid-head: {e}");
-                return;
-            }
-        };
-        first = false;
-        match exchange(&stream, &state, peer, &drain, parsed, &mut buf).await {
-            Next::KeepAlive => {}
-            Next::Close => {
-                let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
-                return;
-            }
-            Next::Upgrade(tunnel, pending) => {
-                if let Ok(stream) = Arc::try_unwrap(stream) {
-                    tunnel.run(stream, pending).await;
+            Next::Upgrade(tunnel) => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    let pending = buf.freeze();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        tunnel.run(conn.stream, pending).await;
+                    });
                 }
                 return;
             }
@@ -116,17 +110,53 @@ pub async fn serve(
     }
 }
 
+/// Reads one request head and serves the request, or refuses it.
+async fn request(
+    conn: &Arc<Conn>,
+    state: &ListenerState,
+    peer: SocketAddr,
+    drain: &watch::Receiver<bool>,
+    buf: &mut BytesMut,
+    first: bool,
+) -> Next {
+    let stream = &conn.stream;
+    let parsed = match read_head(stream, buf, first).await {
+        Ok(Head::Request(parsed)) => parsed,
+        Ok(Head::Http2) => return Next::Http2,
+        Ok(Head::Closed) => return Next::Gone,
+        Err(ReadError::Head(e)) => {
+            tracing::debug!(%peer, "refused request: {e}");
+            refuse(stream, e.status, e.reason).await;
+            return Next::Gone;
+        }
+        Err(ReadError::Timeout) => {
+            refuse(stream, StatusCode::REQUEST_TIMEOUT, "request head timeout").await;
+            return Next::Gone;
+        }
+        Err(ReadError::Io(e)) => {
+            tracing::debug!(%peer, "connection ended mid-head: {e}");
+            return Next::Gone;
+        }
+    };
+    exchange(conn, state, peer, drain, parsed, buf).await
+}
+
 /// What the connection does after a request.
 enum Next {
     KeepAlive,
+    /// Close after what was written.
     Close,
-    /// Switch to a tunnel, with bytes the client already sent past the head.
-    Upgrade(forward::Tunnel, bytes::Bytes),
+    /// Already closed, or nothing more to say.
+    Gone,
+    /// The client spoke HTTP/2: serve the connection with hyper.
+    Http2,
+    /// Switch to a tunnel; bytes the client sent past the head are in the buffer.
+    Upgrade(forward::Tunnel),
 }
 
 /// Forwards one request and writes its response.
 async fn exchange(
-    stream: &Arc<TcpStream>,
+    conn: &Arc<Conn>,
     state: &ListenerState,
     peer: SocketAddr,
     drain: &watch::Receiver<bool>,
@@ -141,12 +171,13 @@ async fn exchange(
         head_len,
     } = parsed;
     buf.advance(head_len);
+    let stream = &conn.stream;
     let asked_head = request.method() == Method::HEAD;
     let version = request.version();
     let (body, returned) = match framing {
         Framing::Empty => (UpstreamBody::Empty, None),
-        Framing::Length(n) => body_from(stream, buf, Kind::Length(n)),
-        Framing::Chunked => body_from(stream, buf, Kind::Chunked(ChunkedDecoder::default())),
+        Framing::Length(n) => body_from(conn, buf, Kind::Length(n)),
+        Framing::Chunked => body_from(conn, buf, Kind::Chunked(ChunkedDecoder::default())),
     };
     if expect_continue
         && write::flush(stream, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
@@ -199,7 +230,7 @@ async fn exchange(
                 if write::flush(stream, &mut out).await.is_err() {
                     return Next::Close;
                 }
-                Next::Upgrade(tunnel, std::mem::take(buf).freeze())
+                Next::Upgrade(tunnel)
             }
             _ => Next::Close,
         };
@@ -229,12 +260,12 @@ async fn exchange(
 
 /// A request body reading from the socket, taking the buffered bytes with it.
 fn body_from(
-    stream: &Arc<TcpStream>,
+    conn: &Arc<Conn>,
     buf: &mut BytesMut,
     kind: Kind,
 ) -> (UpstreamBody, Option<oneshot::Receiver<body::Returned>>) {
     let (back, returned) = oneshot::channel();
-    let body = RequestBody::new(stream.clone(), std::mem::take(buf), kind, back);
+    let body = RequestBody::new(conn.clone(), std::mem::take(buf), kind, back);
     (UpstreamBody::Http1(body), Some(returned))
 }
 

@@ -1,0 +1,170 @@
+//! Client connections as the listener sees them: the socket, whether it
+//! is idle, and the per-listener registry that closes idle ones.
+//!
+//! An idle keep-alive connection should cost little more than its socket
+//! (HAProxy and nginx hold about 1 KB each). So an idle connection's task
+//! waits on socket readiness alone, with no timer and no drain future of
+//! its own; the listener's [`Registry`] closes it instead, when it has
+//! been idle too long or when the listener drains, by shutting down the
+//! socket's read side, which wakes the task to an end of stream. Whether
+//! the task or the registry gets to an idle connection first is decided by
+//! one compare-and-swap, so a request that arrives just then is either
+//! served or never read, never cut off midway.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// `idle` while a request is being read or served.
+const BUSY: u64 = 0;
+/// `idle` once the registry has claimed the connection to close it.
+const CLOSING: u64 = u64::MAX;
+
+/// A client connection's socket, shared by its task, a request body that
+/// reads from it, and (weakly) the listener's registry.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    /// `BUSY`, `CLOSING`, or when it went idle (ms since [`epoch`], + 1).
+    idle: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            idle: AtomicU64::new(BUSY),
+        }
+    }
+
+    /// Marks the connection idle: the registry may close it from now on.
+    pub fn set_idle(&self) {
+        self.idle.store(now_ms(), SeqCst);
+    }
+
+    /// Takes the connection back from idle to serve a request. False when
+    /// the registry got there first and is closing it.
+    pub fn claim(&self) -> bool {
+        self.idle.swap(BUSY, SeqCst) != CLOSING
+    }
+
+    /// Closes the connection if it is idle (and, with `older_than`, idle
+    /// for at least that long). Returns whether it did.
+    fn close_if_idle(&self, older_than: Option<(u64, u64)>) -> bool {
+        let since = self.idle.load(SeqCst);
+        if since == BUSY || since == CLOSING {
+            return false;
+        }
+        if let Some((now, limit)) = older_than {
+            if now.saturating_sub(since) < limit {
+                return false;
+            }
+        }
+        if self
+            .idle
+            .compare_exchange(since, CLOSING, SeqCst, SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        // Wakes the task waiting for readability to an end of stream.
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Both);
+        true
+    }
+}
+
+/// The open client connections of one listener.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<Vec<Weak<Conn>>>,
+}
+
+impl Registry {
+    /// Adds a new connection.
+    pub fn register(&self, conn: &Arc<Conn>) {
+        self.lock().push(Arc::downgrade(conn));
+    }
+
+    /// Closes connections idle longer than `limit` and forgets closed ones.
+    pub fn sweep(&self, limit: Duration) -> usize {
+        let (now, limit) = (now_ms(), limit.as_millis() as u64);
+        let mut closed = 0;
+        self.lock().retain(|weak| match weak.upgrade() {
+            Some(conn) => {
+                closed += usize::from(conn.close_if_idle(Some((now, limit))));
+                true
+            }
+            None => false,
+        });
+        closed
+    }
+
+    /// Closes every idle connection now (draining).
+    pub fn close_idle(&self) -> usize {
+        let mut closed = 0;
+        for conn in self.lock().iter().filter_map(Weak::upgrade) {
+            closed += usize::from(conn.close_if_idle(None));
+        }
+        closed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Conn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (Arc<Conn>, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (Arc::new(Conn::new(server)), client)
+    }
+
+    #[tokio::test]
+    async fn only_idle_connections_are_closed_and_a_claim_wins_once() {
+        let registry = Registry::default();
+        let (busy, _c1) = pair().await;
+        let (idle, _c2) = pair().await;
+        registry.register(&busy);
+        registry.register(&idle);
+        idle.set_idle();
+        assert_eq!(
+            registry.sweep(Duration::from_secs(3600)),
+            0,
+            "not idle long enough"
+        );
+        assert_eq!(registry.close_idle(), 1);
+        assert!(!idle.claim(), "the registry closed it first");
+        assert!(busy.claim());
+        // Closed connections are forgotten at the next sweep.
+        drop(idle);
+        registry.sweep(Duration::from_secs(3600));
+        assert_eq!(registry.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_connection_is_not_closed() {
+        let registry = Registry::default();
+        let (conn, _c) = pair().await;
+        registry.register(&conn);
+        conn.set_idle();
+        assert!(conn.claim());
+        assert_eq!(registry.close_idle(), 0);
+        assert_eq!(registry.sweep(Duration::ZERO), 0);
+    }
+}
