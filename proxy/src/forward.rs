@@ -349,23 +349,16 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upgrade: bool)
 
     // Room for the three inserts below, so the map grows at most once.
     headers.reserve(3);
-    // The peer's IP, formatted on the stack: at most 45 bytes for IPv6.
-    let mut ip = [0u8; 64];
-    let ip_len = {
-        let mut cursor = std::io::Cursor::new(&mut ip[..]);
-        let _ = write!(cursor, "{}", peer.ip());
-        cursor.position() as usize
-    };
-    let ip = &ip[..ip_len];
+    let ip = peer_ip(peer.ip());
     let value = match headers.get(&X_FORWARDED_FOR).filter(|_| xff) {
         Some(prior) => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + ip.len());
             joined.extend_from_slice(prior.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ip);
+            joined.extend_from_slice(ip.as_bytes());
             HeaderValue::from_bytes(&joined)
         }
-        None => HeaderValue::from_bytes(ip),
+        None => Ok(ip),
     };
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -376,6 +369,35 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upgrade: bool)
     if !rid {
         headers.insert(X_REQUEST_ID.clone(), new_request_id());
     }
+}
+
+/// The peer's IP as a header value. The last one formatted is kept per
+/// thread: a sidecar's outbound requests all come from the app on
+/// loopback, and a cloned value costs no allocation.
+fn peer_ip(ip: std::net::IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = &*last {
+            if *cached == ip {
+                return value.clone();
+            }
+        }
+        // At most 45 bytes for IPv6, formatted on the stack.
+        let mut text = [0u8; 64];
+        let len = {
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{ip}");
+            cursor.position() as usize
+        };
+        let value = HeaderValue::from_bytes(&text[..len])
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        *last = Some((ip, value.clone()));
+        value
+    })
 }
 
 /// Whether `name` is hop-by-hop by itself (headers named in `Connection`
@@ -437,29 +459,30 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Rewrites the URI for the upstream protocol: origin-form with a Host
 /// header for HTTP/1.1, absolute with an authority for HTTP/2.
 fn set_upstream_uri<B>(req: &mut Request<B>, protocol: UpstreamProtocol, endpoint: SocketAddr) {
-    let authority = req.uri().authority().cloned().or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse().ok())
-    });
     match protocol {
         UpstreamProtocol::Http1 => {
-            if req.uri().authority().is_some() {
+            // The Host header is what HTTP/1.1 routes on; it is made from
+            // the URI's authority (HTTP/2 clients, absolute-form) only
+            // when missing, so the common request parses nothing here.
+            let from_uri = req.uri().authority().map(|a| a.as_str().to_owned());
+            if from_uri.is_some() {
                 *req.uri_mut() = origin_form(req.uri());
             }
             if !req.headers().contains_key(header::HOST) {
-                let host = match &authority {
-                    Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-                    None => HeaderValue::from_str(&endpoint.to_string()).ok(),
-                };
-                if let Some(host) = host {
+                let host = from_uri.unwrap_or_else(|| endpoint.to_string());
+                if let Ok(host) = HeaderValue::from_str(&host) {
                     req.headers_mut().insert(header::HOST, host);
                 }
             }
             *req.version_mut() = Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
+            let authority = req.uri().authority().cloned().or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse().ok())
+            });
             let mut parts = req.uri().clone().into_parts();
             parts.scheme = Some(http::uri::Scheme::HTTP);
             parts.authority = Some(match authority {

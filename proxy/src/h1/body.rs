@@ -281,7 +281,7 @@ impl RequestBody {
         loop {
             ready!(self.conn.stream.poll_read_ready(cx))?;
             self.buf.reserve(READ_CHUNK);
-            match self.conn.stream.try_read_buf(&mut self.buf) {
+            match super::read_available(&self.conn.stream, &mut self.buf) {
                 Ok(0) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
