@@ -78,12 +78,13 @@ async fn forward(
     let endpoint = in_flight.endpoint.clone();
 
     let result = if upgrade {
-        upgrade_request(
+        // Boxed: a rare path that would otherwise enlarge every request's future.
+        Box::pin(upgrade_request(
             req,
             endpoint.address,
             settings.timeouts.connect,
             settings.timeouts.request,
-        )
+        ))
         .await
     } else {
         set_upstream_uri(&mut req, settings.protocol, endpoint.address);

@@ -84,40 +84,58 @@ impl Pool {
                         return Ok(Sender::Http1(sender));
                     }
                 }
-                let io = dial(address, connect_timeout).await?;
-                let (sender, conn) = http1::Builder::new().handshake(io).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%address, "upstream connection ended: {e}");
-                    }
-                });
-                Ok(Sender::Http1(sender))
+                // Boxed: dialling is the rare path, and its futures would
+                // otherwise make every request's future (moved several
+                // times per request) kilobytes larger.
+                Box::pin(Self::connect_http1(address, connect_timeout)).await
             }
             UpstreamProtocol::Http2 => {
                 if let Some(sender) = self.shared_h2() {
                     return Ok(Sender::Http2(sender));
                 }
-                let _dialing = self.h2_dial.lock().await;
-                // Another request may have connected while this one waited.
-                if let Some(sender) = self.shared_h2() {
-                    return Ok(Sender::Http2(sender));
-                }
-                let io = dial(address, connect_timeout).await?;
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%address, "upstream h2 connection ended: {e}");
-                    }
-                });
-                if !self.closed.load(Relaxed) {
-                    *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
-                }
-                Ok(Sender::Http2(sender))
+                Box::pin(self.connect_http2(address, connect_timeout)).await
             }
         }
+    }
+
+    async fn connect_http1(
+        address: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
+        let io = dial(address, connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%address, "upstream connection ended: {e}");
+            }
+        });
+        Ok(Sender::Http1(sender))
+    }
+
+    async fn connect_http2(
+        &self,
+        address: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
+        let _dialing = self.h2_dial.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(sender) = self.shared_h2() {
+            return Ok(Sender::Http2(sender));
+        }
+        let io = dial(address, connect_timeout).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%address, "upstream h2 connection ended: {e}");
+            }
+        });
+        if !self.closed.load(Relaxed) {
+            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        }
+        Ok(Sender::Http2(sender))
     }
 
     /// A new HTTP/1.1 connection that can be upgraded (WebSocket); never pooled.
