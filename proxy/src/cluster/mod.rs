@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
-use skiff_discovery::{EndpointSet, EndpointSpec};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use skiff_discovery::{EndpointSet, EndpointSpec, Origin};
 
 use crate::config::ClusterConfig;
 use crate::metrics::{CodeCounters, Histogram};
@@ -34,6 +34,9 @@ pub struct Endpoint {
     in_flight: AtomicU64,
     /// Set when the endpoint left the set; it only finishes what it has.
     draining: AtomicBool,
+    /// Where discovery found it (Kubernetes slice, zone, conditions);
+    /// updated in place when only that changes.
+    origin: ArcSwapOption<Origin>,
     /// Responses by status class (`skiff_endpoint_requests_total`).
     pub requests: CodeCounters,
     /// One connection pool per worker (see `workers`), so a worker only
@@ -51,6 +54,7 @@ impl Endpoint {
             weight: AtomicU32::new(spec.weight),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            origin: ArcSwapOption::new(spec.origin.clone()),
             requests: CodeCounters::default(),
             pools: (0..crate::workers::count())
                 .map(|_| Pool::default())
@@ -71,6 +75,11 @@ impl Endpoint {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    /// Where discovery found the endpoint; `None` for static and file ones.
+    pub fn origin(&self) -> Option<Arc<Origin>> {
+        self.origin.load_full()
     }
 
     /// This worker's connection pool to the endpoint.
@@ -119,6 +128,8 @@ impl ErrorCounters {
 pub struct ClusterStats {
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
+    /// Failures of the cluster's discovery source, counted by the source.
+    pub discovery_errors: Arc<AtomicU64>,
     pub errors: ErrorCounters,
 }
 
@@ -228,6 +239,9 @@ impl Cluster {
             let endpoint = match members.remove(&spec.address) {
                 Some(existing) => {
                     existing.weight.store(spec.weight, Relaxed);
+                    if existing.origin.load().as_deref() != spec.origin.as_deref() {
+                        existing.origin.store(spec.origin.clone());
+                    }
                     existing
                 }
                 None => Arc::new(Endpoint::new(spec, self.stats.clone())),
@@ -354,9 +368,8 @@ mod tests {
 
     fn set(list: &[(u16, u32)]) -> EndpointSet {
         list.iter()
-            .map(|&(port, weight)| EndpointSpec {
-                address: SocketAddr::from(([127, 0, 0, 1], port)),
-                weight,
+            .map(|&(port, weight)| {
+                EndpointSpec::new(SocketAddr::from(([127, 0, 0, 1], port)), weight)
             })
             .collect()
     }
