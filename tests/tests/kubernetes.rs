@@ -893,3 +893,48 @@ async fn a_large_service_is_listed_in_pages() {
     assert_eq!(lists[0].query.get("limit").map(String::as_str), Some("500"));
     assert!(lists[1].query.contains_key("continue"), "{lists:?}");
 }
+
+#[test]
+fn the_rbac_manifests_are_valid_and_grant_only_reading_endpointslices() {
+    skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no manifests in {}", dir.display());
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rbac = std::fs::read_to_string(dir.join("rbac.yaml")).expect("rbac.yaml");
+    let rules: Vec<&str> = rbac
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("- apiGroups") || l.starts_with("resources:") || l.starts_with("verbs:")
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "- apiGroups: [\"discovery.k8s.io\"]",
+            "resources: [\"endpointslices\"]",
+            "verbs: [\"get\", \"list\", \"watch\"]",
+        ],
+        "the ClusterRole grants more than reading EndpointSlices"
+    );
+    assert!(
+        !rbac.contains("kind: ClusterRoleBinding"),
+        "a ClusterRoleBinding grants every namespace"
+    );
+}
