@@ -75,11 +75,9 @@ struct Port {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
     ip: IpAddr,
-    zone: Option<String>,
-    node: Option<String>,
-    ready: bool,
-    serving: bool,
-    terminating: bool,
+    /// Built once per slice update and shared by every set that includes
+    /// the endpoint, so a merge copies pointers, not strings.
+    origin: Arc<Origin>,
 }
 
 impl Slice {
@@ -134,14 +132,16 @@ impl Slice {
                 )));
             }
             let conditions = e.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
             endpoints.push(Member {
                 ip,
-                zone: e.zone.clone(),
-                node: e.node_name.clone(),
-                ready,
-                serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                origin: Arc::new(Origin {
+                    slice: name.clone(),
+                    zone: e.zone.clone(),
+                    node: e.node_name.clone(),
+                    ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+                    serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+                    terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                }),
             });
         }
         Ok(Slice {
@@ -185,8 +185,7 @@ pub fn merge<'a>(
 ) -> Vec<EndpointSpec> {
     struct Candidate<'s> {
         address: SocketAddr,
-        slice: &'s str,
-        member: &'s Member,
+        member: &'s Arc<Origin>,
     }
     let mut candidates: Vec<Candidate<'a>> = Vec::new();
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -197,15 +196,14 @@ pub fn merge<'a>(
         for member in &slice.endpoints {
             let candidate = Candidate {
                 address: SocketAddr::new(member.ip, number),
-                slice: &slice.name,
-                member,
+                member: &member.origin,
             };
             match seen.get(&candidate.address) {
                 // Listed twice: the non-terminating listing wins, then the
                 // ready one; otherwise the first stays.
                 Some(&i) => {
-                    let rank = |m: &Member| (!m.terminating, m.ready);
-                    if rank(member) > rank(candidates[i].member) {
+                    let rank = |m: &Origin| (!m.terminating, m.ready);
+                    if rank(&member.origin) > rank(candidates[i].member) {
                         candidates[i] = candidate;
                     }
                 }
@@ -229,14 +227,7 @@ pub fn merge<'a>(
         .map(|c| EndpointSpec {
             address: c.address,
             weight: DEFAULT_WEIGHT,
-            origin: Some(Arc::new(Origin {
-                slice: c.slice.to_string(),
-                zone: c.member.zone.clone(),
-                node: c.member.node.clone(),
-                ready: c.member.ready,
-                serving: c.member.serving,
-                terminating: c.member.terminating,
-            })),
+            origin: Some(c.member.clone()),
         })
         .collect()
 }

@@ -26,12 +26,12 @@ mod merge;
 
 pub use merge::{merge, ServicePort, Slice, SliceError};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, watcher, DefaultBackoff, Event};
@@ -124,6 +124,8 @@ struct State {
     services: HashMap<String, BTreeMap<String, Slice>>,
     /// Which Service each slice belongs to, for deletes.
     owners: HashMap<String, String>,
+    /// Services changed since the last publish.
+    dirty: HashSet<String>,
     subscribers: Vec<Subscriber>,
 }
 
@@ -160,7 +162,8 @@ impl State {
         }
     }
 
-    fn publish_all(&self) {
+    fn publish_all(&mut self) {
+        self.dirty.clear();
         let mut services: Vec<&str> = self
             .subscribers
             .iter()
@@ -173,12 +176,19 @@ impl State {
         }
     }
 
+    /// Publishes the Services changed since the last call.
+    fn publish_dirty(&mut self) {
+        for service in std::mem::take(&mut self.dirty) {
+            self.publish(&service);
+        }
+    }
+
     fn insert(&mut self, service: String, slice: Slice) {
         let name = slice.name.clone();
         if let Some(previous) = self.owners.insert(name.clone(), service.clone()) {
             if previous != service {
                 self.remove_from(&previous, &name);
-                self.publish(&previous);
+                self.dirty.insert(previous);
             }
         }
         let slices = self.services.entry(service.clone()).or_default();
@@ -186,13 +196,13 @@ impl State {
             return;
         }
         slices.insert(name, slice);
-        self.publish(&service);
+        self.dirty.insert(service);
     }
 
     fn delete(&mut self, name: &str) {
         if let Some(service) = self.owners.remove(name) {
             self.remove_from(&service, name);
-            self.publish(&service);
+            self.dirty.insert(service);
         }
     }
 
@@ -280,52 +290,70 @@ async fn follow(namespace: &Namespace) {
     let mut relist: Option<Vec<(String, Slice)>> = None;
     while let Some(event) = events.next().await {
         let mut state = lock(&namespace.state);
-        match event {
-            Ok(Event::Init) => relist = Some(Vec::new()),
-            Ok(Event::InitApply(object)) => {
-                if let Some(relist) = relist.as_mut() {
-                    let name = object.metadata.name.clone().unwrap_or_default();
-                    match read(&namespace.name, &object) {
-                        Read::Use(service, slice) => relist.push((service, slice)),
-                        // Keep the last good version of a slice that went bad.
-                        Read::Skip => {
-                            if let Some((service, slice)) = state.stored(&name) {
-                                relist.push((service.clone(), slice.clone()));
-                            }
+        handle(namespace, &mut state, &mut relist, event);
+        // Take every event already received before publishing, so a burst
+        // (a rollout touching many slices, a new Service's slices) merges
+        // each Service once rather than once per slice.
+        while let Some(Some(event)) = events.next().now_or_never() {
+            handle(namespace, &mut state, &mut relist, event);
+        }
+        state.publish_dirty();
+    }
+}
+
+/// Applies one watcher event to the namespace's slices; publishing is left
+/// to the caller, except after a relist, which publishes what changed.
+fn handle(
+    namespace: &Namespace,
+    state: &mut State,
+    relist: &mut Option<Vec<(String, Slice)>>,
+    event: Result<Event<DynamicObject>, watcher::Error>,
+) {
+    match event {
+        Ok(Event::Init) => *relist = Some(Vec::new()),
+        Ok(Event::InitApply(object)) => {
+            if let Some(relist) = relist.as_mut() {
+                let name = object.metadata.name.clone().unwrap_or_default();
+                match read(&namespace.name, &object) {
+                    Read::Use(service, slice) => relist.push((service, slice)),
+                    // Keep the last good version of a slice that went bad.
+                    Read::Skip => {
+                        if let Some((service, slice)) = state.stored(&name) {
+                            relist.push((service.clone(), slice.clone()));
                         }
                     }
                 }
             }
-            Ok(Event::InitDone) => {
-                if let Some(listed) = relist.take() {
-                    let first = !state.listed;
-                    tracing::debug!(namespace = %namespace.name, slices = listed.len(), "EndpointSlices listed");
-                    state.replace(listed);
-                    if first {
-                        tracing::info!(namespace = %namespace.name, "EndpointSlices listed; endpoints published");
-                    }
+        }
+        Ok(Event::InitDone) => {
+            if let Some(listed) = relist.take() {
+                let first = !state.listed;
+                tracing::debug!(namespace = %namespace.name, slices = listed.len(), "EndpointSlices listed");
+                state.replace(listed);
+                if first {
+                    tracing::info!(namespace = %namespace.name, "EndpointSlices listed; endpoints published");
                 }
             }
-            Ok(Event::Apply(object)) => {
-                if let Read::Use(service, slice) = read(&namespace.name, &object) {
-                    state.insert(service, slice);
-                }
+        }
+        Ok(Event::Apply(object)) => {
+            if let Read::Use(service, slice) = read(&namespace.name, &object) {
+                state.insert(service, slice);
             }
-            Ok(Event::Delete(object)) => {
-                if let Some(name) = object.metadata.name.as_deref() {
-                    state.delete(name);
-                }
+        }
+        Ok(Event::Delete(object)) => {
+            if let Some(name) = object.metadata.name.as_deref() {
+                state.delete(name);
             }
-            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
-                tracing::info!(namespace = %namespace.name, "EndpointSlice watch expired (410); relisting");
-            }
-            Err(e) => {
-                state.count_error();
-                if state.listed {
-                    tracing::warn!(namespace = %namespace.name, "Kubernetes API: {e}; the last known endpoints stay, retrying with backoff");
-                } else {
-                    tracing::warn!(namespace = %namespace.name, "Kubernetes API: {e}; no endpoints yet, retrying with backoff");
-                }
+        }
+        Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+            tracing::info!(namespace = %namespace.name, "EndpointSlice watch expired (410); relisting");
+        }
+        Err(e) => {
+            state.count_error();
+            if state.listed {
+                tracing::warn!(namespace = %namespace.name, "Kubernetes API: {e}; the last known endpoints stay, retrying with backoff");
+            } else {
+                tracing::warn!(namespace = %namespace.name, "Kubernetes API: {e}; no endpoints yet, retrying with backoff");
             }
         }
     }
@@ -397,4 +425,151 @@ fn read(namespace: &str, object: &DynamicObject) -> Read {
 /// Locks a mutex; a panic elsewhere does not stop discovery.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn slice(name: &str, ips: &[&str]) -> Slice {
+        let endpoints: Vec<_> = ips.iter().map(|ip| json!({ "addresses": [ip] })).collect();
+        let object: EndpointSlice = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 8080 }],
+            "endpoints": endpoints,
+        }))
+        .unwrap();
+        Slice::parse(&object).unwrap()
+    }
+
+    fn listen(state: &mut State, service: &str) -> watch::Receiver<Option<EndpointSet>> {
+        let (tx, rx) = watch::channel(None);
+        state.subscribers.push(Subscriber {
+            service: service.into(),
+            port: ServicePort::Name("http".into()),
+            cluster: service.into(),
+            tx,
+            errors: Arc::default(),
+        });
+        rx
+    }
+
+    fn addresses(rx: &mut watch::Receiver<Option<EndpointSet>>) -> Vec<String> {
+        rx.borrow_and_update()
+            .as_deref()
+            .map(|set| set.iter().map(|e| e.address.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_service_without_slices_lists_as_an_empty_set() {
+        let mut state = State::default();
+        let web = listen(&mut state, "web");
+        assert!(web.borrow().is_none(), "a set before the first list");
+        state.replace(vec![("api".into(), slice("api-a", &["10.0.1.1"]))]);
+        assert_eq!(web.borrow().as_deref().map(<[_]>::len), Some(0));
+    }
+
+    #[test]
+    fn a_burst_of_slices_publishes_once() {
+        let mut state = State::default();
+        let mut rx = listen(&mut state, "web");
+        state.replace(vec![]);
+        rx.borrow_and_update();
+        for i in 0..10 {
+            state.insert(
+                "web".into(),
+                slice(&format!("web-{i}"), &[&format!("10.0.0.{}", i + 1)]),
+            );
+        }
+        assert!(
+            !rx.has_changed().unwrap(),
+            "published before the burst ended"
+        );
+        state.publish_dirty();
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(addresses(&mut rx).len(), 10);
+    }
+
+    #[test]
+    fn a_relist_with_unchanged_slices_publishes_nothing() {
+        let mut state = State::default();
+        let mut rx = listen(&mut state, "web");
+        state.replace(vec![(
+            "web".into(),
+            slice("web-a", &["10.0.0.1", "10.0.0.2"]),
+        )]);
+        assert_eq!(addresses(&mut rx), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+        state.replace(vec![(
+            "web".into(),
+            slice("web-a", &["10.0.0.1", "10.0.0.2"]),
+        )]);
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an unchanged relist was published"
+        );
+        // A relist that did change something is published.
+        state.replace(vec![("web".into(), slice("web-a", &["10.0.0.1"]))]);
+        assert_eq!(addresses(&mut rx), ["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn an_unchanged_slice_update_publishes_nothing() {
+        let mut state = State::default();
+        let mut rx = listen(&mut state, "web");
+        state.replace(vec![("web".into(), slice("web-a", &["10.0.0.1"]))]);
+        rx.borrow_and_update();
+        state.insert("web".into(), slice("web-a", &["10.0.0.1"]));
+        state.publish_dirty();
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_deleted_slice_takes_its_endpoints_and_other_services_keep_theirs() {
+        let mut state = State::default();
+        let mut web = listen(&mut state, "web");
+        let mut api = listen(&mut state, "api");
+        state.replace(vec![
+            ("web".into(), slice("web-a", &["10.0.0.1"])),
+            ("web".into(), slice("web-b", &["10.0.0.2"])),
+            ("api".into(), slice("api-a", &["10.0.1.1"])),
+        ]);
+        assert_eq!(addresses(&mut web).len(), 2);
+        assert_eq!(addresses(&mut api), ["10.0.1.1:8080"]);
+        state.delete("web-a");
+        state.publish_dirty();
+        assert_eq!(addresses(&mut web), ["10.0.0.2:8080"]);
+        assert!(
+            !api.has_changed().unwrap(),
+            "another Service was republished"
+        );
+    }
+
+    #[test]
+    fn a_slice_relabelled_to_another_service_leaves_the_first() {
+        let mut state = State::default();
+        let mut web = listen(&mut state, "web");
+        let mut api = listen(&mut state, "api");
+        state.replace(vec![("web".into(), slice("shared", &["10.0.0.1"]))]);
+        assert_eq!(addresses(&mut web), ["10.0.0.1:8080"]);
+        state.insert("api".into(), slice("shared", &["10.0.0.1"]));
+        state.publish_dirty();
+        assert!(addresses(&mut web).is_empty());
+        assert_eq!(addresses(&mut api), ["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn errors_count_on_every_cluster_of_the_namespace() {
+        let mut state = State::default();
+        let _web = listen(&mut state, "web");
+        let _api = listen(&mut state, "api");
+        state.count_error();
+        state.count_error();
+        assert!(state
+            .subscribers
+            .iter()
+            .all(|s| s.errors.load(Relaxed) == 2));
+    }
 }
