@@ -23,6 +23,7 @@ use skiff_tests::{free_port, Backend, Client, RssPeak, SkiffProcess, TempDir};
 
 const SLICES: usize = 100;
 const PER_SLICE: usize = 100;
+/// Changed slices timed per Service (`KUBE_BENCH_CHANGES` overrides, for profiling).
 const CHANGES: usize = 50;
 
 /// Slice `s` of Service `service` with `n` endpoints (10.`base`.s.1..).
@@ -128,10 +129,14 @@ async fn main() {
     }
     when_len(&small, SLICES * PER_SLICE / 10).await;
 
+    let changes = std::env::var("KUBE_BENCH_CHANGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(CHANGES);
     for (cluster, base, slices) in [(&small, 2, SLICES / 10), (&big, 1, SLICES)] {
         let total = slices * PER_SLICE;
-        let mut times = Vec::with_capacity(CHANGES);
-        for i in 0..CHANGES {
+        let mut times = Vec::with_capacity(changes);
+        for i in 0..changes {
             // One slice gains an endpoint, then loses it again.
             let n = if i % 2 == 0 { PER_SLICE + 1 } else { PER_SLICE };
             let sent = Instant::now();
@@ -141,7 +146,7 @@ async fn main() {
         }
         times.sort();
         println!(
-            "one changed slice ({PER_SLICE} endpoints) of a {total}-endpoint Service -> data path: p50 {}, p90 {}, max {} ({CHANGES} changes)",
+            "one changed slice ({PER_SLICE} endpoints) of a {total}-endpoint Service -> data path: p50 {}, p90 {}, max {} ({changes} changes)",
             ms(percentile(&times, 0.5)),
             ms(percentile(&times, 0.9)),
             ms(percentile(&times, 1.0)),

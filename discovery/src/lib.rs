@@ -27,7 +27,7 @@ pub const MAX_WEIGHT: u32 = 10_000;
 ///
 /// The proxy tells endpoints apart by `address` alone: a new `weight` or
 /// `origin` for the same address updates the live endpoint in place.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Eq, serde::Serialize)]
 pub struct EndpointSpec {
     pub address: SocketAddr,
     pub weight: u32,
@@ -35,6 +35,30 @@ pub struct EndpointSpec {
     /// endpoints. Shared, so copying a set copies no strings.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "origin")]
     pub origin: Option<Arc<Origin>>,
+}
+
+/// Equal when address, weight and origin are; a shared origin compares by
+/// pointer first, so comparing two sets of one Service costs no string
+/// comparisons for the endpoints that did not change.
+impl PartialEq for EndpointSpec {
+    fn eq(&self, other: &EndpointSpec) -> bool {
+        self.address == other.address
+            && self.weight == other.weight
+            && match (&self.origin, &other.origin) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+/// By content, as equality is (a shared pointer only shortcuts equality).
+impl std::hash::Hash for EndpointSpec {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.address.hash(state);
+        self.weight.hash(state);
+        self.origin.as_deref().hash(state);
+    }
 }
 
 impl EndpointSpec {

@@ -187,8 +187,10 @@ pub fn merge<'a>(
         address: SocketAddr,
         member: &'s Arc<Origin>,
     }
-    let mut candidates: Vec<Candidate<'a>> = Vec::new();
-    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let slices: Vec<&Slice> = slices.into_iter().collect();
+    let total = slices.iter().map(|s| s.len()).sum();
+    let mut candidates: Vec<Candidate<'a>> = Vec::with_capacity(total);
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::with_capacity(total);
     for slice in slices {
         let Some(number) = slice.port(port) else {
             continue;
