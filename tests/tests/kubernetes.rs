@@ -938,3 +938,29 @@ fn the_rbac_manifests_are_valid_and_grant_only_reading_endpointslices() {
         "a ClusterRoleBinding grants every namespace"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_kubeconfig_and_no_service_account_keeps_ready_failing_and_says_why() {
+    let dir = TempDir::new("k8s-no-config");
+    let (listen, admin) = (addr(free_port()), addr(free_port()));
+    let config = dir.write("skiff.yaml", &config_text(listen, admin, &app_cluster()));
+    let missing = dir.path("no-such-kubeconfig");
+    let process = SkiffProcess::start_with_env(
+        &config,
+        admin,
+        &[],
+        &[("KUBECONFIG", &missing), ("HOME", &dir.0)],
+    )
+    .await;
+    wait_for_async("a discovery error", SOON, || async {
+        let (_, text) = admin_get(admin, "/metrics").await.expect("/metrics");
+        metric_value(&text, "skiff_discovery_errors_total", &[("cluster", "app")])
+            .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    let (status, body) = admin_get(admin, "/ready").await.expect("/ready");
+    assert_eq!(status, 503);
+    assert!(body.contains("waiting for endpoints of app"), "{body}");
+    let log = process.log_text();
+    assert!(log.contains("no Kubernetes client"), "{log}");
+}
