@@ -205,4 +205,63 @@ async fn main() {
         SLICES * PER_SLICE,
         after.saturating_sub(idle)
     );
+
+    // 3. Do requests wait on updates? Latency of sequential requests to the
+    // probe Service, first quiet, then while one slice of the 10,000-endpoint
+    // Service changes back and forth as fast as the fake can send it.
+    let quiet = latencies(&mut client, REQUESTS).await;
+    let churn = {
+        let fake = fake.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut updates = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = if updates.is_multiple_of(2) {
+                    PER_SLICE + 1
+                } else {
+                    PER_SLICE
+                };
+                fake.apply("shop", slice("big", 1, SLICES / 2, n));
+                updates += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            updates
+        });
+        let busy = latencies(&mut client, REQUESTS).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let updates = task.await.expect("churn task");
+        (busy, updates)
+    };
+    let (busy, updates) = churn;
+    let row = |what: &str, l: &[Duration]| {
+        println!(
+            "requests {what}: p50 {}, p99 {}, max {} ({} requests)",
+            ms(percentile(l, 0.5)),
+            ms(percentile(l, 0.99)),
+            ms(percentile(l, 1.0)),
+            l.len()
+        )
+    };
+    row("with discovery quiet", &quiet);
+    row(
+        &format!("while {updates} slice updates of the 10,000-endpoint Service arrive"),
+        &busy,
+    );
+}
+
+/// Sequential requests to measure, through one keep-alive connection.
+const REQUESTS: usize = 3000;
+
+/// Sorted latencies of `n` sequential GETs.
+async fn latencies(client: &mut Client, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let (status, _, _) = client.get("/").await.expect("request");
+        assert_eq!(status, 200);
+        out.push(started.elapsed());
+    }
+    out.sort();
+    out
 }

@@ -15,6 +15,11 @@
 //! Service's slices. A namespace no cluster uses is not watched; when the
 //! last cluster of a namespace goes, its watch stops.
 //!
+//! The watches run on a thread of their own (`skiff-discovery`), not on
+//! the runtime that serves requests: reading a large slice and merging a
+//! large Service take milliseconds, and a request should never queue
+//! behind them.
+//!
 //! Faults keep the last known endpoints: until the first complete list a
 //! cluster has no set (so `/ready` waits); after it, an unreachable API
 //! server leaves the published sets as they are, logs a warning and counts
@@ -28,7 +33,7 @@ pub use merge::{merge, ServicePort, Slice, SliceError};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -82,7 +87,7 @@ impl Registry {
                     state: Mutex::default(),
                 });
                 tracing::info!(namespace = %namespace.name, "watching EndpointSlices");
-                tokio::spawn(run(namespace.clone(), self.clone()));
+                control_runtime().spawn(run(namespace.clone(), self.clone()));
                 namespace
             })
             .clone();
@@ -420,6 +425,35 @@ fn read(namespace: &str, object: &DynamicObject) -> Read {
             Read::Skip
         }
     }
+}
+
+/// The runtime the namespace watches run on: one thread, started on first
+/// use and kept for the life of the process.
+fn control_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("skiff-discovery".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        let _ = tx.send(Some(runtime.handle().clone()));
+                        runtime.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot start the discovery thread's runtime: {e}; watches run with the requests");
+                        let _ = tx.send(None);
+                    }
+                }
+            });
+        let handle = started.ok().and_then(|_| rx.recv().ok().flatten());
+        // Without a thread of its own, discovery shares the caller's runtime.
+        handle.unwrap_or_else(tokio::runtime::Handle::current)
+    })
 }
 
 /// Locks a mutex; a panic elsewhere does not stop discovery.
