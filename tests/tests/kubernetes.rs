@@ -810,6 +810,35 @@ async fn one_watch_per_namespace_however_many_clusters_use_it() {
     })
     .await;
     assert_eq!(fake.open_watches("shop"), 1);
+
+    // A cluster added later in a watched namespace gets its set at once,
+    // from the watch already open.
+    let pods = Pods::start(1).await;
+    fake.apply(
+        "shop",
+        endpoint_slice(
+            "late-1",
+            "late",
+            &[("http", pods.port)],
+            &[ready_pod(&pods.ip(1))],
+        ),
+    );
+    let with_late = format!(
+        "{clusters}{}",
+        kubernetes_cluster("late", "shop", "late", "http")
+    );
+    skiff.dir.write(
+        "skiff.yaml",
+        &config_text(skiff.listen, skiff.admin, &with_late),
+    );
+    skiff.process.signal("HUP");
+    skiff.wait_endpoints("late", &[at(&pods, 1)]).await;
+    let shop_watches = fake
+        .calls()
+        .iter()
+        .filter(|c| c.watch && c.namespace == "shop")
+        .count();
+    assert_eq!(shop_watches, 1, "a new cluster opened another watch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
