@@ -319,7 +319,7 @@ fn handle(
         Ok(Event::InitApply(object)) => {
             if let Some(relist) = relist.as_mut() {
                 let name = object.metadata.name.clone().unwrap_or_default();
-                match read(&namespace.name, &object) {
+                match read(&namespace.name, object) {
                     Read::Use(service, slice) => relist.push((service, slice)),
                     // Keep the last good version of a slice that went bad.
                     Read::Skip => {
@@ -341,7 +341,7 @@ fn handle(
             }
         }
         Ok(Event::Apply(object)) => {
-            if let Read::Use(service, slice) = read(&namespace.name, &object) {
+            if let Read::Use(service, slice) = read(&namespace.name, object) {
                 state.insert(service, slice);
             }
         }
@@ -388,13 +388,14 @@ enum Read {
 }
 
 /// Reads one object from the watch as a slice of a Service, or says why not.
-fn read(namespace: &str, object: &DynamicObject) -> Read {
-    let name = object.metadata.name.as_deref().unwrap_or("");
+fn read(namespace: &str, object: DynamicObject) -> Read {
+    let name = object.metadata.name.clone().unwrap_or_default();
     let Some(service) = object
         .metadata
         .labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_LABEL))
+        .cloned()
     else {
         tracing::debug!(
             namespace,
@@ -403,7 +404,7 @@ fn read(namespace: &str, object: &DynamicObject) -> Read {
         );
         return Read::Skip;
     };
-    let typed: EndpointSlice = match object.clone().try_parse() {
+    let typed: EndpointSlice = match object.try_parse() {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(
@@ -415,7 +416,7 @@ fn read(namespace: &str, object: &DynamicObject) -> Read {
         }
     };
     match Slice::parse(&typed) {
-        Ok(slice) => Read::Use(service.clone(), slice),
+        Ok(slice) => Read::Use(service, slice),
         Err(e @ SliceError::Fqdn { .. }) => {
             tracing::info!(namespace, "{e}");
             Read::Skip
