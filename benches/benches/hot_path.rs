@@ -24,9 +24,11 @@ fn cluster(lb: LbPolicy, n: usize, weighted: bool) -> Arc<Cluster> {
     let config = Config::parse(&yaml, "bench.yaml", Path::new(".")).expect("config");
     let cluster = Arc::new(Cluster::new(config.clusters[0].clone()));
     let set: EndpointSet = (0..n)
-        .map(|i| EndpointSpec {
-            address: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080)),
-            weight: if weighted { 1 + (i % 4) as u32 } else { 1 },
+        .map(|i| {
+            EndpointSpec::new(
+                SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080)),
+                if weighted { 1 + (i % 4) as u32 } else { 1 },
+            )
         })
         .collect();
     cluster.apply(&set);

@@ -13,6 +13,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::yaml::{self, Diagnostics, MapReader, Node, Value};
@@ -57,10 +59,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<EndpointSpec>, Diagnostics> {
 pub fn endpoint(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<EndpointSpec> {
     if let Value::Scalar(..) = node.value {
         let address = address(node, path, diags)?;
-        return Some(EndpointSpec {
-            address,
-            weight: DEFAULT_WEIGHT,
-        });
+        return Some(EndpointSpec::new(address, DEFAULT_WEIGHT));
     }
     let mut map = MapReader::new(node, path, diags)?;
     let address = map
@@ -72,10 +71,7 @@ pub fn endpoint(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Endp
         None => Some(DEFAULT_WEIGHT),
     };
     map.finish(diags, &["address", "weight"]);
-    Some(EndpointSpec {
-        address: address?,
-        weight: weight?,
-    })
+    Some(EndpointSpec::new(address?, weight?))
 }
 
 /// Reads a socket address (`IP:PORT` or `[IPv6]:PORT`).
@@ -117,11 +113,12 @@ pub fn stamp(path: &Path) -> std::io::Result<Stamp> {
 }
 
 /// Polls `path` and publishes each new valid set. Errors are logged with the
-/// file's position and the last good set stays published.
+/// file's position, counted on `errors`, and the last good set stays published.
 pub fn spawn(
     path: PathBuf,
     cluster: String,
     interval: Duration,
+    errors: Arc<AtomicU64>,
 ) -> tokio::sync::watch::Receiver<Option<EndpointSet>> {
     let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
@@ -137,6 +134,7 @@ pub fn spawn(
             let now = match stamp(&path) {
                 Ok(s) => s,
                 Err(e) => {
+                    errors.fetch_add(1, Relaxed);
                     let msg = format!("{}: {e}", path.display());
                     if last_error.as_deref() != Some(&msg) {
                         tracing::warn!(cluster = %cluster, "endpoint file unreadable, keeping the last good set: {msg}");
@@ -152,6 +150,7 @@ pub fn spawn(
             let text = match tokio::fs::read_to_string(&path).await {
                 Ok(t) => t,
                 Err(e) => {
+                    errors.fetch_add(1, Relaxed);
                     tracing::warn!(cluster = %cluster, "endpoint file unreadable, keeping the last good set: {}: {e}", path.display());
                     last = None;
                     continue;
@@ -171,6 +170,7 @@ pub fn spawn(
                     });
                 }
                 Err(diags) => {
+                    errors.fetch_add(1, Relaxed);
                     tracing::warn!(cluster = %cluster, "endpoint file rejected, keeping the last good set:\n{diags}");
                 }
             }

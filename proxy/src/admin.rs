@@ -131,14 +131,19 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                     for (i, class) in CODE_CLASSES.iter().enumerate() {
                         requests.insert((*class).into(), e.requests.get(i).into());
                     }
-                    json!({
+                    let mut endpoint = json!({
                         "address": e.address.to_string(),
                         "weight": e.weight(),
                         "state": if e.is_draining() { "draining" } else { "active" },
                         "in_flight": e.in_flight(),
                         "requests": requests,
                         "idle_connections": e.idle_connections(),
-                    })
+                    });
+                    if let Some(origin) = e.origin() {
+                        // Where discovery found it: slice, zone, node, conditions.
+                        endpoint["origin"] = serde_json::to_value(&*origin).unwrap_or_default();
+                    }
+                    endpoint
                 })
                 .collect();
             json!({

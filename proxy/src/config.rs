@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use skiff_discovery::yaml::{self, Diagnostics, MapReader, Node};
-use skiff_discovery::{file as endpoint_file, Source};
+use skiff_discovery::{file as endpoint_file, kubernetes, Source};
 
 /// Where the admin server listens unless configured.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -601,6 +601,12 @@ fn read_cluster(
 
 fn read_discovery(node: &Node, path: &str, base: &Path, diags: &mut Diagnostics) -> Option<Source> {
     let mut map = MapReader::new(node, path, diags)?;
+    let kubernetes_path = map.path_of("kubernetes");
+    if let Some(n) = map.optional("kubernetes") {
+        let target = read_kubernetes(n, &kubernetes_path, diags);
+        map.finish(diags, &["kubernetes"]);
+        return target.map(Source::Kubernetes);
+    }
     let file_path = map.path_of("file");
     let file = map.optional("file").map(|n| {
         let text = yaml::string(n, &file_path, diags)?;
@@ -619,17 +625,73 @@ fn read_discovery(node: &Node, path: &str, base: &Path, diags: &mut Diagnostics)
         }),
         None => Some(endpoint_file::POLL_INTERVAL),
     };
-    map.finish(diags, &["file", "interval"]);
+    map.finish(diags, &["file", "interval", "kubernetes"]);
     match file {
         Some(f) => Some(Source::File {
             path: f?,
             interval: interval?,
         }),
         None => {
-            diags.error(node, path, "missing field `file`");
+            diags.error(node, path, "missing field `file` (or `kubernetes`)");
             None
         }
     }
+}
+
+/// Reads `{ namespace, service, port }`; `port` is a Service port name or
+/// a number.
+fn read_kubernetes(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<kubernetes::Target> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let dns_label = |map: &mut MapReader<'_>, field: &str, diags: &mut Diagnostics| {
+        let field_path = map.path_of(field);
+        let n = map.required(field, diags)?;
+        let text = yaml::string(n, &field_path, diags)?;
+        if !is_dns_label(&text) {
+            diags.error(
+                n,
+                &field_path,
+                format!("`{text}` is not a Kubernetes name (lowercase letters, digits and `-`, at most 63)"),
+            );
+            return None;
+        }
+        Some(text)
+    };
+    let namespace = dns_label(&mut map, "namespace", diags);
+    let service = dns_label(&mut map, "service", diags);
+    let port_path = map.path_of("port");
+    let port = map.required("port", diags).and_then(|n| {
+        let text = yaml::string(n, &port_path, diags)?;
+        // Port names must hold a letter (IANA_SVC_NAME), so digits are a number.
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            return yaml::uint(n, &port_path, 1..=u16::MAX as u64, diags)
+                .map(|p| kubernetes::ServicePort::Number(p as u16));
+        }
+        if text.len() > 15 || !is_dns_label(&text) {
+            diags.error(
+                n,
+                &port_path,
+                format!("`{text}` is neither a port number nor a Service port name"),
+            );
+            return None;
+        }
+        Some(kubernetes::ServicePort::Name(text))
+    });
+    map.finish(diags, &["namespace", "service", "port"]);
+    Some(kubernetes::Target {
+        namespace: namespace?,
+        service: service?,
+        port: port?,
+    })
+}
+
+/// An RFC 1123 label, as Kubernetes namespace and Service names are.
+fn is_dns_label(s: &str) -> bool {
+    let ok_end = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    s.len() <= 63
+        && ok_end(s.bytes().next())
+        && ok_end(s.bytes().last())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn read_timeouts(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Timeouts> {
@@ -676,6 +738,10 @@ clusters:
     timeouts: { connect: 250ms, request: 2s }
   - name: orders
     discovery: { file: orders.yaml }
+  - name: payments
+    discovery: { kubernetes: { namespace: shop, service: payments, port: http } }
+  - name: legacy
+    discovery: { kubernetes: { namespace: shop, service: legacy, port: 8080 } }
 ";
 
     #[test]
@@ -700,6 +766,41 @@ clusters:
             }
         );
         assert_eq!(c.shutdown.drain_delay, DEFAULT_DRAIN_DELAY);
+        assert_eq!(
+            c.cluster("payments").unwrap().source,
+            Source::Kubernetes(kubernetes::Target {
+                namespace: "shop".into(),
+                service: "payments".into(),
+                port: kubernetes::ServicePort::Name("http".into()),
+            })
+        );
+        assert!(matches!(
+            &c.cluster("legacy").unwrap().source,
+            Source::Kubernetes(t) if t.port == kubernetes::ServicePort::Number(8080)
+        ));
+    }
+
+    #[test]
+    fn kubernetes_discovery_mistakes_name_the_field() {
+        let err = parse(
+            "\
+clusters:
+  - name: a
+    discovery: { kubernetes: { namespace: Shop, service: web, port: 70000 } }
+  - name: b
+    discovery: { kubernetes: { service: web, port: http_port, colour: red } }
+",
+        )
+        .unwrap_err();
+        for expected in [
+            "skiff.yaml:3:43: clusters[0].discovery.kubernetes.namespace: `Shop` is not a Kubernetes name",
+            "skiff.yaml:3:69: clusters[0].discovery.kubernetes.port: 70000 is out of range",
+            "clusters[1].discovery.kubernetes: missing field `namespace`",
+            "skiff.yaml:5:52: clusters[1].discovery.kubernetes.port: `http_port` is neither a port number nor a Service port name",
+            "clusters[1].discovery.kubernetes.colour: unknown field",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
     }
 
     #[test]

@@ -206,10 +206,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
                 replicas
                     .iter()
                     .filter(|r| r.service == spec.name)
-                    .map(|r| skiff_discovery::EndpointSpec {
-                        address: r.address,
-                        weight: 1,
-                    })
+                    .map(|r| skiff_discovery::EndpointSpec::new(r.address, 1))
                     .collect(),
             ),
             timeouts: Timeouts::default(),

@@ -77,6 +77,8 @@ struct Inner {
     config_path: Option<PathBuf>,
     config: ArcSwap<Config>,
     registry: Registry,
+    /// Starts discovery sources; shares one Kubernetes watch per namespace.
+    discovery: skiff_discovery::Discovery,
     clusters: Mutex<HashMap<String, ClusterEntry>>,
     /// The same clusters, for readers (admin, metrics) that must not lock.
     cluster_list: ArcSwap<Vec<Arc<Cluster>>>,
@@ -118,6 +120,7 @@ impl Proxy {
                 config_path,
                 config: ArcSwap::from_pointee(config.clone()),
                 registry: Registry::default(),
+                discovery: skiff_discovery::Discovery::default(),
                 clusters: Mutex::new(HashMap::new()),
                 cluster_list: ArcSwap::from_pointee(Vec::new()),
                 listeners: Mutex::new(HashMap::new()),
@@ -191,11 +194,12 @@ impl Proxy {
                         entry.cluster.update_settings(cc.clone());
                         entry.follower.abort();
                         entry.source = cc.source.clone();
-                        entry.follower = spawn_follower(&entry.cluster, &cc.source);
+                        entry.follower =
+                            spawn_follower(&inner.discovery, &entry.cluster, &cc.source);
                     }
                     None => {
                         let cluster = Arc::new(Cluster::new(cc.clone()));
-                        let follower = spawn_follower(&cluster, &cc.source);
+                        let follower = spawn_follower(&inner.discovery, &cluster, &cc.source);
                         clusters.insert(
                             cc.name.clone(),
                             ClusterEntry {
@@ -441,7 +445,15 @@ fn same_address(l: &Listener, lc: &ListenerConfig) -> bool {
     l.address == lc.listen || (lc.listen.port() == 0 && l.address.ip() == lc.listen.ip())
 }
 
-fn spawn_follower(cluster: &Arc<Cluster>, source: &Source) -> AbortHandle {
-    let updates = skiff_discovery::spawn(source, &cluster.name);
+fn spawn_follower(
+    discovery: &skiff_discovery::Discovery,
+    cluster: &Arc<Cluster>,
+    source: &Source,
+) -> AbortHandle {
+    let updates = discovery.spawn(
+        source,
+        &cluster.name,
+        cluster.stats.discovery_errors.clone(),
+    );
     tokio::spawn(cluster.clone().follow(updates)).abort_handle()
 }

@@ -340,6 +340,21 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
 
     header(
         &mut out,
+        "skiff_discovery_errors_total",
+        "counter",
+        "Discovery source failures (API server unreachable, unreadable file), by cluster; the last known endpoints stay.",
+    );
+    for c in clusters {
+        let _ = writeln!(
+            out,
+            "skiff_discovery_errors_total{{cluster=\"{}\"}} {}",
+            escape(&c.name),
+            c.stats.discovery_errors.load(Relaxed)
+        );
+    }
+
+    header(
+        &mut out,
         "skiff_upstream_errors_total",
         "counter",
         "Upstream failures answered locally, by cluster and kind.",

@@ -2,6 +2,8 @@
 //! real skiff process (or an in-process [`skiff::Proxy`]), real clients,
 //! and waiting for conditions with a deadline instead of sleeping.
 
+pub mod fake_kube;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +78,8 @@ pub struct BackendControl {
     pub in_flight: AtomicUsize,
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// Lets `/hold` requests answer; until set they wait.
+    pub released: std::sync::atomic::AtomicBool,
 }
 
 /// A real HTTP server (HTTP/1.1 and h2c) on 127.0.0.1 that names itself.
@@ -83,7 +87,8 @@ pub struct BackendControl {
 /// Paths: `/echo` streams the request body back; `/bytes/N` sends N bytes;
 /// `/headers` answers with the request's headers as JSON; `/trailers`
 /// answers with a trailer `x-checksum: ok`; `/sink` reads the body and
-/// answers its length; `/slow/MS` waits MS ms; anything
+/// answers its length; `/slow/MS` waits MS ms; `/hold` waits until
+/// [`BackendControl::released`] is set; anything
 /// else answers `name` after the configured delay.
 pub struct Backend {
     pub name: String,
@@ -143,6 +148,12 @@ impl Backend {
 
     pub fn requests(&self) -> u64 {
         self.control.requests.load(Relaxed)
+    }
+
+    /// Stops accepting connections, as a killed pod does; connections
+    /// already open finish what they have.
+    pub fn stop_accepting(&self) {
+        self.task.abort();
     }
 }
 
@@ -207,6 +218,11 @@ async fn backend_respond(
             Ok(Frame::trailers(trailers)),
         ];
         builder.body(StreamBody::new(VecStream(frames.into())).boxed())
+    } else if path == "/hold" {
+        while !ctl.released.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        builder.body(full(name.to_string()))
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         builder.body(full(name.to_string()))
@@ -409,12 +425,24 @@ impl SkiffProcess {
 
     /// Like [`SkiffProcess::start`], with extra `skiff run` arguments.
     pub async fn start_with_args(config: &Path, admin: SocketAddr, extra: &[&str]) -> SkiffProcess {
+        Self::start_with_env(config, admin, extra, &[]).await
+    }
+
+    /// Like [`SkiffProcess::start_with_args`], with extra environment
+    /// variables (`KUBECONFIG`, say).
+    pub async fn start_with_env(
+        config: &Path,
+        admin: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> SkiffProcess {
         let log = config.with_extension("log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(skiff_bin())
             .args(["run", "-c"])
             .arg(config)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--log-level",
                 &std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info".into()),

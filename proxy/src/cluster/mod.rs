@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
-use skiff_discovery::{EndpointSet, EndpointSpec};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use skiff_discovery::{EndpointSet, EndpointSpec, Origin};
 
 use crate::config::ClusterConfig;
 use crate::metrics::{CodeCounters, Histogram};
@@ -34,6 +34,9 @@ pub struct Endpoint {
     in_flight: AtomicU64,
     /// Set when the endpoint left the set; it only finishes what it has.
     draining: AtomicBool,
+    /// Where discovery found it (Kubernetes slice, zone, conditions);
+    /// updated in place when only that changes.
+    origin: ArcSwapOption<Origin>,
     /// Responses by status class (`skiff_endpoint_requests_total`).
     pub requests: CodeCounters,
     /// One connection pool per worker (see `workers`), so a worker only
@@ -51,6 +54,7 @@ impl Endpoint {
             weight: AtomicU32::new(spec.weight),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            origin: ArcSwapOption::new(spec.origin.clone()),
             requests: CodeCounters::default(),
             pools: (0..crate::workers::count())
                 .map(|_| Pool::default())
@@ -71,6 +75,25 @@ impl Endpoint {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    /// Where discovery found the endpoint; `None` for static and file ones.
+    pub fn origin(&self) -> Option<Arc<Origin>> {
+        self.origin.load_full()
+    }
+
+    /// Takes a new weight and origin for the same address, in place.
+    fn refresh(&self, spec: &EndpointSpec) {
+        self.weight.store(spec.weight, Relaxed);
+        let current = self.origin.load();
+        let same = match (current.as_ref(), spec.origin.as_ref()) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.origin.store(spec.origin.clone());
+        }
     }
 
     /// This worker's connection pool to the endpoint.
@@ -119,6 +142,8 @@ impl ErrorCounters {
 pub struct ClusterStats {
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
+    /// Failures of the cluster's discovery source, counted by the source.
+    pub discovery_errors: Arc<AtomicU64>,
     pub errors: ErrorCounters,
 }
 
@@ -220,24 +245,59 @@ impl Cluster {
     /// Replaces the endpoint set. Endpoints present before keep their
     /// state; removed ones stop getting requests, finish what they have,
     /// and close their idle connections now and the rest as they finish.
+    ///
+    /// A new set usually differs from the last in one place (one slice of
+    /// a Service, one line of a file), so the endpoints it shares with the
+    /// current snapshot at its start and end are matched by position, and
+    /// only the part in between is looked up by address: an update costs
+    /// hashing in proportion to what changed, not to the cluster's size.
     pub fn apply(&self, set: &EndpointSet) {
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::with_capacity(set.len());
+        let current = self.snapshot.load_full();
+        let old: &[Arc<Endpoint>] = &current.endpoints;
+        let same = |(e, s): (&Arc<Endpoint>, &EndpointSpec)| e.address == s.address;
+        let prefix = old.iter().zip(set.iter()).take_while(|p| same(*p)).count();
+        let suffix = old[prefix..]
+            .iter()
+            .rev()
+            .zip(set[prefix..].iter().rev())
+            .take_while(|p| same(*p))
+            .count();
+        let (old_middle, new_middle) = (
+            &old[prefix..old.len() - suffix],
+            &set[prefix..set.len() - suffix],
+        );
+
         let mut ordered = Vec::with_capacity(set.len());
-        for spec in set.iter() {
-            let endpoint = match members.remove(&spec.address) {
+        for (endpoint, spec) in old[..prefix].iter().zip(&set[..prefix]) {
+            endpoint.refresh(spec);
+            ordered.push(endpoint.clone());
+        }
+        let mut replaced: HashMap<SocketAddr, Arc<Endpoint>> = old_middle
+            .iter()
+            .filter_map(|e| members.remove_entry(&e.address))
+            .collect();
+        for spec in new_middle {
+            let endpoint = match replaced.remove(&spec.address) {
                 Some(existing) => {
-                    existing.weight.store(spec.weight, Relaxed);
+                    existing.refresh(spec);
                     existing
                 }
+                // Listed twice: the first listing stands.
+                None if members.contains_key(&spec.address) => continue,
                 None => Arc::new(Endpoint::new(spec, self.stats.clone())),
             };
-            if next.insert(spec.address, endpoint.clone()).is_none() {
-                ordered.push(endpoint);
-            }
+            members.insert(spec.address, endpoint.clone());
+            ordered.push(endpoint);
         }
-        let removed: Vec<Arc<Endpoint>> = members.drain().map(|(_, e)| e).collect();
-        *members = next;
+        for (endpoint, spec) in old[old.len() - suffix..]
+            .iter()
+            .zip(&set[set.len() - suffix..])
+        {
+            endpoint.refresh(spec);
+            ordered.push(endpoint.clone());
+        }
+        let removed: Vec<Arc<Endpoint>> = replaced.into_values().collect();
         self.publish(ordered);
         drop(members);
 
@@ -354,9 +414,8 @@ mod tests {
 
     fn set(list: &[(u16, u32)]) -> EndpointSet {
         list.iter()
-            .map(|&(port, weight)| EndpointSpec {
-                address: SocketAddr::from(([127, 0, 0, 1], port)),
-                weight,
+            .map(|&(port, weight)| {
+                EndpointSpec::new(SocketAddr::from(([127, 0, 0, 1], port)), weight)
             })
             .collect()
     }
@@ -426,6 +485,93 @@ mod tests {
         drop(held);
         assert_eq!(c.endpoint_counts(), (2, 0));
         assert_eq!(c.in_flight(), 0);
+    }
+
+    fn addresses(c: &Cluster) -> Vec<u16> {
+        c.snapshot()
+            .endpoints
+            .iter()
+            .map(|e| e.address.port())
+            .collect()
+    }
+
+    #[test]
+    fn a_change_in_the_middle_keeps_the_endpoints_around_it() {
+        let c = cluster(LbPolicy::RoundRobin);
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]));
+        let before: Vec<Arc<Endpoint>> = c.snapshot().endpoints.to_vec();
+        c.apply(&set(&[(1, 1), (2, 1), (6, 1), (4, 2), (5, 1)]));
+        assert_eq!(addresses(&c), [1, 2, 6, 4, 5]);
+        let after = c.snapshot().endpoints.to_vec();
+        for (i, j) in [(0, 0), (1, 1), (3, 3), (4, 4)] {
+            assert!(
+                Arc::ptr_eq(&before[i], &after[j]),
+                "endpoint {i} was replaced"
+            );
+        }
+        assert_eq!(after[3].weight(), 2, "updated in place");
+        assert!(before[2].is_draining());
+        assert!(!after[2].is_draining());
+    }
+
+    #[test]
+    fn a_reordered_set_keeps_every_endpoint() {
+        let c = cluster(LbPolicy::RoundRobin);
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
+        let before: Vec<Arc<Endpoint>> = c.snapshot().endpoints.to_vec();
+        c.apply(&set(&[(3, 1), (1, 1), (2, 1)]));
+        assert_eq!(addresses(&c), [3, 1, 2]);
+        let after = c.snapshot().endpoints.to_vec();
+        assert!(Arc::ptr_eq(&before[0], &after[1]));
+        assert!(Arc::ptr_eq(&before[1], &after[2]));
+        assert!(Arc::ptr_eq(&before[2], &after[0]));
+        assert!(before.iter().all(|e| !e.is_draining()));
+        assert_eq!(c.endpoint_counts(), (3, 0));
+    }
+
+    #[test]
+    fn an_address_listed_twice_counts_once() {
+        let c = cluster(LbPolicy::RoundRobin);
+        c.apply(&set(&[(1, 1), (2, 1)]));
+        c.apply(&set(&[(1, 1), (3, 1), (1, 5), (3, 1)]));
+        assert_eq!(addresses(&c), [1, 3]);
+        assert_eq!(
+            c.snapshot().endpoints[0].weight(),
+            1,
+            "the first listing stands"
+        );
+        c.apply(&set(&[(3, 1)]));
+        assert_eq!(addresses(&c), [3]);
+        assert_eq!(c.members.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_origin_update_is_applied_in_place() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let origin = |zone: &str| {
+            Some(Arc::new(Origin {
+                slice: "web-a".into(),
+                zone: Some(zone.into()),
+                node: None,
+                ready: true,
+                serving: true,
+                terminating: false,
+            }))
+        };
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let spec = |zone| EndpointSpec {
+            address,
+            weight: 1,
+            origin: origin(zone),
+        };
+        c.apply(&EndpointSet::from([spec("a")]));
+        let endpoint = c.snapshot().endpoints[0].clone();
+        c.apply(&EndpointSet::from([spec("b")]));
+        assert!(Arc::ptr_eq(&endpoint, &c.snapshot().endpoints[0]));
+        assert_eq!(
+            endpoint.origin().and_then(|o| o.zone.clone()).as_deref(),
+            Some("b")
+        );
     }
 
     #[test]

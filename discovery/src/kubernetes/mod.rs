@@ -1,0 +1,610 @@
+//! The Kubernetes source: a Service's endpoints, followed live from its
+//! EndpointSlices on the API server, the way kube-proxy follows them.
+//!
+//! ```yaml
+//! discovery: { kubernetes: { namespace: shop, service: catalog, port: http } }
+//! ```
+//!
+//! The API server is found as kubectl finds it (`KUBECONFIG`,
+//! `~/.kube/config`, or the pod's service account). A [`Registry`] keeps
+//! one watch per namespace however many clusters use it: one task per
+//! namespace runs kube-runtime's [`watcher`] (list, then watch from the
+//! list's resourceVersion, relist on 410 Expired, back off on errors) over
+//! every slice carrying the `kubernetes.io/service-name` label, keeps the
+//! slices by Service, and publishes to each cluster the [`merge`] of its
+//! Service's slices. A namespace no cluster uses is not watched; when the
+//! last cluster of a namespace goes, its watch stops.
+//!
+//! The watches run on a thread of their own (`skiff-discovery`), not on
+//! the runtime that serves requests: reading a large slice and merging a
+//! large Service take milliseconds, and a request should never queue
+//! behind them.
+//!
+//! Faults keep the last known endpoints: until the first complete list a
+//! cluster has no set (so `/ready` waits); after it, an unreachable API
+//! server leaves the published sets as they are, logs a warning and counts
+//! on each cluster's error counter. A relist publishes only the Services
+//! whose endpoints changed. A slice that cannot be read is skipped with a
+//! warning naming it, and its last good version (if any) stays.
+
+mod merge;
+
+pub use merge::{merge, ServicePort, Slice, SliceError};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, watcher, DefaultBackoff, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::EndpointSet;
+
+/// The label the EndpointSlice controller puts on every slice it manages,
+/// naming the slice's Service; the watch selects on it.
+pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+
+/// How often a namespace's watch checks that some cluster still listens.
+const LISTENER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One cluster's Service: where to find it and which port to route to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Target {
+    pub namespace: String,
+    pub service: String,
+    pub port: ServicePort,
+}
+
+/// The namespaces being watched. Cheap to clone; clones share the watches.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    namespaces: Arc<Mutex<HashMap<String, Arc<Namespace>>>>,
+}
+
+impl Registry {
+    /// Follows `target` for `cluster`: starts its namespace's watch unless
+    /// one runs, and returns a receiver holding the Service's merged set
+    /// (`None` until the namespace's first complete list). API errors are
+    /// counted on `errors`.
+    pub fn subscribe(
+        &self,
+        target: &Target,
+        cluster: &str,
+        errors: Arc<AtomicU64>,
+    ) -> watch::Receiver<Option<EndpointSet>> {
+        let mut namespaces = lock(&self.namespaces);
+        let namespace = namespaces
+            .entry(target.namespace.clone())
+            .or_insert_with(|| {
+                let namespace = Arc::new(Namespace {
+                    name: target.namespace.clone(),
+                    state: Mutex::default(),
+                });
+                tracing::info!(namespace = %namespace.name, "watching EndpointSlices");
+                control_runtime().spawn(run(namespace.clone(), self.clone()));
+                namespace
+            })
+            .clone();
+        let mut state = lock(&namespace.state);
+        let current = state
+            .listed
+            .then(|| state.merged(&target.service, &target.port));
+        let (tx, rx) = watch::channel(current);
+        state.subscribers.push(Subscriber {
+            service: target.service.clone(),
+            port: target.port.clone(),
+            cluster: cluster.to_string(),
+            tx,
+            errors,
+        });
+        rx
+    }
+
+    /// Namespaces watched now.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.namespaces).keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// One watched namespace: its slices and the clusters listening.
+#[derive(Debug)]
+struct Namespace {
+    name: String,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Set once the first complete list is in; until then no set is published.
+    listed: bool,
+    /// Slices by Service, then by slice name (so merges are in a stable order).
+    services: HashMap<String, BTreeMap<String, Slice>>,
+    /// Which Service each slice belongs to, for deletes.
+    owners: HashMap<String, String>,
+    /// Services changed since the last publish.
+    dirty: HashSet<String>,
+    subscribers: Vec<Subscriber>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    service: String,
+    port: ServicePort,
+    cluster: String,
+    tx: watch::Sender<Option<EndpointSet>>,
+    errors: Arc<AtomicU64>,
+}
+
+impl State {
+    fn merged(&self, service: &str, port: &ServicePort) -> EndpointSet {
+        match self.services.get(service) {
+            Some(slices) => merge(slices.values(), port).into(),
+            None => EndpointSet::from([]),
+        }
+    }
+
+    /// Publishes the merged set to the listeners of `service`, to those
+    /// whose set changed only.
+    fn publish(&self, service: &str) {
+        for s in self.subscribers.iter().filter(|s| s.service == service) {
+            let set = self.merged(service, &s.port);
+            s.tx.send_if_modified(|current| {
+                if current.as_deref() == Some(&*set) {
+                    return false;
+                }
+                tracing::debug!(cluster = %s.cluster, endpoints = set.len(), "Service endpoints changed");
+                *current = Some(set);
+                true
+            });
+        }
+    }
+
+    fn publish_all(&mut self) {
+        self.dirty.clear();
+        let mut services: Vec<&str> = self
+            .subscribers
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        for service in services {
+            self.publish(service);
+        }
+    }
+
+    /// Publishes the Services changed since the last call.
+    fn publish_dirty(&mut self) {
+        for service in std::mem::take(&mut self.dirty) {
+            self.publish(&service);
+        }
+    }
+
+    fn insert(&mut self, service: String, slice: Slice) {
+        let name = slice.name.clone();
+        if let Some(previous) = self.owners.insert(name.clone(), service.clone()) {
+            if previous != service {
+                self.remove_from(&previous, &name);
+                self.dirty.insert(previous);
+            }
+        }
+        let slices = self.services.entry(service.clone()).or_default();
+        if slices.get(&name) == Some(&slice) {
+            return;
+        }
+        slices.insert(name, slice);
+        self.dirty.insert(service);
+    }
+
+    fn delete(&mut self, name: &str) {
+        if let Some(service) = self.owners.remove(name) {
+            self.remove_from(&service, name);
+            self.dirty.insert(service);
+        }
+    }
+
+    fn remove_from(&mut self, service: &str, name: &str) {
+        if let Some(slices) = self.services.get_mut(service) {
+            slices.remove(name);
+            if slices.is_empty() {
+                self.services.remove(service);
+            }
+        }
+    }
+
+    /// The stored version of slice `name`, if any.
+    fn stored(&self, name: &str) -> Option<(&String, &Slice)> {
+        let service = self.owners.get(name)?;
+        Some((service, self.services.get(service)?.get(name)?))
+    }
+
+    /// Replaces every slice with a fresh list's, then publishes what changed.
+    fn replace(&mut self, listed: Vec<(String, Slice)>) {
+        self.services.clear();
+        self.owners.clear();
+        for (service, slice) in listed {
+            self.owners.insert(slice.name.clone(), service.clone());
+            self.services
+                .entry(service)
+                .or_default()
+                .insert(slice.name.clone(), slice);
+        }
+        self.listed = true;
+        self.publish_all();
+    }
+
+    fn count_error(&self) {
+        for s in &self.subscribers {
+            s.errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A namespace's task: follows its slices until no cluster listens.
+async fn run(namespace: Arc<Namespace>, registry: Registry) {
+    tokio::select! {
+        () = follow(&namespace) => {}
+        () = until_unused(&namespace, &registry) => {}
+    }
+    tracing::info!(namespace = %namespace.name, "no cluster uses the namespace any more; its EndpointSlice watch stopped");
+}
+
+/// Resolves once no cluster listens, having taken the namespace out of the
+/// registry (under the registry's lock, so a new subscriber either came
+/// before and keeps it alive, or comes after and starts a new watch).
+async fn until_unused(namespace: &Arc<Namespace>, registry: &Registry) {
+    let mut tick = tokio::time::interval(LISTENER_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut namespaces = lock(&registry.namespaces);
+        let mut state = lock(&namespace.state);
+        state.subscribers.retain(|s| !s.tx.is_closed());
+        if state.subscribers.is_empty() {
+            if namespaces
+                .get(&namespace.name)
+                .is_some_and(|n| Arc::ptr_eq(n, namespace))
+            {
+                namespaces.remove(&namespace.name);
+            }
+            return;
+        }
+    }
+}
+
+/// Connects, then runs the watcher for ever (it retries on its own).
+async fn follow(namespace: &Namespace) {
+    let client = connect(namespace).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        &namespace.name,
+        &ApiResource::erase::<EndpointSlice>(&()),
+    );
+    // Slices are read as untyped objects and parsed one by one, so one
+    // malformed slice is skipped instead of failing the whole list.
+    let config = watcher::Config::default().labels(SERVICE_LABEL);
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut relist: Option<Vec<(String, Slice)>> = None;
+    while let Some(event) = events.next().await {
+        let mut state = lock(&namespace.state);
+        handle(namespace, &mut state, &mut relist, event);
+        // Take every event already received before publishing, so a burst
+        // (a rollout touching many slices, a new Service's slices) merges
+        // each Service once rather than once per slice.
+        while let Some(Some(event)) = events.next().now_or_never() {
+            handle(namespace, &mut state, &mut relist, event);
+        }
+        state.publish_dirty();
+    }
+}
+
+/// Applies one watcher event to the namespace's slices; publishing is left
+/// to the caller, except after a relist, which publishes what changed.
+fn handle(
+    namespace: &Namespace,
+    state: &mut State,
+    relist: &mut Option<Vec<(String, Slice)>>,
+    event: Result<Event<DynamicObject>, watcher::Error>,
+) {
+    match event {
+        Ok(Event::Init) => *relist = Some(Vec::new()),
+        Ok(Event::InitApply(object)) => {
+            if let Some(relist) = relist.as_mut() {
+                let name = object.metadata.name.clone().unwrap_or_default();
+                match read(&namespace.name, object) {
+                    Read::Use(service, slice) => relist.push((service, slice)),
+                    // Keep the last good version of a slice that went bad.
+                    Read::Skip => {
+                        if let Some((service, slice)) = state.stored(&name) {
+                            relist.push((service.clone(), slice.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Event::InitDone) => {
+            if let Some(listed) = relist.take() {
+                let first = !state.listed;
+                tracing::debug!(namespace = %namespace.name, slices = listed.len(), "EndpointSlices listed");
+                state.replace(listed);
+                if first {
+                    tracing::info!(namespace = %namespace.name, "EndpointSlices listed; endpoints published");
+                }
+            }
+        }
+        Ok(Event::Apply(object)) => {
+            if let Read::Use(service, slice) = read(&namespace.name, object) {
+                state.insert(service, slice);
+            }
+        }
+        Ok(Event::Delete(object)) => {
+            if let Some(name) = object.metadata.name.as_deref() {
+                state.delete(name);
+            }
+        }
+        Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+            tracing::info!(namespace = %namespace.name, "EndpointSlice watch expired (410); relisting");
+        }
+        Err(e) => {
+            state.count_error();
+            if state.listed {
+                tracing::warn!(namespace = %namespace.name, "Kubernetes API: {e}; the last known endpoints stay, retrying with backoff");
+            } else {
+                tracing::warn!(namespace = %namespace.name, "Kubernetes API: {e}; no endpoints yet, retrying with backoff");
+            }
+        }
+    }
+}
+
+/// Builds a client as kubectl would find the cluster, retrying with the
+/// watcher's backoff until it works (a missing kubeconfig may be mounted
+/// later).
+async fn connect(namespace: &Namespace) -> Client {
+    let mut backoff = DefaultBackoff::default();
+    loop {
+        match Client::try_default().await {
+            Ok(client) => return client,
+            Err(e) => {
+                lock(&namespace.state).count_error();
+                let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(namespace = %namespace.name, "no Kubernetes client (KUBECONFIG, ~/.kube/config or the in-cluster service account): {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+enum Read {
+    Use(String, Slice),
+    Skip,
+}
+
+/// Reads one object from the watch as a slice of a Service, or says why not.
+fn read(namespace: &str, object: DynamicObject) -> Read {
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let Some(service) = object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_LABEL))
+        .cloned()
+    else {
+        tracing::debug!(
+            namespace,
+            slice = name,
+            "slice has no {SERVICE_LABEL} label; skipped"
+        );
+        return Read::Skip;
+    };
+    let typed: EndpointSlice = match object.try_parse() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                namespace,
+                slice = name,
+                "slice `{namespace}/{name}` is malformed and skipped: {e}"
+            );
+            return Read::Skip;
+        }
+    };
+    match Slice::parse(&typed) {
+        Ok(slice) => Read::Use(service, slice),
+        Err(e @ SliceError::Fqdn { .. }) => {
+            tracing::info!(namespace, "{e}");
+            Read::Skip
+        }
+        Err(e) => {
+            tracing::warn!(namespace, "{e}");
+            Read::Skip
+        }
+    }
+}
+
+/// The runtime the namespace watches run on: one thread, started on first
+/// use and kept for the life of the process.
+fn control_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("skiff-discovery".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        let _ = tx.send(Some(runtime.handle().clone()));
+                        runtime.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot start the discovery thread's runtime: {e}; watches run with the requests");
+                        let _ = tx.send(None);
+                    }
+                }
+            });
+        let handle = started.ok().and_then(|_| rx.recv().ok().flatten());
+        // Without a thread of its own, discovery shares the caller's runtime.
+        handle.unwrap_or_else(tokio::runtime::Handle::current)
+    })
+}
+
+/// Locks a mutex; a panic elsewhere does not stop discovery.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn slice(name: &str, ips: &[&str]) -> Slice {
+        let endpoints: Vec<_> = ips.iter().map(|ip| json!({ "addresses": [ip] })).collect();
+        let object: EndpointSlice = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 8080 }],
+            "endpoints": endpoints,
+        }))
+        .unwrap();
+        Slice::parse(&object).unwrap()
+    }
+
+    fn listen(state: &mut State, service: &str) -> watch::Receiver<Option<EndpointSet>> {
+        let (tx, rx) = watch::channel(None);
+        state.subscribers.push(Subscriber {
+            service: service.into(),
+            port: ServicePort::Name("http".into()),
+            cluster: service.into(),
+            tx,
+            errors: Arc::default(),
+        });
+        rx
+    }
+
+    fn addresses(rx: &mut watch::Receiver<Option<EndpointSet>>) -> Vec<String> {
+        rx.borrow_and_update()
+            .as_deref()
+            .map(|set| set.iter().map(|e| e.address.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_service_without_slices_lists_as_an_empty_set() {
+        let mut state = State::default();
+        let web = listen(&mut state, "web");
+        assert!(web.borrow().is_none(), "a set before the first list");
+        state.replace(vec![("api".into(), slice("api-a", &["10.0.1.1"]))]);
+        assert_eq!(web.borrow().as_deref().map(<[_]>::len), Some(0));
+    }
+
+    #[test]
+    fn a_burst_of_slices_publishes_once() {
+        let mut state = State::default();
+        let mut rx = listen(&mut state, "web");
+        state.replace(vec![]);
+        rx.borrow_and_update();
+        for i in 0..10 {
+            state.insert(
+                "web".into(),
+                slice(&format!("web-{i}"), &[&format!("10.0.0.{}", i + 1)]),
+            );
+        }
+        assert!(
+            !rx.has_changed().unwrap(),
+            "published before the burst ended"
+        );
+        state.publish_dirty();
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(addresses(&mut rx).len(), 10);
+    }
+
+    #[test]
+    fn a_relist_with_unchanged_slices_publishes_nothing() {
+        let mut state = State::default();
+        let mut rx = listen(&mut state, "web");
+        state.replace(vec![(
+            "web".into(),
+            slice("web-a", &["10.0.0.1", "10.0.0.2"]),
+        )]);
+        assert_eq!(addresses(&mut rx), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+        state.replace(vec![(
+            "web".into(),
+            slice("web-a", &["10.0.0.1", "10.0.0.2"]),
+        )]);
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an unchanged relist was published"
+        );
+        // A relist that did change something is published.
+        state.replace(vec![("web".into(), slice("web-a", &["10.0.0.1"]))]);
+        assert_eq!(addresses(&mut rx), ["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn an_unchanged_slice_update_publishes_nothing() {
+        let mut state = State::default();
+        let mut rx = listen(&mut state, "web");
+        state.replace(vec![("web".into(), slice("web-a", &["10.0.0.1"]))]);
+        rx.borrow_and_update();
+        state.insert("web".into(), slice("web-a", &["10.0.0.1"]));
+        state.publish_dirty();
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_deleted_slice_takes_its_endpoints_and_other_services_keep_theirs() {
+        let mut state = State::default();
+        let mut web = listen(&mut state, "web");
+        let mut api = listen(&mut state, "api");
+        state.replace(vec![
+            ("web".into(), slice("web-a", &["10.0.0.1"])),
+            ("web".into(), slice("web-b", &["10.0.0.2"])),
+            ("api".into(), slice("api-a", &["10.0.1.1"])),
+        ]);
+        assert_eq!(addresses(&mut web).len(), 2);
+        assert_eq!(addresses(&mut api), ["10.0.1.1:8080"]);
+        state.delete("web-a");
+        state.publish_dirty();
+        assert_eq!(addresses(&mut web), ["10.0.0.2:8080"]);
+        assert!(
+            !api.has_changed().unwrap(),
+            "another Service was republished"
+        );
+    }
+
+    #[test]
+    fn a_slice_relabelled_to_another_service_leaves_the_first() {
+        let mut state = State::default();
+        let mut web = listen(&mut state, "web");
+        let mut api = listen(&mut state, "api");
+        state.replace(vec![("web".into(), slice("shared", &["10.0.0.1"]))]);
+        assert_eq!(addresses(&mut web), ["10.0.0.1:8080"]);
+        state.insert("api".into(), slice("shared", &["10.0.0.1"]));
+        state.publish_dirty();
+        assert!(addresses(&mut web).is_empty());
+        assert_eq!(addresses(&mut api), ["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn errors_count_on_every_cluster_of_the_namespace() {
+        let mut state = State::default();
+        let _web = listen(&mut state, "web");
+        let _api = listen(&mut state, "api");
+        state.count_error();
+        state.count_error();
+        assert!(state
+            .subscribers
+            .iter()
+            .all(|s| s.errors.load(Relaxed) == 2));
+    }
+}

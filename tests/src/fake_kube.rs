@@ -1,0 +1,626 @@
+//! A fake Kubernetes API server for EndpointSlices, the tests' one stand-in.
+//!
+//! It speaks the real wire protocol on 127.0.0.1 so the real kube client
+//! and kube-runtime watcher are what the tests exercise:
+//!
+//! - `GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices` lists,
+//!   paginated with `limit` and `continue` (pages are cut from one snapshot,
+//!   whose resourceVersion every page carries, as etcd-backed lists are);
+//! - the same path with `watch=true` (or `1`) streams chunked,
+//!   newline-delimited `{"type": ..., "object": ...}` events after the
+//!   given `resourceVersion`: ADDED, MODIFIED, DELETED, BOOKMARK (only when
+//!   `allowWatchBookmarks` asks for them), and ERROR with a 410 Expired
+//!   Status when that version is older than the last compaction;
+//! - `labelSelector` with `key`, `!key`, `key=value` and `key!=value` terms;
+//! - and the faults a real one has: streams it ends on its own
+//!   ([`FakeKube::end_watches`]), compaction that expires every watcher
+//!   ([`FakeKube::expire_watches`]), and going away entirely and coming
+//!   back on the same address ([`FakeKube::stop`], [`FakeKube::start`]).
+//!
+//! Objects are stored as JSON exactly as given (plus namespace and
+//! resourceVersion), so a test can send a malformed slice too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::TestBody;
+
+const PREFIX: &str = "/apis/discovery.k8s.io/v1/namespaces/";
+
+/// One request the fake answered, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub namespace: String,
+    pub watch: bool,
+    /// The query parameters as sent.
+    pub query: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Event {
+    rv: u64,
+    namespace: String,
+    kind: &'static str,
+    object: Value,
+}
+
+struct Watcher {
+    namespace: String,
+    selector: String,
+    bookmarks: bool,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// Events older than this are compacted: a watch from before it is 410.
+    compacted: u64,
+    objects: BTreeMap<(String, String), Value>,
+    history: Vec<Event>,
+    watchers: Vec<Watcher>,
+    /// List snapshots being paged through, by continue token.
+    pages: HashMap<String, (u64, Vec<Value>)>,
+    next_token: u64,
+    calls: Vec<Call>,
+}
+
+/// A fake API server; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct FakeKube {
+    pub address: SocketAddr,
+    state: Arc<Mutex<State>>,
+    /// The accept loop and every connection, aborted by [`FakeKube::stop`].
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl FakeKube {
+    /// Starts a fake API server on a free port.
+    pub async fn start_new() -> FakeKube {
+        let fake = FakeKube::unstarted();
+        fake.start().await;
+        fake
+    }
+
+    /// A fake with an address reserved but nothing listening yet: the API
+    /// server is unreachable until [`FakeKube::start`].
+    pub fn unstarted() -> FakeKube {
+        FakeKube {
+            address: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
+            state: Arc::default(),
+            tasks: Arc::default(),
+        }
+    }
+
+    /// Starts (or restarts) serving on the fake's address, with its objects.
+    pub async fn start(&self) {
+        let listener = tokio::net::TcpListener::bind(self.address)
+            .await
+            .expect("bind the fake API server");
+        let fake = self.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let fake_conn = fake.clone();
+                let conn = tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let fake = fake_conn.clone();
+                        async move { Ok::<_, Infallible>(fake.answer(req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                fake.tasks_lock().push(conn.abort_handle());
+            }
+        });
+        self.tasks_lock().push(accept.abort_handle());
+    }
+
+    /// Goes away: stops listening and cuts every connection, watches
+    /// included. The objects stay for [`FakeKube::start`].
+    pub fn stop(&self) {
+        for task in self.tasks_lock().drain(..) {
+            task.abort();
+        }
+        self.lock().watchers.clear();
+    }
+
+    /// Writes a kubeconfig pointing at the fake, as `kubectl config` would.
+    pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+             users:\n- name: tester\n  user:\n    token: fake-token\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: tester\n    namespace: default\n\
+             current-context: fake\n",
+            self.address
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// Creates or replaces an object (an EndpointSlice as JSON) in
+    /// `namespace`, and tells the watchers (ADDED or MODIFIED).
+    pub fn apply(&self, namespace: &str, mut object: Value) {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("the object has metadata.name")
+            .to_string();
+        let mut state = self.lock();
+        state.rv += 1;
+        let rv = state.rv;
+        object["metadata"]["namespace"] = namespace.into();
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
+        object["kind"] = "EndpointSlice".into();
+        object["apiVersion"] = "discovery.k8s.io/v1".into();
+        let key = (namespace.to_string(), name);
+        let kind = if state.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.objects.insert(key, object.clone());
+        state.record(Event {
+            rv,
+            namespace: namespace.into(),
+            kind,
+            object,
+        });
+    }
+
+    /// Deletes an object and tells the watchers (DELETED).
+    pub fn delete(&self, namespace: &str, name: &str) {
+        let mut state = self.lock();
+        let Some(mut object) = state.objects.remove(&(namespace.into(), name.into())) else {
+            panic!("no object {namespace}/{name} to delete");
+        };
+        state.rv += 1;
+        let rv = state.rv;
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
+        state.record(Event {
+            rv,
+            namespace: namespace.into(),
+            kind: "DELETED",
+            object,
+        });
+    }
+
+    /// Sends a BOOKMARK at the current resourceVersion to every watcher that
+    /// allowed bookmarks; returns that version.
+    pub fn bookmark(&self) -> u64 {
+        let mut state = self.lock();
+        let rv = state.rv;
+        state.watchers.retain(|w| {
+            if !w.bookmarks {
+                return !w.tx.is_closed();
+            }
+            let line = event_line("BOOKMARK", &bookmark_object(rv));
+            w.tx.send(line).is_ok()
+        });
+        rv
+    }
+
+    /// Ends every open watch from the server side, as an API server does
+    /// when its watch timeout passes or it restarts a watch cache.
+    pub fn end_watches(&self) {
+        self.lock().watchers.clear();
+    }
+
+    /// Compacts history to the current version and answers every open
+    /// watch with ERROR 410 Expired, so watchers must relist.
+    pub fn expire_watches(&self) {
+        let mut state = self.lock();
+        state.compacted = state.rv;
+        let compacted = state.compacted;
+        for w in state.watchers.drain(..) {
+            let _ = w.tx.send(event_line("ERROR", &expired(compacted)));
+        }
+    }
+
+    /// Every request answered so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Watches open now in `namespace`.
+    pub fn open_watches(&self, namespace: &str) -> usize {
+        let mut state = self.lock();
+        state.watchers.retain(|w| !w.tx.is_closed());
+        state
+            .watchers
+            .iter()
+            .filter(|w| w.namespace == namespace)
+            .count()
+    }
+
+    /// Namespaces with a watch open now, sorted.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        let mut state = self.lock();
+        state.watchers.retain(|w| !w.tx.is_closed());
+        let mut names: Vec<String> = state.watchers.iter().map(|w| w.namespace.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// LIST requests answered so far (each page counts).
+    pub fn lists(&self) -> usize {
+        self.lock().calls.iter().filter(|c| !c.watch).count()
+    }
+
+    fn answer(&self, req: Request<Incoming>) -> Response<TestBody> {
+        let path = req.uri().path();
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (decode(k), decode(v))
+            })
+            .collect();
+        let Some(namespace) = path
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.strip_suffix("/endpointslices"))
+            .filter(|ns| !ns.contains('/'))
+        else {
+            return status_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("the fake serves only EndpointSlices, not {path}"),
+            );
+        };
+        let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+        self.lock().calls.push(Call {
+            namespace: namespace.into(),
+            watch,
+            query: query.clone(),
+        });
+        if watch {
+            self.watch(namespace, &query)
+        } else {
+            self.list(namespace, &query)
+        }
+    }
+
+    fn list(&self, namespace: &str, query: &BTreeMap<String, String>) -> Response<TestBody> {
+        let mut state = self.lock();
+        let (rv, items) = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => match state.pages.remove(token) {
+                Some(page) => page,
+                None => {
+                    return status_response(
+                        StatusCode::GONE,
+                        "Expired",
+                        "the provided continue parameter is too old",
+                    )
+                }
+            },
+            None => {
+                let selector = query.get("labelSelector").cloned().unwrap_or_default();
+                let items: Vec<Value> = state
+                    .objects
+                    .iter()
+                    .filter(|((ns, _), o)| ns == namespace && selects(&selector, o))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                (state.rv, items)
+            }
+        };
+        let limit = query
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let mut items = items;
+        let rest = if items.len() > limit {
+            items.split_off(limit)
+        } else {
+            Vec::new()
+        };
+        let mut metadata = json!({ "resourceVersion": rv.to_string() });
+        if !rest.is_empty() {
+            state.next_token += 1;
+            let token = format!("page-{}", state.next_token);
+            metadata["continue"] = token.clone().into();
+            metadata["remainingItemCount"] = rest.len().into();
+            state.pages.insert(token, (rv, rest));
+        }
+        let body = json!({
+            "kind": "EndpointSliceList",
+            "apiVersion": "discovery.k8s.io/v1",
+            "metadata": metadata,
+            "items": items,
+        });
+        json_response(StatusCode::OK, &body)
+    }
+
+    fn watch(&self, namespace: &str, query: &BTreeMap<String, String>) -> Response<TestBody> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let selector = query.get("labelSelector").cloned().unwrap_or_default();
+        let bookmarks = query
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true");
+        let mut state = self.lock();
+        if from < state.compacted {
+            // The API server answers 200 and a single ERROR event.
+            let _ = tx.send(event_line("ERROR", &expired(state.compacted)));
+        } else {
+            for e in state.history.iter().filter(|e| e.rv > from) {
+                if e.namespace == namespace && selects(&selector, &e.object) {
+                    let _ = tx.send(event_line(e.kind, &e.object));
+                }
+            }
+            state.watchers.push(Watcher {
+                namespace: namespace.into(),
+                selector,
+                bookmarks,
+                tx,
+            });
+        }
+        // The server ends a watch after `timeoutSeconds`, as the real one does.
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map(|t| Box::pin(tokio::time::sleep(Duration::from_secs(t))));
+        let body = StreamBody::new(Lines { rx, timeout }).boxed();
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("watch response")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tasks_lock(&self) -> MutexGuard<'_, Vec<tokio::task::AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn record(&mut self, event: Event) {
+        let line = event_line(event.kind, &event.object);
+        self.watchers.retain(|w| {
+            if w.namespace != event.namespace || !selects(&w.selector, &event.object) {
+                return !w.tx.is_closed();
+            }
+            w.tx.send(line.clone()).is_ok()
+        });
+        self.history.push(event);
+    }
+}
+
+/// A watch body: each event line as one chunk, ending when the sender
+/// goes or the timeout passes.
+struct Lines {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    timeout: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl futures_core::Stream for Lines {
+    type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if let Some(timeout) = self.timeout.as_mut() {
+            if timeout.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+        }
+        self.rx
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(Frame::data(l))))
+    }
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({ "type": kind, "object": object })).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn bookmark_object(rv: u64) -> Value {
+    json!({
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": { "resourceVersion": rv.to_string() },
+    })
+}
+
+fn expired(compacted: u64) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("too old resource version: (compacted to {compacted})"),
+        "reason": "Expired",
+        "code": 410,
+    })
+}
+
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<TestBody> {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    json_response(code, &body)
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<TestBody> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(crate::full(serde_json::to_vec(body).unwrap_or_default()))
+        .expect("json response")
+}
+
+/// Whether `object`'s labels match a selector of comma-separated terms:
+/// `key`, `!key`, `key=value` (or `==`), `key!=value`.
+fn selects(selector: &str, object: &Value) -> bool {
+    let labels = &object["metadata"]["labels"];
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                label(k.trim()) != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once('=') {
+                label(k.trim()) == Some(v.trim_start_matches('=').trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                label(k.trim()).is_none()
+            } else {
+                label(term).is_some()
+            }
+        })
+}
+
+/// Percent-decoding for query parameters.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An EndpointSlice of Service `service` as the EndpointSlice controller
+/// writes it: IPv4, the `kubernetes.io/service-name` label, `ports` as
+/// (name, port) and `endpoints` from [`pod`].
+pub fn endpoint_slice(
+    name: &str,
+    service: &str,
+    ports: &[(&str, u16)],
+    endpoints: &[Value],
+) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, p)| json!({ "name": n, "port": p, "protocol": "TCP" }))
+        .collect();
+    json!({
+        "metadata": {
+            "name": name,
+            "labels": { "kubernetes.io/service-name": service },
+        },
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    })
+}
+
+/// A pod's endpoint: `ip` with its conditions, in zone `zone-a` on `node-1`.
+pub fn pod(ip: &str, ready: bool, serving: bool, terminating: bool) -> Value {
+    json!({
+        "addresses": [ip],
+        "conditions": { "ready": ready, "serving": serving, "terminating": terminating },
+        "zone": "zone-a",
+        "nodeName": "node-1",
+    })
+}
+
+/// A ready pod.
+pub fn ready_pod(ip: &str) -> Value {
+    pod(ip, true, true, false)
+}
+
+/// A pod shutting down that still serves (kube-proxy's fallback).
+pub fn terminating_pod(ip: &str) -> Value {
+    pod(ip, false, true, true)
+}
+
+/// Reads the `/clusters` JSON of cluster `name`.
+pub fn cluster_json(clusters: &str, name: &str) -> Value {
+    let all: Value = serde_json::from_str(clusters).unwrap_or(Value::Null);
+    all["clusters"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Backends standing in for a Service's pods: one per loopback address
+/// (127.0.0.1, .2, ...), all on one port, as pods share a target port.
+pub struct Pods {
+    pub port: u16,
+    pub backends: Vec<crate::Backend>,
+}
+
+impl Pods {
+    /// Starts `n` pods named `pod-1`.. on `127.0.0.1`.. sharing a port.
+    pub async fn start(n: usize) -> Pods {
+        'retry: loop {
+            let port = crate::free_port();
+            let mut backends = Vec::new();
+            for i in 1..=n {
+                let address = SocketAddr::from(([127, 0, 0, i as u8], port));
+                match tokio::net::TcpListener::bind(address).await {
+                    Ok(l) => backends.push(crate::Backend::serve(&format!("pod-{i}"), l)),
+                    Err(_) => continue 'retry,
+                }
+            }
+            return Pods { port, backends };
+        }
+    }
+
+    /// Pod `i`'s IP (1-based, as named).
+    pub fn ip(&self, i: usize) -> String {
+        format!("127.0.0.{i}")
+    }
+
+    /// Pod `i`'s backend (1-based).
+    pub fn pod(&self, i: usize) -> &crate::Backend {
+        &self.backends[i - 1]
+    }
+}
