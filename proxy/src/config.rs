@@ -120,6 +120,31 @@ impl Default for Timeouts {
     }
 }
 
+/// Per-cluster limits past which requests are refused at once (503 with
+/// `x-skiff-overflow`), so a slow upstream cannot pile up unbounded work
+/// in skiff. Envoy's circuit breakers, with its default thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CircuitBreaker {
+    /// Requests in flight to the cluster (admitted, response not ended).
+    pub max_requests: u32,
+    /// Requests waiting for a new upstream connection to be established.
+    pub max_pending: u32,
+}
+
+/// Envoy's default for both thresholds.
+pub const DEFAULT_CIRCUIT_LIMIT: u32 = 1024;
+/// Largest limit accepted.
+const MAX_CIRCUIT_LIMIT: u64 = 1 << 24;
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            max_requests: DEFAULT_CIRCUIT_LIMIT,
+            max_pending: DEFAULT_CIRCUIT_LIMIT,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterConfig {
     pub name: String,
@@ -127,6 +152,7 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     pub source: Source,
     pub timeouts: Timeouts,
+    pub circuit_breaker: CircuitBreaker,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -510,6 +536,7 @@ const CLUSTER_FIELDS: &[&str] = &[
     "endpoints",
     "discovery",
     "timeouts",
+    "circuit_breaker",
 ];
 
 fn read_cluster(
@@ -577,6 +604,11 @@ fn read_cluster(
         Some(n) => read_timeouts(n, &timeouts_path, diags),
         None => Some(Timeouts::default()),
     };
+    let breaker_path = map.path_of("circuit_breaker");
+    let circuit_breaker = match map.optional("circuit_breaker") {
+        Some(n) => read_circuit_breaker(n, &breaker_path, diags),
+        None => Some(CircuitBreaker::default()),
+    };
     map.finish(diags, CLUSTER_FIELDS);
     let source = match (endpoints, discovery) {
         (Some(_), Some(_)) => {
@@ -596,6 +628,28 @@ fn read_cluster(
         protocol: protocol?,
         source: source?,
         timeouts: timeouts?,
+        circuit_breaker: circuit_breaker?,
+    })
+}
+
+fn read_circuit_breaker(
+    node: &Node,
+    path: &str,
+    diags: &mut Diagnostics,
+) -> Option<CircuitBreaker> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let mut limit = |name: &str, diags: &mut Diagnostics| match map.optional(name) {
+        Some(n) => {
+            yaml::uint(n, &yaml::join(path, name), 1..=MAX_CIRCUIT_LIMIT, diags).map(|v| v as u32)
+        }
+        None => Some(DEFAULT_CIRCUIT_LIMIT),
+    };
+    let max_requests = limit("max_requests", diags);
+    let max_pending = limit("max_pending", diags);
+    map.finish(diags, &["max_requests", "max_pending"]);
+    Some(CircuitBreaker {
+        max_requests: max_requests?,
+        max_pending: max_pending?,
     })
 }
 
@@ -840,6 +894,31 @@ clusters:
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn circuit_breaker_limits_default_to_envoys_and_are_checked() {
+        let base = "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    routes:\n      - cluster: a\nclusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n";
+        let config = parse(base).unwrap();
+        assert_eq!(config.clusters[0].circuit_breaker, CircuitBreaker::default());
+        assert_eq!(CircuitBreaker::default().max_requests, 1024);
+
+        let config = parse(&format!("{base}    circuit_breaker: {{ max_requests: 10 }}\n")).unwrap();
+        assert_eq!(config.clusters[0].circuit_breaker.max_requests, 10);
+        assert_eq!(config.clusters[0].circuit_breaker.max_pending, 1024);
+
+        let err = parse(&format!(
+            "{base}    circuit_breaker: {{ max_requests: 0, max_pending: lots, max_retries: 3 }}\n"
+        ))
+        .unwrap_err();
+        for expected in [
+            "clusters[0].circuit_breaker.max_requests:",
+            "clusters[0].circuit_breaker.max_pending:",
+            "clusters[0].circuit_breaker.max_retries: unknown field",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+        assert!(err.starts_with("skiff.yaml:9:"), "{err}");
     }
 
     #[test]

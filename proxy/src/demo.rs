@@ -210,6 +210,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
                     .collect(),
             ),
             timeouts: Timeouts::default(),
+            circuit_breaker: Default::default(),
         })
         .collect();
     Config {

@@ -21,10 +21,10 @@ use hyper::client::conn::http1;
 
 use crate::body::UpstreamBody;
 
-use crate::cluster::{balance::random, InFlight};
+use crate::cluster::{balance::random, InFlight, Unavailable};
 use crate::config::UpstreamProtocol;
 use crate::listener::ListenerState;
-use crate::pool::{ConnectError, Pool, Sender};
+use crate::pool::{ConnectError, PendingLimit, Pool, Sender};
 use crate::route::Route;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -63,16 +63,34 @@ async fn forward(
     start: Instant,
 ) -> Response<ProxyBody> {
     let cluster = &route.cluster;
-    let Some(in_flight) = cluster.pick() else {
-        cluster.stats.errors.no_endpoints.fetch_add(1, Relaxed);
-        let resp = local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream: the cluster has no endpoints\n",
-        );
-        cluster.stats.duration.observe(start.elapsed());
-        return resp;
-    };
     let settings = cluster.settings();
+    let limits = settings.circuit_breaker;
+    let in_flight = match cluster.admit(limits.max_requests) {
+        Ok(in_flight) => in_flight,
+        Err(unavailable) => {
+            let resp = match unavailable {
+                Unavailable::NoEndpoints => {
+                    cluster.stats.errors.no_endpoints.fetch_add(1, Relaxed);
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no healthy upstream: the cluster has no endpoints\n",
+                    )
+                }
+                Unavailable::Overflow => {
+                    cluster.stats.overflow.fetch_add(1, Relaxed);
+                    overflow(
+                        "max_requests",
+                        format!(
+                            "upstream overflow: {} requests already in flight to cluster {} (max_requests)\n",
+                            limits.max_requests, cluster.name
+                        ),
+                    )
+                }
+            };
+            cluster.stats.duration.observe(start.elapsed());
+            return resp;
+        }
+    };
     let upgrade = is_upgrade(&req);
     prepare_request(&mut req, peer, upgrade);
     let endpoint = in_flight.endpoint.clone();
@@ -88,10 +106,15 @@ async fn forward(
         .await
     } else {
         set_upstream_uri(&mut req, settings.protocol, endpoint.address);
+        let pending = PendingLimit {
+            waiting: &cluster.stats.pending,
+            max: limits.max_pending,
+        };
         send(
             req,
             endpoint.pool(),
             endpoint.address,
+            pending,
             settings.protocol,
             settings.timeouts.connect,
             settings.timeouts.request,
@@ -127,6 +150,7 @@ async fn forward(
         }
         Err(failure) => {
             let counter = match &failure {
+                Failure::Connect(ConnectError::Overflow(_)) => &cluster.stats.overflow,
                 Failure::Connect(ConnectError::Timeout(_)) => &cluster.stats.errors.connect_timeout,
                 Failure::Connect(_) => &cluster.stats.errors.connect_failed,
                 Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
@@ -134,7 +158,10 @@ async fn forward(
             };
             counter.fetch_add(1, Relaxed);
             let resp = failure.response();
-            endpoint.requests.record(resp.status().as_u16());
+            if !matches!(failure, Failure::Connect(ConnectError::Overflow(_))) {
+                // An overflow never reached the endpoint.
+                endpoint.requests.record(resp.status().as_u16());
+            }
             tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
             drop(in_flight);
             cluster.stats.duration.observe(start.elapsed());
@@ -156,6 +183,9 @@ impl Failure {
             Failure::Connect(ConnectError::Timeout(d)) => {
                 format!("upstream connect timeout: no connection after {d:?}\n")
             }
+            Failure::Connect(ConnectError::Overflow(_)) => {
+                "upstream overflow: too many requests already wait for a new upstream connection (max_pending)\n".to_string()
+            }
             Failure::Connect(e) => format!("upstream connect error: {e}\n"),
             Failure::Timeout(d) => {
                 format!("upstream request timeout: no response headers after {d:?}\n")
@@ -165,6 +195,9 @@ impl Failure {
     }
 
     fn response(&self) -> Response<ProxyBody> {
+        if let Failure::Connect(ConnectError::Overflow(_)) = self {
+            return overflow("max_pending", self.message());
+        }
         let status = match self {
             Failure::Connect(ConnectError::Timeout(_)) | Failure::Timeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -182,6 +215,7 @@ async fn send(
     mut req: Request<UpstreamBody>,
     pool: &Pool,
     address: SocketAddr,
+    pending: PendingLimit<'_>,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -191,7 +225,7 @@ async fn send(
     // then it is safe to try once more on a fresh connection.
     for attempt in 0..2 {
         let sender = pool
-            .checkout(address, protocol, connect_timeout)
+            .checkout(address, pending, protocol, connect_timeout)
             .await
             .map_err(Failure::Connect)?;
         let response = match sender {
@@ -532,6 +566,16 @@ pub fn new_request_id() -> HeaderValue {
         o += 2;
     }
     HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
+}
+
+static X_SKIFF_OVERFLOW: HeaderName = HeaderName::from_static("x-skiff-overflow");
+
+/// A 503 from the circuit breaker, naming the limit in `x-skiff-overflow`.
+fn overflow(limit: &'static str, message: String) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, message);
+    resp.headers_mut()
+        .insert(X_SKIFF_OVERFLOW.clone(), HeaderValue::from_static(limit));
+    resp
 }
 
 /// A short plain-text response made by skiff itself.

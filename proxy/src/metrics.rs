@@ -278,7 +278,7 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
             out,
             "skiff_requests_in_flight{{cluster=\"{}\"}} {}",
             escape(&c.name),
-            c.in_flight()
+            c.stats.active.load(Relaxed)
         );
     }
 
@@ -367,6 +367,21 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
                 escape(&c.name)
             );
         }
+    }
+
+    header(
+        &mut out,
+        "skiff_overflow_total",
+        "counter",
+        "Requests refused by the circuit breaker (max_requests or max_pending), by cluster.",
+    );
+    for c in clusters {
+        let _ = writeln!(
+            out,
+            "skiff_overflow_total{{cluster=\"{}\"}} {}",
+            escape(&c.name),
+            c.stats.overflow.load(Relaxed)
+        );
     }
 
     header(

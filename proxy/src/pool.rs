@@ -10,7 +10,7 @@
 //! held across an await.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -32,10 +32,40 @@ pub enum Sender {
 pub enum ConnectError {
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    #[error("{0} requests already wait for a new connection (max_pending)")]
+    Overflow(u32),
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+}
+
+/// A cluster's requests waiting for a new upstream connection, and the
+/// most it allows (the circuit breaker's `max_pending`).
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLimit<'a> {
+    pub waiting: &'a AtomicUsize,
+    pub max: u32,
+}
+
+impl<'a> PendingLimit<'a> {
+    /// Counts one more waiting request, or refuses it past the limit.
+    fn enter(self) -> Result<Waiting<'a>, ConnectError> {
+        if self.waiting.load(Relaxed) >= self.max as usize {
+            return Err(ConnectError::Overflow(self.max));
+        }
+        self.waiting.fetch_add(1, Relaxed);
+        Ok(Waiting(self.waiting))
+    }
+}
+
+/// One request waiting for a connection; the count ends when it drops.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 struct Idle {
@@ -69,6 +99,7 @@ impl Pool {
     pub async fn checkout(
         &self,
         address: SocketAddr,
+        pending: PendingLimit<'_>,
         protocol: UpstreamProtocol,
         connect_timeout: Duration,
     ) -> Result<Sender, ConnectError> {
@@ -87,12 +118,14 @@ impl Pool {
                 // Boxed: dialling is the rare path, and its futures would
                 // otherwise make every request's future (moved several
                 // times per request) kilobytes larger.
+                let _waiting = pending.enter()?;
                 Box::pin(Self::connect_http1(address, connect_timeout)).await
             }
             UpstreamProtocol::Http2 => {
                 if let Some(sender) = self.shared_h2() {
                     return Ok(Sender::Http2(sender));
                 }
+                let _waiting = pending.enter()?;
                 Box::pin(self.connect_http2(address, connect_timeout)).await
             }
         }

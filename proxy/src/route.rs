@@ -159,6 +159,7 @@ mod tests {
                     protocol: UpstreamProtocol::Http1,
                     source: Source::Static(vec![]),
                     timeouts: Timeouts::default(),
+                    circuit_breaker: Default::default(),
                 }))
             });
         }

@@ -315,6 +315,40 @@ impl Client {
     }
 }
 
+/// A listener that never accepts, with its accept queue already full: the
+/// kernel drops further SYNs, so a connect to it hangs until it times out.
+/// Connects hang for as long as the returned [`Unanswered`] lives.
+pub async fn unanswered_listener() -> (SocketAddr, Unanswered) {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = socket.local_addr().expect("addr");
+    let socket = socket2::Socket::from(socket);
+    socket.listen(0).expect("listen");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    (
+        address,
+        Unanswered {
+            _socket: socket,
+            _fillers: fillers,
+        },
+    )
+}
+
+/// Holds an [`unanswered_listener`] and the connections filling its queue.
+pub struct Unanswered {
+    _socket: socket2::Socket,
+    _fillers: Vec<tokio::net::TcpStream>,
+}
+
 /// Waits until `check` holds, polling every 20 ms, failing after `limit`.
 pub async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, mut check: F) {
     let deadline = Instant::now() + limit;

@@ -284,23 +284,7 @@ async fn routes_match_host_and_fall_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_answers_504() {
-    // A listener that never accepts, with its accept queue already full:
-    // the kernel drops further SYNs, so a connect hangs until it times out.
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let address = socket.local_addr().expect("addr");
-    let sock = socket2::Socket::from(socket);
-    sock.listen(0).expect("listen");
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        if let Ok(Ok(s)) = tokio::time::timeout(
-            Duration::from_millis(200),
-            tokio::net::TcpStream::connect(address),
-        )
-        .await
-        {
-            fillers.push(s);
-        }
-    }
+    let (address, _held) = skiff_tests::unanswered_listener().await;
     let yaml = format!(
         "admin: {{ listen: 127.0.0.1:0 }}\n\
          listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - cluster: app\n\
@@ -324,7 +308,6 @@ async fn connect_timeout_answers_504() {
         Some(1.0),
         "{metrics}"
     );
-    drop(sock);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

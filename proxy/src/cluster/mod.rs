@@ -135,11 +135,17 @@ impl ErrorCounters {
     }
 }
 
-/// A cluster's metrics, held by the cluster so they survive reloads.
-/// (In-flight is not here: it is the sum over the endpoints, computed when
-/// read, so the request path bumps one counter instead of two.)
+/// A cluster's metrics and request counts, held by the cluster so they
+/// survive reloads.
 #[derive(Debug, Default)]
 pub struct ClusterStats {
+    /// Requests in flight over all endpoints (what `max_requests` limits);
+    /// kept here too, not only per endpoint, so the limit is one load.
+    pub active: AtomicUsize,
+    /// Requests waiting for a new upstream connection (`max_pending`).
+    pub pending: AtomicUsize,
+    /// Requests refused by the circuit breaker.
+    pub overflow: AtomicU64,
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
     /// Failures of the cluster's discovery source, counted by the source.
@@ -209,7 +215,19 @@ impl Cluster {
         let i = snapshot.balancer.pick(&snapshot.endpoints, &self.cursor)?;
         let endpoint = snapshot.endpoints[i].clone();
         endpoint.in_flight.fetch_add(1, Relaxed);
+        endpoint.cluster_stats.active.fetch_add(1, Relaxed);
         Some(InFlight { endpoint })
+    }
+
+    /// [`Cluster::pick`] behind the circuit breaker: refused when
+    /// `max_requests` are already in flight. (Checked, then counted, as
+    /// Envoy does: concurrent requests may pass the limit by a few.)
+    #[inline]
+    pub fn admit(&self, max_requests: u32) -> Result<InFlight, Unavailable> {
+        if self.stats.active.load(Relaxed) >= max_requests as usize {
+            return Err(Unavailable::Overflow);
+        }
+        self.pick().ok_or(Unavailable::NoEndpoints)
     }
 
     /// Requests in flight over all endpoints, draining ones included.
@@ -372,8 +390,18 @@ impl Cluster {
     }
 }
 
-/// One request counted against an endpoint, from pick until the response
-/// body ends (or the request fails). Dropping it ends the count.
+/// Why a cluster took no request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No endpoint takes requests.
+    NoEndpoints,
+    /// `max_requests` are in flight.
+    Overflow,
+}
+
+/// One request counted against an endpoint and its cluster, from pick
+/// until the response body ends (or the request fails). Dropping it ends
+/// the count.
 #[derive(Debug)]
 pub struct InFlight {
     pub endpoint: Arc<Endpoint>,
@@ -384,6 +412,7 @@ impl InFlight {
     /// response (an upgraded connection's tunnel).
     pub fn another(&self) -> InFlight {
         self.endpoint.in_flight.fetch_add(1, Relaxed);
+        self.endpoint.cluster_stats.active.fetch_add(1, Relaxed);
         InFlight {
             endpoint: self.endpoint.clone(),
         }
@@ -393,6 +422,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Relaxed);
+        self.endpoint.cluster_stats.active.fetch_sub(1, Relaxed);
     }
 }
 
@@ -409,6 +439,7 @@ mod tests {
             protocol: UpstreamProtocol::Http1,
             source: Source::Static(vec![]),
             timeouts: Timeouts::default(),
+            circuit_breaker: Default::default(),
         }))
     }
 
