@@ -145,6 +145,36 @@ impl Default for CircuitBreaker {
     }
 }
 
+/// How failed requests are tried again (Envoy's retry policy and
+/// Linkerd's retry budget).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Retries {
+    /// Retries after the first try (0: none).
+    pub attempts: u32,
+    /// Retries allowed as a share of requests, over the last seconds.
+    pub budget_percent: u32,
+    /// Retries always allowed per second, whatever the share.
+    pub min_per_second: u32,
+    /// Limit of each try to response headers (0s: the request timeout).
+    #[serde(serialize_with = "ser_duration")]
+    pub per_try_timeout: Duration,
+    /// Base of the jittered exponential backoff between tries.
+    #[serde(serialize_with = "ser_duration")]
+    pub backoff: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: 2,
+            budget_percent: 20,
+            min_per_second: 10,
+            per_try_timeout: Duration::ZERO,
+            backoff: Duration::from_millis(25),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterConfig {
     pub name: String,
@@ -153,6 +183,7 @@ pub struct ClusterConfig {
     pub source: Source,
     pub timeouts: Timeouts,
     pub circuit_breaker: CircuitBreaker,
+    pub retries: Retries,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -537,6 +568,7 @@ const CLUSTER_FIELDS: &[&str] = &[
     "discovery",
     "timeouts",
     "circuit_breaker",
+    "retries",
 ];
 
 fn read_cluster(
@@ -609,6 +641,11 @@ fn read_cluster(
         Some(n) => read_circuit_breaker(n, &breaker_path, diags),
         None => Some(CircuitBreaker::default()),
     };
+    let retries_path = map.path_of("retries");
+    let retries = match map.optional("retries") {
+        Some(n) => read_retries(n, &retries_path, diags),
+        None => Some(Retries::default()),
+    };
     map.finish(diags, CLUSTER_FIELDS);
     let source = match (endpoints, discovery) {
         (Some(_), Some(_)) => {
@@ -629,6 +666,49 @@ fn read_cluster(
         source: source?,
         timeouts: timeouts?,
         circuit_breaker: circuit_breaker?,
+        retries: retries?,
+    })
+}
+
+fn read_retries(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Retries> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let defaults = Retries::default();
+    let mut number = |name: &str,
+                      range: std::ops::RangeInclusive<u64>,
+                      default: u32,
+                      diags: &mut Diagnostics| {
+        match map.optional(name) {
+            Some(n) => yaml::uint(n, &yaml::join(path, name), range, diags).map(|v| v as u32),
+            None => Some(default),
+        }
+    };
+    let attempts = number("attempts", 0..=10, defaults.attempts, diags);
+    let budget_percent = number("budget_percent", 0..=100, defaults.budget_percent, diags);
+    let min_per_second = number(
+        "min_per_second",
+        0..=100_000,
+        defaults.min_per_second,
+        diags,
+    );
+    let per_try_timeout =
+        optional_duration(&mut map, "per_try_timeout", defaults.per_try_timeout, diags);
+    let backoff = optional_duration(&mut map, "backoff", defaults.backoff, diags);
+    map.finish(
+        diags,
+        &[
+            "attempts",
+            "budget_percent",
+            "min_per_second",
+            "per_try_timeout",
+            "backoff",
+        ],
+    );
+    Some(Retries {
+        attempts: attempts?,
+        budget_percent: budget_percent?,
+        min_per_second: min_per_second?,
+        per_try_timeout: per_try_timeout?,
+        backoff: backoff?,
     })
 }
 
@@ -900,10 +980,16 @@ clusters:
     fn circuit_breaker_limits_default_to_envoys_and_are_checked() {
         let base = "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    routes:\n      - cluster: a\nclusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n";
         let config = parse(base).unwrap();
-        assert_eq!(config.clusters[0].circuit_breaker, CircuitBreaker::default());
+        assert_eq!(
+            config.clusters[0].circuit_breaker,
+            CircuitBreaker::default()
+        );
         assert_eq!(CircuitBreaker::default().max_requests, 1024);
 
-        let config = parse(&format!("{base}    circuit_breaker: {{ max_requests: 10 }}\n")).unwrap();
+        let config = parse(&format!(
+            "{base}    circuit_breaker: {{ max_requests: 10 }}\n"
+        ))
+        .unwrap();
         assert_eq!(config.clusters[0].circuit_breaker.max_requests, 10);
         assert_eq!(config.clusters[0].circuit_breaker.max_pending, 1024);
 
@@ -919,6 +1005,43 @@ clusters:
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
         assert!(err.starts_with("skiff.yaml:9:"), "{err}");
+    }
+
+    #[test]
+    fn retry_policy_defaults_and_bounds() {
+        let base = "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    routes:\n      - cluster: a\nclusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n";
+        let retries = parse(base).unwrap().clusters[0].retries;
+        assert_eq!(
+            (
+                retries.attempts,
+                retries.budget_percent,
+                retries.min_per_second
+            ),
+            (2, 20, 10)
+        );
+        assert_eq!(retries.backoff, Duration::from_millis(25));
+
+        let config = parse(&format!(
+            "{base}    retries: {{ attempts: 0, per_try_timeout: 300ms }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.clusters[0].retries.attempts, 0);
+        assert_eq!(
+            config.clusters[0].retries.per_try_timeout,
+            Duration::from_millis(300)
+        );
+
+        let err = parse(&format!(
+            "{base}    retries: {{ attempts: 11, budget_percent: 150, backoff: soon }}\n"
+        ))
+        .unwrap_err();
+        for expected in [
+            "clusters[0].retries.attempts:",
+            "clusters[0].retries.budget_percent:",
+            "clusters[0].retries.backoff: `soon` is not a duration",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
     }
 
     #[test]

@@ -211,6 +211,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             ),
             timeouts: Timeouts::default(),
             circuit_breaker: Default::default(),
+            retries: Default::default(),
         })
         .collect();
     Config {

@@ -36,10 +36,14 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
 /// Proxies one request from `peer` arriving on `listener`.
+///
+/// `raw_head` is the request head as an HTTP/1 client sent it, when it
+/// did: a retry re-reads it instead of every request paying for a copy.
 pub async fn handle(
     req: Request<UpstreamBody>,
     listener: &ListenerState,
     peer: SocketAddr,
+    raw_head: Option<Bytes>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let routes = listener.routes.load();
@@ -51,7 +55,7 @@ pub async fn handle(
             "no route matches this host and path\n",
         );
     };
-    let response = forward(req, route, peer, start).await;
+    let response = forward(req, route, peer, start, raw_head).await;
     route.requests.record(response.status().as_u16());
     response
 }
@@ -61,112 +65,325 @@ async fn forward(
     route: &Route,
     peer: SocketAddr,
     start: Instant,
+    raw_head: Option<Bytes>,
 ) -> Response<ProxyBody> {
     let cluster = &route.cluster;
     let settings = cluster.settings();
     let limits = settings.circuit_breaker;
-    let in_flight = match cluster.admit(limits.max_requests) {
-        Ok(in_flight) => in_flight,
-        Err(unavailable) => {
-            let resp = match unavailable {
-                Unavailable::NoEndpoints => {
-                    cluster.stats.errors.no_endpoints.fetch_add(1, Relaxed);
-                    local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no healthy upstream: the cluster has no endpoints\n",
-                    )
-                }
-                Unavailable::Overflow => {
-                    cluster.stats.overflow.fetch_add(1, Relaxed);
-                    overflow(
-                        "max_requests",
-                        format!(
-                            "upstream overflow: {} requests already in flight to cluster {} (max_requests)\n",
-                            limits.max_requests, cluster.name
-                        ),
-                    )
-                }
-            };
-            cluster.stats.duration.observe(start.elapsed());
-            return resp;
-        }
-    };
+    let policy = settings.retries;
+    cluster.stats.budget.record_request(start);
     let upgrade = is_upgrade(&req);
     prepare_request(&mut req, peer, upgrade);
-    let endpoint = in_flight.endpoint.clone();
-
-    let result = if upgrade {
-        // Boxed: a rare path that would otherwise enlarge every request's future.
-        Box::pin(upgrade_request(
-            req,
-            endpoint.address,
-            settings.timeouts.connect,
-            settings.timeouts.request,
-        ))
-        .await
+    // What a retry after a response or a reset sends again: idempotent
+    // requests without a body. (A request that was never sent, after a
+    // connect failure, comes back whole and can always be retried.)
+    let replay = if policy.attempts > 0
+        && !upgrade
+        && is_idempotent(req.method())
+        && req.body().is_end_stream()
+    {
+        match raw_head {
+            Some(head) => Replay::Raw {
+                head,
+                peer,
+                // The id skiff made (a client's own is in the head). Kept
+                // as bytes: cloning the value would allocate per request.
+                request_id: req
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
+            },
+            None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+        }
     } else {
-        set_upstream_uri(&mut req, settings.protocol, endpoint.address);
-        let pending = PendingLimit {
-            waiting: &cluster.stats.pending,
-            max: limits.max_pending,
-        };
-        send(
-            req,
-            endpoint.pool(),
-            endpoint.address,
-            pending,
-            settings.protocol,
-            settings.timeouts.connect,
-            settings.timeouts.request,
-        )
-        .await
+        Replay::No
     };
-
-    match result {
-        Ok((mut resp, conn)) => {
-            let status = resp.status();
-            endpoint.requests.record(status.as_u16());
-            let switching = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
-            strip_hop_by_hop(resp.headers_mut(), switching);
-            let upstream = switching.then(|| hyper::upgrade::on(&mut resp));
-            let (parts, body) = resp.into_parts();
-            let body = if let Some(upstream) = upstream {
-                // The tunnel holds the in-flight count from here.
-                ProxyBody::Upgrade(Tunnel {
-                    in_flight,
-                    upstream,
-                })
-            } else {
-                ProxyBody::Upstream(UpstreamResponse {
-                    inner: body,
-                    done: Some(Completion {
-                        in_flight,
-                        start,
-                        conn,
-                    }),
-                })
-            };
-            Response::from_parts(parts, body)
-        }
-        Err(failure) => {
-            let counter = match &failure {
-                Failure::Connect(ConnectError::Overflow(_)) => &cluster.stats.overflow,
-                Failure::Connect(ConnectError::Timeout(_)) => &cluster.stats.errors.connect_timeout,
-                Failure::Connect(_) => &cluster.stats.errors.connect_failed,
-                Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
-                Failure::Reset(_) => &cluster.stats.errors.reset,
-            };
-            counter.fetch_add(1, Relaxed);
-            let resp = failure.response();
-            if !matches!(failure, Failure::Connect(ConnectError::Overflow(_))) {
-                // An overflow never reached the endpoint.
-                endpoint.requests.record(resp.status().as_u16());
+    let per_try = if policy.per_try_timeout.is_zero() {
+        settings.timeouts.request
+    } else {
+        policy.per_try_timeout
+    };
+    let mut avoid = None;
+    let mut retried = 0;
+    loop {
+        let in_flight = match admit(cluster, limits.max_requests, avoid) {
+            Ok(in_flight) => in_flight,
+            Err(unavailable) => {
+                let resp = unavailable_response(cluster, unavailable, limits.max_requests);
+                cluster.stats.duration.observe(start.elapsed());
+                return resp;
             }
-            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
-            drop(in_flight);
-            cluster.stats.duration.observe(start.elapsed());
-            resp
+        };
+        let endpoint = in_flight.endpoint.clone();
+        let result = if upgrade {
+            // Boxed: a rare path that would otherwise enlarge every request's future.
+            Box::pin(upgrade_request(
+                req,
+                endpoint.address,
+                settings.timeouts.connect,
+                settings.timeouts.request,
+            ))
+            .await
+            .map_err(|f| (f, None))
+        } else {
+            set_upstream_uri(&mut req, settings.protocol, endpoint.address);
+            let pending = PendingLimit {
+                waiting: &cluster.stats.pending,
+                max: limits.max_pending,
+            };
+            send(
+                req,
+                endpoint.pool(),
+                endpoint.address,
+                pending,
+                settings.protocol,
+                settings.timeouts.connect,
+                per_try,
+            )
+            .await
+        };
+        let may_retry = retried < policy.attempts;
+
+        let next = match result {
+            Ok((resp, conn)) => {
+                let status = resp.status();
+                endpoint.requests.record(status.as_u16());
+                let retry = may_retry
+                    && matches!(status.as_u16(), 502..=504)
+                    && replay.allowed()
+                    && cluster
+                        .stats
+                        .budget
+                        .try_retry(policy.budget_percent, policy.min_per_second);
+                let again = if retry { replay.request() } else { None };
+                let Some(again) = again else {
+                    return respond(resp, conn, in_flight, upgrade, start);
+                };
+                // The answer is dropped unread, and its connection with it.
+                drop((resp, conn, in_flight));
+                again
+            }
+            Err((failure, unsent)) => {
+                let counter = match &failure {
+                    Failure::Connect(ConnectError::Overflow(_)) => &cluster.stats.overflow,
+                    Failure::Connect(ConnectError::Timeout(_)) => {
+                        &cluster.stats.errors.connect_timeout
+                    }
+                    Failure::Connect(_) => &cluster.stats.errors.connect_failed,
+                    Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
+                    Failure::Reset(_) => &cluster.stats.errors.reset,
+                };
+                counter.fetch_add(1, Relaxed);
+                let overflowed = matches!(failure, Failure::Connect(ConnectError::Overflow(_)));
+                let resp = failure.response();
+                if !overflowed {
+                    // An overflow never reached the endpoint.
+                    endpoint.requests.record(resp.status().as_u16());
+                }
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
+                drop(in_flight);
+                let again = match (&failure, unsent) {
+                    _ if !may_retry || overflowed => None,
+                    (Failure::Connect(_), Some(unsent)) => Some(unsent),
+                    _ if replay.allowed() => replay.request(),
+                    _ => None,
+                };
+                match again {
+                    Some(again)
+                        if cluster
+                            .stats
+                            .budget
+                            .try_retry(policy.budget_percent, policy.min_per_second) =>
+                    {
+                        again
+                    }
+                    _ => {
+                        cluster.stats.duration.observe(start.elapsed());
+                        return resp;
+                    }
+                }
+            }
+        };
+        retried += 1;
+        cluster.stats.retries.fetch_add(1, Relaxed);
+        avoid = Some(endpoint.address);
+        req = next;
+        tokio::time::sleep(backoff(policy.backoff, retried)).await;
+    }
+}
+
+/// Picks an endpoint, trying twice more for one other than `avoid` (the
+/// endpoint a retried request just failed on).
+fn admit(
+    cluster: &crate::cluster::Cluster,
+    max_requests: u32,
+    avoid: Option<SocketAddr>,
+) -> Result<InFlight, Unavailable> {
+    let mut picked = cluster.admit(max_requests)?;
+    if let Some(avoid) = avoid {
+        for _ in 0..2 {
+            if picked.endpoint.address != avoid {
+                break;
+            }
+            match cluster.admit(max_requests) {
+                Ok(other) => picked = other,
+                Err(_) => break,
+            }
         }
+    }
+    Ok(picked)
+}
+
+fn unavailable_response(
+    cluster: &crate::cluster::Cluster,
+    unavailable: Unavailable,
+    max_requests: u32,
+) -> Response<ProxyBody> {
+    match unavailable {
+        Unavailable::NoEndpoints => {
+            cluster.stats.errors.no_endpoints.fetch_add(1, Relaxed);
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream: the cluster has no endpoints\n",
+            )
+        }
+        Unavailable::Overflow => {
+            cluster.stats.overflow.fetch_add(1, Relaxed);
+            overflow(
+                "max_requests",
+                format!(
+                    "upstream overflow: {max_requests} requests already in flight to cluster {} (max_requests)\n",
+                    cluster.name
+                ),
+            )
+        }
+    }
+}
+
+/// The upstream's response, on its way to the client.
+fn respond(
+    mut resp: Response<Incoming>,
+    conn: Option<http1::SendRequest<UpstreamBody>>,
+    in_flight: InFlight,
+    upgrade: bool,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    let upstream = switching.then(|| hyper::upgrade::on(&mut resp));
+    let (parts, body) = resp.into_parts();
+    let body = if let Some(upstream) = upstream {
+        // The tunnel holds the in-flight count from here.
+        ProxyBody::Upgrade(Tunnel {
+            in_flight,
+            upstream,
+        })
+    } else {
+        ProxyBody::Upstream(UpstreamResponse {
+            inner: body,
+            done: Some(Completion {
+                in_flight,
+                start,
+                conn,
+            }),
+        })
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Methods RFC 9110 §9.2.2 calls idempotent, safe to send twice.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// The wait before retry `n` (1-based): fully jittered, exponential from
+/// `base`, at most ten times `base` (Envoy's backoff).
+fn backoff(base: Duration, n: u32) -> Duration {
+    let ceiling = base.saturating_mul((1u32 << n.min(16)) - 1).min(base * 10);
+    let nanos = ceiling.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(random() % (nanos + 1))
+}
+
+/// How a request is sent again.
+enum Replay {
+    /// Not retried after it left (not idempotent, or it has a body).
+    No,
+    /// Re-read from the client's HTTP/1 head, and prepared as before.
+    Raw {
+        head: Bytes,
+        peer: SocketAddr,
+        request_id: Option<[u8; 36]>,
+    },
+    /// A copy of the prepared head (HTTP/2 clients).
+    Copy(Box<ReplayHead>),
+}
+
+impl Replay {
+    /// Whether the request may be sent again after it left.
+    fn allowed(&self) -> bool {
+        !matches!(self, Replay::No)
+    }
+
+    /// The request to send again, if it may be.
+    fn request(&self) -> Option<Request<UpstreamBody>> {
+        match self {
+            Replay::No => None,
+            Replay::Copy(head) => Some(head.request()),
+            Replay::Raw {
+                head,
+                peer,
+                request_id,
+            } => {
+                let parsed = crate::h1::parse::parse(head).ok()??;
+                let mut req = parsed.request.map(|()| UpstreamBody::Empty);
+                if let Some(id) = request_id.and_then(|id| HeaderValue::from_bytes(&id).ok()) {
+                    // The same id as the first try, not a new one.
+                    req.headers_mut().insert(X_REQUEST_ID.clone(), id);
+                }
+                prepare_request(&mut req, *peer, false);
+                Some(req)
+            }
+        }
+    }
+}
+
+/// A prepared request head, copied to send again.
+struct ReplayHead {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl ReplayHead {
+    fn of<B>(req: &Request<B>) -> ReplayHead {
+        ReplayHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn request(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }
 
@@ -219,19 +436,26 @@ async fn send(
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     request_timeout: Duration,
-) -> Result<Sent, Failure> {
+) -> Result<Sent, (Failure, Option<Request<UpstreamBody>>)> {
     // A pooled keep-alive connection can be closed by the upstream just as
     // we pick it; hyper hands the request back unsent in that case, and
     // then it is safe to try once more on a fresh connection.
     for attempt in 0..2 {
-        let sender = pool
+        let sender = match pool
             .checkout(address, pending, protocol, connect_timeout)
             .await
-            .map_err(Failure::Connect)?;
+        {
+            Ok(sender) => sender,
+            // Never sent: the request goes back for a retry elsewhere.
+            Err(e) => return Err((Failure::Connect(e), Some(req))),
+        };
         let response = match sender {
             Sender::Http1(mut tx) => {
                 let fut = tx.try_send_request(req);
-                match with_timeout(request_timeout, fut).await? {
+                match with_timeout(request_timeout, fut)
+                    .await
+                    .map_err(|f| (f, None))?
+                {
                     Ok(resp) => return Ok((resp, Some(tx))),
                     Err(mut e) => match e.take_message() {
                         Some(back) if attempt == 0 => {
@@ -244,7 +468,10 @@ async fn send(
             }
             Sender::Http2(mut tx) => {
                 let fut = tx.try_send_request(req);
-                match with_timeout(request_timeout, fut).await? {
+                match with_timeout(request_timeout, fut)
+                    .await
+                    .map_err(|f| (f, None))?
+                {
                     Ok(resp) => return Ok((resp, None)),
                     Err(mut e) => match e.take_message() {
                         Some(back) if attempt == 0 => {
@@ -256,7 +483,7 @@ async fn send(
                 }
             }
         };
-        return response.map_err(Failure::Reset);
+        return response.map_err(|e| (Failure::Reset(e), None));
     }
     unreachable!("the loop returns on its second attempt")
 }

@@ -38,7 +38,7 @@ pub async fn serve(
         let state = state.clone();
         async move {
             let req = req.map(UpstreamBody::Http2);
-            Ok::<_, Infallible>(crate::forward::handle(req, &state, peer).await)
+            Ok::<_, Infallible>(crate::forward::handle(req, &state, peer, None).await)
         }
     });
     let conn = http2::Builder::new(TokioExecutor::new())

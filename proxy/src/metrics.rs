@@ -386,6 +386,21 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
 
     header(
         &mut out,
+        "skiff_retries_total",
+        "counter",
+        "Tries after the first, by cluster (each within the retry budget).",
+    );
+    for c in clusters {
+        let _ = writeln!(
+            out,
+            "skiff_retries_total{{cluster=\"{}\"}} {}",
+            escape(&c.name),
+            c.stats.retries.load(Relaxed)
+        );
+    }
+
+    header(
+        &mut out,
         "skiff_config_reloads_total",
         "counter",
         "Config reload attempts by result.",

@@ -160,6 +160,7 @@ mod tests {
                     source: Source::Static(vec![]),
                     timeouts: Timeouts::default(),
                     circuit_breaker: Default::default(),
+                    retries: Default::default(),
                 }))
             });
         }

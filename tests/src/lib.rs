@@ -80,6 +80,8 @@ pub struct BackendControl {
     pub connections: AtomicU64,
     /// Lets `/hold` requests answer; until set they wait.
     pub released: std::sync::atomic::AtomicBool,
+    /// When not 0, the status of every response (a failing backend).
+    pub status: std::sync::atomic::AtomicU16,
 }
 
 /// A real HTTP server (HTTP/1.1 and h2c) on 127.0.0.1 that names itself.
@@ -229,7 +231,12 @@ async fn backend_respond(
     } else {
         builder.body(full(name.to_string()))
     };
-    resp.unwrap_or_else(|_| Response::new(empty()))
+    let mut resp = resp.unwrap_or_else(|_| Response::new(empty()));
+    let forced = ctl.status.load(Relaxed);
+    if let Ok(status) = http::StatusCode::from_u16(forced) {
+        *resp.status_mut() = status;
+    }
+    resp
 }
 
 struct VecStream<T>(std::collections::VecDeque<T>);

@@ -284,11 +284,12 @@ async fn routes_match_host_and_fall_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_answers_504() {
+    // One try (no retries), so one timeout is counted.
     let (address, _held) = skiff_tests::unanswered_listener().await;
     let yaml = format!(
         "admin: {{ listen: 127.0.0.1:0 }}\n\
          listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - cluster: app\n\
-         clusters:\n  - name: app\n    endpoints: [{address}]\n    timeouts: {{ connect: 150ms }}\n"
+         clusters:\n  - name: app\n    endpoints: [{address}]\n    timeouts: {{ connect: 150ms }}\n    retries: {{ attempts: 0 }}\n"
     );
     let (proxy, listen) = start_proxy(&yaml).await;
     let mut c = Client::h1(listen).await.expect("connect");

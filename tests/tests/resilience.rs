@@ -2,6 +2,8 @@
 //! letting requests pile up behind a slow or unreachable upstream.
 
 use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -116,4 +118,136 @@ async fn requests_over_max_pending_get_a_fast_503_while_a_connect_hangs() {
     );
     assert_eq!(overflow_count(&proxy), Some(1.0));
     waiting.abort();
+}
+
+/// An address where nothing listens: connects are refused.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn retries(proxy: &skiff::Proxy) -> f64 {
+    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    metric_value(&metrics, "skiff_retries_total", &[("cluster", "app")]).unwrap_or(0.0)
+}
+
+fn two_endpoints(a: SocketAddr, b: SocketAddr, extra: &str) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - cluster: app\n\
+         clusters:\n  - name: app\n    lb: round_robin\n    endpoints: [{a}, {b}]\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_another_endpoint_even_for_posts() {
+    let backend = Backend::start("b").await;
+    let (proxy, address) = start_proxy(&two_endpoints(closed_port(), backend.address, "")).await;
+    let mut c = Client::h1(address).await.expect("connect");
+    // Round robin sends every first try to the refused endpoint; eight
+    // retries stay inside the budget's floor of ten a second.
+    for i in 0..8 {
+        let req = http::Request::post("/sink")
+            .body(skiff_tests::full(vec![b'x'; i]))
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    assert_eq!(backend.requests(), 8);
+    assert_eq!(retries(&proxy), 8.0);
+}
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_after_a_503_and_posts_are_not() {
+    let failing = Backend::start("failing").await;
+    failing.control.status.store(503, Relaxed);
+    let healthy = Backend::start("healthy").await;
+    let (proxy, address) = start_proxy(&two_endpoints(
+        failing.address,
+        healthy.address,
+        // Room for every retry here; the budget has a test of its own.
+        "    retries: { min_per_second: 1000 }\n",
+    ))
+    .await;
+    let mut c = Client::h1(address).await.expect("connect");
+    for i in 0..8 {
+        let (status, name, _) = c.get(&format!("/get/{i}")).await.expect("response");
+        assert_eq!(
+            (status.as_u16(), name.as_str()),
+            (200, "healthy"),
+            "GET {i}"
+        );
+    }
+    assert!(
+        failing.requests() >= 1,
+        "round robin sent some GETs to the failing endpoint"
+    );
+    assert_eq!(retries(&proxy), failing.requests() as f64);
+
+    // A retried request is the same request: its headers, prepared once.
+    let mut seen_retry = false;
+    for _ in 0..4 {
+        let before = failing.requests();
+        let req = http::Request::get("/headers")
+            .header("x-custom", "kept")
+            .body(skiff_tests::empty())
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        if failing.requests() > before {
+            seen_retry = true;
+            let headers: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(headers["x-custom"], "kept", "{headers}");
+            assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{headers}");
+            assert_eq!(
+                headers["x-request-id"].as_str().map(str::len),
+                Some(36),
+                "{headers}"
+            );
+        }
+    }
+    assert!(
+        seen_retry,
+        "one of the /headers requests went to the failing endpoint first"
+    );
+
+    let mut refused = 0;
+    for _ in 0..10 {
+        let req = http::Request::post("/sink")
+            .body(skiff_tests::full("order"))
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        refused += usize::from(resp.status() == 503);
+    }
+    assert!(
+        refused >= 1,
+        "a POST that got a 503 is answered with it, not sent again"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_budget_holds_when_every_endpoint_fails() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.control.status.store(503, Relaxed);
+    b.control.status.store(503, Relaxed);
+    let (proxy, address) = start_proxy(&two_endpoints(a.address, b.address, "")).await;
+    let mut c = Client::h1(address).await.expect("connect");
+    let started = std::time::Instant::now();
+    let requests = 300;
+    for _ in 0..requests {
+        let (status, _, _) = c.get("/").await.expect("response");
+        assert_eq!(status, 503);
+    }
+    let seconds = started.elapsed().as_secs_f64().ceil() + 1.0;
+    let attempts = (a.requests() + b.requests()) as f64;
+    // 20% of the requests, plus the minimum of 10 a second.
+    let bound = requests as f64 * 1.2 + 10.0 * seconds;
+    assert!(
+        attempts <= bound,
+        "{attempts} upstream attempts for {requests} requests (bound {bound})"
+    );
+    assert!(attempts > requests as f64, "some were retried");
+    assert_eq!(retries(&proxy), attempts - requests as f64);
 }

@@ -12,6 +12,7 @@
 //! goes and its pooled connections close with it.
 
 pub mod balance;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -146,6 +147,9 @@ pub struct ClusterStats {
     pub pending: AtomicUsize,
     /// Requests refused by the circuit breaker.
     pub overflow: AtomicU64,
+    /// Tries after the first (`skiff_retries_total`).
+    pub retries: AtomicU64,
+    pub budget: retry::RetryBudget,
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
     /// Failures of the cluster's discovery source, counted by the source.
@@ -440,6 +444,7 @@ mod tests {
             source: Source::Static(vec![]),
             timeouts: Timeouts::default(),
             circuit_breaker: Default::default(),
+            retries: Default::default(),
         }))
     }
 

@@ -171,6 +171,7 @@ async fn exchange(
         keep_alive,
         expect_continue,
         head_len,
+        head,
     } = parsed;
     buf.advance(head_len);
     let stream = &conn.stream;
@@ -190,7 +191,12 @@ async fn exchange(
     }
 
     // In this (boxed) future, not a box of its own.
-    let mut handling = std::pin::pin!(forward::handle(request.map(|()| body), state, peer));
+    let mut handling = std::pin::pin!(forward::handle(
+        request.map(|()| body),
+        state,
+        peer,
+        Some(head)
+    ));
     let response = if returned.is_none() {
         // Nothing reads the socket meanwhile: watch it for the client
         // leaving (dropping `handling` cancels the upstream request) or

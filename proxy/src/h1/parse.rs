@@ -39,6 +39,8 @@ pub struct Parsed {
     pub expect_continue: bool,
     /// Bytes of the buffer the head took.
     pub head_len: usize,
+    /// The head as received (header values are slices of it).
+    pub head: Bytes,
 }
 
 /// A request head skiff refuses, with the status it answers.
@@ -170,6 +172,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
         keep_alive,
         expect_continue: scan.expect_continue && framing != Framing::Empty,
         head_len,
+        head,
     }))
 }
 
