@@ -28,8 +28,10 @@
 //! warning naming it, and its last good version (if any) stays.
 
 mod merge;
+mod service;
 
 pub use merge::{merge, ServicePort, Slice, SliceError};
+pub use service::ServiceEndpoints;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
