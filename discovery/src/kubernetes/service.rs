@@ -136,6 +136,11 @@ impl ServiceEndpoints {
         }
     }
 
+    /// The port routed to.
+    pub fn port(&self) -> &ServicePort {
+        &self.port
+    }
+
     /// Endpoints in the set.
     pub fn len(&self) -> usize {
         self.len
