@@ -16,8 +16,14 @@
 //!    holding all 10,000 endpoints; then the time to apply one changed
 //!    slice, for a Service of 10,000 endpoints and one of 1,000 (is it
 //!    proportional to the slice or to the Service?).
+//!
 //! 2. As a `skiff run` process (release binary): RSS idle with the
 //!    cluster's Service empty, and after its 10,000 endpoints arrive.
+//! 3. Request latency through that process, quiet and while one slice of
+//!    the 10,000-endpoint Service changes every millisecond.
+//!
+//! `KUBE_BENCH_PIECES_ONLY=1` stops after part 0, `KUBE_BENCH_IN_PROCESS_ONLY=1`
+//! after part 1 (to interleave runs of two builds).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -305,6 +311,9 @@ async fn main() {
         );
     }
     drop(proxy);
+    if std::env::var_os("KUBE_BENCH_IN_PROCESS_ONLY").is_some() {
+        return;
+    }
 
     // 2. Memory of a `skiff run` process.
     let fake = FakeKube::start_new().await;
