@@ -14,8 +14,8 @@
 //! slices by Service, and publishes to each cluster its Service's endpoints:
 //! the [`merge`] of the Service's slices, kept up to date slice by slice
 //! ([`ServiceEndpoints`]) so a changed slice costs in proportion to the
-//! slice, not to the Service. A namespace no cluster uses is not watched; when the
-//! last cluster of a namespace goes, its watch stops.
+//! slice, not to the Service. A namespace no cluster uses is not watched;
+//! when the last cluster of a namespace goes, its watch stops.
 //!
 //! The watches run on a thread of their own (`skiff-discovery`), not on
 //! the runtime that serves requests: reading a large slice and merging a
