@@ -4,20 +4,39 @@
 //!
 //! `cargo run --release -p skiff-bench --example kube_discovery`
 //!
+//! 0. The pieces of one changed slice, called directly (no API server, no
+//!    threads), for Services of 1,000 and 10,000 endpoints in slices of
+//!    100: the whole-Service merge the namespace task did before (merge,
+//!    copy into a set, compare with the last), the slice-by-slice update
+//!    that replaced it (and the set built from it), the whole-Service event
+//!    (the fallback switching), and the cluster's `apply` with its
+//!    inherently O(N) part (the snapshot's pointer array and balancer).
 //! 1. In process (so the data path's snapshot can be read directly): the
 //!    time from the last of the 100 slices sent to the cluster's snapshot
 //!    holding all 10,000 endpoints; then the time to apply one changed
 //!    slice, for a Service of 10,000 endpoints and one of 1,000 (is it
 //!    proportional to the slice or to the Service?).
+//!
 //! 2. As a `skiff run` process (release binary): RSS idle with the
 //!    cluster's Service empty, and after its 10,000 endpoints arrive.
+//! 3. Request latency through that process, quiet and while one slice of
+//!    the 10,000-endpoint Service changes every millisecond.
+//!
+//! `KUBE_BENCH_PIECES_ONLY=1` stops after part 0, `KUBE_BENCH_IN_PROCESS_ONLY=1`
+//! after part 1 (to interleave runs of two builds).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
+use skiff::cluster::balance::Balancer;
 use skiff::cluster::Cluster;
+use skiff::config::{Config, LbPolicy};
+use skiff_discovery::kubernetes::{merge, ServiceEndpoints, ServicePort, Slice};
+use skiff_discovery::EndpointSet;
+use skiff_tests::fake_kube::terminating_pod;
 use skiff_tests::fake_kube::{endpoint_slice, ready_pod, FakeKube};
 use skiff_tests::{free_port, Backend, Client, RssPeak, SkiffProcess, TempDir};
 
@@ -84,8 +103,147 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Repetitions of each piece in part 0; the median is reported.
+const PIECE_RUNS: usize = 301;
+
+fn parsed(value: Value) -> Slice {
+    let object: EndpointSlice = serde_json::from_value(value).expect("slice JSON");
+    Slice::parse(&object).expect("slice")
+}
+
+/// Median time of `f` over [`PIECE_RUNS`] calls, each given its call number.
+fn median(mut f: impl FnMut(usize)) -> Duration {
+    let mut times: Vec<Duration> = (0..PIECE_RUNS)
+        .map(|i| {
+            let started = Instant::now();
+            f(i);
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Part 0: one changed slice, piece by piece, for a Service of `slices`
+/// slices of [`PER_SLICE`].
+fn pieces(slices: usize) {
+    let port = ServicePort::Name("http".into());
+    let mut service: std::collections::BTreeMap<String, Slice> = (0..slices)
+        .map(|s| {
+            let slice = parsed(slice("svc", 1, s, PER_SLICE));
+            (slice.name.clone(), slice)
+        })
+        .collect();
+    // The changed slice: one endpoint more, then back.
+    let changed = [
+        parsed(slice("svc", 1, slices / 2, PER_SLICE + 1)),
+        parsed(slice("svc", 1, slices / 2, PER_SLICE)),
+    ];
+    let total = slices * PER_SLICE;
+
+    // Before: the namespace task re-merged the Service, copied the set and
+    // compared it with the one last published.
+    let mut last: EndpointSet = merge(service.values(), &port).into();
+    let whole = median(|i| {
+        let slice = &changed[i % 2];
+        service.insert(slice.name.clone(), slice.clone());
+        let set: EndpointSet = merge(service.values(), &port).into();
+        assert!(set != last);
+        last = set;
+    });
+
+    // After: the slice alone, then the set built for the cluster.
+    let mut live = ServiceEndpoints::from_slices(service.values(), port.clone());
+    let mut i = 0;
+    let update = median(|_| {
+        i += 1;
+        assert!(live.upsert(&changed[i % 2]));
+    });
+    let build = median(|_| {
+        std::hint::black_box(live.set());
+    });
+
+    // The whole-Service event: only the changed slice is ready, and its
+    // pods go terminating, so the fallback to serving + terminating
+    // endpoints switches on (and off again).
+    let mut fallback = ServiceEndpoints::new(port.clone());
+    for s in 0..slices {
+        fallback.upsert(&fallback_slice(s));
+    }
+    let flip = [
+        parsed(slice("svc", 1, slices / 2, PER_SLICE)),
+        fallback_slice(slices / 2),
+    ];
+    let switch = median(|i| {
+        assert!(fallback.upsert(&flip[i % 2]));
+    });
+
+    // The cluster: `apply` of the set with the changed slice, and the part
+    // of it no design avoids while the request path reads an array of
+    // endpoints (the pointer array, the balancer over it).
+    let config = Config::parse(
+        "clusters:\n  - name: c\n    lb: round_robin\n    endpoints: []\n",
+        "bench.yaml",
+        std::path::Path::new("."),
+    )
+    .expect("config");
+    let cluster = Cluster::new(config.clusters[0].clone());
+    let sets: Vec<EndpointSet> = changed
+        .iter()
+        .map(|c| {
+            live.upsert(c);
+            live.set()
+        })
+        .collect();
+    cluster.apply(&sets[1]);
+    let apply = median(|i| cluster.apply(&sets[i % 2]));
+    let snapshot = cluster.snapshot();
+    let array = median(|_| {
+        std::hint::black_box(snapshot.endpoints.to_vec());
+    });
+    let balancer = median(|_| {
+        std::hint::black_box(Balancer::new(LbPolicy::RoundRobin, &snapshot.endpoints));
+    });
+
+    println!(
+        "{total:>6} endpoints, one changed slice of {PER_SLICE}: before (merge whole Service + set + compare) {}; \
+         after: slice update {}, set for the cluster {}; fallback switch (whole Service) {}; \
+         Cluster::apply {} (of which pointer array {}, balancer {}) [medians of {PIECE_RUNS}]",
+        us(whole),
+        us(update),
+        us(build),
+        us(switch),
+        us(apply),
+        us(array),
+        us(balancer),
+    );
+}
+
+/// Slice `s` of the part-0 Service with every pod terminating.
+fn fallback_slice(s: usize) -> Slice {
+    let pods: Vec<Value> = (0..PER_SLICE)
+        .map(|i| terminating_pod(&format!("10.1.{s}.{}", i + 1)))
+        .collect();
+    parsed(endpoint_slice(
+        &format!("svc-{s:03}"),
+        "svc",
+        &[("http", 8080)],
+        &pods,
+    ))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    for slices in [SLICES / 10, SLICES] {
+        pieces(slices);
+    }
+    if std::env::var_os("KUBE_BENCH_PIECES_ONLY").is_some() {
+        return;
+    }
     let dir = TempDir::new("kube-bench");
 
     // 1. Timing, in process.
@@ -153,6 +311,9 @@ async fn main() {
         );
     }
     drop(proxy);
+    if std::env::var_os("KUBE_BENCH_IN_PROCESS_ONLY").is_some() {
+        return;
+    }
 
     // 2. Memory of a `skiff run` process.
     let fake = FakeKube::start_new().await;

@@ -60,24 +60,24 @@ pub enum SliceError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {
     pub name: String,
-    ports: Vec<Port>,
-    endpoints: Vec<Member>,
+    pub(super) ports: Vec<Port>,
+    pub(super) endpoints: Vec<Member>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Port {
+pub(super) struct Port {
     /// `""` for a Service's single unnamed port, as the API writes it.
-    name: String,
-    number: u16,
-    tcp: bool,
+    pub(super) name: String,
+    pub(super) number: u16,
+    pub(super) tcp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Member {
-    ip: IpAddr,
+pub(super) struct Member {
+    pub(super) ip: IpAddr,
     /// Built once per slice update and shared by every set that includes
     /// the endpoint, so a merge copies pointers, not strings.
-    origin: Arc<Origin>,
+    pub(super) origin: Arc<Origin>,
 }
 
 impl Slice {
@@ -152,7 +152,7 @@ impl Slice {
     }
 
     /// The slice's port number for `port`, TCP preferred.
-    fn port(&self, port: &ServicePort) -> Option<u16> {
+    pub(super) fn port(&self, port: &ServicePort) -> Option<u16> {
         let matches = |p: &&Port| match port {
             ServicePort::Name(name) => p.name == *name,
             ServicePort::Number(n) => p.number == *n,
@@ -204,7 +204,6 @@ pub fn merge<'a>(
                 // Listed twice: the non-terminating listing wins, then the
                 // ready one; otherwise the first stays.
                 Some(&i) => {
-                    let rank = |m: &Origin| (!m.terminating, m.ready);
                     if rank(&member.origin) > rank(candidates[i].member) {
                         candidates[i] = candidate;
                     }
@@ -219,19 +218,29 @@ pub fn merge<'a>(
     let any_ready = candidates.iter().any(|c| c.member.ready);
     candidates
         .into_iter()
-        .filter(|c| {
-            if any_ready {
-                c.member.ready
-            } else {
-                c.member.serving && c.member.terminating
-            }
-        })
+        .filter(|c| routes(c.member, any_ready))
         .map(|c| EndpointSpec {
             address: c.address,
             weight: DEFAULT_WEIGHT,
             origin: Some(c.member.clone()),
         })
         .collect()
+}
+
+/// How a listing of an address competes with another listing of it: the
+/// non-terminating one wins, then the ready one; on a tie the first stays.
+pub(super) fn rank(origin: &Origin) -> (bool, bool) {
+    (!origin.terminating, origin.ready)
+}
+
+/// Whether a deduplicated endpoint gets traffic, given whether any of the
+/// Service's endpoints is ready (kube-proxy's fallback when none is).
+pub(super) fn routes(origin: &Origin, any_ready: bool) -> bool {
+    if any_ready {
+        origin.ready
+    } else {
+        origin.serving && origin.terminating
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,11 @@
 //! namespace runs kube-runtime's [`watcher`] (list, then watch from the
 //! list's resourceVersion, relist on 410 Expired, back off on errors) over
 //! every slice carrying the `kubernetes.io/service-name` label, keeps the
-//! slices by Service, and publishes to each cluster the [`merge`] of its
-//! Service's slices. A namespace no cluster uses is not watched; when the
-//! last cluster of a namespace goes, its watch stops.
+//! slices by Service, and publishes to each cluster its Service's endpoints:
+//! the [`merge`] of the Service's slices, kept up to date slice by slice
+//! ([`ServiceEndpoints`]) so a changed slice costs in proportion to the
+//! slice, not to the Service. A namespace no cluster uses is not watched;
+//! when the last cluster of a namespace goes, its watch stops.
 //!
 //! The watches run on a thread of their own (`skiff-discovery`), not on
 //! the runtime that serves requests: reading a large slice and merging a
@@ -28,8 +30,10 @@
 //! warning naming it, and its last good version (if any) stays.
 
 mod merge;
+mod service;
 
 pub use merge::{merge, ServicePort, Slice, SliceError};
+pub use service::ServiceEndpoints;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -91,18 +95,7 @@ impl Registry {
                 namespace
             })
             .clone();
-        let mut state = lock(&namespace.state);
-        let current = state
-            .listed
-            .then(|| state.merged(&target.service, &target.port));
-        let (tx, rx) = watch::channel(current);
-        state.subscribers.push(Subscriber {
-            service: target.service.clone(),
-            port: target.port.clone(),
-            cluster: cluster.to_string(),
-            tx,
-            errors,
-        });
+        let rx = lock(&namespace.state).subscribe(target, cluster, errors);
         rx
     }
 
@@ -125,13 +118,21 @@ struct Namespace {
 struct State {
     /// Set once the first complete list is in; until then no set is published.
     listed: bool,
-    /// Slices by Service, then by slice name (so merges are in a stable order).
+    /// Slices by Service, then by slice name.
     services: HashMap<String, BTreeMap<String, Slice>>,
     /// Which Service each slice belongs to, for deletes.
     owners: HashMap<String, String>,
-    /// Services changed since the last publish.
-    dirty: HashSet<String>,
+    /// For each Service a cluster follows, its endpoints on each port
+    /// followed, updated slice by slice.
+    views: HashMap<String, Vec<View>>,
     subscribers: Vec<Subscriber>,
+}
+
+#[derive(Debug)]
+struct View {
+    endpoints: ServiceEndpoints,
+    /// Changed since the last publish.
+    dirty: bool,
 }
 
 #[derive(Debug)]
@@ -144,47 +145,88 @@ struct Subscriber {
 }
 
 impl State {
-    fn merged(&self, service: &str, port: &ServicePort) -> EndpointSet {
-        match self.services.get(service) {
-            Some(slices) => merge(slices.values(), port).into(),
-            None => EndpointSet::from([]),
-        }
-    }
-
-    /// Publishes the merged set to the listeners of `service`, to those
-    /// whose set changed only.
-    fn publish(&self, service: &str) {
-        for s in self.subscribers.iter().filter(|s| s.service == service) {
-            let set = self.merged(service, &s.port);
-            s.tx.send_if_modified(|current| {
-                if current.as_deref() == Some(&*set) {
-                    return false;
-                }
-                tracing::debug!(cluster = %s.cluster, endpoints = set.len(), "Service endpoints changed");
-                *current = Some(set);
-                true
-            });
-        }
-    }
-
-    fn publish_all(&mut self) {
-        self.dirty.clear();
-        let mut services: Vec<&str> = self
-            .subscribers
+    /// Adds a listener for `target`'s endpoints; the receiver holds the
+    /// current set once the namespace is listed.
+    fn subscribe(
+        &mut self,
+        target: &Target,
+        cluster: &str,
+        errors: Arc<AtomicU64>,
+    ) -> watch::Receiver<Option<EndpointSet>> {
+        let views = self.views.entry(target.service.clone()).or_default();
+        let view = match views
             .iter()
-            .map(|s| s.service.as_str())
-            .collect();
-        services.sort_unstable();
-        services.dedup();
-        for service in services {
-            self.publish(service);
+            .position(|v| v.endpoints.port() == &target.port)
+        {
+            Some(i) => &views[i],
+            None => {
+                let slices = self.services.get(&target.service);
+                views.push(View {
+                    endpoints: ServiceEndpoints::from_slices(
+                        slices.into_iter().flat_map(|s| s.values()),
+                        target.port.clone(),
+                    ),
+                    dirty: false,
+                });
+                &views[views.len() - 1]
+            }
+        };
+        let current = self.listed.then(|| view.endpoints.set());
+        let (tx, rx) = watch::channel(current);
+        self.subscribers.push(Subscriber {
+            service: target.service.clone(),
+            port: target.port.clone(),
+            cluster: cluster.to_string(),
+            tx,
+            errors,
+        });
+        rx
+    }
+
+    /// Forgets listeners that went away, and the views only they used.
+    fn drop_closed(&mut self) {
+        self.subscribers.retain(|s| !s.tx.is_closed());
+        let subscribers = &self.subscribers;
+        self.views.retain(|service, views| {
+            views.retain(|v| {
+                subscribers
+                    .iter()
+                    .any(|s| s.service == *service && s.port == *v.endpoints.port())
+            });
+            !views.is_empty()
+        });
+    }
+
+    /// Sends `view`'s set to its listeners. The view knows whether it
+    /// changed, so the set is built once and never compared.
+    fn send(subscribers: &[Subscriber], service: &str, view: &View) {
+        let set = view.endpoints.set();
+        for s in subscribers
+            .iter()
+            .filter(|s| s.service == service && s.port == *view.endpoints.port())
+        {
+            tracing::debug!(cluster = %s.cluster, endpoints = set.len(), "Service endpoints changed");
+            s.tx.send_replace(Some(set.clone()));
         }
     }
 
-    /// Publishes the Services changed since the last call.
+    /// Publishes every view: the first complete list.
+    fn publish_all(&mut self) {
+        for (service, views) in &mut self.views {
+            for view in views {
+                view.dirty = false;
+                State::send(&self.subscribers, service, view);
+            }
+        }
+    }
+
+    /// Publishes the views changed since the last call.
     fn publish_dirty(&mut self) {
-        for service in std::mem::take(&mut self.dirty) {
-            self.publish(&service);
+        for (service, views) in &mut self.views {
+            for view in views.iter_mut().filter(|v| v.dirty) {
+                view.dirty = false;
+                State::send(&self.subscribers, service, view);
+            }
         }
     }
 
@@ -193,21 +235,21 @@ impl State {
         if let Some(previous) = self.owners.insert(name.clone(), service.clone()) {
             if previous != service {
                 self.remove_from(&previous, &name);
-                self.dirty.insert(previous);
             }
         }
         let slices = self.services.entry(service.clone()).or_default();
         if slices.get(&name) == Some(&slice) {
             return;
         }
+        for view in self.views.get_mut(&service).into_iter().flatten() {
+            view.dirty |= view.endpoints.upsert(&slice);
+        }
         slices.insert(name, slice);
-        self.dirty.insert(service);
     }
 
     fn delete(&mut self, name: &str) {
         if let Some(service) = self.owners.remove(name) {
             self.remove_from(&service, name);
-            self.dirty.insert(service);
         }
     }
 
@@ -218,6 +260,9 @@ impl State {
                 self.services.remove(service);
             }
         }
+        for view in self.views.get_mut(service).into_iter().flatten() {
+            view.dirty |= view.endpoints.remove(name);
+        }
     }
 
     /// The stored version of slice `name`, if any.
@@ -226,19 +271,29 @@ impl State {
         Some((service, self.services.get(service)?.get(name)?))
     }
 
-    /// Replaces every slice with a fresh list's, then publishes what changed.
+    /// Brings the slices to a fresh list's, slice by slice (an unchanged
+    /// slice costs a comparison), then publishes what changed: everything
+    /// after the first list.
     fn replace(&mut self, listed: Vec<(String, Slice)>) {
-        self.services.clear();
-        self.owners.clear();
-        for (service, slice) in listed {
-            self.owners.insert(slice.name.clone(), service.clone());
-            self.services
-                .entry(service)
-                .or_default()
-                .insert(slice.name.clone(), slice);
+        let names: HashSet<String> = listed.iter().map(|(_, s)| s.name.clone()).collect();
+        let gone: Vec<String> = self
+            .owners
+            .keys()
+            .filter(|name| !names.contains(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.delete(&name);
         }
-        self.listed = true;
-        self.publish_all();
+        for (service, slice) in listed {
+            self.insert(service, slice);
+        }
+        if self.listed {
+            self.publish_dirty();
+        } else {
+            self.listed = true;
+            self.publish_all();
+        }
     }
 
     fn count_error(&self) {
@@ -267,7 +322,7 @@ async fn until_unused(namespace: &Arc<Namespace>, registry: &Registry) {
         tick.tick().await;
         let mut namespaces = lock(&registry.namespaces);
         let mut state = lock(&namespace.state);
-        state.subscribers.retain(|s| !s.tx.is_closed());
+        state.drop_closed();
         if state.subscribers.is_empty() {
             if namespaces
                 .get(&namespace.name)
@@ -480,15 +535,12 @@ mod tests {
     }
 
     fn listen(state: &mut State, service: &str) -> watch::Receiver<Option<EndpointSet>> {
-        let (tx, rx) = watch::channel(None);
-        state.subscribers.push(Subscriber {
+        let target = Target {
+            namespace: "shop".into(),
             service: service.into(),
             port: ServicePort::Name("http".into()),
-            cluster: service.into(),
-            tx,
-            errors: Arc::default(),
-        });
-        rx
+        };
+        state.subscribe(&target, service, Arc::default())
     }
 
     fn addresses(rx: &mut watch::Receiver<Option<EndpointSet>>) -> Vec<String> {
@@ -593,6 +645,69 @@ mod tests {
         state.publish_dirty();
         assert!(addresses(&mut web).is_empty());
         assert_eq!(addresses(&mut api), ["10.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn clusters_on_two_ports_of_one_service_each_get_their_port() {
+        let mut state = State::default();
+        let mut http = listen(&mut state, "web");
+        let mut admin = state.subscribe(
+            &Target {
+                namespace: "shop".into(),
+                service: "web".into(),
+                port: ServicePort::Number(9000),
+            },
+            "web-admin",
+            Arc::default(),
+        );
+        let object: EndpointSlice = serde_json::from_value(json!({
+            "metadata": { "name": "web-a" },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 8080 }, { "name": "admin", "port": 9000 }],
+            "endpoints": [{ "addresses": ["10.0.0.1"] }],
+        }))
+        .unwrap();
+        state.replace(vec![("web".into(), Slice::parse(&object).unwrap())]);
+        assert_eq!(addresses(&mut http), ["10.0.0.1:8080"]);
+        assert_eq!(addresses(&mut admin), ["10.0.0.1:9000"]);
+    }
+
+    #[test]
+    fn a_cluster_added_after_the_list_starts_from_the_current_set() {
+        let mut state = State::default();
+        let _web = listen(&mut state, "web");
+        state.replace(vec![("api".into(), slice("api-a", &["10.0.1.1"]))]);
+        state.insert("api".into(), slice("api-b", &["10.0.1.2"]));
+        state.publish_dirty();
+        let mut api = listen(&mut state, "api");
+        assert_eq!(addresses(&mut api), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+        state.delete("api-a");
+        state.publish_dirty();
+        assert_eq!(addresses(&mut api), ["10.0.1.2:8080"]);
+    }
+
+    #[test]
+    fn a_relist_without_a_slice_removes_its_endpoints() {
+        let mut state = State::default();
+        let mut web = listen(&mut state, "web");
+        state.replace(vec![
+            ("web".into(), slice("web-a", &["10.0.0.1"])),
+            ("web".into(), slice("web-b", &["10.0.0.2"])),
+        ]);
+        assert_eq!(addresses(&mut web).len(), 2);
+        state.replace(vec![("web".into(), slice("web-b", &["10.0.0.2"]))]);
+        assert_eq!(addresses(&mut web), ["10.0.0.2:8080"]);
+    }
+
+    #[test]
+    fn a_closed_cluster_takes_its_view_with_it() {
+        let mut state = State::default();
+        let web = listen(&mut state, "web");
+        let _api = listen(&mut state, "api");
+        drop(web);
+        state.drop_closed();
+        assert!(!state.views.contains_key("web"));
+        assert!(state.views.contains_key("api"));
     }
 
     #[test]

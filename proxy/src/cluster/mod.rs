@@ -174,6 +174,15 @@ impl Snapshot {
     }
 }
 
+/// The control path's view of a cluster's members.
+#[derive(Debug, Default)]
+struct Members {
+    by_address: HashMap<SocketAddr, Arc<Endpoint>>,
+    /// The set the snapshot was built from, when it lists each of the
+    /// snapshot's endpoints at the same position (no address twice).
+    applied: Option<EndpointSet>,
+}
+
 /// A named group of endpoints with one balancing policy.
 #[derive(Debug)]
 pub struct Cluster {
@@ -185,8 +194,8 @@ pub struct Cluster {
     pub stats: Arc<ClusterStats>,
     /// Set once the source has delivered its first endpoint set.
     primed: AtomicBool,
-    /// Control-path view of the current members, by address.
-    members: Mutex<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// Control-path view of the current members.
+    members: Mutex<Members>,
     /// Removed endpoints that still had requests in flight.
     draining: Mutex<Vec<Arc<Endpoint>>>,
 }
@@ -200,7 +209,7 @@ impl Cluster {
             cursor: AtomicUsize::new(0),
             stats: Arc::default(),
             primed: AtomicBool::new(false),
-            members: Mutex::new(HashMap::new()),
+            members: Mutex::default(),
             draining: Mutex::new(Vec::new()),
         }
     }
@@ -273,10 +282,25 @@ impl Cluster {
     /// current snapshot at its start and end are matched by position, and
     /// only the part in between is looked up by address: an update costs
     /// hashing in proportion to what changed, not to the cluster's size.
+    /// The matched endpoints are refreshed only where their spec differs
+    /// from the one at the same position in the set applied last (a plain
+    /// comparison; a shared origin compares by pointer). What stays O(N) is
+    /// the new snapshot: its array of endpoint pointers and its balancer.
     pub fn apply(&self, set: &EndpointSet) {
-        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let Members {
+            by_address: members,
+            applied,
+        } = &mut *guard;
         let current = self.snapshot.load_full();
         let old: &[Arc<Endpoint>] = &current.endpoints;
+        let applied = applied.take();
+        let old_specs = applied.as_deref().filter(|specs| specs.len() == old.len());
+        let refresh = |at: usize, endpoint: &Endpoint, spec: &EndpointSpec| {
+            if old_specs.is_none_or(|specs| specs[at] != *spec) {
+                endpoint.refresh(spec);
+            }
+        };
         let same = |(e, s): (&Arc<Endpoint>, &EndpointSpec)| e.address == s.address;
         let prefix = old.iter().zip(set.iter()).take_while(|p| same(*p)).count();
         let suffix = old[prefix..]
@@ -291,8 +315,8 @@ impl Cluster {
         );
 
         let mut ordered = Vec::with_capacity(set.len());
-        for (endpoint, spec) in old[..prefix].iter().zip(&set[..prefix]) {
-            endpoint.refresh(spec);
+        for (at, (endpoint, spec)) in old[..prefix].iter().zip(&set[..prefix]).enumerate() {
+            refresh(at, endpoint, spec);
             ordered.push(endpoint.clone());
         }
         let mut replaced: HashMap<SocketAddr, Arc<Endpoint>> = old_middle
@@ -312,16 +336,19 @@ impl Cluster {
             members.insert(spec.address, endpoint.clone());
             ordered.push(endpoint);
         }
-        for (endpoint, spec) in old[old.len() - suffix..]
+        let suffix_at = old.len() - suffix;
+        for (i, (endpoint, spec)) in old[suffix_at..]
             .iter()
             .zip(&set[set.len() - suffix..])
+            .enumerate()
         {
-            endpoint.refresh(spec);
+            refresh(suffix_at + i, endpoint, spec);
             ordered.push(endpoint.clone());
         }
         let removed: Vec<Arc<Endpoint>> = replaced.into_values().collect();
+        guard.applied = (ordered.len() == set.len()).then(|| set.clone());
         self.publish(ordered);
-        drop(members);
+        drop(guard);
 
         let mut draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
         for endpoint in removed {
@@ -578,7 +605,22 @@ mod tests {
         );
         c.apply(&set(&[(3, 1)]));
         assert_eq!(addresses(&c), [3]);
-        assert_eq!(c.members.lock().unwrap().len(), 1);
+        assert_eq!(c.members.lock().unwrap().by_address.len(), 1);
+    }
+
+    #[test]
+    fn a_weight_change_is_applied_whether_or_not_the_last_set_listed_an_address_twice() {
+        let c = cluster(LbPolicy::RoundRobin);
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
+        c.apply(&set(&[(1, 2), (2, 1), (3, 3)]));
+        let weights = |c: &Cluster| -> Vec<u32> {
+            c.snapshot().endpoints.iter().map(|e| e.weight()).collect()
+        };
+        assert_eq!(weights(&c), [2, 1, 3]);
+        c.apply(&set(&[(1, 2), (2, 1), (3, 3), (1, 9)]));
+        assert_eq!(weights(&c), [2, 1, 3], "the first listing stands");
+        c.apply(&set(&[(1, 4), (2, 1), (3, 3)]));
+        assert_eq!(weights(&c), [4, 1, 3]);
     }
 
     #[test]
