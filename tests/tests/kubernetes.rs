@@ -561,6 +561,7 @@ async fn api_server_going_away_keeps_the_last_endpoints_and_counts_errors() {
     let errors_before = skiff.metric("skiff_discovery_errors_total", "app").await;
 
     fake.stop();
+    let stopped = std::time::Instant::now();
     wait_for_async(
         "discovery errors while the API server is away",
         RECOVERY,
@@ -587,6 +588,13 @@ async fn api_server_going_away_keeps_the_last_endpoints_and_counts_errors() {
         "{}",
         skiff.process.log_text()
     );
+
+    // Away for as long as the outage, traffic flowing throughout.
+    let outage = Duration::from_secs(30);
+    if let Some(rest) = outage.checked_sub(stopped.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    assert_eq!(load.failed.load(Relaxed), 0, "failed during the outage");
 
     // The Service scales up while the API server is away; skiff catches up.
     fake.apply(
