@@ -184,6 +184,26 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A family with one series per cluster, labelled `cluster`.
+fn per_cluster(
+    out: &mut String,
+    clusters: &[Arc<crate::cluster::Cluster>],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&crate::cluster::Cluster) -> u64,
+) {
+    header(out, name, kind, help);
+    for c in clusters {
+        let _ = writeln!(
+            out,
+            "{name}{{cluster=\"{}\"}} {}",
+            escape(&c.name),
+            value(c)
+        );
+    }
+}
+
 /// Renders every metric family in the Prometheus text format (0.0.4).
 pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) -> String {
     let mut out = String::with_capacity(4096 + clusters.len() * 2048);
@@ -267,20 +287,14 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         );
     }
 
-    header(
+    per_cluster(
         &mut out,
+        clusters,
         "skiff_requests_in_flight",
         "gauge",
         "Requests sent upstream whose response has not ended, by cluster.",
+        |c| c.stats.active.load(Relaxed) as u64,
     );
-    for c in clusters {
-        let _ = writeln!(
-            out,
-            "skiff_requests_in_flight{{cluster=\"{}\"}} {}",
-            escape(&c.name),
-            c.stats.active.load(Relaxed)
-        );
-    }
 
     header(
         &mut out,
@@ -323,35 +337,24 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         );
     }
 
-    header(
+    per_cluster(
         &mut out,
+        clusters,
         "skiff_discovery_updates_total",
         "counter",
         "Endpoint set updates applied, by cluster.",
+        |c| c.stats.discovery_updates.load(Relaxed),
     );
-    for c in clusters {
-        let _ = writeln!(
-            out,
-            "skiff_discovery_updates_total{{cluster=\"{}\"}} {}",
-            escape(&c.name),
-            c.stats.discovery_updates.load(Relaxed)
-        );
-    }
 
-    header(
+    per_cluster(
         &mut out,
+        clusters,
         "skiff_discovery_errors_total",
         "counter",
-        "Discovery source failures (API server unreachable, unreadable file), by cluster; the last known endpoints stay.",
+        "Discovery source failures (API server unreachable, unreadable file), by cluster; \
+         the last known endpoints stay.",
+        |c| c.stats.discovery_errors.load(Relaxed),
     );
-    for c in clusters {
-        let _ = writeln!(
-            out,
-            "skiff_discovery_errors_total{{cluster=\"{}\"}} {}",
-            escape(&c.name),
-            c.stats.discovery_errors.load(Relaxed)
-        );
-    }
 
     header(
         &mut out,
@@ -369,35 +372,23 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         }
     }
 
-    header(
+    per_cluster(
         &mut out,
+        clusters,
         "skiff_overflow_total",
         "counter",
         "Requests refused by the circuit breaker (max_requests or max_pending), by cluster.",
+        |c| c.stats.overflow.load(Relaxed),
     );
-    for c in clusters {
-        let _ = writeln!(
-            out,
-            "skiff_overflow_total{{cluster=\"{}\"}} {}",
-            escape(&c.name),
-            c.stats.overflow.load(Relaxed)
-        );
-    }
 
-    header(
+    per_cluster(
         &mut out,
+        clusters,
         "skiff_retries_total",
         "counter",
         "Tries after the first, by cluster (each within the retry budget).",
+        |c| c.stats.retries.load(Relaxed),
     );
-    for c in clusters {
-        let _ = writeln!(
-            out,
-            "skiff_retries_total{{cluster=\"{}\"}} {}",
-            escape(&c.name),
-            c.stats.retries.load(Relaxed)
-        );
-    }
 
     header(
         &mut out,
