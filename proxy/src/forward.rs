@@ -79,8 +79,8 @@ async fn forward(
     // connect failure, comes back whole and can always be retried.)
     let replay = if policy.attempts > 0
         && !upgrade
-        && is_idempotent(req.method())
         && req.body().is_end_stream()
+        && (is_idempotent(req.method()) || marked_retryable(&mut req))
     {
         match raw_head {
             Some(head) => Replay::Raw {
@@ -291,6 +291,18 @@ fn respond(
     Response::from_parts(parts, body)
 }
 
+static X_SKIFF_RETRYABLE: HeaderName = HeaderName::from_static("x-skiff-retryable");
+
+/// Whether the client marked a request safe to send twice
+/// (`x-skiff-retryable: true`). The header is for skiff and is removed.
+/// Looked at only for methods that are not idempotent, so the common
+/// request pays nothing for it.
+fn marked_retryable<B>(req: &mut Request<B>) -> bool {
+    req.headers_mut()
+        .remove(&X_SKIFF_RETRYABLE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
 /// Methods RFC 9110 §9.2.2 calls idempotent, safe to send twice.
 fn is_idempotent(method: &http::Method) -> bool {
     use http::Method;
@@ -348,6 +360,7 @@ impl Replay {
             } => {
                 let parsed = crate::h1::parse::parse(head).ok()??;
                 let mut req = parsed.request.map(|()| UpstreamBody::Empty);
+                req.headers_mut().remove(&X_SKIFF_RETRYABLE);
                 if let Some(id) = request_id.and_then(|id| HeaderValue::from_bytes(&id).ok()) {
                     // The same id as the first try, not a new one.
                     req.headers_mut().insert(X_REQUEST_ID.clone(), id);

@@ -158,7 +158,7 @@ async fn connect_failures_are_retried_on_another_endpoint_even_for_posts() {
 }
 
 #[tokio::test]
-async fn idempotent_requests_are_retried_after_a_503_and_posts_are_not() {
+async fn after_a_503_idempotent_or_marked_requests_are_retried_and_other_posts_are_not() {
     let failing = Backend::start("failing").await;
     failing.control.status.store(503, Relaxed);
     let healthy = Backend::start("healthy").await;
@@ -224,6 +224,19 @@ async fn idempotent_requests_are_retried_after_a_503_and_posts_are_not() {
         refused >= 1,
         "a POST that got a 503 is answered with it, not sent again"
     );
+
+    // Unless the client marks it retryable; the mark stays with skiff.
+    for i in 0..4 {
+        let req = http::Request::post("/headers")
+            .header("x-skiff-retryable", "true")
+            .body(skiff_tests::empty())
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(resp.status(), 200, "marked POST {i}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let headers: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert!(headers.get("x-skiff-retryable").is_none(), "{headers}");
+    }
 }
 
 #[tokio::test]
