@@ -80,7 +80,7 @@ async fn when_len(cluster: &Arc<Cluster>, n: usize) -> Instant {
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if cluster.snapshot().endpoints.len() == n {
+            if cluster.snapshot().members.len() == n {
                 return Instant::now();
             }
             assert!(

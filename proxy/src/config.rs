@@ -175,6 +175,38 @@ impl Default for Retries {
     }
 }
 
+/// Passive ejection of failing endpoints (Envoy's outlier detection with
+/// its defaults): after `consecutive_failures` 5xx responses or connect
+/// failures in a row an endpoint takes no requests for
+/// `base_ejection_time`, doubled at each new ejection up to
+/// `max_ejection_time`; at most `max_ejection_percent` of the cluster (at
+/// least one endpoint) is ejected at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OutlierDetection {
+    /// 0 turns ejection off.
+    pub consecutive_failures: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub base_ejection_time: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// Below this share of endpoints taking traffic, a cluster balances over
+/// all of them, ejected ones included (Envoy's panic threshold).
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterConfig {
     pub name: String,
@@ -184,6 +216,9 @@ pub struct ClusterConfig {
     pub timeouts: Timeouts,
     pub circuit_breaker: CircuitBreaker,
     pub retries: Retries,
+    pub outlier_detection: OutlierDetection,
+    /// Percent of endpoints that must take traffic; below it, panic mode.
+    pub panic_threshold: u32,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -569,6 +604,8 @@ const CLUSTER_FIELDS: &[&str] = &[
     "timeouts",
     "circuit_breaker",
     "retries",
+    "outlier_detection",
+    "panic_threshold",
 ];
 
 fn read_cluster(
@@ -646,6 +683,16 @@ fn read_cluster(
         Some(n) => read_retries(n, &retries_path, diags),
         None => Some(Retries::default()),
     };
+    let outlier_path = map.path_of("outlier_detection");
+    let outlier_detection = match map.optional("outlier_detection") {
+        Some(n) => read_outlier_detection(n, &outlier_path, diags),
+        None => Some(OutlierDetection::default()),
+    };
+    let panic_path = map.path_of("panic_threshold");
+    let panic_threshold = match map.optional("panic_threshold") {
+        Some(n) => yaml::uint(n, &panic_path, 0..=100, diags).map(|v| v as u32),
+        None => Some(DEFAULT_PANIC_THRESHOLD),
+    };
     map.finish(diags, CLUSTER_FIELDS);
     let source = match (endpoints, discovery) {
         (Some(_), Some(_)) => {
@@ -667,6 +714,54 @@ fn read_cluster(
         timeouts: timeouts?,
         circuit_breaker: circuit_breaker?,
         retries: retries?,
+        outlier_detection: outlier_detection?,
+        panic_threshold: panic_threshold?,
+    })
+}
+
+fn read_outlier_detection(
+    node: &Node,
+    path: &str,
+    diags: &mut Diagnostics,
+) -> Option<OutlierDetection> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let defaults = OutlierDetection::default();
+    let failures_path = map.path_of("consecutive_failures");
+    let consecutive_failures = match map.optional("consecutive_failures") {
+        Some(n) => yaml::uint(n, &failures_path, 0..=1000, diags).map(|v| v as u32),
+        None => Some(defaults.consecutive_failures),
+    };
+    let percent_path = map.path_of("max_ejection_percent");
+    let max_ejection_percent = match map.optional("max_ejection_percent") {
+        Some(n) => yaml::uint(n, &percent_path, 0..=100, diags).map(|v| v as u32),
+        None => Some(defaults.max_ejection_percent),
+    };
+    let base_ejection_time = optional_duration(
+        &mut map,
+        "base_ejection_time",
+        defaults.base_ejection_time,
+        diags,
+    );
+    let max_ejection_time = optional_duration(
+        &mut map,
+        "max_ejection_time",
+        defaults.max_ejection_time,
+        diags,
+    );
+    map.finish(
+        diags,
+        &[
+            "consecutive_failures",
+            "base_ejection_time",
+            "max_ejection_time",
+            "max_ejection_percent",
+        ],
+    );
+    Some(OutlierDetection {
+        consecutive_failures: consecutive_failures?,
+        base_ejection_time: base_ejection_time?,
+        max_ejection_time: max_ejection_time?,
+        max_ejection_percent: max_ejection_percent?,
     })
 }
 

@@ -212,6 +212,8 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             timeouts: Timeouts::default(),
             circuit_breaker: Default::default(),
             retries: Default::default(),
+            outlier_detection: Default::default(),
+            panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
         })
         .collect();
     Config {

@@ -148,6 +148,7 @@ async fn forward(
             Ok((resp, conn)) => {
                 let status = resp.status();
                 endpoint.requests.record(status.as_u16());
+                cluster.record_outcome(&endpoint, status.is_server_error());
                 let retry = may_retry
                     && matches!(status.as_u16(), 502..=504)
                     && replay.allowed()
@@ -179,6 +180,7 @@ async fn forward(
                 if !overflowed {
                     // An overflow never reached the endpoint.
                     endpoint.requests.record(resp.status().as_u16());
+                    cluster.record_outcome(&endpoint, true);
                 }
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
                 drop(in_flight);

@@ -325,11 +325,15 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         "Endpoints per cluster by state.",
     );
     for c in clusters {
-        let (active, draining) = c.endpoint_counts();
+        let (active, ejected, draining) = c.endpoint_counts();
         let name = escape(&c.name);
         let _ = writeln!(
             out,
             "skiff_endpoints{{cluster=\"{name}\",state=\"healthy\"}} {active}"
+        );
+        let _ = writeln!(
+            out,
+            "skiff_endpoints{{cluster=\"{name}\",state=\"ejected\"}} {ejected}"
         );
         let _ = writeln!(
             out,
@@ -379,6 +383,24 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         "counter",
         "Requests refused by the circuit breaker (max_requests or max_pending), by cluster.",
         |c| c.stats.overflow.load(Relaxed),
+    );
+
+    per_cluster(
+        &mut out,
+        clusters,
+        "skiff_ejections_total",
+        "counter",
+        "Endpoints ejected by outlier detection, by cluster.",
+        |c| c.stats.ejections.load(Relaxed),
+    );
+
+    per_cluster(
+        &mut out,
+        clusters,
+        "skiff_panic_total",
+        "counter",
+        "Requests balanced over all endpoints because too few took traffic (panic mode), by cluster.",
+        |c| c.stats.panic.load(Relaxed),
     );
 
     per_cluster(

@@ -161,6 +161,8 @@ mod tests {
                     timeouts: Timeouts::default(),
                     circuit_breaker: Default::default(),
                     retries: Default::default(),
+                    outlier_detection: Default::default(),
+                    panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
                 }))
             });
         }

@@ -120,6 +120,9 @@ async fn requests_over_max_pending_get_a_fast_503_while_a_connect_hangs() {
     waiting.abort();
 }
 
+/// Retries seen on their own: no endpoint leaves rotation meanwhile.
+const NO_EJECTION: &str = "    outlier_detection: { consecutive_failures: 0 }\n";
+
 /// An address where nothing listens: connects are refused.
 fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -142,7 +145,8 @@ fn two_endpoints(a: SocketAddr, b: SocketAddr, extra: &str) -> String {
 #[tokio::test]
 async fn connect_failures_are_retried_on_another_endpoint_even_for_posts() {
     let backend = Backend::start("b").await;
-    let (proxy, address) = start_proxy(&two_endpoints(closed_port(), backend.address, "")).await;
+    let (proxy, address) =
+        start_proxy(&two_endpoints(closed_port(), backend.address, NO_EJECTION)).await;
     let mut c = Client::h1(address).await.expect("connect");
     // Round robin sends every first try to the refused endpoint; eight
     // retries stay inside the budget's floor of ten a second.
@@ -166,7 +170,7 @@ async fn after_a_503_idempotent_or_marked_requests_are_retried_and_other_posts_a
         failing.address,
         healthy.address,
         // Room for every retry here; the budget has a test of its own.
-        "    retries: { min_per_second: 1000 }\n",
+        "    retries: { min_per_second: 1000 }\n    outlier_detection: { consecutive_failures: 0 }\n",
     ))
     .await;
     let mut c = Client::h1(address).await.expect("connect");
@@ -245,7 +249,7 @@ async fn the_retry_budget_holds_when_every_endpoint_fails() {
     let b = Backend::start("b").await;
     a.control.status.store(503, Relaxed);
     b.control.status.store(503, Relaxed);
-    let (proxy, address) = start_proxy(&two_endpoints(a.address, b.address, "")).await;
+    let (proxy, address) = start_proxy(&two_endpoints(a.address, b.address, NO_EJECTION)).await;
     let mut c = Client::h1(address).await.expect("connect");
     let started = std::time::Instant::now();
     let requests = 300;
@@ -263,4 +267,80 @@ async fn the_retry_budget_holds_when_every_endpoint_fails() {
     );
     assert!(attempts > requests as f64, "some were retried");
     assert_eq!(retries(&proxy), attempts - requests as f64);
+}
+
+fn metric(proxy: &skiff::Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    metric_value(&metrics, name, labels).unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_in_a_row_is_ejected_and_comes_back_after_its_time() {
+    let failing = Backend::start("failing").await;
+    failing.control.status.store(503, Relaxed);
+    let healthy = Backend::start("healthy").await;
+    let (proxy, address) = start_proxy(&two_endpoints(
+        failing.address,
+        healthy.address,
+        "    retries: { attempts: 0 }\n    outlier_detection: { consecutive_failures: 3, base_ejection_time: 1s }\n",
+    ))
+    .await;
+    let mut c = Client::h1(address).await.expect("connect");
+    while failing.requests() < 3 {
+        c.get("/").await.expect("response");
+    }
+    let ejected = [("cluster", "app"), ("state", "ejected")];
+    assert_eq!(metric(&proxy, "skiff_endpoints", &ejected), 1.0);
+    assert_eq!(
+        metric(&proxy, "skiff_ejections_total", &[("cluster", "app")]),
+        1.0
+    );
+    for i in 0..20 {
+        let (status, name, _) = c.get("/").await.expect("response");
+        assert_eq!(
+            (status.as_u16(), name.as_str()),
+            (200, "healthy"),
+            "request {i}"
+        );
+    }
+    assert_eq!(failing.requests(), 3, "no traffic while ejected");
+
+    // Recovered, it takes traffic again once its ejection time is over.
+    failing.control.status.store(0, Relaxed);
+    let cluster = proxy
+        .clusters()
+        .iter()
+        .find(|c| &*c.name == "app")
+        .cloned()
+        .expect("cluster");
+    wait_for("the ejection to end", LIMIT, || {
+        cluster.endpoint_counts().1 == 0
+    })
+    .await;
+    for _ in 0..4 {
+        c.get("/").await.expect("response");
+    }
+    assert!(failing.requests() > 3, "back in rotation");
+}
+
+#[tokio::test]
+async fn with_every_endpoint_ejected_the_cluster_panics_and_still_serves() {
+    let only = Backend::start("only").await;
+    only.control.status.store(503, Relaxed);
+    let (proxy, address) = start_proxy(&config(
+        only.address,
+        "    retries: { attempts: 0 }\n    outlier_detection: { consecutive_failures: 2 }",
+    ))
+    .await;
+    let mut c = Client::h1(address).await.expect("connect");
+    for _ in 0..2 {
+        c.get("/").await.expect("response");
+    }
+    let ejected = [("cluster", "app"), ("state", "ejected")];
+    assert_eq!(metric(&proxy, "skiff_endpoints", &ejected), 1.0);
+    // No endpoint left in rotation: below the panic threshold, all serve.
+    only.control.status.store(0, Relaxed);
+    let (status, name, _) = c.get("/").await.expect("response");
+    assert_eq!((status.as_u16(), name.as_str()), (200, "only"));
+    assert!(metric(&proxy, "skiff_panic_total", &[("cluster", "app")]) >= 1.0);
 }

@@ -45,6 +45,22 @@ pub struct Endpoint {
     pools: Box<[Pool]>,
     /// The owning cluster's metrics, so a request holds one `Arc`, not two.
     pub cluster_stats: Arc<ClusterStats>,
+    /// 5xx responses and connect failures in a row (outlier detection).
+    failures: AtomicU32,
+    /// When an ejection ends, in ms since [`epoch`]; 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// Times ejected, for the doubling ejection time.
+    ejections: AtomicU32,
+}
+
+/// The clock ejections are measured on.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
 }
 
 impl Endpoint {
@@ -60,7 +76,15 @@ impl Endpoint {
             pools: (0..crate::workers::count())
                 .map(|_| Pool::default())
                 .collect(),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
         }
+    }
+
+    /// Whether outlier detection has taken it out of rotation.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Relaxed) != 0
     }
 
     #[inline]
@@ -149,6 +173,10 @@ pub struct ClusterStats {
     pub overflow: AtomicU64,
     /// Tries after the first (`skiff_retries_total`).
     pub retries: AtomicU64,
+    /// Requests balanced in panic mode (`skiff_panic_total`).
+    pub panic: AtomicU64,
+    /// Outlier ejections (`skiff_ejections_total`).
+    pub ejections: AtomicU64,
     pub budget: retry::RetryBudget,
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
@@ -161,8 +189,14 @@ pub struct ClusterStats {
 /// how to pick among them.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// What picks choose from: the members not ejected, or all of them in
+    /// panic mode.
     pub endpoints: Box<[Arc<Endpoint>]>,
     pub balancer: Balancer,
+    /// Every member, in the order of the set last applied.
+    pub members: Box<[Arc<Endpoint>]>,
+    /// Too few members take traffic: balancing over all of them.
+    pub panic: bool,
 }
 
 impl Snapshot {
@@ -170,6 +204,8 @@ impl Snapshot {
         Snapshot {
             endpoints: Box::new([]),
             balancer: Balancer::RoundRobin(None),
+            members: Box::new([]),
+            panic: false,
         }
     }
 }
@@ -229,6 +265,9 @@ impl Cluster {
         let endpoint = snapshot.endpoints[i].clone();
         endpoint.in_flight.fetch_add(1, Relaxed);
         endpoint.cluster_stats.active.fetch_add(1, Relaxed);
+        if snapshot.panic {
+            self.stats.panic.fetch_add(1, Relaxed);
+        }
         Some(InFlight { endpoint })
     }
 
@@ -293,7 +332,7 @@ impl Cluster {
             applied,
         } = &mut *guard;
         let current = self.snapshot.load_full();
-        let old: &[Arc<Endpoint>] = &current.endpoints;
+        let old: &[Arc<Endpoint>] = &current.members;
         let applied = applied.take();
         let old_specs = applied.as_deref().filter(|specs| specs.len() == old.len());
         let refresh = |at: usize, endpoint: &Endpoint, spec: &EndpointSpec| {
@@ -361,19 +400,103 @@ impl Cluster {
         self.primed.store(true, Relaxed);
     }
 
-    fn publish(&self, endpoints: Vec<Arc<Endpoint>>) {
-        let balancer = Balancer::new(self.settings.load().lb, &endpoints);
+    /// Builds and stores the snapshot for `members`: picks go to those not
+    /// ejected, unless fewer than the panic threshold are (then to all).
+    fn publish(&self, members: Vec<Arc<Endpoint>>) {
+        let settings = self.settings.load();
+        let taking: Vec<Arc<Endpoint>> = members
+            .iter()
+            .filter(|e| !e.is_ejected())
+            .cloned()
+            .collect();
+        let panic = !members.is_empty()
+            && taking.len() * 100 < members.len() * settings.panic_threshold as usize;
+        let endpoints = if panic || taking.len() == members.len() {
+            members.clone()
+        } else {
+            taking
+        };
+        let balancer = Balancer::new(settings.lb, &endpoints);
         self.snapshot.store(Arc::new(Snapshot {
             endpoints: endpoints.into_boxed_slice(),
             balancer,
+            members: members.into_boxed_slice(),
+            panic,
         }));
+    }
+
+    /// Outlier detection's input: the outcome of a request to `endpoint`.
+    /// `failed` is a 5xx response or a connect failure.
+    #[inline]
+    pub fn record_outcome(&self, endpoint: &Arc<Endpoint>, failed: bool) {
+        if !failed {
+            if endpoint.failures.load(Relaxed) != 0 {
+                endpoint.failures.store(0, Relaxed);
+            }
+            return;
+        }
+        let detection = self.settings.load().outlier_detection;
+        if detection.consecutive_failures == 0 {
+            return;
+        }
+        let failures = endpoint.failures.fetch_add(1, Relaxed) + 1;
+        if failures >= detection.consecutive_failures {
+            self.eject(endpoint, detection);
+        }
+    }
+
+    /// Takes `endpoint` out of rotation for its ejection time, unless the
+    /// cluster already has its share of ejected endpoints.
+    fn eject(&self, endpoint: &Arc<Endpoint>, detection: crate::config::OutlierDetection) {
+        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot.load_full();
+        if endpoint.is_ejected() || !current.members.iter().any(|m| Arc::ptr_eq(m, endpoint)) {
+            return;
+        }
+        let ejected = current.members.iter().filter(|e| e.is_ejected()).count();
+        let cap = (current.members.len() * detection.max_ejection_percent as usize / 100).max(1);
+        if ejected >= cap {
+            return;
+        }
+        let times = endpoint.ejections.fetch_add(1, Relaxed).min(16);
+        let time = detection
+            .base_ejection_time
+            .saturating_mul(1 << times)
+            .min(detection.max_ejection_time);
+        endpoint
+            .ejected_until
+            .store(now_ms() + time.as_millis() as u64, Relaxed);
+        endpoint.failures.store(0, Relaxed);
+        self.stats.ejections.fetch_add(1, Relaxed);
+        tracing::warn!(cluster = %self.name, endpoint = %endpoint.address, "ejected for {time:?} after {} failures in a row", detection.consecutive_failures);
+        self.publish(current.members.to_vec());
+    }
+
+    /// Returns endpoints whose ejection time is over to rotation.
+    fn end_ejections(&self) {
+        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot.load_full();
+        let now = now_ms();
+        let mut ended = false;
+        for e in current.members.iter() {
+            let until = e.ejected_until.load(Relaxed);
+            if until != 0 && until <= now {
+                e.ejected_until.store(0, Relaxed);
+                tracing::info!(cluster = %self.name, endpoint = %e.address, "ejection over");
+                ended = true;
+            }
+        }
+        if ended {
+            self.publish(current.members.to_vec());
+        }
     }
 
     /// Periodic upkeep: closes idle connections past the idle timeout and
     /// forgets drained endpoints.
     pub fn sweep(&self) {
+        self.end_ejections();
         let idle = self.settings.load().timeouts.idle;
-        for endpoint in self.snapshot.load().endpoints.iter() {
+        for endpoint in self.snapshot.load().members.iter() {
             endpoint.pools.iter().for_each(|p| p.evict_idle(idle));
         }
         self.draining
@@ -384,15 +507,17 @@ impl Cluster {
 
     /// Current endpoints followed by draining ones, for `/clusters` and metrics.
     pub fn endpoints_for_display(&self) -> Vec<Arc<Endpoint>> {
-        let mut all: Vec<Arc<Endpoint>> = self.snapshot.load().endpoints.to_vec();
+        let mut all: Vec<Arc<Endpoint>> = self.snapshot.load().members.to_vec();
         let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
         all.extend(draining.iter().filter(|e| e.in_flight() > 0).cloned());
         all
     }
 
-    /// (endpoints taking traffic, endpoints draining).
-    pub fn endpoint_counts(&self) -> (usize, usize) {
-        let active = self.snapshot.load().endpoints.len();
+    /// (endpoints taking traffic, ejected endpoints, endpoints draining).
+    pub fn endpoint_counts(&self) -> (usize, usize, usize) {
+        let snapshot = self.snapshot.load();
+        let ejected = snapshot.members.iter().filter(|e| e.is_ejected()).count();
+        let active = snapshot.members.len() - ejected;
         let draining = self
             .draining
             .lock()
@@ -400,7 +525,7 @@ impl Cluster {
             .iter()
             .filter(|e| e.in_flight() > 0)
             .count();
-        (active, draining)
+        (active, ejected, draining)
     }
 
     /// Follows a discovery source until it closes or the task is aborted.
@@ -472,6 +597,8 @@ mod tests {
             timeouts: Timeouts::default(),
             circuit_breaker: Default::default(),
             retries: Default::default(),
+            outlier_detection: Default::default(),
+            panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
         }))
     }
 
@@ -544,9 +671,9 @@ mod tests {
         for _ in 0..10 {
             assert_ne!(c.pick().unwrap().endpoint.address.port(), 1);
         }
-        assert_eq!(c.endpoint_counts(), (2, 1));
+        assert_eq!(c.endpoint_counts(), (2, 0, 1));
         drop(held);
-        assert_eq!(c.endpoint_counts(), (2, 0));
+        assert_eq!(c.endpoint_counts(), (2, 0, 0));
         assert_eq!(c.in_flight(), 0);
     }
 
@@ -589,7 +716,7 @@ mod tests {
         assert!(Arc::ptr_eq(&before[1], &after[2]));
         assert!(Arc::ptr_eq(&before[2], &after[0]));
         assert!(before.iter().all(|e| !e.is_draining()));
-        assert_eq!(c.endpoint_counts(), (3, 0));
+        assert_eq!(c.endpoint_counts(), (3, 0, 0));
     }
 
     #[test]
@@ -650,6 +777,42 @@ mod tests {
             endpoint.origin().and_then(|o| o.zone.clone()).as_deref(),
             Some("b")
         );
+    }
+
+    #[test]
+    fn ejection_takes_at_most_its_share_and_panic_mode_uses_everyone() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let list: Vec<(u16, u32)> = (1..=20).map(|p| (p, 1)).collect();
+        c.apply(&set(&list));
+        let members = c.snapshot().members.to_vec();
+        // Five failures in a row on three endpoints: 10% of 20 is two.
+        for e in &members[..3] {
+            for _ in 0..5 {
+                c.record_outcome(e, true);
+            }
+        }
+        assert_eq!(c.endpoint_counts(), (18, 2, 0));
+        assert_eq!(c.snapshot().endpoints.len(), 18);
+        assert!(!c.snapshot().panic);
+        for _ in 0..100 {
+            let picked = c.pick().unwrap();
+            assert!(!picked.endpoint.is_ejected());
+        }
+        // A success resets the count: four more failures do not eject.
+        let fourth = &members[3];
+        c.record_outcome(fourth, false);
+        for _ in 0..4 {
+            c.record_outcome(fourth, true);
+        }
+        assert!(!fourth.is_ejected());
+
+        // With a threshold above what is left, the cluster panics.
+        let mut config = (**c.settings()).clone();
+        config.panic_threshold = 95;
+        c.update_settings(config);
+        c.apply(&set(&list));
+        assert!(c.snapshot().panic);
+        assert_eq!(c.snapshot().endpoints.len(), 20);
     }
 
     #[test]
