@@ -383,11 +383,23 @@ where
 }
 
 /// A port that was free a moment ago (bind, read, release).
+///
+/// Never the same port twice in one test process: the kernel may hand a
+/// just-released port out again, and two callers (a listener and an admin
+/// address) would then collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The `skiff` binary, built on first use with the same profile as the tests.
