@@ -456,6 +456,21 @@ fn read_shutdown(node: &Node, diags: &mut Diagnostics) -> Option<ShutdownConfig>
     })
 }
 
+/// A whole number in `range` under `name`, or `default` when absent.
+fn optional_uint(
+    map: &mut MapReader<'_>,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u32,
+    diags: &mut Diagnostics,
+) -> Option<u32> {
+    let path = map.path_of(name);
+    match map.optional(name) {
+        Some(n) => yaml::uint(n, &path, range, diags).map(|v| v as u32),
+        None => Some(default),
+    }
+}
+
 fn optional_duration(
     map: &mut MapReader<'_>,
     name: &str,
@@ -688,11 +703,13 @@ fn read_cluster(
         Some(n) => read_outlier_detection(n, &outlier_path, diags),
         None => Some(OutlierDetection::default()),
     };
-    let panic_path = map.path_of("panic_threshold");
-    let panic_threshold = match map.optional("panic_threshold") {
-        Some(n) => yaml::uint(n, &panic_path, 0..=100, diags).map(|v| v as u32),
-        None => Some(DEFAULT_PANIC_THRESHOLD),
-    };
+    let panic_threshold = optional_uint(
+        &mut map,
+        "panic_threshold",
+        0..=100,
+        DEFAULT_PANIC_THRESHOLD,
+        diags,
+    );
     map.finish(diags, CLUSTER_FIELDS);
     let source = match (endpoints, discovery) {
         (Some(_), Some(_)) => {
@@ -726,16 +743,20 @@ fn read_outlier_detection(
 ) -> Option<OutlierDetection> {
     let mut map = MapReader::new(node, path, diags)?;
     let defaults = OutlierDetection::default();
-    let failures_path = map.path_of("consecutive_failures");
-    let consecutive_failures = match map.optional("consecutive_failures") {
-        Some(n) => yaml::uint(n, &failures_path, 0..=1000, diags).map(|v| v as u32),
-        None => Some(defaults.consecutive_failures),
-    };
-    let percent_path = map.path_of("max_ejection_percent");
-    let max_ejection_percent = match map.optional("max_ejection_percent") {
-        Some(n) => yaml::uint(n, &percent_path, 0..=100, diags).map(|v| v as u32),
-        None => Some(defaults.max_ejection_percent),
-    };
+    let consecutive_failures = optional_uint(
+        &mut map,
+        "consecutive_failures",
+        0..=1000,
+        defaults.consecutive_failures,
+        diags,
+    );
+    let max_ejection_percent = optional_uint(
+        &mut map,
+        "max_ejection_percent",
+        0..=100,
+        defaults.max_ejection_percent,
+        diags,
+    );
     let base_ejection_time = optional_duration(
         &mut map,
         "base_ejection_time",
@@ -768,18 +789,16 @@ fn read_outlier_detection(
 fn read_retries(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Retries> {
     let mut map = MapReader::new(node, path, diags)?;
     let defaults = Retries::default();
-    let mut number = |name: &str,
-                      range: std::ops::RangeInclusive<u64>,
-                      default: u32,
-                      diags: &mut Diagnostics| {
-        match map.optional(name) {
-            Some(n) => yaml::uint(n, &yaml::join(path, name), range, diags).map(|v| v as u32),
-            None => Some(default),
-        }
-    };
-    let attempts = number("attempts", 0..=10, defaults.attempts, diags);
-    let budget_percent = number("budget_percent", 0..=100, defaults.budget_percent, diags);
-    let min_per_second = number(
+    let attempts = optional_uint(&mut map, "attempts", 0..=10, defaults.attempts, diags);
+    let budget_percent = optional_uint(
+        &mut map,
+        "budget_percent",
+        0..=100,
+        defaults.budget_percent,
+        diags,
+    );
+    let min_per_second = optional_uint(
+        &mut map,
         "min_per_second",
         0..=100_000,
         defaults.min_per_second,
@@ -813,14 +832,15 @@ fn read_circuit_breaker(
     diags: &mut Diagnostics,
 ) -> Option<CircuitBreaker> {
     let mut map = MapReader::new(node, path, diags)?;
-    let mut limit = |name: &str, diags: &mut Diagnostics| match map.optional(name) {
-        Some(n) => {
-            yaml::uint(n, &yaml::join(path, name), 1..=MAX_CIRCUIT_LIMIT, diags).map(|v| v as u32)
-        }
-        None => Some(DEFAULT_CIRCUIT_LIMIT),
-    };
-    let max_requests = limit("max_requests", diags);
-    let max_pending = limit("max_pending", diags);
+    let range = 1..=MAX_CIRCUIT_LIMIT;
+    let max_requests = optional_uint(
+        &mut map,
+        "max_requests",
+        range.clone(),
+        DEFAULT_CIRCUIT_LIMIT,
+        diags,
+    );
+    let max_pending = optional_uint(&mut map, "max_pending", range, DEFAULT_CIRCUIT_LIMIT, diags);
     map.finish(diags, &["max_requests", "max_pending"]);
     Some(CircuitBreaker {
         max_requests: max_requests?,
@@ -1134,6 +1154,38 @@ clusters:
             "clusters[0].retries.attempts:",
             "clusters[0].retries.budget_percent:",
             "clusters[0].retries.backoff: `soon` is not a duration",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn outlier_detection_and_panic_threshold_are_read_and_checked() {
+        let base = "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    routes:\n      - cluster: a\nclusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n";
+        let cluster = &parse(base).unwrap().clusters[0];
+        assert_eq!(cluster.outlier_detection, OutlierDetection::default());
+        assert_eq!(cluster.panic_threshold, 50);
+
+        let config = parse(&format!(
+            "{base}    outlier_detection: {{ consecutive_failures: 3, base_ejection_time: 1s }}\n    panic_threshold: 0\n"
+        ))
+        .unwrap();
+        let detection = config.clusters[0].outlier_detection;
+        assert_eq!(detection.consecutive_failures, 3);
+        assert_eq!(detection.base_ejection_time, Duration::from_secs(1));
+        assert_eq!(detection.max_ejection_percent, 10);
+        assert_eq!(config.clusters[0].panic_threshold, 0);
+
+        let err = parse(&format!(
+            "{base}    outlier_detection: {{ max_ejection_percent: 101, base_ejection_time: later }}\n    panic_threshold: half\n"
+        ))
+        .unwrap_err();
+        for expected in [
+            "skiff.yaml:9:",
+            "clusters[0].outlier_detection.max_ejection_percent:",
+            "clusters[0].outlier_detection.base_ejection_time: `later` is not a duration",
+            "skiff.yaml:10:",
+            "clusters[0].panic_threshold:",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
