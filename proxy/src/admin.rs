@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+use crate::cluster::{health, WEIGHT_SCALE};
 use crate::metrics::CODE_CLASSES;
 use crate::Proxy;
 
@@ -100,8 +101,14 @@ fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
     let waiting: Vec<String> = proxy
         .clusters()
         .iter()
-        .filter(|c| !c.is_primed())
-        .map(|c| c.name.to_string())
+        .filter(|c| !c.is_warm())
+        .map(|c| {
+            if c.is_primed() {
+                format!("{} (first health checks)", c.name)
+            } else {
+                c.name.to_string()
+            }
+        })
         .collect();
     let why = if !proxy.is_started() {
         "not ready: listeners are not bound yet\n".to_string()
@@ -131,14 +138,44 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                     for (i, class) in CODE_CLASSES.iter().enumerate() {
                         requests.insert((*class).into(), e.requests.get(i).into());
                     }
+                    let (ejected_ms, ejections) = e.ejection();
+                    let state = if e.is_draining() {
+                        "draining"
+                    } else if e.is_ejected() {
+                        "ejected"
+                    } else if e.takes_traffic() {
+                        "active"
+                    } else {
+                        "unhealthy"
+                    };
                     let mut endpoint = json!({
                         "address": e.address.to_string(),
-                        "weight": e.weight(),
-                        "state": if e.is_draining() { "draining" } else { "active" },
+                        "weight": e.spec_weight(),
+                        "state": state,
+                        "health": health::state_name(e.health()),
                         "in_flight": e.in_flight(),
                         "requests": requests,
                         "idle_connections": e.idle_connections(),
+                        "ejections": ejections,
                     });
+                    if let Some(why) = e.health_failure() {
+                        endpoint["health_failure"] = why.into();
+                    }
+                    if e.is_ejected() {
+                        endpoint["ejection"] = json!({
+                            "reason": format!(
+                                "{} 5xx responses or connect failures in a row",
+                                settings.outlier_detection.consecutive_failures
+                            ),
+                            "remaining_ms": ejected_ms,
+                        });
+                    }
+                    if e.is_ramping() {
+                        // Slow start: the share of its weight it gets now.
+                        endpoint["slow_start_percent"] = (e.weight() as u64 * 100
+                            / (e.spec_weight() as u64 * WEIGHT_SCALE as u64).max(1))
+                        .into();
+                    }
                     if let Some(origin) = e.origin() {
                         // Where discovery found it: slice, zone, node, conditions.
                         endpoint["origin"] = serde_json::to_value(&*origin).unwrap_or_default();
@@ -150,7 +187,8 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                 "name": &*c.name,
                 "lb": settings.lb,
                 "protocol": settings.protocol,
-                "ready": c.is_primed(),
+                "ready": c.is_warm(),
+                "panic": c.snapshot().panic,
                 "in_flight": c.in_flight(),
                 "requests": c.stats.duration.count(),
                 "endpoints": endpoints,

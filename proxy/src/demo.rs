@@ -214,6 +214,8 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             retries: Default::default(),
             outlier_detection: Default::default(),
             panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+            health_check: None,
+            slow_start: Default::default(),
         })
         .collect();
     Config {

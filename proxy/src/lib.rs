@@ -64,11 +64,14 @@ struct ClusterEntry {
     cluster: Arc<Cluster>,
     source: Source,
     follower: AbortHandle,
+    /// The cluster's active health checks.
+    checker: AbortHandle,
 }
 
 impl Drop for ClusterEntry {
     fn drop(&mut self) {
         self.follower.abort();
+        self.checker.abort();
     }
 }
 
@@ -200,12 +203,15 @@ impl Proxy {
                     None => {
                         let cluster = Arc::new(Cluster::new(cc.clone()));
                         let follower = spawn_follower(&inner.discovery, &cluster, &cc.source);
+                        let checker =
+                            tokio::spawn(cluster::health::run(cluster.clone())).abort_handle();
                         clusters.insert(
                             cc.name.clone(),
                             ClusterEntry {
                                 cluster,
                                 source: cc.source.clone(),
                                 follower,
+                                checker,
                             },
                         );
                     }
@@ -344,11 +350,12 @@ impl Proxy {
     }
 
     /// True once listeners are bound and every cluster has its first
-    /// endpoint set, until shutdown begins.
+    /// endpoint set, each endpoint checked once where checks are on,
+    /// until shutdown begins.
     pub fn is_ready(&self) -> bool {
         self.inner.started.load(Relaxed)
             && !self.inner.draining.load(Relaxed)
-            && self.inner.cluster_list.load().iter().all(|c| c.is_primed())
+            && self.inner.cluster_list.load().iter().all(|c| c.is_warm())
     }
 
     /// Whether the first config's listeners are bound.

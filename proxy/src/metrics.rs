@@ -325,20 +325,35 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         "Endpoints per cluster by state.",
     );
     for c in clusters {
-        let (active, ejected, draining) = c.endpoint_counts();
+        let counts = c.endpoint_counts();
         let name = escape(&c.name);
-        let _ = writeln!(
-            out,
-            "skiff_endpoints{{cluster=\"{name}\",state=\"healthy\"}} {active}"
-        );
-        let _ = writeln!(
-            out,
-            "skiff_endpoints{{cluster=\"{name}\",state=\"ejected\"}} {ejected}"
-        );
-        let _ = writeln!(
-            out,
-            "skiff_endpoints{{cluster=\"{name}\",state=\"draining\"}} {draining}"
-        );
+        for (state, n) in [
+            ("healthy", counts.healthy),
+            ("unhealthy", counts.unhealthy),
+            ("ejected", counts.ejected),
+            ("draining", counts.draining),
+        ] {
+            let _ = writeln!(
+                out,
+                "skiff_endpoints{{cluster=\"{name}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "skiff_health_checks_total",
+        "counter",
+        "Active health checks by cluster and result (passed, failed: unexpected status, timeout, error).",
+    );
+    for c in clusters {
+        for (result, n) in c.stats.health_checks.iter() {
+            let _ = writeln!(
+                out,
+                "skiff_health_checks_total{{cluster=\"{}\",result=\"{result}\"}} {n}",
+                escape(&c.name)
+            );
+        }
     }
 
     per_cluster(

@@ -163,6 +163,8 @@ mod tests {
                     retries: Default::default(),
                     outlier_detection: Default::default(),
                     panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+                    health_check: None,
+                    slow_start: Default::default(),
                 }))
             });
         }

@@ -314,7 +314,7 @@ async fn an_endpoint_failing_in_a_row_is_ejected_and_comes_back_after_its_time()
         .cloned()
         .expect("cluster");
     wait_for("the ejection to end", LIMIT, || {
-        cluster.endpoint_counts().1 == 0
+        cluster.endpoint_counts().ejected == 0
     })
     .await;
     for _ in 0..4 {
