@@ -75,13 +75,21 @@ async fn forward(
     let upgrade = is_upgrade(&req);
     prepare_request(&mut req, peer, upgrade);
     // What a retry after a response or a reset sends again: idempotent
-    // requests without a body. (A request that was never sent, after a
-    // connect failure, comes back whole and can always be retried.)
-    let replay = if policy.attempts > 0
+    // (or marked) requests, with their body when it is at most
+    // MAX_REPLAY_BODY long; that body is read whole before the first try.
+    // (A request that was never sent, after a connect failure, comes back
+    // whole and can always be retried.)
+    let retryable = policy.attempts > 0
         && !upgrade
-        && req.body().is_end_stream()
-        && (is_idempotent(req.method()) || marked_retryable(&mut req))
-    {
+        && (is_idempotent(req.method()) || marked_retryable(&mut req));
+    let mut replay_body = None;
+    if retryable && !req.body().is_end_stream() {
+        match buffer_body(&mut req, settings.timeouts.request).await {
+            Ok(body) => replay_body = body,
+            Err(resp) => return resp,
+        }
+    }
+    let replay = if retryable && (req.body().is_end_stream() || replay_body.is_some()) {
         match raw_head {
             Some(head) => Replay::Raw {
                 head,
@@ -156,7 +164,11 @@ async fn forward(
                         .stats
                         .budget
                         .try_retry(policy.budget_percent, policy.min_per_second);
-                let again = if retry { replay.request() } else { None };
+                let again = if retry {
+                    replay.request(&replay_body)
+                } else {
+                    None
+                };
                 let Some(again) = again else {
                     return respond(resp, conn, in_flight, upgrade, start);
                 };
@@ -187,7 +199,7 @@ async fn forward(
                 let again = match (&failure, unsent) {
                     _ if !may_retry || overflowed => None,
                     (Failure::Connect(_), Some(unsent)) => Some(unsent),
-                    _ if replay.allowed() => replay.request(),
+                    _ if replay.allowed() => replay.request(&replay_body),
                     _ => None,
                 };
                 match again {
@@ -350,8 +362,19 @@ impl Replay {
         !matches!(self, Replay::No)
     }
 
-    /// The request to send again, if it may be.
-    fn request(&self) -> Option<Request<UpstreamBody>> {
+    /// The request to send again, if it may be, with `body` when it had one.
+    fn request(&self, body: &Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+        let mut req = self.head()?;
+        if let Some(UpstreamBody::Buffered { data, trailers }) = body {
+            *req.body_mut() = UpstreamBody::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            };
+        }
+        Some(req)
+    }
+
+    fn head(&self) -> Option<Request<UpstreamBody>> {
         match self {
             Replay::No => None,
             Replay::Copy(head) => Some(head.request()),
@@ -372,6 +395,54 @@ impl Replay {
             }
         }
     }
+}
+
+/// Largest request body kept for a retry (Envoy's default buffer limit).
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// Reads a retryable request's body whole when its length is known and at
+/// most [`MAX_REPLAY_BODY`], so a retry can send it again; returns a copy
+/// for the retries. A longer body, or one of unknown length, streams as
+/// before and is not retried after it left.
+async fn buffer_body(
+    req: &mut Request<UpstreamBody>,
+    limit: Duration,
+) -> Result<Option<UpstreamBody>, Response<ProxyBody>> {
+    if req
+        .body()
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n > MAX_REPLAY_BODY)
+    {
+        return Ok(None);
+    }
+    let body = std::mem::replace(req.body_mut(), UpstreamBody::Empty);
+    let read = http_body_util::BodyExt::collect(body);
+    let collected = match tokio::time::timeout(limit.max(Duration::from_millis(1)), read).await {
+        Ok(Ok(collected)) => collected,
+        Ok(Err(e)) => {
+            return Err(local(
+                StatusCode::BAD_REQUEST,
+                format!("request body could not be read: {e}\n"),
+            ))
+        }
+        Err(_) => {
+            return Err(local(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body did not arrive in time\n",
+            ))
+        }
+    };
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    *req.body_mut() = UpstreamBody::Buffered {
+        data: Some(data.clone()),
+        trailers: trailers.clone(),
+    };
+    Ok(Some(UpstreamBody::Buffered {
+        data: Some(data),
+        trailers,
+    }))
 }
 
 /// A prepared request head, copied to send again.

@@ -344,3 +344,63 @@ async fn with_every_endpoint_ejected_the_cluster_panics_and_still_serves() {
     assert_eq!((status.as_u16(), name.as_str()), (200, "only"));
     assert!(metric(&proxy, "skiff_panic_total", &[("cluster", "app")]) >= 1.0);
 }
+
+#[tokio::test]
+async fn bodies_up_to_64_kib_are_replayed_on_retry_and_longer_ones_are_not() {
+    let failing = Backend::start("failing").await;
+    failing.control.status.store(503, Relaxed);
+    let healthy = Backend::start("healthy").await;
+    let (_proxy, address) = start_proxy(&two_endpoints(
+        failing.address,
+        healthy.address,
+        "    retries: { min_per_second: 1000 }\n    outlier_detection: { consecutive_failures: 0 }\n",
+    ))
+    .await;
+    for h2 in [false, true] {
+        let mut c = if h2 {
+            Client::h2(address).await
+        } else {
+            Client::h1(address).await
+        }
+        .expect("connect");
+        // PUT is idempotent; round robin sends half of the first tries to
+        // the failing endpoint, and the retry must carry the whole body.
+        for len in [1usize, 1000, 65536] {
+            for _ in 0..2 {
+                let req = http::Request::put("/sink")
+                    .header("content-length", len.to_string())
+                    .body(skiff_tests::full(vec![b'p'; len]))
+                    .expect("request");
+                let resp = c.send(req).await.expect("response");
+                assert_eq!(resp.status(), 200, "PUT of {len} bytes (h2: {h2})");
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert_eq!(body, len.to_string(), "the retry sent the same body");
+            }
+        }
+        // A marked POST with a body, likewise.
+        for _ in 0..2 {
+            let req = http::Request::post("/sink")
+                .header("x-skiff-retryable", "true")
+                .header("content-length", "5")
+                .body(skiff_tests::full("order"))
+                .expect("request");
+            let resp = c.send(req).await.expect("response");
+            assert_eq!(resp.status(), 200, "marked POST (h2: {h2})");
+        }
+        // Over 64 KiB the body streams and is not kept: a 503 is the answer.
+        let mut refused = 0;
+        for _ in 0..4 {
+            let len = 65537;
+            let req = http::Request::put("/sink")
+                .header("content-length", len.to_string())
+                .body(skiff_tests::full(vec![b'p'; len]))
+                .expect("request");
+            let resp = c.send(req).await.expect("response");
+            refused += usize::from(resp.status() == 503);
+        }
+        assert!(
+            refused >= 1,
+            "a long PUT that got a 503 is not sent again (h2: {h2})"
+        );
+    }
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
@@ -175,8 +175,20 @@ async fn check_loop(cluster: Arc<Cluster>, endpoint: Arc<Endpoint>) {
         } else {
             base + check.jitter.mul_f64(fraction())
         };
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep_until(slot_after(delay, check.interval)).await;
     }
+}
+
+/// `now + delay`, rounded to a slot of a twentieth of the interval (at
+/// most 50 ms): the checks due in one slot wake the runtime once and their
+/// answers come back in one poll, instead of a wakeup per check.
+fn slot_after(delay: Duration, interval: Duration) -> tokio::time::Instant {
+    let slot = (interval / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let slot_ms = slot.as_millis() as u64;
+    let due = super::now_ms() + delay.as_millis() as u64;
+    // To the nearest slot, so intervals stay right on average.
+    let aligned = (due + slot_ms / 2) / slot_ms * slot_ms;
+    tokio::time::Instant::now() + Duration::from_millis(aligned - super::now_ms().min(aligned))
 }
 
 /// A uniform draw from [0, 1).
@@ -290,6 +302,22 @@ impl From<Failure> for Exchange {
     }
 }
 
+/// Reads what has arrived, waiting for it if nothing has; a short read
+/// clears the socket's readiness, so the next check does not pay a read
+/// that finds nothing (see `h1::read_available`).
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(4096);
+    }
+    loop {
+        stream.readable().await?;
+        match crate::h1::read_available(stream, buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
 fn io_failure(e: std::io::Error) -> Exchange {
     match e.kind() {
         std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
@@ -313,7 +341,7 @@ async fn exchange(
     buf.clear();
     stream.write_all(request).await.map_err(io_failure)?;
     let (status, head_len, framing, keep) = loop {
-        if stream.read_buf(buf).await.map_err(io_failure)? == 0 {
+        if read_some(stream, buf).await.map_err(io_failure)? == 0 {
             // (`http1` drops the connection on any error.)
             return Err(if buf.is_empty() {
                 Exchange::ClosedBeforeAnswer
@@ -346,7 +374,7 @@ async fn exchange(
         Framing::Length(n) => discard(stream, buf, n).await?,
         Framing::Chunked => discard_chunked(stream, buf).await?,
         Framing::UntilClose => {
-            while stream.read_buf(buf).await.map_err(io_failure)? != 0 {
+            while read_some(stream, buf).await.map_err(io_failure)? != 0 {
                 buf.clear();
             }
         }
@@ -401,7 +429,7 @@ fn framing(response: &httparse::Response<'_, '_>, status: u16) -> Result<(Framin
 }
 
 async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Exchange> {
-    if stream.read_buf(buf).await.map_err(io_failure)? == 0 {
+    if read_some(stream, buf).await.map_err(io_failure)? == 0 {
         return Err(Failure::Error("connection closed inside the answer's body".into()).into());
     }
     Ok(())

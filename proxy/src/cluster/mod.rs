@@ -62,8 +62,11 @@ pub struct Endpoint {
     failures: AtomicU32,
     /// When an ejection ends, in ms since [`epoch`]; 0 when not ejected.
     ejected_until: AtomicU64,
-    /// Times ejected, for the doubling ejection time.
+    /// Times ejected, for the doubling ejection time; one is forgiven per
+    /// `base_ejection_time` spent in rotation since (Envoy's decay).
     ejections: AtomicU32,
+    /// When the last ejection ended or was last forgiven (ms since [`epoch`]).
+    ejection_ended: AtomicU64,
 }
 
 /// The clock ejections are measured on.
@@ -96,6 +99,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            ejection_ended: AtomicU64::new(0),
         }
     }
 
@@ -630,14 +634,24 @@ impl Cluster {
         let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot.load_full();
         let now = now_ms();
-        let slow_start = self.settings.load().slow_start;
+        let settings = self.settings.load();
+        let slow_start = settings.slow_start;
+        let forgive_after = settings.outlier_detection.base_ejection_time.as_millis() as u64;
         let mut changed = false;
         for e in current.members.iter() {
             let until = e.ejected_until.load(Relaxed);
             if until != 0 && until <= now {
                 e.ejected_until.store(0, Relaxed);
+                e.ejection_ended.store(now, Relaxed);
                 tracing::info!(cluster = %self.name, endpoint = %e.address, "ejection over");
                 changed = true;
+            } else if until == 0
+                && e.ejections.load(Relaxed) > 0
+                && now.saturating_sub(e.ejection_ended.load(Relaxed)) >= forgive_after
+            {
+                // In rotation for a whole base time: the next ejection is shorter.
+                e.ejections.fetch_sub(1, Relaxed);
+                e.ejection_ended.store(now, Relaxed);
             }
             if e.is_ramping() {
                 changed |= e.ramp(&slow_start, now);
@@ -686,6 +700,7 @@ impl Cluster {
         endpoint.health.store(next, Relaxed);
         if unejects {
             endpoint.ejected_until.store(0, Relaxed);
+            endpoint.ejection_ended.store(now_ms(), Relaxed);
             tracing::info!(cluster = %self.name, endpoint = %endpoint.address, "health check passed: ejection over");
         }
         match (state, next) {
@@ -1240,6 +1255,35 @@ mod tests {
                 .or_insert(0) += 1;
         }
         assert_eq!(counts[&3], 10, "a tenth of a full share: {counts:?}");
+    }
+
+    #[test]
+    fn the_ejection_multiplier_decays_while_an_endpoint_stays_in_rotation() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let mut config = (**c.settings()).clone();
+        config.outlier_detection.base_ejection_time = std::time::Duration::from_millis(1);
+        config.outlier_detection.max_ejection_percent = 100;
+        config.panic_threshold = 0;
+        c.update_settings(config);
+        c.apply(&set(&[(1, 1), (2, 1)]));
+        let e = c.snapshot().members[0].clone();
+        for round in 1..=3 {
+            for _ in 0..5 {
+                c.record_outcome(&e, true);
+            }
+            assert!(e.is_ejected());
+            assert_eq!(e.ejection().1, round);
+            while e.is_ejected() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                c.sweep();
+            }
+        }
+        // Each base time in rotation forgives one ejection.
+        while e.ejection().1 > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            c.sweep();
+        }
+        assert!(!e.is_ejected());
     }
 
     #[test]
