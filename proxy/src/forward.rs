@@ -89,23 +89,30 @@ async fn forward(
             Err(resp) => return resp,
         }
     }
-    let replay = if retryable && (req.body().is_end_stream() || replay_body.is_some()) {
-        match raw_head {
-            Some(head) => Replay::Raw {
-                head,
-                peer,
-                // The id skiff made (a client's own is in the head). Kept
-                // as bytes: cloning the value would allocate per request.
-                request_id: req
-                    .headers()
-                    .get(&X_REQUEST_ID)
-                    .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
-            },
-            None => Replay::Copy(Box::new(ReplayHead::of(&req))),
-        }
-    } else {
-        Replay::No
-    };
+    // A refused HTTP/2 stream was not processed, so any request can go
+    // again; keeping an HTTP/1 client's raw head for it costs nothing.
+    let refusable = policy.attempts > 0
+        && !upgrade
+        && settings.protocol == UpstreamProtocol::Http2
+        && raw_head.is_some();
+    let replay =
+        if (retryable || refusable) && (req.body().is_end_stream() || replay_body.is_some()) {
+            match raw_head {
+                Some(head) => Replay::Raw {
+                    head,
+                    peer,
+                    // The id skiff made (a client's own is in the head). Kept
+                    // as bytes: cloning the value would allocate per request.
+                    request_id: req
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
+                },
+                None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+            }
+        } else {
+            Replay::No
+        };
     let per_try = if policy.per_try_timeout.is_zero() {
         settings.timeouts.request
     } else {
@@ -159,6 +166,7 @@ async fn forward(
                 cluster.record_outcome(&endpoint, status.is_server_error());
                 let retry = may_retry
                     && matches!(status.as_u16(), 502..=504)
+                    && retryable
                     && replay.allowed()
                     && cluster
                         .stats
@@ -199,7 +207,8 @@ async fn forward(
                 let again = match (&failure, unsent) {
                     _ if !may_retry || overflowed => None,
                     (Failure::Connect(_), Some(unsent)) => Some(unsent),
-                    _ if replay.allowed() => replay.request(&replay_body),
+                    (Failure::Reset(e), _) if is_refused(e) => replay.request(&replay_body),
+                    _ if retryable => replay.request(&replay_body),
                     _ => None,
                 };
                 match again {
@@ -315,6 +324,15 @@ fn marked_retryable<B>(req: &mut Request<B>) -> bool {
     req.headers_mut()
         .remove(&X_SKIFF_RETRYABLE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it
+/// did not process the request, so it is safe to send again (RFC 9113 §8.7).
+fn is_refused(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// Methods RFC 9110 §9.2.2 calls idempotent, safe to send twice.

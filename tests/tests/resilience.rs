@@ -404,3 +404,63 @@ async fn bodies_up_to_64_kib_are_replayed_on_retry_and_longer_ones_are_not() {
         );
     }
 }
+
+/// An HTTP/2 server that refuses every other stream (`REFUSED_STREAM`) and
+/// answers the rest; returns its address and the streams it refused.
+async fn refusing_h2_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let refused = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                let mut n = 0u64;
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    n += 1;
+                    if n % 2 == 1 {
+                        refused.fetch_add(1, Relaxed);
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let resp = http::Response::builder()
+                            .status(200)
+                            .body(())
+                            .expect("response");
+                        let _ = respond.send_response(resp, true);
+                    }
+                }
+            });
+        }
+    });
+    (address, refused)
+}
+
+#[tokio::test]
+async fn a_refused_http2_stream_is_retried_even_for_a_post() {
+    let (upstream, refused) = refusing_h2_server().await;
+    let (proxy, address) = start_proxy(&config(
+        upstream,
+        "    protocol: http2\n    retries: { min_per_second: 1000 }\n    outlier_detection: { consecutive_failures: 0 }",
+    ))
+    .await;
+    let mut c = Client::h1(address).await.expect("connect");
+    for i in 0..10 {
+        let req = http::Request::post("/order")
+            .body(skiff_tests::empty())
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(
+            resp.status(),
+            200,
+            "POST {i}: the refused stream was sent again"
+        );
+    }
+    assert_eq!(refused.load(Relaxed), 10);
+    assert_eq!(retries(&proxy), 10.0);
+}
