@@ -476,3 +476,51 @@ async fn a_rolling_update_under_load_loses_no_request() {
         .collect();
     assert_eq!(members, new.iter().map(|p| p.address).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn slow_start_gives_a_scaled_up_endpoint_a_small_share_first() {
+    let dir = TempDir::new("slow-start");
+    let old = [Backend::start("a").await, Backend::start("b").await];
+    let fresh = Backend::start("fresh").await;
+    let list = |extra: Option<SocketAddr>| -> String {
+        old.iter()
+            .map(|b| b.address)
+            .chain(extra)
+            .map(|a| format!("- {a}\n"))
+            .collect()
+    };
+    dir.write("endpoints.yaml", &list(None));
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - cluster: app\n\
+         clusters:\n  - name: app\n    lb: round_robin\n    discovery: {{ file: {} }}\n    \
+         health_check: {{ http: {{ path: /healthz }}, interval: 100ms }}\n    \
+         slow_start: {{ window: 60s, min_weight_percent: 10 }}\n",
+        dir.path("endpoints.yaml").display()
+    );
+    let (proxy, address) = start_proxy(&yaml).await;
+    ready(&proxy).await;
+    let cluster = proxy.clusters()[0].clone();
+    dir.write("endpoints.yaml", &list(Some(fresh.address)));
+    wait_for("the new endpoint to pass its first check", LIMIT, || {
+        cluster
+            .snapshot()
+            .endpoints
+            .iter()
+            .any(|e| e.address == fresh.address)
+    })
+    .await;
+    let json = endpoint_json(&proxy, fresh.address).await;
+    assert_eq!(json["slow_start_percent"], 10, "{json}");
+    let mut c = Client::h1(address).await.expect("connect");
+    for _ in 0..210 {
+        let (status, _, _) = c.get("/").await.expect("response");
+        assert_eq!(status, 200);
+    }
+    // Weights 100 : 100 : 10 (its 10% floor for the first 6 s of 60).
+    let share = fresh.requests();
+    assert!(
+        (5..=20).contains(&share),
+        "the new endpoint got {share} of 210, not a tenth of a full share"
+    );
+}
