@@ -68,31 +68,58 @@ fn route(req: Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
             json_response(serde_json::to_value(&*proxy.config()).unwrap_or_default())
         }
         (&Method::GET | &Method::HEAD, "/") => {
-            let mut resp = text(StatusCode::OK, INDEX);
+            let mut resp = text(StatusCode::OK, DASHBOARD);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
             );
             resp
         }
+        (&Method::GET | &Method::HEAD, "/logging") => match crate::logging::level() {
+            Some(level) => text(StatusCode::OK, format!("{level}\n")),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "logging is not controlled by skiff here\n",
+            ),
+        },
+        (&Method::POST, "/logging") => {
+            let level = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("level="))
+                    .map(|v| {
+                        v.replace("%2C", ",")
+                            .replace("%3D", "=")
+                            .replace("%3d", "=")
+                    })
+            });
+            match level {
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "give the level: POST /logging?level=debug (or a filter such as skiff=debug,hyper=info)\n",
+                ),
+                Some(level) => match crate::logging::set_level(&level) {
+                    Ok(()) => text(StatusCode::OK, format!("log level: {level}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                },
+            }
+        }
         (&Method::POST, "/drain") => {
             proxy.request_drain();
             text(StatusCode::ACCEPTED, "draining\n")
         }
-        (_, "/live" | "/ready" | "/metrics" | "/clusters" | "/config" | "/" | "/drain") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/live" | "/ready" | "/metrics" | "/clusters" | "/config" | "/" | "/drain" | "/logging",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live /ready /metrics /clusters /config\n",
+            "not found; try /live /ready /metrics /clusters /config /logging\n",
         ),
     }
 }
 
-const INDEX: &str = "<!doctype html><title>skiff admin</title><h1>skiff admin</h1><ul>\
-<li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/clusters\">/clusters</a></li>\
-<li><a href=\"/config\">/config</a></li><li><a href=\"/ready\">/ready</a></li>\
-<li><a href=\"/live\">/live</a></li></ul>\n";
+/// The dashboard: one page, no external assets, polling `/clusters`.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
     if proxy.is_ready() {
@@ -157,6 +184,8 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                         "requests": requests,
                         "idle_connections": e.idle_connections(),
                         "ejections": ejections,
+                        // Per bucket of `duration_buckets_seconds`, then over the last.
+                        "duration_buckets": e.duration.buckets(),
                     });
                     if let Some(why) = e.health_failure() {
                         endpoint["health_failure"] = why.into();
@@ -195,7 +224,10 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "clusters": list })
+    json!({
+        "duration_buckets_seconds": crate::metrics::DURATION_BUCKETS,
+        "clusters": list,
+    })
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -56,6 +56,15 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub routes: Vec<RouteConfig>,
+    /// One log line per request (or a sample of them); off when absent.
+    pub access_log: Option<AccessLog>,
+}
+
+/// The access log of a listener: a `skiff::access` line per request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AccessLog {
+    /// The share of requests logged, in (0, 1].
+    pub sample: f64,
 }
 
 /// One route: requests whose host and path match go to `cluster`.
@@ -581,7 +590,7 @@ fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String>
     Some(name)
 }
 
-const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes"];
+const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "access_log"];
 
 fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<ListenerConfig> {
     let mut map = MapReader::new(node, path, diags)?;
@@ -598,12 +607,43 @@ fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Lis
             .collect(),
         None => Vec::new(),
     };
+    let access_path = map.path_of("access_log");
+    let access_log = match map.optional("access_log") {
+        None => Some(None),
+        Some(n) => read_access_log(n, &access_path, diags).map(Some),
+    };
     map.finish(diags, LISTENER_FIELDS);
     Some(ListenerConfig {
         name: name?,
         listen: listen?,
         routes,
+        access_log: access_log?,
     })
+}
+
+fn read_access_log(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<AccessLog> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let sample_path = map.path_of("sample");
+    let sample = match map.optional("sample") {
+        None => Some(1.0),
+        Some(n) => yaml::string(n, &sample_path, diags).and_then(|t| {
+            let v = t
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v > 0.0 && *v <= 1.0);
+            if v.is_none() {
+                diags.error(
+                    n,
+                    &sample_path,
+                    format!("expected a share in (0, 1] such as 0.01, found `{t}`"),
+                );
+            }
+            v
+        }),
+    };
+    map.finish(diags, &["sample"]);
+    Some(AccessLog { sample: sample? })
 }
 
 fn read_route(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<RouteConfig> {

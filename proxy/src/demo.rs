@@ -245,6 +245,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
         listeners: vec![ListenerConfig {
             name: "shop".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            access_log: None,
             routes: SHOP
                 .iter()
                 .map(|spec| RouteConfig {

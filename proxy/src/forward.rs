@@ -48,16 +48,88 @@ pub async fn handle(
     let start = Instant::now();
     let routes = listener.routes.load();
     let host = request_host(&req);
+    let access = routes
+        .access_log
+        .filter(|log| {
+            log.sample >= 1.0 || (random() >> 11) as f64 <= log.sample * (1u64 << 53) as f64
+        })
+        .map(|_| AccessEntry::new(&req, host.unwrap_or("-"), &listener.name, start));
     let Some(route) = routes.find(host, req.uri().path()) else {
         listener.unrouted.fetch_add(1, Relaxed);
-        return local(
+        let resp = local(
             StatusCode::NOT_FOUND,
             "no route matches this host and path\n",
         );
+        if let Some(mut entry) = access {
+            entry.status = 404;
+            entry.emit();
+        }
+        return resp;
     };
-    let response = forward(req, route, peer, start, raw_head).await;
+    let response = forward(req, route, peer, start, raw_head, access).await;
     route.requests.record(response.status().as_u16());
     response
+}
+
+/// One access log line, filled in as the request goes and written when
+/// its response ends (only for requests the listener's sample picks).
+#[derive(Debug)]
+pub struct AccessEntry {
+    listener: std::sync::Arc<str>,
+    method: http::Method,
+    authority: String,
+    path: String,
+    request_id: String,
+    /// The request body's declared length (0 without a body).
+    bytes_in: u64,
+    bytes_out: u64,
+    cluster: Option<std::sync::Arc<str>>,
+    endpoint: Option<SocketAddr>,
+    status: u16,
+    retries: u32,
+    start: Instant,
+}
+
+impl AccessEntry {
+    fn new<B: Body>(
+        req: &Request<B>,
+        host: &str,
+        listener: &std::sync::Arc<str>,
+        start: Instant,
+    ) -> Box<AccessEntry> {
+        Box::new(AccessEntry {
+            listener: listener.clone(),
+            method: req.method().clone(),
+            authority: host.to_string(),
+            path: req.uri().path().to_string(),
+            request_id: String::new(),
+            bytes_in: req.body().size_hint().exact().unwrap_or(0),
+            bytes_out: 0,
+            cluster: None,
+            endpoint: None,
+            status: 0,
+            retries: 0,
+            start,
+        })
+    }
+
+    fn emit(&self) {
+        tracing::info!(
+            target: crate::logging::ACCESS_TARGET,
+            listener = %self.listener,
+            method = %self.method,
+            authority = %self.authority,
+            path = %self.path,
+            status = self.status,
+            cluster = self.cluster.as_deref().unwrap_or("-"),
+            endpoint = %self.endpoint.map_or_else(|| "-".to_string(), |e| e.to_string()),
+            duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            retries = self.retries,
+            request_id = %self.request_id,
+        );
+    }
 }
 
 async fn forward(
@@ -66,6 +138,7 @@ async fn forward(
     peer: SocketAddr,
     start: Instant,
     raw_head: Option<Bytes>,
+    mut access: Option<Box<AccessEntry>>,
 ) -> Response<ProxyBody> {
     let cluster = &route.cluster;
     let settings = cluster.settings();
@@ -74,6 +147,16 @@ async fn forward(
     cluster.stats.budget.record_request(start);
     let upgrade = is_upgrade(&req);
     prepare_request(&mut req, peer, upgrade);
+    if let Some(entry) = access.as_mut() {
+        entry.cluster = Some(cluster.name.clone());
+        if let Some(id) = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            entry.request_id = id.to_string();
+        }
+    }
     // What a retry after a response or a reset sends again: idempotent
     // (or marked) requests, with their body when it is at most
     // MAX_REPLAY_BODY long; that body is read whole before the first try.
@@ -126,6 +209,7 @@ async fn forward(
             Err(unavailable) => {
                 let resp = unavailable_response(cluster, unavailable, limits.max_requests);
                 cluster.stats.duration.observe(start.elapsed());
+                log_local(access, &resp, None, retried);
                 return resp;
             }
         };
@@ -178,7 +262,12 @@ async fn forward(
                     None
                 };
                 let Some(again) = again else {
-                    return respond(resp, conn, in_flight, upgrade, start);
+                    if let Some(entry) = access.as_mut() {
+                        entry.endpoint = Some(endpoint.address);
+                        entry.status = status.as_u16();
+                        entry.retries = retried;
+                    }
+                    return respond(resp, conn, in_flight, upgrade, start, access);
                 };
                 // The answer is dropped unread, and its connection with it.
                 drop((resp, conn, in_flight));
@@ -222,6 +311,7 @@ async fn forward(
                     }
                     _ => {
                         cluster.stats.duration.observe(start.elapsed());
+                        log_local(access, &resp, Some(endpoint.address), retried);
                         return resp;
                     }
                 }
@@ -232,6 +322,22 @@ async fn forward(
         avoid = Some(endpoint.address);
         req = next;
         tokio::time::sleep(backoff(policy.backoff, retried)).await;
+    }
+}
+
+/// Writes the access line of a request skiff answered itself.
+fn log_local(
+    access: Option<Box<AccessEntry>>,
+    resp: &Response<ProxyBody>,
+    endpoint: Option<SocketAddr>,
+    retries: u32,
+) {
+    if let Some(mut entry) = access {
+        entry.status = resp.status().as_u16();
+        entry.endpoint = endpoint;
+        entry.retries = retries;
+        entry.bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+        entry.emit();
     }
 }
 
@@ -290,12 +396,16 @@ fn respond(
     in_flight: InFlight,
     upgrade: bool,
     start: Instant,
+    access: Option<Box<AccessEntry>>,
 ) -> Response<ProxyBody> {
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     let upstream = switching.then(|| hyper::upgrade::on(&mut resp));
     let (parts, body) = resp.into_parts();
     let body = if let Some(upstream) = upstream {
+        if let Some(entry) = access {
+            entry.emit();
+        }
         // The tunnel holds the in-flight count from here.
         ProxyBody::Upgrade(Tunnel {
             in_flight,
@@ -308,6 +418,7 @@ fn respond(
                 in_flight,
                 start,
                 conn,
+                access,
             }),
         })
     };
@@ -927,6 +1038,8 @@ struct Completion {
     in_flight: InFlight,
     start: Instant,
     conn: Option<http1::SendRequest<UpstreamBody>>,
+    /// The access log line, when this request is logged.
+    access: Option<Box<AccessEntry>>,
 }
 
 impl Completion {
@@ -935,17 +1048,19 @@ impl Completion {
             in_flight,
             start,
             conn,
+            access,
         } = self;
         if clean {
             if let Some(conn) = conn {
                 in_flight.endpoint.pool().checkin(conn);
             }
         }
-        in_flight
-            .endpoint
-            .cluster_stats
-            .duration
-            .observe(start.elapsed());
+        let elapsed = start.elapsed();
+        in_flight.endpoint.cluster_stats.duration.observe(elapsed);
+        in_flight.endpoint.duration.observe(elapsed);
+        if let Some(entry) = access {
+            entry.emit();
+        }
     }
 }
 
@@ -996,6 +1111,11 @@ impl Body for ProxyBody {
             ProxyBody::Upgrade(_) => Poll::Ready(None),
             ProxyBody::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(done)) = (&polled, up.done.as_mut()) {
+                    if let (Some(entry), Some(data)) = (done.access.as_mut(), frame.data_ref()) {
+                        entry.bytes_out += data.len() as u64;
+                    }
+                }
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = up.done.take() {

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod h1;
 pub mod h2;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod route;
@@ -229,7 +230,9 @@ impl Proxy {
         // 3. Routes, then swap listeners.
         let mut tables = Vec::with_capacity(config.listeners.len());
         for lc in &config.listeners {
-            tables.push(RouteTable::build(lc, &cluster_map, &inner.registry)?);
+            let mut table = RouteTable::build(lc, &cluster_map, &inner.registry)?;
+            table.access_log = lc.access_log;
+            tables.push(table);
         }
         {
             let mut listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());

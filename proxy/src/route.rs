@@ -35,6 +35,8 @@ impl Route {
 /// A listener's routes, ready for lookups.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    /// The listener's access log sampling, when on.
+    pub access_log: Option<crate::config::AccessLog>,
     routes: Vec<Route>,
     exact: HashMap<Box<str>, Vec<usize>>,
     /// (`.suffix`, route indices), longest suffix first.
@@ -171,6 +173,7 @@ mod tests {
         let listener = ListenerConfig {
             name: "web".into(),
             listen: "127.0.0.1:1".parse().unwrap(),
+            access_log: None,
             routes: routes
                 .iter()
                 .map(|(h, p, c)| RouteConfig {

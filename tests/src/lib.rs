@@ -620,8 +620,27 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// GETs an admin path; returns status and body text.
 pub async fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<(StatusCode, String)> {
+    admin_request(admin, Request::get(path).body(empty()).expect("request")).await
+}
+
+/// `POST path` (no body) on the admin server.
+pub async fn admin_post(admin: SocketAddr, path: &str) -> std::io::Result<(StatusCode, String)> {
+    admin_request(admin, Request::post(path).body(empty()).expect("request")).await
+}
+
+/// A whole response body.
+pub async fn collect_body(body: Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
+}
+
+async fn admin_request(
+    admin: SocketAddr,
+    req: Request<TestBody>,
+) -> std::io::Result<(StatusCode, String)> {
     let mut client = Client::h1(admin).await?;
-    let req = Request::get(path).body(empty()).expect("request");
     let resp = client.send(req).await.map_err(std::io::Error::other)?;
     let status = resp.status();
     let body = resp

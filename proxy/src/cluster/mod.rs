@@ -53,6 +53,9 @@ pub struct Endpoint {
     origin: ArcSwapOption<Origin>,
     /// Responses by status class (`skiff_endpoint_requests_total`).
     pub requests: CodeCounters,
+    /// Request durations to this endpoint (for the dashboard's p99; not
+    /// exported per endpoint, to keep series bounded).
+    pub duration: Histogram,
     /// One connection pool per worker (see `workers`), so a worker only
     /// reuses connections its own runtime drives.
     pools: Box<[Pool]>,
@@ -93,6 +96,7 @@ impl Endpoint {
             draining: AtomicBool::new(false),
             origin: ArcSwapOption::new(spec.origin.clone()),
             requests: CodeCounters::default(),
+            duration: Histogram::default(),
             pools: (0..crate::workers::count())
                 .map(|_| Pool::default())
                 .collect(),
