@@ -397,6 +397,29 @@ async fn the_dashboard_shows_endpoints_and_updates_in_headless_chromium() {
         .expect("chromium in time")
         .expect("run chromium");
     let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    // A screenshot, kept as the test's artifact.
+    let shot = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("dashboard.png");
+    let out = tokio::time::timeout(
+        LIMIT,
+        chrome(&[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,720".into(),
+        ])
+        .output(),
+    )
+    .await
+    .expect("chromium in time")
+    .expect("run chromium");
+    assert!(out.status.success());
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5000,
+        "a real picture"
+    );
+    eprintln!("dashboard screenshot: {}", shot.display());
     let (_, failed, errors) = load.stop().await;
     assert_eq!(failed, 0, "{errors:?}");
     for b in &backends {
@@ -429,27 +452,4 @@ async fn the_dashboard_shows_endpoints_and_updates_in_headless_chromium() {
         "{dom}"
     );
 
-    // A screenshot, kept as the test's artifact.
-    let shot = std::env::var_os("CARGO_TARGET_TMPDIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("dashboard.png");
-    let out = tokio::time::timeout(
-        LIMIT,
-        chrome(&[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1280,720".into(),
-        ])
-        .output(),
-    )
-    .await
-    .expect("chromium in time")
-    .expect("run chromium");
-    assert!(out.status.success());
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 5000,
-        "a real picture"
-    );
-    eprintln!("dashboard screenshot: {}", shot.display());
 }
