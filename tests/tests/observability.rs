@@ -451,5 +451,140 @@ async fn the_dashboard_shows_endpoints_and_updates_in_headless_chromium() {
         dom.contains("class=\"p99\">") && !dom.contains("class=\"p99\">–"),
         "{dom}"
     );
+}
 
+/// The PromQL of the Grafana dashboard and of the Prometheus Adapter
+/// rules, with their template variables filled in.
+fn deploy_queries(dir: &Path) -> Vec<String> {
+    let grafana: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("grafana-dashboard.json")).expect("dashboard json"),
+    )
+    .expect("the Grafana dashboard is JSON");
+    let mut queries: Vec<String> = grafana["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    let adapter =
+        std::fs::read_to_string(dir.join("prometheus-adapter-rules.yaml")).expect("rules");
+    for line in adapter.lines() {
+        if let Some(q) = line.trim().strip_prefix("metricsQuery: ") {
+            queries.push(
+                q.trim_matches('\'')
+                    .replace("<<.Series>>", "skiff_requests_total")
+                    .replace("<<.LabelMatchers>>", "namespace=\"shop\"")
+                    .replace("<<.GroupBy>>", "pod"),
+            );
+        }
+    }
+    queries
+        .into_iter()
+        .map(|q| {
+            q.replace("$__rate_interval", "1m")
+                .replace("$namespace", ".*")
+                .replace("$cluster", ".*")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_deploy_observability_files_are_valid_and_name_real_metrics() {
+    let promtool = require("promtool", "prometheus");
+    skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
+    let manifests: Vec<std::path::PathBuf> = [
+        "prometheus-scrape.yaml",
+        "prometheus-adapter-rules.yaml",
+        "hpa-requests.yaml",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .collect();
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The scrape config, as Prometheus itself reads it.
+    let tmp = TempDir::new("deploy-observability");
+    let scrape = std::fs::read_to_string(&manifests[0]).expect("scrape");
+    let body: String = scrape
+        .split_once("skiff-scrape.yml: |\n")
+        .expect("embedded scrape config")
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // Debian builds Prometheus without Kubernetes discovery: the pod role
+    // is swapped for a static target; the relabelling is what is checked.
+    let body = body.replace(
+        "kubernetes_sd_configs:\n      - role: pod",
+        "static_configs:\n      - targets: ['127.0.0.1:9901']",
+    );
+    assert!(body.contains("static_configs"), "{body}");
+    let scrape_file = tmp.write("prometheus.yml", &body);
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "config"])
+        .arg(&scrape_file)
+        .output()
+        .expect("promtool check config");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every query parses (as a recording rule) and names families skiff exports.
+    let queries = deploy_queries(&dir);
+    assert!(queries.len() >= 10, "{queries:?}");
+    let rules: String = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("      - record: skiff:query_{i}\n        expr: '{q}'\n"))
+        .collect();
+    let file = tmp.write(
+        "rules.yml",
+        &format!("groups:\n  - name: dashboard\n    rules:\n{rules}"),
+    );
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool check rules");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let backend = Backend::start("a").await;
+    let (proxy, _) = start_proxy(&config(&[backend.address], "")).await;
+    let text = metrics_text(&proxy).await;
+    for q in &queries {
+        for name in q
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("skiff_") || w.starts_with("process_"))
+        {
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "`{name}` in {q:?} is not a metric skiff exports"
+            );
+        }
+    }
 }
