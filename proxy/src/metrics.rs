@@ -33,6 +33,9 @@ impl CodeCounters {
     /// Counts one response with `status`.
     #[inline]
     pub fn record(&self, status: u16) {
+        if cfg!(feature = "no-metrics") {
+            return;
+        }
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.0[class].fetch_add(1, Relaxed);
     }
@@ -78,6 +81,9 @@ impl Histogram {
     /// Records one observation.
     #[inline]
     pub fn observe(&self, d: Duration) {
+        if cfg!(feature = "no-metrics") {
+            return;
+        }
         let secs = d.as_secs_f64();
         if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
             self.buckets[i].fetch_add(1, Relaxed);
