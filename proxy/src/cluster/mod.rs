@@ -325,6 +325,8 @@ pub struct Cluster {
     pub stats: Arc<ClusterStats>,
     /// Set once the source has delivered its first endpoint set.
     primed: AtomicBool,
+    /// Set once the first set's endpoints have all been checked once.
+    warmed: AtomicBool,
     /// Control-path view of the current members.
     members: Mutex<Members>,
     /// Removed endpoints that still had requests in flight.
@@ -356,6 +358,7 @@ impl Cluster {
             cursor: AtomicUsize::new(0),
             stats: Arc::default(),
             primed: AtomicBool::new(false),
+            warmed: AtomicBool::new(false),
             members: Mutex::default(),
             draining: Mutex::new(Vec::new()),
             changed: tokio::sync::Notify::new(),
@@ -775,16 +778,24 @@ impl Cluster {
         counts
     }
 
-    /// Primed, and no member is still waiting for its first health check
-    /// (Envoy's cluster warming): what `/ready` waits for.
+    /// Primed, and once no member was waiting for its first health check
+    /// (Envoy's cluster warming): what `/ready` waits for. Only the first
+    /// set counts: endpoints joining later do not make skiff unready.
     pub fn is_warm(&self) -> bool {
-        self.is_primed()
+        if self.warmed.load(Relaxed) {
+            return true;
+        }
+        let warm = self.is_primed()
             && !self
                 .snapshot
                 .load()
                 .members
                 .iter()
-                .any(|e| e.health() == health::PENDING)
+                .any(|e| e.health() == health::PENDING);
+        if warm {
+            self.warmed.store(true, Relaxed);
+        }
+        warm
     }
 
     /// Follows a discovery source until it closes or the task is aborted.
@@ -1127,6 +1138,10 @@ mod tests {
         c.record_check(&members[1], None, 1, &check);
         c.record_check(&members[2], Some("answered 503".into()), 1, &check);
         assert!(c.is_warm());
+        // A later endpoint waiting for its first check does not unready it.
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1), (4, 1)]));
+        assert!(c.is_warm());
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
         assert_eq!(picked(&c), [1, 2]);
         assert_eq!(members[2].health_failure().as_deref(), Some("answered 503"));
 
