@@ -56,6 +56,9 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub routes: Vec<RouteConfig>,
+    /// TLS termination (see [`crate::tls::config`]); none: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::config::ListenerTls>,
 }
 
 /// One route: requests whose host and path match go to `cluster`.
@@ -219,6 +222,9 @@ pub struct ClusterConfig {
     pub outlier_detection: OutlierDetection,
     /// Percent of endpoints that must take traffic; below it, panic mode.
     pub panic_threshold: u32,
+    /// TLS to the endpoints (see [`crate::tls::config`]); none: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::config::UpstreamTls>,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -314,7 +320,9 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
     };
     let listeners_node = map.optional("listeners");
     let listeners = match listeners_node {
-        Some(node) => read_list(node, "listeners", diags, read_listener),
+        Some(node) => read_list(node, "listeners", diags, |n, p, d| {
+            read_listener(n, p, base, d)
+        }),
         None => Vec::new(),
     };
     map.finish(diags, TOP_FIELDS);
@@ -505,9 +513,14 @@ fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String>
     Some(name)
 }
 
-const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes"];
+const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "tls"];
 
-fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<ListenerConfig> {
+fn read_listener(
+    node: &Node,
+    path: &str,
+    base: &Path,
+    diags: &mut Diagnostics,
+) -> Option<ListenerConfig> {
     let mut map = MapReader::new(node, path, diags)?;
     let name = read_name(&mut map, diags);
     let listen_path = map.path_of("listen");
@@ -522,11 +535,17 @@ fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Lis
             .collect(),
         None => Vec::new(),
     };
+    let tls_path = map.path_of("tls");
+    let tls = match map.optional("tls") {
+        Some(n) => crate::tls::config::read_listener_tls(n, &tls_path, base, diags).map(Some),
+        None => Some(None),
+    };
     map.finish(diags, LISTENER_FIELDS);
     Some(ListenerConfig {
         name: name?,
         listen: listen?,
         routes,
+        tls: tls?,
     })
 }
 
@@ -621,6 +640,7 @@ const CLUSTER_FIELDS: &[&str] = &[
     "retries",
     "outlier_detection",
     "panic_threshold",
+    "tls",
 ];
 
 fn read_cluster(
@@ -710,6 +730,19 @@ fn read_cluster(
         DEFAULT_PANIC_THRESHOLD,
         diags,
     );
+    let tls_path = map.path_of("tls");
+    let tls = match (map.optional("tls"), protocol) {
+        (Some(n), Some(protocol)) => crate::tls::config::read_upstream_tls(
+            n,
+            &tls_path,
+            base,
+            protocol == UpstreamProtocol::Http2,
+            diags,
+        )
+        .map(Some),
+        (Some(_), None) => None,
+        (None, _) => Some(None),
+    };
     map.finish(diags, CLUSTER_FIELDS);
     let source = match (endpoints, discovery) {
         (Some(_), Some(_)) => {
@@ -733,6 +766,7 @@ fn read_cluster(
         retries: retries?,
         outlier_detection: outlier_detection?,
         panic_threshold: panic_threshold?,
+        tls: tls?,
     })
 }
 

@@ -214,6 +214,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             retries: Default::default(),
             outlier_detection: Default::default(),
             panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+            tls: None,
         })
         .collect();
     Config {
@@ -233,6 +234,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
                     cluster: spec.name.into(),
                 })
                 .collect(),
+            tls: None,
         }],
         clusters,
     }

@@ -120,6 +120,7 @@ async fn forward(
             Box::pin(upgrade_request(
                 req,
                 endpoint.address,
+                settings.tls.as_ref().map(|t| &t.connector),
                 settings.timeouts.connect,
                 settings.timeouts.request,
             ))
@@ -136,8 +137,7 @@ async fn forward(
                 endpoint.pool(),
                 endpoint.address,
                 pending,
-                settings.protocol,
-                settings.timeouts.connect,
+                &settings,
                 per_try,
             )
             .await
@@ -448,16 +448,17 @@ async fn send(
     pool: &Pool,
     address: SocketAddr,
     pending: PendingLimit<'_>,
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
+    settings: &crate::config::ClusterConfig,
     request_timeout: Duration,
 ) -> Result<Sent, (Failure, Option<Request<UpstreamBody>>)> {
+    let tls = settings.tls.as_ref().map(|t| &t.connector);
+    let (protocol, connect_timeout) = (settings.protocol, settings.timeouts.connect);
     // A pooled keep-alive connection can be closed by the upstream just as
     // we pick it; hyper hands the request back unsent in that case, and
     // then it is safe to try once more on a fresh connection.
     for attempt in 0..2 {
         let sender = match pool
-            .checkout(address, pending, protocol, connect_timeout)
+            .checkout(address, pending, protocol, tls, connect_timeout)
             .await
         {
             Ok(sender) => sender,
@@ -520,11 +521,12 @@ async fn with_timeout<F: std::future::Future>(
 async fn upgrade_request(
     mut req: Request<UpstreamBody>,
     address: SocketAddr,
+    tls: Option<&crate::tls::client::Connector>,
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<Sent, Failure> {
     *req.uri_mut() = origin_form(req.uri());
-    let mut tx = Pool::connect_upgradable(address, connect_timeout)
+    let mut tx = Pool::connect_upgradable(address, tls, connect_timeout)
         .await
         .map_err(Failure::Connect)?;
     let resp = with_timeout(request_timeout, tx.send_request(req))
@@ -544,7 +546,10 @@ pub struct Tunnel {
 impl Tunnel {
     /// Copies bytes both ways between `client` and the upstream until
     /// either side closes; `pending` is what the client sent early.
-    pub async fn run(self, mut client: tokio::net::TcpStream, pending: Bytes) {
+    pub async fn run<C>(self, mut client: C, pending: Bytes)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         use tokio::io::AsyncWriteExt as _;
         let address = self.in_flight.endpoint.address;
         let upstream = match self.upstream.await {

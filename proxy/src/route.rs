@@ -163,6 +163,7 @@ mod tests {
                     retries: Default::default(),
                     outlier_detection: Default::default(),
                     panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+                    tls: None,
                 }))
             });
         }
@@ -177,6 +178,7 @@ mod tests {
                     cluster: c.to_string(),
                 })
                 .collect(),
+            tls: None,
         };
         RouteTable::build(&listener, &clusters, &Registry::default()).unwrap()
     }

@@ -599,6 +599,7 @@ mod tests {
             retries: Default::default(),
             outlier_detection: Default::default(),
             panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+            tls: None,
         }))
     }
 
