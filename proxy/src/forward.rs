@@ -422,7 +422,18 @@ impl Failure {
             Failure::Timeout(d) => {
                 format!("upstream request timeout: no response headers after {d:?}\n")
             }
-            Failure::Reset(e) => format!("upstream reset before response headers: {e}\n"),
+            Failure::Reset(e) => {
+                // hyper's own words are terse ("connection error"); the
+                // cause (a TLS alert, say) is what tells the user why.
+                let mut text = format!("upstream reset before response headers: {e}");
+                let mut source = std::error::Error::source(e);
+                while let Some(cause) = source {
+                    text.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                text.push('\n');
+                text
+            }
         }
     }
 

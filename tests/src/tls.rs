@@ -106,7 +106,7 @@ impl Ca {
 }
 
 /// An HTTPS backend (HTTP/1.1 and h2 by ALPN) that answers every request
-/// with its name.
+/// with its name and the HTTP version (`name HTTP/2.0`).
 pub struct TlsBackend {
     pub address: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -120,18 +120,43 @@ impl Drop for TlsBackend {
 
 impl TlsBackend {
     pub async fn start(name: &str, issued: &Issued) -> TlsBackend {
+        Self::start_with_client_ca(name, issued, None).await
+    }
+
+    /// Like [`TlsBackend::start`], requiring client certificates from
+    /// `client_ca` (PEM) when given.
+    pub async fn start_with_client_ca(
+        name: &str,
+        issued: &Issued,
+        client_ca: Option<&str>,
+    ) -> TlsBackend {
         use rustls::pki_types::pem::PemObject;
         let certs = rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .expect("cert");
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).expect("key");
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
+        .expect("versions");
+        let mut config = match client_ca {
+            None => config.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots.add(cert.expect("client CA")).expect("add client CA");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::new(rustls::crypto::ring::default_provider()),
+                )
+                .build()
+                .expect("client verifier");
+                config.with_client_cert_verifier(verifier)
+            }
+        }
         .with_single_cert(certs, key)
         .expect("server config");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -151,9 +176,9 @@ impl TlsBackend {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let service = service_fn(move |_req| {
-                        let name = name.clone();
-                        async move { Ok::<_, Infallible>(http::Response::new(crate::full(name))) }
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let text = format!("{name} {:?}", req.version());
+                        async move { Ok::<_, Infallible>(http::Response::new(crate::full(text))) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)

@@ -160,6 +160,10 @@ fn refused(server: &ServerTls, state: &ListenerState, peer: SocketAddr, e: &std:
             server.stats.failed(Failure::ClientCert);
             tracing::warn!(listener = %state.name, %peer, "TLS client refused: it presented no client certificate");
         }
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(why))) => {
+            server.stats.failed(Failure::ClientCert);
+            tracing::warn!(listener = %state.name, %peer, "TLS client refused: {}", why.0);
+        }
         Some(rustls::Error::InvalidCertificate(why)) => {
             server.stats.failed(Failure::ClientCert);
             tracing::warn!(listener = %state.name, %peer, "TLS client refused: {why}");

@@ -249,17 +249,30 @@ impl ResolvesServerCert for CertSet {
     }
 }
 
-/// A client identity refused by `client_auth.allow`.
+/// A client certificate refused, with the identity it claimed: a log line
+/// must say who was turned away, whatever the reason.
 #[derive(Debug)]
-struct NotAllowed(String);
+pub struct Refused {
+    pub identity: String,
+    pub why: String,
+}
 
-impl std::fmt::Display for NotAllowed {
+impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client identity {} is not allowed", self.0)
+        write!(f, "client identity {} {}", self.identity, self.why)
     }
 }
 
-impl std::error::Error for NotAllowed {}
+impl std::error::Error for Refused {}
+
+fn refused(end_entity: &CertificateDer<'_>, why: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(Refused {
+            identity: identity::names(end_entity).joined(),
+            why,
+        }),
+    )))
+}
 
 /// Verifies client certificates against the CA, then their identity
 /// against the allow-list.
@@ -288,21 +301,21 @@ impl ClientCertVerifier for AllowList {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // Every refusal names the identity, at the price of a generic
+        // `certificate_unknown` alert instead of `unknown_ca` and the like.
         let verified = self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if self.allow.is_empty() {
-            return Ok(verified);
-        }
-        let names = identity::names(end_entity);
-        if identity::allowed(&names, &self.allow) {
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| {
+                refused(
+                    end_entity,
+                    format!("has a certificate that does not verify: {e}"),
+                )
+            })?;
+        if self.allow.is_empty() || identity::allowed(&identity::names(end_entity), &self.allow) {
             Ok(verified)
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotAllowed(
-                    names.joined(),
-                )))),
-            ))
+            Err(refused(end_entity, "is not in client_auth.allow".into()))
         }
     }
 
