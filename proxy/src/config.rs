@@ -66,7 +66,11 @@ pub struct ListenerConfig {
 pub struct RouteConfig {
     pub host: Option<HostMatch>,
     pub path: PathMatch,
+    /// Empty for a redirect route.
     pub cluster: String,
+    /// Header matches, rewrites, header edits, timeout, redirect.
+    #[serde(flatten)]
+    pub rules: crate::gateway::RouteRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -552,26 +556,42 @@ fn read_listener(
 fn read_route(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<RouteConfig> {
     let mut map = MapReader::new(node, path, diags)?;
     let match_path = map.path_of("match");
+    let mut rules = crate::gateway::RouteRules::default();
     let matched = match map.optional("match") {
-        Some(n) => read_match(n, &match_path, diags),
+        Some(n) => read_match(n, &match_path, &mut rules, diags),
         None => Some((None, PathMatch::Prefix("/".into()))),
     };
+    let rules_ok = crate::gateway::read_rules(&mut map, &mut rules, diags);
     let cluster_path = map.path_of("cluster");
-    let cluster = map
-        .required("cluster", diags)
-        .and_then(|n| yaml::string(n, &cluster_path, diags));
-    map.finish(diags, &["match", "cluster"]);
+    let cluster = match (map.optional("cluster"), &rules.redirect) {
+        (Some(_), Some(_)) => {
+            diags.error(node, path, "give `cluster` or `redirect`, not both");
+            None
+        }
+        (Some(n), None) => yaml::string(n, &cluster_path, diags),
+        (None, Some(_)) => Some(String::new()),
+        (None, None) => {
+            diags.error(node, path, "missing field `cluster` (or `redirect`)");
+            None
+        }
+    };
+    let mut fields = vec!["match", "cluster"];
+    fields.extend(crate::gateway::RULE_FIELDS);
+    map.finish(diags, &fields);
     let (host, path) = matched?;
+    rules_ok?;
     Some(RouteConfig {
         host,
         path,
         cluster: cluster?,
+        rules,
     })
 }
 
 fn read_match(
     node: &Node,
     path: &str,
+    rules: &mut crate::gateway::RouteRules,
     diags: &mut Diagnostics,
 ) -> Option<(Option<HostMatch>, PathMatch)> {
     let mut map = MapReader::new(node, path, diags)?;
@@ -621,7 +641,13 @@ fn read_match(
         (None, Some(p)) => p.map(PathMatch::Exact),
         (None, None) => Some(PathMatch::Prefix("/".into())),
     };
-    map.finish(diags, &["host", "path_prefix", "path"]);
+    let headers_path = map.path_of("headers");
+    let headers = match map.optional("headers") {
+        Some(n) => crate::gateway::read_header_matches(n, &headers_path, diags),
+        None => Some(Vec::new()),
+    };
+    map.finish(diags, &["host", "path_prefix", "path", "headers"]);
+    rules.headers = headers?;
     let host = match host {
         Some(h) => Some(h?),
         None => None,

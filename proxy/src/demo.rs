@@ -232,6 +232,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
                     host: None,
                     path: PathMatch::Prefix(spec.prefix.into()),
                     cluster: spec.name.into(),
+                    rules: Default::default(),
                 })
                 .collect(),
             tls: None,

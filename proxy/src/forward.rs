@@ -25,7 +25,7 @@ use crate::cluster::{balance::random, InFlight, Unavailable};
 use crate::config::UpstreamProtocol;
 use crate::listener::ListenerState;
 use crate::pool::{ConnectError, PendingLimit, Pool, Sender};
-use crate::route::Route;
+use crate::route::{Found, Route};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -48,12 +48,25 @@ pub async fn handle(
     let start = Instant::now();
     let routes = listener.routes.load();
     let host = request_host(&req);
-    let Some(route) = routes.find(host, req.uri().path()) else {
-        listener.unrouted.fetch_add(1, Relaxed);
-        return local(
-            StatusCode::NOT_FOUND,
-            "no route matches this host and path\n",
-        );
+    let route = match routes.find(host, req.uri().path(), req.headers()) {
+        Some(Found::Route(route)) => route,
+        Some(Found::Redirect(redirect)) => return redirect.response(&req, host),
+        None => {
+            listener.unrouted.fetch_add(1, Relaxed);
+            return local(
+                StatusCode::NOT_FOUND,
+                "no route matches this host and path\n",
+            );
+        }
+    };
+    let mut req = req;
+    let raw_head = match &route.edits {
+        None => raw_head,
+        Some(edits) => {
+            edits.apply(&mut req);
+            // A retry must send the edited request, not re-read the client's.
+            None
+        }
     };
     let response = forward(req, route, peer, start, raw_head).await;
     route.requests.record(response.status().as_u16());
@@ -98,8 +111,9 @@ async fn forward(
     } else {
         Replay::No
     };
+    let request_timeout = route.timeout.unwrap_or(settings.timeouts.request);
     let per_try = if policy.per_try_timeout.is_zero() {
-        settings.timeouts.request
+        request_timeout
     } else {
         policy.per_try_timeout
     };
@@ -122,7 +136,7 @@ async fn forward(
                 endpoint.address,
                 settings.tls.as_ref().map(|t| &t.connector),
                 settings.timeouts.connect,
-                settings.timeouts.request,
+                request_timeout,
             ))
             .await
             .map_err(|f| (f, None))

@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod forward;
+pub mod gateway;
 pub mod h1;
 pub mod h2;
 pub mod listener;
