@@ -229,3 +229,64 @@ fn mistakes_in_gateway_routes_are_reported_with_their_field() {
         assert!(err.contains("gw.yaml:5:"), "{err}");
     }
 }
+
+#[test]
+fn gateway_manifests_are_valid_and_carry_a_valid_skiff_config() {
+    skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/gateway")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("manifest"))
+        .collect();
+    for must in [
+        "kind: Deployment",
+        "replicas: 2",
+        "httpGet: { path: /ready, port: admin }",
+        "kind: PodDisruptionBudget",
+        "type: LoadBalancer",
+        "secretName: skiff-gateway-tls",
+        "serviceAccountName: skiff",
+        "kind: ClusterRole",
+    ] {
+        assert!(all.contains(must), "the gateway manifests lack `{must}`");
+    }
+
+    // The ConfigMap's skiff.yaml is a config `skiff check` accepts, given
+    // a certificate where the Secret is mounted.
+    let configmap = std::fs::read_to_string(dir.join("configmap.yaml")).expect("configmap");
+    let config: String = configmap
+        .lines()
+        .skip_while(|l| !l.starts_with("  skiff.yaml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let certs = TempDir::new("gw-manifest");
+    let ca = Ca::new("gateway CA");
+    ca.issue(Subject {
+        dns: &["shop.example.com"],
+        ..Default::default()
+    })
+    .write(&certs.0, "tls");
+    let config = config.replace("/etc/skiff/tls/", &format!("{}/", certs.0.display()));
+    let parsed = skiff::config::Config::parse(&config, "configmap.yaml", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("the ConfigMap's skiff.yaml is invalid:\n{e}"));
+    assert_eq!(parsed.listeners.len(), 2);
+    assert!(parsed.listeners[1].tls.is_some());
+}
