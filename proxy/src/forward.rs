@@ -141,7 +141,12 @@ async fn forward(
             .await
             .map_err(|f| (f, None))
         } else {
-            set_upstream_uri(&mut req, settings.protocol, endpoint.address);
+            set_upstream_uri(
+                &mut req,
+                settings.protocol,
+                settings.tls.is_some(),
+                endpoint.address,
+            );
             let pending = PendingLimit {
                 waiting: &cluster.stats.pending,
                 max: limits.max_pending,
@@ -765,7 +770,12 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Rewrites the URI for the upstream protocol: origin-form with a Host
 /// header for HTTP/1.1, absolute with an authority for HTTP/2.
-fn set_upstream_uri<B>(req: &mut Request<B>, protocol: UpstreamProtocol, endpoint: SocketAddr) {
+fn set_upstream_uri<B>(
+    req: &mut Request<B>,
+    protocol: UpstreamProtocol,
+    tls: bool,
+    endpoint: SocketAddr,
+) {
     match protocol {
         UpstreamProtocol::Http1 => {
             // The Host header is what HTTP/1.1 routes on; it is made from
@@ -791,7 +801,11 @@ fn set_upstream_uri<B>(req: &mut Request<B>, protocol: UpstreamProtocol, endpoin
                     .and_then(|h| h.parse().ok())
             });
             let mut parts = req.uri().clone().into_parts();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.scheme = Some(if tls {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
             parts.authority = Some(match authority {
                 Some(a) => a,
                 None => endpoint

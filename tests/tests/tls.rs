@@ -645,3 +645,31 @@ async fn upstream_tls_verifies_the_endpoint_and_a_mismatch_is_a_502_that_says_wh
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("alert"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_pass_through_over_tls() {
+    skiff_tests::require_python_module("websockets", "websockets");
+    let dir = TempDir::new("tls-wss");
+    let server = skiff_tests::PyPeer::server("ws_echo.py");
+    let ca = Ca::new("skiff test CA");
+    let ca_file = ca.write(&dir.0, "ca");
+    let (crt, key) = ca
+        .issue(Subject {
+            ips: &["127.0.0.1"],
+            ..Default::default()
+        })
+        .write(&dir.0, "local");
+    let tls = format!("cert: {}, key: {}", p(&crt), p(&key));
+    let backend: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let (proxy, address) = start_proxy(&tls_config(&tls, backend)).await;
+    let url = format!("wss://{address}/chat");
+    let (ok, output) = skiff_tests::py_client("ws_echo.py", &[&url, &p(&ca_file)]).await;
+    assert!(ok, "wss client failed through skiff:\n{output}");
+    let cluster = proxy
+        .clusters()
+        .iter()
+        .find(|c| &*c.name == "app")
+        .cloned()
+        .expect("app");
+    wait_for("tunnel closed", LIMIT, || cluster.in_flight() == 0).await;
+}

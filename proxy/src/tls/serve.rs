@@ -129,6 +129,8 @@ pub async fn serve(
             Ok::<_, Infallible>(resp)
         }
     });
+    // With the timer, hyper's header read timeout (30 s) also closes a
+    // keep-alive connection idle that long (nginx's keepalive_timeout: 75 s).
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(tls), service)
