@@ -460,6 +460,13 @@ async fn mtls_lets_in_allowed_identities_and_refuses_others_with_a_log_line() {
             ..Default::default()
         })
         .write(&dir.0, "cart");
+    let checkout = ca
+        .issue(Subject {
+            dns: &["checkout.shop.svc"],
+            ..Default::default()
+        })
+        .write(&dir.0, "checkout");
+    let payments = Backend::start("payments").await;
     let foreign_ca = Ca::new("someone else's CA");
     let impostor = foreign_ca
         .issue(Subject {
@@ -474,12 +481,13 @@ async fn mtls_lets_in_allowed_identities_and_refuses_others_with_a_log_line() {
         "gateway.yaml",
         &format!(
             "admin: {{ listen: {admin} }}\n\
-             listeners:\n  - name: web\n    listen: {address}\n    tls:\n      cert: {}\n      key: {}\n      client_auth:\n        ca: {}\n        allow: [spiffe://cluster.local/ns/shop/sa/order]\n        identity_header: x-client-identity\n    routes:\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
-             clusters:\n  - name: app\n    endpoints: [{}]\n",
+             listeners:\n  - name: web\n    listen: {address}\n    tls:\n      cert: {}\n      key: {}\n      client_auth:\n        ca: {}\n        allow: [spiffe://cluster.local/ns/shop/sa/order, \"*.shop.svc\"]\n        identity_header: x-client-identity\n    routes:\n      - match: {{ path_prefix: /, headers: [{{ name: x-client-identity, exact: checkout.shop.svc }}] }}\n        cluster: payments\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+             clusters:\n  - name: app\n    endpoints: [{}]\n  - name: payments\n    endpoints: [{}]\n",
             p(&srv_crt),
             p(&srv_key),
             p(&ca_file),
-            backend.address
+            backend.address,
+            payments.address
         ),
     );
     let skiff = skiff_tests::SkiffProcess::start(&config, admin).await;
@@ -513,6 +521,18 @@ async fn mtls_lets_in_allowed_identities_and_refuses_others_with_a_log_line() {
         "{}",
         allowed.stdout
     );
+    // The identity is there for routing too.
+    let routed = get(Some(&checkout), false).await;
+    assert!(routed.ok, "{}", routed.stderr);
+    assert!(
+        routed
+            .stdout
+            .contains("\"x-client-identity\":\"checkout.shop.svc\""),
+        "{}",
+        routed.stdout
+    );
+    assert_eq!(payments.requests(), 1, "routed by the client's identity");
+    assert_eq!(backend.requests(), 1);
 
     for (who, client) in [
         ("a foreign identity", Some(&cart)),
@@ -567,13 +587,19 @@ async fn upstream_tls_verifies_the_endpoint_and_a_mismatch_is_a_502_that_says_wh
         ..Default::default()
     });
     let plain = TlsBackend::start("payments", &backend_cert).await;
-    let client = ca.issue(Subject {
+    let gateway_cert = ca.issue(Subject {
         uris: &["spiffe://cluster.local/ns/shop/sa/gateway"],
         ..Default::default()
     });
-    let (client_crt, client_key) = client.write(&dir.0, "client");
+    let (client_crt, client_key) = gateway_cert.write(&dir.0, "client");
     let mutual =
         TlsBackend::start_with_client_ca("payments-mtls", &backend_cert, Some(&ca.pem)).await;
+    // A client certificate the upstream does not trust yet: rotated below.
+    let stranger = Ca::new("not the upstream's CA").issue(Subject {
+        uris: &["spiffe://cluster.local/ns/shop/sa/gateway"],
+        ..Default::default()
+    });
+    let (rotating_crt, rotating_key) = stranger.write(&dir.0, "rotating");
     let ca = p(&ca_file);
     let cluster = |name: &str, protocol: &str, backend: SocketAddr, tls: &str| {
         format!("  - name: {name}\n    protocol: {protocol}\n    endpoints: [{backend}]\n    retries: {{ attempts: 0 }}\n    tls: {{ {tls} }}\n")
@@ -582,8 +608,8 @@ async fn upstream_tls_verifies_the_endpoint_and_a_mismatch_is_a_502_that_says_wh
         "admin: {{ listen: 127.0.0.1:0 }}\n\
          listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n\
          {}\
-         clusters:\n{}{}{}{}{}",
-        ["good", "h2", "wrong", "mtls", "nocert"]
+         clusters:\n{}{}{}{}{}{}",
+        ["good", "h2", "wrong", "mtls", "nocert", "rotating"]
             .iter()
             .map(|c| format!("      - {{ match: {{ path_prefix: /{c} }}, cluster: {c} }}\n"))
             .collect::<String>(),
@@ -621,6 +647,16 @@ async fn upstream_tls_verifies_the_endpoint_and_a_mismatch_is_a_502_that_says_wh
             mutual.address,
             &format!("ca: {ca}, sni: payments.shop.svc")
         ),
+        cluster(
+            "rotating",
+            "http1",
+            mutual.address,
+            &format!(
+                "ca: {ca}, sni: payments.shop.svc, cert: {}, key: {}",
+                p(&rotating_crt),
+                p(&rotating_key)
+            )
+        ),
     );
     let (_proxy, address) = start_proxy(&yaml).await;
     let mut client = skiff_tests::Client::h1(address).await.unwrap();
@@ -644,6 +680,25 @@ async fn upstream_tls_verifies_the_endpoint_and_a_mismatch_is_a_502_that_says_wh
     let (status, body) = get("/nocert").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("alert"), "{body}");
+
+    // The client certificate is rotated on disk: new upstream connections
+    // present the new one without a config reload.
+    let (status, _) = get("/rotating").await;
+    assert_eq!(status, 502, "the first certificate is not trusted upstream");
+    gateway_cert.write(&dir.0, "rotating");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let (status, body) = get("/rotating").await;
+        if status == 200 {
+            assert_eq!(body, "payments-mtls HTTP/1.1");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
