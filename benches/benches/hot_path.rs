@@ -78,12 +78,14 @@ fn route_match(c: &mut Criterion) {
     .into();
     let table =
         RouteTable::build(&config.listeners[0], &clusters, &Registry::default()).expect("routes");
+    let no_headers = http::HeaderMap::new();
     let mut group = c.benchmark_group("route_match_100_routes");
     group.bench_function("exact_host_hit", |b| {
         b.iter(|| {
             black_box(table.find(
                 Some(black_box("svc99.shop.example.com")),
                 black_box("/api/v99/items"),
+                &no_headers,
             ))
         })
     });
@@ -92,14 +94,27 @@ fn route_match(c: &mut Criterion) {
             black_box(table.find(
                 Some(black_box("a.zone97.example.com")),
                 black_box("/api/v97/x"),
+                &no_headers,
             ))
         })
     });
     group.bench_function("any_host_last_route", |b| {
-        b.iter(|| black_box(table.find(Some(black_box("other.org")), black_box("/api/v98/x"))))
+        b.iter(|| {
+            black_box(table.find(
+                Some(black_box("other.org")),
+                black_box("/api/v98/x"),
+                &no_headers,
+            ))
+        })
     });
     group.bench_function("miss", |b| {
-        b.iter(|| black_box(table.find(Some(black_box("other.org")), black_box("/nothing"))))
+        b.iter(|| {
+            black_box(table.find(
+                Some(black_box("other.org")),
+                black_box("/nothing"),
+                &no_headers,
+            ))
+        })
     });
     group.finish();
 }

@@ -56,6 +56,9 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub routes: Vec<RouteConfig>,
+    /// TLS termination (see [`crate::tls::config`]); none: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::config::ListenerTls>,
     /// One log line per request (or a sample of them); off when absent.
     pub access_log: Option<AccessLog>,
 }
@@ -72,7 +75,11 @@ pub struct AccessLog {
 pub struct RouteConfig {
     pub host: Option<HostMatch>,
     pub path: PathMatch,
+    /// Empty for a redirect route.
     pub cluster: String,
+    /// Header matches, rewrites, header edits, timeout, redirect.
+    #[serde(flatten)]
+    pub rules: crate::gateway::RouteRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -304,6 +311,9 @@ pub struct ClusterConfig {
     pub panic_threshold: u32,
     pub health_check: Option<HealthCheck>,
     pub slow_start: SlowStart,
+    /// TLS to the endpoints (see [`crate::tls::config`]); none: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::config::UpstreamTls>,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -399,7 +409,9 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
     };
     let listeners_node = map.optional("listeners");
     let listeners = match listeners_node {
-        Some(node) => read_list(node, "listeners", diags, read_listener),
+        Some(node) => read_list(node, "listeners", diags, |n, p, d| {
+            read_listener(n, p, base, d)
+        }),
         None => Vec::new(),
     };
     map.finish(diags, TOP_FIELDS);
@@ -590,9 +602,14 @@ fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String>
     Some(name)
 }
 
-const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "access_log"];
+const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "tls", "access_log"];
 
-fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<ListenerConfig> {
+fn read_listener(
+    node: &Node,
+    path: &str,
+    base: &Path,
+    diags: &mut Diagnostics,
+) -> Option<ListenerConfig> {
     let mut map = MapReader::new(node, path, diags)?;
     let name = read_name(&mut map, diags);
     let listen_path = map.path_of("listen");
@@ -612,12 +629,18 @@ fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Lis
         None => Some(None),
         Some(n) => read_access_log(n, &access_path, diags).map(Some),
     };
+    let tls_path = map.path_of("tls");
+    let tls = match map.optional("tls") {
+        Some(n) => crate::tls::config::read_listener_tls(n, &tls_path, base, diags).map(Some),
+        None => Some(None),
+    };
     map.finish(diags, LISTENER_FIELDS);
     Some(ListenerConfig {
         name: name?,
         listen: listen?,
         routes,
         access_log: access_log?,
+        tls: tls?,
     })
 }
 
@@ -649,26 +672,42 @@ fn read_access_log(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<A
 fn read_route(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<RouteConfig> {
     let mut map = MapReader::new(node, path, diags)?;
     let match_path = map.path_of("match");
+    let mut rules = crate::gateway::RouteRules::default();
     let matched = match map.optional("match") {
-        Some(n) => read_match(n, &match_path, diags),
+        Some(n) => read_match(n, &match_path, &mut rules, diags),
         None => Some((None, PathMatch::Prefix("/".into()))),
     };
+    let rules_ok = crate::gateway::read_rules(&mut map, &mut rules, diags);
     let cluster_path = map.path_of("cluster");
-    let cluster = map
-        .required("cluster", diags)
-        .and_then(|n| yaml::string(n, &cluster_path, diags));
-    map.finish(diags, &["match", "cluster"]);
+    let cluster = match (map.optional("cluster"), &rules.redirect) {
+        (Some(_), Some(_)) => {
+            diags.error(node, path, "give `cluster` or `redirect`, not both");
+            None
+        }
+        (Some(n), None) => yaml::string(n, &cluster_path, diags),
+        (None, Some(_)) => Some(String::new()),
+        (None, None) => {
+            diags.error(node, path, "missing field `cluster` (or `redirect`)");
+            None
+        }
+    };
+    let mut fields = vec!["match", "cluster"];
+    fields.extend(crate::gateway::RULE_FIELDS);
+    map.finish(diags, &fields);
     let (host, path) = matched?;
+    rules_ok?;
     Some(RouteConfig {
         host,
         path,
         cluster: cluster?,
+        rules,
     })
 }
 
 fn read_match(
     node: &Node,
     path: &str,
+    rules: &mut crate::gateway::RouteRules,
     diags: &mut Diagnostics,
 ) -> Option<(Option<HostMatch>, PathMatch)> {
     let mut map = MapReader::new(node, path, diags)?;
@@ -718,7 +757,13 @@ fn read_match(
         (None, Some(p)) => p.map(PathMatch::Exact),
         (None, None) => Some(PathMatch::Prefix("/".into())),
     };
-    map.finish(diags, &["host", "path_prefix", "path"]);
+    let headers_path = map.path_of("headers");
+    let headers = match map.optional("headers") {
+        Some(n) => crate::gateway::read_header_matches(n, &headers_path, diags),
+        None => Some(Vec::new()),
+    };
+    map.finish(diags, &["host", "path_prefix", "path", "headers"]);
+    rules.headers = headers?;
     let host = match host {
         Some(h) => Some(h?),
         None => None,
@@ -739,6 +784,7 @@ const CLUSTER_FIELDS: &[&str] = &[
     "panic_threshold",
     "health_check",
     "slow_start",
+    "tls",
 ];
 
 fn read_cluster(
@@ -838,6 +884,19 @@ fn read_cluster(
         Some(n) => read_slow_start(n, &slow_start_path, diags),
         None => Some(SlowStart::default()),
     };
+    let tls_path = map.path_of("tls");
+    let tls = match (map.optional("tls"), protocol) {
+        (Some(n), Some(protocol)) => crate::tls::config::read_upstream_tls(
+            n,
+            &tls_path,
+            base,
+            protocol == UpstreamProtocol::Http2,
+            diags,
+        )
+        .map(Some),
+        (Some(_), None) => None,
+        (None, _) => Some(None),
+    };
     map.finish(diags, CLUSTER_FIELDS);
     let source = match (endpoints, discovery) {
         (Some(_), Some(_)) => {
@@ -863,6 +922,7 @@ fn read_cluster(
         panic_threshold: panic_threshold?,
         health_check: health_check?,
         slow_start: slow_start?,
+        tls: tls?,
     })
 }
 

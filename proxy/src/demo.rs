@@ -234,6 +234,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
                 unhealthy_threshold: 3,
             }),
             slow_start: Default::default(),
+            tls: None,
         })
         .collect();
     Config {
@@ -252,8 +253,10 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
                     host: None,
                     path: PathMatch::Prefix(spec.prefix.into()),
                     cluster: spec.name.into(),
+                    rules: Default::default(),
                 })
                 .collect(),
+            tls: None,
         }],
         clusters,
     }

@@ -25,7 +25,7 @@ use crate::cluster::{balance::random, InFlight, Unavailable};
 use crate::config::UpstreamProtocol;
 use crate::listener::ListenerState;
 use crate::pool::{ConnectError, PendingLimit, Pool, Sender};
-use crate::route::Route;
+use crate::route::{Found, Route};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -54,17 +54,31 @@ pub async fn handle(
             log.sample >= 1.0 || (random() >> 11) as f64 <= log.sample * (1u64 << 53) as f64
         })
         .map(|_| AccessEntry::new(&req, host.unwrap_or("-"), &listener.name, start));
-    let Some(route) = routes.find(host, req.uri().path()) else {
-        listener.unrouted.fetch_add(1, Relaxed);
-        let resp = local(
-            StatusCode::NOT_FOUND,
-            "no route matches this host and path\n",
-        );
-        if let Some(mut entry) = access {
-            entry.status = 404;
-            entry.emit();
+    let route = match routes.find(host, req.uri().path(), req.headers()) {
+        Some(Found::Route(route)) => route,
+        Some(Found::Redirect(redirect)) => {
+            let resp = redirect.response(&req, host);
+            log_local(access, &resp, None, 0);
+            return resp;
         }
-        return resp;
+        None => {
+            listener.unrouted.fetch_add(1, Relaxed);
+            let resp = local(
+                StatusCode::NOT_FOUND,
+                "no route matches this host and path\n",
+            );
+            log_local(access, &resp, None, 0);
+            return resp;
+        }
+    };
+    let mut req = req;
+    let raw_head = match &route.edits {
+        None => raw_head,
+        Some(edits) => {
+            edits.apply(&mut req);
+            // A retry must send the edited request, not re-read the client's.
+            None
+        }
     };
     let response = forward(req, route, peer, start, raw_head, access).await;
     route.requests.record(response.status().as_u16());
@@ -196,8 +210,9 @@ async fn forward(
         } else {
             Replay::No
         };
+    let request_timeout = route.timeout.unwrap_or(settings.timeouts.request);
     let per_try = if policy.per_try_timeout.is_zero() {
-        settings.timeouts.request
+        request_timeout
     } else {
         policy.per_try_timeout
     };
@@ -219,13 +234,19 @@ async fn forward(
             Box::pin(upgrade_request(
                 req,
                 endpoint.address,
+                settings.tls.as_ref().map(|t| &t.connector),
                 settings.timeouts.connect,
-                settings.timeouts.request,
+                request_timeout,
             ))
             .await
             .map_err(|f| (f, None))
         } else {
-            set_upstream_uri(&mut req, settings.protocol, endpoint.address);
+            set_upstream_uri(
+                &mut req,
+                settings.protocol,
+                settings.tls.is_some(),
+                endpoint.address,
+            );
             let pending = PendingLimit {
                 waiting: &cluster.stats.pending,
                 max: limits.max_pending,
@@ -235,8 +256,7 @@ async fn forward(
                 endpoint.pool(),
                 endpoint.address,
                 pending,
-                settings.protocol,
-                settings.timeouts.connect,
+                &settings,
                 per_try,
             )
             .await
@@ -622,7 +642,18 @@ impl Failure {
             Failure::Timeout(d) => {
                 format!("upstream request timeout: no response headers after {d:?}\n")
             }
-            Failure::Reset(e) => format!("upstream reset before response headers: {e}\n"),
+            Failure::Reset(e) => {
+                // hyper's own words are terse ("connection error"); the
+                // cause (a TLS alert, say) is what tells the user why.
+                let mut text = format!("upstream reset before response headers: {e}");
+                let mut source = std::error::Error::source(e);
+                while let Some(cause) = source {
+                    text.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                text.push('\n');
+                text
+            }
         }
     }
 
@@ -648,16 +679,17 @@ async fn send(
     pool: &Pool,
     address: SocketAddr,
     pending: PendingLimit<'_>,
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
+    settings: &crate::config::ClusterConfig,
     request_timeout: Duration,
 ) -> Result<Sent, (Failure, Option<Request<UpstreamBody>>)> {
+    let tls = settings.tls.as_ref().map(|t| &t.connector);
+    let (protocol, connect_timeout) = (settings.protocol, settings.timeouts.connect);
     // A pooled keep-alive connection can be closed by the upstream just as
     // we pick it; hyper hands the request back unsent in that case, and
     // then it is safe to try once more on a fresh connection.
     for attempt in 0..2 {
         let sender = match pool
-            .checkout(address, pending, protocol, connect_timeout)
+            .checkout(address, pending, protocol, tls, connect_timeout)
             .await
         {
             Ok(sender) => sender,
@@ -720,11 +752,12 @@ async fn with_timeout<F: std::future::Future>(
 async fn upgrade_request(
     mut req: Request<UpstreamBody>,
     address: SocketAddr,
+    tls: Option<&crate::tls::client::Connector>,
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<Sent, Failure> {
     *req.uri_mut() = origin_form(req.uri());
-    let mut tx = Pool::connect_upgradable(address, connect_timeout)
+    let mut tx = Pool::connect_upgradable(address, tls, connect_timeout)
         .await
         .map_err(Failure::Connect)?;
     let resp = with_timeout(request_timeout, tx.send_request(req))
@@ -744,7 +777,10 @@ pub struct Tunnel {
 impl Tunnel {
     /// Copies bytes both ways between `client` and the upstream until
     /// either side closes; `pending` is what the client sent early.
-    pub async fn run(self, mut client: tokio::net::TcpStream, pending: Bytes) {
+    pub async fn run<C>(self, mut client: C, pending: Bytes)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         use tokio::io::AsyncWriteExt as _;
         let address = self.in_flight.endpoint.address;
         let upstream = match self.upstream.await {
@@ -935,7 +971,12 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Rewrites the URI for the upstream protocol: origin-form with a Host
 /// header for HTTP/1.1, absolute with an authority for HTTP/2.
-fn set_upstream_uri<B>(req: &mut Request<B>, protocol: UpstreamProtocol, endpoint: SocketAddr) {
+fn set_upstream_uri<B>(
+    req: &mut Request<B>,
+    protocol: UpstreamProtocol,
+    tls: bool,
+    endpoint: SocketAddr,
+) {
     match protocol {
         UpstreamProtocol::Http1 => {
             // The Host header is what HTTP/1.1 routes on; it is made from
@@ -961,7 +1002,11 @@ fn set_upstream_uri<B>(req: &mut Request<B>, protocol: UpstreamProtocol, endpoin
                     .and_then(|h| h.parse().ok())
             });
             let mut parts = req.uri().clone().into_parts();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.scheme = Some(if tls {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
             parts.authority = Some(match authority {
                 Some(a) => a,
                 None => endpoint

@@ -3,7 +3,8 @@
 //! [`crate::h1`] reads the first bytes of every connection; when they are
 //! the HTTP/2 preface it hands the socket over here, with those bytes, and
 //! hyper's HTTP/2 server takes it from there. Draining sends GOAWAY and
-//! lets open streams finish.
+//! lets open streams finish. TLS connections that chose h2 by ALPN come
+//! here straight from the handshake ([`serve_io`]).
 
 use std::convert::Infallible;
 use std::io;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::body::UpstreamBody;
 use crate::listener::ListenerState;
+use crate::tls::TlsPeer;
 
 /// Serves an HTTP/2 connection whose first bytes, `read`, were already taken.
 pub async fn serve(
@@ -31,11 +33,29 @@ pub async fn serve(
     read: Bytes,
     state: Arc<ListenerState>,
     peer: SocketAddr,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
+    serve_io(stream, read, state, peer, drain, None).await
+}
+
+/// Like [`serve`], on any stream: a TLS one passes `tls`, which marks
+/// each request with what the handshake established.
+pub async fn serve_io<S>(
+    stream: S,
+    read: Bytes,
+    state: Arc<ListenerState>,
+    peer: SocketAddr,
+    mut drain: watch::Receiver<bool>,
+    tls: Option<Arc<TlsPeer>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Prefixed { read, stream });
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
+        if let Some(tls) = &tls {
+            tls.tag(&mut req);
+        }
         async move {
             let req = req.map(UpstreamBody::Http2);
             Ok::<_, Infallible>(crate::forward::handle(req, &state, peer, None).await)
@@ -61,12 +81,12 @@ pub async fn serve(
 }
 
 /// A socket whose first bytes were already read into `read`.
-struct Prefixed {
+struct Prefixed<S> {
     read: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -82,7 +102,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

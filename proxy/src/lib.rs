@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod forward;
+pub mod gateway;
 pub mod h1;
 pub mod h2;
 pub mod listener;
@@ -21,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod route;
+pub mod tls;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -59,6 +61,8 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     Route(#[from] route::UnknownCluster),
+    #[error("listener `{name}`: {source}")]
+    Tls { name: String, source: tls::TlsError },
 }
 
 struct ClusterEntry {
@@ -163,6 +167,9 @@ impl Proxy {
         let inner = &self.inner;
         let grace = config.shutdown.grace_period;
 
+        // 0. Load certificates first, so a bad one changes nothing.
+        let tls_servers = self.tls_servers(&config)?;
+
         // 1. Bind what is new first, so a failure changes nothing.
         let to_bind: Vec<&ListenerConfig> = {
             let listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
@@ -175,6 +182,10 @@ impl Proxy {
         let mut fresh: HashMap<String, Listener> = HashMap::new();
         for lc in to_bind {
             let state = self.listener_state(&lc.name);
+            // Before the socket accepts: no client may see it plaintext.
+            state
+                .tls
+                .store(tls_servers.get(&lc.name).cloned().flatten());
             let listener = Listener::bind(lc.listen, state, &inner.workers).map_err(|source| {
                 ApplyError::Bind {
                     name: lc.name.clone(),
@@ -246,6 +257,10 @@ impl Proxy {
                     }
                 } else if let Some(existing) = listeners.get(&lc.name) {
                     existing.state.routes.store(table);
+                    existing
+                        .state
+                        .tls
+                        .store(tls_servers.get(&lc.name).cloned().flatten());
                 }
             }
             let gone: Vec<String> = listeners
@@ -276,8 +291,51 @@ impl Proxy {
             },
             |l| config.listeners.iter().any(|x| x.name == l),
         );
+        inner.registry.tls.retain(|l| {
+            config
+                .listeners
+                .iter()
+                .any(|x| x.name == l && x.tls.is_some())
+        });
         inner.config.store(Arc::new(config));
         Ok(())
+    }
+
+    /// Each listener's TLS: the running one when its settings are
+    /// unchanged (its file watcher reloads the certificates), else built
+    /// anew from the files.
+    fn tls_servers(
+        &self,
+        config: &Config,
+    ) -> Result<HashMap<String, Option<Arc<tls::ServerTls>>>, ApplyError> {
+        let listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out = HashMap::new();
+        for lc in &config.listeners {
+            let running = listeners
+                .get(&lc.name)
+                .and_then(|l| l.state.tls.load_full());
+            let server = match (&lc.tls, running) {
+                (None, _) => None,
+                (Some(settings), Some(running)) if running.settings == *settings => Some(running),
+                (Some(settings), _) => Some(
+                    tls::ServerTls::build(
+                        &lc.name,
+                        settings.clone(),
+                        self.inner.registry.tls.stats(&lc.name),
+                    )
+                    .map_err(|source| ApplyError::Tls {
+                        name: lc.name.clone(),
+                        source,
+                    })?,
+                ),
+            };
+            out.insert(lc.name.clone(), server);
+        }
+        Ok(out)
     }
 
     /// Re-reads the config file and applies it; a bad file changes nothing.
@@ -310,6 +368,7 @@ impl Proxy {
                 routes: ArcSwap::from_pointee(RouteTable::default()),
                 unrouted: existing.state.unrouted.clone(),
                 connections: existing.state.connections.clone(),
+                tls: Default::default(),
             });
         }
         drop(listeners);
@@ -318,6 +377,7 @@ impl Proxy {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             unrouted: self.inner.registry.unrouted(name),
             connections: self.inner.registry.connections(name),
+            tls: Default::default(),
         })
     }
 

@@ -33,6 +33,8 @@ pub struct ListenerState {
     /// Requests that matched no route.
     pub unrouted: Arc<AtomicU64>,
     pub connections: Arc<Gauge>,
+    /// TLS termination, when the listener has it; swapped on reload.
+    pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
 }
 
 /// A bound, listening, non-blocking socket.
@@ -214,6 +216,13 @@ async fn accept_loop(
             tracker: tracker.clone(),
             state: state.clone(),
         };
+        if let Some(tls) = state.tls.load_full() {
+            // Drained by its own task (GOAWAY / `connection: close`), not
+            // by the idle registry, which closes plaintext sockets.
+            let (state, drain) = (state.clone(), drain.clone());
+            tokio::spawn(crate::tls::serve(stream, peer, tls, state, drain, guard));
+            continue;
+        }
         let conn = Arc::new(Conn::new(stream));
         tracker.conns.register(&conn);
         let state = state.clone();

@@ -131,6 +131,8 @@ pub struct Registry {
     connections: Mutex<BTreeMap<String, Arc<Gauge>>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// TLS handshakes, errors and certificate reloads, by listener.
+    pub tls: crate::tls::metrics::TlsMetrics,
 }
 
 impl Registry {
@@ -547,6 +549,7 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         "skiff_config_reloads_total{{result=\"failure\"}} {}",
         registry.reloads_failed.load(Relaxed)
     );
+    registry.tls.render(&mut out);
     out
 }
 

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::body::UpstreamBody;
 use crate::config::UpstreamProtocol;
+use crate::tls::client::Connector;
 
 /// A connection ready to carry one request.
 pub enum Sender {
@@ -38,6 +39,11 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake with {address} failed: {source}")]
+    Tls {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A cluster's requests waiting for a new upstream connection, and the
@@ -101,6 +107,7 @@ impl Pool {
         address: SocketAddr,
         pending: PendingLimit<'_>,
         protocol: UpstreamProtocol,
+        tls: Option<&Connector>,
         connect_timeout: Duration,
     ) -> Result<Sender, ConnectError> {
         match protocol {
@@ -119,35 +126,34 @@ impl Pool {
                 // otherwise make every request's future (moved several
                 // times per request) kilobytes larger.
                 let _waiting = pending.enter()?;
-                Box::pin(Self::connect_http1(address, connect_timeout)).await
+                Box::pin(Self::connect_http1(address, tls, connect_timeout)).await
             }
             UpstreamProtocol::Http2 => {
                 if let Some(sender) = self.shared_h2() {
                     return Ok(Sender::Http2(sender));
                 }
                 let _waiting = pending.enter()?;
-                Box::pin(self.connect_http2(address, connect_timeout)).await
+                Box::pin(self.connect_http2(address, tls, connect_timeout)).await
             }
         }
     }
 
     async fn connect_http1(
         address: SocketAddr,
+        tls: Option<&Connector>,
         connect_timeout: Duration,
     ) -> Result<Sender, ConnectError> {
-        let io = dial(address, connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%address, "upstream connection ended: {e}");
-            }
-        });
+        let sender = match dial(address, tls, connect_timeout).await? {
+            Dialed::Plain(io) => http1_handshake(address, io, false).await?,
+            Dialed::Tls(io) => http1_handshake(address, io, false).await?,
+        };
         Ok(Sender::Http1(sender))
     }
 
     async fn connect_http2(
         &self,
         address: SocketAddr,
+        tls: Option<&Connector>,
         connect_timeout: Duration,
     ) -> Result<Sender, ConnectError> {
         let _dialing = self.h2_dial.lock().await;
@@ -155,16 +161,10 @@ impl Pool {
         if let Some(sender) = self.shared_h2() {
             return Ok(Sender::Http2(sender));
         }
-        let io = dial(address, connect_timeout).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%address, "upstream h2 connection ended: {e}");
-            }
-        });
+        let sender = match dial(address, tls, connect_timeout).await? {
+            Dialed::Plain(io) => http2_handshake(address, io).await?,
+            Dialed::Tls(io) => http2_handshake(address, io).await?,
+        };
         if !self.closed.load(Relaxed) {
             *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
         }
@@ -174,16 +174,13 @@ impl Pool {
     /// A new HTTP/1.1 connection that can be upgraded (WebSocket); never pooled.
     pub async fn connect_upgradable(
         address: SocketAddr,
+        tls: Option<&Connector>,
         connect_timeout: Duration,
     ) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
-        let io = dial(address, connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%address, "upgradable upstream connection ended: {e}");
-            }
-        });
-        Ok(sender)
+        Ok(match dial(address, tls, connect_timeout).await? {
+            Dialed::Plain(io) => http1_handshake(address, io, true).await?,
+            Dialed::Tls(io) => http1_handshake(address, io, true).await?,
+        })
     }
 
     fn pop_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
@@ -242,11 +239,78 @@ impl Pool {
     }
 }
 
-async fn dial(address: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+/// A new upstream connection, plain or TLS.
+// Moved once, straight into hyper's connection, which holds it anyway.
+#[allow(clippy::large_enum_variant)]
+enum Dialed {
+    Plain(TokioIo<TcpStream>),
+    Tls(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects to `address`, and runs the TLS handshake when the cluster has
+/// TLS; `timeout` bounds both.
+async fn dial(
+    address: SocketAddr,
+    tls: Option<&Connector>,
+    timeout: Duration,
+) -> Result<Dialed, ConnectError> {
+    let connect = async {
+        let stream = TcpStream::connect(address).await?;
+        // Small requests and responses must not wait for Nagle.
+        stream.set_nodelay(true)?;
+        Ok::<_, ConnectError>(match tls {
+            None => Dialed::Plain(TokioIo::new(stream)),
+            Some(tls) => Dialed::Tls(TokioIo::new(
+                tls.connect(address, stream)
+                    .await
+                    .map_err(|source| ConnectError::Tls { address, source })?,
+            )),
+        })
+    };
+    tokio::time::timeout(timeout, connect)
         .await
-        .map_err(|_| ConnectError::Timeout(timeout))??;
-    // Small requests and responses must not wait for Nagle.
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(stream))
+        .map_err(|_| ConnectError::Timeout(timeout))?
+}
+
+/// An HTTP/1.1 client connection on `io`, its driver spawned.
+async fn http1_handshake<I>(
+    address: SocketAddr,
+    io: I,
+    upgradable: bool,
+) -> Result<http1::SendRequest<UpstreamBody>, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(io).await?;
+    tokio::spawn(async move {
+        let result = if upgradable {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = result {
+            tracing::debug!(%address, "upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// An HTTP/2 client connection on `io`, its driver spawned.
+async fn http2_handshake<I>(
+    address: SocketAddr,
+    io: I,
+) -> Result<http2::SendRequest<UpstreamBody>, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%address, "upstream h2 connection ended: {e}");
+        }
+    });
+    Ok(sender)
 }

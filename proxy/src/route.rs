@@ -8,9 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
 
 use crate::cluster::Cluster;
 use crate::config::{HostMatch, ListenerConfig, PathMatch};
+use crate::gateway::{self, Edits, HeaderCheck, Redirect};
 use crate::metrics::{CodeCounters, Registry};
 
 /// One route, resolved: its cluster and its counter row are handles.
@@ -20,14 +24,58 @@ pub struct Route {
     pub cluster: Arc<Cluster>,
     /// `skiff_requests_total{listener, cluster}`.
     pub requests: Arc<CodeCounters>,
+    /// Header conditions, all of which must hold (usually none).
+    pub headers: Box<[HeaderCheck]>,
+    /// Rewrites and header edits; none for a plain route.
+    pub edits: Option<Box<Edits>>,
+    /// Overrides the cluster's request timeout.
+    pub timeout: Option<Duration>,
 }
 
-impl Route {
+/// A route that answers with a redirect instead of forwarding.
+#[derive(Debug)]
+struct RedirectRoute {
+    path: PathMatch,
+    headers: Box<[HeaderCheck]>,
+    redirect: Redirect,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Forward(Route),
+    Redirect(RedirectRoute),
+}
+
+/// What a request matched.
+#[derive(Debug)]
+pub enum Found<'a> {
+    Route(&'a Route),
+    Redirect(&'a Redirect),
+}
+
+#[inline]
+fn path_matches(want: &PathMatch, path: &str) -> bool {
+    match want {
+        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        PathMatch::Exact(p) => path == p,
+    }
+}
+
+impl Entry {
     #[inline]
-    fn matches(&self, path: &str) -> bool {
-        match &self.path {
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-            PathMatch::Exact(p) => path == p,
+    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        let (want, checks) = match self {
+            Entry::Forward(r) => (&r.path, &r.headers),
+            Entry::Redirect(r) => (&r.path, &r.headers),
+        };
+        path_matches(want, path) && checks.iter().all(|c| c.matches(headers))
+    }
+
+    #[inline]
+    fn found(&self) -> Found<'_> {
+        match self {
+            Entry::Forward(r) => Found::Route(r),
+            Entry::Redirect(r) => Found::Redirect(&r.redirect),
         }
     }
 }
@@ -37,7 +85,7 @@ impl Route {
 pub struct RouteTable {
     /// The listener's access log sampling, when on.
     pub access_log: Option<crate::config::AccessLog>,
-    routes: Vec<Route>,
+    entries: Vec<Entry>,
     exact: HashMap<Box<str>, Vec<usize>>,
     /// (`.suffix`, route indices), longest suffix first.
     suffixes: Vec<(Box<str>, Vec<usize>)>,
@@ -61,15 +109,29 @@ impl RouteTable {
     ) -> Result<RouteTable, UnknownCluster> {
         let mut table = RouteTable::default();
         for (i, route) in listener.routes.iter().enumerate() {
-            let cluster = clusters.get(&route.cluster).ok_or_else(|| UnknownCluster {
-                listener: listener.name.clone(),
-                cluster: route.cluster.clone(),
-            })?;
-            table.routes.push(Route {
-                path: route.path.clone(),
-                cluster: cluster.clone(),
-                requests: registry.requests(&listener.name, &route.cluster),
-            });
+            let headers = gateway::header_checks(&route.rules.headers);
+            let entry = match &route.rules.redirect {
+                Some(redirect) => Entry::Redirect(RedirectRoute {
+                    path: route.path.clone(),
+                    headers,
+                    redirect: redirect.clone(),
+                }),
+                None => {
+                    let cluster = clusters.get(&route.cluster).ok_or_else(|| UnknownCluster {
+                        listener: listener.name.clone(),
+                        cluster: route.cluster.clone(),
+                    })?;
+                    Entry::Forward(Route {
+                        path: route.path.clone(),
+                        cluster: cluster.clone(),
+                        requests: registry.requests(&listener.name, &route.cluster),
+                        headers,
+                        edits: Edits::of(&route.rules, &route.path),
+                        timeout: route.rules.timeout,
+                    })
+                }
+            };
+            table.entries.push(entry);
             match &route.host {
                 Some(HostMatch::Exact(h)) => {
                     table.exact.entry(h.as_str().into()).or_default().push(i)
@@ -89,37 +151,43 @@ impl RouteTable {
         Ok(table)
     }
 
-    /// Finds the route for `host` (as sent: any case, maybe with a port) and `path`.
+    /// Finds the route for `host` (as sent: any case, maybe with a port),
+    /// `path` and `headers`. A host no route names goes to the routes
+    /// without a host (the default route), else nowhere (404).
     #[inline]
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+    pub fn find(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> Option<Found<'_>> {
         if let Some(host) = host {
             let host = normalize_host(host);
             if let Some(list) = self.exact.get(&*host) {
-                if let Some(r) = self.first_match(list, path) {
+                if let Some(r) = self.first_match(list, path, headers) {
                     return Some(r);
                 }
             }
             for (suffix, list) in &self.suffixes {
                 if host.len() > suffix.len() && host.ends_with(&**suffix) {
-                    if let Some(r) = self.first_match(list, path) {
+                    if let Some(r) = self.first_match(list, path, headers) {
                         return Some(r);
                     }
                 }
             }
         }
-        self.first_match(&self.any_host, path)
+        self.first_match(&self.any_host, path, headers)
     }
 
     #[inline]
-    fn first_match(&self, list: &[usize], path: &str) -> Option<&Route> {
+    fn first_match(&self, list: &[usize], path: &str, headers: &HeaderMap) -> Option<Found<'_>> {
         list.iter()
-            .map(|&i| &self.routes[i])
-            .find(|r| r.matches(path))
+            .map(|&i| &self.entries[i])
+            .find(|e| e.matches(path, headers))
+            .map(Entry::found)
     }
 
-    /// Every route, in config order.
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+    /// Every forwarding route, in config order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Forward(r) => Some(r),
+            Entry::Redirect(_) => None,
+        })
     }
 }
 
@@ -167,6 +235,7 @@ mod tests {
                     panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
                     health_check: None,
                     slow_start: Default::default(),
+                    tls: None,
                 }))
             });
         }
@@ -180,14 +249,19 @@ mod tests {
                     host: h.clone(),
                     path: p.clone(),
                     cluster: c.to_string(),
+                    rules: Default::default(),
                 })
                 .collect(),
+            tls: None,
         };
         RouteTable::build(&listener, &clusters, &Registry::default()).unwrap()
     }
 
     fn find<'a>(t: &'a RouteTable, host: Option<&str>, path: &str) -> Option<&'a str> {
-        t.find(host, path).map(|r| &*r.cluster.name)
+        match t.find(host, path, &HeaderMap::new())? {
+            Found::Route(r) => Some(&*r.cluster.name),
+            Found::Redirect(_) => Some("redirect"),
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
   ws_echo.py server        prints its port, echoes every message until killed
   ws_echo.py client URL    sends 100 text and binary messages, checks the echoes, prints OK
+  ws_echo.py client URL CA the same over wss://, trusting the CA file
 """
 import asyncio
+import ssl
 import sys
 
 from websockets.asyncio.client import connect
@@ -22,8 +24,9 @@ async def server():
         await asyncio.Future()
 
 
-async def client(url):
-    async with connect(url, open_timeout=10, proxy=None) as ws:
+async def client(url, cafile=None):
+    tls = ssl.create_default_context(cafile=cafile) if cafile else None
+    async with connect(url, open_timeout=10, proxy=None, ssl=tls) as ws:
         for i in range(100):
             await ws.send(f"message {i}")
             assert await ws.recv() == f"message {i}"
@@ -37,4 +40,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         asyncio.run(server())
     else:
-        asyncio.run(client(sys.argv[2]))
+        asyncio.run(client(*sys.argv[2:4]))

@@ -199,8 +199,52 @@ fn fraction() -> f64 {
 /// What a check loop keeps between checks.
 enum Connection {
     None,
-    Http1(TcpStream, BytesMut),
+    Http1(Stream, BytesMut),
     Http2(hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>),
+}
+
+/// A check's connection: TLS when the cluster's endpoints speak it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => read_some(s, buf).await,
+            Stream::Tls(s) => {
+                if buf.capacity() - buf.len() < 512 {
+                    buf.reserve(4096);
+                }
+                tokio::io::AsyncReadExt::read_buf(s, buf).await
+            }
+        }
+    }
+}
+
+/// Connects to `address`, with the cluster's TLS when it has one.
+async fn dial(address: SocketAddr, settings: &ClusterConfig) -> Result<Stream, Failure> {
+    let stream = connect(address).await?;
+    match &settings.tls {
+        None => Ok(Stream::Plain(stream)),
+        Some(tls) => tls
+            .connector
+            .connect(address, stream)
+            .await
+            .map(|s| Stream::Tls(Box::new(s)))
+            .map_err(|e| Failure::Error(format!("TLS handshake: {e}"))),
+    }
 }
 
 /// The HTTP/1.1 request bytes, rebuilt when the settings change.
@@ -239,9 +283,9 @@ async fn probe(
                         .into_bytes();
                         request.for_settings = Some(settings.clone());
                     }
-                    http1(address, conn, &request.bytes).await?
+                    http1(address, settings, conn, &request.bytes).await?
                 }
-                UpstreamProtocol::Http2 => http2(address, conn, host, path).await?,
+                UpstreamProtocol::Http2 => http2(address, settings, conn, host, path).await?,
             };
             if expected_statuses
                 .iter()
@@ -265,12 +309,17 @@ async fn connect(address: SocketAddr) -> Result<TcpStream, Failure> {
 
 /// One HTTP/1.1 check on the kept connection (a new one when there is
 /// none, or when the kept one turns out closed before answering).
-async fn http1(address: SocketAddr, conn: &mut Connection, request: &[u8]) -> Result<u16, Failure> {
+async fn http1(
+    address: SocketAddr,
+    settings: &ClusterConfig,
+    conn: &mut Connection,
+    request: &[u8],
+) -> Result<u16, Failure> {
     let reused = matches!(conn, Connection::Http1(..));
-    let mut result = exchange(address, conn, request).await;
+    let mut result = exchange(address, settings, conn, request).await;
     if reused && matches!(result, Err(Exchange::ClosedBeforeAnswer)) {
         *conn = Connection::None;
-        result = exchange(address, conn, request).await;
+        result = exchange(address, settings, conn, request).await;
     }
     result.map_err(|e| {
         *conn = Connection::None;
@@ -329,11 +378,15 @@ fn io_failure(e: std::io::Error) -> Exchange {
 
 async fn exchange(
     address: SocketAddr,
+    settings: &ClusterConfig,
     conn: &mut Connection,
     request: &[u8],
 ) -> Result<u16, Exchange> {
     if !matches!(conn, Connection::Http1(..)) {
-        *conn = Connection::Http1(connect(address).await?, BytesMut::with_capacity(1024));
+        *conn = Connection::Http1(
+            dial(address, settings).await?,
+            BytesMut::with_capacity(1024),
+        );
     }
     let Connection::Http1(stream, buf) = conn else {
         unreachable!("set just above");
@@ -341,7 +394,7 @@ async fn exchange(
     buf.clear();
     stream.write_all(request).await.map_err(io_failure)?;
     let (status, head_len, framing, keep) = loop {
-        if read_some(stream, buf).await.map_err(io_failure)? == 0 {
+        if stream.read_some(buf).await.map_err(io_failure)? == 0 {
             // (`http1` drops the connection on any error.)
             return Err(if buf.is_empty() {
                 Exchange::ClosedBeforeAnswer
@@ -374,7 +427,7 @@ async fn exchange(
         Framing::Length(n) => discard(stream, buf, n).await?,
         Framing::Chunked => discard_chunked(stream, buf).await?,
         Framing::UntilClose => {
-            while read_some(stream, buf).await.map_err(io_failure)? != 0 {
+            while stream.read_some(buf).await.map_err(io_failure)? != 0 {
                 buf.clear();
             }
         }
@@ -428,14 +481,14 @@ fn framing(response: &httparse::Response<'_, '_>, status: u16) -> Result<(Framin
     Ok((framing, keep))
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Exchange> {
-    if read_some(stream, buf).await.map_err(io_failure)? == 0 {
+async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Exchange> {
+    if stream.read_some(buf).await.map_err(io_failure)? == 0 {
         return Err(Failure::Error("connection closed inside the answer's body".into()).into());
     }
     Ok(())
 }
 
-async fn discard(stream: &mut TcpStream, buf: &mut BytesMut, mut n: u64) -> Result<(), Exchange> {
+async fn discard(stream: &mut Stream, buf: &mut BytesMut, mut n: u64) -> Result<(), Exchange> {
     loop {
         let take = (buf.len() as u64).min(n);
         buf.advance(take as usize);
@@ -447,7 +500,7 @@ async fn discard(stream: &mut TcpStream, buf: &mut BytesMut, mut n: u64) -> Resu
     }
 }
 
-async fn discard_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Exchange> {
+async fn discard_chunked(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Exchange> {
     loop {
         let size = loop {
             match httparse::parse_chunk_size(buf) {
@@ -479,6 +532,7 @@ async fn discard_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(
 
 async fn http2(
     address: SocketAddr,
+    settings: &ClusterConfig,
     conn: &mut Connection,
     host: &str,
     path: &str,
@@ -488,21 +542,37 @@ async fn http2(
 
     let ready = matches!(conn, Connection::Http2(s) if s.is_ready());
     if !ready {
-        let stream = connect(address).await?;
-        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
+        let builder = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Failure::Error(format!("HTTP/2 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
+            .clone();
+        let failed = |e: hyper::Error| Failure::Error(format!("HTTP/2 handshake: {e}"));
+        let sender = match dial(address, settings).await? {
+            Stream::Plain(s) => {
+                let (sender, driver) = builder.handshake(TokioIo::new(s)).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    let _ = driver.await;
+                });
+                sender
+            }
+            Stream::Tls(s) => {
+                let (sender, driver) = builder.handshake(TokioIo::new(s)).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    let _ = driver.await;
+                });
+                sender
+            }
+        };
         *conn = Connection::Http2(sender);
     }
     let Connection::Http2(sender) = conn else {
         unreachable!("set just above");
     };
-    let request = http::Request::get(format!("http://{host}{path}"))
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let request = http::Request::get(format!("{scheme}://{host}{path}"))
         .header(http::header::USER_AGENT, USER_AGENT)
         .body(http_body_util::Empty::new())
         .map_err(|e| Failure::Error(format!("request: {e}")))?;

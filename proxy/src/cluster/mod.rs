@@ -871,6 +871,7 @@ mod tests {
             panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
             health_check: None,
             slow_start: Default::default(),
+            tls: None,
         }))
     }
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# TLS termination, skiff against nginx and HAProxy configured alike:
+#   benches/scripts/tls.sh SKIFF_BIN [ROUNDS] [DURATION]
+#
+# Each proxy: one worker pinned to core 0, the same ECDSA P-256
+# certificate, TLS 1.2 and 1.3, session cache and tickets on, HTTP/1.1
+# keep-alive to the same three upstreams (`skiff-bench upstream`, core 1).
+# wrk (OpenSSL) on core 1, 50 connections, 1 KiB responses:
+#   keep-alive  requests/s over 50 kept-alive HTTPS connections;
+#   handshakes  `Connection: close` on every request, so each one is a new
+#               TCP connection and a full TLS handshake (wrk does not resume).
+# CPU/req is the proxy's utime + stime (all its processes) over the run,
+# divided by its requests. Runs are interleaved over ROUNDS rounds.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+SKIFF=${1:?usage: tls.sh SKIFF_BIN [ROUNDS] [DURATION]}
+ROUNDS=${2:-3}
+DURATION=${3:-5s}
+HZ=$(getconf CLK_TCK)
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+cat "$WORK/cert.pem" "$WORK/key.pem" > "$WORK/combined.pem"
+mkdir -p "$WORK/nginx-body" "$WORK/nginx-proxy"
+
+cat > "$WORK/skiff.yaml" <<EOT
+admin: { listen: 127.0.0.1:29901 }
+shutdown: { drain_delay: 0s, grace_period: 1s }
+listeners:
+  - name: web
+    listen: 127.0.0.1:28443
+    tls: { cert: $WORK/cert.pem, key: $WORK/key.pem }
+    routes:
+      - cluster: up
+clusters:
+  - name: up
+    lb: round_robin
+    endpoints: [127.0.0.1:28081, 127.0.0.1:28082, 127.0.0.1:28083]
+EOT
+
+cat > "$WORK/nginx.conf" <<EOT
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log stderr warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx-body;
+  proxy_temp_path $WORK/nginx-proxy;
+  upstream app {
+    server 127.0.0.1:28081; server 127.0.0.1:28082; server 127.0.0.1:28083;
+    keepalive 256;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:28444 ssl;
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOT
+
+cat > "$WORK/haproxy.cfg" <<EOT
+global
+  nbthread 1
+  maxconn 9900
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:28445 ssl crt $WORK/combined.pem alpn h2,http/1.1
+  default_backend app
+backend app
+  balance roundrobin
+  server s0 127.0.0.1:28081
+  server s1 127.0.0.1:28082
+  server s2 127.0.0.1:28083
+EOT
+
+start_upstreams
+taskset -c 0 "$SKIFF" run -c "$WORK/skiff.yaml" --threads 1 --log-level warn 2>"$WORK/skiff.log" &
+SKIFF_PID=$!
+taskset -c 0 nginx -c "$WORK/nginx.conf" -e stderr 2>"$WORK/nginx.log" &
+NGINX_PID=$!
+taskset -c 0 haproxy -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.log" &
+HAPROXY_PID=$!
+sleep 1.5
+
+# ticks PID: utime + stime of PID and its children (nginx's worker).
+ticks() {
+  local sum=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    sum=$(( sum + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$sum"
+}
+
+declare -A PORT=([skiff]=28443 [nginx]=28444 [haproxy]=28445)
+declare -A PID=([skiff]=$SKIFF_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+
+for peer in skiff nginx haproxy; do
+  # What each negotiates with an OpenSSL client, for the record.
+  echo | openssl s_client -connect "127.0.0.1:${PORT[$peer]}" 2>/dev/null \
+    | awk -v p="$peer" '/^New, /{print p": "$0}'
+  curl -sk -o /dev/null -w "$peer: curl %{http_code}\n" "https://127.0.0.1:${PORT[$peer]}/"
+done
+
+echo "scenario round peer requests/s cpu_us_per_request"
+for round in $(seq 1 "$ROUNDS"); do
+  for scenario in keep-alive handshakes; do
+    for peer in skiff nginx haproxy; do
+      extra=()
+      [ "$scenario" = handshakes ] && extra=(-H "Connection: close")
+      before=$(ticks "${PID[$peer]}")
+      out=$(taskset -c 1 wrk -t1 -c50 -d"$DURATION" "${extra[@]}" "https://127.0.0.1:${PORT[$peer]}/")
+      after=$(ticks "${PID[$peer]}")
+      n=$(awk '/requests in/{print $1}' <<<"$out")
+      rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+      errors=$(awk '/Socket errors|Non-2xx/{print}' <<<"$out" | tr '\n' ' ')
+      cpu=$(awk -v t=$(( after - before )) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')
+      echo "$scenario $round $peer $rps $cpu $errors"
+    done
+  done
+done

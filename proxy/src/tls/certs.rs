@@ -1,0 +1,115 @@
+//! Reading certificates, keys and CA bundles from PEM files (a mounted
+//! Kubernetes Secret's `tls.crt` and `tls.key`), with errors that name the
+//! file and what is wrong with it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+/// A certificate, key or CA file that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct TlsError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl TlsError {
+    pub fn new(path: &Path, message: impl Into<String>) -> TlsError {
+        TlsError {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The one crypto provider skiff uses: ring (aws-lc needs cmake to build).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::new(path, format!("cannot read: {e}")))
+}
+
+/// The certificates of a PEM file, in order (leaf first for a chain).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::new(path, format!("not a valid PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::new(
+            path,
+            "no certificate in it (expected a -----BEGIN CERTIFICATE----- block)",
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        TlsError::new(
+            path,
+            format!(
+                "no usable private key in it (expected a PKCS#8, PKCS#1 or SEC1 PEM block): {e}"
+            ),
+        )
+    })
+}
+
+/// A certificate chain with its key, checked to belong together.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = load_certs(cert)?;
+    let der = load_key(key)?;
+    CertifiedKey::from_der(chain, der, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::new(
+            key,
+            format!(
+                "this private key does not match the certificate in {}",
+                cert.display()
+            ),
+        ),
+        e => TlsError::new(key, format!("unusable private key: {e}")),
+    })
+}
+
+/// The trust anchors of a CA bundle.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::new(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// The system's trust anchors (`/etc/ssl/certs` and the like).
+pub fn system_roots() -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "none found".into());
+        return Err(TlsError::new(
+            Path::new("(system roots)"),
+            format!("no CA certificates could be loaded: {why}; give `ca`"),
+        ));
+    }
+    Ok(roots)
+}

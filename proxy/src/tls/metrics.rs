@@ -1,0 +1,140 @@
+//! TLS counters per listener: handshakes, failed handshakes by reason,
+//! and certificate reloads by result.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::escape;
+
+/// Why a handshake failed, as the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The client's certificate was missing, not from the CA, or not allowed.
+    ClientCert,
+    /// The handshake took longer than the limit.
+    Timeout,
+    /// Anything else: protocol errors, no shared cipher, no certificate for the name.
+    Handshake,
+}
+
+impl Failure {
+    const ALL: [Failure; 3] = [Failure::ClientCert, Failure::Timeout, Failure::Handshake];
+
+    fn label(self) -> &'static str {
+        match self {
+            Failure::ClientCert => "client_cert",
+            Failure::Timeout => "timeout",
+            Failure::Handshake => "handshake",
+        }
+    }
+}
+
+/// One listener's TLS counters.
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    pub handshakes: AtomicU64,
+    /// Handshakes that resumed an earlier session.
+    pub resumed: AtomicU64,
+    errors: [AtomicU64; 3],
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl TlsStats {
+    pub fn failed(&self, why: Failure) {
+        self.errors[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn errors(&self, why: Failure) -> u64 {
+        self.errors[why as usize].load(Relaxed)
+    }
+}
+
+/// Every TLS listener's counters.
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    listeners: Mutex<BTreeMap<String, Arc<TlsStats>>>,
+}
+
+impl TlsMetrics {
+    /// The counters of `listener`, kept across reloads.
+    pub fn stats(&self, listener: &str) -> Arc<TlsStats> {
+        let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(listener.to_string()).or_default().clone()
+    }
+
+    /// Forgets listeners no longer configured with TLS.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l, _| keep(l));
+    }
+
+    /// Appends the TLS families in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        type Rows = fn(&mut String, &str, &str, &TlsStats);
+        let families: [(&str, &str, Rows); 4] = [
+            (
+                "skiff_tls_handshakes_total",
+                "Completed TLS handshakes, by listener.",
+                |out, name, l, s| {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{listener=\"{l}\"}} {}",
+                        s.handshakes.load(Relaxed)
+                    );
+                },
+            ),
+            (
+                "skiff_tls_resumed_total",
+                "TLS handshakes that resumed a session, by listener.",
+                |out, name, l, s| {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{listener=\"{l}\"}} {}",
+                        s.resumed.load(Relaxed)
+                    );
+                },
+            ),
+            (
+                "skiff_tls_errors_total",
+                "Failed TLS handshakes, by listener and reason (client_cert, timeout, handshake).",
+                |out, name, l, s| {
+                    for why in Failure::ALL {
+                        let reason = why.label();
+                        let _ = writeln!(
+                            out,
+                            "{name}{{listener=\"{l}\",reason=\"{reason}\"}} {}",
+                            s.errors(why)
+                        );
+                    }
+                },
+            ),
+            (
+                "skiff_tls_certificate_reloads_total",
+                "Certificate file reloads, by listener and result.",
+                |out, name, l, s| {
+                    for (result, n) in [("success", &s.reloads_ok), ("failure", &s.reloads_failed)]
+                    {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{listener=\"{l}\",result=\"{result}\"}} {}",
+                            n.load(Relaxed)
+                        );
+                    }
+                },
+            ),
+        ];
+        let map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, help, rows) in families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (listener, stats) in map.iter() {
+                rows(out, name, &escape(listener), stats);
+            }
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! TLS termination, SNI, ALPN, resumption, mTLS, certificate rotation and
+//! upstream TLS, with real clients: curl, `openssl s_client`, rustls.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_tests::tls::{
+    client_config, curl, der_of, s_client, Ca, HttpsConn, SecretMount, Subject, TlsBackend,
+};
+use skiff_tests::{start_proxy, wait_for, Backend, TempDir};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A gateway config: listener `web` with `tls` (YAML flow mapping body),
+/// routing everything to `backend`.
+fn tls_config(tls: &str, backend: SocketAddr) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    tls: {{ {tls} }}\n    routes:\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+         clusters:\n  - name: app\n    endpoints: [{backend}]\n"
+    )
+}
+
+/// A CA, a default certificate for shop.example.com and an SNI one for
+/// api.example.com, written into `dir`; returns the CA file and the `tls` body.
+fn two_certificates(dir: &TempDir) -> (Ca, String) {
+    let ca = Ca::new("skiff test CA");
+    let (shop_crt, shop_key) = ca
+        .issue(Subject {
+            dns: &["shop.example.com"],
+            ..Default::default()
+        })
+        .write(&dir.0, "shop");
+    let (api_crt, api_key) = ca
+        .issue(Subject {
+            dns: &["api.example.com", "*.api.example.com"],
+            ..Default::default()
+        })
+        .write(&dir.0, "api");
+    let tls = format!(
+        "cert: {}, key: {}, certificates: [{{ cert: {}, key: {} }}]",
+        p(&shop_crt),
+        p(&shop_key),
+        p(&api_crt),
+        p(&api_key)
+    );
+    (ca, tls)
+}
+
+#[tokio::test]
+async fn curl_gets_http1_and_http2_over_https() {
+    let dir = TempDir::new("tls-curl");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let (_proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    let url = format!("https://shop.example.com:{}/headers", address.port());
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = curl(
+            "shop.example.com",
+            address,
+            &[
+                "--cacert",
+                &p(&ca_file),
+                flag,
+                "-w",
+                "\n%{http_code} %{http_version}",
+                &url,
+            ],
+        )
+        .await;
+        assert!(out.ok, "curl {flag} failed: {}", out.stderr);
+        assert!(
+            out.stdout.ends_with(&format!("200 {version}")),
+            "{flag}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("\"x-forwarded-proto\":\"https\""),
+            "the upstream learns the client used https: {}",
+            out.stdout
+        );
+    }
+}
+
+#[tokio::test]
+async fn s_client_sees_the_certificate_for_its_sni_and_the_alpn_it_asked_for() {
+    let dir = TempDir::new("tls-sni");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let (_proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    for (sni, alpn, subject) in [
+        ("api.example.com", "h2", "api.example.com"),
+        ("v2.api.example.com", "http/1.1", "api.example.com"),
+        ("shop.example.com", "h2", "shop.example.com"),
+        // No SNI match: the default certificate.
+        ("other.example.org", "http/1.1", "shop.example.com"),
+    ] {
+        let out = s_client(
+            address,
+            &["-servername", sni, "-alpn", alpn, "-CAfile", &p(&ca_file)],
+            "",
+        )
+        .await;
+        assert!(
+            out.stdout.contains(&format!("subject=CN = {subject}")),
+            "SNI {sni}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains(&format!("ALPN protocol: {alpn}")),
+            "SNI {sni}: {}",
+            out.stdout
+        );
+    }
+    // TLS 1.2 is offered too.
+    let out = s_client(
+        address,
+        &[
+            "-servername",
+            "shop.example.com",
+            "-tls1_2",
+            "-CAfile",
+            &p(&ca_file),
+        ],
+        "",
+    )
+    .await;
+    assert!(
+        out.stdout.contains("Protocol  : TLSv1.2") || out.stdout.contains("TLSv1.2"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_name_and_an_expired_certificate_fail_client_verification() {
+    let dir = TempDir::new("tls-bad");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let (_proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    let url = format!("https://other.example.org:{}/", address.port());
+    let out = curl(
+        "other.example.org",
+        address,
+        &["--cacert", &p(&ca_file), &url],
+    )
+    .await;
+    assert!(!out.ok, "a certificate for another name must not verify");
+    assert!(
+        out.stderr.contains("subject name") || out.stderr.contains("does not match"),
+        "{}",
+        out.stderr
+    );
+
+    let (crt, key) = ca
+        .issue(Subject {
+            dns: &["old.example.com"],
+            expired: true,
+            ..Default::default()
+        })
+        .write(&dir.0, "expired");
+    let tls = format!("cert: {}, key: {}", p(&crt), p(&key));
+    let (_old, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    let url = format!("https://old.example.com:{}/", address.port());
+    let out = curl(
+        "old.example.com",
+        address,
+        &["--cacert", &p(&ca_file), &url],
+    )
+    .await;
+    assert!(!out.ok, "an expired certificate must not verify");
+    assert!(out.stderr.contains("expired"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn sessions_resume() {
+    let dir = TempDir::new("tls-resume");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let (proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    let session = p(&dir.path("session.pem"));
+    for version in ["-tls1_2", "-tls1_3"] {
+        let request = "GET / HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n";
+        // -ign_eof: read to the server's close, so TLS 1.3 tickets arrive.
+        let common = [
+            "-servername",
+            "shop.example.com",
+            version,
+            "-ign_eof",
+            "-CAfile",
+            &p(&ca_file),
+        ];
+        let first = s_client(
+            address,
+            &[&common[..], &["-sess_out", &session]].concat(),
+            request,
+        )
+        .await;
+        assert!(
+            first.stdout.contains("New, "),
+            "{version}: {}",
+            first.stdout
+        );
+        let again = s_client(
+            address,
+            &[&common[..], &["-sess_in", &session]].concat(),
+            request,
+        )
+        .await;
+        assert!(
+            again.stdout.contains("Reused, "),
+            "{version} resumes: {}",
+            again.stdout
+        );
+    }
+    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let resumed =
+        skiff_tests::metric_value(&metrics, "skiff_tls_resumed_total", &[("listener", "web")]);
+    assert!(resumed >= Some(2.0), "{metrics}");
+}
+
+/// HTTPS clients that each handshake, send a few keep-alive requests, and
+/// start over; they note which certificate each handshake presented.
+struct HttpsLoad {
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    leaves: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HttpsLoad {
+    fn start(address: SocketAddr, host: &'static str, ca_pem: &str, clients: usize) -> HttpsLoad {
+        // No resumption: each handshake shows the certificate served now.
+        let mut config = (*client_config(ca_pem, &[b"http/1.1"], None)).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        let config = Arc::new(config);
+        let load = HttpsLoad {
+            ok: Arc::default(),
+            failures: Arc::default(),
+            leaves: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..clients)
+            .map(|_| {
+                let (ok, failures, leaves, stop, config) = (
+                    load.ok.clone(),
+                    load.failures.clone(),
+                    load.leaves.clone(),
+                    load.stop.clone(),
+                    config.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Relaxed) {
+                        let mut conn = match HttpsConn::connect(address, host, config.clone()).await
+                        {
+                            Ok(c) => c,
+                            Err(e) => {
+                                failures.lock().unwrap().push(format!("handshake: {e}"));
+                                continue;
+                            }
+                        };
+                        {
+                            let mut seen = leaves.lock().unwrap();
+                            if !seen.contains(&conn.leaf) {
+                                seen.push(conn.leaf.clone());
+                            }
+                        }
+                        for _ in 0..5 {
+                            match conn.get("/").await {
+                                Ok((status, _)) if status == 200 => {
+                                    ok.fetch_add(1, Relaxed);
+                                }
+                                Ok((status, body)) => failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                                Err(e) => {
+                                    failures.lock().unwrap().push(format!("request: {e}"));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        HttpsLoad { tasks, ..load }
+    }
+
+    fn presented(&self, leaf: &[u8]) -> bool {
+        self.leaves.lock().unwrap().iter().any(|l| l == leaf)
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Relaxed), failures)
+    }
+}
+
+fn tls_metric(proxy: &skiff::Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    skiff_tests::metric_value(&text, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_by_symlink_swap_under_load_without_a_failed_request() {
+    let dir = TempDir::new("tls-rotate");
+    let backend = Backend::start("app").await;
+    let ca = Ca::new("skiff test CA");
+    let shop = Subject {
+        dns: &["shop.example.com"],
+        ..Default::default()
+    };
+    let first = ca.issue(Subject { ..shop });
+    let second = ca.issue(Subject {
+        dns: &["shop.example.com"],
+        ..Default::default()
+    });
+    let secret_dir = dir.path("secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let mut mount = SecretMount::new(
+        &secret_dir,
+        &[("tls.crt", &first.cert), ("tls.key", &first.key)],
+    );
+    let tls = format!(
+        "cert: {}, key: {}",
+        p(&mount.path("tls.crt")),
+        p(&mount.path("tls.key"))
+    );
+    let (proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    let load = HttpsLoad::start(address, "shop.example.com", &ca.pem, 4);
+    let (old_leaf, new_leaf) = (der_of(&first.cert), der_of(&second.cert));
+    wait_for("handshakes with the first certificate", LIMIT, || {
+        load.presented(&old_leaf)
+    })
+    .await;
+
+    mount.update(&[("tls.crt", &second.cert), ("tls.key", &second.key)]);
+    wait_for("new handshakes present the new certificate", LIMIT, || {
+        load.presented(&new_leaf)
+    })
+    .await;
+
+    // A broken update (a certificate with another's key) is refused; the
+    // running certificate stays and traffic goes on.
+    let third = ca.issue(Subject {
+        dns: &["shop.example.com"],
+        ..Default::default()
+    });
+    mount.update(&[("tls.crt", &third.cert), ("tls.key", &first.key)]);
+    wait_for("the broken certificate is refused", LIMIT, || {
+        tls_metric(
+            &proxy,
+            "skiff_tls_certificate_reloads_total",
+            &[("listener", "web"), ("result", "failure")],
+        ) >= 1.0
+    })
+    .await;
+    let mut conn = HttpsConn::connect(
+        address,
+        "shop.example.com",
+        client_config(&ca.pem, &[b"http/1.1"], None),
+    )
+    .await
+    .expect("handshake after the refused update");
+    assert_eq!(conn.leaf, new_leaf, "the last good certificate stays");
+    assert_eq!(conn.get("/").await.expect("request").0, 200);
+
+    let (ok, failures) = load.stop().await;
+    assert!(ok > 0);
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        tls_metric(
+            &proxy,
+            "skiff_tls_certificate_reloads_total",
+            &[("listener", "web"), ("result", "success")]
+        ) >= 1.0
+    );
+    assert!(tls_metric(&proxy, "skiff_tls_handshakes_total", &[("listener", "web")]) > 1.0);
+}
+
+#[tokio::test]
+async fn a_bad_certificate_in_the_config_is_refused_naming_the_field_and_file() {
+    let dir = TempDir::new("tls-badcfg");
+    let ca = Ca::new("skiff test CA");
+    let a = ca.issue(Subject {
+        dns: &["a.example.com"],
+        ..Default::default()
+    });
+    let b = ca.issue(Subject {
+        dns: &["b.example.com"],
+        ..Default::default()
+    });
+    let (a_crt, _) = a.write(&dir.0, "a");
+    let (_, b_key) = b.write(&dir.0, "b");
+    let garbage = dir.write("garbage.crt", "not a certificate\n");
+    for (tls, expect) in [
+        (
+            format!("cert: {}, key: {}", p(&a_crt), p(&b_key)),
+            "does not match the certificate",
+        ),
+        (
+            format!("cert: {}, key: {}", p(&garbage), p(&b_key)),
+            "no certificate in it",
+        ),
+        (
+            format!("cert: {}/missing.crt, key: {}", dir.0.display(), p(&b_key)),
+            "cannot read",
+        ),
+        (format!("cert: {}", p(&a_crt)), "`cert` needs its `key`"),
+    ] {
+        let yaml = tls_config(&tls, "127.0.0.1:1".parse().unwrap());
+        let err = skiff::config::Config::parse(&yaml, "gateway.yaml", Path::new("."))
+            .expect_err("a bad certificate must be refused")
+            .to_string();
+        assert!(err.contains("gateway.yaml:"), "{err}");
+        assert!(err.contains("listeners[0].tls"), "{err}");
+        assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    }
+}
+
+#[tokio::test]
+async fn mtls_lets_in_allowed_identities_and_refuses_others_with_a_log_line() {
+    let dir = TempDir::new("tls-mtls");
+    let backend = Backend::start("app").await;
+    let ca = Ca::new("mesh CA");
+    let ca_file = ca.write(&dir.0, "ca");
+    let (srv_crt, srv_key) = ca
+        .issue(Subject {
+            dns: &["gateway.shop.svc"],
+            ..Default::default()
+        })
+        .write(&dir.0, "server");
+    let order = ca
+        .issue(Subject {
+            uris: &["spiffe://cluster.local/ns/shop/sa/order"],
+            ..Default::default()
+        })
+        .write(&dir.0, "order");
+    let cart = ca
+        .issue(Subject {
+            uris: &["spiffe://cluster.local/ns/shop/sa/cart"],
+            ..Default::default()
+        })
+        .write(&dir.0, "cart");
+    let checkout = ca
+        .issue(Subject {
+            dns: &["checkout.shop.svc"],
+            ..Default::default()
+        })
+        .write(&dir.0, "checkout");
+    let payments = Backend::start("payments").await;
+    let foreign_ca = Ca::new("someone else's CA");
+    let impostor = foreign_ca
+        .issue(Subject {
+            uris: &["spiffe://cluster.local/ns/shop/sa/order"],
+            ..Default::default()
+        })
+        .write(&dir.0, "impostor");
+    let (port, admin_port) = (skiff_tests::free_port(), skiff_tests::free_port());
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let config = dir.write(
+        "gateway.yaml",
+        &format!(
+            "admin: {{ listen: {admin} }}\n\
+             listeners:\n  - name: web\n    listen: {address}\n    tls:\n      cert: {}\n      key: {}\n      client_auth:\n        ca: {}\n        allow: [spiffe://cluster.local/ns/shop/sa/order, \"*.shop.svc\"]\n        identity_header: x-client-identity\n    routes:\n      - match: {{ path_prefix: /, headers: [{{ name: x-client-identity, exact: checkout.shop.svc }}] }}\n        cluster: payments\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+             clusters:\n  - name: app\n    endpoints: [{}]\n  - name: payments\n    endpoints: [{}]\n",
+            p(&srv_crt),
+            p(&srv_key),
+            p(&ca_file),
+            backend.address,
+            payments.address
+        ),
+    );
+    let skiff = skiff_tests::SkiffProcess::start(&config, admin).await;
+    let url = format!("https://gateway.shop.svc:{port}/headers");
+    let get = |client: Option<&(std::path::PathBuf, std::path::PathBuf)>, tls12: bool| {
+        let mut args = vec!["--cacert".to_string(), p(&ca_file)];
+        if tls12 {
+            args.extend(["--tls-max".into(), "1.2".into()]);
+        }
+        if let Some((crt, key)) = client {
+            args.extend(["--cert".into(), p(crt), "--key".into(), p(key)]);
+        }
+        // A client cannot forge the identity header.
+        args.extend(["-H".into(), "x-client-identity: forged".into(), url.clone()]);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl("gateway.shop.svc", address, &args).await
+        }
+    };
+
+    let allowed = get(Some(&order), false).await;
+    assert!(
+        allowed.ok,
+        "the allowed identity is let in: {}",
+        allowed.stderr
+    );
+    assert!(
+        allowed
+            .stdout
+            .contains("\"x-client-identity\":\"spiffe://cluster.local/ns/shop/sa/order\""),
+        "{}",
+        allowed.stdout
+    );
+    // The identity is there for routing too.
+    let routed = get(Some(&checkout), false).await;
+    assert!(routed.ok, "{}", routed.stderr);
+    assert!(
+        routed
+            .stdout
+            .contains("\"x-client-identity\":\"checkout.shop.svc\""),
+        "{}",
+        routed.stdout
+    );
+    assert_eq!(payments.requests(), 1, "routed by the client's identity");
+    assert_eq!(backend.requests(), 1);
+
+    for (who, client) in [
+        ("a foreign identity", Some(&cart)),
+        ("an identity from another CA", Some(&impostor)),
+        ("no certificate", None),
+    ] {
+        let refused = get(client, false).await;
+        assert!(!refused.ok, "{who} must be refused: {}", refused.stdout);
+        // In TLS 1.2 the alert ends the handshake itself, where curl shows it.
+        let refused = get(client, true).await;
+        assert!(!refused.ok, "{who} must be refused: {}", refused.stdout);
+        assert!(
+            refused.stderr.contains("alert"),
+            "{who}: a TLS alert, got {}",
+            refused.stderr
+        );
+    }
+    let logged = |log: &str| {
+        log.contains("spiffe://cluster.local/ns/shop/sa/cart is not in client_auth.allow")
+            && log.contains("identity spiffe://cluster.local/ns/shop/sa/order has a certificate that does not verify")
+            && log.contains("no client certificate")
+            && log.matches("peer=127.0.0.1:").count() >= 6
+    };
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !logged(&skiff.log_text()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refusals are not all logged:\n{}",
+            skiff.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = skiff_tests::admin_get(admin, "/metrics").await.unwrap();
+    assert_eq!(
+        skiff_tests::metric_value(
+            &metrics,
+            "skiff_tls_errors_total",
+            &[("listener", "web"), ("reason", "client_cert")]
+        ),
+        Some(6.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_the_endpoint_and_a_mismatch_is_a_502_that_says_why() {
+    let dir = TempDir::new("tls-upstream");
+    let ca = Ca::new("upstream CA");
+    let ca_file = ca.write(&dir.0, "ca");
+    let backend_cert = ca.issue(Subject {
+        dns: &["payments.shop.svc"],
+        ..Default::default()
+    });
+    let plain = TlsBackend::start("payments", &backend_cert).await;
+    let gateway_cert = ca.issue(Subject {
+        uris: &["spiffe://cluster.local/ns/shop/sa/gateway"],
+        ..Default::default()
+    });
+    let (client_crt, client_key) = gateway_cert.write(&dir.0, "client");
+    let mutual =
+        TlsBackend::start_with_client_ca("payments-mtls", &backend_cert, Some(&ca.pem)).await;
+    // A client certificate the upstream does not trust yet: rotated below.
+    let stranger = Ca::new("not the upstream's CA").issue(Subject {
+        uris: &["spiffe://cluster.local/ns/shop/sa/gateway"],
+        ..Default::default()
+    });
+    let (rotating_crt, rotating_key) = stranger.write(&dir.0, "rotating");
+    let ca = p(&ca_file);
+    let cluster = |name: &str, protocol: &str, backend: SocketAddr, tls: &str| {
+        format!("  - name: {name}\n    protocol: {protocol}\n    endpoints: [{backend}]\n    retries: {{ attempts: 0 }}\n    tls: {{ {tls} }}\n")
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n\
+         {}\
+         clusters:\n{}{}{}{}{}{}",
+        ["good", "h2", "wrong", "mtls", "nocert", "rotating"]
+            .iter()
+            .map(|c| format!("      - {{ match: {{ path_prefix: /{c} }}, cluster: {c} }}\n"))
+            .collect::<String>(),
+        cluster(
+            "good",
+            "http1",
+            plain.address,
+            &format!("ca: {ca}, sni: payments.shop.svc")
+        ),
+        cluster(
+            "h2",
+            "http2",
+            plain.address,
+            &format!("ca: {ca}, sni: payments.shop.svc")
+        ),
+        cluster(
+            "wrong",
+            "http1",
+            plain.address,
+            &format!("ca: {ca}, sni: orders.shop.svc")
+        ),
+        cluster(
+            "mtls",
+            "http1",
+            mutual.address,
+            &format!(
+                "ca: {ca}, sni: payments.shop.svc, cert: {}, key: {}",
+                p(&client_crt),
+                p(&client_key)
+            )
+        ),
+        cluster(
+            "nocert",
+            "http1",
+            mutual.address,
+            &format!("ca: {ca}, sni: payments.shop.svc")
+        ),
+        cluster(
+            "rotating",
+            "http1",
+            mutual.address,
+            &format!(
+                "ca: {ca}, sni: payments.shop.svc, cert: {}, key: {}",
+                p(&rotating_crt),
+                p(&rotating_key)
+            )
+        ),
+    );
+    let (_proxy, address) = start_proxy(&yaml).await;
+    let mut client = skiff_tests::Client::h1(address).await.unwrap();
+    let mut get = async |path: &str| {
+        let (status, _, body) = client.get(path).await.expect("response");
+        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(get("/good").await, (200, "payments HTTP/1.1".into()));
+    assert_eq!(
+        get("/h2").await,
+        (200, "payments HTTP/2.0".into()),
+        "ALPN chose h2"
+    );
+    assert_eq!(get("/mtls").await, (200, "payments-mtls HTTP/1.1".into()));
+    let (status, body) = get("/wrong").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("TLS handshake with"), "{body}");
+    assert!(body.contains("not valid for name"), "{body}");
+    // TLS 1.3: the upstream refuses the missing client certificate after
+    // the client's side of the handshake, so it surfaces as a reset.
+    let (status, body) = get("/nocert").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("alert"), "{body}");
+
+    // The client certificate is rotated on disk: new upstream connections
+    // present the new one without a config reload.
+    let (status, _) = get("/rotating").await;
+    assert_eq!(status, 502, "the first certificate is not trusted upstream");
+    gateway_cert.write(&dir.0, "rotating");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let (status, body) = get("/rotating").await;
+        if status == 200 {
+            assert_eq!(body, "payments-mtls HTTP/1.1");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_pass_through_over_tls() {
+    skiff_tests::require_python_module("websockets", "websockets");
+    let dir = TempDir::new("tls-wss");
+    let server = skiff_tests::PyPeer::server("ws_echo.py");
+    let ca = Ca::new("skiff test CA");
+    let ca_file = ca.write(&dir.0, "ca");
+    let (crt, key) = ca
+        .issue(Subject {
+            ips: &["127.0.0.1"],
+            ..Default::default()
+        })
+        .write(&dir.0, "local");
+    let tls = format!("cert: {}, key: {}", p(&crt), p(&key));
+    let backend: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let (proxy, address) = start_proxy(&tls_config(&tls, backend)).await;
+    let url = format!("wss://{address}/chat");
+    let (ok, output) = skiff_tests::py_client("ws_echo.py", &[&url, &p(&ca_file)]).await;
+    assert!(ok, "wss client failed through skiff:\n{output}");
+    let cluster = proxy
+        .clusters()
+        .iter()
+        .find(|c| &*c.name == "app")
+        .cloned()
+        .expect("app");
+    wait_for("tunnel closed", LIMIT, || cluster.in_flight() == 0).await;
+}
+
+#[tokio::test]
+async fn health_checks_reach_tls_upstreams_over_tls_and_name_a_failed_handshake() {
+    let dir = TempDir::new("tls-health");
+    let ca = Ca::new("upstream CA");
+    let ca_file = ca.write(&dir.0, "ca");
+    let cert = ca.issue(Subject {
+        dns: &["payments.shop.svc"],
+        ..Default::default()
+    });
+    let backend = TlsBackend::start("payments", &cert).await;
+    let ca = ca_file.display().to_string();
+    let cluster = |name: &str, protocol: &str, sni: &str| {
+        format!(
+            "  - name: {name}\n    protocol: {protocol}\n    endpoints: [{}]\n    \
+             tls: {{ ca: {ca}, sni: {sni} }}\n    \
+             health_check: {{ http: {{ path: /healthz }}, interval: 100ms }}\n",
+            backend.address
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - cluster: h1\n\
+         clusters:\n{}{}{}",
+        cluster("h1", "http1", "payments.shop.svc"),
+        cluster("h2", "http2", "payments.shop.svc"),
+        cluster("wrong", "http1", "orders.shop.svc"),
+    );
+    let (proxy, _) = skiff_tests::start_proxy(&yaml).await;
+    skiff_tests::wait_for("the first checks", Duration::from_secs(15), || {
+        proxy.is_ready()
+    })
+    .await;
+    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    for (cluster, state) in [("h1", "healthy"), ("h2", "healthy"), ("wrong", "unhealthy")] {
+        assert_eq!(
+            skiff_tests::metric_value(
+                &metrics,
+                "skiff_endpoints",
+                &[("cluster", cluster), ("state", state)]
+            ),
+            Some(1.0),
+            "{cluster} should be {state}:\n{metrics}"
+        );
+    }
+    let wrong = proxy
+        .clusters()
+        .iter()
+        .find(|c| &*c.name == "wrong")
+        .cloned()
+        .expect("cluster");
+    let failure = wrong.snapshot().members[0]
+        .health_failure()
+        .unwrap_or_default();
+    assert!(failure.contains("TLS handshake"), "{failure}");
+}
