@@ -16,10 +16,13 @@ pub mod demo;
 pub mod forward;
 pub mod h1;
 pub mod h2;
+pub mod inject;
+pub mod iptables;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod route;
+pub mod sidecar;
 pub mod workers;
 
 use std::collections::HashMap;

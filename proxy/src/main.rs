@@ -57,6 +57,77 @@ enum Command {
         #[arg(long, default_value = skiff::config::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
     },
+    /// Add the skiff sidecar to the workloads in Kubernetes YAML; prints the result.
+    ///
+    /// Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and
+    /// CronJobs get the capture init container and skiff as a native
+    /// sidecar; every other document is printed as it was.
+    Inject(InjectArgs),
+    /// Apply (or remove, or print) the nat rules that send the pod's TCP through skiff.
+    Iptables(IptablesArgs),
+}
+
+#[derive(clap::Args)]
+struct InjectArgs {
+    /// YAML files with one or more documents; `-` (the default) is stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    files: Vec<PathBuf>,
+    /// The skiff image the pods run.
+    #[arg(long, default_value_t = skiff::inject::default_image())]
+    image: String,
+    /// Inbound ports never captured (comma-separated), for every pod.
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Outbound destination networks never captured (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<skiff::iptables::Cidr>,
+}
+
+#[derive(clap::Args)]
+struct IptablesArgs {
+    /// Remove skiff's rules instead of applying them.
+    #[arg(long)]
+    remove: bool,
+    /// Print the iptables commands instead of running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// skiff's uid; its own connections are never captured.
+    #[arg(long, default_value_t = skiff::sidecar::PROXY_UID)]
+    proxy_uid: u32,
+    /// The port captured inbound connections go to.
+    #[arg(long, default_value_t = skiff::sidecar::INBOUND_PORT)]
+    inbound_port: u16,
+    /// The port captured outbound connections go to.
+    #[arg(long, default_value_t = skiff::sidecar::OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// skiff's admin port, never captured.
+    #[arg(long, default_value_t = skiff::sidecar::ADMIN_PORT)]
+    admin_port: u16,
+    /// Inbound ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Outbound destination networks never captured (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<skiff::iptables::Cidr>,
+    /// Capture only outbound connections.
+    #[arg(long)]
+    no_inbound: bool,
+    /// Write IPv6 rules too: `auto` does when the host has IPv6.
+    #[arg(long, value_enum, default_value_t = Ipv6::Auto)]
+    ipv6: Ipv6,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Ipv6 {
+    Auto,
+    On,
+    Off,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -73,6 +144,11 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::new("info")
     });
     let demo = matches!(cli.command, Command::Demo { .. });
+    match cli.command {
+        Command::Inject(args) => return inject(args),
+        Command::Iptables(args) => return iptables(args),
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -148,6 +224,109 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Inject(_) | Command::Iptables(_) => ExitCode::SUCCESS,
+    }
+}
+
+fn inject(args: InjectArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let options = skiff::inject::Options {
+        image: args.image,
+        skip_inbound_ports: args.skip_inbound_ports,
+        skip_outbound_ports: args.skip_outbound_ports,
+        skip_outbound_cidrs: args
+            .skip_outbound_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+    };
+    let mut out = String::new();
+    for file in &args.files {
+        let (name, text) = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+                eprintln!("skiff inject: cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            ("<stdin>".to_string(), text)
+        } else {
+            match std::fs::read_to_string(file) {
+                Ok(text) => (file.display().to_string(), text),
+                Err(e) => {
+                    eprintln!("skiff inject: cannot read {}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        };
+        match skiff::inject::inject(&text, &options) {
+            Ok(done) => {
+                if !out.is_empty() {
+                    if !out.ends_with('\n') {
+                        out.push('\n');
+                    }
+                    if !done.yaml.starts_with("---") {
+                        out.push_str("---\n");
+                    }
+                }
+                out.push_str(&done.yaml);
+                for w in &done.injected {
+                    eprintln!("{name}: {w}: injected");
+                }
+                for w in &done.skipped {
+                    eprintln!("{name}: {w}: skipped");
+                }
+            }
+            Err(e) => {
+                eprintln!("skiff inject: {name}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Err(e) = std::io::stdout().write_all(out.as_bytes()) {
+        eprintln!("skiff inject: cannot write the output: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn iptables(args: IptablesArgs) -> ExitCode {
+    use skiff::iptables as ipt;
+    let rules = ipt::Rules {
+        proxy_uid: args.proxy_uid,
+        inbound_port: args.inbound_port,
+        outbound_port: args.outbound_port,
+        admin_port: args.admin_port,
+        skip_inbound_ports: args.skip_inbound_ports,
+        skip_outbound_ports: args.skip_outbound_ports,
+        skip_outbound_cidrs: args.skip_outbound_cidrs,
+        inbound: !args.no_inbound,
+        ipv6: match args.ipv6 {
+            Ipv6::On => true,
+            Ipv6::Off => false,
+            Ipv6::Auto => ipt::host_has_ipv6(),
+        },
+    };
+    let steps = if args.remove {
+        ipt::remove_steps(&rules)
+    } else {
+        ipt::apply_steps(&rules)
+    };
+    if args.dry_run {
+        for s in &steps {
+            println!("{s}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    match ipt::run(&steps) {
+        Ok(()) => {
+            let done = if args.remove { "removed" } else { "applied" };
+            eprintln!("skiff iptables: rules {done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("skiff iptables: {e}");
+            ExitCode::FAILURE
         }
     }
 }
