@@ -1,0 +1,508 @@
+//! The sidecar role: `skiff inject` on real manifests (checked with
+//! kubernetes-validate), and `skiff iptables` with real iptables in
+//! network namespaces.
+//!
+//! The namespace tests need root, `ip netns` and iptables; where those are
+//! missing they say so (SKIPPED ...) and pass. CI runs as root and has them.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use skiff::inject::yaml::{self, Node, Value};
+use skiff_tests::netns::{skip_without_netns, Netns, Network};
+use skiff_tests::{skiff_bin, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SOON: Duration = Duration::from_secs(10);
+
+/// One of each workload kind, plus documents inject must leave alone.
+const WORKLOADS: &str = r#"# The shop's order service.
+apiVersion: v1
+kind: Service
+metadata:
+  name: order   # the name others call
+spec:
+  selector: {app: order}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: order-config}
+data:
+  port: "8080"
+  settings.yaml: |
+    retries: 3
+    verbose: true
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: debug}
+spec:
+  containers:
+  - {name: shell, image: busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: order
+  labels: {app: order}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: order}
+  template:
+    metadata:
+      labels: {app: order}
+      annotations:
+        skiff.io/skip-outbound-ports: "5432"
+    spec:
+      initContainers:
+      - {name: migrate, image: shop/order:1, args: [migrate]}
+      containers:
+      - name: order
+        image: shop/order:1
+        ports:
+        - containerPort: 8080
+        env:
+        - {name: GREETING, value: "yes"}
+        - {name: PORT, value: "8080"}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: postgres:16}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: agent, image: shop/agent:1}]
+---
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: legacy}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  template:
+    metadata: {labels: {app: legacy}}
+    spec:
+      containers: [{name: legacy, image: shop/legacy:1}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: report}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: report, image: shop/report:1}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: nightly, image: shop/report:1}]
+"#;
+
+fn skiff_inject(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(skiff_bin())
+        .arg("inject")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run skiff inject");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("skiff inject output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn kubernetes_validate(path: &std::path::Path) {
+    skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .arg(path)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Follows `path` of mapping keys (numbers index lists).
+fn at<'a>(node: &'a Node, path: &str) -> &'a Node {
+    let mut n = node;
+    for step in path.split('.') {
+        n = match (&n.value, step.parse::<usize>()) {
+            (Value::Seq(items), Ok(i)) => items.get(i),
+            _ => n.get(step),
+        }
+        .unwrap_or_else(|| panic!("no `{step}` in `{path}`"));
+    }
+    n
+}
+
+fn text(node: &Node, path: &str) -> String {
+    at(node, path).as_str().unwrap_or_default().to_string()
+}
+
+fn len(node: &Node) -> usize {
+    match &node.value {
+        Value::Seq(items) => items.len(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn inject_gives_every_workload_kind_the_capture_container_and_a_native_sidecar() {
+    let dir = TempDir::new("inject");
+    let input = dir.write("shop.yaml", WORKLOADS);
+    let (ok, out, err) = skiff_inject(&["-f", input.to_str().expect("path")], None);
+    assert!(ok, "{err}");
+    for kind in [
+        "Pod/debug",
+        "Deployment/order",
+        "StatefulSet/db",
+        "DaemonSet/agent",
+        "ReplicaSet/legacy",
+        "Job/report",
+        "CronJob/nightly",
+    ] {
+        assert!(
+            err.contains(&format!("{kind}: injected")),
+            "{kind} not injected:\n{err}"
+        );
+    }
+    let output = dir.write("injected.yaml", &out);
+    kubernetes_validate(&output);
+
+    let docs = yaml::parse_stream(&out).expect("output parses");
+    let templates = [
+        (2, ""),
+        (3, "spec.template."),
+        (4, "spec.template."),
+        (5, "spec.template."),
+        (6, "spec.template."),
+        (7, "spec.template."),
+        (8, "spec.jobTemplate.spec.template."),
+    ];
+    for (index, prefix) in templates {
+        let root = docs[index].root.as_ref().expect("a document");
+        let spec = at(root, &format!("{prefix}spec"));
+        let init = at(spec, "initContainers.0");
+        let sidecar = at(spec, "initContainers.1");
+        assert_eq!(text(init, "name"), "skiff-init");
+        assert_eq!(text(init, "args.0"), "iptables");
+        let caps = at(init, "securityContext.capabilities.add");
+        assert_eq!([text(caps, "0"), text(caps, "1")], ["NET_ADMIN", "NET_RAW"]);
+        assert_eq!(text(sidecar, "name"), "skiff");
+        assert_eq!(text(sidecar, "restartPolicy"), "Always");
+        assert_eq!(text(sidecar, "startupProbe.httpGet.path"), "/ready");
+        assert_eq!(text(sidecar, "livenessProbe.httpGet.port"), "4191");
+        assert_eq!(text(sidecar, "readinessProbe.httpGet.path"), "/ready");
+        assert_eq!(
+            text(sidecar, "securityContext.readOnlyRootFilesystem"),
+            "true"
+        );
+        assert_eq!(text(sidecar, "securityContext.runAsNonRoot"), "true");
+        assert_ne!(text(sidecar, "securityContext.runAsUser"), "0");
+        assert!(!text(sidecar, "resources.requests.cpu").is_empty());
+        let env: Vec<String> = (0..3)
+            .map(|i| text(sidecar, &format!("env.{i}.valueFrom.fieldRef.fieldPath")))
+            .collect();
+        assert_eq!(env, ["metadata.name", "metadata.namespace", "status.podIP"]);
+        let annotations = at(root, &format!("{prefix}metadata.annotations"));
+        let recorded: serde_json::Value = serde_json::from_str(
+            annotations
+                .get("skiff.io/injected")
+                .and_then(Node::as_str)
+                .expect("the injected annotation"),
+        )
+        .expect("the annotation is JSON");
+        assert_eq!(
+            recorded["initContainers"],
+            serde_json::json!(["skiff-init", "skiff"])
+        );
+    }
+    // The app's own init container still runs, after skiff is up.
+    let order = docs[3].root.as_ref().expect("deployment");
+    assert_eq!(len(at(order, "spec.template.spec.initContainers")), 3);
+    assert_eq!(
+        text(order, "spec.template.spec.initContainers.2.name"),
+        "migrate"
+    );
+    // Its fields keep their types: quoted numbers and words stay strings.
+    assert_eq!(
+        at(order, "spec.template.spec.containers.0.env.1.value").value,
+        Value::Scalar("8080".into(), false)
+    );
+    assert_eq!(
+        at(order, "spec.template.spec.containers.0.env.0.value").value,
+        Value::Scalar("yes".into(), false)
+    );
+    // The pod's annotation reaches the capture rules.
+    let init_args: Vec<String> = match &at(order, "spec.template.spec.initContainers.0.args").value
+    {
+        Value::Seq(items) => items
+            .iter()
+            .map(|a| a.as_str().unwrap_or_default().to_string())
+            .collect(),
+        _ => Vec::new(),
+    };
+    assert!(
+        init_args
+            .windows(2)
+            .any(|w| w == ["--skip-outbound-ports", "5432"]),
+        "{init_args:?}"
+    );
+
+    // Documents without workloads come out byte for byte, comments and all.
+    let service_and_config = WORKLOADS
+        .split("---\napiVersion: v1\nkind: Pod")
+        .next()
+        .expect("head");
+    assert!(out.starts_with(service_and_config), "{out}");
+}
+
+#[test]
+fn injecting_twice_from_stdin_equals_injecting_once() {
+    let (ok, once, err) = skiff_inject(&[], Some(WORKLOADS));
+    assert!(ok, "{err}");
+    let (ok, twice, err) = skiff_inject(&["-f", "-"], Some(&once));
+    assert!(ok, "{err}");
+    assert_eq!(once, twice);
+    assert!(err.contains("already injected"), "{err}");
+    assert!(!err.contains(": injected"), "{err}");
+}
+
+#[test]
+fn a_malformed_document_is_refused_naming_its_index_and_line() {
+    let broken = format!("{WORKLOADS}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec:\n  containers: [{{name: x}}\n");
+    let (ok, out, err) = skiff_inject(&[], Some(&broken));
+    assert!(!ok);
+    assert!(out.is_empty(), "{out}");
+    let line = WORKLOADS.lines().count() + 6;
+    assert!(err.contains("<stdin>: document 9 (line"), "{err}");
+    assert!(
+        err.contains(&format!("line {line}")) || err.contains(&format!("line {}", line + 1)),
+        "line {line}: {err}"
+    );
+
+    let wrong_shape = format!("{WORKLOADS}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: y}}\nspec:\n  template:\n    spec:\n      containers: {{name: y}}\n");
+    let (ok, _, err) = skiff_inject(&[], Some(&wrong_shape));
+    assert!(!ok);
+    let line = WORKLOADS.lines().count() + 8;
+    assert!(
+        err.contains(&format!("document 9 (line {line}): Deployment `y`: spec.template.spec.containers: expected a list")),
+        "line {line}: {err}"
+    );
+}
+
+// --- iptables, in network namespaces ---
+
+fn nat_rules(ns: &Netns) -> String {
+    ns.exec_ok("iptables", &["-t", "nat", "-S"])
+}
+
+fn skiff_iptables(ns: &Netns, args: &[&str]) -> String {
+    let out = ns
+        .command(skiff_bin().to_str().expect("path"))
+        .arg("iptables")
+        .args(["--ipv6", "off"])
+        .args(args)
+        .output()
+        .expect("run skiff iptables");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn iptables_applied_twice_equals_once_and_remove_restores_the_table() {
+    if skip_without_netns("iptables_applied_twice_equals_once_and_remove_restores_the_table") {
+        return;
+    }
+    let ns = Netns::new("rules");
+    let before = nat_rules(&ns);
+    let printed = skiff_iptables(
+        &ns,
+        &["--dry-run", "--skip-outbound-cidrs", "198.18.5.0/24"],
+    );
+    assert_eq!(nat_rules(&ns), before, "--dry-run changed the rules");
+    assert!(
+        printed.contains("-A SKIFF_OUTBOUND -d 198.18.5.0/24 -j RETURN"),
+        "{printed}"
+    );
+
+    skiff_iptables(
+        &ns,
+        &[
+            "--skip-outbound-cidrs",
+            "198.18.5.0/24",
+            "--skip-inbound-ports",
+            "22",
+        ],
+    );
+    let once = nat_rules(&ns);
+    skiff_iptables(
+        &ns,
+        &[
+            "--skip-outbound-cidrs",
+            "198.18.5.0/24",
+            "--skip-inbound-ports",
+            "22",
+        ],
+    );
+    assert_eq!(nat_rules(&ns), once);
+    for rule in [
+        "-A PREROUTING -p tcp -j SKIFF_INBOUND",
+        "-A OUTPUT -p tcp -j SKIFF_OUTBOUND",
+        "-A SKIFF_INBOUND -p tcp -m tcp --dport 4191 -j RETURN",
+        "-A SKIFF_INBOUND -p tcp -m tcp --dport 22 -j RETURN",
+        "-A SKIFF_INBOUND -p tcp -j REDIRECT --to-ports 4143",
+        "-A SKIFF_OUTBOUND -m owner --uid-owner 2102 -j RETURN",
+        "-A SKIFF_OUTBOUND -o lo -j RETURN",
+        "-A SKIFF_OUTBOUND -d 198.18.5.0/24 -j RETURN",
+        "-A SKIFF_OUTBOUND -p tcp -j REDIRECT --to-ports 4140",
+    ] {
+        assert!(once.contains(rule), "no `{rule}` in\n{once}");
+    }
+    skiff_iptables(&ns, &["--remove"]);
+    assert_eq!(nat_rules(&ns), before);
+    // Removing what is not there is fine too.
+    skiff_iptables(&ns, &["--remove"]);
+}
+
+async fn accept_one(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    tokio::time::timeout(SOON, listener.accept())
+        .await
+        .expect("a connection within the deadline")
+        .expect("accept")
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_connections_keep_their_original_destination_and_skiffs_own_are_not_captured() {
+    if skip_without_netns(
+        "captured_connections_keep_their_original_destination_and_skiffs_own_are_not_captured",
+    ) {
+        return;
+    }
+    let net = Network::new(&["198.18.0.10", "198.18.0.20"]);
+    let (client, server) = (&net.pods[0], &net.pods[1]);
+    skiff_iptables(client, &[]);
+    let outbound = client.listen(SocketAddr::from(([0, 0, 0, 0], 4140)));
+    let server_socket: SocketAddr = "198.18.0.20:8080".parse().expect("address");
+    let app = server.listen(server_socket);
+
+    // The app's connection (any uid but skiff's) lands on the outbound
+    // port, which reads where it was going.
+    let service: SocketAddr = "198.19.0.1:80".parse().expect("address");
+    let mut conn = client
+        .connect(service)
+        .await
+        .expect("connect through the capture");
+    conn.write_all(b"hello").await.expect("write");
+    let captured = accept_one(&outbound).await;
+    assert_eq!(
+        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        service
+    );
+    let conn2 = client.connect(server_socket).await.expect("connect");
+    let captured2 = accept_one(&outbound).await;
+    assert_eq!(
+        skiff::iptables::original_destination(&captured2).expect("SO_ORIGINAL_DST"),
+        server_socket
+    );
+    drop((conn2, captured2));
+
+    // Connections by skiff's uid go where they were sent.
+    let status = client
+        .command("setpriv")
+        .args([
+            "--reuid=2102",
+            "--regid=2102",
+            "--clear-groups",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/198.18.0.20/8080 && echo -n skiff >&3",
+        ])
+        .status()
+        .expect("run bash as uid 2102");
+    assert!(status.success());
+    let mut direct = accept_one(&app).await;
+    let mut got = String::new();
+    direct.read_to_string(&mut got).await.expect("read");
+    assert_eq!(got, "skiff");
+
+    // Inbound: a connection to the server pod's app port, with the rules
+    // applied there, lands on the inbound port; the admin port is not captured.
+    skiff_iptables(server, &[]);
+    let inbound = server.listen(SocketAddr::from(([0, 0, 0, 0], 4143)));
+    let admin = server.listen("198.18.0.20:4191".parse().expect("address"));
+    let _c = client
+        .command("setpriv")
+        .args([
+            "--reuid=2102",
+            "--regid=2102",
+            "--clear-groups",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/198.18.0.20/8080",
+        ])
+        .status()
+        .expect("connect to the app port");
+    let captured = accept_one(&inbound).await;
+    assert_eq!(
+        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        server_socket
+    );
+    let _a = client
+        .command("setpriv")
+        .args([
+            "--reuid=2102",
+            "--regid=2102",
+            "--clear-groups",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/198.18.0.20/4191",
+        ])
+        .status()
+        .expect("connect to the admin port");
+    accept_one(&admin).await;
+    drop(conn);
+}
