@@ -56,6 +56,9 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub routes: Vec<RouteConfig>,
+    /// Serve connections captured by `skiff iptables` (the sidecar role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::sidecar::CaptureConfig>,
 }
 
 /// One route: requests whose host and path match go to `cluster`.
@@ -505,7 +508,7 @@ fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String>
     Some(name)
 }
 
-const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes"];
+const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "capture"];
 
 fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<ListenerConfig> {
     let mut map = MapReader::new(node, path, diags)?;
@@ -514,8 +517,17 @@ fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Lis
     let listen = map
         .required("listen", diags)
         .and_then(|n| endpoint_file::address(n, &listen_path, diags));
+    let capture_path = map.path_of("capture");
+    let capture = map
+        .optional("capture")
+        .map(|n| crate::sidecar::read_capture(n, &capture_path, diags));
     let routes_path = map.path_of("routes");
-    let routes = match map.required("routes", diags) {
+    // A capture listener routes by original destination; routes optional.
+    let routes_node = match capture {
+        Some(_) => map.optional("routes"),
+        None => map.required("routes", diags),
+    };
+    let routes = match routes_node {
         Some(n) => read_list(n, &routes_path, diags, read_route)
             .into_iter()
             .map(|(_, r)| r)
@@ -527,6 +539,7 @@ fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Lis
         name: name?,
         listen: listen?,
         routes,
+        capture: capture.map(|c| c.ok_or(())).transpose().ok()?,
     })
 }
 

@@ -225,6 +225,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
         listeners: vec![ListenerConfig {
             name: "shop".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            capture: None,
             routes: SHOP
                 .iter()
                 .map(|spec| RouteConfig {

@@ -96,6 +96,8 @@ struct Inner {
     admin_address: Mutex<Option<SocketAddr>>,
     /// Thread-per-core workers the listeners accept on (none: this runtime).
     workers: Workers,
+    /// The sidecar role's Services and destinations (capture listeners).
+    sidecar: sidecar::Shared,
 }
 
 /// A running skiff. Cheap to clone; all clones are the same proxy.
@@ -133,6 +135,7 @@ impl Proxy {
                 drain_requested: tokio::sync::Notify::new(),
                 admin_address: Mutex::new(None),
                 workers,
+                sidecar: sidecar::Shared::default(),
             }),
         };
         let admin = admin::serve(admin_listen, proxy.clone())
@@ -232,6 +235,19 @@ impl Proxy {
             let mut listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
             for (lc, table) in config.listeners.iter().zip(tables) {
                 let table = Arc::new(table);
+                let capture = lc.capture.as_ref().map(|c| {
+                    if c.direction == sidecar::Direction::Outbound {
+                        inner.sidecar.watch_services(c.service_namespaces());
+                    }
+                    Arc::new(sidecar::Captured {
+                        config: c.clone(),
+                        listener: lc.name.as_str().into(),
+                        proxy: Arc::downgrade(&self.inner),
+                    })
+                });
+                if let Some(l) = fresh.get(&lc.name).or_else(|| listeners.get(&lc.name)) {
+                    l.state.capture.store(capture);
+                }
                 if let Some(new) = fresh.remove(&lc.name) {
                     new.state.routes.store(table);
                     tracing::info!(listener = %lc.name, address = %new.address, "listening");
@@ -304,6 +320,7 @@ impl Proxy {
                 routes: ArcSwap::from_pointee(RouteTable::default()),
                 unrouted: existing.state.unrouted.clone(),
                 connections: existing.state.connections.clone(),
+                capture: Default::default(),
             });
         }
         drop(listeners);
@@ -312,6 +329,7 @@ impl Proxy {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             unrouted: self.inner.registry.unrouted(name),
             connections: self.inner.registry.connections(name),
+            capture: Default::default(),
         })
     }
 
@@ -352,6 +370,7 @@ impl Proxy {
         self.inner.started.load(Relaxed)
             && !self.inner.draining.load(Relaxed)
             && self.inner.cluster_list.load().iter().all(|c| c.is_primed())
+            && self.inner.sidecar.is_ready()
     }
 
     /// Whether the first config's listeners are bound.

@@ -33,6 +33,9 @@ pub struct ListenerState {
     /// Requests that matched no route.
     pub unrouted: Arc<AtomicU64>,
     pub connections: Arc<Gauge>,
+    /// Set on capture listeners (the sidecar role): connections are served
+    /// by original destination instead of by `routes`.
+    pub capture: arc_swap::ArcSwapOption<crate::sidecar::Captured>,
 }
 
 /// A bound, listening, non-blocking socket.
@@ -214,6 +217,19 @@ async fn accept_loop(
             tracker: tracker.clone(),
             state: state.clone(),
         };
+        if let Some(capture) = state.capture.load_full() {
+            let (drain, tracker) = (drain.clone(), tracker.clone());
+            tokio::spawn(async move {
+                // Opaque connections are served inside `accept`; HTTP
+                // comes back with the destination's routes.
+                if let Some((stream, routes)) = capture.accept(stream, peer).await {
+                    let conn = Arc::new(Conn::new(stream));
+                    tracker.conns.register(&conn);
+                    crate::h1::serve(conn, routes, peer, drain, guard).await;
+                }
+            });
+            continue;
+        }
         let conn = Arc::new(Conn::new(stream));
         tracker.conns.register(&conn);
         let state = state.clone();

@@ -39,8 +39,12 @@ enum Command {
     /// SIGTERM or SIGINT drains and exits.
     Run {
         /// The config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required_unless_present = "sidecar")]
+        config: Option<PathBuf>,
+        /// Run as a pod's sidecar: without `-c`, with the sidecar defaults
+        /// (capture listeners on 4143 and 4140, admin on 0.0.0.0:4191).
+        #[arg(long)]
+        sidecar: bool,
     },
     /// Validate a config file; prints every mistake as file:line:col: field: message.
     Check {
@@ -171,14 +175,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let loaded = match Config::load(&config) {
+        Command::Run { config, sidecar } => {
+            let loaded = match &config {
+                Some(path) => Config::load(path),
+                None => Config::parse(
+                    &skiff::sidecar::default_config_text(),
+                    "<sidecar defaults>",
+                    std::path::Path::new("."),
+                )
+                .map_err(skiff::config::ConfigError::Invalid),
+            };
+            let loaded = match loaded {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if sidecar && !loaded.listeners.iter().any(|l| l.capture.is_some()) {
+                tracing::warn!("--sidecar with a config that has no capture listener");
+            }
             let threads = cli
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -345,9 +361,9 @@ fn build_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runt
     builder.build()
 }
 
-async fn run(config: Config, path: PathBuf, workers: skiff::workers::Workers) -> ExitCode {
+async fn run(config: Config, path: Option<PathBuf>, workers: skiff::workers::Workers) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let proxy = match Proxy::start_on(config, Some(path), workers).await {
+    let proxy = match Proxy::start_on(config, path, workers).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("skiff: {e}");

@@ -169,6 +169,7 @@ mod tests {
         let listener = ListenerConfig {
             name: "web".into(),
             listen: "127.0.0.1:1".parse().unwrap(),
+            capture: None,
             routes: routes
                 .iter()
                 .map(|(h, p, c)| RouteConfig {
