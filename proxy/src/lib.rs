@@ -383,9 +383,14 @@ impl Proxy {
         self.inner.config.load_full()
     }
 
-    /// Every cluster, sorted by name.
+    /// Every cluster, sorted by name; then the sidecar's destinations.
     pub fn clusters(&self) -> Arc<Vec<Arc<Cluster>>> {
-        self.inner.cluster_list.load_full()
+        let list = self.inner.cluster_list.load_full();
+        let captured = self.inner.sidecar.clusters();
+        if captured.is_empty() {
+            return list;
+        }
+        Arc::new(list.iter().cloned().chain(captured).collect())
     }
 
     pub fn registry(&self) -> &Registry {

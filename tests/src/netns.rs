@@ -208,3 +208,93 @@ impl Network {
         Network { hub, pods }
     }
 }
+
+impl Netns {
+    /// An HTTP/1.1 keep-alive client connected from inside the namespace.
+    pub async fn h1(&self, address: SocketAddr) -> std::io::Result<crate::Client> {
+        let stream = self.connect(address).await?;
+        let (tx, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(crate::Client::H1(tx))
+    }
+
+    /// An HTTP/2 (prior knowledge) client connected from inside the namespace.
+    pub async fn h2(&self, address: SocketAddr) -> std::io::Result<crate::Client> {
+        let stream = self.connect(address).await?;
+        let (tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(crate::Client::H2(tx))
+    }
+
+    /// GETs `path` on `address` from inside the namespace: status and body.
+    pub async fn get(
+        &self,
+        address: SocketAddr,
+        path: &str,
+    ) -> std::io::Result<(http::StatusCode, String)> {
+        let mut client = self.h1(address).await?;
+        let (status, _, body) = client.get(path).await.map_err(std::io::Error::other)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Starts `skiff args...` inside the namespace as `uid` (the sidecar's
+    /// uid, so its capture rules leave its own connections alone).
+    pub fn skiff(
+        &self,
+        uid: u32,
+        env: &[(&str, &str)],
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> SkiffInNetns {
+        let file = std::fs::File::create(log).expect("create the log");
+        let err = file.try_clone().expect("clone the log");
+        let mut command = self.command("setpriv");
+        command
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg("env");
+        for (k, v) in env {
+            command.arg(format!("{k}={v}"));
+        }
+        let child = command
+            .arg(crate::skiff_bin())
+            .args(args)
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .expect("start skiff in the namespace");
+        SkiffInNetns {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+}
+
+/// A skiff process in a namespace; killed on drop.
+pub struct SkiffInNetns {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl SkiffInNetns {
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SkiffInNetns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -506,3 +506,402 @@ async fn captured_connections_keep_their_original_destination_and_skiffs_own_are
     accept_one(&admin).await;
     drop(conn);
 }
+
+// --- the sidecar end to end: a client pod, three server pods ---
+
+use skiff_tests::fake_kube::{endpoint_slice, ready_pod, service, FakeKube};
+use skiff_tests::netns::SkiffInNetns;
+use skiff_tests::{metric_value, wait_for_async, Backend};
+
+const CLIENT_IP: &str = "198.18.0.10";
+const POD_IPS: [&str; 3] = ["198.18.0.11", "198.18.0.12", "198.18.0.13"];
+/// The Services' ClusterIPs, in the range the pods route through eth0.
+const CATALOG: &str = "198.19.0.10:80";
+const ECHO: &str = "198.19.0.20:9000";
+const ADMIN: &str = "127.0.0.1:4191";
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+fn catalog_slice(ips: &[&str]) -> serde_json::Value {
+    let pods: Vec<_> = ips.iter().map(|ip| ready_pod(ip)).collect();
+    endpoint_slice("catalog-x1", "catalog", &[("http", 8080)], &pods)
+}
+
+/// A TCP server whose server speaks first: it greets with its name, then
+/// echoes what it reads.
+fn echo_server(name: String, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// The shop: the app's pod (client) with skiff as sidecar and capture
+/// rules, and three catalog pods; pod-1 also has skiff with inbound capture.
+struct Shop {
+    net: Network,
+    fake: FakeKube,
+    pods: Vec<Backend>,
+    client_skiff: SkiffInNetns,
+    server_skiff: SkiffInNetns,
+    _echo: Vec<tokio::task::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl Shop {
+    async fn start(test: &str) -> Option<Shop> {
+        if skip_without_netns(test) {
+            return None;
+        }
+        let dir = TempDir::new("shop");
+        let mut ips = vec![CLIENT_IP];
+        ips.extend(POD_IPS);
+        let net = Network::new(&ips);
+        let mut pods = Vec::new();
+        let mut echo = Vec::new();
+        for (i, ip) in POD_IPS.iter().enumerate() {
+            let ns = &net.pods[i + 1];
+            let name = format!("pod-{}", i + 1);
+            pods.push(Backend::serve(
+                &name,
+                ns.listen(addr(&format!("{ip}:8080"))),
+            ));
+            echo.push(echo_server(name, ns.listen(addr(&format!("{ip}:9000")))));
+        }
+        let client = &net.pods[0];
+        let fake = FakeKube::unstarted();
+        fake.serve(client.listen(fake.address));
+        fake.apply_service(
+            "shop",
+            service("catalog", "198.19.0.10", &[("http", 80, 8080)]),
+        );
+        fake.apply_service(
+            "shop",
+            service("echo", "198.19.0.20", &[("tcp", 9000, 9000)]),
+        );
+        fake.apply("shop", catalog_slice(&POD_IPS));
+        let echo_pods: Vec<_> = POD_IPS.iter().map(|ip| ready_pod(ip)).collect();
+        fake.apply(
+            "shop",
+            endpoint_slice("echo-x1", "echo", &[("tcp", 9000)], &echo_pods),
+        );
+        let kubeconfig = fake.write_kubeconfig(&dir.0);
+
+        skiff_iptables(client, &[]);
+        let client_skiff = client.skiff(
+            skiff::sidecar::PROXY_UID,
+            &[
+                ("KUBECONFIG", kubeconfig.to_str().expect("path")),
+                ("SKIFF_POD_NAMESPACE", "shop"),
+            ],
+            &["run", "--sidecar"],
+            &dir.path("client-skiff.log"),
+        );
+        // pod-1's sidecar captures inbound only (it calls no Service).
+        let server = &net.pods[1];
+        skiff_iptables(server, &[]);
+        let config = dir.write(
+            "server.yaml",
+            "admin: { listen: 0.0.0.0:4191 }\nlisteners:\n  - name: inbound\n    listen: 0.0.0.0:4143\n    capture: { direction: inbound }\n",
+        );
+        let server_skiff = server.skiff(
+            skiff::sidecar::PROXY_UID,
+            &[],
+            &["run", "-c", config.to_str().expect("path")],
+            &dir.path("server-skiff.log"),
+        );
+        let shop = Shop {
+            net,
+            fake,
+            pods,
+            client_skiff,
+            server_skiff,
+            _echo: echo,
+            _dir: dir,
+        };
+        for (ns, skiff) in [
+            (&shop.net.pods[0], &shop.client_skiff),
+            (&shop.net.pods[1], &shop.server_skiff),
+        ] {
+            wait_for_async("skiff ready", READY_WITHIN, || async {
+                matches!(ns.get(addr(ADMIN), "/ready").await, Ok((s, _)) if s == 200)
+            })
+            .await;
+            let _ = skiff;
+        }
+        Some(shop)
+    }
+
+    fn client(&self) -> &Netns {
+        &self.net.pods[0]
+    }
+
+    fn served(&self) -> Vec<u64> {
+        self.pods.iter().map(Backend::requests).collect()
+    }
+
+    async fn metrics(&self, ns: &Netns) -> String {
+        ns.get(addr(ADMIN), "/metrics").await.expect("/metrics").1
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "client skiff:\n{}\nserver skiff:\n{}",
+            self.client_skiff.log_text(),
+            self.server_skiff.log_text()
+        )
+    }
+}
+
+/// Sends `n` GETs on one connection; returns the backends that answered.
+async fn spread(client: &mut skiff_tests::Client, n: usize, shop: &Shop) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let (status, backend, body) = client
+            .get("/")
+            .await
+            .unwrap_or_else(|e| panic!("request: {e}\n{}", shop.logs()));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        seen.push(backend);
+    }
+    seen
+}
+
+fn distinct(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_to_a_service_ip_are_spread_across_its_pods() {
+    let Some(shop) = Shop::start("http1_requests_to_a_service_ip_are_spread_across_its_pods").await
+    else {
+        return;
+    };
+    let mut client = shop
+        .client()
+        .h1(addr(CATALOG))
+        .await
+        .expect("connect to the ClusterIP");
+    let seen = spread(&mut client, 60, &shop).await;
+    assert_eq!(distinct(seen), ["pod-1", "pod-2", "pod-3"]);
+    // Each request went out once: skiff's own upstream connections were
+    // not captured again (no loop).
+    let metrics = shop.metrics(shop.client()).await;
+    let counted = metric_value(
+        &metrics,
+        "skiff_requests_total",
+        &[
+            ("listener", "outbound"),
+            ("cluster", "catalog.shop.http"),
+            ("code_class", "2xx"),
+        ],
+    );
+    assert_eq!(counted, Some(60.0), "{metrics}");
+    assert_eq!(shop.served().iter().sum::<u64>(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http2_connections_requests_are_spread_across_all_three_pods() {
+    let Some(shop) =
+        Shop::start("one_http2_connections_requests_are_spread_across_all_three_pods").await
+    else {
+        return;
+    };
+    let mut client = shop
+        .client()
+        .h2(addr(CATALOG))
+        .await
+        .expect("connect to the ClusterIP");
+    let seen = spread(&mut client, 60, &shop).await;
+    assert_eq!(
+        distinct(seen),
+        ["pod-1", "pod-2", "pod-3"],
+        "{:?}",
+        shop.served()
+    );
+    assert!(shop.served().iter().all(|&n| n > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_to_a_service_works_when_the_server_speaks_first() {
+    let Some(shop) =
+        Shop::start("opaque_tcp_to_a_service_works_when_the_server_speaks_first").await
+    else {
+        return;
+    };
+    let mut greeted = Vec::new();
+    for _ in 0..12 {
+        let mut conn = shop
+            .client()
+            .connect(addr(ECHO))
+            .await
+            .expect("connect to the ClusterIP");
+        // The client says nothing first: detection times out to opaque.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            let n = tokio::time::timeout(SOON, conn.read(&mut byte))
+                .await
+                .expect("greeting in time")
+                .expect("read");
+            assert_eq!(n, 1, "closed before the greeting\n{}", shop.logs());
+            line.push(byte[0]);
+        }
+        greeted.push(String::from_utf8_lossy(&line).trim().to_string());
+        conn.write_all(b"\x00\x01binary\xff").await.expect("write");
+        let mut back = [0u8; 9];
+        tokio::time::timeout(SOON, conn.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert_eq!(&back, b"\x00\x01binary\xff");
+    }
+    // Per connection balancing: more than one pod took connections.
+    assert!(distinct(greeted.clone()).len() > 1, "{greeted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_is_not_a_service_passes_through() {
+    let Some(shop) = Shop::start("a_destination_that_is_not_a_service_passes_through").await else {
+        return;
+    };
+    let pod2 = addr(&format!("{}:8080", POD_IPS[1]));
+    let mut client = shop.client().h1(pod2).await.expect("connect to pod-2");
+    let seen = spread(&mut client, 5, &shop).await;
+    assert_eq!(distinct(seen), ["pod-2"]);
+    assert_eq!(shop.served(), [0, 5, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_capture_counts_the_requests_in_the_servers_metrics() {
+    let Some(shop) =
+        Shop::start("inbound_capture_counts_the_requests_in_the_servers_metrics").await
+    else {
+        return;
+    };
+    let mut client = shop
+        .client()
+        .h1(addr(CATALOG))
+        .await
+        .expect("connect to the ClusterIP");
+    spread(&mut client, 30, &shop).await;
+    let served_by_pod1 = shop.served()[0];
+    assert!(served_by_pod1 > 0);
+    let server = &shop.net.pods[1];
+    let metrics = shop.metrics(server).await;
+    let counted = metric_value(
+        &metrics,
+        "skiff_requests_total",
+        &[
+            ("listener", "inbound"),
+            ("cluster", "inbound.8080"),
+            ("code_class", "2xx"),
+        ],
+    );
+    assert_eq!(counted, Some(served_by_pod1 as f64), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_pods_endpoint_under_load_loses_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let Some(shop) = Shop::start("removing_a_pods_endpoint_under_load_loses_no_request").await
+    else {
+        return;
+    };
+    let shop = Arc::new(shop);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut load = Vec::new();
+    for h2 in [true, true, false, false] {
+        let (shop, stop, ok, failed, errors) = (
+            shop.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            errors.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let connect = || async {
+                if h2 {
+                    shop.client().h2(addr(CATALOG)).await
+                } else {
+                    shop.client().h1(addr(CATALOG)).await
+                }
+            };
+            let mut client = connect().await.expect("connect");
+            while !stop.load(Relaxed) {
+                match client.get("/").await {
+                    Ok((s, _, _)) if s == 200 => ok.fetch_add(1, Relaxed),
+                    Ok((s, _, body)) => {
+                        errors
+                            .lock()
+                            .expect("errors")
+                            .push(format!("{s}: {}", String::from_utf8_lossy(&body)));
+                        failed.fetch_add(1, Relaxed)
+                    }
+                    Err(e) => {
+                        errors.lock().expect("errors").push(e.to_string());
+                        client = connect().await.expect("reconnect");
+                        failed.fetch_add(1, Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    wait_for("every pod serving", SOON, || {
+        shop.served().iter().all(|&n| n > 0)
+    })
+    .await;
+    // pod-3 leaves the Service (its pod keeps serving what it has, as a
+    // terminating pod does).
+    shop.fake.apply("shop", catalog_slice(&POD_IPS[..2]));
+    let pod3 = format!("{}:8080", POD_IPS[2]);
+    wait_for_async("pod-3 out of the client's clusters", SOON, || async {
+        let clusters = shop
+            .client()
+            .get(addr(ADMIN), "/clusters")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        clusters.contains("catalog.shop.http") && !clusters.contains(&pod3)
+    })
+    .await;
+    let pod3_after = shop.served()[2];
+    let at = ok.load(Relaxed);
+    wait_for("200 more requests", SOON, || ok.load(Relaxed) >= at + 200).await;
+    stop.store(true, Relaxed);
+    for task in load {
+        task.await.expect("load task");
+    }
+    let errors = errors.lock().expect("errors").clone();
+    assert_eq!(failed.load(Relaxed), 0, "{errors:?}");
+    assert_eq!(
+        shop.served()[2],
+        pod3_after,
+        "pod-3 took requests after it left"
+    );
+}
+
+async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, check: F) {
+    skiff_tests::wait_for(what, limit, check).await
+}

@@ -116,7 +116,30 @@ impl Shared {
         source: Source,
         protocol: UpstreamProtocol,
     ) -> Arc<Target> {
-        let target = {
+        let existing = lock(&self.targets).get(&name).cloned();
+        let target = match existing {
+            Some(t) if t.cluster.is_primed() => return t,
+            Some(t) => t,
+            None => self.add_target(inner, listener, name, source, protocol),
+        };
+        // Connections to a new destination wait (bounded) for its first
+        // endpoint set.
+        let deadline = tokio::time::Instant::now() + FIRST_ENDPOINTS_WAIT;
+        while !target.cluster.is_primed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(PRIMED_POLL).await;
+        }
+        target
+    }
+
+    fn add_target(
+        &self,
+        inner: &Inner,
+        listener: &Arc<str>,
+        name: String,
+        source: Source,
+        protocol: UpstreamProtocol,
+    ) -> Arc<Target> {
+        {
             let mut targets = lock(&self.targets);
             if let Some(t) = targets.get(&name) {
                 return t.clone();
@@ -162,13 +185,7 @@ impl Shared {
             tracing::info!(listener = %listener, cluster = %name, "new destination");
             targets.insert(name, target.clone());
             target
-        };
-        // The first connection waits (bounded) for the first endpoint set.
-        let deadline = tokio::time::Instant::now() + FIRST_ENDPOINTS_WAIT;
-        while !target.cluster.is_primed() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(PRIMED_POLL).await;
         }
-        target
     }
 }
 
