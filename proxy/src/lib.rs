@@ -343,6 +343,7 @@ impl Proxy {
                 for c in inner.cluster_list.load().iter() {
                     c.sweep();
                 }
+                inner.sidecar.sweep();
             }
         });
         if let Some(path) = self.inner.config_path.clone() {

@@ -37,6 +37,10 @@ use crate::Inner;
 const FIRST_ENDPOINTS_WAIT: Duration = Duration::from_secs(5);
 /// How often that wait looks.
 const PRIMED_POLL: Duration = Duration::from_millis(5);
+/// A destination no connection has used for this long is dropped, and
+/// with it its EndpointSlice subscription (the namespace's watch stops
+/// when no destination of it is left). Its next connection starts over.
+pub const IDLE_AFTER: Duration = Duration::from_secs(300);
 
 /// A capture listener's live settings, swapped in with each config.
 #[derive(Debug)]
@@ -50,8 +54,11 @@ pub struct Captured {
 #[derive(Debug)]
 struct Target {
     cluster: Arc<Cluster>,
+    /// Held by every HTTP connection being served to this destination.
     state: Arc<ListenerState>,
     follower: AbortHandle,
+    /// When a connection last came for it.
+    last_used: Mutex<std::time::Instant>,
 }
 
 impl Drop for Target {
@@ -107,6 +114,24 @@ impl Shared {
         list
     }
 
+    /// Upkeep, every second: closes expired pooled connections and drops
+    /// destinations idle for [`IDLE_AFTER`] (no connection open to them).
+    pub fn sweep(&self) {
+        let mut targets = lock(&self.targets);
+        for t in targets.values() {
+            t.cluster.sweep();
+        }
+        targets.retain(|name, t| {
+            let open = Arc::strong_count(t) > 1 || Arc::strong_count(&t.state) > 1;
+            let idle = lock(&t.last_used).elapsed() >= IDLE_AFTER;
+            let keep = open || !idle || t.cluster.in_flight() > 0;
+            if !keep {
+                tracing::info!(cluster = %name, "destination idle; dropped");
+            }
+            keep
+        });
+    }
+
     /// The destination `name`, made on first use from `source`.
     async fn target(
         &self,
@@ -117,6 +142,9 @@ impl Shared {
         protocol: UpstreamProtocol,
     ) -> Arc<Target> {
         let existing = lock(&self.targets).get(&name).cloned();
+        if let Some(t) = &existing {
+            *lock(&t.last_used) = std::time::Instant::now();
+        }
         let target = match existing {
             Some(t) if t.cluster.is_primed() => return t,
             Some(t) => t,
@@ -181,6 +209,7 @@ impl Shared {
                 cluster,
                 state,
                 follower,
+                last_used: Mutex::new(std::time::Instant::now()),
             });
             tracing::info!(listener = %listener, cluster = %name, "new destination");
             targets.insert(name, target.clone());
