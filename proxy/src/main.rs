@@ -88,6 +88,10 @@ struct InjectArgs {
     /// Outbound destination networks never captured (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',')]
     skip_outbound_cidrs: Vec<skiff::iptables::Cidr>,
+    /// A ConfigMap (in each pod's namespace) holding the sidecar's config
+    /// as `skiff.yaml`; without it the sidecar runs the built-in defaults.
+    #[arg(long)]
+    config_map: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -256,6 +260,7 @@ fn inject(args: InjectArgs) -> ExitCode {
             .iter()
             .map(|c| c.to_string())
             .collect(),
+        config_map: args.config_map,
     };
     let mut out = String::new();
     for file in &args.files {

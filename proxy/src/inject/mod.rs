@@ -35,6 +35,10 @@ pub const INIT_NAME: &str = "skiff-init";
 /// The emptyDir the capture container's iptables keeps its lock in, since
 /// its root filesystem is read-only.
 const XTABLES_VOLUME: &str = "skiff-xtables";
+/// The volume of the sidecar's ConfigMap, when one is given.
+const CONFIG_VOLUME: &str = "skiff-config";
+/// Where the sidecar's ConfigMap is mounted.
+const CONFIG_DIR: &str = "/etc/skiff";
 
 /// What to inject.
 #[derive(Debug, Clone)]
@@ -47,6 +51,9 @@ pub struct Options {
     pub skip_outbound_ports: Vec<u16>,
     /// Outbound destination networks never captured.
     pub skip_outbound_cidrs: Vec<String>,
+    /// A ConfigMap in the pod's namespace with the sidecar's config as
+    /// `skiff.yaml`; without one the sidecar runs the built-in defaults.
+    pub config_map: Option<String>,
 }
 
 impl Default for Options {
@@ -56,6 +63,7 @@ impl Default for Options {
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
+            config_map: None,
         }
     }
 }
@@ -309,11 +317,28 @@ fn inject_object(
     }
 
     // Now change it.
+    let mut volumes = vec![Node::map(vec![
+        ("name", Node::string(XTABLES_VOLUME)),
+        ("emptyDir", Node::map(vec![])),
+    ])];
+    if let Some(config_map) = &options.config_map {
+        volumes.push(Node::map(vec![
+            ("name", Node::string(CONFIG_VOLUME)),
+            (
+                "configMap",
+                Node::map(vec![("name", Node::string(config_map))]),
+            ),
+        ]));
+    }
+    let volume_names: Vec<&str> = volumes
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Node::as_str))
+        .collect();
     let status = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "image": options.image,
         "initContainers": [INIT_NAME, SIDECAR_NAME],
-        "volumes": [XTABLES_VOLUME],
+        "volumes": volume_names,
     })
     .to_string();
     // Each step was checked above to be a mapping or missing.
@@ -337,14 +362,11 @@ fn inject_object(
             );
         }
         if let Some(Node {
-            value: Value::Seq(volumes),
+            value: Value::Seq(existing),
             ..
         }) = entry_or(spec, "volumes", Node::seq(vec![]))
         {
-            volumes.push(Node::map(vec![
-                ("name", Node::string(XTABLES_VOLUME)),
-                ("emptyDir", Node::map(vec![])),
-            ]));
+            existing.extend(volumes);
         }
     }
     result.injected.push(who);
@@ -472,13 +494,24 @@ fn field_env(name: &str, path: &str) -> Node {
 
 /// `skiff`: the proxy, as a native sidecar.
 fn sidecar_container(options: &Options) -> Node {
-    Node::map(vec![
+    let mut container = Node::map(vec![
         ("name", Node::string(SIDECAR_NAME)),
         ("image", Node::string(&options.image)),
         ("imagePullPolicy", Node::string("IfNotPresent")),
         // A native sidecar: started before the app, stopped after it.
         ("restartPolicy", Node::string("Always")),
-        ("args", list(&["run", "--sidecar"])),
+        (
+            "args",
+            match options.config_map {
+                Some(_) => list(&[
+                    "run",
+                    "--sidecar",
+                    "--config",
+                    &format!("{CONFIG_DIR}/skiff.yaml"),
+                ]),
+                None => list(&["run", "--sidecar"]),
+            },
+        ),
         (
             "env",
             Node::seq(vec![
@@ -532,7 +565,18 @@ fn sidecar_container(options: &Options) -> Node {
                 ),
             ]),
         ),
-    ])
+    ]);
+    if options.config_map.is_some() {
+        container.set(
+            "volumeMounts",
+            Node::seq(vec![Node::map(vec![
+                ("name", Node::string(CONFIG_VOLUME)),
+                ("mountPath", Node::string(CONFIG_DIR)),
+                ("readOnly", Node::plain(true)),
+            ])]),
+        );
+    }
+    container
 }
 
 #[cfg(test)]
