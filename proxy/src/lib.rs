@@ -282,7 +282,11 @@ impl Proxy {
                 config
                     .listeners
                     .iter()
-                    .any(|x| x.name == l && x.routes.iter().any(|r| r.cluster == c))
+                    // A capture listener's series are its destinations'.
+                    .any(|x| {
+                        x.name == l
+                            && (x.capture.is_some() || x.routes.iter().any(|r| r.cluster == c))
+                    })
             },
             |l| config.listeners.iter().any(|x| x.name == l),
         );

@@ -561,7 +561,7 @@ struct Shop {
     client_skiff: SkiffInNetns,
     server_skiff: SkiffInNetns,
     _echo: Vec<tokio::task::JoinHandle<()>>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Shop {
@@ -633,7 +633,7 @@ impl Shop {
             client_skiff,
             server_skiff,
             _echo: echo,
-            _dir: dir,
+            dir,
         };
         for (ns, skiff) in [
             (&shop.net.pods[0], &shop.client_skiff),
@@ -806,6 +806,32 @@ async fn inbound_capture_counts_the_requests_in_the_servers_metrics() {
     let served_by_pod1 = shop.served()[0];
     assert!(served_by_pod1 > 0);
     let server = &shop.net.pods[1];
+    let metrics = shop.metrics(server).await;
+    let counted = metric_value(
+        &metrics,
+        "skiff_requests_total",
+        &[
+            ("listener", "inbound"),
+            ("cluster", "inbound.8080"),
+            ("code_class", "2xx"),
+        ],
+    );
+    assert_eq!(counted, Some(served_by_pod1 as f64), "{metrics}");
+
+    // A reload keeps the destinations' series (they are in no route list).
+    let config = shop.dir.path("server.yaml");
+    let text = std::fs::read_to_string(&config).expect("server config");
+    shop.dir
+        .write("server.yaml", &format!("# reloaded\n{text}"));
+    wait_for_async("the server's skiff reloaded", SOON, || async {
+        let metrics = shop.metrics(server).await;
+        metric_value(
+            &metrics,
+            "skiff_config_reloads_total",
+            &[("result", "success")],
+        ) == Some(1.0)
+    })
+    .await;
     let metrics = shop.metrics(server).await;
     let counted = metric_value(
         &metrics,
