@@ -278,9 +278,13 @@ pub fn run(steps: &[Step]) -> Result<(), IptablesError> {
     Ok(())
 }
 
-/// Whether this host has IPv6 (no `ip6tables` rules are needed without it).
+/// Whether this host has IPv6: its loopback has `::1` (no `ip6tables`
+/// rules, and no IPv6 listeners, without it).
 pub fn host_has_ipv6() -> bool {
-    std::path::Path::new("/proc/net/if_inet6").exists()
+    std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.starts_with("00000000000000000000000000000001"))
+    })
 }
 
 /// Where a redirected connection was going before the `REDIRECT` rule sent
@@ -288,8 +292,13 @@ pub fn host_has_ipv6() -> bool {
 /// An error means the connection was not redirected.
 pub fn original_destination(stream: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
     let socket = socket2::SockRef::from(stream);
-    let local = stream.local_addr()?;
-    let original = if local.is_ipv4() {
+    // An IPv4 connection on a dual-stack socket has a v4-mapped address and
+    // was redirected by iptables, not ip6tables.
+    let v4 = match stream.local_addr()? {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    let original = if v4 {
         socket.original_dst_v4()?
     } else {
         socket.original_dst_v6()?

@@ -183,7 +183,7 @@ fn main() -> ExitCode {
             let loaded = match &config {
                 Some(path) => Config::load(path),
                 None => Config::parse(
-                    &skiff::sidecar::default_config_text(),
+                    &skiff::sidecar::default_config_text(skiff::iptables::host_has_ipv6()),
                     "<sidecar defaults>",
                     std::path::Path::new("."),
                 )

@@ -931,3 +931,76 @@ async fn removing_a_pods_endpoint_under_load_loses_no_request() {
 async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, check: F) {
     skiff_tests::wait_for(what, limit, check).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_dual_stack_connections_keep_their_original_destination() {
+    if skip_without_netns("ipv6_and_dual_stack_connections_keep_their_original_destination") {
+        return;
+    }
+    let net = Network::new(&["198.18.0.10", "198.18.0.20"]);
+    let client = &net.pods[0];
+    // IPv6's benchmarking prefix (RFC 5180), as 198.18.0.0/15 is IPv4's.
+    client.ip(&["addr", "add", "2001:2::10/64", "dev", "eth0", "nodad"]);
+    let out = client
+        .command(skiff_bin().to_str().expect("path"))
+        .args(["iptables", "--ipv6", "on"])
+        .output()
+        .expect("skiff iptables");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One dual-stack socket takes both families, as `skiff run --sidecar`'s
+    // inbound one does.
+    let outbound_v6 = client.listen(addr("[::1]:4140"));
+    let outbound_v4 = client.listen(addr("127.0.0.1:4140"));
+
+    let v6: SocketAddr = addr("[2001:2::20]:8080");
+    let _c6 = client.connect(v6).await.expect("connect over IPv6");
+    let captured = accept_one(&outbound_v6).await;
+    assert_eq!(
+        skiff::iptables::original_destination(&captured).expect("IP6T_SO_ORIGINAL_DST"),
+        v6
+    );
+    let v4 = addr("198.19.0.1:80");
+    let _c4 = client.connect(v4).await.expect("connect over IPv4");
+    let captured = accept_one(&outbound_v4).await;
+    assert_eq!(
+        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        v4
+    );
+
+    // Inbound on a dual-stack listener: an IPv4 connection arrives v4-mapped.
+    let server = &net.pods[1];
+    let out = server
+        .command(skiff_bin().to_str().expect("path"))
+        .args(["iptables", "--ipv6", "on"])
+        .output()
+        .expect("skiff iptables");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inbound = server.listen(addr("[::]:4143"));
+    let app = addr("198.18.0.20:8080");
+    let _c = client
+        .command("setpriv")
+        .args([
+            "--reuid=2102",
+            "--regid=2102",
+            "--clear-groups",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/198.18.0.20/8080",
+        ])
+        .status()
+        .expect("connect to the app port");
+    let captured = accept_one(&inbound).await;
+    assert!(captured.local_addr().expect("local").is_ipv6());
+    assert_eq!(
+        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        app
+    );
+}

@@ -159,14 +159,23 @@ pub fn read_capture(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<
 
 /// The config `skiff run --sidecar` runs without a file: the admin server
 /// on the pod's address (for kubelet's probes) and the two capture
-/// listeners on the ports `skiff iptables` redirects to.
-pub fn default_config_text() -> String {
-    format!(
-        "admin: {{ listen: 0.0.0.0:{ADMIN_PORT} }}\n\
+/// listeners on the ports `skiff iptables` redirects to. With IPv6 (as
+/// `skiff iptables` decides it), the admin and inbound sockets are dual
+/// stack and outbound listens on `::1` too, where ip6tables redirects.
+pub fn default_config_text(ipv6: bool) -> String {
+    let any = if ipv6 { "[::]" } else { "0.0.0.0" };
+    let mut text = format!(
+        "admin: {{ listen: \"{any}:{ADMIN_PORT}\" }}\n\
          listeners:\n\
-         \x20 - name: inbound\n    listen: 0.0.0.0:{INBOUND_PORT}\n    capture: {{ direction: inbound }}\n\
+         \x20 - name: inbound\n    listen: \"{any}:{INBOUND_PORT}\"\n    capture: {{ direction: inbound }}\n\
          \x20 - name: outbound\n    listen: 127.0.0.1:{OUTBOUND_PORT}\n    capture: {{ direction: outbound }}\n"
-    )
+    );
+    if ipv6 {
+        text.push_str(&format!(
+            "  - name: outbound6\n    listen: \"[::1]:{OUTBOUND_PORT}\"\n    capture: {{ direction: outbound }}\n"
+        ));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -174,9 +183,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ipv6_default_listens_dual_stack_and_on_the_v6_loopback() {
+        let config = crate::config::Config::parse(
+            &default_config_text(true),
+            "sidecar",
+            std::path::Path::new("."),
+        )
+        .unwrap_or_else(|d| panic!("{d}"));
+        let listens: Vec<String> = config
+            .listeners
+            .iter()
+            .map(|l| l.listen.to_string())
+            .collect();
+        assert_eq!(listens, ["[::]:4143", "127.0.0.1:4140", "[::1]:4140"]);
+        assert_eq!(config.admin.listen.to_string(), "[::]:4191");
+    }
+
+    #[test]
     fn the_default_sidecar_config_is_valid_and_captures_both_ways() {
         let config = crate::config::Config::parse(
-            &default_config_text(),
+            &default_config_text(false),
             "sidecar",
             std::path::Path::new("."),
         )
