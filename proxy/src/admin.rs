@@ -103,8 +103,14 @@ fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
         .filter(|c| !c.is_primed())
         .map(|c| c.name.to_string())
         .collect();
+    let services = proxy.services_waiting();
     let why = if !proxy.is_started() {
         "not ready: listeners are not bound yet\n".to_string()
+    } else if !services.is_empty() {
+        format!(
+            "not ready: waiting for the Services of namespace {} (capture listeners)\n",
+            services.join(", ")
+        )
     } else if waiting.is_empty() {
         "not ready: shutting down\n".to_string()
     } else {

@@ -378,6 +378,11 @@ impl Proxy {
             && self.inner.sidecar.is_ready()
     }
 
+    /// Namespaces whose Services the sidecar still waits to list.
+    pub fn services_waiting(&self) -> Vec<String> {
+        self.inner.sidecar.waiting_for()
+    }
+
     /// Whether the first config's listeners are bound.
     pub fn is_started(&self) -> bool {
         self.inner.started.load(Relaxed)

@@ -1004,3 +1004,47 @@ async fn ipv6_and_dual_stack_connections_keep_their_original_destination() {
         app
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_first_list_of_services_and_says_so() {
+    use skiff_tests::{admin_get, free_port, SkiffProcess};
+    let dir = TempDir::new("sidecar-ready");
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.write(
+        "skiff.yaml",
+        &format!(
+            "admin: {{ listen: {admin} }}\nlisteners:\n  - name: outbound\n    listen: {outbound}\n    capture: {{ direction: outbound, namespaces: [shop] }}\n"
+        ),
+    );
+    // No API server at all: the Services are never listed.
+    let missing = dir.path("no-kubeconfig");
+    let skiff = SkiffProcess::start_with_env(
+        &config,
+        admin,
+        &[],
+        &[("KUBECONFIG", &missing), ("HOME", &dir.0)],
+    )
+    .await;
+    let (status, body) = admin_get(admin, "/ready").await.expect("/ready");
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("waiting for the Services of namespace shop"),
+        "{body}"
+    );
+
+    // With the API server, it becomes ready.
+    let fake = FakeKube::start_new().await;
+    fake.apply_service(
+        "shop",
+        service("catalog", "198.19.0.10", &[("http", 80, 8080)]),
+    );
+    let kubeconfig = fake.write_kubeconfig(&dir.0);
+    drop(skiff);
+    let _skiff =
+        SkiffProcess::start_with_env(&config, admin, &[], &[("KUBECONFIG", &kubeconfig)]).await;
+    wait_for_async("ready", SOON, || async {
+        matches!(admin_get(admin, "/ready").await, Ok((s, _)) if s == 200)
+    })
+    .await;
+}

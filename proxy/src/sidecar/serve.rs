@@ -99,6 +99,14 @@ impl Shared {
             .is_none_or(|(_, index)| index.is_listed())
     }
 
+    /// The namespaces whose Services are not listed yet (empty when ready).
+    pub fn waiting_for(&self) -> Vec<String> {
+        match lock(&self.services).as_ref() {
+            Some((namespaces, index)) if !index.is_listed() => namespaces.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     fn lookup(&self, destination: SocketAddr) -> Option<Arc<ServiceRef>> {
         let index = lock(&self.services).as_ref().map(|(_, i)| i.clone())?;
         index.lookup(destination)
