@@ -256,6 +256,28 @@ fn inject_object(
             pod_options.skip_outbound_cidrs.push(cidr.into());
         }
     }
+    // A container already named like ours: injected by hand, or by an
+    // older skiff without the annotation. Two of a name would be refused.
+    let names_taken = ["initContainers", "containers"].iter().any(|list| {
+        template
+            .get("spec")
+            .and_then(|s| s.get(list))
+            .is_some_and(|l| match &l.value {
+                Value::Seq(items) => items.iter().any(|c| {
+                    matches!(
+                        c.get("name").and_then(Node::as_str),
+                        Some(SIDECAR_NAME | INIT_NAME)
+                    )
+                }),
+                _ => false,
+            })
+    });
+    if names_taken {
+        result.skipped.push(format!(
+            "{who}: has a container named {SIDECAR_NAME} or {INIT_NAME}"
+        ));
+        return Ok(false);
+    }
     let template_line = template.line;
     let spec = match template.get("spec") {
         Some(s) if matches!(s.value, Value::Map(_)) => s,
@@ -705,6 +727,35 @@ spec:
             message.starts_with("document 1 (line 23): Pod `broken`: spec.containers"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_items_of_a_list_are_injected() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: s}}\n- {kind: Pod, metadata: {name: p}, spec: {containers: [{name: p}]}}\n";
+        let out = inject_default(text);
+        assert_eq!(out.injected, ["Pod/p"]);
+        let root = yaml::parse_stream(&out.yaml)
+            .unwrap()
+            .remove(0)
+            .root
+            .unwrap();
+        let Value::Seq(items) = &root.get("items").unwrap().value else {
+            panic!("items")
+        };
+        assert!(items[0].get("spec").is_none());
+        assert!(items[1]
+            .get("spec")
+            .unwrap()
+            .get("initContainers")
+            .is_some());
+    }
+
+    #[test]
+    fn a_pod_with_a_container_named_skiff_is_left_alone() {
+        let text = "kind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: skiff}]}\n";
+        let out = inject_default(text);
+        assert_eq!(out.yaml, text);
+        assert!(out.skipped[0].contains("named skiff"), "{:?}", out.skipped);
     }
 
     #[test]

@@ -242,8 +242,10 @@ impl Builder {
                     ));
                 }
             }
-            Event::Scalar(text, style, anchor, _tag) => {
-                let plain = style == ScalarStyle::Plain;
+            Event::Scalar(text, style, anchor, tag) => {
+                // `!!str 8080` is a string: written back quoted, it stays one.
+                let string_tag = tag.is_some_and(|t| t.suffix == "str");
+                let plain = style == ScalarStyle::Plain && !string_tag;
                 self.finish(
                     Node {
                         line,
@@ -560,6 +562,7 @@ data:
     text
   indented: "  leading space\nsecond"
   flow: {a: 1, b: [x, "y,z"]}
+  tagged: !!str 8080
   emptymap: {}
   emptyseq: []
   nested:
