@@ -180,17 +180,7 @@ impl Shared {
             if let Some(t) = targets.get(&name) {
                 return t.clone();
             }
-            let config = ClusterConfig {
-                name: name.clone(),
-                lb: LbPolicy::LeastRequest,
-                protocol,
-                source: source.clone(),
-                timeouts: Timeouts::default(),
-                circuit_breaker: CircuitBreaker::default(),
-                retries: Retries::default(),
-                outlier_detection: OutlierDetection::default(),
-                panic_threshold: DEFAULT_PANIC_THRESHOLD,
-            };
+            let config = destination_settings(&name, &source, protocol);
             let cluster = Arc::new(Cluster::new(config));
             let follower = crate::spawn_follower(&inner.discovery, &cluster, &source);
             let listener_config = ListenerConfig {
@@ -300,6 +290,34 @@ impl Captured {
         pass_through(stream, address, peer).await;
         drop(picked);
         None
+    }
+}
+
+/// A destination's cluster settings. The app did not ask for a proxy, so
+/// skiff adds no limit the app would not have had on its own: no timeout
+/// to response headers (long polls and gRPC streams stay open) and circuit
+/// breakers too high to reach, as Istio's sidecars do. What it does add
+/// is what fixes connection-level balancing and hides endpoint churn:
+/// least-request (P2C, as linkerd2-proxy), budgeted retries of requests
+/// that are safe to retry, and outlier ejection.
+fn destination_settings(name: &str, source: &Source, protocol: UpstreamProtocol) -> ClusterConfig {
+    const UNREACHABLE_LIMIT: u32 = 1 << 24;
+    ClusterConfig {
+        name: name.to_string(),
+        lb: LbPolicy::LeastRequest,
+        protocol,
+        source: source.clone(),
+        timeouts: Timeouts {
+            request: Duration::ZERO,
+            ..Timeouts::default()
+        },
+        circuit_breaker: CircuitBreaker {
+            max_requests: UNREACHABLE_LIMIT,
+            max_pending: UNREACHABLE_LIMIT,
+        },
+        retries: Retries::default(),
+        outlier_detection: OutlierDetection::default(),
+        panic_threshold: DEFAULT_PANIC_THRESHOLD,
     }
 }
 
