@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p skiff -p skiff-bench
-//! cargo run --release -p skiff-tests --example sidecar_two_hop -- [RATE] [SECONDS]
+//! cargo run --release -p skiff-tests --example sidecar_two_hop -- [RATE] [SECONDS] [ROUNDS]
 //! ```
 //!
 //! Needs root (network namespaces, iptables). Two pods on a bridge, from
@@ -19,6 +19,9 @@
 //! - two hops: app → client skiff (outbound, per request) → server skiff
 //!   (inbound) → upstream, via the Service's ClusterIP;
 //! - direct: app → upstream on :9090.
+//!
+//! With ROUNDS > 1 the two alternate, ROUNDS times each, so noise from a
+//! shared machine falls on both.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +68,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let rate: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let seconds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let dir = TempDir::new("two-hop");
     let net = Network::new(&[CLIENT, SERVER]);
     let (client, server) = (&net.pods[0], &net.pods[1]);
@@ -151,6 +155,12 @@ async fn main() {
 
     // The load generator runs as root in the client pod: its connections
     // to the ClusterIP are captured, those to :9090 are not.
+    let urls = (0..rounds).flat_map(|_| {
+        [
+            "http://198.19.0.10:80/".to_string(),
+            format!("http://{SERVER}:9090/"),
+        ]
+    });
     let load = client
         .command(bench_bin().to_str().expect("path"))
         .args([
@@ -163,9 +173,8 @@ async fn main() {
             "3s",
             "-d",
             &format!("{seconds}s"),
-            "http://198.19.0.10:80/",
-            &format!("http://{SERVER}:9090/"),
         ])
+        .args(urls)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
