@@ -175,44 +175,42 @@ impl Shared {
         source: Source,
         protocol: UpstreamProtocol,
     ) -> Arc<Target> {
-        {
-            let mut targets = lock(&self.targets);
-            if let Some(t) = targets.get(&name) {
-                return t.clone();
-            }
-            let config = destination_settings(&name, &source, protocol);
-            let cluster = Arc::new(Cluster::new(config));
-            let follower = crate::spawn_follower(&inner.discovery, &cluster, &source);
-            let listener_config = ListenerConfig {
-                name: listener.to_string(),
-                listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-                routes: vec![RouteConfig {
-                    host: None,
-                    path: PathMatch::Prefix("/".into()),
-                    cluster: name.clone(),
-                }],
-                capture: None,
-            };
-            let clusters = HashMap::from([(name.clone(), cluster.clone())]);
-            let table =
-                RouteTable::build(&listener_config, &clusters, &inner.registry).unwrap_or_default();
-            let state = Arc::new(ListenerState {
-                name: listener.clone(),
-                routes: ArcSwap::from_pointee(table),
-                unrouted: inner.registry.unrouted(listener),
-                connections: inner.registry.connections(listener),
-                capture: Default::default(),
-            });
-            let target = Arc::new(Target {
-                cluster,
-                state,
-                follower,
-                last_used: Mutex::new(std::time::Instant::now()),
-            });
-            tracing::info!(listener = %listener, cluster = %name, "new destination");
-            targets.insert(name, target.clone());
-            target
+        let mut targets = lock(&self.targets);
+        if let Some(t) = targets.get(&name) {
+            return t.clone();
         }
+        let config = destination_settings(&name, &source, protocol);
+        let cluster = Arc::new(Cluster::new(config));
+        let follower = crate::spawn_follower(&inner.discovery, &cluster, &source);
+        let listener_config = ListenerConfig {
+            name: listener.to_string(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            routes: vec![RouteConfig {
+                host: None,
+                path: PathMatch::Prefix("/".into()),
+                cluster: name.clone(),
+            }],
+            capture: None,
+        };
+        let clusters = HashMap::from([(name.clone(), cluster.clone())]);
+        let table =
+            RouteTable::build(&listener_config, &clusters, &inner.registry).unwrap_or_default();
+        let state = Arc::new(ListenerState {
+            name: listener.clone(),
+            routes: ArcSwap::from_pointee(table),
+            unrouted: inner.registry.unrouted(listener),
+            connections: inner.registry.connections(listener),
+            capture: Default::default(),
+        });
+        let target = Arc::new(Target {
+            cluster,
+            state,
+            follower,
+            last_used: Mutex::new(std::time::Instant::now()),
+        });
+        tracing::info!(listener = %listener, cluster = %name, "new destination");
+        targets.insert(name, target.clone());
+        target
     }
 }
 
