@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+use crate::cluster::{health, WEIGHT_SCALE};
 use crate::metrics::CODE_CLASSES;
 use crate::Proxy;
 
@@ -67,31 +68,58 @@ fn route(req: Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
             json_response(serde_json::to_value(&*proxy.config()).unwrap_or_default())
         }
         (&Method::GET | &Method::HEAD, "/") => {
-            let mut resp = text(StatusCode::OK, INDEX);
+            let mut resp = text(StatusCode::OK, DASHBOARD);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
             );
             resp
         }
+        (&Method::GET | &Method::HEAD, "/logging") => match crate::logging::level() {
+            Some(level) => text(StatusCode::OK, format!("{level}\n")),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "logging is not controlled by skiff here\n",
+            ),
+        },
+        (&Method::POST, "/logging") => {
+            let level = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("level="))
+                    .map(|v| {
+                        v.replace("%2C", ",")
+                            .replace("%3D", "=")
+                            .replace("%3d", "=")
+                    })
+            });
+            match level {
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "give the level: POST /logging?level=debug (or a filter such as skiff=debug,hyper=info)\n",
+                ),
+                Some(level) => match crate::logging::set_level(&level) {
+                    Ok(()) => text(StatusCode::OK, format!("log level: {level}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                },
+            }
+        }
         (&Method::POST, "/drain") => {
             proxy.request_drain();
             text(StatusCode::ACCEPTED, "draining\n")
         }
-        (_, "/live" | "/ready" | "/metrics" | "/clusters" | "/config" | "/" | "/drain") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/live" | "/ready" | "/metrics" | "/clusters" | "/config" | "/" | "/drain" | "/logging",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live /ready /metrics /clusters /config\n",
+            "not found; try /live /ready /metrics /clusters /config /logging\n",
         ),
     }
 }
 
-const INDEX: &str = "<!doctype html><title>skiff admin</title><h1>skiff admin</h1><ul>\
-<li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/clusters\">/clusters</a></li>\
-<li><a href=\"/config\">/config</a></li><li><a href=\"/ready\">/ready</a></li>\
-<li><a href=\"/live\">/live</a></li></ul>\n";
+/// The dashboard: one page, no external assets, polling `/clusters`.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
     if proxy.is_ready() {
@@ -100,8 +128,14 @@ fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
     let waiting: Vec<String> = proxy
         .clusters()
         .iter()
-        .filter(|c| !c.is_primed())
-        .map(|c| c.name.to_string())
+        .filter(|c| !c.is_warm())
+        .map(|c| {
+            if c.is_primed() {
+                format!("{} (first health checks)", c.name)
+            } else {
+                c.name.to_string()
+            }
+        })
         .collect();
     let services = proxy.services_waiting();
     let why = if !proxy.is_started() {
@@ -137,14 +171,46 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                     for (i, class) in CODE_CLASSES.iter().enumerate() {
                         requests.insert((*class).into(), e.requests.get(i).into());
                     }
+                    let (ejected_ms, ejections) = e.ejection();
+                    let state = if e.is_draining() {
+                        "draining"
+                    } else if e.is_ejected() {
+                        "ejected"
+                    } else if e.takes_traffic() {
+                        "active"
+                    } else {
+                        "unhealthy"
+                    };
                     let mut endpoint = json!({
                         "address": e.address.to_string(),
-                        "weight": e.weight(),
-                        "state": if e.is_draining() { "draining" } else { "active" },
+                        "weight": e.spec_weight(),
+                        "state": state,
+                        "health": health::state_name(e.health()),
                         "in_flight": e.in_flight(),
                         "requests": requests,
                         "idle_connections": e.idle_connections(),
+                        "ejections": ejections,
+                        // Per bucket of `duration_buckets_seconds`, then over the last.
+                        "duration_buckets": e.duration.buckets(),
                     });
+                    if let Some(why) = e.health_failure() {
+                        endpoint["health_failure"] = why.into();
+                    }
+                    if e.is_ejected() {
+                        endpoint["ejection"] = json!({
+                            "reason": format!(
+                                "{} 5xx responses or connect failures in a row",
+                                settings.outlier_detection.consecutive_failures
+                            ),
+                            "remaining_ms": ejected_ms,
+                        });
+                    }
+                    if e.is_ramping() {
+                        // Slow start: the share of its weight it gets now.
+                        endpoint["slow_start_percent"] = (e.weight() as u64 * 100
+                            / (e.spec_weight() as u64 * WEIGHT_SCALE as u64).max(1))
+                        .into();
+                    }
                     if let Some(origin) = e.origin() {
                         // Where discovery found it: slice, zone, node, conditions.
                         endpoint["origin"] = serde_json::to_value(&*origin).unwrap_or_default();
@@ -156,14 +222,18 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
                 "name": &*c.name,
                 "lb": settings.lb,
                 "protocol": settings.protocol,
-                "ready": c.is_primed(),
+                "ready": c.is_warm(),
+                "panic": c.snapshot().panic,
                 "in_flight": c.in_flight(),
                 "requests": c.stats.duration.count(),
                 "endpoints": endpoints,
             })
         })
         .collect();
-    json!({ "clusters": list })
+    json!({
+        "duration_buckets_seconds": crate::metrics::DURATION_BUCKETS,
+        "clusters": list,
+    })
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -25,6 +25,12 @@ pub enum UpstreamBody {
     Http1(RequestBody),
     /// A stream of an HTTP/2 client connection.
     Http2(Incoming),
+    /// Read whole before sending, so a retry can send it again (bodies of
+    /// retryable requests up to `forward::MAX_REPLAY_BODY`).
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
 }
 
 impl Body for UpstreamBody {
@@ -40,6 +46,12 @@ impl Body for UpstreamBody {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Buffered { data, trailers } => {
+                Poll::Ready(match data.take().filter(|d| !d.is_empty()) {
+                    Some(d) => Some(Ok(Frame::data(d))),
+                    None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                })
+            }
         }
     }
 
@@ -49,6 +61,9 @@ impl Body for UpstreamBody {
             UpstreamBody::Empty => true,
             UpstreamBody::Http1(b) => b.is_end_stream(),
             UpstreamBody::Http2(b) => b.is_end_stream(),
+            UpstreamBody::Buffered { data, trailers } => {
+                data.as_ref().is_none_or(|d| d.is_empty()) && trailers.is_none()
+            }
         }
     }
 
@@ -58,6 +73,9 @@ impl Body for UpstreamBody {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Http1(b) => b.size_hint(),
             UpstreamBody::Http2(b) => b.size_hint(),
+            UpstreamBody::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

@@ -59,6 +59,15 @@ pub struct ListenerConfig {
     /// Serve connections captured by `skiff iptables` (the sidecar role).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<crate::sidecar::CaptureConfig>,
+    /// One log line per request (or a sample of them); off when absent.
+    pub access_log: Option<AccessLog>,
+}
+
+/// The access log of a listener: a `skiff::access` line per request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AccessLog {
+    /// The share of requests logged, in (0, 1].
+    pub sample: f64,
 }
 
 /// One route: requests whose host and path match go to `cluster`.
@@ -206,6 +215,80 @@ impl Default for OutlierDetection {
     }
 }
 
+/// Active health checking of every endpoint (Envoy's semantics): a check
+/// every `interval` (`unhealthy_interval` while failing) plus up to
+/// `jitter`; `unhealthy_threshold` failures in a row take an endpoint out
+/// of rotation and `healthy_threshold` passes bring it back. A new
+/// endpoint is checked at once and takes traffic after its first pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheck {
+    #[serde(flatten)]
+    pub kind: HealthCheckKind,
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub unhealthy_interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub jitter: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// `GET path` on a kept-alive connection; passes on an expected status.
+    Http {
+        path: String,
+        /// The `host` header; the cluster's name when not set (as Envoy).
+        host: Option<String>,
+        /// Inclusive status ranges that pass (200–399 by default, as
+        /// Kubernetes' HTTP probes).
+        #[serde(serialize_with = "ser_status_ranges")]
+        expected_statuses: Vec<(u16, u16)>,
+    },
+    /// Passes when a TCP connection is established.
+    Tcp,
+}
+
+fn ser_status_ranges<S: serde::Serializer>(r: &[(u16, u16)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(r.iter().map(|&(a, b)| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    }))
+}
+
+/// Envoy's slow start: an endpoint that joins (or comes back healthy) gets
+/// `weight · max(min_weight_percent, (t / window)^(1 / aggression))` of its
+/// traffic share for `window`, so a cold pod is not flooded after a scale-up.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SlowStart {
+    /// 0s turns it off (the default).
+    #[serde(serialize_with = "ser_duration")]
+    pub window: Duration,
+    pub aggression: f64,
+    pub min_weight_percent: u32,
+}
+
+impl Default for SlowStart {
+    fn default() -> Self {
+        SlowStart {
+            window: Duration::ZERO,
+            aggression: 1.0,
+            min_weight_percent: 10,
+        }
+    }
+}
+
 /// Below this share of endpoints taking traffic, a cluster balances over
 /// all of them, ejected ones included (Envoy's panic threshold).
 pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
@@ -222,6 +305,8 @@ pub struct ClusterConfig {
     pub outlier_detection: OutlierDetection,
     /// Percent of endpoints that must take traffic; below it, panic mode.
     pub panic_threshold: u32,
+    pub health_check: Option<HealthCheck>,
+    pub slow_start: SlowStart,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -508,7 +593,7 @@ fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String>
     Some(name)
 }
 
-const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "capture"];
+const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "capture", "access_log"];
 
 fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<ListenerConfig> {
     let mut map = MapReader::new(node, path, diags)?;
@@ -534,13 +619,44 @@ fn read_listener(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Lis
             .collect(),
         None => Vec::new(),
     };
+    let access_path = map.path_of("access_log");
+    let access_log = match map.optional("access_log") {
+        None => Some(None),
+        Some(n) => read_access_log(n, &access_path, diags).map(Some),
+    };
     map.finish(diags, LISTENER_FIELDS);
     Some(ListenerConfig {
         name: name?,
         listen: listen?,
         routes,
         capture: capture.map(|c| c.ok_or(())).transpose().ok()?,
+        access_log: access_log?,
     })
+}
+
+fn read_access_log(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<AccessLog> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let sample_path = map.path_of("sample");
+    let sample = match map.optional("sample") {
+        None => Some(1.0),
+        Some(n) => yaml::string(n, &sample_path, diags).and_then(|t| {
+            let v = t
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v > 0.0 && *v <= 1.0);
+            if v.is_none() {
+                diags.error(
+                    n,
+                    &sample_path,
+                    format!("expected a share in (0, 1] such as 0.01, found `{t}`"),
+                );
+            }
+            v
+        }),
+    };
+    map.finish(diags, &["sample"]);
+    Some(AccessLog { sample: sample? })
 }
 
 fn read_route(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<RouteConfig> {
@@ -634,6 +750,8 @@ const CLUSTER_FIELDS: &[&str] = &[
     "retries",
     "outlier_detection",
     "panic_threshold",
+    "health_check",
+    "slow_start",
 ];
 
 fn read_cluster(
@@ -723,6 +841,16 @@ fn read_cluster(
         DEFAULT_PANIC_THRESHOLD,
         diags,
     );
+    let health_path = map.path_of("health_check");
+    let health_check = match map.optional("health_check") {
+        Some(n) => read_health_check(n, &health_path, diags).map(Some),
+        None => Some(None),
+    };
+    let slow_start_path = map.path_of("slow_start");
+    let slow_start = match map.optional("slow_start") {
+        Some(n) => read_slow_start(n, &slow_start_path, diags),
+        None => Some(SlowStart::default()),
+    };
     map.finish(diags, CLUSTER_FIELDS);
     let source = match (endpoints, discovery) {
         (Some(_), Some(_)) => {
@@ -746,6 +874,188 @@ fn read_cluster(
         retries: retries?,
         outlier_detection: outlier_detection?,
         panic_threshold: panic_threshold?,
+        health_check: health_check?,
+        slow_start: slow_start?,
+    })
+}
+
+fn read_health_check(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<HealthCheck> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let http_path = map.path_of("http");
+    let http = map.optional("http");
+    let tcp = map.optional("tcp");
+    let kind = match (http, tcp) {
+        (Some(n), None) => read_http_check(n, &http_path, diags),
+        (None, Some(_)) => Some(HealthCheckKind::Tcp),
+        (Some(_), Some(_)) => {
+            diags.error(node, path, "give `http` or `tcp`, not both");
+            None
+        }
+        (None, None) => {
+            diags.error(node, path, "missing field `http` (or `tcp: {}`)");
+            None
+        }
+    };
+    let positive =
+        |d: Option<Duration>, name: &str, map: &MapReader<'_>, diags: &mut Diagnostics| {
+            let d = d?;
+            if d < Duration::from_millis(10) {
+                diags.error(node, &map.path_of(name), "must be at least 10ms");
+                return None;
+            }
+            Some(d)
+        };
+    let interval = optional_duration(&mut map, "interval", DEFAULT_HEALTH_INTERVAL, diags);
+    let interval = positive(interval, "interval", &map, diags);
+    let unhealthy_interval = match map.optional("unhealthy_interval") {
+        Some(n) => yaml::duration(n, &map.path_of("unhealthy_interval"), diags),
+        None => interval,
+    };
+    let unhealthy_interval = positive(unhealthy_interval, "unhealthy_interval", &map, diags);
+    let timeout = optional_duration(&mut map, "timeout", DEFAULT_HEALTH_TIMEOUT, diags);
+    let timeout = positive(timeout, "timeout", &map, diags);
+    let jitter = optional_duration(&mut map, "jitter", Duration::ZERO, diags);
+    let healthy_threshold = optional_uint(&mut map, "healthy_threshold", 1..=1000, 2, diags);
+    let unhealthy_threshold = optional_uint(&mut map, "unhealthy_threshold", 1..=1000, 3, diags);
+    map.finish(
+        diags,
+        &[
+            "http",
+            "tcp",
+            "interval",
+            "unhealthy_interval",
+            "timeout",
+            "jitter",
+            "healthy_threshold",
+            "unhealthy_threshold",
+        ],
+    );
+    Some(HealthCheck {
+        kind: kind?,
+        interval: interval?,
+        unhealthy_interval: unhealthy_interval?,
+        timeout: timeout?,
+        jitter: jitter?,
+        healthy_threshold: healthy_threshold?,
+        unhealthy_threshold: unhealthy_threshold?,
+    })
+}
+
+fn read_http_check(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<HealthCheckKind> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let path_path = map.path_of("path");
+    let check_path = match map.optional("path") {
+        None => Some("/".to_string()),
+        Some(n) => yaml::string(n, &path_path, diags).and_then(|p| {
+            let valid = p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                diags.error(
+                    n,
+                    &path_path,
+                    format!("`{p}` is not a request path (starts with `/`, no spaces)"),
+                );
+            }
+            valid.then_some(p)
+        }),
+    };
+    let host_path = map.path_of("host");
+    let host = match map.optional("host") {
+        None => Some(None),
+        Some(n) => yaml::string(n, &host_path, diags).and_then(|h| {
+            let valid = !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                diags.error(n, &host_path, format!("`{h}` is not a host name"));
+            }
+            valid.then_some(Some(h))
+        }),
+    };
+    let statuses_path = map.path_of("expected_statuses");
+    let expected_statuses = match map.optional("expected_statuses") {
+        None => Some(vec![(200, 399)]),
+        Some(n) => read_status_ranges(n, &statuses_path, diags),
+    };
+    map.finish(diags, &["path", "host", "expected_statuses"]);
+    Some(HealthCheckKind::Http {
+        path: check_path?,
+        host: host?,
+        expected_statuses: expected_statuses?,
+    })
+}
+
+/// `[200, 204, 300-399]`: codes and inclusive ranges within 100–599.
+fn read_status_ranges(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Vec<(u16, u16)>> {
+    let items = yaml::seq(node, path, diags)?;
+    let mut ranges = Vec::with_capacity(items.len());
+    let mut ok = !items.is_empty();
+    if items.is_empty() {
+        diags.error(node, path, "list at least one status");
+    }
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(text) = yaml::string(item, &p, diags) else {
+            ok = false;
+            continue;
+        };
+        let parse = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+        };
+        let range = match text.split_once('-') {
+            Some((a, b)) => parse(a).zip(parse(b)).filter(|(a, b)| a <= b),
+            None => parse(&text).map(|c| (c, c)),
+        };
+        match range {
+            Some(r) => ranges.push(r),
+            None => {
+                diags.error(
+                    item,
+                    &p,
+                    format!("`{text}` is not a status or range like 200-299 (100..=599)"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(ranges)
+}
+
+fn read_slow_start(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<SlowStart> {
+    let mut map = MapReader::new(node, path, diags)?;
+    let defaults = SlowStart::default();
+    let window = optional_duration(&mut map, "window", defaults.window, diags);
+    let aggression_path = map.path_of("aggression");
+    let aggression = match map.optional("aggression") {
+        None => Some(defaults.aggression),
+        Some(n) => yaml::string(n, &aggression_path, diags).and_then(|t| {
+            let v = t
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.1 && *v <= 100.0);
+            if v.is_none() {
+                diags.error(
+                    n,
+                    &aggression_path,
+                    format!("expected a number from 0.1 to 100, found `{t}`"),
+                );
+            }
+            v
+        }),
+    };
+    let min_weight_percent = optional_uint(
+        &mut map,
+        "min_weight_percent",
+        1..=100,
+        defaults.min_weight_percent,
+        diags,
+    );
+    map.finish(diags, &["window", "aggression", "min_weight_percent"]);
+    Some(SlowStart {
+        window: window?,
+        aggression: aggression?,
+        min_weight_percent: min_weight_percent?,
     })
 }
 
@@ -1202,6 +1512,63 @@ clusters:
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn health_checks_and_slow_start_are_read_with_defaults_and_checked() {
+        let base = "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    routes:\n      - cluster: a\nclusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n";
+        let cluster = &parse(base).unwrap().clusters[0];
+        assert_eq!(cluster.health_check, None);
+        assert!(cluster.slow_start.window.is_zero());
+
+        let config = parse(&format!(
+            "{base}    health_check: {{ http: {{ path: /healthz, expected_statuses: [200, 300-308] }}, interval: 2s, timeout: 500ms, unhealthy_threshold: 2 }}\n    slow_start: {{ window: 30s, aggression: 1.5 }}\n"
+        ))
+        .unwrap();
+        let check = config.clusters[0].health_check.clone().unwrap();
+        assert_eq!(
+            check.kind,
+            HealthCheckKind::Http {
+                path: "/healthz".into(),
+                host: None,
+                expected_statuses: vec![(200, 200), (300, 308)],
+            }
+        );
+        assert_eq!(check.interval, Duration::from_secs(2));
+        assert_eq!(
+            check.unhealthy_interval,
+            Duration::from_secs(2),
+            "defaults to interval"
+        );
+        assert_eq!(check.timeout, Duration::from_millis(500));
+        assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 2));
+        let slow_start = config.clusters[0].slow_start;
+        assert_eq!(slow_start.window, Duration::from_secs(30));
+        assert_eq!(slow_start.aggression, 1.5);
+        assert_eq!(slow_start.min_weight_percent, 10);
+        let tcp = parse(&format!("{base}    health_check: {{ tcp: {{}} }}\n")).unwrap();
+        let tcp = tcp.clusters[0].health_check.clone().unwrap();
+        assert_eq!(tcp.kind, HealthCheckKind::Tcp);
+        assert_eq!(tcp.interval, DEFAULT_HEALTH_INTERVAL);
+
+        let err = parse(&format!(
+            "{base}    health_check: {{ http: {{ path: healthz, expected_statuses: [600, 299-200] }}, interval: 1ms }}\n    slow_start: {{ aggression: lots }}\n"
+        ))
+        .unwrap_err();
+        for expected in [
+            "clusters[0].health_check.http.path: `healthz` is not a request path",
+            "clusters[0].health_check.http.expected_statuses[0]: `600` is not a status",
+            "clusters[0].health_check.http.expected_statuses[1]: `299-200`",
+            "clusters[0].health_check.interval: must be at least 10ms",
+            "clusters[0].slow_start.aggression: expected a number",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+        let err = parse(&format!("{base}    health_check: {{ interval: 1s }}\n")).unwrap_err();
+        assert!(
+            err.contains("clusters[0].health_check: missing field `http`"),
+            "{err}"
+        );
     }
 
     #[test]

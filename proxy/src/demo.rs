@@ -125,6 +125,11 @@ pub async fn run(duration: Option<Duration>, admin: SocketAddr) -> anyhow::Resul
         .listener_address("shop")
         .context("the demo listener did not bind")?;
     let admin = proxy.admin_address().context("no admin address")?;
+    // The first health checks take a moment; traffic starts after them.
+    let warm_by = Instant::now() + Duration::from_secs(5);
+    while !proxy.is_ready() && Instant::now() < warm_by {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     println!("skiff demo: shop on http://{entry}  (try: curl http://{entry}/products)");
     println!("admin on http://{admin}  (try: curl http://{admin}/metrics or /clusters)");
     match duration {
@@ -214,6 +219,21 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             retries: Default::default(),
             outlier_detection: Default::default(),
             panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+            // Every replica serves /healthz: checked each second.
+            health_check: Some(crate::config::HealthCheck {
+                kind: crate::config::HealthCheckKind::Http {
+                    path: "/healthz".into(),
+                    host: None,
+                    expected_statuses: vec![(200, 399)],
+                },
+                interval: Duration::from_secs(1),
+                unhealthy_interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                jitter: Duration::from_millis(100),
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+            }),
+            slow_start: Default::default(),
         })
         .collect();
     Config {
@@ -226,6 +246,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             name: "shop".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             capture: None,
+            access_log: None,
             routes: SHOP
                 .iter()
                 .map(|spec| RouteConfig {

@@ -48,16 +48,88 @@ pub async fn handle(
     let start = Instant::now();
     let routes = listener.routes.load();
     let host = request_host(&req);
+    let access = routes
+        .access_log
+        .filter(|log| {
+            log.sample >= 1.0 || (random() >> 11) as f64 <= log.sample * (1u64 << 53) as f64
+        })
+        .map(|_| AccessEntry::new(&req, host.unwrap_or("-"), &listener.name, start));
     let Some(route) = routes.find(host, req.uri().path()) else {
         listener.unrouted.fetch_add(1, Relaxed);
-        return local(
+        let resp = local(
             StatusCode::NOT_FOUND,
             "no route matches this host and path\n",
         );
+        if let Some(mut entry) = access {
+            entry.status = 404;
+            entry.emit();
+        }
+        return resp;
     };
-    let response = forward(req, route, peer, start, raw_head).await;
+    let response = forward(req, route, peer, start, raw_head, access).await;
     route.requests.record(response.status().as_u16());
     response
+}
+
+/// One access log line, filled in as the request goes and written when
+/// its response ends (only for requests the listener's sample picks).
+#[derive(Debug)]
+pub struct AccessEntry {
+    listener: std::sync::Arc<str>,
+    method: http::Method,
+    authority: String,
+    path: String,
+    request_id: String,
+    /// The request body's declared length (0 without a body).
+    bytes_in: u64,
+    bytes_out: u64,
+    cluster: Option<std::sync::Arc<str>>,
+    endpoint: Option<SocketAddr>,
+    status: u16,
+    retries: u32,
+    start: Instant,
+}
+
+impl AccessEntry {
+    fn new<B: Body>(
+        req: &Request<B>,
+        host: &str,
+        listener: &std::sync::Arc<str>,
+        start: Instant,
+    ) -> Box<AccessEntry> {
+        Box::new(AccessEntry {
+            listener: listener.clone(),
+            method: req.method().clone(),
+            authority: host.to_string(),
+            path: req.uri().path().to_string(),
+            request_id: String::new(),
+            bytes_in: req.body().size_hint().exact().unwrap_or(0),
+            bytes_out: 0,
+            cluster: None,
+            endpoint: None,
+            status: 0,
+            retries: 0,
+            start,
+        })
+    }
+
+    fn emit(&self) {
+        tracing::info!(
+            target: crate::logging::ACCESS_TARGET,
+            listener = %self.listener,
+            method = %self.method,
+            authority = %self.authority,
+            path = %self.path,
+            status = self.status,
+            cluster = self.cluster.as_deref().unwrap_or("-"),
+            endpoint = %self.endpoint.map_or_else(|| "-".to_string(), |e| e.to_string()),
+            duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            retries = self.retries,
+            request_id = %self.request_id,
+        );
+    }
 }
 
 async fn forward(
@@ -66,6 +138,7 @@ async fn forward(
     peer: SocketAddr,
     start: Instant,
     raw_head: Option<Bytes>,
+    mut access: Option<Box<AccessEntry>>,
 ) -> Response<ProxyBody> {
     let cluster = &route.cluster;
     let settings = cluster.settings();
@@ -74,30 +147,55 @@ async fn forward(
     cluster.stats.budget.record_request(start);
     let upgrade = is_upgrade(&req);
     prepare_request(&mut req, peer, upgrade);
-    // What a retry after a response or a reset sends again: idempotent
-    // requests without a body. (A request that was never sent, after a
-    // connect failure, comes back whole and can always be retried.)
-    let replay = if policy.attempts > 0
-        && !upgrade
-        && req.body().is_end_stream()
-        && (is_idempotent(req.method()) || marked_retryable(&mut req))
-    {
-        match raw_head {
-            Some(head) => Replay::Raw {
-                head,
-                peer,
-                // The id skiff made (a client's own is in the head). Kept
-                // as bytes: cloning the value would allocate per request.
-                request_id: req
-                    .headers()
-                    .get(&X_REQUEST_ID)
-                    .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
-            },
-            None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+    if let Some(entry) = access.as_mut() {
+        entry.cluster = Some(cluster.name.clone());
+        if let Some(id) = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            entry.request_id = id.to_string();
         }
-    } else {
-        Replay::No
-    };
+    }
+    // What a retry after a response or a reset sends again: idempotent
+    // (or marked) requests, with their body when it is at most
+    // MAX_REPLAY_BODY long; that body is read whole before the first try.
+    // (A request that was never sent, after a connect failure, comes back
+    // whole and can always be retried.)
+    let retryable = policy.attempts > 0
+        && !upgrade
+        && (is_idempotent(req.method()) || marked_retryable(&mut req));
+    let mut replay_body = None;
+    if retryable && !req.body().is_end_stream() {
+        match buffer_body(&mut req, settings.timeouts.request).await {
+            Ok(body) => replay_body = body,
+            Err(resp) => return resp,
+        }
+    }
+    // A refused HTTP/2 stream was not processed, so any request can go
+    // again; keeping an HTTP/1 client's raw head for it costs nothing.
+    let refusable = policy.attempts > 0
+        && !upgrade
+        && settings.protocol == UpstreamProtocol::Http2
+        && raw_head.is_some();
+    let replay =
+        if (retryable || refusable) && (req.body().is_end_stream() || replay_body.is_some()) {
+            match raw_head {
+                Some(head) => Replay::Raw {
+                    head,
+                    peer,
+                    // The id skiff made (a client's own is in the head). Kept
+                    // as bytes: cloning the value would allocate per request.
+                    request_id: req
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
+                },
+                None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+            }
+        } else {
+            Replay::No
+        };
     let per_try = if policy.per_try_timeout.is_zero() {
         settings.timeouts.request
     } else {
@@ -111,6 +209,7 @@ async fn forward(
             Err(unavailable) => {
                 let resp = unavailable_response(cluster, unavailable, limits.max_requests);
                 cluster.stats.duration.observe(start.elapsed());
+                log_local(access, &resp, None, retried);
                 return resp;
             }
         };
@@ -151,14 +250,24 @@ async fn forward(
                 cluster.record_outcome(&endpoint, status.is_server_error());
                 let retry = may_retry
                     && matches!(status.as_u16(), 502..=504)
+                    && retryable
                     && replay.allowed()
                     && cluster
                         .stats
                         .budget
                         .try_retry(policy.budget_percent, policy.min_per_second);
-                let again = if retry { replay.request() } else { None };
+                let again = if retry {
+                    replay.request(&replay_body)
+                } else {
+                    None
+                };
                 let Some(again) = again else {
-                    return respond(resp, conn, in_flight, upgrade, start);
+                    if let Some(entry) = access.as_mut() {
+                        entry.endpoint = Some(endpoint.address);
+                        entry.status = status.as_u16();
+                        entry.retries = retried;
+                    }
+                    return respond(resp, conn, in_flight, upgrade, start, access);
                 };
                 // The answer is dropped unread, and its connection with it.
                 drop((resp, conn, in_flight));
@@ -187,7 +296,8 @@ async fn forward(
                 let again = match (&failure, unsent) {
                     _ if !may_retry || overflowed => None,
                     (Failure::Connect(_), Some(unsent)) => Some(unsent),
-                    _ if replay.allowed() => replay.request(),
+                    (Failure::Reset(e), _) if is_refused(e) => replay.request(&replay_body),
+                    _ if retryable => replay.request(&replay_body),
                     _ => None,
                 };
                 match again {
@@ -201,6 +311,7 @@ async fn forward(
                     }
                     _ => {
                         cluster.stats.duration.observe(start.elapsed());
+                        log_local(access, &resp, Some(endpoint.address), retried);
                         return resp;
                     }
                 }
@@ -211,6 +322,22 @@ async fn forward(
         avoid = Some(endpoint.address);
         req = next;
         tokio::time::sleep(backoff(policy.backoff, retried)).await;
+    }
+}
+
+/// Writes the access line of a request skiff answered itself.
+fn log_local(
+    access: Option<Box<AccessEntry>>,
+    resp: &Response<ProxyBody>,
+    endpoint: Option<SocketAddr>,
+    retries: u32,
+) {
+    if let Some(mut entry) = access {
+        entry.status = resp.status().as_u16();
+        entry.endpoint = endpoint;
+        entry.retries = retries;
+        entry.bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+        entry.emit();
     }
 }
 
@@ -269,12 +396,16 @@ fn respond(
     in_flight: InFlight,
     upgrade: bool,
     start: Instant,
+    access: Option<Box<AccessEntry>>,
 ) -> Response<ProxyBody> {
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     let upstream = switching.then(|| hyper::upgrade::on(&mut resp));
     let (parts, body) = resp.into_parts();
     let body = if let Some(upstream) = upstream {
+        if let Some(entry) = access {
+            entry.emit();
+        }
         // The tunnel holds the in-flight count from here.
         ProxyBody::Upgrade(Tunnel {
             in_flight,
@@ -287,6 +418,7 @@ fn respond(
                 in_flight,
                 start,
                 conn,
+                access,
             }),
         })
     };
@@ -303,6 +435,15 @@ fn marked_retryable<B>(req: &mut Request<B>) -> bool {
     req.headers_mut()
         .remove(&X_SKIFF_RETRYABLE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it
+/// did not process the request, so it is safe to send again (RFC 9113 §8.7).
+fn is_refused(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// Methods RFC 9110 §9.2.2 calls idempotent, safe to send twice.
@@ -350,8 +491,19 @@ impl Replay {
         !matches!(self, Replay::No)
     }
 
-    /// The request to send again, if it may be.
-    fn request(&self) -> Option<Request<UpstreamBody>> {
+    /// The request to send again, if it may be, with `body` when it had one.
+    fn request(&self, body: &Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+        let mut req = self.head()?;
+        if let Some(UpstreamBody::Buffered { data, trailers }) = body {
+            *req.body_mut() = UpstreamBody::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            };
+        }
+        Some(req)
+    }
+
+    fn head(&self) -> Option<Request<UpstreamBody>> {
         match self {
             Replay::No => None,
             Replay::Copy(head) => Some(head.request()),
@@ -372,6 +524,54 @@ impl Replay {
             }
         }
     }
+}
+
+/// Largest request body kept for a retry (Envoy's default buffer limit).
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// Reads a retryable request's body whole when its length is known and at
+/// most [`MAX_REPLAY_BODY`], so a retry can send it again; returns a copy
+/// for the retries. A longer body, or one of unknown length, streams as
+/// before and is not retried after it left.
+async fn buffer_body(
+    req: &mut Request<UpstreamBody>,
+    limit: Duration,
+) -> Result<Option<UpstreamBody>, Response<ProxyBody>> {
+    if req
+        .body()
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n > MAX_REPLAY_BODY)
+    {
+        return Ok(None);
+    }
+    let body = std::mem::replace(req.body_mut(), UpstreamBody::Empty);
+    let read = http_body_util::BodyExt::collect(body);
+    let collected = match tokio::time::timeout(limit.max(Duration::from_millis(1)), read).await {
+        Ok(Ok(collected)) => collected,
+        Ok(Err(e)) => {
+            return Err(local(
+                StatusCode::BAD_REQUEST,
+                format!("request body could not be read: {e}\n"),
+            ))
+        }
+        Err(_) => {
+            return Err(local(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body did not arrive in time\n",
+            ))
+        }
+    };
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    *req.body_mut() = UpstreamBody::Buffered {
+        data: Some(data.clone()),
+        trailers: trailers.clone(),
+    };
+    Ok(Some(UpstreamBody::Buffered {
+        data: Some(data),
+        trailers,
+    }))
 }
 
 /// A prepared request head, copied to send again.
@@ -838,6 +1038,8 @@ struct Completion {
     in_flight: InFlight,
     start: Instant,
     conn: Option<http1::SendRequest<UpstreamBody>>,
+    /// The access log line, when this request is logged.
+    access: Option<Box<AccessEntry>>,
 }
 
 impl Completion {
@@ -846,17 +1048,19 @@ impl Completion {
             in_flight,
             start,
             conn,
+            access,
         } = self;
         if clean {
             if let Some(conn) = conn {
                 in_flight.endpoint.pool().checkin(conn);
             }
         }
-        in_flight
-            .endpoint
-            .cluster_stats
-            .duration
-            .observe(start.elapsed());
+        let elapsed = start.elapsed();
+        in_flight.endpoint.cluster_stats.duration.observe(elapsed);
+        in_flight.endpoint.duration.observe(elapsed);
+        if let Some(entry) = access {
+            entry.emit();
+        }
     }
 }
 
@@ -907,6 +1111,11 @@ impl Body for ProxyBody {
             ProxyBody::Upgrade(_) => Poll::Ready(None),
             ProxyBody::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(done)) = (&polled, up.done.as_mut()) {
+                    if let (Some(entry), Some(data)) = (done.access.as_mut(), frame.data_ref()) {
+                        entry.bytes_out += data.len() as u64;
+                    }
+                }
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = up.done.take() {

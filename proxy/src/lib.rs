@@ -19,6 +19,7 @@ pub mod h2;
 pub mod inject;
 pub mod iptables;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod route;
@@ -67,11 +68,14 @@ struct ClusterEntry {
     cluster: Arc<Cluster>,
     source: Source,
     follower: AbortHandle,
+    /// The cluster's active health checks.
+    checker: AbortHandle,
 }
 
 impl Drop for ClusterEntry {
     fn drop(&mut self) {
         self.follower.abort();
+        self.checker.abort();
     }
 }
 
@@ -206,12 +210,15 @@ impl Proxy {
                     None => {
                         let cluster = Arc::new(Cluster::new(cc.clone()));
                         let follower = spawn_follower(&inner.discovery, &cluster, &cc.source);
+                        let checker =
+                            tokio::spawn(cluster::health::run(cluster.clone())).abort_handle();
                         clusters.insert(
                             cc.name.clone(),
                             ClusterEntry {
                                 cluster,
                                 source: cc.source.clone(),
                                 follower,
+                                checker,
                             },
                         );
                     }
@@ -229,7 +236,9 @@ impl Proxy {
         // 3. Routes, then swap listeners.
         let mut tables = Vec::with_capacity(config.listeners.len());
         for lc in &config.listeners {
-            tables.push(RouteTable::build(lc, &cluster_map, &inner.registry)?);
+            let mut table = RouteTable::build(lc, &cluster_map, &inner.registry)?;
+            table.access_log = lc.access_log;
+            tables.push(table);
         }
         {
             let mut listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,6 +251,7 @@ impl Proxy {
                     Arc::new(sidecar::Captured {
                         config: c.clone(),
                         listener: lc.name.as_str().into(),
+                        access_log: lc.access_log,
                         proxy: Arc::downgrade(&self.inner),
                     })
                 });
@@ -370,11 +380,12 @@ impl Proxy {
     }
 
     /// True once listeners are bound and every cluster has its first
-    /// endpoint set, until shutdown begins.
+    /// endpoint set, each endpoint checked once where checks are on,
+    /// until shutdown begins.
     pub fn is_ready(&self) -> bool {
         self.inner.started.load(Relaxed)
             && !self.inner.draining.load(Relaxed)
-            && self.inner.cluster_list.load().iter().all(|c| c.is_primed())
+            && self.inner.cluster_list.load().iter().all(|c| c.is_warm())
             && self.inner.sidecar.is_ready()
     }
 

@@ -15,6 +15,9 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, or `skiff=debug,hyper=info`.
     #[arg(long, global = true, default_value = "info", env = "SKIFF_LOG")]
     log_level: String,
+    /// Log line format: `text` or `json` (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SKIFF_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Worker threads (default: one per core).
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -25,6 +28,12 @@ struct Cli {
     runtime: RuntimeModel,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,24 +153,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
-        eprintln!(
-            "skiff: bad --log-level `{}`: {e}; using info",
-            cli.log_level
-        );
-        tracing_subscriber::EnvFilter::new("info")
-    });
     let demo = matches!(cli.command, Command::Demo { .. });
     match cli.command {
         Command::Inject(args) => return inject(args),
         Command::Iptables(args) => return iptables(args),
         _ => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!demo && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let format = match cli.log_format {
+        LogFormat::Text => skiff::logging::Format::Text,
+        LogFormat::Json => skiff::logging::Format::Json,
+    };
+    let ansi = !demo && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if let Err(e) = skiff::logging::init(&cli.log_level, format, ansi) {
+        eprintln!("skiff: {e}");
+    }
 
     match cli.command {
         Command::Check { config } => match Config::load(&config) {

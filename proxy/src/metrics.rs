@@ -33,6 +33,9 @@ impl CodeCounters {
     /// Counts one response with `status`.
     #[inline]
     pub fn record(&self, status: u16) {
+        if cfg!(feature = "no-metrics") {
+            return;
+        }
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.0[class].fetch_add(1, Relaxed);
     }
@@ -78,6 +81,9 @@ impl Histogram {
     /// Records one observation.
     #[inline]
     pub fn observe(&self, d: Duration) {
+        if cfg!(feature = "no-metrics") {
+            return;
+        }
         let secs = d.as_secs_f64();
         if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
             self.buckets[i].fetch_add(1, Relaxed);
@@ -89,6 +95,14 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
+    }
+
+    /// Observations per bucket (not cumulative), then those over the last bound.
+    pub fn buckets(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let counted: u64 = out.iter().sum();
+        out.push(self.count().saturating_sub(counted));
+        out
     }
 
     /// Writes the `_bucket`, `_sum` and `_count` lines with `labels`.
@@ -204,9 +218,99 @@ fn per_cluster(
     }
 }
 
+/// The standard `process_*` families (as Prometheus' client libraries
+/// export them), read from `/proc/self`.
+fn render_process(out: &mut String) {
+    // /proc reports times in USER_HZ, which Linux fixes at 100 for userspace.
+    const TICKS: f64 = 100.0;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        header(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+        );
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {}",
+            (utime + stime) as f64 / TICKS
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        header(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size, in bytes.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {}", rss * 1024);
+    }
+    if let Some(vsize) = field(23) {
+        header(
+            out,
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size, in bytes.",
+        );
+        let _ = writeln!(out, "process_virtual_memory_bytes {vsize}");
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        header(out, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let max_fds = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(max) = max_fds {
+        header(
+            out,
+            "process_max_fds",
+            "gauge",
+            "Limit of open file descriptors.",
+        );
+        let _ = writeln!(out, "process_max_fds {max}");
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    if let (Some(boot), Some(start)) = (boot, field(22)) {
+        header(
+            out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+        );
+        let _ = writeln!(
+            out,
+            "process_start_time_seconds {}",
+            boot as f64 + start as f64 / TICKS
+        );
+    }
+}
+
 /// Renders every metric family in the Prometheus text format (0.0.4).
 pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) -> String {
     let mut out = String::with_capacity(4096 + clusters.len() * 2048);
+    render_process(&mut out);
 
     header(
         &mut out,
@@ -325,20 +429,35 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
         "Endpoints per cluster by state.",
     );
     for c in clusters {
-        let (active, ejected, draining) = c.endpoint_counts();
+        let counts = c.endpoint_counts();
         let name = escape(&c.name);
-        let _ = writeln!(
-            out,
-            "skiff_endpoints{{cluster=\"{name}\",state=\"healthy\"}} {active}"
-        );
-        let _ = writeln!(
-            out,
-            "skiff_endpoints{{cluster=\"{name}\",state=\"ejected\"}} {ejected}"
-        );
-        let _ = writeln!(
-            out,
-            "skiff_endpoints{{cluster=\"{name}\",state=\"draining\"}} {draining}"
-        );
+        for (state, n) in [
+            ("healthy", counts.healthy),
+            ("unhealthy", counts.unhealthy),
+            ("ejected", counts.ejected),
+            ("draining", counts.draining),
+        ] {
+            let _ = writeln!(
+                out,
+                "skiff_endpoints{{cluster=\"{name}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "skiff_health_checks_total",
+        "counter",
+        "Active health checks by cluster and result (passed, failed: unexpected status, timeout, error).",
+    );
+    for c in clusters {
+        for (result, n) in c.stats.health_checks.iter() {
+            let _ = writeln!(
+                out,
+                "skiff_health_checks_total{{cluster=\"{}\",result=\"{result}\"}} {n}",
+                escape(&c.name)
+            );
+        }
     }
 
     per_cluster(

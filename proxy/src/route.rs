@@ -35,6 +35,8 @@ impl Route {
 /// A listener's routes, ready for lookups.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    /// The listener's access log sampling, when on.
+    pub access_log: Option<crate::config::AccessLog>,
     routes: Vec<Route>,
     exact: HashMap<Box<str>, Vec<usize>>,
     /// (`.suffix`, route indices), longest suffix first.
@@ -163,6 +165,8 @@ mod tests {
                     retries: Default::default(),
                     outlier_detection: Default::default(),
                     panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+                    health_check: None,
+                    slow_start: Default::default(),
                 }))
             });
         }
@@ -170,6 +174,7 @@ mod tests {
             name: "web".into(),
             listen: "127.0.0.1:1".parse().unwrap(),
             capture: None,
+            access_log: None,
             routes: routes
                 .iter()
                 .map(|(h, p, c)| RouteConfig {

@@ -83,6 +83,13 @@ pub struct BackendControl {
     pub released: std::sync::atomic::AtomicBool,
     /// When not 0, the status of every response (a failing backend).
     pub status: std::sync::atomic::AtomicU16,
+    /// When not 0, the status of `/healthz` (200 otherwise).
+    pub health_status: std::sync::atomic::AtomicU16,
+    /// `/healthz` requests that identified themselves as skiff's checks
+    /// (not counted in `requests`).
+    pub health_checks: AtomicU64,
+    /// Connections open now.
+    pub open_connections: AtomicUsize,
 }
 
 /// A real HTTP server (HTTP/1.1 and h2c) on 127.0.0.1 that names itself.
@@ -91,13 +98,16 @@ pub struct BackendControl {
 /// `/headers` answers with the request's headers as JSON; `/trailers`
 /// answers with a trailer `x-checksum: ok`; `/sink` reads the body and
 /// answers its length; `/slow/MS` waits MS ms; `/hold` waits until
-/// [`BackendControl::released`] is set; anything
+/// [`BackendControl::released`] is set; `/healthz` answers 200 (or
+/// [`BackendControl::health_status`]) at once and is not counted; anything
 /// else answers `name` after the configured delay.
 pub struct Backend {
     pub name: String,
     pub address: SocketAddr,
     pub control: Arc<BackendControl>,
     task: tokio::task::JoinHandle<()>,
+    /// Set to ask open connections to finish their requests and close.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Backend {
@@ -121,6 +131,7 @@ impl Backend {
         let control = Arc::new(BackendControl::default());
         let name_owned = name.to_string();
         let ctl = control.clone();
+        let (shutdown, watch) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -129,15 +140,30 @@ impl Backend {
                 ctl.connections.fetch_add(1, Relaxed);
                 let name = name_owned.clone();
                 let ctl = ctl.clone();
+                let mut watch = watch.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let name = name.clone();
+                    ctl.open_connections.fetch_add(1, Relaxed);
+                    let service = {
                         let ctl = ctl.clone();
-                        async move { Ok::<_, Infallible>(backend_respond(req, &name, &ctl).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                        service_fn(move |req| {
+                            let name = name.clone();
+                            let ctl = ctl.clone();
+                            async move { Ok::<_, Infallible>(backend_respond(req, &name, &ctl).await) }
+                        })
+                    };
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = async { watch.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                    ctl.open_connections.fetch_sub(1, Relaxed);
                 });
             }
         });
@@ -146,7 +172,15 @@ impl Backend {
             address,
             control,
             task,
+            shutdown,
         }
+    }
+
+    /// A graceful stop, as a pod given SIGTERM: no new connections; open
+    /// ones finish their requests in progress and close.
+    pub fn shut_down_gracefully(&self) {
+        self.task.abort();
+        let _ = self.shutdown.send(true);
     }
 
     pub fn requests(&self) -> u64 {
@@ -165,6 +199,20 @@ async fn backend_respond(
     name: &str,
     ctl: &BackendControl,
 ) -> Response<TestBody> {
+    if req.uri().path() == "/healthz" {
+        let from_skiff = req
+            .headers()
+            .get("user-agent")
+            .is_some_and(|v| v == "skiff-health-check");
+        if from_skiff {
+            ctl.health_checks.fetch_add(1, Relaxed);
+        }
+        let mut resp = Response::new(full("ok"));
+        if let Ok(status) = http::StatusCode::from_u16(ctl.health_status.load(Relaxed)) {
+            *resp.status_mut() = status;
+        }
+        return resp;
+    }
     ctl.requests.fetch_add(1, Relaxed);
     ctl.in_flight.fetch_add(1, Relaxed);
     // Counted down however the request ends, cancelled ones included.
@@ -573,8 +621,27 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// GETs an admin path; returns status and body text.
 pub async fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<(StatusCode, String)> {
+    admin_request(admin, Request::get(path).body(empty()).expect("request")).await
+}
+
+/// `POST path` (no body) on the admin server.
+pub async fn admin_post(admin: SocketAddr, path: &str) -> std::io::Result<(StatusCode, String)> {
+    admin_request(admin, Request::post(path).body(empty()).expect("request")).await
+}
+
+/// A whole response body.
+pub async fn collect_body(body: Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
+}
+
+async fn admin_request(
+    admin: SocketAddr,
+    req: Request<TestBody>,
+) -> std::io::Result<(StatusCode, String)> {
     let mut client = Client::h1(admin).await?;
-    let req = Request::get(path).body(empty()).expect("request");
     let resp = client.send(req).await.map_err(std::io::Error::other)?;
     let status = resp.status();
     let body = resp

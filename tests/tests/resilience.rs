@@ -314,7 +314,7 @@ async fn an_endpoint_failing_in_a_row_is_ejected_and_comes_back_after_its_time()
         .cloned()
         .expect("cluster");
     wait_for("the ejection to end", LIMIT, || {
-        cluster.endpoint_counts().1 == 0
+        cluster.endpoint_counts().ejected == 0
     })
     .await;
     for _ in 0..4 {
@@ -343,4 +343,124 @@ async fn with_every_endpoint_ejected_the_cluster_panics_and_still_serves() {
     let (status, name, _) = c.get("/").await.expect("response");
     assert_eq!((status.as_u16(), name.as_str()), (200, "only"));
     assert!(metric(&proxy, "skiff_panic_total", &[("cluster", "app")]) >= 1.0);
+}
+
+#[tokio::test]
+async fn bodies_up_to_64_kib_are_replayed_on_retry_and_longer_ones_are_not() {
+    let failing = Backend::start("failing").await;
+    failing.control.status.store(503, Relaxed);
+    let healthy = Backend::start("healthy").await;
+    let (_proxy, address) = start_proxy(&two_endpoints(
+        failing.address,
+        healthy.address,
+        "    retries: { min_per_second: 1000 }\n    outlier_detection: { consecutive_failures: 0 }\n",
+    ))
+    .await;
+    for h2 in [false, true] {
+        let mut c = if h2 {
+            Client::h2(address).await
+        } else {
+            Client::h1(address).await
+        }
+        .expect("connect");
+        // PUT is idempotent; round robin sends half of the first tries to
+        // the failing endpoint, and the retry must carry the whole body.
+        for len in [1usize, 1000, 65536] {
+            for _ in 0..2 {
+                let req = http::Request::put("/sink")
+                    .header("content-length", len.to_string())
+                    .body(skiff_tests::full(vec![b'p'; len]))
+                    .expect("request");
+                let resp = c.send(req).await.expect("response");
+                assert_eq!(resp.status(), 200, "PUT of {len} bytes (h2: {h2})");
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert_eq!(body, len.to_string(), "the retry sent the same body");
+            }
+        }
+        // A marked POST with a body, likewise.
+        for _ in 0..2 {
+            let req = http::Request::post("/sink")
+                .header("x-skiff-retryable", "true")
+                .header("content-length", "5")
+                .body(skiff_tests::full("order"))
+                .expect("request");
+            let resp = c.send(req).await.expect("response");
+            assert_eq!(resp.status(), 200, "marked POST (h2: {h2})");
+        }
+        // Over 64 KiB the body streams and is not kept: a 503 is the answer.
+        let mut refused = 0;
+        for _ in 0..4 {
+            let len = 65537;
+            let req = http::Request::put("/sink")
+                .header("content-length", len.to_string())
+                .body(skiff_tests::full(vec![b'p'; len]))
+                .expect("request");
+            let resp = c.send(req).await.expect("response");
+            refused += usize::from(resp.status() == 503);
+        }
+        assert!(
+            refused >= 1,
+            "a long PUT that got a 503 is not sent again (h2: {h2})"
+        );
+    }
+}
+
+/// An HTTP/2 server that refuses every other stream (`REFUSED_STREAM`) and
+/// answers the rest; returns its address and the streams it refused.
+async fn refusing_h2_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let refused = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                let mut n = 0u64;
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    n += 1;
+                    if n % 2 == 1 {
+                        refused.fetch_add(1, Relaxed);
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let resp = http::Response::builder()
+                            .status(200)
+                            .body(())
+                            .expect("response");
+                        let _ = respond.send_response(resp, true);
+                    }
+                }
+            });
+        }
+    });
+    (address, refused)
+}
+
+#[tokio::test]
+async fn a_refused_http2_stream_is_retried_even_for_a_post() {
+    let (upstream, refused) = refusing_h2_server().await;
+    let (proxy, address) = start_proxy(&config(
+        upstream,
+        "    protocol: http2\n    retries: { min_per_second: 1000 }\n    outlier_detection: { consecutive_failures: 0 }",
+    ))
+    .await;
+    let mut c = Client::h1(address).await.expect("connect");
+    for i in 0..10 {
+        let req = http::Request::post("/order")
+            .body(skiff_tests::empty())
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(
+            resp.status(),
+            200,
+            "POST {i}: the refused stream was sent again"
+        );
+    }
+    assert_eq!(refused.load(Relaxed), 10);
+    assert_eq!(retries(&proxy), 10.0);
 }

@@ -12,11 +12,14 @@
 //! goes and its pooled connections close with it.
 
 pub mod balance;
+pub mod health;
 pub mod retry;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -31,7 +34,17 @@ use balance::Balancer;
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
+    /// The weight discovery gave it.
+    spec_weight: AtomicU32,
+    /// What the balancer uses: `spec_weight × WEIGHT_SCALE`, less during
+    /// slow start.
     weight: AtomicU32,
+    /// Active health: one of the `health::` states.
+    health: AtomicU8,
+    /// Why the last active check failed, for `/clusters`.
+    health_failure: Mutex<Option<String>>,
+    /// Start of the slow-start ramp in ms since [`epoch`]; 0 when not ramping.
+    ramp_from: AtomicU64,
     in_flight: AtomicU64,
     /// Set when the endpoint left the set; it only finishes what it has.
     draining: AtomicBool,
@@ -40,6 +53,9 @@ pub struct Endpoint {
     origin: ArcSwapOption<Origin>,
     /// Responses by status class (`skiff_endpoint_requests_total`).
     pub requests: CodeCounters,
+    /// Request durations to this endpoint (for the dashboard's p99; not
+    /// exported per endpoint, to keep series bounded).
+    pub duration: Histogram,
     /// One connection pool per worker (see `workers`), so a worker only
     /// reuses connections its own runtime drives.
     pools: Box<[Pool]>,
@@ -49,8 +65,11 @@ pub struct Endpoint {
     failures: AtomicU32,
     /// When an ejection ends, in ms since [`epoch`]; 0 when not ejected.
     ejected_until: AtomicU64,
-    /// Times ejected, for the doubling ejection time.
+    /// Times ejected, for the doubling ejection time; one is forgiven per
+    /// `base_ejection_time` spent in rotation since (Envoy's decay).
     ejections: AtomicU32,
+    /// When the last ejection ended or was last forgiven (ms since [`epoch`]).
+    ejection_ended: AtomicU64,
 }
 
 /// The clock ejections are measured on.
@@ -59,7 +78,7 @@ fn epoch() -> std::time::Instant {
     *EPOCH.get_or_init(std::time::Instant::now)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64 + 1
 }
 
@@ -68,17 +87,23 @@ impl Endpoint {
         Endpoint {
             cluster_stats,
             address: spec.address,
-            weight: AtomicU32::new(spec.weight),
+            spec_weight: AtomicU32::new(spec.weight),
+            weight: AtomicU32::new(spec.weight.saturating_mul(WEIGHT_SCALE)),
+            health: AtomicU8::new(health::UNCHECKED),
+            health_failure: Mutex::new(None),
+            ramp_from: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             origin: ArcSwapOption::new(spec.origin.clone()),
             requests: CodeCounters::default(),
+            duration: Histogram::default(),
             pools: (0..crate::workers::count())
                 .map(|_| Pool::default())
                 .collect(),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            ejection_ended: AtomicU64::new(0),
         }
     }
 
@@ -87,9 +112,70 @@ impl Endpoint {
         self.ejected_until.load(Relaxed) != 0
     }
 
+    /// The balancing weight: the configured weight × [`WEIGHT_SCALE`],
+    /// lowered while the endpoint is in slow start.
     #[inline]
     pub fn weight(&self) -> u32 {
         self.weight.load(Relaxed)
+    }
+
+    /// The weight discovery or the config gave it.
+    pub fn spec_weight(&self) -> u32 {
+        self.spec_weight.load(Relaxed)
+    }
+
+    /// Active health (`health::UNCHECKED`, `PENDING`, `HEALTHY`, `UNHEALTHY`).
+    pub fn health(&self) -> u8 {
+        self.health.load(Relaxed)
+    }
+
+    /// Why the last active check failed, while it is failing.
+    pub fn health_failure(&self) -> Option<String> {
+        self.health_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether new requests may go to it outside panic mode.
+    pub fn takes_traffic(&self) -> bool {
+        !self.is_ejected() && matches!(self.health(), health::UNCHECKED | health::HEALTHY)
+    }
+
+    /// Ms left of its ejection (0 when not ejected), and how many times
+    /// it has been ejected.
+    pub fn ejection(&self) -> (u64, u32) {
+        let until = self.ejected_until.load(Relaxed);
+        (until.saturating_sub(now_ms()), self.ejections.load(Relaxed))
+    }
+
+    /// Whether slow start is still ramping its weight up.
+    pub fn is_ramping(&self) -> bool {
+        self.ramp_from.load(Relaxed) != 0
+    }
+
+    /// Sets the balancing weight for slow start at `now`; true when it
+    /// changed (the snapshot must be rebuilt for round-robin).
+    fn ramp(&self, slow_start: &crate::config::SlowStart, now: u64) -> bool {
+        let full = self.spec_weight().saturating_mul(WEIGHT_SCALE);
+        let from = self.ramp_from.load(Relaxed);
+        let window = slow_start.window.as_millis() as u64;
+        let weight = if from == 0 || window == 0 || now.saturating_sub(from) >= window {
+            if from != 0 {
+                self.ramp_from.store(0, Relaxed);
+            }
+            full
+        } else {
+            // Envoy: weight · max(min%, (t / window)^(1 / aggression)),
+            // with t at least one second.
+            let t = (now - from).max(1000) as f64 / window as f64;
+            let factor = t
+                .powf(1.0 / slow_start.aggression)
+                .max(slow_start.min_weight_percent as f64 / 100.0)
+                .min(1.0);
+            ((full as f64 * factor) as u32).max(1)
+        };
+        self.weight.swap(weight, Relaxed) != weight
     }
 
     /// Requests sent to this endpoint whose response body has not ended.
@@ -109,7 +195,10 @@ impl Endpoint {
 
     /// Takes a new weight and origin for the same address, in place.
     fn refresh(&self, spec: &EndpointSpec) {
-        self.weight.store(spec.weight, Relaxed);
+        if self.spec_weight.swap(spec.weight, Relaxed) != spec.weight && !self.is_ramping() {
+            self.weight
+                .store(spec.weight.saturating_mul(WEIGHT_SCALE), Relaxed);
+        }
         let current = self.origin.load();
         let same = match (current.as_ref(), spec.origin.as_ref()) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
@@ -137,6 +226,10 @@ impl Endpoint {
         self.pools.iter().for_each(Pool::close);
     }
 }
+
+/// Balancing weights are configured weights times this, so slow start can
+/// give an endpoint a fraction of its share (≤ 10,000 × 100 fits a `u32`).
+pub const WEIGHT_SCALE: u32 = 100;
 
 /// Errors answered locally, by kind, for `skiff_upstream_errors_total`.
 #[derive(Debug, Default)]
@@ -177,6 +270,8 @@ pub struct ClusterStats {
     pub panic: AtomicU64,
     /// Outlier ejections (`skiff_ejections_total`).
     pub ejections: AtomicU64,
+    /// Active health check results (`skiff_health_checks_total`).
+    pub health_checks: health::CheckCounters,
     pub budget: retry::RetryBudget,
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
@@ -234,6 +329,22 @@ pub struct Cluster {
     members: Mutex<Members>,
     /// Removed endpoints that still had requests in flight.
     draining: Mutex<Vec<Arc<Endpoint>>>,
+    /// Signalled when the members or settings change (the health checker
+    /// follows it).
+    pub(crate) changed: tokio::sync::Notify,
+}
+
+/// Endpoints of a cluster by state, for `skiff_endpoints`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointCounts {
+    /// Taking traffic.
+    pub healthy: usize,
+    /// Failing active checks, or waiting for their first.
+    pub unhealthy: usize,
+    /// Taken out by outlier detection.
+    pub ejected: usize,
+    /// Removed from the set, finishing their requests.
+    pub draining: usize,
 }
 
 impl Cluster {
@@ -247,6 +358,7 @@ impl Cluster {
             primed: AtomicBool::new(false),
             members: Mutex::default(),
             draining: Mutex::new(Vec::new()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -290,6 +402,26 @@ impl Cluster {
             .sum()
     }
 
+    /// The current settings as an `Arc`, for holding across awaits.
+    pub fn settings_full(&self) -> Arc<ClusterConfig> {
+        self.settings.load_full()
+    }
+
+    /// Forgets active health when checks are turned off: every member
+    /// takes traffic again.
+    pub(crate) fn clear_health(&self) {
+        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot.load_full();
+        let mut changed = false;
+        for e in current.members.iter() {
+            changed |= e.health.swap(health::UNCHECKED, Relaxed) != health::UNCHECKED;
+            *e.health_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        if changed {
+            self.publish(current.members.to_vec());
+        }
+    }
+
     /// The snapshot the request path reads (a lock-free `ArcSwap` load).
     #[inline]
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
@@ -303,13 +435,17 @@ impl Cluster {
 
     /// Applies new settings from a reload; the endpoints and their state stay.
     pub fn update_settings(&self, config: ClusterConfig) {
-        let lb_changed = self.settings.load().lb != config.lb;
+        let old = self.settings.load_full();
+        let republish = old.lb != config.lb
+            || old.panic_threshold != config.panic_threshold
+            || old.health_check.is_some() != config.health_check.is_some();
         self.settings.store(Arc::new(config));
-        if lb_changed {
+        if republish {
             // Held so a concurrent `apply` cannot publish in between.
             let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-            self.publish(self.snapshot.load().endpoints.to_vec());
+            self.publish(self.snapshot.load().members.to_vec());
         }
+        self.changed.notify_one();
     }
 
     /// Replaces the endpoint set. Endpoints present before keep their
@@ -370,7 +506,7 @@ impl Cluster {
                 }
                 // Listed twice: the first listing stands.
                 None if members.contains_key(&spec.address) => continue,
-                None => Arc::new(Endpoint::new(spec, self.stats.clone())),
+                None => Arc::new(self.new_endpoint(spec, current.members.is_empty())),
             };
             members.insert(spec.address, endpoint.clone());
             ordered.push(endpoint);
@@ -398,24 +534,48 @@ impl Cluster {
         draining.retain(|e| e.in_flight() > 0);
         self.stats.discovery_updates.fetch_add(1, Relaxed);
         self.primed.store(true, Relaxed);
+        self.changed.notify_one();
     }
 
-    /// Builds and stores the snapshot for `members`: picks go to those not
-    /// ejected, unless fewer than the panic threshold are (then to all).
+    /// An endpoint joining the set: with active checks it waits for its
+    /// first pass; after the first set, slow start ramps its weight (as
+    /// Envoy, endpoints of a cluster's first set start at full weight).
+    fn new_endpoint(&self, spec: &EndpointSpec, first_set: bool) -> Endpoint {
+        let endpoint = Endpoint::new(spec, self.stats.clone());
+        let settings = self.settings.load();
+        if settings.health_check.is_some() {
+            endpoint.health.store(health::PENDING, Relaxed);
+        }
+        if !settings.slow_start.window.is_zero() && !first_set && self.is_primed() {
+            endpoint.ramp_from.store(now_ms(), Relaxed);
+            endpoint.ramp(&settings.slow_start, now_ms());
+        }
+        endpoint
+    }
+
+    /// Builds and stores the snapshot for `members`: picks go to those
+    /// healthy and not ejected, unless fewer than the panic threshold are
+    /// (then to all but those still waiting for their first check).
     fn publish(&self, members: Vec<Arc<Endpoint>>) {
         let settings = self.settings.load();
+        let checked = settings.health_check.is_some();
         let taking: Vec<Arc<Endpoint>> = members
             .iter()
-            .filter(|e| !e.is_ejected())
+            .filter(|e| e.takes_traffic() || (!checked && !e.is_ejected()))
             .cloned()
             .collect();
-        let panic = !members.is_empty()
-            && taking.len() * 100 < members.len() * settings.panic_threshold as usize;
-        let endpoints = if panic || taking.len() == members.len() {
-            members.clone()
+        let known: Vec<Arc<Endpoint>> = if checked {
+            members
+                .iter()
+                .filter(|e| e.health() != health::PENDING)
+                .cloned()
+                .collect()
         } else {
-            taking
+            members.clone()
         };
+        let panic = !known.is_empty()
+            && taking.len() * 100 < known.len() * settings.panic_threshold as usize;
+        let endpoints = if panic { known } else { taking };
         let balancer = Balancer::new(settings.lb, &endpoints);
         self.snapshot.store(Arc::new(Snapshot {
             endpoints: endpoints.into_boxed_slice(),
@@ -472,23 +632,102 @@ impl Cluster {
         self.publish(current.members.to_vec());
     }
 
-    /// Returns endpoints whose ejection time is over to rotation.
+    /// Returns endpoints whose ejection time is over to rotation, and
+    /// moves slow-start ramps on.
     fn end_ejections(&self) {
         let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot.load_full();
         let now = now_ms();
-        let mut ended = false;
+        let settings = self.settings.load();
+        let slow_start = settings.slow_start;
+        let forgive_after = settings.outlier_detection.base_ejection_time.as_millis() as u64;
+        let mut changed = false;
         for e in current.members.iter() {
             let until = e.ejected_until.load(Relaxed);
             if until != 0 && until <= now {
                 e.ejected_until.store(0, Relaxed);
+                e.ejection_ended.store(now, Relaxed);
                 tracing::info!(cluster = %self.name, endpoint = %e.address, "ejection over");
-                ended = true;
+                changed = true;
+            } else if until == 0
+                && e.ejections.load(Relaxed) > 0
+                && now.saturating_sub(e.ejection_ended.load(Relaxed)) >= forgive_after
+            {
+                // In rotation for a whole base time: the next ejection is shorter.
+                e.ejections.fetch_sub(1, Relaxed);
+                e.ejection_ended.store(now, Relaxed);
+            }
+            if e.is_ramping() {
+                changed |= e.ramp(&slow_start, now);
             }
         }
-        if ended {
+        if changed {
             self.publish(current.members.to_vec());
         }
+    }
+
+    /// Active health checking's input: one check of `endpoint` and what
+    /// the check loop counted in a row. Publishes a new snapshot when the
+    /// endpoint's health changes; a pass also ends an outlier ejection.
+    pub(crate) fn record_check(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        failure: Option<String>,
+        in_a_row: u32,
+        check: &crate::config::HealthCheck,
+    ) {
+        let state = endpoint.health();
+        let next = match (state, &failure) {
+            (health::PENDING | health::UNCHECKED, None) => health::HEALTHY,
+            (health::PENDING, Some(_)) => health::UNHEALTHY,
+            (health::UNHEALTHY, None) if in_a_row >= check.healthy_threshold => health::HEALTHY,
+            (health::HEALTHY | health::UNCHECKED, Some(_))
+                if in_a_row >= check.unhealthy_threshold =>
+            {
+                health::UNHEALTHY
+            }
+            _ => state,
+        };
+        let unejects = failure.is_none() && endpoint.is_ejected();
+        *endpoint
+            .health_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = failure.clone();
+        if next == state && !unejects {
+            return;
+        }
+        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot.load_full();
+        if !current.members.iter().any(|m| Arc::ptr_eq(m, endpoint)) {
+            return;
+        }
+        endpoint.health.store(next, Relaxed);
+        if unejects {
+            endpoint.ejected_until.store(0, Relaxed);
+            endpoint.ejection_ended.store(now_ms(), Relaxed);
+            tracing::info!(cluster = %self.name, endpoint = %endpoint.address, "health check passed: ejection over");
+        }
+        match (state, next) {
+            (health::PENDING, health::HEALTHY) => {
+                tracing::debug!(cluster = %self.name, endpoint = %endpoint.address, "first health check passed")
+            }
+            (_, health::HEALTHY) => {
+                tracing::info!(cluster = %self.name, endpoint = %endpoint.address, "healthy after {in_a_row} passed checks");
+                let settings = self.settings.load();
+                if !settings.slow_start.window.is_zero() {
+                    endpoint.ramp_from.store(now_ms(), Relaxed);
+                    endpoint.ramp(&settings.slow_start, now_ms());
+                }
+            }
+            (_, health::UNHEALTHY) => tracing::warn!(
+                cluster = %self.name,
+                endpoint = %endpoint.address,
+                "unhealthy after {in_a_row} failed checks: {}",
+                failure.as_deref().unwrap_or("failed")
+            ),
+            _ => {}
+        }
+        self.publish(current.members.to_vec());
     }
 
     /// Periodic upkeep: closes idle connections past the idle timeout and
@@ -513,19 +752,39 @@ impl Cluster {
         all
     }
 
-    /// (endpoints taking traffic, ejected endpoints, endpoints draining).
-    pub fn endpoint_counts(&self) -> (usize, usize, usize) {
+    /// The members by state, and the draining endpoints.
+    pub fn endpoint_counts(&self) -> EndpointCounts {
         let snapshot = self.snapshot.load();
-        let ejected = snapshot.members.iter().filter(|e| e.is_ejected()).count();
-        let active = snapshot.members.len() - ejected;
-        let draining = self
+        let mut counts = EndpointCounts::default();
+        for e in snapshot.members.iter() {
+            if e.is_ejected() {
+                counts.ejected += 1;
+            } else if matches!(e.health(), health::UNCHECKED | health::HEALTHY) {
+                counts.healthy += 1;
+            } else {
+                counts.unhealthy += 1;
+            }
+        }
+        counts.draining = self
             .draining
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|e| e.in_flight() > 0)
             .count();
-        (active, ejected, draining)
+        counts
+    }
+
+    /// Primed, and no member is still waiting for its first health check
+    /// (Envoy's cluster warming): what `/ready` waits for.
+    pub fn is_warm(&self) -> bool {
+        self.is_primed()
+            && !self
+                .snapshot
+                .load()
+                .members
+                .iter()
+                .any(|e| e.health() == health::PENDING)
     }
 
     /// Follows a discovery source until it closes or the task is aborted.
@@ -599,7 +858,18 @@ mod tests {
             retries: Default::default(),
             outlier_detection: Default::default(),
             panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+            health_check: None,
+            slow_start: Default::default(),
         }))
+    }
+
+    fn counts(healthy: usize, ejected: usize, draining: usize) -> EndpointCounts {
+        EndpointCounts {
+            healthy,
+            unhealthy: 0,
+            ejected,
+            draining,
+        }
     }
 
     fn set(list: &[(u16, u32)]) -> EndpointSet {
@@ -671,9 +941,9 @@ mod tests {
         for _ in 0..10 {
             assert_ne!(c.pick().unwrap().endpoint.address.port(), 1);
         }
-        assert_eq!(c.endpoint_counts(), (2, 0, 1));
+        assert_eq!(c.endpoint_counts(), counts(2, 0, 1));
         drop(held);
-        assert_eq!(c.endpoint_counts(), (2, 0, 0));
+        assert_eq!(c.endpoint_counts(), counts(2, 0, 0));
         assert_eq!(c.in_flight(), 0);
     }
 
@@ -699,7 +969,7 @@ mod tests {
                 "endpoint {i} was replaced"
             );
         }
-        assert_eq!(after[3].weight(), 2, "updated in place");
+        assert_eq!(after[3].spec_weight(), 2, "updated in place");
         assert!(before[2].is_draining());
         assert!(!after[2].is_draining());
     }
@@ -716,7 +986,7 @@ mod tests {
         assert!(Arc::ptr_eq(&before[1], &after[2]));
         assert!(Arc::ptr_eq(&before[2], &after[0]));
         assert!(before.iter().all(|e| !e.is_draining()));
-        assert_eq!(c.endpoint_counts(), (3, 0, 0));
+        assert_eq!(c.endpoint_counts(), counts(3, 0, 0));
     }
 
     #[test]
@@ -726,7 +996,7 @@ mod tests {
         c.apply(&set(&[(1, 1), (3, 1), (1, 5), (3, 1)]));
         assert_eq!(addresses(&c), [1, 3]);
         assert_eq!(
-            c.snapshot().endpoints[0].weight(),
+            c.snapshot().endpoints[0].spec_weight(),
             1,
             "the first listing stands"
         );
@@ -741,7 +1011,11 @@ mod tests {
         c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
         c.apply(&set(&[(1, 2), (2, 1), (3, 3)]));
         let weights = |c: &Cluster| -> Vec<u32> {
-            c.snapshot().endpoints.iter().map(|e| e.weight()).collect()
+            c.snapshot()
+                .endpoints
+                .iter()
+                .map(|e| e.spec_weight())
+                .collect()
         };
         assert_eq!(weights(&c), [2, 1, 3]);
         c.apply(&set(&[(1, 2), (2, 1), (3, 3), (1, 9)]));
@@ -791,7 +1065,7 @@ mod tests {
                 c.record_outcome(e, true);
             }
         }
-        assert_eq!(c.endpoint_counts(), (18, 2, 0));
+        assert_eq!(c.endpoint_counts(), counts(18, 2, 0));
         assert_eq!(c.snapshot().endpoints.len(), 18);
         assert!(!c.snapshot().panic);
         for _ in 0..100 {
@@ -813,6 +1087,207 @@ mod tests {
         c.apply(&set(&list));
         assert!(c.snapshot().panic);
         assert_eq!(c.snapshot().endpoints.len(), 20);
+    }
+
+    fn http_check() -> crate::config::HealthCheck {
+        crate::config::HealthCheck {
+            kind: crate::config::HealthCheckKind::Tcp,
+            interval: std::time::Duration::from_secs(1),
+            unhealthy_interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(1),
+            jitter: std::time::Duration::ZERO,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+
+    fn picked(c: &Cluster) -> Vec<u16> {
+        let mut ports: Vec<u16> = (0..20)
+            .map(|_| c.pick().unwrap().endpoint.address.port())
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
+    #[test]
+    fn health_thresholds_move_endpoints_out_and_back() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let mut config = (**c.settings()).clone();
+        config.health_check = Some(http_check());
+        c.update_settings(config);
+        let check = http_check();
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
+        // Waiting for the first check: nothing takes traffic, not ready.
+        assert!(c.pick().is_none());
+        assert!(!c.is_warm());
+        let members = c.snapshot().members.to_vec();
+        c.record_check(&members[0], None, 1, &check);
+        assert_eq!(picked(&c), [1], "takes traffic after its first pass");
+        c.record_check(&members[1], None, 1, &check);
+        c.record_check(&members[2], Some("answered 503".into()), 1, &check);
+        assert!(c.is_warm());
+        assert_eq!(picked(&c), [1, 2]);
+        assert_eq!(members[2].health_failure().as_deref(), Some("answered 503"));
+
+        // Two failures are under the threshold of three; the third counts.
+        c.record_check(&members[0], Some("x".into()), 1, &check);
+        c.record_check(&members[0], Some("x".into()), 2, &check);
+        assert_eq!(picked(&c), [1, 2]);
+        c.record_check(&members[0], Some("x".into()), 3, &check);
+        assert_eq!(
+            c.endpoint_counts(),
+            EndpointCounts {
+                healthy: 1,
+                unhealthy: 2,
+                ejected: 0,
+                draining: 0
+            }
+        );
+        // One healthy of three is under the 50% panic threshold.
+        assert!(c.snapshot().panic);
+        assert_eq!(picked(&c), [1, 2, 3]);
+        let mut config = (**c.settings()).clone();
+        config.panic_threshold = 30;
+        c.update_settings(config);
+        assert!(!c.snapshot().panic);
+        assert_eq!(picked(&c), [2]);
+
+        // Back after healthy_threshold passes in a row.
+        c.record_check(&members[2], None, 1, &check);
+        assert!(!members[2].takes_traffic());
+        c.record_check(&members[2], None, 2, &check);
+        assert!(members[2].takes_traffic());
+        assert_eq!(members[2].health_failure(), None);
+    }
+
+    #[test]
+    fn a_passing_check_ends_an_ejection() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let mut config = (**c.settings()).clone();
+        config.health_check = Some(http_check());
+        c.update_settings(config);
+        let list: Vec<(u16, u32)> = (1..=10).map(|p| (p, 1)).collect();
+        c.apply(&set(&list));
+        let members = c.snapshot().members.to_vec();
+        for e in &members {
+            c.record_check(e, None, 1, &http_check());
+        }
+        for _ in 0..5 {
+            c.record_outcome(&members[0], true);
+        }
+        assert!(members[0].is_ejected());
+        assert!(!picked(&c).contains(&1));
+        c.record_check(&members[0], None, 1, &http_check());
+        assert!(!members[0].is_ejected());
+        assert!(picked(&c).contains(&1));
+        assert_eq!(
+            members[0].ejection().1,
+            1,
+            "the ejection count stays for the next one"
+        );
+    }
+
+    #[test]
+    fn all_unhealthy_is_panic_but_pending_endpoints_wait() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let mut config = (**c.settings()).clone();
+        config.health_check = Some(http_check());
+        c.update_settings(config);
+        c.apply(&set(&[(1, 1), (2, 1)]));
+        let members = c.snapshot().members.to_vec();
+        c.record_check(&members[0], Some("down".into()), 1, &http_check());
+        c.record_check(&members[1], Some("down".into()), 1, &http_check());
+        assert!(c.snapshot().panic);
+        assert_eq!(picked(&c), [1, 2], "panic mode serves what it can");
+        // A third endpoint joins: not in the panic set until checked.
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
+        assert_eq!(picked(&c), [1, 2]);
+        // Turning checks off puts everyone back.
+        let mut config = (**c.settings()).clone();
+        config.health_check = None;
+        c.update_settings(config);
+        c.clear_health();
+        assert_eq!(picked(&c), [1, 2, 3]);
+        assert!(!c.snapshot().panic);
+    }
+
+    #[test]
+    fn slow_start_ramps_a_new_endpoints_weight_by_envoys_formula() {
+        let slow_start = crate::config::SlowStart {
+            window: std::time::Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight_percent: 10,
+        };
+        let e = Endpoint::new(
+            &EndpointSpec::new(SocketAddr::from(([127, 0, 0, 1], 1)), 2),
+            Arc::default(),
+        );
+        e.ramp_from.store(1, Relaxed);
+        e.ramp(&slow_start, 1);
+        assert_eq!(e.weight(), 20, "10% floor: t counts as at least 1 s");
+        e.ramp(&slow_start, 1 + 5000);
+        assert_eq!(e.weight(), 100, "half way: half the weight");
+        let squared = crate::config::SlowStart {
+            aggression: 2.0,
+            ..slow_start
+        };
+        e.ramp(&squared, 1 + 2500);
+        assert_eq!(e.weight(), 100, "aggression 2: sqrt(0.25)");
+        assert!(e.is_ramping());
+        e.ramp(&slow_start, 1 + 10_000);
+        assert_eq!(e.weight(), 200);
+        assert!(!e.is_ramping(), "the window is over");
+    }
+
+    #[test]
+    fn slow_start_applies_to_endpoints_joining_after_the_first_set() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let mut config = (**c.settings()).clone();
+        config.slow_start.window = std::time::Duration::from_secs(60);
+        c.update_settings(config);
+        c.apply(&set(&[(1, 1), (2, 1)]));
+        assert!(c.snapshot().members.iter().all(|e| !e.is_ramping()));
+        c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
+        let members = c.snapshot().members.to_vec();
+        assert!(members[2].is_ramping());
+        assert_eq!(members[2].weight(), 10);
+        let mut counts = HashMap::new();
+        for _ in 0..210 {
+            *counts
+                .entry(c.pick().unwrap().endpoint.address.port())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts[&3], 10, "a tenth of a full share: {counts:?}");
+    }
+
+    #[test]
+    fn the_ejection_multiplier_decays_while_an_endpoint_stays_in_rotation() {
+        let c = cluster(LbPolicy::RoundRobin);
+        let mut config = (**c.settings()).clone();
+        config.outlier_detection.base_ejection_time = std::time::Duration::from_millis(1);
+        config.outlier_detection.max_ejection_percent = 100;
+        config.panic_threshold = 0;
+        c.update_settings(config);
+        c.apply(&set(&[(1, 1), (2, 1)]));
+        let e = c.snapshot().members[0].clone();
+        for round in 1..=3 {
+            for _ in 0..5 {
+                c.record_outcome(&e, true);
+            }
+            assert!(e.is_ejected());
+            assert_eq!(e.ejection().1, round);
+            while e.is_ejected() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                c.sweep();
+            }
+        }
+        // Each base time in rotation forgives one ejection.
+        while e.ejection().1 > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            c.sweep();
+        }
+        assert!(!e.is_ejected());
     }
 
     #[test]

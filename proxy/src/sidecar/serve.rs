@@ -24,8 +24,9 @@ use super::detect::{detect, Protocol};
 use super::{CaptureConfig, Direction};
 use crate::cluster::Cluster;
 use crate::config::{
-    CircuitBreaker, ClusterConfig, LbPolicy, ListenerConfig, OutlierDetection, PathMatch, Retries,
-    RouteConfig, Timeouts, UpstreamProtocol, DEFAULT_PANIC_THRESHOLD,
+    AccessLog, CircuitBreaker, ClusterConfig, LbPolicy, ListenerConfig, OutlierDetection,
+    PathMatch, Retries, RouteConfig, SlowStart, Timeouts, UpstreamProtocol,
+    DEFAULT_PANIC_THRESHOLD,
 };
 use crate::listener::ListenerState;
 use crate::route::RouteTable;
@@ -47,6 +48,8 @@ pub const IDLE_AFTER: Duration = Duration::from_secs(300);
 pub struct Captured {
     pub config: CaptureConfig,
     pub listener: Arc<str>,
+    /// The listener's access log, for its destinations' requests.
+    pub access_log: Option<AccessLog>,
     pub(crate) proxy: Weak<Inner>,
 }
 
@@ -145,6 +148,7 @@ impl Shared {
         &self,
         inner: &Inner,
         listener: &Arc<str>,
+        access_log: Option<AccessLog>,
         name: String,
         source: Source,
         protocol: UpstreamProtocol,
@@ -156,7 +160,7 @@ impl Shared {
         let target = match existing {
             Some(t) if t.cluster.is_primed() => return t,
             Some(t) => t,
-            None => self.add_target(inner, listener, name, source, protocol),
+            None => self.add_target(inner, listener, access_log, name, source, protocol),
         };
         // Connections to a new destination wait (bounded) for its first
         // endpoint set.
@@ -171,6 +175,7 @@ impl Shared {
         &self,
         inner: &Inner,
         listener: &Arc<str>,
+        access_log: Option<AccessLog>,
         name: String,
         source: Source,
         protocol: UpstreamProtocol,
@@ -191,10 +196,12 @@ impl Shared {
                 cluster: name.clone(),
             }],
             capture: None,
+            access_log: None,
         };
         let clusters = HashMap::from([(name.clone(), cluster.clone())]);
-        let table =
+        let mut table =
             RouteTable::build(&listener_config, &clusters, &inner.registry).unwrap_or_default();
+        table.access_log = access_log;
         let state = Arc::new(ListenerState {
             name: listener.clone(),
             routes: ArcSwap::from_pointee(table),
@@ -260,7 +267,14 @@ impl Captured {
                 let source = Source::Kubernetes(service.target());
                 inner
                     .sidecar
-                    .target(&inner, &self.listener, name, source, upstream)
+                    .target(
+                        &inner,
+                        &self.listener,
+                        self.access_log,
+                        name,
+                        source,
+                        upstream,
+                    )
                     .await
             }
             Direction::Inbound => {
@@ -272,7 +286,14 @@ impl Captured {
                 let source = Source::Static(vec![EndpointSpec::new(destination, DEFAULT_WEIGHT)]);
                 inner
                     .sidecar
-                    .target(&inner, &self.listener, name, source, upstream)
+                    .target(
+                        &inner,
+                        &self.listener,
+                        self.access_log,
+                        name,
+                        source,
+                        upstream,
+                    )
                     .await
             }
         };
@@ -316,6 +337,10 @@ fn destination_settings(name: &str, source: &Source, protocol: UpstreamProtocol)
         retries: Retries::default(),
         outlier_detection: OutlierDetection::default(),
         panic_threshold: DEFAULT_PANIC_THRESHOLD,
+        // Kubernetes' probes decide the pods' readiness; outlier ejection
+        // covers the rest without extra traffic.
+        health_check: None,
+        slow_start: SlowStart::default(),
     }
 }
 

@@ -1,0 +1,518 @@
+//! Active health checks (Envoy's semantics).
+//!
+//! One task per cluster follows its members and runs one check loop per
+//! endpoint. A loop checks its endpoint at once, then after a random part
+//! of the interval (so a thousand endpoints do not all fire together), then
+//! every `interval` (`unhealthy_interval` while failing) plus up to `jitter`.
+//! What a result changes (pending → healthy, the thresholds, ending an
+//! outlier ejection) is [`Cluster::record_check`]'s business.
+//!
+//! HTTP checks on HTTP/1 clusters speak HTTP/1.1 themselves over one kept
+//! connection per endpoint: a check is one write and one read, no task and
+//! no channel, so checking a thousand endpoints a second stays cheap.
+//! HTTP/2 clusters are checked over a kept HTTP/2 connection (hyper).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
+
+use super::{balance::random, Cluster, Endpoint};
+use crate::config::{
+    format_duration, ClusterConfig, HealthCheck, HealthCheckKind, UpstreamProtocol,
+};
+
+/// No active check is configured: the endpoint takes traffic.
+pub const UNCHECKED: u8 = 0;
+/// Waiting for its first check: no traffic yet.
+pub const PENDING: u8 = 1;
+pub const HEALTHY: u8 = 2;
+pub const UNHEALTHY: u8 = 3;
+
+/// The `/clusters` name of a health state.
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        PENDING => "pending",
+        HEALTHY => "healthy",
+        UNHEALTHY => "unhealthy",
+        _ => "unchecked",
+    }
+}
+
+/// The identifying `user-agent` of check requests.
+pub const USER_AGENT: &str = "skiff-health-check";
+
+/// Largest response head a check reads.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Check results by kind (`skiff_health_checks_total{result}`).
+#[derive(Debug, Default)]
+pub struct CheckCounters {
+    pub passed: AtomicU64,
+    /// Answered with a status not expected.
+    pub failed: AtomicU64,
+    /// No answer within the timeout.
+    pub timeout: AtomicU64,
+    /// Connection refused or reset, or a malformed answer.
+    pub error: AtomicU64,
+}
+
+impl CheckCounters {
+    pub fn iter(&self) -> [(&'static str, u64); 4] {
+        [
+            ("passed", self.passed.load(Relaxed)),
+            ("failed", self.failed.load(Relaxed)),
+            ("timeout", self.timeout.load(Relaxed)),
+            ("error", self.error.load(Relaxed)),
+        ]
+    }
+}
+
+/// Why a check did not pass.
+enum Failure {
+    Status(u16),
+    Timeout(Duration),
+    Error(String),
+}
+
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Failure::Status(s) => format!("answered {s}"),
+            Failure::Timeout(t) => format!("no answer within {}", format_duration(*t)),
+            Failure::Error(e) => e.clone(),
+        }
+    }
+}
+
+/// Follows `cluster`'s members and settings, keeping one check loop per
+/// member while a check is configured. Runs until aborted; the loops stop
+/// with it.
+pub async fn run(cluster: Arc<Cluster>) {
+    struct Loops(HashMap<SocketAddr, (Arc<Endpoint>, AbortHandle)>);
+    impl Drop for Loops {
+        fn drop(&mut self) {
+            self.0.values().for_each(|(_, h)| h.abort());
+        }
+    }
+    let mut loops = Loops(HashMap::new());
+    loop {
+        let configured = cluster.settings().health_check.is_some();
+        let members = cluster.snapshot().members.clone();
+        loops.0.retain(|_, (endpoint, handle)| {
+            let keep = configured && members.iter().any(|m| Arc::ptr_eq(m, endpoint));
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        if configured {
+            for endpoint in members.iter() {
+                loops.0.entry(endpoint.address).or_insert_with(|| {
+                    let task = tokio::spawn(check_loop(cluster.clone(), endpoint.clone()));
+                    (endpoint.clone(), task.abort_handle())
+                });
+            }
+        } else {
+            cluster.clear_health();
+        }
+        cluster.changed.notified().await;
+    }
+}
+
+/// Checks one endpoint for as long as it is a member.
+async fn check_loop(cluster: Arc<Cluster>, endpoint: Arc<Endpoint>) {
+    let mut conn = Connection::None;
+    let mut request = RequestCache::default();
+    let (mut passes, mut failures) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let settings = cluster.settings_full();
+        let Some(check) = settings.health_check.as_ref() else {
+            return;
+        };
+        let probe = probe(check, &settings, &endpoint, &mut conn, &mut request);
+        let failure = match tokio::time::timeout(check.timeout, probe).await {
+            Ok(result) => result.err(),
+            Err(_) => Some(Failure::Timeout(check.timeout)),
+        };
+        let counters = &cluster.stats.health_checks;
+        match &failure {
+            None => &counters.passed,
+            Some(Failure::Status(_)) => &counters.failed,
+            Some(Failure::Timeout(_)) => &counters.timeout,
+            Some(Failure::Error(_)) => &counters.error,
+        }
+        .fetch_add(1, Relaxed);
+        let in_a_row = if failure.is_none() {
+            failures = 0;
+            passes += 1;
+            passes
+        } else {
+            // A failing endpoint gets a fresh connection next time.
+            conn = Connection::None;
+            passes = 0;
+            failures += 1;
+            failures
+        };
+        cluster.record_check(&endpoint, failure.map(|f| f.describe()), in_a_row, check);
+
+        let base = if endpoint.health() == UNHEALTHY {
+            check.unhealthy_interval
+        } else {
+            check.interval
+        };
+        let delay = if first {
+            // Spread the cluster's checks over the interval.
+            first = false;
+            base.mul_f64(fraction())
+        } else {
+            base + check.jitter.mul_f64(fraction())
+        };
+        tokio::time::sleep_until(slot_after(delay, check.interval)).await;
+    }
+}
+
+/// `now + delay`, rounded to a slot of a twentieth of the interval (at
+/// most 50 ms): the checks due in one slot wake the runtime once and their
+/// answers come back in one poll, instead of a wakeup per check.
+fn slot_after(delay: Duration, interval: Duration) -> tokio::time::Instant {
+    let slot = (interval / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let slot_ms = slot.as_millis() as u64;
+    let due = super::now_ms() + delay.as_millis() as u64;
+    // To the nearest slot, so intervals stay right on average.
+    let aligned = (due + slot_ms / 2) / slot_ms * slot_ms;
+    tokio::time::Instant::now() + Duration::from_millis(aligned - super::now_ms().min(aligned))
+}
+
+/// A uniform draw from [0, 1).
+fn fraction() -> f64 {
+    (random() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What a check loop keeps between checks.
+enum Connection {
+    None,
+    Http1(TcpStream, BytesMut),
+    Http2(hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>),
+}
+
+/// The HTTP/1.1 request bytes, rebuilt when the settings change.
+#[derive(Default)]
+struct RequestCache {
+    for_settings: Option<Arc<ClusterConfig>>,
+    bytes: Vec<u8>,
+}
+
+async fn probe(
+    check: &HealthCheck,
+    settings: &Arc<ClusterConfig>,
+    endpoint: &Endpoint,
+    conn: &mut Connection,
+    request: &mut RequestCache,
+) -> Result<(), Failure> {
+    let address = endpoint.address;
+    match &check.kind {
+        HealthCheckKind::Tcp => connect(address).await.map(drop),
+        HealthCheckKind::Http {
+            path,
+            host,
+            expected_statuses,
+        } => {
+            let host = host.as_deref().unwrap_or(&settings.name);
+            let status = match settings.protocol {
+                UpstreamProtocol::Http1 => {
+                    if !request
+                        .for_settings
+                        .as_ref()
+                        .is_some_and(|s| Arc::ptr_eq(s, settings))
+                    {
+                        request.bytes = format!(
+                            "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: {USER_AGENT}\r\naccept: */*\r\n\r\n"
+                        )
+                        .into_bytes();
+                        request.for_settings = Some(settings.clone());
+                    }
+                    http1(address, conn, &request.bytes).await?
+                }
+                UpstreamProtocol::Http2 => http2(address, conn, host, path).await?,
+            };
+            if expected_statuses
+                .iter()
+                .any(|&(lo, hi)| (lo..=hi).contains(&status))
+            {
+                Ok(())
+            } else {
+                Err(Failure::Status(status))
+            }
+        }
+    }
+}
+
+async fn connect(address: SocketAddr) -> Result<TcpStream, Failure> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| Failure::Error(format!("connect: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One HTTP/1.1 check on the kept connection (a new one when there is
+/// none, or when the kept one turns out closed before answering).
+async fn http1(address: SocketAddr, conn: &mut Connection, request: &[u8]) -> Result<u16, Failure> {
+    let reused = matches!(conn, Connection::Http1(..));
+    let mut result = exchange(address, conn, request).await;
+    if reused && matches!(result, Err(Exchange::ClosedBeforeAnswer)) {
+        *conn = Connection::None;
+        result = exchange(address, conn, request).await;
+    }
+    result.map_err(|e| {
+        *conn = Connection::None;
+        e.into_failure()
+    })
+}
+
+enum Exchange {
+    /// The connection closed before any byte of an answer: a kept
+    /// connection the server timed out, worth one fresh try.
+    ClosedBeforeAnswer,
+    Failed(Failure),
+}
+
+impl Exchange {
+    fn into_failure(self) -> Failure {
+        match self {
+            Exchange::ClosedBeforeAnswer => {
+                Failure::Error("connection closed before an answer".into())
+            }
+            Exchange::Failed(f) => f,
+        }
+    }
+}
+
+impl From<Failure> for Exchange {
+    fn from(f: Failure) -> Self {
+        Exchange::Failed(f)
+    }
+}
+
+/// Reads what has arrived, waiting for it if nothing has; a short read
+/// clears the socket's readiness, so the next check does not pay a read
+/// that finds nothing (see `h1::read_available`).
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(4096);
+    }
+    loop {
+        stream.readable().await?;
+        match crate::h1::read_available(stream, buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Exchange {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+            Exchange::ClosedBeforeAnswer
+        }
+        _ => Exchange::Failed(Failure::Error(format!("connection: {e}"))),
+    }
+}
+
+async fn exchange(
+    address: SocketAddr,
+    conn: &mut Connection,
+    request: &[u8],
+) -> Result<u16, Exchange> {
+    if !matches!(conn, Connection::Http1(..)) {
+        *conn = Connection::Http1(connect(address).await?, BytesMut::with_capacity(1024));
+    }
+    let Connection::Http1(stream, buf) = conn else {
+        unreachable!("set just above");
+    };
+    buf.clear();
+    stream.write_all(request).await.map_err(io_failure)?;
+    let (status, head_len, framing, keep) = loop {
+        if read_some(stream, buf).await.map_err(io_failure)? == 0 {
+            // (`http1` drops the connection on any error.)
+            return Err(if buf.is_empty() {
+                Exchange::ClosedBeforeAnswer
+            } else {
+                Failure::Error("connection closed inside the answer's head".into()).into()
+            });
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let status = response.code.unwrap_or(0);
+                if (100..200).contains(&status) {
+                    // An interim answer; the real one follows.
+                    buf.advance(len);
+                    continue;
+                }
+                let (framing, keep) = framing(&response, status)?;
+                break (status, len, framing, keep);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(Failure::Error("answer head over 16 KiB".into()).into())
+            }
+            Err(e) => return Err(Failure::Error(format!("malformed answer: {e}")).into()),
+        }
+    };
+    buf.advance(head_len);
+    match framing {
+        Framing::Length(n) => discard(stream, buf, n).await?,
+        Framing::Chunked => discard_chunked(stream, buf).await?,
+        Framing::UntilClose => {
+            while read_some(stream, buf).await.map_err(io_failure)? != 0 {
+                buf.clear();
+            }
+        }
+    }
+    if !keep || !matches!(framing, Framing::Length(_) | Framing::Chunked) {
+        *conn = Connection::None;
+    }
+    Ok(status)
+}
+
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn framing(response: &httparse::Response<'_, '_>, status: u16) -> Result<(Framing, bool), Failure> {
+    let mut length = None;
+    let mut chunked = false;
+    let mut keep = response.version == Some(1);
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| Failure::Error("malformed content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Error("conflicting content-length".into()));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = h.value.eq_ignore_ascii_case(b"chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.contains("close") {
+                keep = false;
+            } else if v.contains("keep-alive") {
+                keep = true;
+            }
+        }
+    }
+    let framing = if status == 204 || status == 304 {
+        Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    Ok((framing, keep))
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Exchange> {
+    if read_some(stream, buf).await.map_err(io_failure)? == 0 {
+        return Err(Failure::Error("connection closed inside the answer's body".into()).into());
+    }
+    Ok(())
+}
+
+async fn discard(stream: &mut TcpStream, buf: &mut BytesMut, mut n: u64) -> Result<(), Exchange> {
+    loop {
+        let take = (buf.len() as u64).min(n);
+        buf.advance(take as usize);
+        n -= take;
+        if n == 0 {
+            return Ok(());
+        }
+        fill(stream, buf).await?;
+    }
+}
+
+async fn discard_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Exchange> {
+    loop {
+        let size = loop {
+            match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((len, size))) => {
+                    buf.advance(len);
+                    break size;
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => fill(stream, buf).await?,
+                _ => return Err(Failure::Error("malformed chunk size".into()).into()),
+            }
+        };
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                match buf.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        buf.advance(2);
+                        return Ok(());
+                    }
+                    Some(at) => buf.advance(at + 2),
+                    None if buf.len() < MAX_HEAD => fill(stream, buf).await?,
+                    None => return Err(Failure::Error("trailers over 16 KiB".into()).into()),
+                }
+            }
+        }
+        discard(stream, buf, size + 2).await?;
+    }
+}
+
+async fn http2(
+    address: SocketAddr,
+    conn: &mut Connection,
+    host: &str,
+    path: &str,
+) -> Result<u16, Failure> {
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let ready = matches!(conn, Connection::Http2(s) if s.is_ready());
+    if !ready {
+        let stream = connect(address).await?;
+        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Failure::Error(format!("HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        *conn = Connection::Http2(sender);
+    }
+    let Connection::Http2(sender) = conn else {
+        unreachable!("set just above");
+    };
+    let request = http::Request::get(format!("http://{host}{path}"))
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .body(http_body_util::Empty::new())
+        .map_err(|e| Failure::Error(format!("request: {e}")))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| Failure::Error(format!("HTTP/2: {e}")))?;
+    let status = response.status().as_u16();
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| Failure::Error(format!("HTTP/2 body: {e}")))?;
+    Ok(status)
+}
