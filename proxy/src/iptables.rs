@@ -349,7 +349,7 @@ mod tests {
         );
         assert!(position("--dport 5432 -j RETURN") < position("REDIRECT --to-ports 4140"));
         assert!(
-            position("-A SKIFF_INBOUND -p tcp --dport 4191 -j RETURN")
+            position("-A SKIFF_INBOUND -p tcp --dport 9901 -j RETURN")
                 < position("REDIRECT --to-ports 4143")
         );
         assert!(

@@ -51,7 +51,7 @@ enum Command {
         #[arg(short, long, required_unless_present = "sidecar")]
         config: Option<PathBuf>,
         /// Run as a pod's sidecar: without `-c`, with the sidecar defaults
-        /// (capture listeners on 4143 and 4140, admin on 0.0.0.0:4191).
+        /// (capture listeners on 4143 and 4140, admin on 0.0.0.0:9901).
         #[arg(long)]
         sidecar: bool,
     },

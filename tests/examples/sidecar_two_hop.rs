@@ -118,7 +118,7 @@ async fn main() {
     );
     let config = dir.write(
         "server.yaml",
-        "admin: { listen: 0.0.0.0:4191 }\nlisteners:\n  - name: inbound\n    listen: 0.0.0.0:4143\n    capture: { direction: inbound }\n",
+        "admin: { listen: 0.0.0.0:9901 }\nlisteners:\n  - name: inbound\n    listen: 0.0.0.0:4143\n    capture: { direction: inbound }\n",
     );
     let server_skiff = server.skiff(
         uid,
@@ -126,7 +126,7 @@ async fn main() {
         &["run", "-c", config.to_str().expect("path")],
         &dir.path("server.log"),
     );
-    let admin: SocketAddr = "127.0.0.1:4191".parse().expect("address");
+    let admin: SocketAddr = "127.0.0.1:9901".parse().expect("address");
     let deadline = Instant::now() + Duration::from_secs(30);
     for ns in [client, server] {
         while !matches!(ns.get(admin, "/ready").await, Ok((s, _)) if s == 200) {

@@ -229,7 +229,7 @@ fn inject_gives_every_workload_kind_the_capture_container_and_a_native_sidecar()
         assert_eq!(text(sidecar, "name"), "skiff");
         assert_eq!(text(sidecar, "restartPolicy"), "Always");
         assert_eq!(text(sidecar, "startupProbe.httpGet.path"), "/ready");
-        assert_eq!(text(sidecar, "livenessProbe.httpGet.port"), "4191");
+        assert_eq!(text(sidecar, "livenessProbe.httpGet.port"), "9901");
         assert_eq!(text(sidecar, "readinessProbe.httpGet.path"), "/ready");
         assert_eq!(
             text(sidecar, "securityContext.readOnlyRootFilesystem"),
@@ -253,6 +253,11 @@ fn inject_gives_every_workload_kind_the_capture_container_and_a_native_sidecar()
         assert_eq!(
             recorded["initContainers"],
             serde_json::json!(["skiff-init", "skiff"])
+        );
+        // Prometheus scrapes the sidecar's admin port.
+        assert_eq!(
+            annotations.get("prometheus.io/port").and_then(Node::as_str),
+            Some("9901")
         );
     }
     // The app's own init container still runs, after skiff is up.
@@ -391,7 +396,7 @@ fn iptables_applied_twice_equals_once_and_remove_restores_the_table() {
     for rule in [
         "-A PREROUTING -p tcp -j SKIFF_INBOUND",
         "-A OUTPUT -p tcp -j SKIFF_OUTBOUND",
-        "-A SKIFF_INBOUND -p tcp -m tcp --dport 4191 -j RETURN",
+        "-A SKIFF_INBOUND -p tcp -m tcp --dport 9901 -j RETURN",
         "-A SKIFF_INBOUND -p tcp -m tcp --dport 22 -j RETURN",
         "-A SKIFF_INBOUND -p tcp -j REDIRECT --to-ports 4143",
         "-A SKIFF_OUTBOUND -m owner --uid-owner 2102 -j RETURN",
@@ -473,7 +478,7 @@ async fn captured_connections_keep_their_original_destination_and_skiffs_own_are
     // applied there, lands on the inbound port; the admin port is not captured.
     skiff_iptables(server, &[]);
     let inbound = server.listen(SocketAddr::from(([0, 0, 0, 0], 4143)));
-    let admin = server.listen("198.18.0.20:4191".parse().expect("address"));
+    let admin = server.listen("198.18.0.20:9901".parse().expect("address"));
     let _c = client
         .command("setpriv")
         .args([
@@ -499,7 +504,7 @@ async fn captured_connections_keep_their_original_destination_and_skiffs_own_are
             "--clear-groups",
             "bash",
             "-c",
-            "exec 3<>/dev/tcp/198.18.0.20/4191",
+            "exec 3<>/dev/tcp/198.18.0.20/9901",
         ])
         .status()
         .expect("connect to the admin port");
@@ -518,7 +523,7 @@ const POD_IPS: [&str; 3] = ["198.18.0.11", "198.18.0.12", "198.18.0.13"];
 /// The Services' ClusterIPs, in the range the pods route through eth0.
 const CATALOG: &str = "198.19.0.10:80";
 const ECHO: &str = "198.19.0.20:9000";
-const ADMIN: &str = "127.0.0.1:4191";
+const ADMIN: &str = "127.0.0.1:9901";
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 fn addr(s: &str) -> SocketAddr {
@@ -618,7 +623,7 @@ impl Shop {
         skiff_iptables(server, &[]);
         let config = dir.write(
             "server.yaml",
-            "admin: { listen: 0.0.0.0:4191 }\nlisteners:\n  - name: inbound\n    listen: 0.0.0.0:4143\n    capture: { direction: inbound }\n",
+            "admin: { listen: 0.0.0.0:9901 }\nlisteners:\n  - name: inbound\n    listen: 0.0.0.0:4143\n    capture: { direction: inbound }\n",
         );
         let server_skiff = server.skiff(
             skiff::sidecar::PROXY_UID,

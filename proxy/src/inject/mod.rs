@@ -367,6 +367,13 @@ fn inject_object(
     if let Some(metadata) = entry_or(template, "metadata", Node::map(vec![])) {
         if let Some(annotations) = entry_or(metadata, "annotations", Node::map(vec![])) {
             annotations.set(INJECTED_ANNOTATION, Node::string(&status));
+            // Prometheus finds the sidecar's metrics as deploy/observability
+            // expects, unless the pod already points Prometheus elsewhere.
+            if annotations.get("prometheus.io/scrape").is_none() {
+                annotations.set("prometheus.io/scrape", Node::string("true"));
+                annotations.set("prometheus.io/port", Node::string(&ADMIN_PORT.to_string()));
+                annotations.set("prometheus.io/path", Node::string("/metrics"));
+            }
         }
     }
     if let Some(spec) = template.get_mut("spec") {

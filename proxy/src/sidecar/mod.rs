@@ -40,11 +40,12 @@ use skiff_discovery::yaml::{self, Diagnostics, MapReader, Node};
 pub const OUTBOUND_PORT: u16 = 4140;
 /// Where captured inbound connections (calls to the app) are redirected.
 pub const INBOUND_PORT: u16 = 4143;
-/// The sidecar's admin server: probes and metrics; never captured.
-pub const ADMIN_PORT: u16 = 4191;
+/// The sidecar's admin server: probes and metrics; never captured. skiff's
+/// usual admin port, so the Prometheus annotations and scrape config in
+/// deploy/observability hold for sidecars too.
+pub const ADMIN_PORT: u16 = 9901;
 /// The uid the sidecar runs as; its own connections are never captured.
-/// (linkerd2-proxy's numbers, so network policies that allow a linkerd
-/// mesh allow skiff's.)
+/// (This and the two traffic ports are linkerd2-proxy's numbers.)
 pub const PROXY_UID: u32 = 2102;
 /// How long a captured connection may stay silent before it is taken for
 /// a protocol where the server speaks first (MySQL, SMTP) and passed on
@@ -196,7 +197,7 @@ mod tests {
             .map(|l| l.listen.to_string())
             .collect();
         assert_eq!(listens, ["[::]:4143", "127.0.0.1:4140", "[::1]:4140"]);
-        assert_eq!(config.admin.listen.to_string(), "[::]:4191");
+        assert_eq!(config.admin.listen.to_string(), "[::]:9901");
     }
 
     #[test]
