@@ -1037,6 +1037,12 @@ async fn ready_waits_for_the_first_list_of_services_and_says_so() {
         body.contains("waiting for the Services of namespace shop"),
         "{body}"
     );
+    // Not run as the sidecar's uid: it warns that the rules must exclude its own.
+    let log = skiff.log_text();
+    assert!(
+        log.contains("outbound capture while running as uid"),
+        "{log}"
+    );
 
     // With the API server, it becomes ready.
     let fake = FakeKube::start_new().await;

@@ -90,6 +90,9 @@ impl Shared {
         if services.as_ref().is_some_and(|(n, _)| *n == namespaces) {
             return;
         }
+        if services.is_none() {
+            warn_unless_proxy_uid();
+        }
         let index = ServiceIndex::watch(&namespaces);
         *services = Some((namespaces, index));
     }
@@ -309,6 +312,23 @@ impl Captured {
         pass_through(stream, address, peer).await;
         drop(picked);
         None
+    }
+}
+
+/// The capture rules leave skiff's own connections alone by its uid; run
+/// as another, its upstream connections would be captured again, without
+/// end. The rules' uid cannot be read back, so this only warns.
+fn warn_unless_proxy_uid() {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of /proc/self is this process's effective uid.
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    if uid != super::PROXY_UID {
+        tracing::warn!(
+            "outbound capture while running as uid {uid}, not {}: the capture rules must exclude uid {uid} (skiff iptables --proxy-uid {uid}), or skiff's own upstream connections are captured again",
+            super::PROXY_UID
+        );
     }
 }
 
