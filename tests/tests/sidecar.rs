@@ -606,6 +606,15 @@ impl Shop {
             "shop",
             endpoint_slice("echo-x1", "echo", &[("tcp", 9000)], &echo_pods),
         );
+        // gRPC servers are started by the test that needs them.
+        fake.apply_service(
+            "shop",
+            service("grpc", "198.19.0.30", &[("grpc", 50051, 50051)]),
+        );
+        fake.apply(
+            "shop",
+            endpoint_slice("grpc-x1", "grpc", &[("grpc", 50051)], &echo_pods),
+        );
         let kubeconfig = fake.write_kubeconfig(&dir.0);
 
         skiff_iptables(client, &[]);
@@ -1058,4 +1067,78 @@ async fn ready_waits_for_the_first_list_of_services_and_says_so() {
         matches!(admin_get(admin, "/ready").await, Ok((s, _)) if s == 200)
     })
     .await;
+}
+
+/// A child process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_channel_through_the_sidecar_keeps_streams_trailers_and_statuses() {
+    use std::io::BufRead;
+    let Some(shop) =
+        Shop::start("a_grpc_channel_through_the_sidecar_keeps_streams_trailers_and_statuses").await
+    else {
+        return;
+    };
+    skiff_tests::require_python_module("grpc", "grpcio");
+    let script = skiff_tests::py_script("grpc_echo.py");
+    let mut servers = Vec::new();
+    for (i, ip) in POD_IPS.iter().enumerate() {
+        let mut child = shop.net.pods[i + 1]
+            .command("python3")
+            .arg(&script)
+            .args(["server", &format!("{ip}:50051")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a gRPC server");
+        let stdout = child.stdout.take().expect("stdout");
+        servers.push(Killed(child));
+        // It prints its port once it serves.
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server's port");
+        assert_eq!(line.trim(), "50051");
+    }
+    // The real grpcio client, in the app's pod: its one channel to the
+    // Service's ClusterIP is captured and detected as HTTP/2.
+    let out = shop
+        .client()
+        .command("python3")
+        .arg(&script)
+        .args(["client", "198.19.0.30:50051"])
+        .output()
+        .expect("run the gRPC client");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("OK"),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        shop.logs()
+    );
+    let metrics = shop.metrics(shop.client()).await;
+    let answered: f64 = ["2xx"]
+        .iter()
+        .filter_map(|class| {
+            metric_value(
+                &metrics,
+                "skiff_requests_total",
+                &[
+                    ("listener", "outbound"),
+                    ("cluster", "grpc.shop.grpc.h2"),
+                    ("code_class", class),
+                ],
+            )
+        })
+        .sum();
+    // Say, Count and Missing: three requests, balanced one by one.
+    assert_eq!(answered, 3.0, "{metrics}");
+    drop(servers);
 }
