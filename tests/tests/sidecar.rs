@@ -1142,3 +1142,56 @@ async fn a_grpc_channel_through_the_sidecar_keeps_streams_trailers_and_statuses(
     assert_eq!(answered, 3.0, "{metrics}");
     drop(servers);
 }
+
+#[test]
+fn every_truncation_of_a_stream_is_injected_or_refused_by_document_and_line() {
+    // Cut anywhere (mid-scalar, mid-flow, mid-document): never a panic;
+    // either a result that injecting again leaves as it is, or an error
+    // naming the document and line.
+    let options = skiff::inject::Options::default();
+    let mut refused = 0;
+    for end in (0..=WORKLOADS.len()).filter(|&i| WORKLOADS.is_char_boundary(i)) {
+        match skiff::inject::inject(&WORKLOADS[..end], &options) {
+            Ok(done) => {
+                let again = skiff::inject::inject(&done.yaml, &options).unwrap_or_else(|e| {
+                    panic!(
+                        "output of a {end}-byte prefix does not parse: {e}\n{}",
+                        done.yaml
+                    )
+                });
+                assert_eq!(again.yaml, done.yaml, "prefix of {end} bytes");
+            }
+            Err(e) => {
+                refused += 1;
+                let message = e.to_string();
+                assert!(message.starts_with("document "), "{message}");
+                assert!(message.contains("(line "), "{message}");
+            }
+        }
+    }
+    assert!(refused > 0, "some cuts must be malformed");
+}
+
+#[test]
+fn a_stream_with_a_character_changed_is_injected_or_refused_never_garbled() {
+    // One character replaced by YAML punctuation, everywhere: the output,
+    // when there is one, must read back the same (the emitter quotes what
+    // needs quoting), and errors name the document and line.
+    let options = skiff::inject::Options::default();
+    for (i, _) in WORKLOADS.char_indices().step_by(3) {
+        for c in ['"', ':', '{', '\n'] {
+            let mut text = WORKLOADS.to_string();
+            let width = text[i..].chars().next().map_or(1, char::len_utf8);
+            text.replace_range(i..i + width, &c.to_string());
+            match skiff::inject::inject(&text, &options) {
+                Ok(done) => {
+                    let again = skiff::inject::inject(&done.yaml, &options).unwrap_or_else(|e| {
+                        panic!("output for {c:?} at {i} does not parse: {e}\n{}", done.yaml)
+                    });
+                    assert_eq!(again.yaml, done.yaml, "{c:?} at {i}");
+                }
+                Err(e) => assert!(e.to_string().starts_with("document "), "{e}"),
+            }
+        }
+    }
+}
