@@ -137,8 +137,14 @@ fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
             }
         })
         .collect();
+    let services = proxy.services_waiting();
     let why = if !proxy.is_started() {
         "not ready: listeners are not bound yet\n".to_string()
+    } else if !services.is_empty() {
+        format!(
+            "not ready: waiting for the Services of namespace {} (capture listeners)\n",
+            services.join(", ")
+        )
     } else if waiting.is_empty() {
         "not ready: shutting down\n".to_string()
     } else {

@@ -59,6 +59,9 @@ pub struct ListenerConfig {
     /// TLS termination (see [`crate::tls::config`]); none: plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::config::ListenerTls>,
+    /// Serve connections captured by `skiff iptables` (the sidecar role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::sidecar::CaptureConfig>,
     /// One log line per request (or a sample of them); off when absent.
     pub access_log: Option<AccessLog>,
 }
@@ -602,7 +605,7 @@ fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String>
     Some(name)
 }
 
-const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "tls", "access_log"];
+const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "tls", "capture", "access_log"];
 
 fn read_listener(
     node: &Node,
@@ -616,8 +619,17 @@ fn read_listener(
     let listen = map
         .required("listen", diags)
         .and_then(|n| endpoint_file::address(n, &listen_path, diags));
+    let capture_path = map.path_of("capture");
+    let capture = map
+        .optional("capture")
+        .map(|n| crate::sidecar::read_capture(n, &capture_path, diags));
     let routes_path = map.path_of("routes");
-    let routes = match map.required("routes", diags) {
+    // A capture listener routes by original destination; routes optional.
+    let routes_node = match capture {
+        Some(_) => map.optional("routes"),
+        None => map.required("routes", diags),
+    };
+    let routes = match routes_node {
         Some(n) => read_list(n, &routes_path, diags, read_route)
             .into_iter()
             .map(|(_, r)| r)
@@ -639,6 +651,7 @@ fn read_listener(
         name: name?,
         listen: listen?,
         routes,
+        capture: capture.map(|c| c.ok_or(())).transpose().ok()?,
         access_log: access_log?,
         tls: tls?,
     })

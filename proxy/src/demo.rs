@@ -246,6 +246,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
         listeners: vec![ListenerConfig {
             name: "shop".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            capture: None,
             access_log: None,
             routes: SHOP
                 .iter()

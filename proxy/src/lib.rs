@@ -17,11 +17,14 @@ pub mod forward;
 pub mod gateway;
 pub mod h1;
 pub mod h2;
+pub mod inject;
+pub mod iptables;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod route;
+pub mod sidecar;
 pub mod tls;
 pub mod workers;
 
@@ -101,6 +104,8 @@ struct Inner {
     admin_address: Mutex<Option<SocketAddr>>,
     /// Thread-per-core workers the listeners accept on (none: this runtime).
     workers: Workers,
+    /// The sidecar role's Services and destinations (capture listeners).
+    sidecar: sidecar::Shared,
 }
 
 /// A running skiff. Cheap to clone; all clones are the same proxy.
@@ -138,6 +143,7 @@ impl Proxy {
                 drain_requested: tokio::sync::Notify::new(),
                 admin_address: Mutex::new(None),
                 workers,
+                sidecar: sidecar::Shared::default(),
             }),
         };
         let admin = admin::serve(admin_listen, proxy.clone())
@@ -249,6 +255,20 @@ impl Proxy {
             let mut listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
             for (lc, table) in config.listeners.iter().zip(tables) {
                 let table = Arc::new(table);
+                let capture = lc.capture.as_ref().map(|c| {
+                    if c.direction == sidecar::Direction::Outbound {
+                        inner.sidecar.watch_services(c.service_namespaces());
+                    }
+                    Arc::new(sidecar::Captured {
+                        config: c.clone(),
+                        listener: lc.name.as_str().into(),
+                        access_log: lc.access_log,
+                        proxy: Arc::downgrade(&self.inner),
+                    })
+                });
+                if let Some(l) = fresh.get(&lc.name).or_else(|| listeners.get(&lc.name)) {
+                    l.state.capture.store(capture);
+                }
                 if let Some(new) = fresh.remove(&lc.name) {
                     new.state.routes.store(table);
                     tracing::info!(listener = %lc.name, address = %new.address, "listening");
@@ -287,7 +307,11 @@ impl Proxy {
                 config
                     .listeners
                     .iter()
-                    .any(|x| x.name == l && x.routes.iter().any(|r| r.cluster == c))
+                    // A capture listener's series are its destinations'.
+                    .any(|x| {
+                        x.name == l
+                            && (x.capture.is_some() || x.routes.iter().any(|r| r.cluster == c))
+                    })
             },
             |l| config.listeners.iter().any(|x| x.name == l),
         );
@@ -369,6 +393,7 @@ impl Proxy {
                 unrouted: existing.state.unrouted.clone(),
                 connections: existing.state.connections.clone(),
                 tls: Default::default(),
+                capture: Default::default(),
             });
         }
         drop(listeners);
@@ -378,6 +403,7 @@ impl Proxy {
             unrouted: self.inner.registry.unrouted(name),
             connections: self.inner.registry.connections(name),
             tls: Default::default(),
+            capture: Default::default(),
         })
     }
 
@@ -391,6 +417,7 @@ impl Proxy {
                 for c in inner.cluster_list.load().iter() {
                     c.sweep();
                 }
+                inner.sidecar.sweep();
             }
         });
         if let Some(path) = self.inner.config_path.clone() {
@@ -419,6 +446,12 @@ impl Proxy {
         self.inner.started.load(Relaxed)
             && !self.inner.draining.load(Relaxed)
             && self.inner.cluster_list.load().iter().all(|c| c.is_warm())
+            && self.inner.sidecar.is_ready()
+    }
+
+    /// Namespaces whose Services the sidecar still waits to list.
+    pub fn services_waiting(&self) -> Vec<String> {
+        self.inner.sidecar.waiting_for()
     }
 
     /// Whether the first config's listeners are bound.
@@ -431,9 +464,14 @@ impl Proxy {
         self.inner.config.load_full()
     }
 
-    /// Every cluster, sorted by name.
+    /// Every cluster, sorted by name; then the sidecar's destinations.
     pub fn clusters(&self) -> Arc<Vec<Arc<Cluster>>> {
-        self.inner.cluster_list.load_full()
+        let list = self.inner.cluster_list.load_full();
+        let captured = self.inner.sidecar.clusters();
+        if captured.is_empty() {
+            return list;
+        }
+        Arc::new(list.iter().cloned().chain(captured).collect())
     }
 
     pub fn registry(&self) -> &Registry {

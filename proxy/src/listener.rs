@@ -35,6 +35,9 @@ pub struct ListenerState {
     pub connections: Arc<Gauge>,
     /// TLS termination, when the listener has it; swapped on reload.
     pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
+    /// Set on capture listeners (the sidecar role): connections are served
+    /// by original destination instead of by `routes`.
+    pub capture: arc_swap::ArcSwapOption<crate::sidecar::Captured>,
 }
 
 /// A bound, listening, non-blocking socket.
@@ -221,6 +224,19 @@ async fn accept_loop(
             // by the idle registry, which closes plaintext sockets.
             let (state, drain) = (state.clone(), drain.clone());
             tokio::spawn(crate::tls::serve(stream, peer, tls, state, drain, guard));
+            continue;
+        }
+        if let Some(capture) = state.capture.load_full() {
+            let (drain, tracker) = (drain.clone(), tracker.clone());
+            tokio::spawn(async move {
+                // Opaque connections are served inside `accept`; HTTP
+                // comes back with the destination's routes.
+                if let Some((stream, routes)) = capture.accept(stream, peer).await {
+                    let conn = Arc::new(Conn::new(stream));
+                    tracker.conns.register(&conn);
+                    crate::h1::serve(conn, routes, peer, drain, guard).await;
+                }
+            });
             continue;
         }
         let conn = Arc::new(Conn::new(stream));

@@ -48,8 +48,12 @@ enum Command {
     /// SIGTERM or SIGINT drains and exits.
     Run {
         /// The config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required_unless_present = "sidecar")]
+        config: Option<PathBuf>,
+        /// Run as a pod's sidecar: without `-c`, with the sidecar defaults
+        /// (capture listeners on 4143 and 4140, admin on 0.0.0.0:9901).
+        #[arg(long)]
+        sidecar: bool,
     },
     /// Validate a config file; prints every mistake as file:line:col: field: message.
     Check {
@@ -66,6 +70,81 @@ enum Command {
         #[arg(long, default_value = skiff::config::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
     },
+    /// Add the skiff sidecar to the workloads in Kubernetes YAML; prints the result.
+    ///
+    /// Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and
+    /// CronJobs get the capture init container and skiff as a native
+    /// sidecar; every other document is printed as it was.
+    Inject(InjectArgs),
+    /// Apply (or remove, or print) the nat rules that send the pod's TCP through skiff.
+    Iptables(IptablesArgs),
+}
+
+#[derive(clap::Args)]
+struct InjectArgs {
+    /// YAML files with one or more documents; `-` (the default) is stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    files: Vec<PathBuf>,
+    /// The skiff image the pods run.
+    #[arg(long, default_value_t = skiff::inject::default_image())]
+    image: String,
+    /// Inbound ports never captured (comma-separated), for every pod.
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Outbound destination networks never captured (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<skiff::iptables::Cidr>,
+    /// A ConfigMap (in each pod's namespace) holding the sidecar's config
+    /// as `skiff.yaml`; without it the sidecar runs the built-in defaults.
+    #[arg(long)]
+    config_map: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct IptablesArgs {
+    /// Remove skiff's rules instead of applying them.
+    #[arg(long)]
+    remove: bool,
+    /// Print the iptables commands instead of running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// skiff's uid; its own connections are never captured.
+    #[arg(long, default_value_t = skiff::sidecar::PROXY_UID)]
+    proxy_uid: u32,
+    /// The port captured inbound connections go to.
+    #[arg(long, default_value_t = skiff::sidecar::INBOUND_PORT)]
+    inbound_port: u16,
+    /// The port captured outbound connections go to.
+    #[arg(long, default_value_t = skiff::sidecar::OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// skiff's admin port, never captured.
+    #[arg(long, default_value_t = skiff::sidecar::ADMIN_PORT)]
+    admin_port: u16,
+    /// Inbound ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Outbound destination networks never captured (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<skiff::iptables::Cidr>,
+    /// Capture only outbound connections.
+    #[arg(long)]
+    no_inbound: bool,
+    /// Write IPv6 rules too: `auto` does when the host has IPv6.
+    #[arg(long, value_enum, default_value_t = Ipv6::Auto)]
+    ipv6: Ipv6,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Ipv6 {
+    Auto,
+    On,
+    Off,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -75,6 +154,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let demo = matches!(cli.command, Command::Demo { .. });
+    match cli.command {
+        Command::Inject(args) => return inject(args),
+        Command::Iptables(args) => return iptables(args),
+        _ => {}
+    }
     let format = match cli.log_format {
         LogFormat::Text => skiff::logging::Format::Text,
         LogFormat::Json => skiff::logging::Format::Json,
@@ -100,14 +184,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let loaded = match Config::load(&config) {
+        Command::Run { config, sidecar } => {
+            let loaded = match &config {
+                Some(path) => Config::load(path),
+                None => Config::parse(
+                    &skiff::sidecar::default_config_text(skiff::iptables::host_has_ipv6()),
+                    "<sidecar defaults>",
+                    std::path::Path::new("."),
+                )
+                .map_err(skiff::config::ConfigError::Invalid),
+            };
+            let loaded = match loaded {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if sidecar && !loaded.listeners.iter().any(|l| l.capture.is_some()) {
+                tracing::warn!("--sidecar with a config that has no capture listener");
+            }
             let threads = cli
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -154,6 +250,110 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Inject(_) | Command::Iptables(_) => ExitCode::SUCCESS,
+    }
+}
+
+fn inject(args: InjectArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let options = skiff::inject::Options {
+        image: args.image,
+        skip_inbound_ports: args.skip_inbound_ports,
+        skip_outbound_ports: args.skip_outbound_ports,
+        skip_outbound_cidrs: args
+            .skip_outbound_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        config_map: args.config_map,
+    };
+    let mut out = String::new();
+    for file in &args.files {
+        let (name, text) = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+                eprintln!("skiff inject: cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            ("<stdin>".to_string(), text)
+        } else {
+            match std::fs::read_to_string(file) {
+                Ok(text) => (file.display().to_string(), text),
+                Err(e) => {
+                    eprintln!("skiff inject: cannot read {}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        };
+        match skiff::inject::inject(&text, &options) {
+            Ok(done) => {
+                if !out.is_empty() {
+                    if !out.ends_with('\n') {
+                        out.push('\n');
+                    }
+                    if !done.yaml.starts_with("---") {
+                        out.push_str("---\n");
+                    }
+                }
+                out.push_str(&done.yaml);
+                for w in &done.injected {
+                    eprintln!("{name}: {w}: injected");
+                }
+                for w in &done.skipped {
+                    eprintln!("{name}: {w}: skipped");
+                }
+            }
+            Err(e) => {
+                eprintln!("skiff inject: {name}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Err(e) = std::io::stdout().write_all(out.as_bytes()) {
+        eprintln!("skiff inject: cannot write the output: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn iptables(args: IptablesArgs) -> ExitCode {
+    use skiff::iptables as ipt;
+    let rules = ipt::Rules {
+        proxy_uid: args.proxy_uid,
+        inbound_port: args.inbound_port,
+        outbound_port: args.outbound_port,
+        admin_port: args.admin_port,
+        skip_inbound_ports: args.skip_inbound_ports,
+        skip_outbound_ports: args.skip_outbound_ports,
+        skip_outbound_cidrs: args.skip_outbound_cidrs,
+        inbound: !args.no_inbound,
+        ipv6: match args.ipv6 {
+            Ipv6::On => true,
+            Ipv6::Off => false,
+            Ipv6::Auto => ipt::host_has_ipv6(),
+        },
+    };
+    let steps = if args.remove {
+        ipt::remove_steps(&rules)
+    } else {
+        ipt::apply_steps(&rules)
+    };
+    if args.dry_run {
+        for s in &steps {
+            println!("{s}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    match ipt::run(&steps) {
+        Ok(()) => {
+            let done = if args.remove { "removed" } else { "applied" };
+            eprintln!("skiff iptables: rules {done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("skiff iptables: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -171,9 +371,9 @@ fn build_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runt
     builder.build()
 }
 
-async fn run(config: Config, path: PathBuf, workers: skiff::workers::Workers) -> ExitCode {
+async fn run(config: Config, path: Option<PathBuf>, workers: skiff::workers::Workers) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
-    let proxy = match Proxy::start_on(config, Some(path), workers).await {
+    let proxy = match Proxy::start_on(config, path, workers).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("skiff: {e}");

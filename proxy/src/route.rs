@@ -242,6 +242,7 @@ mod tests {
         let listener = ListenerConfig {
             name: "web".into(),
             listen: "127.0.0.1:1".parse().unwrap(),
+            capture: None,
             access_log: None,
             routes: routes
                 .iter()

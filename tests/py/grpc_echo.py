@@ -1,6 +1,7 @@
 """A real gRPC peer (grpcio) for skiff's end-to-end tests.
 
-  grpc_echo.py server          prints its port, serves demo.Echo until killed
+  grpc_echo.py server [ADDR]   prints its port, serves demo.Echo until killed
+                               (on ADDR, default 127.0.0.1:0)
   grpc_echo.py client TARGET   calls Say (unary) and Count (server streaming)
                                through TARGET and prints OK on success
 """
@@ -20,14 +21,14 @@ def count(request, context):
         yield str(i).encode()
 
 
-def server():
+def server(address="127.0.0.1:0"):
     srv = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
     handlers = {
         "Say": grpc.unary_unary_rpc_method_handler(say),
         "Count": grpc.unary_stream_rpc_method_handler(count),
     }
     srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("demo.Echo", handlers),))
-    port = srv.add_insecure_port("127.0.0.1:0")
+    port = srv.add_insecure_port(address)
     srv.start()
     print(port, flush=True)
     srv.wait_for_termination()
@@ -55,6 +56,6 @@ def client(target):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        server()
+        server(*sys.argv[2:3])
     else:
         client(sys.argv[2])

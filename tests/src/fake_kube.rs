@@ -19,6 +19,9 @@
 //!
 //! Objects are stored as JSON exactly as given (plus namespace and
 //! resourceVersion), so a test can send a malformed slice too.
+//!
+//! Services are served the same way on `/api/v1/namespaces/NS/services`
+//! ([`FakeKube::apply_service`]), for the sidecar's Service watch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -60,6 +63,8 @@ struct Event {
 
 struct Watcher {
     namespace: String,
+    /// The kind of object watched (`EndpointSlice`, `Service`).
+    kind: &'static str,
     selector: String,
     bookmarks: bool,
     tx: mpsc::UnboundedSender<Bytes>,
@@ -111,6 +116,12 @@ impl FakeKube {
         let listener = tokio::net::TcpListener::bind(self.address)
             .await
             .expect("bind the fake API server");
+        self.serve(listener);
+    }
+
+    /// Serves on a listener made elsewhere (inside a network namespace, on
+    /// the fake's address).
+    pub fn serve(&self, listener: tokio::net::TcpListener) {
         let fake = self.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -159,7 +170,29 @@ impl FakeKube {
 
     /// Creates or replaces an object (an EndpointSlice as JSON) in
     /// `namespace`, and tells the watchers (ADDED or MODIFIED).
-    pub fn apply(&self, namespace: &str, mut object: Value) {
+    pub fn apply(&self, namespace: &str, object: Value) {
+        self.apply_kind(
+            namespace,
+            object,
+            "EndpointSlice",
+            "discovery.k8s.io/v1",
+            "",
+        );
+    }
+
+    /// Creates or replaces a Service (JSON, see [`service`]) in `namespace`.
+    pub fn apply_service(&self, namespace: &str, object: Value) {
+        self.apply_kind(namespace, object, "Service", "v1", "Service/");
+    }
+
+    fn apply_kind(
+        &self,
+        namespace: &str,
+        mut object: Value,
+        kind: &str,
+        api_version: &str,
+        key_prefix: &str,
+    ) {
         let name = object["metadata"]["name"]
             .as_str()
             .expect("the object has metadata.name")
@@ -169,9 +202,9 @@ impl FakeKube {
         let rv = state.rv;
         object["metadata"]["namespace"] = namespace.into();
         object["metadata"]["resourceVersion"] = rv.to_string().into();
-        object["kind"] = "EndpointSlice".into();
-        object["apiVersion"] = "discovery.k8s.io/v1".into();
-        let key = (namespace.to_string(), name);
+        object["kind"] = kind.into();
+        object["apiVersion"] = api_version.into();
+        let key = (namespace.to_string(), format!("{key_prefix}{name}"));
         let kind = if state.objects.contains_key(&key) {
             "MODIFIED"
         } else {
@@ -240,14 +273,14 @@ impl FakeKube {
         self.lock().calls.clone()
     }
 
-    /// Watches open now in `namespace`.
+    /// EndpointSlice watches open now in `namespace`.
     pub fn open_watches(&self, namespace: &str) -> usize {
         let mut state = self.lock();
         state.watchers.retain(|w| !w.tx.is_closed());
         state
             .watchers
             .iter()
-            .filter(|w| w.namespace == namespace)
+            .filter(|w| w.namespace == namespace && w.kind == "EndpointSlice")
             .count()
     }
 
@@ -255,7 +288,12 @@ impl FakeKube {
     pub fn watched_namespaces(&self) -> Vec<String> {
         let mut state = self.lock();
         state.watchers.retain(|w| !w.tx.is_closed());
-        let mut names: Vec<String> = state.watchers.iter().map(|w| w.namespace.clone()).collect();
+        let mut names: Vec<String> = state
+            .watchers
+            .iter()
+            .filter(|w| w.kind == "EndpointSlice")
+            .map(|w| w.namespace.clone())
+            .collect();
         names.sort();
         names.dedup();
         names
@@ -279,15 +317,20 @@ impl FakeKube {
                 (decode(k), decode(v))
             })
             .collect();
-        let Some(namespace) = path
+        let slices = path
             .strip_prefix(PREFIX)
             .and_then(|rest| rest.strip_suffix("/endpointslices"))
-            .filter(|ns| !ns.contains('/'))
+            .map(|ns| (ns, "EndpointSlice"));
+        let services = path
+            .strip_prefix("/api/v1/namespaces/")
+            .and_then(|rest| rest.strip_suffix("/services"))
+            .map(|ns| (ns, "Service"));
+        let Some((namespace, kind)) = slices.or(services).filter(|(ns, _)| !ns.contains('/'))
         else {
             return status_response(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                &format!("the fake serves only EndpointSlices, not {path}"),
+                &format!("the fake serves only EndpointSlices and Services, not {path}"),
             );
         };
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -297,13 +340,18 @@ impl FakeKube {
             query: query.clone(),
         });
         if watch {
-            self.watch(namespace, &query)
+            self.watch(namespace, kind, &query)
         } else {
-            self.list(namespace, &query)
+            self.list(namespace, kind, &query)
         }
     }
 
-    fn list(&self, namespace: &str, query: &BTreeMap<String, String>) -> Response<TestBody> {
+    fn list(
+        &self,
+        namespace: &str,
+        kind: &'static str,
+        query: &BTreeMap<String, String>,
+    ) -> Response<TestBody> {
         let mut state = self.lock();
         let (rv, items) = match query.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => match state.pages.remove(token) {
@@ -321,7 +369,9 @@ impl FakeKube {
                 let items: Vec<Value> = state
                     .objects
                     .iter()
-                    .filter(|((ns, _), o)| ns == namespace && selects(&selector, o))
+                    .filter(|((ns, _), o)| {
+                        ns == namespace && o["kind"] == kind && selects(&selector, o)
+                    })
                     .map(|(_, o)| o.clone())
                     .collect();
                 (state.rv, items)
@@ -347,15 +397,20 @@ impl FakeKube {
             state.pages.insert(token, (rv, rest));
         }
         let body = json!({
-            "kind": "EndpointSliceList",
-            "apiVersion": "discovery.k8s.io/v1",
+            "kind": format!("{kind}List"),
+            "apiVersion": if kind == "Service" { "v1" } else { "discovery.k8s.io/v1" },
             "metadata": metadata,
             "items": items,
         });
         json_response(StatusCode::OK, &body)
     }
 
-    fn watch(&self, namespace: &str, query: &BTreeMap<String, String>) -> Response<TestBody> {
+    fn watch(
+        &self,
+        namespace: &str,
+        kind: &'static str,
+        query: &BTreeMap<String, String>,
+    ) -> Response<TestBody> {
         let (tx, rx) = mpsc::unbounded_channel();
         let from: u64 = query
             .get("resourceVersion")
@@ -371,12 +426,16 @@ impl FakeKube {
             let _ = tx.send(event_line("ERROR", &expired(state.compacted)));
         } else {
             for e in state.history.iter().filter(|e| e.rv > from) {
-                if e.namespace == namespace && selects(&selector, &e.object) {
+                if e.namespace == namespace
+                    && e.object["kind"] == kind
+                    && selects(&selector, &e.object)
+                {
                     let _ = tx.send(event_line(e.kind, &e.object));
                 }
             }
             state.watchers.push(Watcher {
                 namespace: namespace.into(),
+                kind,
                 selector,
                 bookmarks,
                 tx,
@@ -407,7 +466,10 @@ impl State {
     fn record(&mut self, event: Event) {
         let line = event_line(event.kind, &event.object);
         self.watchers.retain(|w| {
-            if w.namespace != event.namespace || !selects(&w.selector, &event.object) {
+            if w.namespace != event.namespace
+                || event.object["kind"] != w.kind
+                || !selects(&w.selector, &event.object)
+            {
                 return !w.tx.is_closed();
             }
             w.tx.send(line.clone()).is_ok()
@@ -557,6 +619,23 @@ pub fn endpoint_slice(
         "addressType": "IPv4",
         "ports": ports,
         "endpoints": endpoints,
+    })
+}
+
+/// A Service with one ClusterIP and TCP ports as (name, port, targetPort).
+pub fn service(name: &str, cluster_ip: &str, ports: &[(&str, u16, u16)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, p, t)| json!({ "name": n, "port": p, "targetPort": t, "protocol": "TCP" }))
+        .collect();
+    json!({
+        "metadata": { "name": name },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ports": ports,
+        },
     })
 }
 

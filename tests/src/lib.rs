@@ -3,6 +3,7 @@
 //! and waiting for conditions with a deadline instead of sleeping.
 
 pub mod fake_kube;
+pub mod netns;
 pub mod tls;
 
 use std::convert::Infallible;

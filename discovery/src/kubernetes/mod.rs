@@ -31,6 +31,7 @@
 
 mod merge;
 mod service;
+pub mod services;
 
 pub use merge::{merge, ServicePort, Slice, SliceError};
 pub use service::ServiceEndpoints;

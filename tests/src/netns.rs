@@ -1,0 +1,300 @@
+//! Network namespaces for the sidecar tests: pods with their own network
+//! stack, iptables rules and addresses, wired to one bridge.
+//!
+//! Everything lives in namespaces the test creates and deletes: a `hub`
+//! holding the bridge, and one namespace per pod with an `eth0` on it.
+//! Addresses come from 198.18.0.0/15 (reserved for benchmarking, RFC 2544)
+//! and no namespace has a route anywhere else, so nothing leaves the test.
+//!
+//! The test process stays in its own namespace; a socket is made inside a
+//! pod's by a short-lived thread that enters it (`setns`) just to create
+//! the socket, which keeps the namespace it was made in for life. Processes
+//! (skiff) run in a pod through `ip netns exec`.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why these tests cannot run here, or `None` if they can: they need root,
+/// `ip netns` and iptables.
+pub fn unavailable() -> Option<String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        return Some("needs root (network namespaces and iptables)".into());
+    }
+    for (tool, args) in [
+        ("ip", &["netns", "list"][..]),
+        ("iptables", &["--version"][..]),
+    ] {
+        let ok = Command::new(tool)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            return Some(format!(
+                "needs `{tool}` (apt-get install iproute2 iptables; .ci/run does)"
+            ));
+        }
+    }
+    None
+}
+
+/// Skips the calling test, saying why, when namespaces are unavailable:
+/// `if skip_without_netns() { return; }`.
+pub fn skip_without_netns(test: &str) -> bool {
+    match unavailable() {
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with its loopback up.
+    pub fn new(tag: &str) -> Netns {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "skiff-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n <ns> args...`, panicking with its output on failure.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `program args...` inside the namespace and returns its output.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program)
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Like [`Netns::exec`], panicking with the output on failure.
+    pub fn exec_ok(&self, program: &str, args: &[&str]) -> String {
+        let out = self.exec(program, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).expect("open the namespace");
+                // SAFETY: setns on a namespace fd affects only this thread,
+                // which exits when `f` returns.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread inside the namespace")
+        })
+    }
+
+    /// A listening socket inside the namespace.
+    pub fn listen(&self, address: SocketAddr) -> tokio::net::TcpListener {
+        let std = self.inside(|| {
+            let l = std::net::TcpListener::bind(address);
+            l.and_then(|l| l.set_nonblocking(true).map(|()| l))
+        });
+        let std = std.unwrap_or_else(|e| panic!("bind {address} in {}: {e}", self.name));
+        tokio::net::TcpListener::from_std(std).expect("register the listener")
+    }
+
+    /// A TCP connection from inside the namespace, by the test's own uid
+    /// (so, in a pod with capture rules, an app's connection).
+    pub async fn connect(&self, address: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let socket = self.inside(|| {
+            socket2::Socket::new(
+                socket2::Domain::for_address(address),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+        })?;
+        socket.set_nonblocking(true)?;
+        let std: std::net::TcpStream = socket.into();
+        let stream = tokio::net::TcpSocket::from_std_stream(std)
+            .connect(address)
+            .await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .expect("run a command");
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pods on one bridge: `pods[i]` has `eth0` with its address on the /16
+/// of 198.18.0.0 and a route for the rest of 198.18.0.0/15 (where the tests
+/// put Service ClusterIPs) through that link.
+pub struct Network {
+    pub hub: Netns,
+    pub pods: Vec<Netns>,
+}
+
+impl Network {
+    /// Creates one namespace per address in `addresses` (each in 198.18.0.0/16).
+    pub fn new(addresses: &[&str]) -> Network {
+        let hub = Netns::new("hub");
+        hub.ip(&["link", "add", "br0", "type", "bridge"]);
+        hub.ip(&["link", "set", "br0", "up"]);
+        let mut pods = Vec::new();
+        for (i, address) in addresses.iter().enumerate() {
+            let pod = Netns::new(&format!("pod{i}"));
+            let veth = format!("veth{i}");
+            hub.ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+            ]);
+            hub.ip(&["link", "set", &veth, "master", "br0", "up"]);
+            pod.ip(&["addr", "add", &format!("{address}/16"), "dev", "eth0"]);
+            pod.ip(&["link", "set", "eth0", "up"]);
+            pod.ip(&["route", "add", "198.19.0.0/16", "dev", "eth0"]);
+            pods.push(pod);
+        }
+        Network { hub, pods }
+    }
+}
+
+impl Netns {
+    /// An HTTP/1.1 keep-alive client connected from inside the namespace.
+    pub async fn h1(&self, address: SocketAddr) -> std::io::Result<crate::Client> {
+        let stream = self.connect(address).await?;
+        let (tx, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(crate::Client::H1(tx))
+    }
+
+    /// An HTTP/2 (prior knowledge) client connected from inside the namespace.
+    pub async fn h2(&self, address: SocketAddr) -> std::io::Result<crate::Client> {
+        let stream = self.connect(address).await?;
+        let (tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(crate::Client::H2(tx))
+    }
+
+    /// GETs `path` on `address` from inside the namespace: status and body.
+    pub async fn get(
+        &self,
+        address: SocketAddr,
+        path: &str,
+    ) -> std::io::Result<(http::StatusCode, String)> {
+        let mut client = self.h1(address).await?;
+        let (status, _, body) = client.get(path).await.map_err(std::io::Error::other)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Starts `skiff args...` inside the namespace as `uid` (the sidecar's
+    /// uid, so its capture rules leave its own connections alone).
+    pub fn skiff(
+        &self,
+        uid: u32,
+        env: &[(&str, &str)],
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> SkiffInNetns {
+        let file = std::fs::File::create(log).expect("create the log");
+        let err = file.try_clone().expect("clone the log");
+        let mut command = self.command("setpriv");
+        command
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg("env");
+        for (k, v) in env {
+            command.arg(format!("{k}={v}"));
+        }
+        let child = command
+            .arg(crate::skiff_bin())
+            .args(args)
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .expect("start skiff in the namespace");
+        SkiffInNetns {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+}
+
+/// A skiff process in a namespace; killed on drop.
+pub struct SkiffInNetns {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl SkiffInNetns {
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SkiffInNetns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
