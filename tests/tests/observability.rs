@@ -497,7 +497,6 @@ async fn the_deploy_observability_files_are_valid_and_name_real_metrics() {
     let manifests: Vec<std::path::PathBuf> = [
         "prometheus-scrape.yaml",
         "prometheus-adapter-rules.yaml",
-        "hpa-requests.yaml",
     ]
     .iter()
     .map(|f| dir.join(f))
