@@ -170,7 +170,7 @@ async fn a_wrong_name_and_an_expired_certificate_fail_client_verification() {
         })
         .write(&dir.0, "expired");
     let tls = format!("cert: {}, key: {}", p(&crt), p(&key));
-    let (_old, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    let (old, address) = start_proxy(&tls_config(&tls, backend.address)).await;
     let url = format!("https://old.example.com:{}/", address.port());
     let out = curl(
         "old.example.com",
@@ -180,6 +180,42 @@ async fn a_wrong_name_and_an_expired_certificate_fail_client_verification() {
     .await;
     assert!(!out.ok, "an expired certificate must not verify");
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
+    // The expiry is there to alert on: 2000-01-01T00:00:00Z.
+    assert_eq!(
+        tls_metric(
+            &old,
+            "skiff_tls_certificate_expiry_timestamp_seconds",
+            &[("listener", "web")]
+        ),
+        946_684_800.0
+    );
+    // And the TLS families pass Prometheus' own linter.
+    let text = skiff::metrics::render(old.registry(), &old.clusters());
+    let tls_families: String = text
+        .lines()
+        .filter(|l| l.contains("skiff_tls_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    use std::io::Write as _;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(tls_families.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "{}{}\n{tls_families}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 }
 
 #[tokio::test]
