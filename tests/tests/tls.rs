@@ -764,3 +764,53 @@ async fn websockets_pass_through_over_tls() {
         .expect("app");
     wait_for("tunnel closed", LIMIT, || cluster.in_flight() == 0).await;
 }
+
+#[tokio::test]
+async fn a_reload_changes_certificates_and_can_turn_tls_off_on_the_same_socket() {
+    let dir = TempDir::new("tls-reload");
+    let backend = Backend::start("app").await;
+    let (ca, both) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let only_shop = both[..both.find(", certificates").unwrap()].to_string();
+    let (proxy, address) = start_proxy(&tls_config(&only_shop, backend.address)).await;
+    let subject = |out: &skiff_tests::tls::Output| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or("")
+            .to_string()
+    };
+    let ask_api = ["-servername", "api.example.com", "-CAfile", &p(&ca_file)];
+    let before = s_client(address, &ask_api, "").await;
+    assert_eq!(subject(&before), "subject=CN = shop.example.com");
+
+    // Same listener address: the socket stays, the new certificates serve.
+    let fixed = |yaml: String| {
+        yaml.replace(
+            "\n    listen: 127.0.0.1:0",
+            &format!("\n    listen: {address}"),
+        )
+    };
+    let config = |yaml: String| {
+        skiff::config::Config::parse(&fixed(yaml), "reload.yaml", Path::new(".")).unwrap()
+    };
+    proxy
+        .apply(config(tls_config(&both, backend.address)))
+        .await
+        .expect("reload");
+    assert_eq!(proxy.listener_address("web"), Some(address));
+    let after = s_client(address, &ask_api, "").await;
+    assert_eq!(subject(&after), "subject=CN = api.example.com");
+
+    // TLS off: the same port now speaks plain HTTP.
+    let plain = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+         clusters:\n  - name: app\n    endpoints: [{}]\n",
+        backend.address
+    );
+    proxy.apply(config(plain)).await.expect("reload");
+    let mut client = skiff_tests::Client::h1(address).await.unwrap();
+    let (status, _, body) = client.get("/").await.unwrap();
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"app"[..]));
+}
