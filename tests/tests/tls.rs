@@ -814,3 +814,56 @@ async fn a_reload_changes_certificates_and_can_turn_tls_off_on_the_same_socket()
     let (status, _, body) = client.get("/").await.unwrap();
     assert_eq!((status.as_u16(), &body[..]), (200, &b"app"[..]));
 }
+
+#[tokio::test]
+async fn without_alpn_http2_is_told_by_its_preface_and_http1_still_works() {
+    let dir = TempDir::new("tls-noalpn");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let (_proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+
+    // HTTP/2 with prior knowledge over TLS, no ALPN offered.
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(client_config(&ca.pem, &[], None))
+        .connect("shop.example.com".try_into().unwrap(), tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("https://shop.example.com/headers")
+        .body(skiff_tests::empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"x-forwarded-proto\":\"https\""), "{body}");
+
+    // HTTP/1.1 without ALPN.
+    let url = format!("https://shop.example.com:{}/", address.port());
+    let out = curl(
+        "shop.example.com",
+        address,
+        &[
+            "--no-alpn",
+            "--cacert",
+            &p(&ca_file),
+            "-w",
+            " %{http_version}",
+            &url,
+        ],
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "app 1.1");
+}
