@@ -5,12 +5,15 @@
 # Each proxy: one worker pinned to core 0, the same ECDSA P-256
 # certificate, TLS 1.2 and 1.3, session cache and tickets on, HTTP/1.1
 # keep-alive to the same three upstreams (`skiff-bench upstream`, core 1).
-# wrk (OpenSSL) on core 1, 50 connections, 1 KiB responses:
-#   keep-alive  requests/s over 50 kept-alive HTTPS connections;
-#   handshakes  `Connection: close` on every request, so each one is a new
-#               TCP connection and a full TLS handshake (wrk does not resume).
+# Clients on core 1:
+#   keep-alive   wrk, 50 kept-alive HTTPS connections, 1 KiB responses;
+#   reconnect    wrk with `Connection: close` on every request: a new TCP
+#                connection per request, whose TLS session wrk resumes;
+#   full         full handshakes and nothing else: 4 parallel
+#                `openssl s_time -new` (no session reuse), connections/s.
 # CPU/req is the proxy's utime + stime (all its processes) over the run,
-# divided by its requests. Runs are interleaved over ROUNDS rounds.
+# divided by its requests (or handshakes). Runs are interleaved over
+# ROUNDS rounds; the medians are printed at the end.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 SKIFF=${1:?usage: tls.sh SKIFF_BIN [ROUNDS] [DURATION]}
@@ -122,19 +125,46 @@ for peer in skiff nginx haproxy; do
 done
 
 echo "scenario round peer requests/s cpu_us_per_request"
+: > "$WORK/runs"
 for round in $(seq 1 "$ROUNDS"); do
-  for scenario in keep-alive handshakes; do
+  for scenario in keep-alive reconnect full; do
     for peer in skiff nginx haproxy; do
-      extra=()
-      [ "$scenario" = handshakes ] && extra=(-H "Connection: close")
       before=$(ticks "${PID[$peer]}")
-      out=$(taskset -c 1 wrk -t1 -c50 -d"$DURATION" "${extra[@]}" "https://127.0.0.1:${PORT[$peer]}/")
-      after=$(ticks "${PID[$peer]}")
-      n=$(awk '/requests in/{print $1}' <<<"$out")
-      rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
-      errors=$(awk '/Socket errors|Non-2xx/{print}' <<<"$out" | tr '\n' ' ')
+      if [ "$scenario" = full ]; then
+        clients=()
+        for i in 1 2 3 4; do
+          taskset -c 1 openssl s_time -connect "127.0.0.1:${PORT[$peer]}" -new \
+            -time "${DURATION%s}" >"$WORK/s_time.$i" 2>/dev/null &
+          clients+=($!)
+        done
+        wait "${clients[@]}"
+        after=$(ticks "${PID[$peer]}")
+        n=$(cat "$WORK"/s_time.* | awk '/connections in .* real seconds/{n += $1} END {print n}')
+        rps=$(cat "$WORK"/s_time.* | awk '/connections in .* real seconds/{r += $1 / $4} END {printf "%.2f", r}')
+        errors=""
+      else
+        extra=()
+        [ "$scenario" = reconnect ] && extra=(-H "Connection: close")
+        out=$(taskset -c 1 wrk -t1 -c50 -d"$DURATION" "${extra[@]}" "https://127.0.0.1:${PORT[$peer]}/")
+        after=$(ticks "${PID[$peer]}")
+        n=$(awk '/requests in/{print $1}' <<<"$out")
+        rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+        errors=$(awk '/Socket errors|Non-2xx/{print}' <<<"$out" | tr '\n' ' ')
+      fi
       cpu=$(awk -v t=$(( after - before )) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')
-      echo "$scenario $round $peer $rps $cpu $errors"
+      echo "$scenario $round $peer $rps $cpu $errors" | tee -a "$WORK/runs"
     done
   done
 done
+
+echo
+echo "median over $ROUNDS rounds: scenario peer requests/s cpu_us_per_request"
+for scenario in keep-alive reconnect full; do
+  for peer in skiff nginx haproxy; do
+    med() { awk -v s="$scenario" -v p="$peer" -v c="$1" '$1 == s && $3 == p {print $c}' "$WORK/runs" \
+      | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+    echo "$scenario $peer $(med 4) $(med 5)"
+  done
+done
+# skiff's own count: how many of its handshakes were resumptions.
+curl -s http://127.0.0.1:29901/metrics | grep -E '^skiff_tls_(handshakes|resumed)_total'

@@ -81,9 +81,15 @@ pub async fn serve_io<S>(
 }
 
 /// A socket whose first bytes were already read into `read`.
-struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     read: Bytes,
     stream: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(read: Bytes, stream: S) -> Prefixed<S> {
+        Prefixed { read, stream }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

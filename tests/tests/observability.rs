@@ -494,13 +494,11 @@ async fn the_deploy_observability_files_are_valid_and_name_real_metrics() {
     let promtool = require("promtool", "prometheus");
     skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
-    let manifests: Vec<std::path::PathBuf> = [
-        "prometheus-scrape.yaml",
-        "prometheus-adapter-rules.yaml",
-    ]
-    .iter()
-    .map(|f| dir.join(f))
-    .collect();
+    let manifests: Vec<std::path::PathBuf> =
+        ["prometheus-scrape.yaml", "prometheus-adapter-rules.yaml"]
+            .iter()
+            .map(|f| dir.join(f))
+            .collect();
     let out = std::process::Command::new("kubernetes-validate")
         .arg("--strict")
         .args(&manifests)

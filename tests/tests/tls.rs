@@ -170,7 +170,7 @@ async fn a_wrong_name_and_an_expired_certificate_fail_client_verification() {
         })
         .write(&dir.0, "expired");
     let tls = format!("cert: {}, key: {}", p(&crt), p(&key));
-    let (_old, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+    let (old, address) = start_proxy(&tls_config(&tls, backend.address)).await;
     let url = format!("https://old.example.com:{}/", address.port());
     let out = curl(
         "old.example.com",
@@ -180,6 +180,42 @@ async fn a_wrong_name_and_an_expired_certificate_fail_client_verification() {
     .await;
     assert!(!out.ok, "an expired certificate must not verify");
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
+    // The expiry is there to alert on: 2000-01-01T00:00:00Z.
+    assert_eq!(
+        tls_metric(
+            &old,
+            "skiff_tls_certificate_expiry_timestamp_seconds",
+            &[("listener", "web")]
+        ),
+        946_684_800.0
+    );
+    // And the TLS families pass Prometheus' own linter.
+    let text = skiff::metrics::render(old.registry(), &old.clusters());
+    let tls_families: String = text
+        .lines()
+        .filter(|l| l.contains("skiff_tls_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    use std::io::Write as _;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(tls_families.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "{}{}\n{tls_families}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 }
 
 #[tokio::test]
@@ -783,4 +819,107 @@ async fn health_checks_reach_tls_upstreams_over_tls_and_name_a_failed_handshake(
         .health_failure()
         .unwrap_or_default();
     assert!(failure.contains("TLS handshake"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_reload_changes_certificates_and_can_turn_tls_off_on_the_same_socket() {
+    let dir = TempDir::new("tls-reload");
+    let backend = Backend::start("app").await;
+    let (ca, both) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let only_shop = both[..both.find(", certificates").unwrap()].to_string();
+    let (proxy, address) = start_proxy(&tls_config(&only_shop, backend.address)).await;
+    let subject = |out: &skiff_tests::tls::Output| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or("")
+            .to_string()
+    };
+    let ask_api = ["-servername", "api.example.com", "-CAfile", &p(&ca_file)];
+    let before = s_client(address, &ask_api, "").await;
+    assert_eq!(subject(&before), "subject=CN = shop.example.com");
+
+    // Same listener address: the socket stays, the new certificates serve.
+    let fixed = |yaml: String| {
+        yaml.replace(
+            "\n    listen: 127.0.0.1:0",
+            &format!("\n    listen: {address}"),
+        )
+    };
+    let config = |yaml: String| {
+        skiff::config::Config::parse(&fixed(yaml), "reload.yaml", Path::new(".")).unwrap()
+    };
+    proxy
+        .apply(config(tls_config(&both, backend.address)))
+        .await
+        .expect("reload");
+    assert_eq!(proxy.listener_address("web"), Some(address));
+    let after = s_client(address, &ask_api, "").await;
+    assert_eq!(subject(&after), "subject=CN = api.example.com");
+
+    // TLS off: the same port now speaks plain HTTP.
+    let plain = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+         clusters:\n  - name: app\n    endpoints: [{}]\n",
+        backend.address
+    );
+    proxy.apply(config(plain)).await.expect("reload");
+    let mut client = skiff_tests::Client::h1(address).await.unwrap();
+    let (status, _, body) = client.get("/").await.unwrap();
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"app"[..]));
+}
+
+#[tokio::test]
+async fn without_alpn_http2_is_told_by_its_preface_and_http1_still_works() {
+    let dir = TempDir::new("tls-noalpn");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let ca_file = ca.write(&dir.0, "ca");
+    let (_proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+
+    // HTTP/2 with prior knowledge over TLS, no ALPN offered.
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(client_config(&ca.pem, &[], None))
+        .connect("shop.example.com".try_into().unwrap(), tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("https://shop.example.com/headers")
+        .body(skiff_tests::empty())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"x-forwarded-proto\":\"https\""), "{body}");
+
+    // HTTP/1.1 without ALPN.
+    let url = format!("https://shop.example.com:{}/", address.port());
+    let out = curl(
+        "shop.example.com",
+        address,
+        &[
+            "--no-alpn",
+            "--cacert",
+            &p(&ca_file),
+            "-w",
+            " %{http_version}",
+            &url,
+        ],
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "app 1.1");
 }

@@ -7,7 +7,8 @@
 //! names but does not list them, and a full X.509 parser is a large
 //! dependency for one extension, so this walks the few DER layers itself.
 //! It only reads certificates that rustls has already parsed or verified;
-//! anything malformed yields no names.
+//! anything malformed yields no names. [`validity`] reads the other field
+//! an operator needs from a certificate: when it expires.
 
 /// The names a certificate's subjectAltName lists.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -115,6 +116,77 @@ fn san(cert_der: &[u8]) -> Option<Names> {
     None
 }
 
+const INTEGER: u8 = 0x02;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+/// `[0] EXPLICIT Version` in TBSCertificate.
+const VERSION: u8 = 0xa0;
+
+/// A certificate's validity period, in seconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// The validity period of a DER certificate, if it can be read.
+pub fn validity(cert_der: &[u8]) -> Option<Validity> {
+    let (_, cert, _) = element(cert_der)?;
+    let (_, mut tbs, _) = element(cert)?;
+    let (tag, _, rest) = element(tbs)?;
+    if tag == VERSION {
+        tbs = rest;
+    }
+    // serialNumber, signature, issuer, then validity.
+    let (tag, _, rest) = element(tbs)?;
+    if tag != INTEGER {
+        return None;
+    }
+    let (_, _, rest) = element(rest)?;
+    let (_, _, rest) = element(rest)?;
+    let (tag, validity, _) = element(rest)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, before, rest) = element(validity)?;
+    let not_before = time(tag, before)?;
+    let (tag, after, _) = element(rest)?;
+    Some(Validity {
+        not_before,
+        not_after: time(tag, after)?,
+    })
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`), as
+/// RFC 5280 §4.1.2.5 allows them.
+fn time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        UTC_TIME if text.len() == 12 => {
+            let yy: i64 = text[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        GENERALIZED_TIME if text.len() == 14 => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 fn general_names(value: &[u8]) -> Option<Names> {
     let (tag, mut seq, _) = element(value)?;
     if tag != SEQUENCE {
@@ -186,6 +258,28 @@ mod tests {
         assert_eq!(names(&cert(vec![])), Names::default());
         assert_eq!(names(b"\x30\x82\xff"), Names::default());
         assert_eq!(names(&[]), Names::default());
+    }
+
+    #[test]
+    fn validity_is_read_in_both_time_forms() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.not_before = rcgen::date_time_ymd(1999, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2000, 3, 1);
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        // UTCTime: 1999-01-01, 2000-03-01.
+        assert_eq!(
+            validity(&der),
+            Some(Validity {
+                not_before: 915_148_800,
+                not_after: 951_868_800
+            })
+        );
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        // GeneralizedTime past 2049.
+        assert_eq!(validity(&der).unwrap().not_after, 4_102_444_800);
+        assert_eq!(validity(b"\x30\x00"), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::escape;
@@ -40,6 +40,8 @@ pub struct TlsStats {
     errors: [AtomicU64; 3],
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// When the first served certificate expires, Unix seconds (0: unknown).
+    pub expires: AtomicI64,
 }
 
 impl TlsStats {
@@ -134,6 +136,20 @@ impl TlsMetrics {
             let _ = writeln!(out, "# TYPE {name} counter");
             for (listener, stats) in map.iter() {
                 rows(out, name, &escape(listener), stats);
+            }
+        }
+        // Envoy's days_until_first_cert_expiring, as a timestamp to alert on:
+        // `skiff_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400`.
+        let name = "skiff_tls_certificate_expiry_timestamp_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} When the first certificate a listener serves expires (Unix time)."
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (listener, stats) in map.iter() {
+            let expires = stats.expires.load(Relaxed);
+            if expires > 0 {
+                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {expires}", escape(listener));
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Serving a TLS client connection: the handshake, then HTTP/2 when ALPN
-//! chose h2, else HTTP/1.1.
+//! chose h2 (or, without ALPN, the client opens with the HTTP/2 preface),
+//! else HTTP/1.1.
 //!
 //! HTTP/1.1 over TLS is served by hyper's server rather than skiff's own
 //! ([`crate::h1`]): that one reads the socket by readiness, which a TLS
@@ -13,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -27,10 +28,31 @@ use super::metrics::Failure;
 use super::server::ServerTls;
 use crate::body::UpstreamBody;
 use crate::forward::{self, ProxyBody};
+use crate::h2::Prefixed;
 use crate::listener::{ConnectionGuard, ListenerState};
 
 /// Time a client gets to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Without ALPN, time to the first bytes that tell HTTP/1 from HTTP/2
+/// (hyper's header read timeout, as for the rest of the head).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+/// What an HTTP/2 client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the bytes are the HTTP/2 preface or cannot be; returns
+/// which. Everything read stays in `buf` for the server that takes over.
+async fn starts_h2<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt as _;
+    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        if stream.read_buf(buf).await? == 0 {
+            break;
+        }
+    }
+    Ok(buf.starts_with(H2_PREFACE))
+}
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -86,7 +108,7 @@ pub async fn serve(
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         server.stats.resumed.fetch_add(1, Relaxed);
     }
-    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let identity = server.identity_header.as_ref().map(|name| {
         let value = session
             .peer_certificates()
@@ -97,8 +119,22 @@ pub async fn serve(
         (name.clone(), value)
     });
     let tls_peer = Arc::new(TlsPeer { identity });
+    let mut tls = tls;
+    let (h2, read) = match alpn.as_deref() {
+        Some(b"h2") => (true, Bytes::new()),
+        Some(_) => (false, Bytes::new()),
+        // No ALPN: HTTP/2 with prior knowledge is told by its preface, as
+        // on a plaintext port.
+        None => {
+            let mut buf = BytesMut::new();
+            match tokio::time::timeout(FIRST_BYTES_TIMEOUT, starts_h2(&mut tls, &mut buf)).await {
+                Ok(Ok(h2)) => (h2, buf.freeze()),
+                _ => return,
+            }
+        }
+    };
     if h2 {
-        crate::h2::serve_io(tls, Bytes::new(), state, peer, drain, Some(tls_peer)).await;
+        crate::h2::serve_io(tls, read, state, peer, drain, Some(tls_peer)).await;
         return;
     }
 
@@ -133,7 +169,7 @@ pub async fn serve(
     // keep-alive connection idle that long (nginx's keepalive_timeout: 75 s).
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(Prefixed::new(read, tls)), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -7,7 +7,7 @@
 //! carried over, so clients resume across a certificate rotation.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -69,7 +69,8 @@ impl ServerTls {
             )
         })?;
         let sessions = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-        let config = server_config(&settings, ticketer.clone(), sessions.clone())?;
+        let (config, expires) = server_config(&settings, ticketer.clone(), sessions.clone())?;
+        stats.expires.store(expires.unwrap_or(0), Relaxed);
         let identity_header = settings
             .client_auth
             .as_ref()
@@ -98,8 +99,9 @@ impl ServerTls {
     pub fn reload(&self) -> Result<(), TlsError> {
         let config = server_config(&self.settings, self.ticketer.clone(), self.sessions.clone());
         match config {
-            Ok(config) => {
+            Ok((config, expires)) => {
                 self.config.store(Arc::new(config));
+                self.stats.expires.store(expires.unwrap_or(0), Relaxed);
                 self.stats.reloads_ok.fetch_add(1, Relaxed);
                 tracing::info!(listener = %self.listener, "TLS certificates reloaded");
                 Ok(())
@@ -143,14 +145,17 @@ async fn watch(server: Weak<ServerTls>) {
     }
 }
 
-/// Builds a rustls server config from the listener's files.
+/// Builds a rustls server config from the listener's files; also returns
+/// when the first of its certificates expires.
 fn server_config(
     settings: &ListenerTls,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
-) -> Result<rustls::ServerConfig, TlsError> {
+) -> Result<(rustls::ServerConfig, Option<i64>), TlsError> {
     let provider = certs::provider();
-    let resolver = Arc::new(CertSet::load(settings)?);
+    let resolver = CertSet::load(settings)?;
+    let expires = resolver.expires;
+    let resolver = Arc::new(resolver);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::new(std::path::Path::new("(tls)"), e.to_string()))?;
@@ -177,7 +182,7 @@ fn server_config(
     // TLS 1.3 tickets per handshake: one suffices for a client that
     // reconnects, and each costs an encryption.
     config.send_tls13_tickets = 1;
-    Ok(config)
+    Ok((config, expires))
 }
 
 /// Certificates by the names clients ask for (SNI): exact names first,
@@ -188,6 +193,33 @@ struct CertSet {
     /// By the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// When the first of the certificates expires (Unix seconds).
+    expires: Option<i64>,
+}
+
+/// Loads a certificate and its key, warning when the certificate is not
+/// valid now: skiff serves it (the files are what the operator gave), but
+/// clients will refuse it.
+fn load_checked(
+    cert: &Path,
+    key: &Path,
+    expires: &mut Option<i64>,
+) -> Result<CertifiedKey, TlsError> {
+    let pair = certs::load_pair(cert, key)?;
+    let leaf = pair.end_entity_cert().map(|c| c.as_ref()).unwrap_or(&[]);
+    if let Some(validity) = identity::validity(leaf) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if now > validity.not_after {
+            tracing::warn!(cert = %cert.display(), "the certificate has expired; clients will refuse it");
+        } else if now < validity.not_before {
+            tracing::warn!(cert = %cert.display(), "the certificate is not valid yet; clients will refuse it");
+        }
+        *expires = Some(expires.map_or(validity.not_after, |e| e.min(validity.not_after)));
+    }
+    Ok(pair)
 }
 
 impl CertSet {
@@ -196,12 +228,21 @@ impl CertSet {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             default: None,
+            expires: None,
         };
         if let Some(files) = &settings.default {
-            set.default = Some(Arc::new(certs::load_pair(&files.cert, &files.key)?));
+            set.default = Some(Arc::new(load_checked(
+                &files.cert,
+                &files.key,
+                &mut set.expires,
+            )?));
         }
         for sni in &settings.certificates {
-            let key = Arc::new(certs::load_pair(&sni.files.cert, &sni.files.key)?);
+            let key = Arc::new(load_checked(
+                &sni.files.cert,
+                &sni.files.key,
+                &mut set.expires,
+            )?);
             let names = if sni.names.is_empty() {
                 let leaf = key.end_entity_cert().map(|c| c.as_ref()).unwrap_or(&[]);
                 let dns = identity::names(leaf).dns;
