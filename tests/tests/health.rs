@@ -524,3 +524,43 @@ async fn slow_start_gives_a_scaled_up_endpoint_a_small_share_first() {
         "the new endpoint got {share} of 210, not a tenth of a full share"
     );
 }
+
+#[tokio::test]
+async fn http2_clusters_are_checked_over_http2_and_tcp_checks_need_only_a_connection() {
+    let good = Backend::start("good").await;
+    let sick = Backend::start("sick").await;
+    sick.control.health_status.store(503, Relaxed);
+    let (proxy, _) = start_proxy(&config(
+        &[good.address, sick.address],
+        "    protocol: http2\n    panic_threshold: 0\n    health_check: { http: { path: /healthz }, interval: 100ms }",
+    ))
+    .await;
+    ready(&proxy).await;
+    wait_for("the h2 checks to tell the two apart", LIMIT, || {
+        endpoints_in(&proxy, "healthy") == 1.0 && endpoints_in(&proxy, "unhealthy") == 1.0
+    })
+    .await;
+    assert!(good.control.health_checks.load(Relaxed) > 0);
+
+    // A TCP check passes on connect, whatever HTTP would say; a closed
+    // port fails it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("address")
+    };
+    let (proxy, _) = start_proxy(&config(
+        &[sick.address, closed],
+        "    panic_threshold: 0\n    health_check: { tcp: {}, interval: 100ms }",
+    ))
+    .await;
+    ready(&proxy).await;
+    assert_eq!(endpoints_in(&proxy, "healthy"), 1.0);
+    let json = endpoint_json(&proxy, closed).await;
+    assert_eq!(json["health"], "unhealthy", "{json}");
+    assert!(
+        json["health_failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("connect:")),
+        "{json}"
+    );
+}
