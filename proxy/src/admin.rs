@@ -26,7 +26,7 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
     tracing::info!(address = %bound, "admin server listening");
     tokio::spawn(async move {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!("admin accept failed: {e}");
@@ -38,7 +38,7 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(route(req, &proxy)) }
+                    async move { Ok::<_, Infallible>(route(req, &proxy, peer)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -49,8 +49,24 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
     Ok(bound)
 }
 
-fn route(req: Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
+fn route(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    // What changes the process (drain, log level) is for the pod's own
+    // processes only, as linkerd2-proxy's admin `/shutdown` is: a sidecar's
+    // admin server listens on the pod IP for probes and scrapes, where any
+    // pod could reach it.
+    let local = match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    if req.method() == Method::POST && !local {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("POST {path} is only accepted from loopback; {peer} is not\n"),
+        );
+    }
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET | &Method::HEAD, "/ready") => ready(proxy),

@@ -646,6 +646,13 @@ fn read_listener(
         Some(n) => crate::tls::config::read_listener_tls(n, &tls_path, base, diags).map(Some),
         None => Some(None),
     };
+    if let (Some(_), Some(n)) = (&capture, map.optional("tls")) {
+        diags.error(
+            n,
+            &tls_path,
+            "a capture listener passes the app's bytes on as sent; it cannot terminate TLS",
+        );
+    }
     map.finish(diags, LISTENER_FIELDS);
     Some(ListenerConfig {
         name: name?,

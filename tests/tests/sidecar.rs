@@ -832,6 +832,23 @@ async fn inbound_capture_counts_the_requests_in_the_servers_metrics() {
     );
     assert_eq!(counted, Some(served_by_pod1 as f64), "{metrics}");
 
+    // Its admin server answers probes and scrapes from anywhere, but no
+    // other pod may drain it.
+    let admin = addr(&format!("{}:9901", POD_IPS[0]));
+    let mut from_client = shop
+        .client()
+        .h1(admin)
+        .await
+        .expect("connect to pod-1's admin");
+    let drain = http::Request::post("/drain")
+        .header("host", "pod-1")
+        .body(skiff_tests::empty())
+        .expect("request");
+    let response = from_client.send(drain).await.expect("POST /drain");
+    assert_eq!(response.status(), 403);
+    let (status, _) = shop.client().get(admin, "/ready").await.expect("/ready");
+    assert_eq!(status, 200);
+
     // A reload keeps the destinations' series (they are in no route list).
     let config = shop.dir.path("server.yaml");
     let text = std::fs::read_to_string(&config).expect("server config");

@@ -221,6 +221,18 @@ mod tests {
     }
 
     #[test]
+    fn a_capture_listener_cannot_terminate_tls() {
+        let text = "listeners:\n  - name: out\n    listen: 127.0.0.1:4140\n    capture: { direction: outbound }\n    tls: { cert: a.crt, key: a.key }\n";
+        let err = crate::config::Config::parse(text, "s.yaml", std::path::Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("listeners[0].tls: a capture listener passes"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_bad_capture_is_named_with_its_field() {
         let text = "listeners:\n  - name: out\n    listen: 127.0.0.1:4140\n    capture: { direction: sideways, opaque_ports: [0] }\n";
         let err = crate::config::Config::parse(text, "s.yaml", std::path::Path::new("."))
