@@ -115,7 +115,11 @@ pub async fn run(cluster: Arc<Cluster>) {
         if configured {
             for endpoint in members.iter() {
                 loops.0.entry(endpoint.address).or_insert_with(|| {
-                    let task = tokio::spawn(check_loop(cluster.clone(), endpoint.clone()));
+                    let check = check_loop(cluster.clone(), endpoint.clone());
+                    let task = match checker_runtime() {
+                        Some(runtime) => runtime.spawn(check),
+                        None => tokio::spawn(check),
+                    };
                     (endpoint.clone(), task.abort_handle())
                 });
             }
@@ -124,6 +128,44 @@ pub async fn run(cluster: Arc<Cluster>) {
         }
         cluster.changed.notified().await;
     }
+}
+
+/// The runtime the check loops run on: a thread of their own (as Envoy
+/// runs checks on its main thread, not its workers), so a slot's burst of
+/// checks never queues in front of requests. `None` if the thread could
+/// not start; the checks then share the caller's runtime.
+fn checker_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let started = std::thread::Builder::new()
+                .name("skiff-health".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => {
+                            let _ = tx.send(Some(runtime.handle().clone()));
+                            runtime.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            tracing::warn!("health checks share the main runtime: {e}");
+                            let _ = tx.send(None);
+                        }
+                    }
+                });
+            match started {
+                Ok(_) => rx.recv().ok().flatten(),
+                Err(e) => {
+                    tracing::warn!("health checks share the main runtime: {e}");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
 
 /// Checks one endpoint for as long as it is a member.
