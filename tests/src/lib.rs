@@ -3,6 +3,7 @@
 //! and waiting for conditions with a deadline instead of sleeping.
 
 pub mod fake_kube;
+pub mod raw_upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
