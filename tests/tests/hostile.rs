@@ -378,3 +378,69 @@ async fn a_response_shorter_than_its_length_closes_the_client_connection() {
 async fn an_upstream_reset_mid_body_closes_the_client_connection() {
     cut_short(Answer::ResetMidBody).await;
 }
+
+/// An HTTP/2 upstream that answers each connection's first stream with a
+/// head and part of a body, then sends GOAWAY and closes.
+async fn going_away_h2_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                let Some(Ok((_req, mut respond))) = conn.accept().await else {
+                    return;
+                };
+                let head = http::Response::builder()
+                    .status(200)
+                    .body(())
+                    .expect("response");
+                // Held open (not ended, not reset) while the GOAWAY goes out.
+                let mut sending = respond.send_response(head, false).ok();
+                if let Some(s) = sending.as_mut() {
+                    let _ = s.send_data(bytes::Bytes::from_static(b"partial"), false);
+                }
+                conn.abrupt_shutdown(h2::Reason::INTERNAL_ERROR);
+                while let Some(Ok(_)) = conn.accept().await {}
+                drop(sending);
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn an_http2_upstream_going_away_mid_stream_gets_a_502_or_a_reset_stream() {
+    use http_body_util::BodyExt;
+    let upstream = going_away_h2_server().await;
+    let other = Backend::start("other").await;
+    let yaml = config(upstream, other.address).replacen(
+        "    retries: { attempts: 0 }\n",
+        "    protocol: http2\n    retries: { attempts: 0 }\n",
+        1,
+    );
+    let (proxy, address) = start_proxy(&yaml).await;
+    let mut client = Client::h2(address).await.expect("connect");
+    let req = http::Request::get("/stream")
+        .body(skiff_tests::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("a response head");
+    // Before skiff has the head: 502. After: the stream is reset, so the
+    // body never ends as if whole.
+    if resp.status() != 502 {
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(LIMIT, resp.into_body().collect())
+            .await
+            .expect("the stream ended in time");
+        assert!(body.is_err(), "a body cut by GOAWAY ended as if whole");
+    }
+    // The client's connection and the other cluster carry on.
+    let (status, backend, _) = client.get("/other/x").await.expect("same connection");
+    assert_eq!((status.as_u16(), backend.as_str()), (200, "other"));
+    assert!(app(&proxy).stats.errors.reset.load(Relaxed) >= 1);
+    others_unaffected(address).await;
+}
