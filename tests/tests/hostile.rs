@@ -444,3 +444,82 @@ async fn an_http2_upstream_going_away_mid_stream_gets_a_502_or_a_reset_stream() 
     assert!(app(&proxy).stats.errors.reset.load(Relaxed) >= 1);
     others_unaffected(address).await;
 }
+
+// Attacks on the listener while others use it (issue 9, "Tests").
+
+#[tokio::test]
+async fn a_normal_client_is_served_while_a_thousand_slow_heads_trickle_in() {
+    let upstream = RawUpstream::start(Answer::Ok).await;
+    let other = Backend::start("other").await;
+    let (_proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
+    // Slowloris: each connection sends part of a head and never ends it.
+    let mut slow = Vec::new();
+    for i in 0..1000 {
+        let mut conn = TcpStream::connect(address)
+            .await
+            .expect("connect a slow client");
+        conn.write_all(format!("GET /slow/{i} HTTP/1.1\r\nHost: a\r\nX-Wait: ").as_bytes())
+            .await
+            .expect("write part of a head");
+        slow.push(conn);
+    }
+    let mut client = Client::h1(address).await.expect("connect");
+    for _ in 0..20 {
+        let (status, _, body) = client.get("/normal").await.expect("served");
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+    }
+    others_unaffected(address).await;
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| !r.head.contains("/slow/")),
+        "an unfinished head was forwarded"
+    );
+    drop(slow);
+}
+
+/// One HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn a_normal_client_is_served_during_an_http2_reset_flood() {
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const END_HEADERS: u8 = 0x4;
+    let upstream = RawUpstream::start(Answer::Ok).await;
+    let other = Backend::start("other").await;
+    let (_proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
+    // Rapid reset (CVE-2023-44487): open a stream, cancel it, again and again.
+    // HPACK: GET, http, /, then :authority "a".
+    let get = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    for i in 0..2000u32 {
+        let stream = 2 * i + 1;
+        flood.extend(h2_frame(HEADERS, END_HEADERS, stream, &get));
+        flood.extend(h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    let mut attacker = TcpStream::connect(address).await.expect("connect");
+    // skiff may send GOAWAY and close before it has read everything.
+    let _ = attacker.write_all(&flood).await;
+
+    let mut client = Client::h2(address).await.expect("connect");
+    for _ in 0..20 {
+        let (status, _, body) = client.get("/normal").await.expect("served");
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+    }
+    others_unaffected(address).await;
+    assert!(
+        upstream.requests().len() <= 2000 + 20,
+        "more requests upstream than were sent"
+    );
+    drop(attacker);
+}
