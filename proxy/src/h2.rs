@@ -37,6 +37,12 @@ pub async fn serve(
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move {
+            if let Some(name) = req.headers().keys().find(|n| !is_token(n.as_str())) {
+                // HTTP/2 allows names HTTP/1.1 does not (`"`, `(`, ...): an
+                // HTTP/1 upstream would read such a field some other way.
+                let reason = format!("invalid header name {:?}\n", name.as_str());
+                return Ok(crate::forward::local(http::StatusCode::BAD_REQUEST, reason));
+            }
             let req = req.map(UpstreamBody::Http2);
             Ok::<_, Infallible>(crate::forward::handle(req, &state, peer, None).await)
         }
@@ -58,6 +64,14 @@ pub async fn serve(
     if let Err(e) = conn.await {
         tracing::debug!(%peer, "HTTP/2 connection ended while draining: {e}");
     }
+}
+
+/// Whether `name` is an HTTP field name (RFC 9110 §5.1: a token).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A socket whose first bytes were already read into `read`.

@@ -523,3 +523,59 @@ async fn a_normal_client_is_served_during_an_http2_reset_flood() {
     );
     drop(attacker);
 }
+
+#[tokio::test]
+async fn an_http2_field_name_that_is_no_http1_token_is_refused() {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+    let upstream = RawUpstream::start(Answer::Ok).await;
+    let other = Backend::start("other").await;
+    let (_proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
+    // Found by the h2 fuzz target: HPACK lets `"` into a name, HTTP/1.1
+    // does not. GET / for "a", then the literal field `x-a": 1`.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    block.extend_from_slice(&[0x00, 0x04, b'x', b'-', b'a', b'"', 0x01, b'1']);
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    raw.extend(h2_frame(HEADERS, END_STREAM_AND_HEADERS, 1, &block));
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    conn.write_all(&raw).await.expect("write");
+    // Read frames until the response head of stream 1.
+    let mut got = Vec::new();
+    let status = tokio::time::timeout(LIMIT, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut at = 0;
+            while got.len() >= at + 9 {
+                let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+                let stream =
+                    u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+                if got.len() < at + 9 + len {
+                    break;
+                }
+                if got[at + 3] == HEADERS && stream == 1 {
+                    // HPACK static table: 0x8c is `:status 400`.
+                    return got[at + 9];
+                }
+                at += 9 + len;
+            }
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("answered in time");
+    assert_eq!(status, 0x8c, "not a 400");
+    assert!(
+        upstream.requests().is_empty(),
+        "forwarded: {:?}",
+        upstream.requests()
+    );
+    assert!(
+        upstream.violations().is_empty(),
+        "{:?}",
+        upstream.violations()
+    );
+}
