@@ -40,17 +40,36 @@ pub struct Records {
     /// Requests by the client address in `x-forwarded-for`.
     by_client: Mutex<HashMap<IpAddr, u64>>,
     /// What the upstream could not read unambiguously.
-    violations: Mutex<Vec<String>>,
-    /// (client address, most requests it may cause), newest last.
-    expected: Mutex<VecDeque<(IpAddr, u64)>>,
+    violations: Mutex<Vec<(Option<IpAddr>, String)>>,
+    /// (client address, most requests it may cause, its input), newest last.
+    expected: Mutex<VecDeque<(IpAddr, u64, Vec<u8>)>>,
 }
 
 impl Records {
-    fn violation(&self, what: String) {
+    fn violation(&self, client: Option<IpAddr>, what: String) {
         self.violations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(what);
+            .push((client, what));
+    }
+
+    /// The input a client address sent, saved to a file when it is not the
+    /// one running now (its request reached the upstream late), so the
+    /// panic names the input that caused it.
+    fn input_of(&self, client: IpAddr) -> String {
+        let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = expected.back().map(|(ip, _, _)| *ip);
+        match expected.iter().find(|(ip, _, _)| *ip == client) {
+            Some(_) if newest == Some(client) => "this input".into(),
+            Some((_, _, data)) => {
+                let path = format!("late-input-{client}");
+                match std::fs::write(&path, data) {
+                    Ok(()) => format!("an earlier input, saved as {path}"),
+                    Err(e) => format!("an earlier input ({e} saving it)"),
+                }
+            }
+            None => format!("an input from {client}, no longer remembered"),
+        }
     }
 
     fn count(&self, client: IpAddr) {
@@ -67,20 +86,22 @@ impl Records {
     fn check(&self) {
         let violations =
             std::mem::take(&mut *self.violations.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Some(first) = violations.first() {
-            panic!("the upstream got an ambiguous request: {first}");
+        if let Some((client, what)) = violations.first() {
+            let from = client.map_or("an unknown input".into(), |c| self.input_of(c));
+            panic!("the upstream got an ambiguous request from {from}: {what}");
         }
-        let counts = self.by_client.lock().unwrap_or_else(|e| e.into_inner());
-        for (client, most) in self
-            .expected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let got = counts.get(client).copied().unwrap_or(0);
-            assert!(
-                got <= *most,
-                "the upstream saw {got} requests from {client}, which sent at most {most}"
+        let over: Option<(IpAddr, u64, u64)> = {
+            let counts = self.by_client.lock().unwrap_or_else(|e| e.into_inner());
+            let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+            expected.iter().find_map(|(client, most, _)| {
+                let got = counts.get(client).copied().unwrap_or(0);
+                (got > *most).then_some((*client, got, *most))
+            })
+        };
+        if let Some((client, got, most)) = over {
+            panic!(
+                "the upstream saw {got} requests from {}, which sent at most {most}",
+                self.input_of(client)
             );
         }
     }
@@ -138,9 +159,9 @@ impl Harness {
                 .expected
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            expected.push_back((IpAddr::V4(client), most));
+            expected.push_back((IpAddr::V4(client), most, data.to_vec()));
             if expected.len() > REMEMBERED {
-                if let Some((old, _)) = expected.pop_front() {
+                if let Some((old, _, _)) = expected.pop_front() {
                     self.records
                         .by_client
                         .lock()
@@ -223,7 +244,11 @@ async fn upstream_connection(mut stream: TcpStream, records: Arc<Records>) {
                 continue;
             }
             Parse::Bad(why) => {
-                records.violation(format!("{why}: {:?}", String::from_utf8_lossy(&buf)));
+                let client = forwarded_for(&buf);
+                records.violation(
+                    client,
+                    format!("{why}: {:?}", String::from_utf8_lossy(&buf)),
+                );
                 return;
             }
             Parse::Request { len, client, head } => {
@@ -355,6 +380,15 @@ fn chunked_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
         }
         at += size + 2;
     }
+}
+
+/// The client address in the `x-forwarded-for` field of a head that may
+/// not parse.
+fn forwarded_for(buf: &[u8]) -> Option<IpAddr> {
+    let text = String::from_utf8_lossy(buf).to_ascii_lowercase();
+    let at = text.find("\nx-forwarded-for:")? + "\nx-forwarded-for:".len();
+    let line = text[at..].split(['\r', '\n']).next()?;
+    line.rsplit(',').next()?.trim().parse().ok()
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {

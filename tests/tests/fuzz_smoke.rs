@@ -48,6 +48,26 @@ fn tail(text: &[u8], lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What a target said when it failed: the panic with the line after it
+/// (its message), and libFuzzer's summary; the backtrace is left out.
+fn why(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("panicked at") {
+            out.extend(lines[i..lines.len().min(i + 3)].iter().copied());
+        } else if line.starts_with("SUMMARY:") || line.contains("ERROR: libFuzzer") {
+            out.push(line);
+        }
+    }
+    if out.is_empty() {
+        tail(stderr, 40)
+    } else {
+        out.join("\n")
+    }
+}
+
 #[test]
 fn every_fuzz_target_survives_its_seeds_and_a_short_run() {
     let fuzz = workspace().join("fuzz");
@@ -121,7 +141,7 @@ fn every_fuzz_target_survives_its_seeds_and_a_short_run() {
                 "fuzz target `{target}` failed; reproducer: {artifacts:?}\n\
                  (re-run: {} <reproducer>)\n{}",
                 bin_dir.join(target).display(),
-                tail(&run.stderr, 40)
+                why(&run.stderr)
             ));
         }
     }
