@@ -235,7 +235,7 @@ async fn upstream_connection(mut stream: TcpStream, records: Arc<Records>) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        match read_request(&mut buf) {
+        match read_request(&buf) {
             Parse::Partial => {
                 match stream.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,

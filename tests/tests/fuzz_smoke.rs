@@ -112,6 +112,8 @@ fn every_fuzz_target_survives_its_seeds_and_a_short_run() {
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(scratch.join("corpus")).expect("scratch corpus");
         let run = Command::new(bin_dir.join(target))
+            // Where a harness saves an input it blames late, too.
+            .current_dir(&scratch)
             .arg(scratch.join("corpus"))
             .arg(&seeds)
             .arg(format!("-max_total_time={seconds}"))
