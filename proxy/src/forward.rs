@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -267,7 +268,11 @@ async fn forward(
             Ok((resp, conn)) => {
                 let status = resp.status();
                 endpoint.requests.record(status.as_u16());
-                cluster.record_outcome(&endpoint, status.is_server_error());
+                if status.is_server_error() {
+                    cluster.record_outcome(&endpoint, true);
+                }
+                // A success is recorded when the body has ended whole
+                // (`Completion::finish`): one broken mid-body is a failure.
                 let retry = may_retry
                     && matches!(status.as_u16(), 502..=504)
                     && retryable
@@ -287,11 +292,19 @@ async fn forward(
                         entry.status = status.as_u16();
                         entry.retries = retried;
                     }
-                    return respond(resp, conn, in_flight, upgrade, start, access);
+                    let done = (in_flight, cluster.clone());
+                    return respond(resp, conn, done, upgrade, start, access);
                 };
                 // The answer is dropped unread, and its connection with it.
                 drop((resp, conn, in_flight));
                 again
+            }
+            Err((failure @ Failure::ClientBody(_), _)) => {
+                tracing::debug!(cluster = %cluster.name, "request failed: {}", failure.message());
+                drop(in_flight);
+                let resp = failure.response();
+                log_local(access, &resp, Some(endpoint.address), retried);
+                return resp;
             }
             Err((failure, unsent)) => {
                 let counter = match &failure {
@@ -301,7 +314,7 @@ async fn forward(
                     }
                     Failure::Connect(_) => &cluster.stats.errors.connect_failed,
                     Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
-                    Failure::Reset(_) => &cluster.stats.errors.reset,
+                    Failure::Reset(_) | Failure::ClientBody(_) => &cluster.stats.errors.reset,
                 };
                 counter.fetch_add(1, Relaxed);
                 let overflowed = matches!(failure, Failure::Connect(ConnectError::Overflow(_)));
@@ -413,7 +426,7 @@ fn unavailable_response(
 fn respond(
     mut resp: Response<Incoming>,
     conn: Option<http1::SendRequest<UpstreamBody>>,
-    in_flight: InFlight,
+    (in_flight, cluster): (InFlight, Arc<crate::cluster::Cluster>),
     upgrade: bool,
     start: Instant,
     access: Option<Box<AccessEntry>>,
@@ -421,6 +434,10 @@ fn respond(
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     let upstream = switching.then(|| hyper::upgrade::on(&mut resp));
+    let answered = !resp.status().is_server_error();
+    if switching {
+        cluster.record_outcome(&in_flight.endpoint, false);
+    }
     let (parts, body) = resp.into_parts();
     let body = if let Some(upstream) = upstream {
         if let Some(entry) = access {
@@ -436,6 +453,8 @@ fn respond(
             inner: body,
             done: Some(Completion {
                 in_flight,
+                cluster,
+                answered,
                 start,
                 conn,
                 access,
@@ -627,6 +646,10 @@ enum Failure {
     Connect(ConnectError),
     Timeout(Duration),
     Reset(hyper::Error),
+    /// The client's request body broke while it was sent (malformed
+    /// chunking, the client left mid-body): the client's fault, so never
+    /// retried and never counted against the endpoint.
+    ClientBody(hyper::Error),
 }
 
 impl Failure {
@@ -654,6 +677,10 @@ impl Failure {
                 text.push('\n');
                 text
             }
+            Failure::ClientBody(e) => match std::error::Error::source(e) {
+                Some(cause) => format!("bad request body: {cause}\n"),
+                None => format!("bad request body: {e}\n"),
+            },
         }
     }
 
@@ -666,6 +693,7 @@ impl Failure {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Failure::Connect(_) | Failure::Reset(_) => StatusCode::BAD_GATEWAY,
+            Failure::ClientBody(_) => StatusCode::BAD_REQUEST,
         };
         local(status, self.message())
     }
@@ -730,7 +758,15 @@ async fn send(
                 }
             }
         };
-        return response.map_err(|e| (Failure::Reset(e), None));
+        // A user error is the request body skiff streams from the client.
+        return response.map_err(|e| {
+            let failure = if e.is_user() {
+                Failure::ClientBody(e)
+            } else {
+                Failure::Reset(e)
+            };
+            (failure, None)
+        });
     }
     unreachable!("the loop returns on its second attempt")
 }
@@ -979,16 +1015,23 @@ fn set_upstream_uri<B>(
 ) {
     match protocol {
         UpstreamProtocol::Http1 => {
-            // The Host header is what HTTP/1.1 routes on; it is made from
-            // the URI's authority (HTTP/2 clients, absolute-form) only
-            // when missing, so the common request parses nothing here.
-            let from_uri = req.uri().authority().map(|a| a.as_str().to_owned());
-            if from_uri.is_some() {
+            // The Host header is what HTTP/1.1 routes on. A URI with an
+            // authority (HTTP/2 clients, absolute-form) was routed by that
+            // authority, so Host is made from it, replacing any Host sent
+            // along (RFC 9112 §3.2.2): the upstream must see the host the
+            // route saw. The common request (origin-form) parses nothing.
+            if let Some(authority) = req.uri().authority() {
+                let host = match authority.port() {
+                    Some(port) => format!("{}:{port}", authority.host()),
+                    None => authority.host().to_owned(),
+                };
                 *req.uri_mut() = origin_form(req.uri());
+                if let Ok(host) = HeaderValue::from_str(&host) {
+                    req.headers_mut().insert(header::HOST, host);
+                }
             }
             if !req.headers().contains_key(header::HOST) {
-                let host = from_uri.unwrap_or_else(|| endpoint.to_string());
-                if let Ok(host) = HeaderValue::from_str(&host) {
+                if let Ok(host) = HeaderValue::from_str(&endpoint.to_string()) {
                     req.headers_mut().insert(header::HOST, host);
                 }
             }
@@ -1081,24 +1124,57 @@ pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> 
 #[derive(Debug)]
 struct Completion {
     in_flight: InFlight,
+    /// For outlier detection, which hears of the request when its body ends.
+    cluster: Arc<crate::cluster::Cluster>,
+    /// The status was not a 5xx (those were counted as failures already).
+    answered: bool,
     start: Instant,
     conn: Option<http1::SendRequest<UpstreamBody>>,
     /// The access log line, when this request is logged.
     access: Option<Box<AccessEntry>>,
 }
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Read to its end: the connection may be reused.
+    Whole,
+    /// The upstream broke it (reset, closed short, malformed framing): a
+    /// failure of the endpoint, as one before the headers would be.
+    Broken,
+    /// Empty, and dropped without being read to its end.
+    Empty,
+    /// Dropped early: the client went away.
+    Dropped,
+}
+
 impl Completion {
-    fn finish(self, clean: bool) {
+    fn finish(self, ended: Ended) {
         let Completion {
             in_flight,
+            cluster,
+            answered,
             start,
             conn,
             access,
         } = self;
-        if clean {
-            if let Some(conn) = conn {
-                in_flight.endpoint.pool().checkin(conn);
+        match ended {
+            Ended::Whole => {
+                if let Some(conn) = conn {
+                    in_flight.endpoint.pool().checkin(conn);
+                }
+                if answered {
+                    cluster.record_outcome(&in_flight.endpoint, false);
+                }
             }
+            Ended::Empty if answered => cluster.record_outcome(&in_flight.endpoint, false),
+            Ended::Broken => {
+                cluster.stats.errors.reset.fetch_add(1, Relaxed);
+                if answered {
+                    cluster.record_outcome(&in_flight.endpoint, true);
+                }
+            }
+            Ended::Empty | Ended::Dropped => {}
         }
         let elapsed = start.elapsed();
         in_flight.endpoint.cluster_stats.duration.observe(elapsed);
@@ -1120,7 +1196,13 @@ impl Drop for UpstreamResponse {
     fn drop(&mut self) {
         // Dropped before its end: the client went away or the stream broke.
         if let Some(done) = self.done.take() {
-            done.finish(false);
+            // An empty body may go unpolled (HTTP/2 ends the stream with
+            // the headers): a whole answer all the same.
+            done.finish(if self.inner.is_end_stream() {
+                Ended::Empty
+            } else {
+                Ended::Dropped
+            });
         }
     }
 }
@@ -1164,17 +1246,17 @@ impl Body for ProxyBody {
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = up.done.take() {
-                            done.finish(true);
+                            done.finish(Ended::Whole);
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
                         if let Some(done) = up.done.take() {
-                            done.finish(false);
+                            done.finish(Ended::Broken);
                         }
                     }
                     Poll::Ready(Some(Ok(_))) if up.inner.is_end_stream() => {
                         if let Some(done) = up.done.take() {
-                            done.finish(true);
+                            done.finish(Ended::Whole);
                         }
                     }
                     _ => {}

@@ -57,6 +57,12 @@ pub async fn serve_io<S>(
             tls.tag(&mut req);
         }
         async move {
+            if let Some(name) = req.headers().keys().find(|n| !is_token(n.as_str())) {
+                // HTTP/2 allows names HTTP/1.1 does not (`"`, `(`, ...): an
+                // HTTP/1 upstream would read such a field some other way.
+                let reason = format!("invalid header name {:?}\n", name.as_str());
+                return Ok(crate::forward::local(http::StatusCode::BAD_REQUEST, reason));
+            }
             let req = req.map(UpstreamBody::Http2);
             Ok::<_, Infallible>(crate::forward::handle(req, &state, peer, None).await)
         }
@@ -78,6 +84,14 @@ pub async fn serve_io<S>(
     if let Err(e) = conn.await {
         tracing::debug!(%peer, "HTTP/2 connection ended while draining: {e}");
     }
+}
+
+/// Whether `name` is an HTTP field name (RFC 9110 §5.1: a token).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A socket whose first bytes were already read into `read`.

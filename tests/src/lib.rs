@@ -4,6 +4,7 @@
 
 pub mod fake_kube;
 pub mod netns;
+pub mod raw_upstream;
 pub mod tls;
 
 use std::convert::Infallible;

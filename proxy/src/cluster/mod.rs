@@ -672,7 +672,8 @@ impl Cluster {
     /// Active health checking's input: one check of `endpoint` and what
     /// the check loop counted in a row. Publishes a new snapshot when the
     /// endpoint's health changes; a pass also ends an outlier ejection.
-    pub(crate) fn record_check(
+    /// Public so the balancer fuzz target can flip health as checks do.
+    pub fn record_check(
         &self,
         endpoint: &Arc<Endpoint>,
         failure: Option<String>,

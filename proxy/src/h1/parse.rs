@@ -149,6 +149,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
         (false, Some(0)) | (false, None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
     };
+    if let (Some(n), true) = (scan.length, scan.length_repeated) {
+        // Agreeing values, but forwarded as one field: an upstream that
+        // reads `5, 5` or two fields another way must not get the chance.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     // RFC 9112 §3.2: HTTP/1.1 needs exactly one Host; none is ever two.
     if scan.hosts > 1 {
         return Err(HeadError::bad("more than one host header"));
@@ -185,6 +190,8 @@ fn has_http_scheme(target: &str) -> bool {
 #[derive(Default)]
 struct Scan {
     length: Option<u64>,
+    /// Content-length came as a list or in more than one field.
+    length_repeated: bool,
     chunked: bool,
     hosts: u32,
     close: bool,
@@ -200,8 +207,11 @@ impl Scan {
             for part in value.as_bytes().split(|&b| b == b',') {
                 let n =
                     content_length(trim(part)).ok_or(HeadError::bad("invalid content-length"))?;
-                if self.length.is_some_and(|prior| prior != n) {
-                    return Err(HeadError::bad("conflicting content-length values"));
+                if let Some(prior) = self.length {
+                    if prior != n {
+                        return Err(HeadError::bad("conflicting content-length values"));
+                    }
+                    self.length_repeated = true;
                 }
                 self.length = Some(n);
             }
@@ -308,6 +318,13 @@ mod tests {
         let p =
             ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(p.framing, Framing::Length(5));
+        let lengths: Vec<_> = p
+            .request
+            .headers()
+            .get_all("content-length")
+            .iter()
+            .collect();
+        assert_eq!(lengths, ["5"], "agreeing lengths are forwarded as one");
     }
 
     #[test]

@@ -390,14 +390,14 @@ fn emit_inline(node: &Node, at: usize, out: &mut String) {
     }
 }
 
-/// A scalar as it was written: plain if it was plain (in block context any
-/// plain scalar of a flow context stays valid), else as a literal block
-/// when it spans lines, else double-quoted.
+/// A scalar as it was written: plain if it was plain and reads the same
+/// plain in block context, else as a literal block when it spans lines,
+/// else double-quoted.
 fn emit_scalar(node: &Node, at: usize, key: bool, out: &mut String) {
     let Value::Scalar(text, plain) = &node.value else {
         return;
     };
-    if *plain && !text.contains('\n') {
+    if *plain && block_plain_ok(text) {
         out.push_str(text);
     } else if !key && literal_fits(text) {
         let body = text.trim_end_matches('\n');
@@ -424,6 +424,26 @@ fn emit_scalar(node: &Node, at: usize, key: bool, out: &mut String) {
     } else {
         quoted(text, out);
     }
+}
+
+/// Whether `text`, plain in a flow collection, stays one plain scalar in
+/// block context: a flow plain scalar such as `?` or `-` is an indicator
+/// there (found by the inject fuzz target).
+fn block_plain_ok(text: &str) -> bool {
+    let mut chars = text.chars();
+    let Some(first) = chars.next() else {
+        return true;
+    };
+    let second = chars.next();
+    let indicator_first = "[]{}#&*!|>'\"%@`,".contains(first)
+        || ("?:-".contains(first) && second.is_none_or(|c| c == ' ' || c == '\t'));
+    !indicator_first
+        && !text.contains('\n')
+        && !text.contains(": ")
+        && !text.contains(" #")
+        && !text.ends_with(':')
+        && !text.starts_with([' ', '\t'])
+        && !text.ends_with([' ', '\t'])
 }
 
 /// Whether `text` can be a literal block scalar without an indentation
@@ -510,6 +530,28 @@ mod tests {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
+        }
+    }
+
+    #[test]
+    fn flow_plain_scalars_that_are_indicators_in_block_context_are_quoted() {
+        // From the inject fuzz target: `[{name: ?}]` emitted as `name: ?`
+        // made a mapping key of the value.
+        for text in [
+            "c: [{name: ?}]\n",
+            "c: [{name: ?x, b: -y, d: '#x'}]\n",
+            "c: [a, b]\n",
+        ] {
+            let root = parse_stream(text).unwrap().remove(0).root.unwrap();
+            let out = emit(&root);
+            let again = parse_stream(&out)
+                .unwrap_or_else(|e| panic!("{e}\n{out}"))
+                .remove(0)
+                .root
+                .unwrap();
+            // The same text; a plain scalar may come back quoted.
+            let text_only = |n: &Node| shape(n).replace("\"q", "\"");
+            assert_eq!(text_only(&root), text_only(&again), "\n{out}");
         }
     }
 

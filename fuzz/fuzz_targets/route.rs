@@ -1,0 +1,194 @@
+//! Route matching: arbitrary routes (written as config, so validation
+//! runs) and arbitrary lookups. `RouteTable::find` must agree with a plain
+//! reading of the rules in `route.rs` (exact host, then `*.suffix` longest
+//! first, then host-less routes; first path match in config order), and a
+//! host's case, port or trailing dot must not change the answer.
+#![no_main]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use skiff::cluster::Cluster;
+use skiff::config::{Config, HostMatch, PathMatch, RouteConfig};
+use skiff::metrics::Registry;
+use skiff::route::RouteTable;
+
+/// The input, one item a line (readable seeds and reproducers):
+///
+/// ```text
+/// route <host | -> <path_prefix | =path> <cluster 0-3>
+/// find <host | -> <path>
+/// ```
+#[derive(Debug, Default)]
+struct Input {
+    routes: Vec<RouteSpec>,
+    lookups: Vec<(Option<String>, String)>,
+}
+
+#[derive(Debug)]
+struct RouteSpec {
+    host: Option<String>,
+    path: String,
+    exact: bool,
+    cluster: u8,
+}
+
+fn read_input(text: &str) -> Input {
+    let mut input = Input::default();
+    let host = |h: &str| (h != "-").then(|| h.to_string());
+    for line in text.lines() {
+        let mut words = line.splitn(4, ' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("route"), Some(h), Some(p), c) => {
+                let (path, exact) = match p.strip_prefix('=') {
+                    Some(p) => (p.to_string(), true),
+                    None => (p.to_string(), false),
+                };
+                let cluster = c.and_then(|c| c.parse().ok()).unwrap_or(0);
+                input.routes.push(RouteSpec {
+                    host: host(h),
+                    path,
+                    exact,
+                    cluster,
+                });
+            }
+            (Some("find"), Some(h), Some(p), None) => input.lookups.push((host(h), p.to_string())),
+            _ => {}
+        }
+    }
+    input
+}
+
+fn config_text(routes: &[RouteSpec]) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let mut text = String::from(
+        "admin: { listen: 127.0.0.1:0 }\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n",
+    );
+    for r in routes {
+        let host = r
+            .host
+            .as_deref()
+            .map(|h| format!("host: {}, ", q(h)))
+            .unwrap_or_default();
+        let key = if r.exact { "path" } else { "path_prefix" };
+        text.push_str(&format!(
+            "      - match: {{ {host}{key}: {} }}\n        cluster: c{}\n",
+            q(&r.path),
+            r.cluster % 4
+        ));
+    }
+    text.push_str("clusters:\n");
+    for i in 0..4 {
+        text.push_str(&format!("  - name: c{i}\n    endpoints: []\n"));
+    }
+    text
+}
+
+fn path_matches(m: &PathMatch, path: &str) -> bool {
+    match m {
+        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        PathMatch::Exact(p) => path == p,
+    }
+}
+
+/// The rules, read plainly: which route (by index) a lookup should find.
+fn reference(routes: &[RouteConfig], host: Option<&str>, path: &str) -> Option<usize> {
+    let first = |pick: &dyn Fn(&RouteConfig) -> bool| {
+        routes
+            .iter()
+            .position(|r| pick(r) && path_matches(&r.path, path))
+    };
+    if let Some(host) = host {
+        let host = normalize(host);
+        if let Some(i) = first(&|r| matches!(&r.host, Some(HostMatch::Exact(h)) if *h == host)) {
+            return Some(i);
+        }
+        // Distinct suffixes, longest first; equal lengths in config order.
+        let mut suffixes: Vec<&str> = Vec::new();
+        for r in routes {
+            if let Some(HostMatch::Suffix(s)) = &r.host {
+                if !suffixes.contains(&s.as_str()) {
+                    suffixes.push(s);
+                }
+            }
+        }
+        suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for suffix in suffixes {
+            if host.len() > suffix.len() && host.ends_with(suffix) {
+                let hit = first(&|r| matches!(&r.host, Some(HostMatch::Suffix(s)) if s == suffix));
+                if hit.is_some() {
+                    return hit;
+                }
+            }
+        }
+    }
+    first(&|r| r.host.is_none())
+}
+
+fn normalize(host: &str) -> String {
+    let without_port = if host.starts_with('[') {
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rfind(':').map_or(host, |colon| &host[..colon])
+    };
+    without_port
+        .strip_suffix('.')
+        .unwrap_or(without_port)
+        .to_ascii_lowercase()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let input = read_input(text);
+    let text = config_text(&input.routes);
+    let Ok(config) = Config::parse(&text, "fuzz.yaml", Path::new("/nonexistent")) else {
+        return;
+    };
+    let clusters: HashMap<String, Arc<Cluster>> = config
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), Arc::new(Cluster::new(c.clone()))))
+        .collect();
+    let listener = &config.listeners[0];
+    let table =
+        RouteTable::build(listener, &clusters, &Registry::default()).expect("routes resolve");
+    // The generated routes have no header matches and no redirects, so
+    // every entry of the table is a route, in the config's order.
+    let no_headers = http::HeaderMap::new();
+    let index_of = |found: Option<skiff::route::Found<'_>>| {
+        found.map(|found| {
+            let skiff::route::Found::Route(r) = found else {
+                panic!("a redirect found where none is configured");
+            };
+            table
+                .routes()
+                .position(|t| std::ptr::eq(t, r))
+                .expect("a route of the table")
+        })
+    };
+    for (host, path) in &input.lookups {
+        let found = index_of(table.find(host.as_deref(), path, &no_headers));
+        let expected = reference(&listener.routes, host.as_deref(), path);
+        assert_eq!(found, expected, "host {host:?} path {path:?} in\n{text}");
+        if let Some(i) = found {
+            assert!(path_matches(&listener.routes[i].path, path));
+        }
+        // A plain host name reads the same in any case, with a port or
+        // with a trailing dot.
+        if let Some(h) = host.as_deref().filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                && !h.ends_with('.')
+        }) {
+            for variant in [h.to_ascii_uppercase(), format!("{h}:8080"), format!("{h}.")] {
+                let again = index_of(table.find(Some(&variant), path, &no_headers));
+                assert_eq!(again, found, "{variant:?} differs from {h:?} for {path:?}");
+            }
+        }
+    }
+});
