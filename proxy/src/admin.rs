@@ -36,9 +36,26 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
             };
             let proxy = proxy.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(route(req, &proxy, peer)) }
+                    async move {
+                        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+                        if get && req.uri().path() == "/metrics" {
+                            // Rendered off the runtime that serves requests,
+                            // so a scrape never queues in front of them.
+                            let render = tokio::task::spawn_blocking(move || {
+                                crate::metrics::render(proxy.registry(), &proxy.clusters())
+                            });
+                            return Ok::<_, Infallible>(match render.await {
+                                Ok(body) => metrics_response(body),
+                                Err(e) => text(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    format!("rendering the metrics failed: {e}\n"),
+                                ),
+                            });
+                        }
+                        Ok::<_, Infallible>(route(req, &proxy, peer))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -71,13 +88,7 @@ fn route(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<Fu
         (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET | &Method::HEAD, "/ready") => ready(proxy),
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let body = crate::metrics::render(proxy.registry(), &proxy.clusters());
-            let mut resp = text(StatusCode::OK, body);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
+            metrics_response(crate::metrics::render(proxy.registry(), &proxy.clusters()))
         }
         (&Method::GET | &Method::HEAD, "/clusters") => json_response(clusters(proxy)),
         (&Method::GET | &Method::HEAD, "/config") => {
@@ -250,6 +261,15 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
         "duration_buckets_seconds": crate::metrics::DURATION_BUCKETS,
         "clusters": list,
     })
+}
+
+fn metrics_response(body: String) -> Response<Full<Bytes>> {
+    let mut resp = text(StatusCode::OK, body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
