@@ -20,7 +20,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 
-use crate::body::UpstreamBody;
+use crate::body::{BodyError, UpstreamBody};
+use crate::h1::client;
 
 use crate::cluster::{balance::random, InFlight, Unavailable};
 use crate::config::UpstreamProtocol;
@@ -424,7 +425,7 @@ fn unavailable_response(
 
 /// The upstream's response, on its way to the client.
 fn respond(
-    mut resp: Response<Incoming>,
+    mut resp: Response<Received>,
     conn: Option<http1::SendRequest<UpstreamBody>>,
     (in_flight, cluster): (InFlight, Arc<crate::cluster::Cluster>),
     upgrade: bool,
@@ -478,8 +479,9 @@ fn marked_retryable<B>(req: &mut Request<B>) -> bool {
 
 /// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it
 /// did not process the request, so it is safe to send again (RFC 9113 §8.7).
-fn is_refused(e: &hyper::Error) -> bool {
-    std::error::Error::source(e)
+fn is_refused(e: &BodyError) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .and_then(std::error::Error::source)
         .and_then(|s| s.downcast_ref::<h2::Error>())
         .and_then(h2::Error::reason)
         == Some(h2::Reason::REFUSED_STREAM)
@@ -645,11 +647,11 @@ impl ReplayHead {
 enum Failure {
     Connect(ConnectError),
     Timeout(Duration),
-    Reset(hyper::Error),
+    Reset(BodyError),
     /// The client's request body broke while it was sent (malformed
     /// chunking, the client left mid-body): the client's fault, so never
     /// retried and never counted against the endpoint.
-    ClientBody(hyper::Error),
+    ClientBody(BodyError),
 }
 
 impl Failure {
@@ -669,7 +671,7 @@ impl Failure {
                 // hyper's own words are terse ("connection error"); the
                 // cause (a TLS alert, say) is what tells the user why.
                 let mut text = format!("upstream reset before response headers: {e}");
-                let mut source = std::error::Error::source(e);
+                let mut source = std::error::Error::source(&**e);
                 while let Some(cause) = source {
                     text.push_str(&format!(": {cause}"));
                     source = cause.source();
@@ -677,7 +679,7 @@ impl Failure {
                 text.push('\n');
                 text
             }
-            Failure::ClientBody(e) => match std::error::Error::source(e) {
+            Failure::ClientBody(e) => match std::error::Error::source(&**e) {
                 Some(cause) => format!("bad request body: {cause}\n"),
                 None => format!("bad request body: {e}\n"),
             },
@@ -699,7 +701,7 @@ impl Failure {
     }
 }
 
-type Sent = (Response<Incoming>, Option<http1::SendRequest<UpstreamBody>>);
+type Sent = (Response<Received>, Option<http1::SendRequest<UpstreamBody>>);
 
 /// Sends `req` on a pooled or new connection and waits for response headers.
 async fn send(
@@ -712,12 +714,13 @@ async fn send(
 ) -> Result<Sent, (Failure, Option<Request<UpstreamBody>>)> {
     let tls = settings.tls.as_ref().map(|t| &t.connector);
     let (protocol, connect_timeout) = (settings.protocol, settings.timeouts.connect);
+    let own = protocol == UpstreamProtocol::Http1 && tls.is_none() && client::can_send(&mut req);
     // A pooled keep-alive connection can be closed by the upstream just as
     // we pick it; hyper hands the request back unsent in that case, and
     // then it is safe to try once more on a fresh connection.
     for attempt in 0..2 {
         let sender = match pool
-            .checkout(address, pending, protocol, tls, connect_timeout)
+            .checkout(address, pending, protocol, tls, connect_timeout, own)
             .await
         {
             Ok(sender) => sender,
@@ -725,13 +728,30 @@ async fn send(
             Err(e) => return Err((Failure::Connect(e), Some(req))),
         };
         let response = match sender {
+            Sender::Own(conn) => {
+                let fut = client::send(conn, req);
+                match with_timeout(request_timeout, fut)
+                    .await
+                    .map_err(|f| (f, None))?
+                {
+                    Ok(resp) => return Ok((resp.map(Received::Own), None)),
+                    Err(client::Failed {
+                        request: Some(back),
+                        ..
+                    }) if attempt == 0 => {
+                        req = back;
+                        continue;
+                    }
+                    Err(failed) => return Err((Failure::Reset(Box::new(failed.error)), None)),
+                }
+            }
             Sender::Http1(mut tx) => {
                 let fut = tx.try_send_request(req);
                 match with_timeout(request_timeout, fut)
                     .await
                     .map_err(|f| (f, None))?
                 {
-                    Ok(resp) => return Ok((resp, Some(tx))),
+                    Ok(resp) => return Ok((resp.map(Received::Hyper), Some(tx))),
                     Err(mut e) => match e.take_message() {
                         Some(back) if attempt == 0 => {
                             req = back;
@@ -747,7 +767,7 @@ async fn send(
                     .await
                     .map_err(|f| (f, None))?
                 {
-                    Ok(resp) => return Ok((resp, None)),
+                    Ok(resp) => return Ok((resp.map(Received::Hyper), None)),
                     Err(mut e) => match e.take_message() {
                         Some(back) if attempt == 0 => {
                             req = back;
@@ -761,9 +781,9 @@ async fn send(
         // A user error is the request body skiff streams from the client.
         return response.map_err(|e| {
             let failure = if e.is_user() {
-                Failure::ClientBody(e)
+                Failure::ClientBody(Box::new(e))
             } else {
-                Failure::Reset(e)
+                Failure::Reset(Box::new(e))
             };
             (failure, None)
         });
@@ -798,8 +818,8 @@ async fn upgrade_request(
         .map_err(Failure::Connect)?;
     let resp = with_timeout(request_timeout, tx.send_request(req))
         .await?
-        .map_err(Failure::Reset)?;
-    Ok((resp, None))
+        .map_err(|e| Failure::Reset(Box::new(e)))?;
+    Ok((resp.map(Received::Hyper), None))
 }
 
 /// An upgraded connection (WebSocket) to an upstream, waiting for the
@@ -1149,7 +1169,9 @@ enum Ended {
 }
 
 impl Completion {
-    fn finish(self, ended: Ended) {
+    /// `own`: skiff's own client's connection, when the body ended where
+    /// its framing said.
+    fn finish(self, ended: Ended, own: Option<Box<client::Connection>>) {
         let Completion {
             in_flight,
             cluster,
@@ -1163,18 +1185,28 @@ impl Completion {
                 if let Some(conn) = conn {
                     in_flight.endpoint.pool().checkin(conn);
                 }
+                if let Some(own) = own {
+                    in_flight.endpoint.pool().checkin_own(own);
+                }
                 if answered {
                     cluster.record_outcome(&in_flight.endpoint, false);
                 }
             }
-            Ended::Empty if answered => cluster.record_outcome(&in_flight.endpoint, false),
+            Ended::Empty => {
+                if let Some(own) = own {
+                    in_flight.endpoint.pool().checkin_own(own);
+                }
+                if answered {
+                    cluster.record_outcome(&in_flight.endpoint, false);
+                }
+            }
             Ended::Broken => {
                 cluster.stats.errors.reset.fetch_add(1, Relaxed);
                 if answered {
                     cluster.record_outcome(&in_flight.endpoint, true);
                 }
             }
-            Ended::Empty | Ended::Dropped => {}
+            Ended::Dropped => {}
         }
         let elapsed = start.elapsed();
         in_flight.endpoint.cluster_stats.duration.observe(elapsed);
@@ -1185,10 +1217,59 @@ impl Completion {
     }
 }
 
+/// A response body as an upstream client delivers it.
+#[derive(Debug)]
+pub enum Received {
+    Hyper(Incoming),
+    Own(client::ResponseBody),
+}
+
+impl Received {
+    /// skiff's own client's connection, once the body ended cleanly.
+    fn take_reusable(&mut self) -> Option<Box<client::Connection>> {
+        match self {
+            Received::Hyper(_) => None,
+            Received::Own(body) => body.take_reusable(),
+        }
+    }
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Received::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Hyper(b) => b.is_end_stream(),
+            Received::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Hyper(b) => b.size_hint(),
+            Received::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 /// An upstream response body on its way to the client.
 #[derive(Debug)]
 pub struct UpstreamResponse {
-    inner: Incoming,
+    inner: Received,
     done: Option<Completion>,
 }
 
@@ -1198,11 +1279,12 @@ impl Drop for UpstreamResponse {
         if let Some(done) = self.done.take() {
             // An empty body may go unpolled (HTTP/2 ends the stream with
             // the headers): a whole answer all the same.
-            done.finish(if self.inner.is_end_stream() {
-                Ended::Empty
+            if self.inner.is_end_stream() {
+                let own = self.inner.take_reusable();
+                done.finish(Ended::Empty, own);
             } else {
-                Ended::Dropped
-            });
+                done.finish(Ended::Dropped, None);
+            }
         }
     }
 }
@@ -1226,13 +1308,13 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upgrade(_) => Poll::Ready(None),
@@ -1246,17 +1328,17 @@ impl Body for ProxyBody {
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = up.done.take() {
-                            done.finish(Ended::Whole);
+                            done.finish(Ended::Whole, up.inner.take_reusable());
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
                         if let Some(done) = up.done.take() {
-                            done.finish(Ended::Broken);
+                            done.finish(Ended::Broken, None);
                         }
                     }
                     Poll::Ready(Some(Ok(_))) if up.inner.is_end_stream() => {
                         if let Some(done) = up.done.take() {
-                            done.finish(Ended::Whole);
+                            done.finish(Ended::Whole, up.inner.take_reusable());
                         }
                     }
                     _ => {}

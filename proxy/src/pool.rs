@@ -1,6 +1,7 @@
 //! Upstream connection pools, one per endpoint.
 //!
-//! HTTP/1.1: a stack of idle keep-alive connections; a connection goes back
+//! HTTP/1.1: stacks of idle keep-alive connections (skiff's own client's,
+//! and hyper's for TLS upstreams and streamed request bodies); a connection goes back
 //! on the stack when its response body has been read to the end (a response
 //! abandoned midway closes its connection, since the rest of the body would
 //! still be on the wire). HTTP/2: one multiplexed connection, shared by
@@ -20,10 +21,13 @@ use tokio::net::TcpStream;
 
 use crate::body::UpstreamBody;
 use crate::config::UpstreamProtocol;
+use crate::h1::client::Connection;
 use crate::tls::client::Connector;
 
 /// A connection ready to carry one request.
 pub enum Sender {
+    /// skiff's own HTTP/1.1 client (plaintext, request body whole).
+    Own(Box<Connection>),
     Http1(http1::SendRequest<UpstreamBody>),
     Http2(http2::SendRequest<UpstreamBody>),
 }
@@ -82,6 +86,8 @@ struct Idle {
 /// An endpoint's connections.
 #[derive(Default)]
 pub struct Pool {
+    /// skiff's own client's idle connections, and when each went idle.
+    own: Mutex<Vec<(Box<Connection>, Instant)>>,
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     /// Held while an HTTP/2 connection is being dialled, so requests that
@@ -102,6 +108,7 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A connection to `address`: pooled when one is free, else a new one.
+    /// `own`: for skiff's own HTTP/1.1 client (plaintext only).
     pub async fn checkout(
         &self,
         address: SocketAddr,
@@ -109,8 +116,18 @@ impl Pool {
         protocol: UpstreamProtocol,
         tls: Option<&Connector>,
         connect_timeout: Duration,
+        own: bool,
     ) -> Result<Sender, ConnectError> {
         match protocol {
+            UpstreamProtocol::Http1 if own && tls.is_none() => {
+                while let Some(conn) = self.pop_own() {
+                    if conn.is_usable() {
+                        return Ok(Sender::Own(conn));
+                    }
+                }
+                let _waiting = pending.enter()?;
+                Box::pin(Self::connect_own(address, connect_timeout)).await
+            }
             UpstreamProtocol::Http1 => {
                 while let Some(mut sender) = self.pop_idle() {
                     if sender.is_closed() {
@@ -135,6 +152,13 @@ impl Pool {
                 let _waiting = pending.enter()?;
                 Box::pin(self.connect_http2(address, tls, connect_timeout)).await
             }
+        }
+    }
+
+    async fn connect_own(address: SocketAddr, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+        match dial(address, None, connect_timeout).await? {
+            Dialed::Plain(io) => Ok(Sender::Own(Connection::new(io.into_inner()))),
+            Dialed::Tls(_) => unreachable!("dialled without TLS"),
         }
     }
 
@@ -183,6 +207,26 @@ impl Pool {
         })
     }
 
+    fn pop_own(&self) -> Option<Box<Connection>> {
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .map(|(conn, _)| conn)
+    }
+
+    /// Returns one of skiff's own client's connections, its response
+    /// read to the end.
+    pub fn checkin_own(&self, conn: Box<Connection>) {
+        if self.closed.load(Relaxed) {
+            return;
+        }
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((conn, Instant::now()));
+    }
+
     fn pop_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         self.idle
             .lock()
@@ -224,18 +268,24 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < max_idle);
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, since)| now.duration_since(*since) < max_idle);
     }
 
     /// Stops pooling: idle connections close now, busy ones when they finish.
     pub fn close(&self) {
         self.closed.store(true, Relaxed);
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.h2.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Idle HTTP/1.1 connections held.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + self.own.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

@@ -26,6 +26,10 @@ pub enum Answer {
     /// Answers well, then sends a second response nobody asked for on the
     /// now idle connection.
     Unprompted,
+    /// Answers well as for keep-alive, then closes the connection (an
+    /// upstream whose idle timeout is zero: every pooled connection skiff
+    /// holds is dead by the time it is reused).
+    OkThenClose,
 }
 
 /// One request as the upstream read it.
@@ -132,6 +136,10 @@ async fn serve(
         received.lock().expect("received").push(request);
         let written = match answer {
             Answer::Ok => stream.write_all(OK).await,
+            Answer::OkThenClose => {
+                let _ = stream.write_all(OK).await;
+                return;
+            }
             Answer::Malformed => stream.write_all(b"HTTP/1.1 2OO NOT A STATUS\r\n\r\n").await,
             Answer::Longer => {
                 stream

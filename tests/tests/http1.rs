@@ -1,6 +1,8 @@
 //! skiff's own HTTP/1.x server, spoken to byte by byte over raw TCP:
 //! pipelining, chunked bodies, `Expect: 100-continue`, HTTP/1.0, framing
-//! that could be read two ways, and clients that leave mid-request.
+//! that could be read two ways, and clients that leave mid-request; and
+//! skiff's own upstream client: connection reuse, bodies sent whole, and
+//! upstreams that close pooled connections.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -240,4 +242,84 @@ async fn idle_keep_alive_connections_serve_many_requests() {
         }
     }
     assert_eq!(backend.requests(), 20);
+}
+
+/// Reads one response with a `content-length` body from a kept connection.
+async fn read_response(conn: &mut TcpStream) -> String {
+    let text = read_until(conn, "\r\n\r\n").await;
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let body_start = text.find("\r\n\r\n").expect("head") + 4;
+    let mut out = text.into_bytes();
+    let mut chunk = [0u8; 4096];
+    while out.len() < body_start + length {
+        let n = conn.read(&mut chunk).await.expect("read body");
+        assert!(n > 0, "closed mid-body");
+        out.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_bodies_arrive_whole() {
+    let upstream = skiff_tests::raw_upstream::RawUpstream::start(
+        skiff_tests::raw_upstream::Answer::Ok,
+    )
+    .await;
+    let (_proxy, address) = start_proxy(&config(upstream.address)).await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    for i in 0..30 {
+        let raw = match i % 3 {
+            0 => format!("GET /get/{i} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            // Small bodies arrive with their head and go out with it.
+            1 => format!("POST /post/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nbody{}", i % 10),
+            // An empty POST says so.
+            _ => format!("POST /empty/{i} HTTP/1.1\r\nHost: a\r\n\r\n"),
+        };
+        conn.write_all(raw.as_bytes()).await.expect("write");
+        let text = read_response(&mut conn).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("ok"), "{text}");
+    }
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 30);
+    assert!(upstream.violations().is_empty(), "{:?}", upstream.violations());
+    for (i, r) in requests.iter().enumerate() {
+        match i % 3 {
+            0 => assert!(r.body.is_empty(), "{}", r.head),
+            1 => {
+                assert_eq!(r.body, format!("body{}", i % 10).as_bytes());
+                assert!(r.head.contains("content-length: 5\r\n"), "{}", r.head);
+            }
+            _ => assert!(r.head.contains("content-length: 0\r\n"), "{}", r.head),
+        }
+    }
+    assert_eq!(
+        upstream.connections.load(Relaxed),
+        1,
+        "one kept upstream connection carried every request"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_kept_connections_fails_no_request() {
+    let upstream = skiff_tests::raw_upstream::RawUpstream::start(
+        skiff_tests::raw_upstream::Answer::OkThenClose,
+    )
+    .await;
+    let (_proxy, address) = start_proxy(&config(upstream.address)).await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    for i in 0..50 {
+        let method = if i % 2 == 0 { "GET" } else { "DELETE" };
+        conn.write_all(format!("{method} /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let text = read_response(&mut conn).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "request {i}: {text}");
+    }
+    assert_eq!(upstream.requests().len(), 50, "each request reached the upstream once");
+    assert!(upstream.connections.load(Relaxed) >= 50);
 }

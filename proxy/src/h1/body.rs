@@ -269,6 +269,21 @@ impl RequestBody {
         }
     }
 
+    /// The whole body, when its length is known and every byte of it has
+    /// arrived already (a small upload usually comes with its head); the
+    /// connection's buffer goes back to it at once.
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        let Kind::Length(left) = self.kind else {
+            return None;
+        };
+        let left = usize::try_from(left).ok().filter(|&n| n <= self.buf.len())?;
+        let data = self.buf.split_to(left).freeze();
+        self.kind = Kind::Length(0);
+        self.ended = true;
+        self.finish();
+        Some(data)
+    }
+
     fn finish(&mut self) {
         if let Some(back) = self.back.take() {
             let buf = std::mem::take(&mut self.buf);

@@ -18,6 +18,7 @@
 
 pub mod body;
 pub mod buffers;
+pub mod client;
 pub mod parse;
 pub mod write;
 

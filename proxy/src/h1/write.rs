@@ -147,7 +147,13 @@ pub async fn body(
         let frame: Frame<Bytes> = match frame {
             None => break,
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Err(e)) => {
+                // What came before the break goes out first (the head, at
+                // least), so the client sees a response cut short rather
+                // than none; the connection then closes.
+                flush(stream, out).await?;
+                return Err(io::Error::other(e));
+            }
         };
         let data = match frame.into_data() {
             Ok(data) => data,
@@ -223,7 +229,7 @@ async fn push(stream: &TcpStream, out: &mut Vec<u8>, data: &[u8]) -> io::Result<
 /// Polls the body once: its next frame if ready now, else `Pending`.
 fn poll_once(
     body: &mut ProxyBody,
-) -> impl Future<Output = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>> + '_ {
+) -> impl Future<Output = Poll<Option<Result<Frame<Bytes>, crate::body::BodyError>>>> + '_ {
     std::future::poll_fn(move |cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
 }
 

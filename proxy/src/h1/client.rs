@@ -1,0 +1,748 @@
+//! skiff's own HTTP/1.1 client, for plaintext upstreams and requests whose
+//! body is already whole (none, or read before sending for a retry).
+//!
+//! Why not hyper's client for these: hyper drives each connection on a
+//! task of its own, so every request crosses a channel to that task and
+//! its response comes back through a oneshot, and its send future is most
+//! of the per-request future that is moved several times a request. Here
+//! the request's own future writes the request and reads the response
+//! head, and the response body reads the socket as the client side pulls
+//! it: no task, no channel, one `write` and usually one `read`.
+//!
+//! Requests that stream their body (uploads, HTTP/2 client streams still
+//! open) and TLS upstreams stay on hyper's client, whose connection task
+//! can send and receive at once.
+//!
+//! Responses are read strictly (RFC 9112 §6.3): one valid `Content-Length`
+//! or a final `chunked` coding, else the body runs to the connection's end.
+//! A connection goes back to its pool only when its response ended exactly
+//! where its framing said, with nothing after it.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
+
+use super::body::{Chunk, ChunkedDecoder};
+use super::{buffers, read_available};
+use crate::body::UpstreamBody;
+
+/// Most header fields a response may carry.
+const MAX_HEADERS: usize = 100;
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Body bytes copied next to the head; larger bodies go out by `writev`.
+const COPY_LIMIT: usize = 4 * 1024;
+
+/// An upstream connection this client speaks on.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    /// Read buffer, kept with the connection: by the time it carries its
+    /// next request, the last response's slices of it are gone and its
+    /// memory is reused.
+    buf: BytesMut,
+    /// Whether it carried a request before (a pooled keep-alive connection).
+    reused: bool,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Box<Connection> {
+        Box::new(Connection {
+            stream,
+            buf: BytesMut::new(),
+            reused: false,
+        })
+    }
+
+    /// Whether a pooled connection can carry another request: the upstream
+    /// has neither closed it nor sent anything unasked. Costs no system
+    /// call unless the reactor has seen the socket become readable.
+    pub fn is_usable(&self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                // Readable: a close, stray bytes, or readiness left over
+                // from the last read. Only "would block" means usable.
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection before responding")]
+    Closed,
+    #[error("malformed response from upstream: {0}")]
+    Malformed(&'static str),
+}
+
+/// What [`send`] gives back when the request got no response.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: Error,
+    /// The request, unsent or safe to send again: a pooled connection
+    /// that the upstream had closed (a keep-alive race), for a request
+    /// that may go twice.
+    pub request: Option<Request<UpstreamBody>>,
+}
+
+/// Whether this client can carry `req`: its body is whole already. An
+/// HTTP/1 client's body that has arrived whole with its head is taken
+/// off the socket's buffer for it.
+pub fn can_send(req: &mut Request<UpstreamBody>) -> bool {
+    match req.body_mut() {
+        UpstreamBody::Empty | UpstreamBody::Buffered { .. } => true,
+        UpstreamBody::Http2(b) => b.is_end_stream(),
+        UpstreamBody::Http1(b) => match b.take_whole() {
+            Some(data) => {
+                *req.body_mut() = UpstreamBody::Buffered {
+                    data: Some(data),
+                    trailers: None,
+                };
+                true
+            }
+            None => false,
+        },
+    }
+}
+
+/// Sends `req` on `conn` and reads the response head. The response body
+/// owns the connection and reads it as it is polled.
+pub async fn send(
+    mut conn: Box<Connection>,
+    req: Request<UpstreamBody>,
+) -> Result<Response<ResponseBody>, Failed> {
+    let mut out = buffers::write();
+    let rest = encode(&req, &mut out);
+    let written = write_all(&conn.stream, &out, rest.as_deref().unwrap_or(&[])).await;
+    buffers::give_write(out);
+    let head_request = req.method() == Method::HEAD;
+    let again = conn.reused && may_repeat(req.method());
+    if let Err(e) = written {
+        // Nothing written was read: a closed pooled connection refuses the
+        // first write, so the request is safe to send again.
+        let request = conn.reused.then_some(req);
+        return Err(Failed {
+            error: Error::Io(e),
+            request,
+        });
+    }
+    let Connection { stream, buf, .. } = &mut *conn;
+    match read_response(stream, buf, head_request).await {
+        Ok((resp, kind, keep_alive)) => Ok(resp.map(|()| ResponseBody {
+            conn: Some(conn),
+            kind,
+            keep_alive,
+            ended: false,
+        })),
+        Err(Error::Closed) => Err(Failed {
+            error: Error::Closed,
+            request: again.then_some(req),
+        }),
+        Err(error) => Err(Failed {
+            error,
+            request: None,
+        }),
+    }
+}
+
+/// Methods sent again after a pooled connection closed without answering
+/// (what Go's client does): the upstream may have seen them, but sending
+/// them twice is harmless.
+fn may_repeat(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// Encodes the request head into `out`, with a small body after it; a
+/// larger body is returned to be written beside it.
+fn encode(req: &Request<UpstreamBody>, out: &mut Vec<u8>) -> Option<Bytes> {
+    let (data, trailers) = match req.body() {
+        UpstreamBody::Buffered { data, trailers } => (data.clone(), trailers.clone()),
+        _ => (None, None),
+    };
+    let data = data.filter(|d| !d.is_empty());
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let buffered = matches!(req.body(), UpstreamBody::Buffered { .. });
+    let mut has_length = false;
+    for (name, value) in req.headers() {
+        if name == header::CONTENT_LENGTH {
+            if buffered {
+                // Written below from the body itself.
+                continue;
+            }
+            has_length = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let len = data.as_ref().map_or(0, Bytes::len);
+    if trailers.is_some() {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+        if len > 0 {
+            chunk_size(out, len);
+        }
+    } else if buffered || (!has_length && carries_body(req.method())) {
+        out.extend_from_slice(b"content-length: ");
+        decimal(out, len);
+        out.extend_from_slice(b"\r\n\r\n");
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+    let rest = match data {
+        Some(d) if d.len() <= COPY_LIMIT || trailers.is_some() => {
+            out.extend_from_slice(&d);
+            None
+        }
+        other => other,
+    };
+    if let Some(trailers) = &trailers {
+        if len > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    rest
+}
+
+fn decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Methods whose requests say how long their (here empty) body is, as
+/// hyper's client does.
+fn carries_body(method: &Method) -> bool {
+    *method == Method::POST || *method == Method::PUT || *method == Method::PATCH
+}
+
+fn chunk_size(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(len >> (i * 4)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes both slices whole, in order.
+async fn write_all(stream: &TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let mut parts = [first, second];
+    loop {
+        if parts[0].is_empty() {
+            parts = [parts[1], &[]];
+            if parts[0].is_empty() {
+                return Ok(());
+            }
+        }
+        let result = if parts[1].is_empty() {
+            stream.try_write(parts[0])
+        } else {
+            stream.try_write_vectored(&[IoSlice::new(parts[0]), IoSlice::new(parts[1])])
+        };
+        match result {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                for part in parts.iter_mut() {
+                    let take = n.min(part.len());
+                    *part = &part[take..];
+                    n -= take;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Debug)]
+pub enum Kind {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// Reads a final response head (1xx interim responses are skipped) and
+/// decides the body's framing and whether the connection stays open.
+async fn read_response(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<(Response<()>, Kind, bool), Error> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(parsed) = parse(buf, head_request)? {
+                match parsed {
+                    Parsed::Interim => continue,
+                    Parsed::Final(resp, kind, keep_alive) => return Ok((resp, kind, keep_alive)),
+                }
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        loop {
+            match read_available(stream, buf) {
+                Ok(0) if buf.is_empty() => return Err(Error::Closed),
+                Ok(0) => return Err(Error::Malformed("connection closed mid-head")),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.readable().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+enum Parsed {
+    /// A 1xx response other than 101, consumed from the buffer.
+    Interim,
+    Final(Response<()>, Kind, bool),
+}
+
+/// Parses the response head at the start of `buf`, taking it off the buffer.
+fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(Error::Malformed("response head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Malformed("too many header fields"))
+        }
+        Err(_) => return Err(Error::Malformed("invalid response head")),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(Error::Malformed("response head too large"));
+    }
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::Malformed("101 to a request that asked no upgrade"));
+        }
+        buf.advance(head_len);
+        return Ok(Some(Parsed::Interim));
+    }
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // The head's bytes, shared by the header values sliced from it.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (span, f) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = f.name.as_ptr() as usize - base;
+        let value = f.value.as_ptr() as usize - base;
+        *span = (name, f.name.len(), value, f.value.len());
+    }
+    let spans = &spans[..count];
+    let head = buf.split_to(head_len).freeze();
+
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut coded = false;
+    let mut close = version == Version::HTTP_10;
+    for &(name_at, name_len, value_at, value_len) in spans {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| Error::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| Error::Malformed("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Malformed("conflicting content-length values"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+            // Only the final coding decides: chunked last means chunked.
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+
+    let no_body = head_request
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let kind = if no_body {
+        Kind::Length(0)
+    } else if coded {
+        // A length beside a coding is ignored (RFC 9112 §6.3), and the
+        // connection is not trusted with another request.
+        if length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+            close = true;
+        }
+        if chunked {
+            Kind::Chunked(ChunkedDecoder::default())
+        } else {
+            Kind::Close
+        }
+    } else {
+        match length {
+            Some(n) => Kind::Length(n),
+            None => Kind::Close,
+        }
+    };
+    if matches!(kind, Kind::Close) {
+        close = true;
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some(Parsed::Final(resp, kind, !close)))
+}
+
+/// A `Content-Length` value: digits only (a list of equal values is
+/// refused too: an upstream has no reason to send one).
+fn parse_length(value: &[u8]) -> Result<u64, Error> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(Error::Malformed("invalid content-length"));
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// A response body, read from the upstream connection as it is polled.
+#[derive(Debug)]
+pub struct ResponseBody {
+    /// The connection, until the body ends or breaks.
+    conn: Option<Box<Connection>>,
+    kind: Kind,
+    /// The upstream keeps the connection open after this response.
+    keep_alive: bool,
+    ended: bool,
+}
+
+impl ResponseBody {
+    /// The connection, once the body has ended where its framing said and
+    /// the upstream sent nothing after it.
+    pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
+        if !self.is_end_stream() || !self.keep_alive {
+            return None;
+        }
+        let mut conn = self.conn.take().filter(|c| c.buf.is_empty())?;
+        conn.reused = true;
+        Some(conn)
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        // Bytes past the end answer nothing that was asked.
+        if !self.keep_alive || self.conn.as_ref().is_some_and(|c| !c.buf.is_empty()) {
+            self.conn = None;
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(conn) = &mut self.conn else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        loop {
+            ready!(conn.stream.poll_read_ready(cx))?;
+            conn.buf.reserve(READ_CHUNK);
+            match read_available(&conn.stream, &mut conn.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if let Kind::Length(0) = this.kind {
+                this.end();
+                continue;
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(Some(Err(io::ErrorKind::NotConnected.into())));
+            };
+            let buf = &mut conn.buf;
+            match &mut this.kind {
+                Kind::Length(left) => {
+                    if !buf.is_empty() {
+                        let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                        *left -= n as u64;
+                        let data = buf.split_to(n).freeze();
+                        if *left == 0 {
+                            this.end();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Kind::Chunked(decoder) => match decoder.decode(buf) {
+                    Ok(Some(Chunk::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Chunk::Trailers(t))) => {
+                        this.end();
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Ok(Some(Chunk::End)) => {
+                        this.end();
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            e,
+                        ))));
+                    }
+                },
+                Kind::Close => {
+                    if !buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
+                    }
+                }
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) if matches!(this.kind, Kind::Close) => {
+                    this.conn = None;
+                    this.ended = true;
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection before the response body ended",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || matches!(self.kind, Kind::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.kind {
+            Kind::Length(left) => SizeHint::with_exact(left),
+            Kind::Chunked(_) | Kind::Close => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(wire: &[u8], head_request: bool) -> Result<Option<(Response<()>, Kind, bool)>, Error> {
+        let mut buf = BytesMut::from(wire);
+        loop {
+            match parse(&mut buf, head_request)? {
+                None => return Ok(None),
+                Some(Parsed::Interim) => continue,
+                Some(Parsed::Final(r, k, ka)) => return Ok(Some((r, k, ka))),
+            }
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let (resp, kind, keep) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(matches!(kind, Kind::Length(5)));
+        assert!(keep);
+        let (_, kind, keep) = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(kind, Kind::Chunked(_)) && keep);
+        let (resp, kind, keep) = head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(kind, Kind::Chunked(_)) && !keep);
+        assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+        let (_, kind, keep) = head(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert!(matches!(kind, Kind::Close) && !keep);
+        let (_, kind, keep) = head(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(kind, Kind::Length(1)) && !keep);
+        let (_, kind, keep) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(kind, Kind::Length(0)) && keep, "HEAD has no body");
+        let (_, kind, _) = head(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(kind, Kind::Length(0)));
+        let (_, _, keep) = head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!keep);
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let (resp, _, _) = head(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        for wire in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 999999 Nope\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n",
+        ] {
+            assert!(head(wire, false).is_err(), "{}", String::from_utf8_lossy(wire));
+        }
+        assert!(head(b"HTTP/1.1 200 OK\r\ncontent-le", false).unwrap().is_none());
+    }
+
+    fn encoded(req: Request<UpstreamBody>) -> (String, Option<Bytes>) {
+        let mut out = Vec::new();
+        let rest = encode(&req, &mut out);
+        (String::from_utf8(out).unwrap(), rest)
+    }
+
+    #[test]
+    fn requests_encode_with_their_framing() {
+        let req = Request::get("/a?b=1")
+            .header("host", "shop")
+            .body(UpstreamBody::Empty)
+            .unwrap();
+        let (text, _) = encoded(req);
+        assert_eq!(text, "GET /a?b=1 HTTP/1.1\r\nhost: shop\r\n\r\n");
+
+        let req = Request::post("/orders")
+            .header("host", "shop")
+            .body(UpstreamBody::Empty)
+            .unwrap();
+        assert!(encoded(req).0.ends_with("content-length: 0\r\n\r\n"));
+
+        let req = Request::put("/x")
+            .header("content-length", "2")
+            .body(UpstreamBody::Buffered {
+                data: Some(Bytes::from_static(b"hi")),
+                trailers: None,
+            })
+            .unwrap();
+        let (text, rest) = encoded(req);
+        assert_eq!(text, "PUT /x HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi");
+        assert!(rest.is_none());
+
+        let big = Bytes::from(vec![b'x'; COPY_LIMIT + 1]);
+        let req = Request::put("/x")
+            .body(UpstreamBody::Buffered {
+                data: Some(big.clone()),
+                trailers: None,
+            })
+            .unwrap();
+        let (text, rest) = encoded(req);
+        assert!(text.ends_with(&format!("content-length: {}\r\n\r\n", big.len())));
+        assert_eq!(rest, Some(big));
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let req = Request::post("/t")
+            .body(UpstreamBody::Buffered {
+                data: Some(Bytes::from_static(b"abc")),
+                trailers: Some(trailers),
+            })
+            .unwrap();
+        let (text, _) = encoded(req);
+        assert_eq!(
+            text,
+            "POST /t HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        );
+    }
+}
