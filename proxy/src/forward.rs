@@ -41,50 +41,56 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 ///
 /// `raw_head` is the request head as an HTTP/1 client sent it, when it
 /// did: a retry re-reads it instead of every request paying for a copy.
-pub async fn handle(
-    req: Request<UpstreamBody>,
-    listener: &ListenerState,
+///
+/// This and the functions it awaits return `async move` blocks rather than
+/// being `async fn`s: an `async fn`'s future keeps its parameters and a
+/// second copy of them, and this future is moved and boxed per request.
+#[allow(clippy::manual_async_fn)] // see above: the future stays smaller
+pub fn handle<'a>(
+    mut req: Request<UpstreamBody>,
+    listener: &'a ListenerState,
     peer: SocketAddr,
     raw_head: Option<Bytes>,
-) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let routes = listener.routes.load();
-    let host = request_host(&req);
-    let access = routes
-        .access_log
-        .filter(|log| {
-            log.sample >= 1.0 || (random() >> 11) as f64 <= log.sample * (1u64 << 53) as f64
-        })
-        .map(|_| AccessEntry::new(&req, host.unwrap_or("-"), &listener.name, start));
-    let route = match routes.find(host, req.uri().path(), req.headers()) {
-        Some(Found::Route(route)) => route,
-        Some(Found::Redirect(redirect)) => {
-            let resp = redirect.response(&req, host);
-            log_local(access, &resp, None, 0);
-            return resp;
-        }
-        None => {
-            listener.unrouted.fetch_add(1, Relaxed);
-            let resp = local(
-                StatusCode::NOT_FOUND,
-                "no route matches this host and path\n",
-            );
-            log_local(access, &resp, None, 0);
-            return resp;
-        }
-    };
-    let mut req = req;
-    let raw_head = match &route.edits {
-        None => raw_head,
-        Some(edits) => {
-            edits.apply(&mut req);
-            // A retry must send the edited request, not re-read the client's.
-            None
-        }
-    };
-    let response = forward(req, route, peer, start, raw_head, access).await;
-    route.requests.record(response.status().as_u16());
-    response
+) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
+    async move {
+        let start = Instant::now();
+        let routes = listener.routes.load();
+        let host = request_host(&req);
+        let access = routes
+            .access_log
+            .filter(|log| {
+                log.sample >= 1.0 || (random() >> 11) as f64 <= log.sample * (1u64 << 53) as f64
+            })
+            .map(|_| AccessEntry::new(&req, host.unwrap_or("-"), &listener.name, start));
+        let route = match routes.find(host, req.uri().path(), req.headers()) {
+            Some(Found::Route(route)) => route,
+            Some(Found::Redirect(redirect)) => {
+                let resp = redirect.response(&req, host);
+                log_local(access, &resp, None, 0);
+                return resp;
+            }
+            None => {
+                listener.unrouted.fetch_add(1, Relaxed);
+                let resp = local(
+                    StatusCode::NOT_FOUND,
+                    "no route matches this host and path\n",
+                );
+                log_local(access, &resp, None, 0);
+                return resp;
+            }
+        };
+        let raw_head = match &route.edits {
+            None => raw_head,
+            Some(edits) => {
+                edits.apply(&mut req);
+                // A retry must send the edited request, not re-read the client's.
+                None
+            }
+        };
+        let response = forward(req, route, peer, start, raw_head, access).await;
+        route.requests.record(response.status().as_u16());
+        response
+    }
 }
 
 /// One access log line, filled in as the request goes and written when
@@ -148,214 +154,217 @@ impl AccessEntry {
     }
 }
 
-async fn forward(
+#[allow(clippy::manual_async_fn)] // see above: the future stays smaller
+fn forward<'a>(
     mut req: Request<UpstreamBody>,
-    route: &Route,
+    route: &'a Route,
     peer: SocketAddr,
     start: Instant,
     raw_head: Option<Bytes>,
     mut access: Option<Box<AccessEntry>>,
-) -> Response<ProxyBody> {
-    let cluster = &route.cluster;
-    let settings = cluster.settings();
-    let limits = settings.circuit_breaker;
-    let policy = settings.retries;
-    cluster.stats.budget.record_request(start);
-    let upgrade = is_upgrade(&req);
-    prepare_request(&mut req, peer, upgrade);
-    if let Some(entry) = access.as_mut() {
-        entry.cluster = Some(cluster.name.clone());
-        if let Some(id) = req
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-        {
-            entry.request_id = id.to_string();
-        }
-    }
-    // What a retry after a response or a reset sends again: idempotent
-    // (or marked) requests, with their body when it is at most
-    // MAX_REPLAY_BODY long; that body is read whole before the first try.
-    // (A request that was never sent, after a connect failure, comes back
-    // whole and can always be retried.)
-    let retryable = policy.attempts > 0
-        && !upgrade
-        && (is_idempotent(req.method()) || marked_retryable(&mut req));
-    let mut replay_body = None;
-    if retryable && !req.body().is_end_stream() {
-        match buffer_body(&mut req, settings.timeouts.request).await {
-            Ok(body) => replay_body = body,
-            Err(resp) => return resp,
-        }
-    }
-    // A refused HTTP/2 stream was not processed, so any request can go
-    // again; keeping an HTTP/1 client's raw head for it costs nothing.
-    let refusable = policy.attempts > 0
-        && !upgrade
-        && settings.protocol == UpstreamProtocol::Http2
-        && raw_head.is_some();
-    let replay =
-        if (retryable || refusable) && (req.body().is_end_stream() || replay_body.is_some()) {
-            match raw_head {
-                Some(head) => Replay::Raw {
-                    head,
-                    peer,
-                    // The id skiff made (a client's own is in the head). Kept
-                    // as bytes: cloning the value would allocate per request.
-                    request_id: req
-                        .headers()
-                        .get(&X_REQUEST_ID)
-                        .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
-                },
-                None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
+    async move {
+        let cluster = &route.cluster;
+        let settings = cluster.settings();
+        let limits = settings.circuit_breaker;
+        let policy = settings.retries;
+        cluster.stats.budget.record_request(start);
+        let upgrade = is_upgrade(&req);
+        prepare_request(&mut req, peer, upgrade);
+        if let Some(entry) = access.as_mut() {
+            entry.cluster = Some(cluster.name.clone());
+            if let Some(id) = req
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+            {
+                entry.request_id = id.to_string();
             }
-        } else {
-            Replay::No
-        };
-    let request_timeout = route.timeout.unwrap_or(settings.timeouts.request);
-    let per_try = if policy.per_try_timeout.is_zero() {
-        request_timeout
-    } else {
-        policy.per_try_timeout
-    };
-    let mut avoid = None;
-    let mut retried = 0;
-    loop {
-        let in_flight = match admit(cluster, limits.max_requests, avoid) {
-            Ok(in_flight) => in_flight,
-            Err(unavailable) => {
-                let resp = unavailable_response(cluster, unavailable, limits.max_requests);
-                cluster.stats.duration.observe(start.elapsed());
-                log_local(access, &resp, None, retried);
-                return resp;
+        }
+        // What a retry after a response or a reset sends again: idempotent
+        // (or marked) requests, with their body when it is at most
+        // MAX_REPLAY_BODY long; that body is read whole before the first try.
+        // (A request that was never sent, after a connect failure, comes back
+        // whole and can always be retried.)
+        let retryable = policy.attempts > 0
+            && !upgrade
+            && (is_idempotent(req.method()) || marked_retryable(&mut req));
+        let mut replay_body = None;
+        if retryable && !req.body().is_end_stream() {
+            match buffer_body(&mut req, settings.timeouts.request).await {
+                Ok(body) => replay_body = body,
+                Err(resp) => return resp,
             }
-        };
-        let endpoint = in_flight.endpoint.clone();
-        let result = if upgrade {
-            // Boxed: a rare path that would otherwise enlarge every request's future.
-            Box::pin(upgrade_request(
-                req,
-                endpoint.address,
-                settings.tls.as_ref().map(|t| &t.connector),
-                settings.timeouts.connect,
-                request_timeout,
-            ))
-            .await
-            .map_err(|f| (f, None))
-        } else {
-            set_upstream_uri(
-                &mut req,
-                settings.protocol,
-                settings.tls.is_some(),
-                endpoint.address,
-            );
-            let pending = PendingLimit {
-                waiting: &cluster.stats.pending,
-                max: limits.max_pending,
+        }
+        // A refused HTTP/2 stream was not processed, so any request can go
+        // again; keeping an HTTP/1 client's raw head for it costs nothing.
+        let refusable = policy.attempts > 0
+            && !upgrade
+            && settings.protocol == UpstreamProtocol::Http2
+            && raw_head.is_some();
+        let replay =
+            if (retryable || refusable) && (req.body().is_end_stream() || replay_body.is_some()) {
+                match raw_head {
+                    Some(head) => Replay::Raw {
+                        head,
+                        peer,
+                        // The id skiff made (a client's own is in the head). Kept
+                        // as bytes: cloning the value would allocate per request.
+                        request_id: req
+                            .headers()
+                            .get(&X_REQUEST_ID)
+                            .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
+                    },
+                    None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+                }
+            } else {
+                Replay::No
             };
-            send(
-                req,
-                endpoint.pool(),
-                endpoint.address,
-                pending,
-                &settings,
-                per_try,
-            )
-            .await
+        let request_timeout = route.timeout.unwrap_or(settings.timeouts.request);
+        let per_try = if policy.per_try_timeout.is_zero() {
+            request_timeout
+        } else {
+            policy.per_try_timeout
         };
-        let may_retry = retried < policy.attempts;
+        let mut avoid = None;
+        let mut retried = 0;
+        loop {
+            let in_flight = match admit(cluster, limits.max_requests, avoid) {
+                Ok(in_flight) => in_flight,
+                Err(unavailable) => {
+                    let resp = unavailable_response(cluster, unavailable, limits.max_requests);
+                    cluster.stats.duration.observe(start.elapsed());
+                    log_local(access, &resp, None, retried);
+                    return resp;
+                }
+            };
+            let endpoint = in_flight.endpoint.clone();
+            let result = if upgrade {
+                // Boxed: a rare path that would otherwise enlarge every request's future.
+                Box::pin(upgrade_request(
+                    req,
+                    endpoint.address,
+                    settings.tls.as_ref().map(|t| &t.connector),
+                    settings.timeouts.connect,
+                    request_timeout,
+                ))
+                .await
+                .map_err(|f| (f, None))
+            } else {
+                set_upstream_uri(
+                    &mut req,
+                    settings.protocol,
+                    settings.tls.is_some(),
+                    endpoint.address,
+                );
+                let pending = PendingLimit {
+                    waiting: &cluster.stats.pending,
+                    max: limits.max_pending,
+                };
+                send(
+                    req,
+                    endpoint.pool(),
+                    endpoint.address,
+                    pending,
+                    &settings,
+                    per_try,
+                )
+                .await
+            };
+            let may_retry = retried < policy.attempts;
 
-        let next = match result {
-            Ok((resp, conn)) => {
-                let status = resp.status();
-                endpoint.requests.record(status.as_u16());
-                if status.is_server_error() {
-                    cluster.record_outcome(&endpoint, true);
-                }
-                // A success is recorded when the body has ended whole
-                // (`Completion::finish`): one broken mid-body is a failure.
-                let retry = may_retry
-                    && matches!(status.as_u16(), 502..=504)
-                    && retryable
-                    && replay.allowed()
-                    && cluster
-                        .stats
-                        .budget
-                        .try_retry(policy.budget_percent, policy.min_per_second);
-                let again = if retry {
-                    replay.request(&replay_body)
-                } else {
-                    None
-                };
-                let Some(again) = again else {
-                    if let Some(entry) = access.as_mut() {
-                        entry.endpoint = Some(endpoint.address);
-                        entry.status = status.as_u16();
-                        entry.retries = retried;
+            let next = match result {
+                Ok((resp, conn)) => {
+                    let status = resp.status();
+                    endpoint.requests.record(status.as_u16());
+                    if status.is_server_error() {
+                        cluster.record_outcome(&endpoint, true);
                     }
-                    let done = (in_flight, cluster.clone());
-                    return respond(resp, conn, done, upgrade, start, access);
-                };
-                // The answer is dropped unread, and its connection with it.
-                drop((resp, conn, in_flight));
-                again
-            }
-            Err((failure @ Failure::ClientBody(_), _)) => {
-                tracing::debug!(cluster = %cluster.name, "request failed: {}", failure.message());
-                drop(in_flight);
-                let resp = failure.response();
-                log_local(access, &resp, Some(endpoint.address), retried);
-                return resp;
-            }
-            Err((failure, unsent)) => {
-                let counter = match &failure {
-                    Failure::Connect(ConnectError::Overflow(_)) => &cluster.stats.overflow,
-                    Failure::Connect(ConnectError::Timeout(_)) => {
-                        &cluster.stats.errors.connect_timeout
-                    }
-                    Failure::Connect(_) => &cluster.stats.errors.connect_failed,
-                    Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
-                    Failure::Reset(_) | Failure::ClientBody(_) => &cluster.stats.errors.reset,
-                };
-                counter.fetch_add(1, Relaxed);
-                let overflowed = matches!(failure, Failure::Connect(ConnectError::Overflow(_)));
-                let resp = failure.response();
-                if !overflowed {
-                    // An overflow never reached the endpoint.
-                    endpoint.requests.record(resp.status().as_u16());
-                    cluster.record_outcome(&endpoint, true);
-                }
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
-                drop(in_flight);
-                let again = match (&failure, unsent) {
-                    _ if !may_retry || overflowed => None,
-                    (Failure::Connect(_), Some(unsent)) => Some(unsent),
-                    (Failure::Reset(e), _) if is_refused(e) => replay.request(&replay_body),
-                    _ if retryable => replay.request(&replay_body),
-                    _ => None,
-                };
-                match again {
-                    Some(again)
-                        if cluster
+                    // A success is recorded when the body has ended whole
+                    // (`Completion::finish`): one broken mid-body is a failure.
+                    let retry = may_retry
+                        && matches!(status.as_u16(), 502..=504)
+                        && retryable
+                        && replay.allowed()
+                        && cluster
                             .stats
                             .budget
-                            .try_retry(policy.budget_percent, policy.min_per_second) =>
-                    {
-                        again
+                            .try_retry(policy.budget_percent, policy.min_per_second);
+                    let again = if retry {
+                        replay.request(&replay_body)
+                    } else {
+                        None
+                    };
+                    let Some(again) = again else {
+                        if let Some(entry) = access.as_mut() {
+                            entry.endpoint = Some(endpoint.address);
+                            entry.status = status.as_u16();
+                            entry.retries = retried;
+                        }
+                        let done = (in_flight, cluster.clone());
+                        return respond(resp, conn, done, upgrade, start, access);
+                    };
+                    // The answer is dropped unread, and its connection with it.
+                    drop((resp, conn, in_flight));
+                    again
+                }
+                Err((failure @ Failure::ClientBody(_), _)) => {
+                    tracing::debug!(cluster = %cluster.name, "request failed: {}", failure.message());
+                    drop(in_flight);
+                    let resp = failure.response();
+                    log_local(access, &resp, Some(endpoint.address), retried);
+                    return resp;
+                }
+                Err((failure, unsent)) => {
+                    let counter = match &failure {
+                        Failure::Connect(ConnectError::Overflow(_)) => &cluster.stats.overflow,
+                        Failure::Connect(ConnectError::Timeout(_)) => {
+                            &cluster.stats.errors.connect_timeout
+                        }
+                        Failure::Connect(_) => &cluster.stats.errors.connect_failed,
+                        Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
+                        Failure::Reset(_) | Failure::ClientBody(_) => &cluster.stats.errors.reset,
+                    };
+                    counter.fetch_add(1, Relaxed);
+                    let overflowed = matches!(failure, Failure::Connect(ConnectError::Overflow(_)));
+                    let resp = failure.response();
+                    if !overflowed {
+                        // An overflow never reached the endpoint.
+                        endpoint.requests.record(resp.status().as_u16());
+                        cluster.record_outcome(&endpoint, true);
                     }
-                    _ => {
-                        cluster.stats.duration.observe(start.elapsed());
-                        log_local(access, &resp, Some(endpoint.address), retried);
-                        return resp;
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
+                    drop(in_flight);
+                    let again = match (&failure, unsent) {
+                        _ if !may_retry || overflowed => None,
+                        (Failure::Connect(_), Some(unsent)) => Some(unsent),
+                        (Failure::Reset(e), _) if is_refused(e) => replay.request(&replay_body),
+                        _ if retryable => replay.request(&replay_body),
+                        _ => None,
+                    };
+                    match again {
+                        Some(again)
+                            if cluster
+                                .stats
+                                .budget
+                                .try_retry(policy.budget_percent, policy.min_per_second) =>
+                        {
+                            again
+                        }
+                        _ => {
+                            cluster.stats.duration.observe(start.elapsed());
+                            log_local(access, &resp, Some(endpoint.address), retried);
+                            return resp;
+                        }
                     }
                 }
-            }
-        };
-        retried += 1;
-        cluster.stats.retries.fetch_add(1, Relaxed);
-        avoid = Some(endpoint.address);
-        req = next;
-        tokio::time::sleep(backoff(policy.backoff, retried)).await;
+            };
+            retried += 1;
+            cluster.stats.retries.fetch_add(1, Relaxed);
+            avoid = Some(endpoint.address);
+            req = next;
+            tokio::time::sleep(backoff(policy.backoff, retried)).await;
+        }
     }
 }
 
@@ -704,91 +713,108 @@ impl Failure {
 type Sent = (Response<Received>, Option<http1::SendRequest<UpstreamBody>>);
 
 /// Sends `req` on a pooled or new connection and waits for response headers.
-async fn send(
+///
+/// A plain function returning an `async move` block: an `async fn` would
+/// keep its parameters and a second copy of them in its future, and this
+/// future is part of every request's (moved, and boxed, per request).
+#[allow(clippy::manual_async_fn)] // see above: the future stays smaller
+fn send<'a>(
     mut req: Request<UpstreamBody>,
-    pool: &Pool,
+    pool: &'a Pool,
     address: SocketAddr,
-    pending: PendingLimit<'_>,
-    settings: &crate::config::ClusterConfig,
+    pending: PendingLimit<'a>,
+    settings: &'a crate::config::ClusterConfig,
     request_timeout: Duration,
-) -> Result<Sent, (Failure, Option<Request<UpstreamBody>>)> {
-    let tls = settings.tls.as_ref().map(|t| &t.connector);
-    let (protocol, connect_timeout) = (settings.protocol, settings.timeouts.connect);
-    let own = protocol == UpstreamProtocol::Http1 && tls.is_none() && client::can_send(&mut req);
-    // A pooled keep-alive connection can be closed by the upstream just as
-    // we pick it; hyper hands the request back unsent in that case, and
-    // then it is safe to try once more on a fresh connection.
-    for attempt in 0..2 {
-        let sender = match pool
-            .checkout(address, pending, protocol, tls, connect_timeout, own)
-            .await
-        {
-            Ok(sender) => sender,
-            // Never sent: the request goes back for a retry elsewhere.
-            Err(e) => return Err((Failure::Connect(e), Some(req))),
-        };
-        let response = match sender {
-            Sender::Own(conn) => {
-                let fut = client::send(conn, req);
-                match with_timeout(request_timeout, fut)
-                    .await
-                    .map_err(|f| (f, None))?
-                {
-                    Ok(resp) => return Ok((resp.map(Received::Own), None)),
-                    Err(client::Failed {
-                        request: Some(back),
-                        ..
-                    }) if attempt == 0 => {
-                        req = back;
-                        continue;
-                    }
-                    Err(failed) => return Err((Failure::Reset(Box::new(failed.error)), None)),
-                }
-            }
-            Sender::Http1(mut tx) => {
-                let fut = tx.try_send_request(req);
-                match with_timeout(request_timeout, fut)
-                    .await
-                    .map_err(|f| (f, None))?
-                {
-                    Ok(resp) => return Ok((resp.map(Received::Hyper), Some(tx))),
-                    Err(mut e) => match e.take_message() {
-                        Some(back) if attempt == 0 => {
-                            req = back;
-                            continue;
-                        }
-                        _ => Err(e.into_error()),
-                    },
-                }
-            }
-            Sender::Http2(mut tx) => {
-                let fut = tx.try_send_request(req);
-                match with_timeout(request_timeout, fut)
-                    .await
-                    .map_err(|f| (f, None))?
-                {
-                    Ok(resp) => return Ok((resp.map(Received::Hyper), None)),
-                    Err(mut e) => match e.take_message() {
-                        Some(back) if attempt == 0 => {
-                            req = back;
-                            continue;
-                        }
-                        _ => Err(e.into_error()),
-                    },
-                }
-            }
-        };
-        // A user error is the request body skiff streams from the client.
-        return response.map_err(|e| {
-            let failure = if e.is_user() {
-                Failure::ClientBody(Box::new(e))
-            } else {
-                Failure::Reset(Box::new(e))
+) -> impl std::future::Future<Output = Result<Sent, (Failure, Option<Request<UpstreamBody>>)>> + 'a
+{
+    async move {
+        let tls = settings.tls.as_ref().map(|t| &t.connector);
+        let (protocol, connect_timeout) = (settings.protocol, settings.timeouts.connect);
+        let own =
+            protocol == UpstreamProtocol::Http1 && tls.is_none() && client::can_send(&mut req);
+        // A pooled keep-alive connection can be closed by the upstream just as
+        // we pick it; hyper hands the request back unsent in that case, and
+        // then it is safe to try once more on a fresh connection.
+        for attempt in 0..2 {
+            let sender = match pool
+                .checkout(address, pending, protocol, tls, connect_timeout, own)
+                .await
+            {
+                Ok(sender) => sender,
+                // Never sent: the request goes back for a retry elsewhere.
+                Err(e) => return Err((Failure::Connect(e), Some(req))),
             };
-            (failure, None)
-        });
+            let response = match sender {
+                Sender::Own(conn) => {
+                    let fut = client::send(conn, req);
+                    match limited(request_timeout, fut)
+                        .await
+                        .map_err(|_| (Failure::Timeout(request_timeout), None))?
+                    {
+                        Ok(resp) => return Ok((resp.map(Received::Own), None)),
+                        Err(client::Failed {
+                            request: Some(back),
+                            ..
+                        }) if attempt == 0 => {
+                            req = back;
+                            continue;
+                        }
+                        Err(failed) => return Err((Failure::Reset(Box::new(failed.error)), None)),
+                    }
+                }
+                Sender::Http1(mut tx) => {
+                    let fut = tx.try_send_request(req);
+                    match limited(request_timeout, fut)
+                        .await
+                        .map_err(|_| (Failure::Timeout(request_timeout), None))?
+                    {
+                        Ok(resp) => return Ok((resp.map(Received::Hyper), Some(tx))),
+                        Err(mut e) => match e.take_message() {
+                            Some(back) if attempt == 0 => {
+                                req = back;
+                                continue;
+                            }
+                            _ => Err(e.into_error()),
+                        },
+                    }
+                }
+                Sender::Http2(mut tx) => {
+                    let fut = tx.try_send_request(req);
+                    match limited(request_timeout, fut)
+                        .await
+                        .map_err(|_| (Failure::Timeout(request_timeout), None))?
+                    {
+                        Ok(resp) => return Ok((resp.map(Received::Hyper), None)),
+                        Err(mut e) => match e.take_message() {
+                            Some(back) if attempt == 0 => {
+                                req = back;
+                                continue;
+                            }
+                            _ => Err(e.into_error()),
+                        },
+                    }
+                }
+            };
+            // A user error is the request body skiff streams from the client.
+            return response.map_err(|e| {
+                let failure = if e.is_user() {
+                    Failure::ClientBody(Box::new(e))
+                } else {
+                    Failure::Reset(Box::new(e))
+                };
+                (failure, None)
+            });
+        }
+        unreachable!("the loop returns on its second attempt")
     }
-    unreachable!("the loop returns on its second attempt")
+}
+
+/// `fut` bounded by `limit` (zero: unbounded, in practice). A timeout
+/// itself, not an `async fn` around one, which would hold `fut` twice.
+fn limited<F: std::future::Future>(limit: Duration, fut: F) -> tokio::time::Timeout<F> {
+    // Far enough never to fire; tokio clamps it to its timer's range.
+    const UNBOUNDED: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    tokio::time::timeout(if limit.is_zero() { UNBOUNDED } else { limit }, fut)
 }
 
 async fn with_timeout<F: std::future::Future>(

@@ -155,7 +155,10 @@ impl Pool {
         }
     }
 
-    async fn connect_own(address: SocketAddr, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+    async fn connect_own(
+        address: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
         match dial(address, None, connect_timeout).await? {
             Dialed::Plain(io) => Ok(Sender::Own(Connection::new(io.into_inner()))),
             Dialed::Tls(_) => unreachable!("dialled without TLS"),

@@ -265,17 +265,18 @@ async fn read_response(conn: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn upstream_connections_are_reused_and_bodies_arrive_whole() {
-    let upstream = skiff_tests::raw_upstream::RawUpstream::start(
-        skiff_tests::raw_upstream::Answer::Ok,
-    )
-    .await;
+    let upstream =
+        skiff_tests::raw_upstream::RawUpstream::start(skiff_tests::raw_upstream::Answer::Ok).await;
     let (_proxy, address) = start_proxy(&config(upstream.address)).await;
     let mut conn = TcpStream::connect(address).await.expect("connect");
     for i in 0..30 {
         let raw = match i % 3 {
             0 => format!("GET /get/{i} HTTP/1.1\r\nHost: a\r\n\r\n"),
             // Small bodies arrive with their head and go out with it.
-            1 => format!("POST /post/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nbody{}", i % 10),
+            1 => format!(
+                "POST /post/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nbody{}",
+                i % 10
+            ),
             // An empty POST says so.
             _ => format!("POST /empty/{i} HTTP/1.1\r\nHost: a\r\n\r\n"),
         };
@@ -286,7 +287,11 @@ async fn upstream_connections_are_reused_and_bodies_arrive_whole() {
     }
     let requests = upstream.requests();
     assert_eq!(requests.len(), 30);
-    assert!(upstream.violations().is_empty(), "{:?}", upstream.violations());
+    assert!(
+        upstream.violations().is_empty(),
+        "{:?}",
+        upstream.violations()
+    );
     for (i, r) in requests.iter().enumerate() {
         match i % 3 {
             0 => assert!(r.body.is_empty(), "{}", r.head),
@@ -318,8 +323,15 @@ async fn an_upstream_that_closes_kept_connections_fails_no_request() {
             .await
             .expect("write");
         let text = read_response(&mut conn).await;
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "request {i}: {text}");
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "request {i}: {text}"
+        );
     }
-    assert_eq!(upstream.requests().len(), 50, "each request reached the upstream once");
+    assert_eq!(
+        upstream.requests().len(),
+        50,
+        "each request reached the upstream once"
+    );
     assert!(upstream.connections.load(Relaxed) >= 50);
 }

@@ -276,7 +276,9 @@ impl RequestBody {
         let Kind::Length(left) = self.kind else {
             return None;
         };
-        let left = usize::try_from(left).ok().filter(|&n| n <= self.buf.len())?;
+        let left = usize::try_from(left)
+            .ok()
+            .filter(|&n| n <= self.buf.len())?;
         let data = self.buf.split_to(left).freeze();
         self.kind = Kind::Length(0);
         self.ended = true;

@@ -124,41 +124,46 @@ pub fn can_send(req: &mut Request<UpstreamBody>) -> bool {
 
 /// Sends `req` on `conn` and reads the response head. The response body
 /// owns the connection and reads it as it is polled.
-pub async fn send(
+///
+/// Not an `async fn`: that would hold `req` twice in its future.
+#[allow(clippy::manual_async_fn)] // see above: the future stays smaller
+pub fn send(
     mut conn: Box<Connection>,
     req: Request<UpstreamBody>,
-) -> Result<Response<ResponseBody>, Failed> {
-    let mut out = buffers::write();
-    let rest = encode(&req, &mut out);
-    let written = write_all(&conn.stream, &out, rest.as_deref().unwrap_or(&[])).await;
-    buffers::give_write(out);
-    let head_request = req.method() == Method::HEAD;
-    let again = conn.reused && may_repeat(req.method());
-    if let Err(e) = written {
-        // Nothing written was read: a closed pooled connection refuses the
-        // first write, so the request is safe to send again.
-        let request = conn.reused.then_some(req);
-        return Err(Failed {
-            error: Error::Io(e),
-            request,
-        });
-    }
-    let Connection { stream, buf, .. } = &mut *conn;
-    match read_response(stream, buf, head_request).await {
-        Ok((resp, kind, keep_alive)) => Ok(resp.map(|()| ResponseBody {
-            conn: Some(conn),
-            kind,
-            keep_alive,
-            ended: false,
-        })),
-        Err(Error::Closed) => Err(Failed {
-            error: Error::Closed,
-            request: again.then_some(req),
-        }),
-        Err(error) => Err(Failed {
-            error,
-            request: None,
-        }),
+) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Failed>> {
+    async move {
+        let mut out = buffers::write();
+        let rest = encode(&req, &mut out);
+        let written = write_all(&conn.stream, &out, rest.as_deref().unwrap_or(&[])).await;
+        buffers::give_write(out);
+        let head_request = req.method() == Method::HEAD;
+        let again = conn.reused && may_repeat(req.method());
+        if let Err(e) = written {
+            // Nothing written was read: a closed pooled connection refuses the
+            // first write, so the request is safe to send again.
+            let request = conn.reused.then_some(req);
+            return Err(Failed {
+                error: Error::Io(e),
+                request,
+            });
+        }
+        let Connection { stream, buf, .. } = &mut *conn;
+        match read_response(stream, buf, head_request).await {
+            Ok((resp, kind, keep_alive)) => Ok(resp.map(|()| ResponseBody {
+                conn: Some(conn),
+                kind,
+                keep_alive,
+                ended: false,
+            })),
+            Err(Error::Closed) => Err(Failed {
+                error: Error::Closed,
+                request: again.then_some(req),
+            }),
+            Err(error) => Err(Failed {
+                error,
+                request: None,
+            }),
+        }
     }
 }
 
@@ -188,7 +193,11 @@ fn encode(req: &Request<UpstreamBody>, out: &mut Vec<u8>) -> Option<Bytes> {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let buffered = matches!(req.body(), UpstreamBody::Buffered { .. });
     let mut has_length = false;
@@ -424,9 +433,8 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error
         headers.append(name, value);
     }
 
-    let no_body = head_request
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let kind = if no_body {
         Kind::Length(0)
     } else if coded {
@@ -629,9 +637,12 @@ mod tests {
         assert_eq!(resp.status(), 200);
         assert!(matches!(kind, Kind::Length(5)));
         assert!(keep);
-        let (_, kind, keep) = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", false)
-            .unwrap()
-            .unwrap();
+        let (_, kind, keep) = head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert!(matches!(kind, Kind::Chunked(_)) && keep);
         let (resp, kind, keep) = head(
             b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -651,13 +662,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(kind, Kind::Length(0)) && keep, "HEAD has no body");
-        let (_, kind, _) = head(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false)
-            .unwrap()
-            .unwrap();
+        let (_, kind, _) = head(
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert!(matches!(kind, Kind::Length(0)));
-        let (_, _, keep) = head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", false)
-            .unwrap()
-            .unwrap();
+        let (_, _, keep) = head(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!keep);
     }
 
@@ -683,9 +700,15 @@ mod tests {
             b"SSH-2.0-OpenSSH\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n",
         ] {
-            assert!(head(wire, false).is_err(), "{}", String::from_utf8_lossy(wire));
+            assert!(
+                head(wire, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
         }
-        assert!(head(b"HTTP/1.1 200 OK\r\ncontent-le", false).unwrap().is_none());
+        assert!(head(b"HTTP/1.1 200 OK\r\ncontent-le", false)
+            .unwrap()
+            .is_none());
     }
 
     fn encoded(req: Request<UpstreamBody>) -> (String, Option<Bytes>) {

@@ -158,14 +158,19 @@ enum Next {
 }
 
 /// Forwards one request and writes its response.
-async fn exchange(
-    conn: &Arc<Conn>,
-    state: &ListenerState,
+///
+/// Not an `async fn`: the head is taken apart before the future is made,
+/// so the future holds its parts once (an `async fn` would hold the
+/// parameter and the parts).
+#[allow(clippy::manual_async_fn)] // see above: the future stays smaller
+fn exchange<'a>(
+    conn: &'a Arc<Conn>,
+    state: &'a ListenerState,
     peer: SocketAddr,
-    drain: &watch::Receiver<bool>,
+    drain: &'a watch::Receiver<bool>,
     parsed: Parsed,
-    buf: &mut BytesMut,
-) -> Next {
+    buf: &'a mut BytesMut,
+) -> impl std::future::Future<Output = Next> + 'a {
     let Parsed {
         request,
         framing,
@@ -174,97 +179,99 @@ async fn exchange(
         head_len,
         head,
     } = parsed;
-    buf.advance(head_len);
-    let stream = &conn.stream;
-    let asked_head = request.method() == Method::HEAD;
-    let version = request.version();
-    let (body, returned) = match framing {
-        Framing::Empty => (UpstreamBody::Empty, None),
-        Framing::Length(n) => body_from(conn, buf, Kind::Length(n)),
-        Framing::Chunked => body_from(conn, buf, Kind::Chunked(ChunkedDecoder::default())),
-    };
-    if expect_continue
-        && write::flush(stream, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-            .await
-            .is_err()
-    {
-        return Next::Close;
-    }
-
-    // In this (boxed) future, not a box of its own.
-    let mut handling = std::pin::pin!(forward::handle(
-        request.map(|()| body),
-        state,
-        peer,
-        Some(head)
-    ));
-    let response = if returned.is_none() {
-        // Nothing reads the socket meanwhile: watch it for the client
-        // leaving (dropping `handling` cancels the upstream request) or
-        // for a pipelined request, which waits its turn in `buf`.
-        let mut watching = true;
-        loop {
-            tokio::select! {
-                biased;
-                response = &mut handling => break response,
-                ready = stream.readable(), if watching => {
-                    if ready.is_err() {
-                        return Next::Close;
-                    }
-                    buf.reserve(buffers::READ);
-                    match read_available(stream, buf) {
-                        Ok(0) => return Next::Close,
-                        Ok(_) => watching = false,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Next::Close,
-                    }
-                }
-            }
-        }
-    } else {
-        (&mut handling).await
-    };
-
-    let (mut parts, mut body) = response.into_parts();
-    let asked = write::Asked {
-        head: asked_head,
-        version,
-        keep_alive: keep_alive && !*drain.borrow(),
-    };
-    let mut out = buffers::write();
-    let framing = write::head(&mut parts, &body, asked, &mut out);
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return match std::mem::replace(&mut body, ProxyBody::empty()) {
-            ProxyBody::Upgrade(tunnel) if returned.is_none() => {
-                if write::flush(stream, &mut out).await.is_err() {
-                    return Next::Close;
-                }
-                Next::Upgrade(tunnel)
-            }
-            _ => Next::Close,
+    async move {
+        buf.advance(head_len);
+        let stream = &conn.stream;
+        let asked_head = request.method() == Method::HEAD;
+        let version = request.version();
+        let (body, returned) = match framing {
+            Framing::Empty => (UpstreamBody::Empty, None),
+            Framing::Length(n) => body_from(conn, buf, Kind::Length(n)),
+            Framing::Chunked => body_from(conn, buf, Kind::Chunked(ChunkedDecoder::default())),
         };
-    }
-    let complete = match write::body(stream, &mut out, framing, &mut body).await {
-        Ok(complete) => complete,
-        Err(e) => {
-            tracing::debug!(%peer, "response ended early: {e}");
+        if expect_continue
+            && write::flush(stream, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                .await
+                .is_err()
+        {
             return Next::Close;
         }
-    };
-    drop(body);
-    buffers::give_write(out);
-    if let Some(returned) = returned {
-        // The body must have been read to its end to know where the next
-        // request starts; it usually has, by the time the response is out.
-        match tokio::time::timeout(BODY_AFTER_RESPONSE, returned).await {
-            Ok(Ok(back)) => *buf = back.buf,
-            _ => return Next::Close,
+
+        // In this (boxed) future, not a box of its own.
+        let mut handling = std::pin::pin!(forward::handle(
+            request.map(|()| body),
+            state,
+            peer,
+            Some(head)
+        ));
+        let response = if returned.is_none() {
+            // Nothing reads the socket meanwhile: watch it for the client
+            // leaving (dropping `handling` cancels the upstream request) or
+            // for a pipelined request, which waits its turn in `buf`.
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    response = &mut handling => break response,
+                    ready = stream.readable(), if watching => {
+                        if ready.is_err() {
+                            return Next::Close;
+                        }
+                        buf.reserve(buffers::READ);
+                        match read_available(stream, buf) {
+                            Ok(0) => return Next::Close,
+                            Ok(_) => watching = false,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(_) => return Next::Close,
+                        }
+                    }
+                }
+            }
+        } else {
+            (&mut handling).await
+        };
+
+        let (mut parts, mut body) = response.into_parts();
+        let asked = write::Asked {
+            head: asked_head,
+            version,
+            keep_alive: keep_alive && !*drain.borrow(),
+        };
+        let mut out = buffers::write();
+        let framing = write::head(&mut parts, &body, asked, &mut out);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            return match std::mem::replace(&mut body, ProxyBody::empty()) {
+                ProxyBody::Upgrade(tunnel) if returned.is_none() => {
+                    if write::flush(stream, &mut out).await.is_err() {
+                        return Next::Close;
+                    }
+                    Next::Upgrade(tunnel)
+                }
+                _ => Next::Close,
+            };
         }
-    }
-    if complete && asked.keep_alive && framing != write::Framing::Close {
-        Next::KeepAlive
-    } else {
-        Next::Close
+        let complete = match write::body(stream, &mut out, framing, &mut body).await {
+            Ok(complete) => complete,
+            Err(e) => {
+                tracing::debug!(%peer, "response ended early: {e}");
+                return Next::Close;
+            }
+        };
+        drop(body);
+        buffers::give_write(out);
+        if let Some(returned) = returned {
+            // The body must have been read to its end to know where the next
+            // request starts; it usually has, by the time the response is out.
+            match tokio::time::timeout(BODY_AFTER_RESPONSE, returned).await {
+                Ok(Ok(back)) => *buf = back.buf,
+                _ => return Next::Close,
+            }
+        }
+        if complete && asked.keep_alive && framing != write::Framing::Close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
     }
 }
 
