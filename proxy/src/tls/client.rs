@@ -160,6 +160,25 @@ impl Connector {
         tokio_rustls::TlsConnector::from(self.inner.current())
             .connect(name, stream)
             .await
+            .map_err(readable)
+    }
+}
+
+/// A refused certificate's reason in words: rustls shows an `Other` one
+/// (a wrong mesh identity) by its Debug form.
+fn readable(e: std::io::Error) -> std::io::Error {
+    let other = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|r| match r {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(why)) => {
+                Some(why.0.to_string())
+            }
+            _ => None,
+        });
+    match other {
+        Some(why) => std::io::Error::new(e.kind(), format!("invalid peer certificate: {why}")),
+        None => e,
     }
 }
 
