@@ -678,6 +678,38 @@ spec:
 ";
 
     #[test]
+    fn mesh_mounts_the_secret_of_the_pods_service_account_and_runs_with_it() {
+        let with_account = DEPLOYMENT.replace(
+            "      containers:\n",
+            "      serviceAccountName: order\n      containers:\n",
+        );
+        for (text, secret_option, secret) in [
+            (with_account.as_str(), None, "skiff-mesh-order"),
+            (DEPLOYMENT, None, "skiff-mesh-default"),
+            (DEPLOYMENT, Some("mesh-certs"), "mesh-certs"),
+        ] {
+            let options = Options {
+                mesh: true,
+                mesh_secret: secret_option.map(String::from),
+                ..Options::default()
+            };
+            let out = inject(text, &options).unwrap();
+            assert!(
+                out.yaml.contains(&format!("secretName: {secret}")),
+                "{}",
+                out.yaml
+            );
+            assert!(
+                out.yaml.contains("--mesh-dir") && out.yaml.contains(MESH_DIR),
+                "{}",
+                out.yaml
+            );
+            // Injecting again changes nothing.
+            assert_eq!(inject(&out.yaml, &options).unwrap().yaml, out.yaml);
+        }
+    }
+
+    #[test]
     fn a_deployment_gets_the_capture_container_then_the_sidecar() {
         let out = inject_default(DEPLOYMENT);
         assert_eq!(out.injected, ["Deployment/order"]);

@@ -341,3 +341,139 @@ pub async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
         tokio::time::sleep(PEEK_AGAIN).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh_files(dir: &Path, uri: &str) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("skiff-mesh-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_mesh_section_reads_with_defaults_and_names_its_mistakes() {
+        let dir = temp_dir("read");
+        mesh_files(&dir, "spiffe://cluster.local/ns/shop/sa/order");
+        let text = format!("{}listeners: []\n", config_text(&dir));
+        let config = crate::config::Config::parse(&text, "s.yaml", Path::new("."))
+            .unwrap_or_else(|d| panic!("{d}"));
+        let mesh = config.mesh.expect("the mesh section");
+        assert_eq!(mesh.trust_domain, DEFAULT_TRUST_DOMAIN);
+        assert_eq!(mesh.mode, MeshMode::Permissive);
+        assert_eq!(mesh.identity_header, DEFAULT_IDENTITY_HEADER);
+        assert!(mesh.allow.is_empty());
+
+        let bad = format!(
+            "mesh:\n  cert: {0}/tls.crt\n  key: {0}/missing.key\n  ca: {0}/ca.crt\n  mode: lax\n  identity_header: \"a b\"\n",
+            dir.display()
+        );
+        let err = crate::config::Config::parse(&bad, "s.yaml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mesh.mode: unknown mode `lax`"), "{err}");
+        assert!(
+            err.contains("mesh.identity_header: `a b` is not a header name"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_services_identity_comes_from_its_annotation_or_its_name() {
+        let dir = temp_dir("identity");
+        mesh_files(&dir, "spiffe://cluster.local/ns/shop/sa/order");
+        let text = format!("{}  trust_domain: example.org\n", config_text(&dir));
+        let config = crate::config::Config::parse(&text, "s.yaml", Path::new("."))
+            .unwrap_or_else(|d| panic!("{d}"));
+        let mesh = Mesh::new(config.mesh.unwrap());
+        let mut service = ServiceRef {
+            namespace: "shop".into(),
+            service: "catalog".into(),
+            port_name: "http".into(),
+            port: 80,
+            service_account: None,
+            mtls: true,
+        };
+        assert_eq!(
+            mesh.server_identity(&service),
+            (
+                "spiffe://example.org/ns/shop/sa/catalog".to_string(),
+                "catalog.shop.serviceaccount.identity.example.org".to_string()
+            )
+        );
+        service.service_account = Some("catalog-sa".into());
+        assert_eq!(
+            mesh.server_identity(&service).0,
+            "spiffe://example.org/ns/shop/sa/catalog-sa"
+        );
+        assert!(mesh.is_mesh_sni(Some("catalog-sa.shop.serviceaccount.identity.example.org")));
+        assert!(!mesh.is_mesh_sni(Some("shop.example.org")));
+        assert!(!mesh.is_mesh_sni(Some(".serviceaccount.identity.example.org")));
+        assert!(!mesh.is_mesh_sni(None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_is_told_from_plaintext_and_silence_and_gives_its_sni() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+
+        let _quiet = TcpStream::connect(address).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            opening(&server, Duration::from_millis(20)).await,
+            Opening::Silent
+        );
+
+        let mut plain = TcpStream::connect(address).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            opening(&server, Duration::from_secs(5)).await,
+            Opening::Plain
+        );
+
+        let tls = tokio::spawn(async move {
+            let stream = TcpStream::connect(address).await.unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(certs::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from(
+                "order.shop.serviceaccount.identity.cluster.local",
+            )
+            .unwrap();
+            let _ = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, stream)
+                .await;
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            opening(&server, Duration::from_secs(5)).await,
+            Opening::Tls(Some(
+                "order.shop.serviceaccount.identity.cluster.local".into()
+            ))
+        );
+        drop(server);
+        let _ = tls.await;
+    }
+}
