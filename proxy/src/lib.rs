@@ -176,7 +176,6 @@ impl Proxy {
         // 0. Load certificates first, so a bad one changes nothing.
         let tls_servers = self.tls_servers(&config)?;
         let mesh_servers = self.mesh_servers(&config)?;
-        inner.sidecar.set_mesh(config.mesh.as_ref());
 
         // 1. Bind what is new first, so a failure changes nothing.
         let to_bind: Vec<&ListenerConfig> = {
@@ -253,6 +252,7 @@ impl Proxy {
             table.access_log = lc.access_log;
             tables.push(table);
         }
+        inner.sidecar.set_mesh(config.mesh.as_ref());
         {
             let mut listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
             for (lc, table) in config.listeners.iter().zip(tables) {

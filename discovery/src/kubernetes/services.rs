@@ -14,7 +14,8 @@
 //! Services are listed) and stop when no lookup came for the idle time
 //! the owner sweeps with ([`ServiceIndex::stop_if_idle`]): an app that
 //! calls nothing costs the API server no open watch. The next lookup
-//! starts them again and waits (bounded) for the new list.
+//! starts them again and waits (bounded) for the new list, keeping the
+//! last one meanwhile.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -135,13 +136,15 @@ impl ServiceIndex {
 
     /// The Service port at `address`, if one is there. A lookup while
     /// the watches are stopped starts them and waits up to `wait` for
-    /// their list.
+    /// their list; without it in time, the last known Services answer.
     pub async fn lookup(&self, address: SocketAddr, wait: Duration) -> Option<Arc<ServiceRef>> {
         let shared = &self.shared;
         shared
             .last_lookup_ms
             .store(shared.epoch.elapsed().as_millis() as u64, Relaxed);
-        if !self.is_current() {
+        // Only a restart waits: while the watches run but cannot list (the
+        // API server is away), lookups go on with what is known.
+        if !self.is_watching() {
             shared.start();
             let deadline = tokio::time::Instant::now() + wait;
             while !self.is_current() && tokio::time::Instant::now() < deadline {
@@ -172,8 +175,8 @@ impl ServiceIndex {
         self.shared.watching.load(Relaxed)
     }
 
-    /// Stops the watches when no lookup came for `idle`; what they held
-    /// is dropped with them.
+    /// Stops the watches when no lookup came for `idle`. What they
+    /// listed stays, as the last known Services, until they list again.
     pub fn stop_if_idle(&self, idle: Duration) {
         let shared = &self.shared;
         let last = Duration::from_millis(shared.last_lookup_ms.load(Relaxed));
@@ -189,12 +192,11 @@ impl ServiceIndex {
         }
         shared.watching.store(false, Relaxed);
         {
-            let mut namespaces = shared.namespaces.write().unwrap_or_else(|e| e.into_inner());
+            // Under the lock updates take: no write of this run follows.
+            let _namespaces = shared.namespaces.write().unwrap_or_else(|e| e.into_inner());
             shared.run.fetch_add(1, Relaxed);
             shared.listed.store(0, Relaxed);
-            namespaces.clear();
         }
-        *shared.by_address.write().unwrap_or_else(|e| e.into_inner()) = Arc::default();
         tracing::info!(namespaces = ?shared.wanted, "no lookup for {idle:?}; Service watches stopped");
     }
 }

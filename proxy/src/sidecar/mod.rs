@@ -8,7 +8,7 @@
 //! listeners:
 //!   - name: outbound            # the app's calls, redirected to 127.0.0.1:4140
 //!     listen: 127.0.0.1:4140
-//!     capture: { direction: outbound, namespaces: [shop] }
+//!     capture: { direction: outbound, namespaces: [shop], watch_idle_timeout: 5m }
 //!   - name: inbound             # calls to the app, redirected to 4143
 //!     listen: 0.0.0.0:4143
 //!     capture: { direction: inbound, opaque_ports: [5432] }
@@ -22,6 +22,7 @@
 //! connection for anything else. Any other destination passes through to
 //! the address it was going to. Inbound, HTTP is proxied per request to
 //! the app (counted in skiff's metrics) and anything else is copied as is.
+//! With a `mesh:` section, sidecars speak mTLS to each other ([`mesh`]).
 //!
 //! `skiff run --sidecar` runs this with the defaults below, the ports
 //! `skiff inject` and `skiff iptables` use.

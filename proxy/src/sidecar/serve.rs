@@ -106,6 +106,13 @@ impl Target {
     }
 }
 
+/// How a new destination's pods are found and spoken to.
+struct Reach {
+    source: Source,
+    protocol: UpstreamProtocol,
+    tls: TargetTls,
+}
+
 /// A destination's TLS, when the mesh gives it some.
 #[derive(Debug, Default)]
 struct TargetTls {
@@ -237,9 +244,7 @@ impl Shared {
         listener: &Arc<str>,
         access_log: Option<AccessLog>,
         name: String,
-        source: Source,
-        protocol: UpstreamProtocol,
-        tls: &TargetTls,
+        how: Reach,
     ) -> Arc<Target> {
         let existing = lock(&self.targets).get(&name).cloned();
         if let Some(t) = &existing {
@@ -248,7 +253,7 @@ impl Shared {
         let target = match existing {
             Some(t) if t.cluster.is_primed() => return t,
             Some(t) => t,
-            None => self.add_target(inner, listener, access_log, name, source, protocol, tls),
+            None => self.add_target(inner, listener, access_log, name, how),
         };
         // Connections to a new destination wait (bounded) for its first
         // endpoint set.
@@ -259,17 +264,19 @@ impl Shared {
         target
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn add_target(
         &self,
         inner: &Inner,
         listener: &Arc<str>,
         access_log: Option<AccessLog>,
         name: String,
-        source: Source,
-        protocol: UpstreamProtocol,
-        tls: &TargetTls,
+        how: Reach,
     ) -> Arc<Target> {
+        let Reach {
+            source,
+            protocol,
+            tls,
+        } = how;
         let mut targets = lock(&self.targets);
         if let Some(t) = targets.get(&name) {
             return t.clone();
@@ -318,7 +325,7 @@ impl Shared {
             cluster,
             state,
             tls_state,
-            opaque_tls: tls.opaque.clone(),
+            opaque_tls: tls.opaque,
             follower,
             last_used: Mutex::new(std::time::Instant::now()),
         });
@@ -405,18 +412,14 @@ impl Captured {
                     },
                     None => TargetTls::default(),
                 };
-                let source = Source::Kubernetes(service.target());
+                let how = Reach {
+                    source: Source::Kubernetes(service.target()),
+                    protocol: upstream,
+                    tls,
+                };
                 inner
                     .sidecar
-                    .target(
-                        &inner,
-                        &self.listener,
-                        self.access_log,
-                        name,
-                        source,
-                        upstream,
-                        &tls,
-                    )
+                    .target(&inner, &self.listener, self.access_log, name, how)
                     .await
             }
             Direction::Inbound => {
@@ -454,22 +457,17 @@ impl Captured {
         upstream: UpstreamProtocol,
     ) -> Arc<Target> {
         let name = format!("inbound.{}{}", destination.port(), suffix(upstream));
-        let source = Source::Static(vec![EndpointSpec::new(destination, DEFAULT_WEIGHT)]);
-        let tls = TargetTls {
-            strip_header: mesh.map(|m| m.config.identity_header.clone()),
-            ..TargetTls::default()
+        let how = Reach {
+            source: Source::Static(vec![EndpointSpec::new(destination, DEFAULT_WEIGHT)]),
+            protocol: upstream,
+            tls: TargetTls {
+                strip_header: mesh.map(|m| m.config.identity_header.clone()),
+                ..TargetTls::default()
+            },
         };
         inner
             .sidecar
-            .target(
-                inner,
-                &self.listener,
-                self.access_log,
-                name,
-                source,
-                upstream,
-                &tls,
-            )
+            .target(inner, &self.listener, self.access_log, name, how)
             .await
     }
 
