@@ -35,6 +35,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
+    /// mTLS between sidecars (see [`crate::sidecar::mesh`]); none: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<crate::sidecar::mesh::MeshConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -386,7 +389,7 @@ impl Config {
     }
 }
 
-const TOP_FIELDS: &[&str] = &["admin", "shutdown", "listeners", "clusters"];
+const TOP_FIELDS: &[&str] = &["admin", "shutdown", "listeners", "clusters", "mesh"];
 
 fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Config> {
     let mut map = MapReader::new(root, "", diags)?;
@@ -416,6 +419,10 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
             read_listener(n, p, base, d)
         }),
         None => Vec::new(),
+    };
+    let mesh = match map.optional("mesh") {
+        Some(node) => crate::sidecar::mesh::read_mesh(node, base, diags).map(Some),
+        None => Some(None),
     };
     map.finish(diags, TOP_FIELDS);
 
@@ -477,6 +484,7 @@ fn read_config(root: &Node, base: &Path, diags: &mut Diagnostics) -> Option<Conf
         shutdown: shutdown?,
         listeners: listeners.into_iter().map(|(_, l)| l).collect(),
         clusters: clusters.into_iter().map(|(_, c)| c).collect(),
+        mesh: mesh?,
     })
 }
 
@@ -650,7 +658,7 @@ fn read_listener(
         diags.error(
             n,
             &tls_path,
-            "a capture listener passes the app's bytes on as sent; it cannot terminate TLS",
+            "a capture listener passes the app's bytes on as sent; it cannot terminate TLS (for mTLS between sidecars, give the top-level `mesh:` section)",
         );
     }
     map.finish(diags, LISTENER_FIELDS);

@@ -260,6 +260,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             tls: None,
         }],
         clusters,
+        mesh: None,
     }
 }
 

@@ -175,6 +175,7 @@ impl Proxy {
 
         // 0. Load certificates first, so a bad one changes nothing.
         let tls_servers = self.tls_servers(&config)?;
+        let mesh_servers = self.mesh_servers(&config)?;
 
         // 1. Bind what is new first, so a failure changes nothing.
         let to_bind: Vec<&ListenerConfig> = {
@@ -251,19 +252,23 @@ impl Proxy {
             table.access_log = lc.access_log;
             tables.push(table);
         }
+        inner.sidecar.set_mesh(config.mesh.as_ref());
         {
             let mut listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
             for (lc, table) in config.listeners.iter().zip(tables) {
                 let table = Arc::new(table);
                 let capture = lc.capture.as_ref().map(|c| {
                     if c.direction == sidecar::Direction::Outbound {
-                        inner.sidecar.watch_services(c.service_namespaces());
+                        inner
+                            .sidecar
+                            .watch_services(c.service_namespaces(), c.watch_idle_timeout);
                     }
                     Arc::new(sidecar::Captured {
                         config: c.clone(),
                         listener: lc.name.as_str().into(),
                         access_log: lc.access_log,
                         proxy: Arc::downgrade(&self.inner),
+                        mesh_server: mesh_servers.get(&lc.name).cloned(),
                     })
                 });
                 if let Some(l) = fresh.get(&lc.name).or_else(|| listeners.get(&lc.name)) {
@@ -320,6 +325,7 @@ impl Proxy {
                 .listeners
                 .iter()
                 .any(|x| x.name == l && x.tls.is_some())
+                || mesh_servers.contains_key(l)
         });
         inner.config.store(Arc::new(config));
         Ok(())
@@ -356,6 +362,49 @@ impl Proxy {
                         source,
                     })?,
                 ),
+            };
+            out.insert(lc.name.clone(), server);
+        }
+        Ok(out)
+    }
+
+    /// The mesh TLS of each inbound capture listener when `mesh:` is on:
+    /// the running one when the mesh settings are unchanged (its file
+    /// watcher reloads the certificates), else built from the files.
+    fn mesh_servers(
+        &self,
+        config: &Config,
+    ) -> Result<HashMap<String, Arc<tls::ServerTls>>, ApplyError> {
+        let mut out = HashMap::new();
+        let Some(mesh) = &config.mesh else {
+            return Ok(out);
+        };
+        let settings = mesh.listener_tls();
+        let listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for lc in &config.listeners {
+            if lc.capture.as_ref().map(|c| c.direction) != Some(sidecar::Direction::Inbound) {
+                continue;
+            }
+            let running = listeners
+                .get(&lc.name)
+                .and_then(|l| l.state.capture.load_full())
+                .and_then(|c| c.mesh_server.clone())
+                .filter(|s| s.settings == settings);
+            let server = match running {
+                Some(s) => s,
+                None => tls::ServerTls::build(
+                    &lc.name,
+                    settings.clone(),
+                    self.inner.registry.tls.stats(&lc.name),
+                )
+                .map_err(|source| ApplyError::Tls {
+                    name: lc.name.clone(),
+                    source,
+                })?,
             };
             out.insert(lc.name.clone(), server);
         }

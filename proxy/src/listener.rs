@@ -231,10 +231,18 @@ async fn accept_loop(
             tokio::spawn(async move {
                 // Opaque connections are served inside `accept`; HTTP
                 // comes back with the destination's routes.
-                if let Some((stream, routes)) = capture.accept(stream, peer).await {
-                    let conn = Arc::new(Conn::new(stream));
-                    tracker.conns.register(&conn);
-                    crate::h1::serve(conn, routes, peer, drain, guard).await;
+                match capture.accept(stream, peer).await {
+                    crate::sidecar::Accepted::Http(stream, routes) => {
+                        let conn = Arc::new(Conn::new(stream));
+                        tracker.conns.register(&conn);
+                        crate::h1::serve(conn, routes, peer, drain, guard).await;
+                    }
+                    crate::sidecar::Accepted::Mesh(stream, destination) => {
+                        capture
+                            .serve_mesh(stream, peer, destination, drain, guard)
+                            .await;
+                    }
+                    crate::sidecar::Accepted::Done => {}
                 }
             });
             continue;

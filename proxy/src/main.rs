@@ -54,6 +54,11 @@ enum Command {
         /// (capture listeners on 4143 and 4140, admin on 0.0.0.0:9901).
         #[arg(long)]
         sidecar: bool,
+        /// With `--sidecar` and no `-c`: mTLS between sidecars, with this
+        /// pod's certificate from DIR/tls.crt and DIR/tls.key and the mesh
+        /// CA from DIR/ca.crt (a mounted Secret; `skiff inject --mesh`).
+        #[arg(long, value_name = "DIR", requires = "sidecar")]
+        mesh_dir: Option<PathBuf>,
     },
     /// Validate a config file; prints every mistake as file:line:col: field: message.
     Check {
@@ -101,6 +106,15 @@ struct InjectArgs {
     /// as `skiff.yaml`; without it the sidecar runs the built-in defaults.
     #[arg(long)]
     config_map: Option<String>,
+    /// mTLS between sidecars: mount each pod's mesh Secret (keys tls.crt,
+    /// tls.key, ca.crt) at /var/run/skiff/mesh and run the sidecar with it.
+    /// The Secret is `skiff-mesh-<serviceAccountName>` unless --mesh-secret
+    /// names one. With --config-map, the config needs a `mesh:` section.
+    #[arg(long)]
+    mesh: bool,
+    /// The mesh Secret of every pod (implies --mesh).
+    #[arg(long)]
+    mesh_secret: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -184,15 +198,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, sidecar } => {
+        Command::Run {
+            config,
+            sidecar,
+            mesh_dir,
+        } => {
+            if config.is_some() && mesh_dir.is_some() {
+                eprintln!("skiff: --mesh-dir is for the sidecar defaults; with -c, give the config file a `mesh:` section");
+                return ExitCode::FAILURE;
+            }
             let loaded = match &config {
                 Some(path) => Config::load(path),
-                None => Config::parse(
-                    &skiff::sidecar::default_config_text(skiff::iptables::host_has_ipv6()),
-                    "<sidecar defaults>",
-                    std::path::Path::new("."),
-                )
-                .map_err(skiff::config::ConfigError::Invalid),
+                None => {
+                    let mut text =
+                        skiff::sidecar::default_config_text(skiff::iptables::host_has_ipv6());
+                    if let Some(dir) = &mesh_dir {
+                        text.push_str(&skiff::sidecar::mesh::config_text(dir));
+                    }
+                    Config::parse(&text, "<sidecar defaults>", std::path::Path::new("."))
+                        .map_err(skiff::config::ConfigError::Invalid)
+                }
             };
             let loaded = match loaded {
                 Ok(c) => c,
@@ -266,6 +291,8 @@ fn inject(args: InjectArgs) -> ExitCode {
             .map(|c| c.to_string())
             .collect(),
         config_map: args.config_map,
+        mesh: args.mesh || args.mesh_secret.is_some(),
+        mesh_secret: args.mesh_secret,
     };
     let mut out = String::new();
     for file in &args.files {

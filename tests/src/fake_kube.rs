@@ -48,6 +48,8 @@ const PREFIX: &str = "/apis/discovery.k8s.io/v1/namespaces/";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     pub namespace: String,
+    /// `EndpointSlice` or `Service`.
+    pub kind: &'static str,
     pub watch: bool,
     /// The query parameters as sent.
     pub query: BTreeMap<String, String>,
@@ -284,6 +286,26 @@ impl FakeKube {
             .count()
     }
 
+    /// Service watches open now in `namespace` (the sidecar's).
+    pub fn open_service_watches(&self, namespace: &str) -> usize {
+        let mut state = self.lock();
+        state.watchers.retain(|w| !w.tx.is_closed());
+        state
+            .watchers
+            .iter()
+            .filter(|w| w.namespace == namespace && w.kind == "Service")
+            .count()
+    }
+
+    /// Service WATCH requests answered so far in `namespace`.
+    pub fn service_watch_requests(&self, namespace: &str) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.watch && c.namespace == namespace && c.kind == "Service")
+            .count()
+    }
+
     /// Namespaces with a watch open now, sorted.
     pub fn watched_namespaces(&self) -> Vec<String> {
         let mut state = self.lock();
@@ -336,6 +358,7 @@ impl FakeKube {
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
         self.lock().calls.push(Call {
             namespace: namespace.into(),
+            kind,
             watch,
             query: query.clone(),
         });

@@ -209,3 +209,131 @@ fn the_image_is_built_in_stages_and_runs_as_the_sidecar_uid() {
         "skiff-init runs `skiff iptables` from this image"
     );
 }
+
+/// The skiff container's mounts and the pod's volumes of every Deployment
+/// in `text`, as `name=mountPath` and `name=secretName` (Secrets only).
+fn mesh_mounts(text: &str) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    for doc in yaml::parse_stream(text).expect("yaml") {
+        let Some(root) = doc.root else { continue };
+        if root.get("kind").and_then(|k| k.as_str()) != Some("Deployment") {
+            continue;
+        }
+        let name = root
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_string();
+        let spec = root
+            .get("spec")
+            .and_then(|s| s.get("template"))
+            .and_then(|t| t.get("spec"))
+            .expect("pod spec");
+        let items = |node: Option<&yaml::Node>| match node.map(|n| &n.value) {
+            Some(yaml::Value::Seq(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        let text =
+            |n: &yaml::Node, k: &str| n.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let skiff = items(spec.get("initContainers"))
+            .into_iter()
+            .find(|c| c.get("name").and_then(|n| n.as_str()) == Some("skiff"))
+            .expect("the skiff container");
+        let mounts = items(skiff.get("volumeMounts"))
+            .iter()
+            .map(|m| format!("{}={}", text(m, "name"), text(m, "mountPath")))
+            .collect();
+        let secrets = items(spec.get("volumes"))
+            .iter()
+            .filter_map(|v| {
+                let secret = v.get("secret")?;
+                Some(format!(
+                    "{}={}",
+                    text(v, "name"),
+                    text(secret, "secretName")
+                ))
+            })
+            .collect();
+        out.push((name, mounts, secrets));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_mesh_shop_mounts_the_secret_as_inject_mesh_does_and_validates() {
+    // What `skiff inject --mesh` adds, for the shop's pods.
+    let out = Command::new(skiff_bin())
+        .args(["inject", "--config-map", "skiff-sidecar", "--mesh", "-f"])
+        .arg(deploy("kustomize/shop/workloads.source.yaml"))
+        .output()
+        .expect("run skiff inject");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected = mesh_mounts(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(injected.len(), 3);
+    for (name, mounts, secrets) in &injected {
+        assert!(
+            mounts.contains(&"skiff-mesh=/var/run/skiff/mesh".to_string()),
+            "{name}: {mounts:?}"
+        );
+        // The shop's pods run as ServiceAccount `skiff`.
+        assert_eq!(secrets, &["skiff-mesh=skiff-mesh-skiff"], "{name}");
+    }
+    if !kubectl_available() {
+        eprintln!("SKIPPED kubectl kustomize of kustomize/shop-mesh: kubectl not found");
+        return;
+    }
+    let built = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy("kustomize/shop-mesh"))
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let text = String::from_utf8_lossy(&built.stdout).into_owned();
+    let dir = TempDir::new("shop-mesh");
+    validate(&[dir.write("shop-mesh.yaml", &text)]);
+    // The overlay's patch adds what inject --mesh adds.
+    assert_eq!(mesh_mounts(&text), injected);
+    assert_eq!(text.matches("skiff.io/service-account: skiff").count(), 3);
+    assert!(
+        text.contains("mesh:"),
+        "the sidecar config has its mesh section"
+    );
+}
+
+#[test]
+fn the_mesh_sidecar_config_passes_skiff_check_with_its_secret_mounted() {
+    use skiff_tests::tls::{Ca, Subject};
+    let dir = TempDir::new("mesh-check");
+    let ca = Ca::new("mesh");
+    let issued = ca.issue(Subject {
+        uris: &["spiffe://cluster.local/ns/shop/sa/skiff"],
+        ..Subject::default()
+    });
+    dir.write("tls.crt", &issued.cert);
+    dir.write("tls.key", &issued.key);
+    dir.write("ca.crt", &ca.pem);
+    let config = std::fs::read_to_string(deploy("kustomize/shop-mesh/skiff.yaml"))
+        .expect("the mesh sidecar config")
+        .replace("/var/run/skiff/mesh", &dir.0.display().to_string());
+    let path = dir.write("skiff.yaml", &config);
+    let out = Command::new(skiff_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run skiff check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1212,3 +1212,540 @@ fn a_stream_with_a_character_changed_is_injected_or_refused_never_garbled() {
         }
     }
 }
+
+// --- mTLS between sidecars: client pods and server pods with real iptables ---
+
+use skiff_tests::tls::{Ca, Subject};
+
+const FRONTEND: usize = 0;
+const INTRUDER: usize = 1;
+const OUTSIDER: usize = 2;
+const CATALOG_POD: usize = 3;
+const LEDGER_POD: usize = 4;
+const PLAIN_POD: usize = 5;
+/// frontend, intruder, outsider (no sidecar), catalog (permissive, allows
+/// frontend only), ledger (strict), plain (no sidecar).
+const MESH_IPS: [&str; 6] = [
+    "198.18.0.10",
+    "198.18.0.30",
+    "198.18.0.40",
+    "198.18.0.11",
+    "198.18.0.12",
+    "198.18.0.13",
+];
+const LEDGER: &str = "198.19.0.40:80";
+const PLAIN: &str = "198.19.0.50:80";
+/// Sent by the apps in every request: a packet with it on the way into a
+/// server pod was plaintext on the wire.
+const CANARY: &str = "plaintext-canary-7f3a";
+
+fn spiffe(account: &str) -> String {
+    format!("spiffe://cluster.local/ns/shop/sa/{account}")
+}
+
+/// Counts packets arriving at `ns` from the network (before capture;
+/// not the sidecar's own to the app) that carry [`CANARY`].
+fn watch_for_canary(ns: &Netns) {
+    ns.exec_ok(
+        "iptables",
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "eth0",
+            "-p",
+            "tcp",
+            "-m",
+            "string",
+            "--string",
+            CANARY,
+            "--algo",
+            "bm",
+            "-j",
+            "ACCEPT",
+        ],
+    );
+}
+
+fn canary_packets(ns: &Netns) -> u64 {
+    let out = ns.exec_ok(
+        "iptables",
+        &["-t", "mangle", "-L", "PREROUTING", "-v", "-n", "-x"],
+    );
+    out.lines()
+        .find(|l| l.contains(CANARY))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A shop whose sidecars speak mTLS to each other.
+struct MeshShop {
+    net: Network,
+    _fake: FakeKube,
+    apps: Vec<Backend>,
+    skiffs: Vec<SkiffInNetns>,
+    _echo: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl MeshShop {
+    async fn start(test: &str) -> Option<MeshShop> {
+        if skip_without_netns(test) {
+            return None;
+        }
+        let dir = TempDir::new("mesh");
+        let net = Network::new(&MESH_IPS);
+        let ca = Ca::new("skiff mesh CA");
+        // Each pod's mounted Secret: tls.crt, tls.key, ca.crt.
+        let secret = |name: &str, account: &str| {
+            let folder = dir.0.join(name);
+            std::fs::create_dir_all(&folder).expect("secret folder");
+            let issued = ca.issue(Subject {
+                uris: &[&spiffe(account)],
+                ..Subject::default()
+            });
+            std::fs::write(folder.join("tls.crt"), &issued.cert).expect("tls.crt");
+            std::fs::write(folder.join("tls.key"), &issued.key).expect("tls.key");
+            std::fs::write(folder.join("ca.crt"), &ca.pem).expect("ca.crt");
+            folder
+        };
+        let mut apps = Vec::new();
+        for (pod, name) in [
+            (CATALOG_POD, "catalog"),
+            (LEDGER_POD, "ledger"),
+            (PLAIN_POD, "plain"),
+        ] {
+            let ip = MESH_IPS[pod];
+            apps.push(Backend::serve(
+                name,
+                net.pods[pod].listen(addr(&format!("{ip}:8080"))),
+            ));
+        }
+        let echo = echo_server(
+            "catalog".into(),
+            net.pods[CATALOG_POD].listen(addr(&format!("{}:9000", MESH_IPS[CATALOG_POD]))),
+        );
+
+        let fake = FakeKube::unstarted();
+        let annotated = |mut svc: serde_json::Value, key: &str, value: &str| {
+            svc["metadata"]["annotations"] = serde_json::json!({ key: value });
+            svc
+        };
+        let one_pod = |slice: &str, service: &str, port: (&str, u16), pod: usize| {
+            endpoint_slice(slice, service, &[port], &[ready_pod(MESH_IPS[pod])])
+        };
+        fake.apply_service(
+            "shop",
+            service("catalog", "198.19.0.10", &[("http", 80, 8080)]),
+        );
+        fake.apply(
+            "shop",
+            one_pod("catalog-x1", "catalog", ("http", 8080), CATALOG_POD),
+        );
+        // The echo server runs in the catalog's pods, as its account.
+        fake.apply_service(
+            "shop",
+            annotated(
+                service("echo", "198.19.0.20", &[("tcp", 9000, 9000)]),
+                skiff::sidecar::mesh::SERVICE_ACCOUNT_ANNOTATION,
+                "catalog",
+            ),
+        );
+        fake.apply(
+            "shop",
+            one_pod("echo-x1", "echo", ("tcp", 9000), CATALOG_POD),
+        );
+        fake.apply_service(
+            "shop",
+            annotated(
+                service("ledger", "198.19.0.40", &[("http", 80, 8080)]),
+                skiff::sidecar::mesh::SERVICE_ACCOUNT_ANNOTATION,
+                "ledger-sa",
+            ),
+        );
+        fake.apply(
+            "shop",
+            one_pod("ledger-x1", "ledger", ("http", 8080), LEDGER_POD),
+        );
+        fake.apply_service(
+            "shop",
+            annotated(
+                service("plain", "198.19.0.50", &[("http", 80, 8080)]),
+                skiff::sidecar::mesh::MTLS_ANNOTATION,
+                "disabled",
+            ),
+        );
+        fake.apply(
+            "shop",
+            one_pod("plain-x1", "plain", ("http", 8080), PLAIN_POD),
+        );
+        // Says the catalog pod runs as `payments`: its sidecar cannot prove it.
+        fake.apply_service(
+            "shop",
+            annotated(
+                service("impostor", "198.19.0.60", &[("http", 80, 8080)]),
+                skiff::sidecar::mesh::SERVICE_ACCOUNT_ANNOTATION,
+                "payments",
+            ),
+        );
+        fake.apply(
+            "shop",
+            one_pod("impostor-x1", "impostor", ("http", 8080), CATALOG_POD),
+        );
+        let kubeconfig = fake.write_kubeconfig(&dir.0);
+
+        let mut skiffs = Vec::new();
+        for (pod, name, account) in [
+            (FRONTEND, "frontend", "frontend"),
+            (INTRUDER, "intruder", "intruder"),
+        ] {
+            let ns = &net.pods[pod];
+            fake.serve(ns.listen(fake.address));
+            skiff_iptables(ns, &[]);
+            let secret = secret(name, account);
+            skiffs.push(ns.skiff(
+                skiff::sidecar::PROXY_UID,
+                &[
+                    ("KUBECONFIG", kubeconfig.to_str().expect("path")),
+                    ("SKIFF_POD_NAMESPACE", "shop"),
+                ],
+                &[
+                    "run",
+                    "--sidecar",
+                    "--mesh-dir",
+                    secret.to_str().expect("path"),
+                ],
+                &dir.path(&format!("{name}-skiff.log")),
+            ));
+        }
+        for (pod, name, account, extra) in [
+            (
+                CATALOG_POD,
+                "catalog",
+                "catalog",
+                format!("  allow: [\"{}\"]\n", spiffe("frontend")),
+            ),
+            (
+                LEDGER_POD,
+                "ledger",
+                "ledger-sa",
+                "  mode: strict\n".to_string(),
+            ),
+        ] {
+            let ns = &net.pods[pod];
+            skiff_iptables(ns, &[]);
+            watch_for_canary(ns);
+            secret(name, account);
+            let config = dir.write(
+                &format!("{name}.yaml"),
+                &format!(
+                    "admin: {{ listen: 0.0.0.0:9901 }}\n\
+                     listeners:\n  - name: inbound\n    listen: 0.0.0.0:4143\n    capture: {{ direction: inbound }}\n\
+                     mesh:\n  cert: {name}/tls.crt\n  key: {name}/tls.key\n  ca: {name}/ca.crt\n{extra}"
+                ),
+            );
+            skiffs.push(ns.skiff(
+                skiff::sidecar::PROXY_UID,
+                &[],
+                &["run", "-c", config.to_str().expect("path")],
+                &dir.path(&format!("{name}-skiff.log")),
+            ));
+        }
+        let shop = MeshShop {
+            net,
+            _fake: fake,
+            apps,
+            skiffs,
+            _echo: echo,
+            _dir: dir,
+        };
+        for pod in [FRONTEND, INTRUDER, CATALOG_POD, LEDGER_POD] {
+            let ns = &shop.net.pods[pod];
+            wait_for_async("skiff ready", READY_WITHIN, || async {
+                matches!(ns.get(addr(ADMIN), "/ready").await, Ok((s, _)) if s == 200)
+            })
+            .await;
+        }
+        Some(shop)
+    }
+
+    fn pod(&self, i: usize) -> &Netns {
+        &self.net.pods[i]
+    }
+
+    async fn metrics(&self, pod: usize) -> String {
+        self.pod(pod)
+            .get(addr(ADMIN), "/metrics")
+            .await
+            .expect("/metrics")
+            .1
+    }
+
+    fn logs(&self) -> String {
+        self.skiffs
+            .iter()
+            .map(|s| format!("{}:\n{}\n", s.log.display(), s.log_text()))
+            .collect()
+    }
+
+    /// GETs `/headers` from `pod` to `address`, claiming to be `admin`
+    /// and carrying the canary: status and the headers the app saw (or
+    /// the body as a string when it is not the app's answer).
+    async fn headers(
+        &self,
+        pod: usize,
+        address: &str,
+        h2: bool,
+    ) -> Result<(http::StatusCode, serde_json::Value), String> {
+        let ns = self.pod(pod);
+        let mut client = if h2 {
+            ns.h2(addr(address)).await
+        } else {
+            ns.h1(addr(address)).await
+        }
+        .map_err(|e| e.to_string())?;
+        let req = http::Request::get("/headers")
+            .header("x-client-identity", spiffe("admin"))
+            .header("x-canary", CANARY)
+            .body(skiff_tests::empty())
+            .expect("request");
+        let resp = client.send(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = skiff_tests::collect_body(resp.into_body()).await;
+        let seen = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned().into());
+        Ok((status, seen))
+    }
+}
+
+fn tls_metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(metrics, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_speak_mtls_to_each_other_and_the_app_sees_the_callers_identity() {
+    let Some(shop) =
+        MeshShop::start("sidecars_speak_mtls_to_each_other_and_the_app_sees_the_callers_identity")
+            .await
+    else {
+        return;
+    };
+    for h2 in [false, true] {
+        let (status, seen) = shop
+            .headers(FRONTEND, CATALOG, h2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", shop.logs()));
+        assert_eq!(status, 200, "{seen}\n{}", shop.logs());
+        // The identity the client's certificate proves, not the one it claimed.
+        assert_eq!(seen["x-client-identity"], spiffe("frontend"), "{seen}");
+        assert_eq!(seen["x-canary"], CANARY);
+    }
+    // Opaque TCP (the server speaks first) goes over mTLS too.
+    let mut conn = shop
+        .pod(FRONTEND)
+        .connect(addr(ECHO))
+        .await
+        .expect("connect to the echo Service");
+    let mut greeting = [0u8; 8];
+    tokio::time::timeout(SOON, conn.read_exact(&mut greeting))
+        .await
+        .expect("greeting in time")
+        .unwrap_or_else(|e| panic!("read: {e}\n{}", shop.logs()));
+    assert_eq!(&greeting, b"catalog\n");
+    conn.write_all(CANARY.as_bytes()).await.expect("write");
+    let mut back = vec![0u8; CANARY.len()];
+    tokio::time::timeout(SOON, conn.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(back, CANARY.as_bytes());
+    drop(conn);
+
+    // None of it crossed the wire in plaintext, and the server's sidecar
+    // counted the handshakes and the requests.
+    let pod = shop.pod(CATALOG_POD);
+    assert_eq!(canary_packets(pod), 0, "plaintext reached the catalog pod");
+    let metrics = shop.metrics(CATALOG_POD).await;
+    let handshakes = tls_metric(
+        &metrics,
+        "skiff_tls_handshakes_total",
+        &[("listener", "inbound")],
+    );
+    assert!(handshakes >= 3.0, "{metrics}");
+    for cluster in ["inbound.8080", "inbound.8080.h2"] {
+        let served = metric_value(
+            &metrics,
+            "skiff_requests_total",
+            &[
+                ("listener", "inbound"),
+                ("cluster", cluster),
+                ("code_class", "2xx"),
+            ],
+        );
+        assert_eq!(served, Some(1.0), "{cluster}\n{metrics}");
+    }
+
+    // Strict, and the account named by the Service's annotation.
+    let (status, seen) = shop.headers(FRONTEND, LEDGER, false).await.expect("ledger");
+    assert_eq!(status, 200, "{seen}\n{}", shop.logs());
+    assert_eq!(seen["x-client-identity"], spiffe("frontend"));
+    assert_eq!(canary_packets(shop.pod(LEDGER_POD)), 0);
+    // A Service whose pods have no sidecar is called in plaintext.
+    let (status, seen) = shop.headers(FRONTEND, PLAIN, false).await.expect("plain");
+    assert_eq!(status, 200, "{seen}\n{}", shop.logs());
+    assert_eq!(shop.apps[2].requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_not_allowed_are_refused_both_ways() {
+    let Some(shop) = MeshShop::start("identities_not_allowed_are_refused_both_ways").await else {
+        return;
+    };
+    // A client from the mesh's CA, but not on the catalog's allow list.
+    let (status, _) = shop
+        .headers(INTRUDER, CATALOG, false)
+        .await
+        .expect("a response");
+    assert_eq!(status, 502, "{}", shop.logs());
+    assert_eq!(shop.apps[0].requests(), 0);
+    let metrics = shop.metrics(CATALOG_POD).await;
+    let refused = tls_metric(
+        &metrics,
+        "skiff_tls_errors_total",
+        &[("listener", "inbound"), ("reason", "client_cert")],
+    );
+    assert!(refused >= 1.0, "{metrics}");
+    let log = shop.skiffs[2].log_text();
+    assert!(
+        log.contains(&format!(
+            "client identity {} is not in client_auth.allow",
+            spiffe("intruder")
+        )),
+        "{log}"
+    );
+    // The same client where no allow list is set: it is the list that refused.
+    let (status, seen) = shop.headers(INTRUDER, LEDGER, false).await.expect("ledger");
+    assert_eq!(status, 200, "{}", shop.logs());
+    assert_eq!(seen["x-client-identity"], spiffe("intruder"));
+
+    // A server that cannot prove the identity its Service names.
+    let (status, body) = shop
+        .headers(FRONTEND, "198.19.0.60:80", false)
+        .await
+        .expect("a response");
+    assert_eq!(status, 502);
+    assert_eq!(shop.apps[0].requests(), 0);
+    let why = body.as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!(
+            "the server's identity is {}, expected {}",
+            spiffe("catalog"),
+            spiffe("payments")
+        )),
+        "{why}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_clients_are_served_when_permissive_and_refused_when_strict() {
+    let Some(shop) =
+        MeshShop::start("plaintext_clients_are_served_when_permissive_and_refused_when_strict")
+            .await
+    else {
+        return;
+    };
+    // The outsider has no sidecar: it calls the pods directly.
+    let catalog = format!("{}:8080", MESH_IPS[CATALOG_POD]);
+    let (status, seen) = shop
+        .headers(OUTSIDER, &catalog, false)
+        .await
+        .expect("catalog");
+    assert_eq!(status, 200, "{}", shop.logs());
+    // Its claim to an identity is dropped, not passed on.
+    assert_eq!(seen.get("x-client-identity"), None, "{seen}");
+    // The canary rule sees plaintext when there is some.
+    assert!(canary_packets(shop.pod(CATALOG_POD)) > 0);
+
+    let ledger = format!("{}:8080", MESH_IPS[LEDGER_POD]);
+    let refused = shop.headers(OUTSIDER, &ledger, false).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(shop.apps[1].requests(), 0);
+    let metrics = shop.metrics(LEDGER_POD).await;
+    let counted = tls_metric(
+        &metrics,
+        "skiff_tls_errors_total",
+        &[("listener", "inbound"), ("reason", "plaintext")],
+    );
+    assert!(counted >= 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_watch_stops_when_idle_and_the_next_call_starts_it() {
+    if skip_without_netns("the_service_watch_stops_when_idle_and_the_next_call_starts_it") {
+        return;
+    }
+    let dir = TempDir::new("idle-watch");
+    let net = Network::new(&[CLIENT_IP, POD_IPS[0]]);
+    let (client, server) = (&net.pods[0], &net.pods[1]);
+    let app = Backend::serve(
+        "pod-1",
+        server.listen(addr(&format!("{}:8080", POD_IPS[0]))),
+    );
+    let fake = FakeKube::unstarted();
+    fake.serve(client.listen(fake.address));
+    fake.apply_service(
+        "shop",
+        service("catalog", "198.19.0.10", &[("http", 80, 8080)]),
+    );
+    fake.apply("shop", catalog_slice(&POD_IPS[..1]));
+    let kubeconfig = fake.write_kubeconfig(&dir.0);
+    skiff_iptables(client, &[]);
+    let config = dir.write(
+        "client.yaml",
+        "admin: { listen: 127.0.0.1:9901 }\nlisteners:\n  - name: outbound\n    listen: 127.0.0.1:4140\n    capture: { direction: outbound, namespaces: [shop], watch_idle_timeout: 2s }\n",
+    );
+    let skiff = client.skiff(
+        skiff::sidecar::PROXY_UID,
+        &[("KUBECONFIG", kubeconfig.to_str().expect("path"))],
+        &["run", "-c", config.to_str().expect("path")],
+        &dir.path("client-skiff.log"),
+    );
+    wait_for_async("skiff ready", READY_WITHIN, || async {
+        matches!(client.get(addr(ADMIN), "/ready").await, Ok((s, _)) if s == 200)
+    })
+    .await;
+    wait_for("the Service watch", SOON, || {
+        fake.open_service_watches("shop") == 1
+    })
+    .await;
+    assert_eq!(fake.service_watch_requests("shop"), 1);
+    // No call for the idle time: the watch request ends.
+    wait_for("the idle Service watch closed", SOON, || {
+        fake.open_service_watches("shop") == 0
+    })
+    .await;
+    let (status, _) = client.get(addr(ADMIN), "/ready").await.expect("/ready");
+    assert_eq!(status, 200, "an idle stop is no reason to be unready");
+
+    // The next call starts it again, waits for the list and is balanced.
+    let (status, body) = client
+        .get(addr(CATALOG), "/")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", skiff.log_text()));
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, "pod-1"),
+        "{}",
+        skiff.log_text()
+    );
+    assert_eq!(app.requests(), 1);
+    wait_for("the Service watch again", SOON, || {
+        fake.service_watch_requests("shop") == 2 && fake.open_service_watches("shop") == 1
+    })
+    .await;
+    let log = skiff.log_text();
+    assert!(log.contains("Service watches stopped"), "{log}");
+}

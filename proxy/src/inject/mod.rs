@@ -21,6 +21,7 @@
 
 pub mod yaml;
 
+use crate::sidecar::mesh::MESH_DIR;
 use crate::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 use yaml::{Node, Value};
 
@@ -39,6 +40,11 @@ const XTABLES_VOLUME: &str = "skiff-xtables";
 const CONFIG_VOLUME: &str = "skiff-config";
 /// Where the sidecar's ConfigMap is mounted.
 const CONFIG_DIR: &str = "/etc/skiff";
+/// The volume of the mesh Secret, with `mesh`.
+const MESH_VOLUME: &str = "skiff-mesh";
+/// The mesh Secret of a pod, without `mesh_secret`: one per
+/// ServiceAccount, since the certificate names the account.
+pub const MESH_SECRET_PREFIX: &str = "skiff-mesh-";
 
 /// What to inject.
 #[derive(Debug, Clone)]
@@ -54,6 +60,11 @@ pub struct Options {
     /// A ConfigMap in the pod's namespace with the sidecar's config as
     /// `skiff.yaml`; without one the sidecar runs the built-in defaults.
     pub config_map: Option<String>,
+    /// mTLS between sidecars: mount the pod's mesh Secret (`tls.crt`,
+    /// `tls.key`, `ca.crt`) at [`crate::sidecar::mesh::MESH_DIR`].
+    pub mesh: bool,
+    /// The mesh Secret of every pod; none: `skiff-mesh-<serviceAccountName>`.
+    pub mesh_secret: Option<String>,
 }
 
 impl Default for Options {
@@ -64,6 +75,8 @@ impl Default for Options {
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
             config_map: None,
+            mesh: false,
+            mesh_secret: None,
         }
     }
 }
@@ -352,6 +365,24 @@ fn inject_object(
             ),
         ]));
     }
+    if options.mesh {
+        let secret = options.mesh_secret.clone().unwrap_or_else(|| {
+            let account = spec
+                .get("serviceAccountName")
+                .or_else(|| spec.get("serviceAccount"))
+                .and_then(Node::as_str)
+                .filter(|a| !a.is_empty())
+                .unwrap_or("default");
+            format!("{MESH_SECRET_PREFIX}{account}")
+        });
+        volumes.push(Node::map(vec![
+            ("name", Node::string(MESH_VOLUME)),
+            (
+                "secret",
+                Node::map(vec![("secretName", Node::string(&secret))]),
+            ),
+        ]));
+    }
     let volume_names: Vec<&str> = volumes
         .iter()
         .filter_map(|v| v.get("name").and_then(Node::as_str))
@@ -531,14 +562,16 @@ fn sidecar_container(options: &Options) -> Node {
         ("restartPolicy", Node::string("Always")),
         (
             "args",
-            match options.config_map {
-                Some(_) => list(&[
+            match (&options.config_map, options.mesh) {
+                // The ConfigMap's config has its own `mesh:` section.
+                (Some(_), _) => list(&[
                     "run",
                     "--sidecar",
                     "--config",
                     &format!("{CONFIG_DIR}/skiff.yaml"),
                 ]),
-                None => list(&["run", "--sidecar"]),
+                (None, true) => list(&["run", "--sidecar", "--mesh-dir", MESH_DIR]),
+                (None, false) => list(&["run", "--sidecar"]),
             },
         ),
         (
@@ -595,15 +628,23 @@ fn sidecar_container(options: &Options) -> Node {
             ]),
         ),
     ]);
+    let mut mounts = Vec::new();
     if options.config_map.is_some() {
-        container.set(
-            "volumeMounts",
-            Node::seq(vec![Node::map(vec![
-                ("name", Node::string(CONFIG_VOLUME)),
-                ("mountPath", Node::string(CONFIG_DIR)),
-                ("readOnly", Node::plain(true)),
-            ])]),
-        );
+        mounts.push(Node::map(vec![
+            ("name", Node::string(CONFIG_VOLUME)),
+            ("mountPath", Node::string(CONFIG_DIR)),
+            ("readOnly", Node::plain(true)),
+        ]));
+    }
+    if options.mesh {
+        mounts.push(Node::map(vec![
+            ("name", Node::string(MESH_VOLUME)),
+            ("mountPath", Node::string(MESH_DIR)),
+            ("readOnly", Node::plain(true)),
+        ]));
+    }
+    if !mounts.is_empty() {
+        container.set("volumeMounts", Node::seq(mounts));
     }
     container
 }
@@ -635,6 +676,38 @@ spec:
         ports:
         - containerPort: 8080
 ";
+
+    #[test]
+    fn mesh_mounts_the_secret_of_the_pods_service_account_and_runs_with_it() {
+        let with_account = DEPLOYMENT.replace(
+            "      containers:\n",
+            "      serviceAccountName: order\n      containers:\n",
+        );
+        for (text, secret_option, secret) in [
+            (with_account.as_str(), None, "skiff-mesh-order"),
+            (DEPLOYMENT, None, "skiff-mesh-default"),
+            (DEPLOYMENT, Some("mesh-certs"), "mesh-certs"),
+        ] {
+            let options = Options {
+                mesh: true,
+                mesh_secret: secret_option.map(String::from),
+                ..Options::default()
+            };
+            let out = inject(text, &options).unwrap();
+            assert!(
+                out.yaml.contains(&format!("secretName: {secret}")),
+                "{}",
+                out.yaml
+            );
+            assert!(
+                out.yaml.contains("--mesh-dir") && out.yaml.contains(MESH_DIR),
+                "{}",
+                out.yaml
+            );
+            // Injecting again changes nothing.
+            assert_eq!(inject(&out.yaml, &options).unwrap().yaml, out.yaml);
+        }
+    }
 
     #[test]
     fn a_deployment_gets_the_capture_container_then_the_sidecar() {

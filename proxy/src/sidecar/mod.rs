@@ -8,7 +8,7 @@
 //! listeners:
 //!   - name: outbound            # the app's calls, redirected to 127.0.0.1:4140
 //!     listen: 127.0.0.1:4140
-//!     capture: { direction: outbound, namespaces: [shop] }
+//!     capture: { direction: outbound, namespaces: [shop], watch_idle_timeout: 5m }
 //!   - name: inbound             # calls to the app, redirected to 4143
 //!     listen: 0.0.0.0:4143
 //!     capture: { direction: inbound, opaque_ports: [5432] }
@@ -22,14 +22,16 @@
 //! connection for anything else. Any other destination passes through to
 //! the address it was going to. Inbound, HTTP is proxied per request to
 //! the app (counted in skiff's metrics) and anything else is copied as is.
+//! With a `mesh:` section, sidecars speak mTLS to each other ([`mesh`]).
 //!
 //! `skiff run --sidecar` runs this with the defaults below, the ports
 //! `skiff inject` and `skiff iptables` use.
 
 pub mod detect;
+pub mod mesh;
 mod serve;
 
-pub use serve::{Captured, Shared};
+pub use serve::{Accepted, Captured, Shared, IDLE_AFTER};
 
 use std::time::Duration;
 
@@ -77,6 +79,10 @@ pub struct CaptureConfig {
     /// Namespaces whose Services outbound destinations are matched against;
     /// empty: the pod's own (`$SKIFF_POD_NAMESPACE`, else `default`).
     pub namespaces: Vec<String>,
+    /// Outbound: the Service watches stop after this long without a
+    /// lookup (a new connection); the next starts them again.
+    #[serde(serialize_with = "ser_duration")]
+    pub watch_idle_timeout: Duration,
 }
 
 impl CaptureConfig {
@@ -93,7 +99,17 @@ impl CaptureConfig {
     }
 }
 
-const CAPTURE_FIELDS: &[&str] = &["direction", "detect_timeout", "opaque_ports", "namespaces"];
+/// How long the Service watches may go without a lookup, by default: as
+/// long as an unused destination is kept ([`IDLE_AFTER`]).
+pub const DEFAULT_WATCH_IDLE_TIMEOUT: Duration = IDLE_AFTER;
+
+const CAPTURE_FIELDS: &[&str] = &[
+    "direction",
+    "detect_timeout",
+    "opaque_ports",
+    "namespaces",
+    "watch_idle_timeout",
+];
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::config::format_duration(*d))
@@ -149,12 +165,18 @@ pub fn read_capture(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<
             }
         }
     }
+    let idle_path = map.path_of("watch_idle_timeout");
+    let watch_idle_timeout = match map.optional("watch_idle_timeout") {
+        Some(n) => yaml::duration(n, &idle_path, diags),
+        None => Some(DEFAULT_WATCH_IDLE_TIMEOUT),
+    };
     map.finish(diags, CAPTURE_FIELDS);
     Some(CaptureConfig {
         direction: direction?,
         detect_timeout: detect_timeout?,
         opaque_ports,
         namespaces,
+        watch_idle_timeout: watch_idle_timeout?,
     })
 }
 

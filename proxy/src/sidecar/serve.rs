@@ -8,19 +8,28 @@
 //! [`crate::forward`]) is the same as for configured listeners: retries,
 //! outlier ejection, pools and metrics included. HTTP/2 clients get a
 //! cluster that speaks HTTP/2 upstream (`.h2`), so gRPC stays gRPC.
+//!
+//! With `mesh:` ([`super::mesh`]), an outbound destination's cluster dials
+//! its pods over mTLS, and an inbound listener takes a connection that
+//! opens with a mesh ClientHello to [`Captured::serve_mesh`]: the same
+//! destination cluster, reached through a route table that keeps the
+//! verified identity header (the plaintext one removes any such header a
+//! client sent). With no `mesh:`, none of this runs: a connection costs
+//! one more pointer load.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use skiff_discovery::kubernetes::services::{ServiceIndex, ServiceRef};
 use skiff_discovery::{EndpointSpec, Source, DEFAULT_WEIGHT};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use super::detect::{detect, Protocol};
+use super::mesh::{self, Mesh, MeshConfig, Opening};
 use super::{CaptureConfig, Direction};
 use crate::cluster::Cluster;
 use crate::config::{
@@ -28,8 +37,12 @@ use crate::config::{
     PathMatch, Retries, RouteConfig, SlowStart, Timeouts, UpstreamProtocol,
     DEFAULT_PANIC_THRESHOLD,
 };
-use crate::listener::ListenerState;
+use crate::listener::{ConnectionGuard, ListenerState};
 use crate::route::RouteTable;
+use crate::tls::client::Connector;
+use crate::tls::config::UpstreamTls;
+use crate::tls::metrics::Failure;
+use crate::tls::ServerTls;
 use crate::Inner;
 
 /// How long the first connection to a new destination waits for its
@@ -51,6 +64,18 @@ pub struct Captured {
     /// The listener's access log, for its destinations' requests.
     pub access_log: Option<AccessLog>,
     pub(crate) proxy: Weak<Inner>,
+    /// Inbound with `mesh:`: the TLS that sidecars' connections end in.
+    pub mesh_server: Option<Arc<ServerTls>>,
+}
+
+/// What [`Captured::accept`] leaves for the listener to serve.
+pub enum Accepted {
+    /// Served to the end already (opaque, passed through, or refused).
+    Done,
+    /// HTTP, to serve with the destination's route table.
+    Http(TcpStream, Arc<ListenerState>),
+    /// A sidecar's mTLS connection, for [`Captured::serve_mesh`].
+    Mesh(TcpStream, SocketAddr),
 }
 
 /// One balanced destination: its cluster and the route table to it.
@@ -59,9 +84,44 @@ struct Target {
     cluster: Arc<Cluster>,
     /// Held by every HTTP connection being served to this destination.
     state: Arc<ListenerState>,
+    /// The same for connections that arrived over mesh TLS (`state` itself
+    /// when the two do not differ).
+    tls_state: Arc<ListenerState>,
+    /// Mesh: how opaque connections to the destination's pods are dialled.
+    opaque_tls: Option<Connector>,
     follower: AbortHandle,
     /// When a connection last came for it.
     last_used: Mutex<std::time::Instant>,
+}
+
+impl Target {
+    /// Whether a connection is being served with one of its route tables.
+    fn serving(&self) -> bool {
+        let held = if Arc::ptr_eq(&self.state, &self.tls_state) {
+            2
+        } else {
+            1
+        };
+        Arc::strong_count(&self.state) > held || Arc::strong_count(&self.tls_state) > held
+    }
+}
+
+/// How a new destination's pods are found and spoken to.
+struct Reach {
+    source: Source,
+    protocol: UpstreamProtocol,
+    tls: TargetTls,
+}
+
+/// A destination's TLS, when the mesh gives it some.
+#[derive(Debug, Default)]
+struct TargetTls {
+    /// The cluster's upstream TLS (outbound, to a meshed Service).
+    upstream: Option<UpstreamTls>,
+    /// For opaque connections to the same pods.
+    opaque: Option<Connector>,
+    /// Inbound: the identity header removed from plaintext requests.
+    strip_header: Option<String>,
 }
 
 impl Drop for Target {
@@ -74,8 +134,10 @@ impl Drop for Target {
 /// destinations in use. One per proxy.
 #[derive(Debug, Default)]
 pub struct Shared {
-    services: Mutex<Option<(Vec<String>, ServiceIndex)>>,
+    /// The watched namespaces, their index, and its idle time.
+    services: Mutex<Option<(Vec<String>, ServiceIndex, Duration)>>,
     targets: Mutex<HashMap<String, Arc<Target>>>,
+    mesh: ArcSwapOption<Mesh>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,17 +146,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     /// Starts watching the Services of `namespaces` (once; a new set of
-    /// namespaces replaces the watch).
-    pub fn watch_services(&self, namespaces: Vec<String>) {
+    /// namespaces replaces the watch). The watches stop after `idle`
+    /// without a lookup and start again with the next.
+    pub fn watch_services(&self, namespaces: Vec<String>, idle: Duration) {
         let mut services = lock(&self.services);
-        if services.as_ref().is_some_and(|(n, _)| *n == namespaces) {
-            return;
+        if let Some((n, _, i)) = services.as_mut() {
+            if *n == namespaces {
+                *i = idle;
+                return;
+            }
         }
         if services.is_none() {
             warn_unless_proxy_uid();
         }
         let index = ServiceIndex::watch(&namespaces);
-        *services = Some((namespaces, index));
+        *services = Some((namespaces, index, idle));
+    }
+
+    /// Puts mesh settings in force. A change drops the destinations, so
+    /// the next connection to each dials with the new settings (open
+    /// ones finish on the old); the files' contents reload on their own.
+    pub fn set_mesh(&self, config: Option<&MeshConfig>) {
+        let running = self.mesh.load();
+        if running.as_ref().map(|m| &m.config) == config {
+            return;
+        }
+        self.mesh
+            .store(config.map(|c| Arc::new(Mesh::new(c.clone()))));
+        if running.is_some() || config.is_some() {
+            lock(&self.targets).clear();
+        }
+    }
+
+    /// The mesh settings in force, if any.
+    pub fn mesh(&self) -> Option<Arc<Mesh>> {
+        self.mesh.load_full()
     }
 
     /// False until the watched namespaces' Services are listed: before,
@@ -102,20 +188,20 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         lock(&self.services)
             .as_ref()
-            .is_none_or(|(_, index)| index.is_listed())
+            .is_none_or(|(_, index, _)| index.is_listed())
     }
 
     /// The namespaces whose Services are not listed yet (empty when ready).
     pub fn waiting_for(&self) -> Vec<String> {
         match lock(&self.services).as_ref() {
-            Some((namespaces, index)) if !index.is_listed() => namespaces.clone(),
+            Some((namespaces, index, _)) if !index.is_listed() => namespaces.clone(),
             _ => Vec::new(),
         }
     }
 
-    fn lookup(&self, destination: SocketAddr) -> Option<Arc<ServiceRef>> {
-        let index = lock(&self.services).as_ref().map(|(_, i)| i.clone())?;
-        index.lookup(destination)
+    async fn lookup(&self, destination: SocketAddr) -> Option<Arc<ServiceRef>> {
+        let index = lock(&self.services).as_ref().map(|(_, i, _)| i.clone())?;
+        index.lookup(destination, FIRST_ENDPOINTS_WAIT).await
     }
 
     /// The clusters of the destinations in use, for the admin server.
@@ -128,15 +214,20 @@ impl Shared {
         list
     }
 
-    /// Upkeep, every second: closes expired pooled connections and drops
-    /// destinations idle for [`IDLE_AFTER`] (no connection open to them).
+    /// Upkeep, every second: closes expired pooled connections, drops
+    /// destinations idle for [`IDLE_AFTER`] (no connection open to them)
+    /// and stops Service watches idle for their listener's
+    /// `watch_idle_timeout`.
     pub fn sweep(&self) {
+        if let Some((_, index, idle)) = lock(&self.services).as_ref() {
+            index.stop_if_idle(*idle);
+        }
         let mut targets = lock(&self.targets);
         for t in targets.values() {
             t.cluster.sweep();
         }
         targets.retain(|name, t| {
-            let open = Arc::strong_count(t) > 1 || Arc::strong_count(&t.state) > 1;
+            let open = Arc::strong_count(t) > 1 || t.serving();
             let idle = lock(&t.last_used).elapsed() >= IDLE_AFTER;
             let keep = open || !idle || t.cluster.in_flight() > 0;
             if !keep {
@@ -153,8 +244,7 @@ impl Shared {
         listener: &Arc<str>,
         access_log: Option<AccessLog>,
         name: String,
-        source: Source,
-        protocol: UpstreamProtocol,
+        how: Reach,
     ) -> Arc<Target> {
         let existing = lock(&self.targets).get(&name).cloned();
         if let Some(t) = &existing {
@@ -163,7 +253,7 @@ impl Shared {
         let target = match existing {
             Some(t) if t.cluster.is_primed() => return t,
             Some(t) => t,
-            None => self.add_target(inner, listener, access_log, name, source, protocol),
+            None => self.add_target(inner, listener, access_log, name, how),
         };
         // Connections to a new destination wait (bounded) for its first
         // endpoint set.
@@ -180,44 +270,62 @@ impl Shared {
         listener: &Arc<str>,
         access_log: Option<AccessLog>,
         name: String,
-        source: Source,
-        protocol: UpstreamProtocol,
+        how: Reach,
     ) -> Arc<Target> {
+        let Reach {
+            source,
+            protocol,
+            tls,
+        } = how;
         let mut targets = lock(&self.targets);
         if let Some(t) = targets.get(&name) {
             return t.clone();
         }
-        let config = destination_settings(&name, &source, protocol);
+        let mut config = destination_settings(&name, &source, protocol);
+        config.tls = tls.upstream.clone();
         let cluster = Arc::new(Cluster::new(config));
         let follower = crate::spawn_follower(&inner.discovery, &cluster, &source);
-        let listener_config = ListenerConfig {
-            name: listener.to_string(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            routes: vec![RouteConfig {
-                host: None,
-                path: PathMatch::Prefix("/".into()),
-                cluster: name.clone(),
-                rules: Default::default(),
-            }],
-            tls: None,
-            capture: None,
-            access_log: None,
-        };
         let clusters = HashMap::from([(name.clone(), cluster.clone())]);
-        let mut table =
-            RouteTable::build(&listener_config, &clusters, &inner.registry).unwrap_or_default();
-        table.access_log = access_log;
-        let state = Arc::new(ListenerState {
-            name: listener.clone(),
-            routes: ArcSwap::from_pointee(table),
-            unrouted: inner.registry.unrouted(listener),
-            connections: inner.registry.connections(listener),
-            tls: Default::default(),
-            capture: Default::default(),
-        });
+        let table = |remove_headers: Vec<String>| {
+            let listener_config = ListenerConfig {
+                name: listener.to_string(),
+                listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+                routes: vec![RouteConfig {
+                    host: None,
+                    path: PathMatch::Prefix("/".into()),
+                    cluster: name.clone(),
+                    rules: crate::gateway::RouteRules {
+                        remove_headers,
+                        ..Default::default()
+                    },
+                }],
+                tls: None,
+                capture: None,
+                access_log: None,
+            };
+            let mut table =
+                RouteTable::build(&listener_config, &clusters, &inner.registry).unwrap_or_default();
+            table.access_log = access_log;
+            Arc::new(ListenerState {
+                name: listener.clone(),
+                routes: ArcSwap::from_pointee(table),
+                unrouted: inner.registry.unrouted(listener),
+                connections: inner.registry.connections(listener),
+                tls: Default::default(),
+                capture: Default::default(),
+            })
+        };
+        let tls_state = table(Vec::new());
+        let state = match &tls.strip_header {
+            // Plaintext clients may not claim an identity.
+            Some(header) => table(vec![header.clone()]),
+            None => tls_state.clone(),
+        };
         let target = Arc::new(Target {
             cluster,
             state,
+            tls_state,
+            opaque_tls: tls.opaque,
             follower,
             last_used: Mutex::new(std::time::Instant::now()),
         });
@@ -228,23 +336,47 @@ impl Shared {
 }
 
 impl Captured {
-    /// Serves a captured connection. HTTP is handed back, with the route
-    /// table to serve it with, for the listener's HTTP path; anything else
-    /// is served here to the end.
-    pub async fn accept(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-    ) -> Option<(TcpStream, Arc<ListenerState>)> {
+    /// Takes a captured connection. HTTP is handed back, with the route
+    /// table to serve it with, for the listener's HTTP path, and a mesh
+    /// ClientHello for [`Captured::serve_mesh`]; anything else is served
+    /// here to the end.
+    pub async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Accepted {
         let destination = match crate::iptables::original_destination(&stream) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(listener = %self.listener, %peer, "not a captured connection (no original destination: {e}); closed");
-                return None;
+                return Accepted::Done;
             }
         };
-        let inner = self.proxy.upgrade()?;
-        let protocol = if self.config.opaque_ports.contains(&destination.port()) {
+        let Some(inner) = self.proxy.upgrade() else {
+            return Accepted::Done;
+        };
+        let mesh = inner.sidecar.mesh();
+        let opaque_port = self.config.opaque_ports.contains(&destination.port());
+        if let (Some(mesh), Direction::Inbound) = (&mesh, self.config.direction) {
+            // Opaque ports too: a sidecar's opaque connection opens with
+            // its ClientHello; a plaintext client whose server speaks
+            // first waits `detect_timeout` for nothing, as on other ports.
+            match mesh::opening(&stream, self.config.detect_timeout).await {
+                Opening::Tls(sni) if mesh.is_mesh_sni(sni.as_deref()) => {
+                    return Accepted::Mesh(stream, destination);
+                }
+                _ if mesh.strict() => {
+                    if let Some(server) = &self.mesh_server {
+                        server.stats.failed(Failure::Plaintext);
+                    }
+                    tracing::warn!(listener = %self.listener, %peer, %destination, "refused: not mesh TLS (mesh.mode is strict)");
+                    return Accepted::Done;
+                }
+                // The app's own TLS, or a protocol where the server speaks first.
+                Opening::Tls(_) | Opening::Silent => {
+                    pass_through(stream, destination, peer).await;
+                    return Accepted::Done;
+                }
+                Opening::Plain => {}
+            }
+        }
+        let protocol = if opaque_port {
             Protocol::Opaque
         } else {
             detect(&stream, self.config.detect_timeout).await
@@ -253,69 +385,170 @@ impl Captured {
             Protocol::Http2 => UpstreamProtocol::Http2,
             _ => UpstreamProtocol::Http1,
         };
-        let suffix = if upstream == UpstreamProtocol::Http2 {
-            ".h2"
-        } else {
-            ""
-        };
         let target = match self.config.direction {
             Direction::Outbound => {
-                let Some(service) = inner.sidecar.lookup(destination) else {
+                let Some(service) = inner.sidecar.lookup(destination).await else {
                     pass_through(stream, destination, peer).await;
-                    return None;
+                    return Accepted::Done;
                 };
                 let port = if service.port_name.is_empty() {
                     service.port.to_string()
                 } else {
                     service.port_name.clone()
                 };
-                let name = format!("{}.{}.{port}{suffix}", service.service, service.namespace);
-                let source = Source::Kubernetes(service.target());
+                let name = format!(
+                    "{}.{}.{port}{}",
+                    service.service,
+                    service.namespace,
+                    suffix(upstream)
+                );
+                let tls = match mesh.as_ref().filter(|_| service.mtls) {
+                    Some(mesh) => match outbound_tls(mesh, &service, upstream) {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            tracing::error!(listener = %self.listener, %peer, service = %name, "mesh TLS unusable; connection closed: {e}");
+                            return Accepted::Done;
+                        }
+                    },
+                    None => TargetTls::default(),
+                };
+                let how = Reach {
+                    source: Source::Kubernetes(service.target()),
+                    protocol: upstream,
+                    tls,
+                };
                 inner
                     .sidecar
-                    .target(
-                        &inner,
-                        &self.listener,
-                        self.access_log,
-                        name,
-                        source,
-                        upstream,
-                    )
+                    .target(&inner, &self.listener, self.access_log, name, how)
                     .await
             }
             Direction::Inbound => {
                 if protocol == Protocol::Opaque {
                     pass_through(stream, destination, peer).await;
-                    return None;
+                    return Accepted::Done;
                 }
-                let name = format!("inbound.{}{suffix}", destination.port());
-                let source = Source::Static(vec![EndpointSpec::new(destination, DEFAULT_WEIGHT)]);
-                inner
-                    .sidecar
-                    .target(
-                        &inner,
-                        &self.listener,
-                        self.access_log,
-                        name,
-                        source,
-                        upstream,
-                    )
+                self.inbound_target(&inner, mesh.as_deref(), destination, upstream)
                     .await
             }
         };
         if protocol != Protocol::Opaque {
-            return Some((stream, target.state.clone()));
+            return Accepted::Http(stream, target.state.clone());
         }
         // Opaque TCP to a Service: balanced per connection.
         let Some(picked) = target.cluster.pick() else {
             tracing::warn!(cluster = %target.cluster.name, %peer, "no endpoints for an opaque connection; closed");
-            return None;
+            return Accepted::Done;
         };
         let address = picked.endpoint.address;
-        pass_through(stream, address, peer).await;
+        match &target.opaque_tls {
+            None => pass_through(stream, address, peer).await,
+            Some(tls) => pass_through_tls(stream, address, tls, peer).await,
+        }
         drop(picked);
-        None
+        Accepted::Done
     }
+
+    /// The inbound destination for the app's `destination` port.
+    async fn inbound_target(
+        &self,
+        inner: &Inner,
+        mesh: Option<&Mesh>,
+        destination: SocketAddr,
+        upstream: UpstreamProtocol,
+    ) -> Arc<Target> {
+        let name = format!("inbound.{}{}", destination.port(), suffix(upstream));
+        let how = Reach {
+            source: Source::Static(vec![EndpointSpec::new(destination, DEFAULT_WEIGHT)]),
+            protocol: upstream,
+            tls: TargetTls {
+                strip_header: mesh.map(|m| m.config.identity_header.clone()),
+                ..TargetTls::default()
+            },
+        };
+        inner
+            .sidecar
+            .target(inner, &self.listener, self.access_log, name, how)
+            .await
+    }
+
+    /// Serves a sidecar's mTLS connection to the app's `destination`
+    /// port: the handshake (client certificate and allow-list checked,
+    /// counted in `skiff_tls_*{listener}`), then HTTP by ALPN with the
+    /// client's identity in the mesh's header, or opaque TCP without ALPN.
+    pub async fn serve_mesh(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        destination: SocketAddr,
+        drain: tokio::sync::watch::Receiver<bool>,
+        guard: ConnectionGuard,
+    ) {
+        let _guard = guard;
+        let (Some(server), Some(inner)) = (&self.mesh_server, self.proxy.upgrade()) else {
+            return;
+        };
+        let Some(done) = crate::tls::serve::handshake(stream, peer, server, &self.listener).await
+        else {
+            return;
+        };
+        let upstream = match done.alpn.as_deref() {
+            None => {
+                let mut tls = done.tls;
+                match TcpStream::connect(destination).await {
+                    Ok(mut app) => {
+                        let _ = app.set_nodelay(true);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut tls, &mut app).await {
+                            tracing::debug!(%peer, %destination, "opaque mesh connection ended: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, %destination, "cannot connect for an opaque mesh connection: {e}");
+                    }
+                }
+                return;
+            }
+            Some(b"h2") => UpstreamProtocol::Http2,
+            Some(_) => UpstreamProtocol::Http1,
+        };
+        let mesh = inner.sidecar.mesh();
+        let target = self
+            .inbound_target(&inner, mesh.as_deref(), destination, upstream)
+            .await;
+        let state = target.tls_state.clone();
+        drop(target);
+        crate::tls::serve::serve_http(done, peer, state, drain).await;
+    }
+}
+
+fn suffix(protocol: UpstreamProtocol) -> &'static str {
+    match protocol {
+        UpstreamProtocol::Http2 => ".h2",
+        UpstreamProtocol::Http1 => "",
+    }
+}
+
+/// The mesh TLS of an outbound destination: its cluster's, and its
+/// opaque connections'.
+fn outbound_tls(
+    mesh: &Mesh,
+    service: &ServiceRef,
+    protocol: UpstreamProtocol,
+) -> Result<TargetTls, crate::tls::TlsError> {
+    let alpn: &[u8] = match protocol {
+        UpstreamProtocol::Http2 => b"h2",
+        UpstreamProtocol::Http1 => b"http/1.1",
+    };
+    let (_, sni) = mesh.server_identity(service);
+    Ok(TargetTls {
+        upstream: Some(UpstreamTls {
+            ca: Some(mesh.config.ca.clone()),
+            sni: Some(sni),
+            client_cert: Some(mesh.config.files.clone()),
+            connector: mesh.connector(service, Some(alpn))?,
+        }),
+        opaque: Some(mesh.connector(service, None)?),
+        strip_header: None,
+    })
 }
 
 /// The capture rules leave skiff's own connections alone by its uid; run
@@ -365,6 +598,33 @@ fn destination_settings(name: &str, source: &Source, protocol: UpstreamProtocol)
         health_check: None,
         slow_start: SlowStart::default(),
         tls: None,
+    }
+}
+
+/// Like [`pass_through`], over mesh TLS to the pod at `address`.
+async fn pass_through_tls(
+    mut stream: TcpStream,
+    address: SocketAddr,
+    tls: &Connector,
+    peer: SocketAddr,
+) {
+    let upstream = match TcpStream::connect(address).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, %address, "cannot connect for an opaque connection: {e}");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    match tls.connect(address, upstream).await {
+        Ok(mut upstream) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+                tracing::debug!(%peer, %address, "opaque mesh connection ended: {e}");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%peer, %address, "mesh TLS handshake failed for an opaque connection: {e}");
+        }
     }
 }
 

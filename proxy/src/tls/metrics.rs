@@ -17,16 +17,25 @@ pub enum Failure {
     Timeout,
     /// Anything else: protocol errors, no shared cipher, no certificate for the name.
     Handshake,
+    /// A plaintext (or other than mesh TLS) connection refused by a
+    /// sidecar's inbound listener in `mode: strict`.
+    Plaintext,
 }
 
 impl Failure {
-    const ALL: [Failure; 3] = [Failure::ClientCert, Failure::Timeout, Failure::Handshake];
+    const ALL: [Failure; 4] = [
+        Failure::ClientCert,
+        Failure::Timeout,
+        Failure::Handshake,
+        Failure::Plaintext,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Failure::ClientCert => "client_cert",
             Failure::Timeout => "timeout",
             Failure::Handshake => "handshake",
+            Failure::Plaintext => "plaintext",
         }
     }
 }
@@ -37,7 +46,7 @@ pub struct TlsStats {
     pub handshakes: AtomicU64,
     /// Handshakes that resumed an earlier session.
     pub resumed: AtomicU64,
-    errors: [AtomicU64; 3],
+    errors: [AtomicU64; 4],
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     /// When the first served certificate expires, Unix seconds (0: unknown).
@@ -103,7 +112,7 @@ impl TlsMetrics {
             ),
             (
                 "skiff_tls_errors_total",
-                "Failed TLS handshakes, by listener and reason (client_cert, timeout, handshake).",
+                "Failed TLS handshakes, by listener and reason (client_cert, timeout, handshake, plaintext).",
                 |out, name, l, s| {
                     for why in Failure::ALL {
                         let reason = why.label();

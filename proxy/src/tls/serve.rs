@@ -86,21 +86,42 @@ pub async fn serve(
     peer: SocketAddr,
     server: Arc<ServerTls>,
     state: Arc<ListenerState>,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
     guard: ConnectionGuard,
 ) {
     let _guard = guard;
+    if let Some(done) = handshake(stream, peer, &server, &state.name).await {
+        serve_http(done, peer, state, drain).await;
+    }
+}
+
+/// A finished handshake: the stream, what its requests carry, and the
+/// protocol ALPN chose.
+pub struct Handshaken {
+    pub tls: tokio_rustls::server::TlsStream<TcpStream>,
+    pub peer: Arc<TlsPeer>,
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// Runs the server handshake, counting it in `server`'s stats; a failed
+/// one is logged (a refused client certificate as a warning) and `None`.
+pub async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    server: &ServerTls,
+    listener: &str,
+) -> Option<Handshaken> {
     let acceptor = tokio_rustls::TlsAcceptor::from(server.current());
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            refused(&server, &state, peer, &e);
-            return;
+            refused(server, listener, peer, &e);
+            return None;
         }
         Err(_) => {
             server.stats.failed(Failure::Timeout);
-            tracing::debug!(listener = %state.name, %peer, "TLS handshake timed out");
-            return;
+            tracing::debug!(listener = %listener, %peer, "TLS handshake timed out");
+            return None;
         }
     };
     server.stats.handshakes.fetch_add(1, Relaxed);
@@ -118,8 +139,26 @@ pub async fn serve(
             .and_then(|names| HeaderValue::from_str(&names.joined()).ok());
         (name.clone(), value)
     });
-    let tls_peer = Arc::new(TlsPeer { identity });
-    let mut tls = tls;
+    Some(Handshaken {
+        tls,
+        peer: Arc::new(TlsPeer { identity }),
+        alpn,
+    })
+}
+
+/// Serves HTTP on a finished handshake: HTTP/2 when ALPN chose h2 (or,
+/// without ALPN, the client opens with the preface), else HTTP/1.1.
+pub async fn serve_http(
+    done: Handshaken,
+    peer: SocketAddr,
+    state: Arc<ListenerState>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let Handshaken {
+        mut tls,
+        peer: tls_peer,
+        alpn,
+    } = done;
     let (h2, read) = match alpn.as_deref() {
         Some(b"h2") => (true, Bytes::new()),
         Some(_) => (false, Bytes::new()),
@@ -189,26 +228,26 @@ pub async fn serve(
 
 /// Counts and logs a failed handshake. A refused client certificate is
 /// logged as a warning naming the peer and the identity it presented.
-fn refused(server: &ServerTls, state: &ListenerState, peer: SocketAddr, e: &std::io::Error) {
+fn refused(server: &ServerTls, listener: &str, peer: SocketAddr, e: &std::io::Error) {
     let rustls_error = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
         Some(rustls::Error::NoCertificatesPresented) => {
             server.stats.failed(Failure::ClientCert);
-            tracing::warn!(listener = %state.name, %peer, "TLS client refused: it presented no client certificate");
+            tracing::warn!(listener = %listener, %peer, "TLS client refused: it presented no client certificate");
         }
         Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(why))) => {
             server.stats.failed(Failure::ClientCert);
-            tracing::warn!(listener = %state.name, %peer, "TLS client refused: {}", why.0);
+            tracing::warn!(listener = %listener, %peer, "TLS client refused: {}", why.0);
         }
         Some(rustls::Error::InvalidCertificate(why)) => {
             server.stats.failed(Failure::ClientCert);
-            tracing::warn!(listener = %state.name, %peer, "TLS client refused: {why}");
+            tracing::warn!(listener = %listener, %peer, "TLS client refused: {why}");
         }
         _ => {
             server.stats.failed(Failure::Handshake);
-            tracing::debug!(listener = %state.name, %peer, "TLS handshake failed: {e}");
+            tracing::debug!(listener = %listener, %peer, "TLS handshake failed: {e}");
         }
     }
 }

@@ -1,0 +1,479 @@
+//! Mutual TLS between sidecars, as linkerd2-proxy does it: the app speaks
+//! plaintext to its own sidecar, and sidecars speak mTLS to each other.
+//!
+//! ```yaml
+//! mesh:
+//!   cert: /var/run/skiff/mesh/tls.crt     # this pod's identity (a mounted Secret)
+//!   key: /var/run/skiff/mesh/tls.key
+//!   ca: /var/run/skiff/mesh/ca.crt        # the mesh's trust anchor
+//!   trust_domain: cluster.local           # the default
+//!   mode: permissive                      # inbound: strict refuses all but mesh TLS
+//!   allow: [spiffe://cluster.local/ns/shop/sa/frontend]   # inbound; empty: any from `ca`
+//!   identity_header: x-client-identity    # the client's identity, for the app
+//! ```
+//!
+//! Outbound, a captured connection to a Service is sent to the pod the
+//! balancer picked, on the port it was going to, over TLS with this pod's
+//! certificate. The server pod's capture rules redirect it to that pod's
+//! inbound listener, which sees the TLS ClientHello, terminates it (the
+//! client certificate verified against `ca` and `allow`) and serves the
+//! requests inside to the app with the client's identity in
+//! `identity_header`, as a listener with `client_auth` does.
+//!
+//! Who a Service's pods are: the client expects the server's certificate
+//! to carry `spiffe://<trust_domain>/ns/<namespace>/sa/<account>` as a SAN
+//! URI, where `<account>` is the Service's `skiff.io/service-account`
+//! annotation, else the Service's name (the convention of a workload
+//! running as a ServiceAccount named after it). A Service whose pods have
+//! no sidecar is annotated `skiff.io/mtls: disabled` and gets plaintext.
+//! The client sends SNI `<account>.<namespace>.serviceaccount.identity.<trust_domain>`
+//! (linkerd2-proxy's form of the same name); an inbound listener
+//! terminates only TLS whose SNI ends in
+//! `.serviceaccount.identity.<trust_domain>`, so an app's own TLS passes
+//! through to it untouched.
+//!
+//! Inside the TLS, ALPN says what follows: `h2` or `http/1.1` are served
+//! per request; no ALPN is opaque TCP, copied to the app's port.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use skiff_discovery::kubernetes::services::ServiceRef;
+use skiff_discovery::yaml::{self, Diagnostics, MapReader, Node};
+use tokio::net::TcpStream;
+
+use crate::tls::client::Connector;
+use crate::tls::config::{CertFiles, ClientAuth, ListenerTls};
+use crate::tls::{certs, TlsError};
+
+/// The trust domain of a cluster that did not choose another.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// The header the app finds the client's identity in.
+pub const DEFAULT_IDENTITY_HEADER: &str = "x-client-identity";
+/// Where `skiff inject --mesh` mounts the mesh Secret (`tls.crt`,
+/// `tls.key`, `ca.crt`: cert-manager's layout).
+pub const MESH_DIR: &str = "/var/run/skiff/mesh";
+/// A Service annotation: the ServiceAccount its pods run as.
+pub const SERVICE_ACCOUNT_ANNOTATION: &str =
+    skiff_discovery::kubernetes::services::SERVICE_ACCOUNT_ANNOTATION;
+/// A Service annotation: `disabled` sends plaintext to its pods.
+pub const MTLS_ANNOTATION: &str = skiff_discovery::kubernetes::services::MTLS_ANNOTATION;
+
+/// What an inbound listener does with connections that are not mesh TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeshMode {
+    /// Served as before the mesh (clients without a sidecar keep working).
+    Permissive,
+    /// Refused.
+    Strict,
+}
+
+/// The `mesh:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshConfig {
+    #[serde(flatten)]
+    pub files: CertFiles,
+    pub ca: PathBuf,
+    pub trust_domain: String,
+    pub mode: MeshMode,
+    /// Client identities let in; empty: any with a certificate from `ca`.
+    pub allow: Vec<String>,
+    pub identity_header: String,
+}
+
+const MESH_FIELDS: &[&str] = &[
+    "cert",
+    "key",
+    "ca",
+    "trust_domain",
+    "mode",
+    "allow",
+    "identity_header",
+];
+
+fn file<'a>(
+    map: &mut MapReader<'a>,
+    name: &str,
+    base: &Path,
+    diags: &mut Diagnostics,
+) -> Option<(PathBuf, &'a Node)> {
+    let path = map.path_of(name);
+    let node = map.required(name, diags)?;
+    let text = yaml::string(node, &path, diags)?;
+    if text.is_empty() {
+        diags.error(node, &path, "a file path is required");
+        return None;
+    }
+    Some((base.join(text), node))
+}
+
+impl MeshConfig {
+    /// The inbound side's TLS, as a listener with `client_auth` has it.
+    pub fn listener_tls(&self) -> ListenerTls {
+        ListenerTls {
+            default: Some(self.files.clone()),
+            certificates: Vec::new(),
+            client_auth: Some(ClientAuth {
+                ca: self.ca.clone(),
+                allow: self.allow.clone(),
+                identity_header: Some(self.identity_header.clone()),
+            }),
+        }
+    }
+}
+
+/// Reads the `mesh:` section; the files are loaded to check them.
+pub fn read_mesh(node: &Node, base: &Path, diags: &mut Diagnostics) -> Option<MeshConfig> {
+    let path = "mesh";
+    let mut map = MapReader::new(node, path, diags)?;
+    let cert = file(&mut map, "cert", base, diags);
+    let key = file(&mut map, "key", base, diags);
+    let ca = file(&mut map, "ca", base, diags);
+    let td_path = map.path_of("trust_domain");
+    let trust_domain = match map.optional("trust_domain") {
+        None => Some(DEFAULT_TRUST_DOMAIN.to_string()),
+        Some(n) => yaml::string(n, &td_path, diags).and_then(|td| {
+            let sni = format!("x.serviceaccount.identity.{td}");
+            if td.is_empty() || rustls::pki_types::ServerName::try_from(sni).is_err() {
+                diags.error(n, &td_path, format!("`{td}` is not a DNS name"));
+                None
+            } else {
+                Some(td)
+            }
+        }),
+    };
+    let mode_path = map.path_of("mode");
+    let mode = match map.optional("mode") {
+        None => Some(MeshMode::Permissive),
+        Some(n) => match yaml::string(n, &mode_path, diags)?.as_str() {
+            "permissive" => Some(MeshMode::Permissive),
+            "strict" => Some(MeshMode::Strict),
+            other => {
+                diags.error(
+                    n,
+                    &mode_path,
+                    format!("unknown mode `{other}` (expected permissive or strict)"),
+                );
+                None
+            }
+        },
+    };
+    let allow_path = map.path_of("allow");
+    let allow = match map.optional("allow") {
+        None => Some(Vec::new()),
+        Some(n) => yaml::seq(n, &allow_path, diags).and_then(|items| {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| yaml::string(item, &format!("{allow_path}[{i}]"), diags))
+                .collect::<Option<Vec<_>>>()
+        }),
+    };
+    let header_path = map.path_of("identity_header");
+    let identity_header = match map.optional("identity_header") {
+        None => Some(DEFAULT_IDENTITY_HEADER.to_string()),
+        Some(n) => yaml::string(n, &header_path, diags).and_then(|h| {
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => Some(name.as_str().to_owned()),
+                Err(_) => {
+                    diags.error(n, &header_path, format!("`{h}` is not a header name"));
+                    None
+                }
+            }
+        }),
+    };
+    map.finish(diags, MESH_FIELDS);
+    let ((cert, cert_node), (key, _), (ca, ca_node)) = (cert?, key?, ca?);
+    if let Err(e) = certs::load_pair(&cert, &key) {
+        diags.error(cert_node, "mesh.cert", e.to_string());
+        return None;
+    }
+    if let Err(e) = certs::load_roots(&ca) {
+        diags.error(ca_node, "mesh.ca", e.to_string());
+        return None;
+    }
+    Some(MeshConfig {
+        files: CertFiles { cert, key },
+        ca,
+        trust_domain: trust_domain?,
+        mode: mode?,
+        allow: allow?,
+        identity_header: identity_header?,
+    })
+}
+
+/// The `mesh:` section for a mounted mesh Secret in `dir` (`tls.crt`,
+/// `tls.key`, `ca.crt`), with the other settings at their defaults.
+pub fn config_text(dir: &Path) -> String {
+    let file = |name: &str| {
+        let path = dir.join(name).display().to_string();
+        // Quoted as YAML's double-quoted scalars are (JSON's escapes are a subset).
+        serde_json::to_string(&path).unwrap_or(path)
+    };
+    format!(
+        "mesh:\n  cert: {}\n  key: {}\n  ca: {}\n",
+        file("tls.crt"),
+        file("tls.key"),
+        file("ca.crt")
+    )
+}
+
+/// The mesh settings in force, shared by the capture listeners.
+#[derive(Debug)]
+pub struct Mesh {
+    pub config: MeshConfig,
+    /// `.serviceaccount.identity.<trust domain>`.
+    sni_suffix: String,
+}
+
+impl Mesh {
+    pub fn new(config: MeshConfig) -> Mesh {
+        if let Ok(chain) = certs::load_certs(&config.files.cert) {
+            let names = crate::tls::identity::names(&chain[0]);
+            let prefix = format!("spiffe://{}/", config.trust_domain);
+            match names.uris.iter().find(|u| u.starts_with(&prefix)) {
+                Some(me) => tracing::info!(identity = %me, mode = ?config.mode, "mesh mTLS on"),
+                None => tracing::warn!(
+                    cert = %config.files.cert.display(),
+                    "the mesh certificate has no {prefix}... identity (SAN URI); other sidecars will refuse it as a server"
+                ),
+            }
+        }
+        Mesh {
+            sni_suffix: format!(".serviceaccount.identity.{}", config.trust_domain),
+            config,
+        }
+    }
+
+    /// Whether a ClientHello with this SNI is a sidecar's, for this
+    /// listener to terminate.
+    pub fn is_mesh_sni(&self, sni: Option<&str>) -> bool {
+        sni.is_some_and(|s| s.len() > self.sni_suffix.len() && s.ends_with(&self.sni_suffix))
+    }
+
+    /// The identity the pods of `service` must prove, and the SNI that asks for it.
+    pub fn server_identity(&self, service: &ServiceRef) -> (String, String) {
+        let account = service
+            .service_account
+            .as_deref()
+            .unwrap_or(&service.service);
+        let td = &self.config.trust_domain;
+        (
+            format!("spiffe://{td}/ns/{}/sa/{account}", service.namespace),
+            format!("{account}.{}{}", service.namespace, self.sni_suffix),
+        )
+    }
+
+    /// A connector to the pods of `service`; `alpn` none for opaque TCP.
+    pub fn connector(
+        &self,
+        service: &ServiceRef,
+        alpn: Option<&[u8]>,
+    ) -> Result<Connector, TlsError> {
+        let (identity, sni) = self.server_identity(service);
+        Connector::mesh(&self.config.ca, &self.config.files, &sni, &identity, alpn)
+    }
+
+    pub fn strict(&self) -> bool {
+        self.config.mode == MeshMode::Strict
+    }
+}
+
+/// What an inbound connection opens with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// A TLS ClientHello, with its SNI.
+    Tls(Option<String>),
+    /// Bytes that are not TLS.
+    Plain,
+    /// Nothing within the detection timeout (a server-speaks-first protocol).
+    Silent,
+}
+
+/// The TLS record type of a handshake message (RFC 8446 §5.1).
+const HANDSHAKE_RECORD: u8 = 0x16;
+/// Room for a ClientHello: rustls sends about 250 bytes, browsers with
+/// post-quantum key shares about 1,800; one record is at most 16 KiB.
+const CLIENT_HELLO_MAX: usize = 16 * 1024 + 5;
+/// How long to wait between peeks while the ClientHello is incomplete.
+const PEEK_AGAIN: Duration = Duration::from_millis(1);
+
+/// Peeks at a connection's first bytes (they stay in the socket) until
+/// it is known to open with a ClientHello (and its SNI), with anything
+/// else, or with silence for `timeout`.
+pub async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == HANDSHAKE_RECORD => {}
+        Ok(Ok(1)) => return Opening::Plain,
+        Ok(_) => return Opening::Plain,
+        Err(_) => return Opening::Silent,
+    }
+    let mut buf = vec![0u8; CLIENT_HELLO_MAX];
+    let mut seen = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            // Closed, failed or stalled mid-ClientHello: no SNI to go by.
+            _ => return Opening::Tls(None),
+        };
+        if n > seen {
+            seen = n;
+            let mut acceptor = rustls::server::Acceptor::default();
+            let mut bytes = &buf[..n];
+            if acceptor.read_tls(&mut bytes).is_err() {
+                return Opening::Tls(None);
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    return Opening::Tls(accepted.client_hello().server_name().map(str::to_owned))
+                }
+                Ok(None) => {}
+                Err(_) => return Opening::Tls(None),
+            }
+            if n == buf.len() {
+                return Opening::Tls(None);
+            }
+        }
+        tokio::time::sleep(PEEK_AGAIN).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh_files(dir: &Path, uri: &str) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("skiff-mesh-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_mesh_section_reads_with_defaults_and_names_its_mistakes() {
+        let dir = temp_dir("read");
+        mesh_files(&dir, "spiffe://cluster.local/ns/shop/sa/order");
+        let text = format!("{}listeners: []\n", config_text(&dir));
+        let config = crate::config::Config::parse(&text, "s.yaml", Path::new("."))
+            .unwrap_or_else(|d| panic!("{d}"));
+        let mesh = config.mesh.expect("the mesh section");
+        assert_eq!(mesh.trust_domain, DEFAULT_TRUST_DOMAIN);
+        assert_eq!(mesh.mode, MeshMode::Permissive);
+        assert_eq!(mesh.identity_header, DEFAULT_IDENTITY_HEADER);
+        assert!(mesh.allow.is_empty());
+
+        let bad = format!(
+            "mesh:\n  cert: {0}/tls.crt\n  key: {0}/missing.key\n  ca: {0}/ca.crt\n  mode: lax\n  identity_header: \"a b\"\n",
+            dir.display()
+        );
+        let err = crate::config::Config::parse(&bad, "s.yaml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mesh.mode: unknown mode `lax`"), "{err}");
+        assert!(
+            err.contains("mesh.identity_header: `a b` is not a header name"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_services_identity_comes_from_its_annotation_or_its_name() {
+        let dir = temp_dir("identity");
+        mesh_files(&dir, "spiffe://cluster.local/ns/shop/sa/order");
+        let text = format!("{}  trust_domain: example.org\n", config_text(&dir));
+        let config = crate::config::Config::parse(&text, "s.yaml", Path::new("."))
+            .unwrap_or_else(|d| panic!("{d}"));
+        let mesh = Mesh::new(config.mesh.unwrap());
+        let mut service = ServiceRef {
+            namespace: "shop".into(),
+            service: "catalog".into(),
+            port_name: "http".into(),
+            port: 80,
+            service_account: None,
+            mtls: true,
+        };
+        assert_eq!(
+            mesh.server_identity(&service),
+            (
+                "spiffe://example.org/ns/shop/sa/catalog".to_string(),
+                "catalog.shop.serviceaccount.identity.example.org".to_string()
+            )
+        );
+        service.service_account = Some("catalog-sa".into());
+        assert_eq!(
+            mesh.server_identity(&service).0,
+            "spiffe://example.org/ns/shop/sa/catalog-sa"
+        );
+        assert!(mesh.is_mesh_sni(Some("catalog-sa.shop.serviceaccount.identity.example.org")));
+        assert!(!mesh.is_mesh_sni(Some("shop.example.org")));
+        assert!(!mesh.is_mesh_sni(Some(".serviceaccount.identity.example.org")));
+        assert!(!mesh.is_mesh_sni(None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_is_told_from_plaintext_and_silence_and_gives_its_sni() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+
+        let _quiet = TcpStream::connect(address).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            opening(&server, Duration::from_millis(20)).await,
+            Opening::Silent
+        );
+
+        let mut plain = TcpStream::connect(address).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            opening(&server, Duration::from_secs(5)).await,
+            Opening::Plain
+        );
+
+        let tls = tokio::spawn(async move {
+            let stream = TcpStream::connect(address).await.unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(certs::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from(
+                "order.shop.serviceaccount.identity.cluster.local",
+            )
+            .unwrap();
+            let _ = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, stream)
+                .await;
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            opening(&server, Duration::from_secs(5)).await,
+            Opening::Tls(Some(
+                "order.shop.serviceaccount.identity.cluster.local".into()
+            ))
+        );
+        drop(server);
+        let _ = tls.await;
+    }
+}
