@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # User-space instructions per request under callgrind (repeatable on a
-# noisy machine; includes start-up, about 1% at these counts):
+# noisy machine; counters are zeroed once skiff has started, so start-up
+# is left out):
 #   benches/scripts/callgrind.sh SKIFF_BIN [OUT_FILE]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -9,6 +10,7 @@ start_upstreams
 skiff_config c 29904 28004
 valgrind --tool=callgrind --callgrind-out-file="$OUT" "$1" run -c "$WORK/c.yaml" --threads 1 --log-level warn 2>/dev/null & V=$!
 sleep 4
+callgrind_control -z $V >/dev/null
 n=$(taskset -c 1 wrk -t1 -c50 -d10s http://127.0.0.1:28004/ | awk '/requests in/{print $1}')
 kill -INT $V; wait $V || true
 ir=$(awk '/^(summary|totals):/{print $2; exit}' "$OUT")

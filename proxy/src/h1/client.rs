@@ -384,27 +384,22 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // The head's bytes, shared by the header values sliced from it.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (span, f) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = f.name.as_ptr() as usize - base;
-        let value = f.value.as_ptr() as usize - base;
-        *span = (name, f.name.len(), value, f.value.len());
-    }
-    let spans = &spans[..count];
-    let head = buf.split_to(head_len).freeze();
-
-    let mut headers = HeaderMap::with_capacity(count);
+    // One copy of the head, which the header values are slices of; the
+    // read buffer stays whole and unshared for the body and later reads.
+    let head = Bytes::copy_from_slice(&buf[..head_len]);
+    let slice = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        head.slice(start..start + part.len())
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
     let mut close = version == Version::HTTP_10;
-    for &(name_at, name_len, value_at, value_len) in spans {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Error::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+        let value = HeaderValue::from_maybe_shared(slice(field.value))
             .map_err(|_| Error::Malformed("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             let n = parse_length(value.as_bytes())?;
@@ -458,6 +453,8 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error
     if matches!(kind, Kind::Close) {
         close = true;
     }
+    drop(parsed);
+    buf.advance(head_len);
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
