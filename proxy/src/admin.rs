@@ -69,9 +69,9 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
 /// workers, a worker that wakes takes the core from it at once (issue 8:
 /// with skiff on one core, renders on a normal-priority thread still raised
 /// request p99). `SCHED_IDLE` is not starvation: the thread keeps a weight
-/// of 3 against a normal thread's 1024, so on a core saturated by traffic a
-/// scrape takes about 300 times its CPU time in wall time (a 0.1 ms render
-/// about 30 ms), still far inside Prometheus' 10 s scrape timeout.
+/// of 3 against a normal thread's 1024, so on a saturated core a scrape
+/// waits but ends (measured with a busy loop on skiff's core: median 8 ms,
+/// max 127 ms; BENCHMARKS.md), far inside Prometheus' 10 s scrape timeout.
 ///
 /// The thread keeps its text buffer between scrapes, so a scrape's render
 /// allocates only the copy it answers with.
@@ -97,8 +97,14 @@ impl MetricsThread {
                 for scrape in queue {
                     text.clear();
                     let proxy = &scrape.proxy;
-                    crate::metrics::render_into(&mut text, proxy.registry(), &proxy.clusters());
-                    let _ = scrape.reply.send(Bytes::copy_from_slice(text.as_bytes()));
+                    // A panic fails this scrape (its reply is dropped: a
+                    // 500), not every later one.
+                    let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::metrics::render_into(&mut text, proxy.registry(), &proxy.clusters())
+                    }));
+                    if rendered.is_ok() {
+                        let _ = scrape.reply.send(Bytes::copy_from_slice(text.as_bytes()));
+                    }
                     // Keep the capacity for the next scrape, unless the
                     // text shrank a lot (clusters removed).
                     if text.capacity() > 4 * text.len() {
