@@ -14,9 +14,23 @@
 //!    second, against the same without scrapes.
 //!
 //! `SKIFF_NO_METRICS_BIN` names the no-metrics binary (the script sets it).
+//! Part 3 runs `METRICS_COST_ROUNDS` rounds (2 by default), and with
+//! `SKIFF_COMPARE_BIN` (another build of skiff, e.g. the last release's)
+//! runs that build too in every round, for a same-run baseline.
+//! Arguments pick parts: `render` (2, in process only; what
+//! `callgrind --toggle-collect='skiff::metrics::render*'` measures) and
+//! `scrape` (2 over HTTP, and 3); none runs all three.
+//!
+//! The scraper of part 3 is a plain blocking client on its own thread: on
+//! the load generator's single-threaded runtime, reading and copying the
+//! 255 KiB body delayed the generator's own timestamps, which showed up
+//! as request latency that skiff did not cause.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skiff_bench::load::{self, LoadSpec, Protocol};
@@ -25,6 +39,8 @@ use skiff_tests::{admin_get, free_port, Backend, TempDir};
 const ROUNDS: usize = 3;
 const CLUSTERS: usize = 100;
 const PER_CLUSTER: usize = 10;
+/// Renders timed in process (part 2).
+const RENDERS: usize = 200;
 
 fn config(listen: SocketAddr, admin: SocketAddr, app: &[SocketAddr], many: bool) -> String {
     let list = |a: &[SocketAddr]| {
@@ -139,6 +155,37 @@ fn spec(listen: SocketAddr, rate: Option<f64>, seconds: u64) -> LoadSpec {
     spec
 }
 
+/// `GET /metrics` with a blocking client, the body read into `buf`
+/// (reused), so that scraping costs the load generator's CPU little.
+fn scrape(admin: SocketAddr, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut stream = std::net::TcpStream::connect(admin)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: skiff\r\nConnection: close\r\n\r\n")?;
+    buf.clear();
+    stream.read_to_end(buf)?;
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        return Err(std::io::Error::other("GET /metrics did not answer 200"));
+    }
+    Ok(())
+}
+
+/// Scrapes every second on its own thread until `stop`; returns the times.
+fn scraper(admin: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        let mut times = Vec::new();
+        let mut buf = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            scrape(admin, &mut buf).expect("scrape");
+            times.push(started.elapsed());
+            let next = started + Duration::from_secs(1);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+                std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
+            }
+        }
+        times
+    })
+}
+
 fn skiff_bin() -> PathBuf {
     skiff_tests::skiff_bin()
 }
@@ -162,11 +209,15 @@ async fn main() {
     }
     let app: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
     let dir = TempDir::new("metrics-bench");
+    let parts: Vec<String> = std::env::args().skip(1).collect();
+    let part = |name: &str| parts.is_empty() || parts.iter().any(|p| p == name);
 
     // 1. Metrics on versus compiled out.
     let with = skiff_bin();
     let without = std::env::var_os("SKIFF_NO_METRICS_BIN").map(PathBuf::from);
-    if let Some(without) = &without {
+    if !parts.is_empty() {
+        println!("(parts {parts:?} only: skipping the on/off comparison)\n");
+    } else if let Some(without) = &without {
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             for (bin, out, label) in [
@@ -198,8 +249,97 @@ async fn main() {
     }
 
     // 2. Scrape time with 100 clusters × 10 endpoints, in process first.
+    if part("render") {
+        render_in_process(&app).await;
+    }
+    if !part("scrape") {
+        return;
+    }
+
+    // 3. Over HTTP from the running process, and p99 with and without
+    // scrapes; with SKIFF_COMPARE_BIN, for that build too, round by round.
+    let rounds = std::env::var("METRICS_COST_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
+    let mut builds = vec![("this build", with.clone())];
+    if let Some(other) = std::env::var_os("SKIFF_COMPARE_BIN") {
+        builds.push(("compared", PathBuf::from(other)));
+    }
+    for (label, bin) in &builds {
+        println!("{label}: {}", bin.display());
+    }
+    let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); builds.len()];
+    for round in 0..rounds {
+        for ((label, bin), (quiet, scraped, scrape_times)) in builds.iter().zip(&mut results) {
+            for scrape in [false, true] {
+                let running = start(bin, &dir, &app, true).await;
+                let stop = Arc::new(AtomicBool::new(false));
+                let scraper = scrape.then(|| scraper(running.admin, stop.clone()));
+                let result = load::run(&spec(running.listen, Some(2000.0), 10))
+                    .await
+                    .expect("load");
+                stop.store(true, Ordering::Relaxed);
+                let times = match scraper {
+                    Some(s) => {
+                        s.thread().unpark();
+                        s.join().expect("scraper")
+                    }
+                    None => Vec::new(),
+                };
+                let ms = |p: f64| result.percentile(p).as_secs_f64() * 1e3;
+                println!(
+                    "round {round} {label:>10} {:>16}: 2000 req/s p50 {:.3} ms, p99 {:.3} ms, \
+                     p99.9 {:.3} ms ({} errors){}",
+                    if scrape {
+                        "scraped every 1s"
+                    } else {
+                        "no scrapes"
+                    },
+                    ms(50.0),
+                    ms(99.0),
+                    ms(99.9),
+                    result.errors(),
+                    if times.is_empty() {
+                        String::new()
+                    } else {
+                        let mut t = times.clone();
+                        t.sort();
+                        format!(
+                            "; GET /metrics median {:.2} ms, max {:.2} ms",
+                            t[t.len() / 2].as_secs_f64() * 1e3,
+                            t[t.len() - 1].as_secs_f64() * 1e3
+                        )
+                    }
+                );
+                if scrape {
+                    scraped.push(ms(99.0));
+                    scrape_times.extend(times);
+                } else {
+                    quiet.push(ms(99.0));
+                }
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    for ((label, _), (quiet, scraped, scrape_times)) in builds.iter().zip(&mut results) {
+        scrape_times.sort();
+        println!(
+            "\n{label}: GET /metrics ({CLUSTERS}x{PER_CLUSTER}) over HTTP: median {:.2} ms, \
+             max {:.2} ms; request p99 {:.3} ms while scraped vs {:.3} ms not ({:.2}x)",
+            scrape_times[scrape_times.len() / 2].as_secs_f64() * 1e3,
+            scrape_times[scrape_times.len() - 1].as_secs_f64() * 1e3,
+            mean(scraped),
+            mean(quiet),
+            mean(scraped) / mean(quiet)
+        );
+    }
+}
+
+/// Part 2 in process: `render` over 100 clusters × 10 endpoints, 200 times.
+async fn render_in_process(app: &[SocketAddr]) {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let text = with_routes(config(loopback, loopback, &app, true), true);
+    let text = with_routes(config(loopback, loopback, app, true), true);
     let (proxy, _) = skiff_tests::start_proxy(&text).await;
     for c in proxy.clusters().iter() {
         for e in c.snapshot().members.iter() {
@@ -208,15 +348,13 @@ async fn main() {
             }
         }
     }
-    let mut times = Vec::new();
-    let mut size = 0;
-    for _ in 0..200 {
-        let started = Instant::now();
-        let body = skiff::metrics::render(proxy.registry(), &proxy.clusters());
-        times.push(started.elapsed());
-        size = body.len();
-    }
+    let (mut times, size) = render_times(&proxy, RENDERS);
     times.sort();
+    // The text itself, to compare renders before and after a change.
+    if let Some(path) = std::env::var_os("METRICS_COST_DUMP") {
+        let body = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+        std::fs::write(path, body).expect("write METRICS_COST_DUMP");
+    }
     println!(
         "render with {CLUSTERS} clusters x {PER_CLUSTER} endpoints ({} KiB, {} lines): median {:.2} ms, max {:.2} ms",
         size / 1024,
@@ -225,71 +363,20 @@ async fn main() {
         times[times.len() - 1].as_secs_f64() * 1e3,
     );
     drop(proxy);
+}
 
-    // 3. Over HTTP from the running process, and p99 with and without scrapes.
-    let (mut quiet, mut scraped, mut scrape_times) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS.min(2) {
-        for scrape in [false, true] {
-            let running = start(&with, &dir, &app, true).await;
-            let admin = running.admin;
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = stop.clone();
-            let scraper = tokio::spawn(async move {
-                let mut times = Vec::new();
-                while scrape && !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let (status, _) = admin_get(admin, "/metrics").await.expect("scrape");
-                    assert_eq!(status, 200);
-                    times.push(started.elapsed());
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                times
-            });
-            let result = load::run(&spec(running.listen, Some(2000.0), 10))
-                .await
-                .expect("load");
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let times = scraper.await.expect("scraper");
-            let p99 = result.percentile(99.0).as_secs_f64() * 1e3;
-            println!(
-                "round {round} {:>15}: 2000 req/s p50 {:.3} ms, p99 {:.3} ms ({} errors){}",
-                if scrape {
-                    "scraped every 1s"
-                } else {
-                    "no scrapes"
-                },
-                result.percentile(50.0).as_secs_f64() * 1e3,
-                p99,
-                result.errors(),
-                if times.is_empty() {
-                    String::new()
-                } else {
-                    let mut t = times.clone();
-                    t.sort();
-                    format!(
-                        "; GET /metrics median {:.2} ms, max {:.2} ms",
-                        t[t.len() / 2].as_secs_f64() * 1e3,
-                        t[t.len() - 1].as_secs_f64() * 1e3
-                    )
-                }
-            );
-            if scrape {
-                scraped.push(p99);
-                scrape_times.extend(times);
-            } else {
-                quiet.push(p99);
-            }
-        }
+/// Renders `n` times as a scrape does (into the text buffer the metrics
+/// thread keeps), timing each; apart so that callgrind can count these
+/// alone: `--toggle-collect='*render_times*'`.
+#[inline(never)]
+fn render_times(proxy: &skiff::Proxy, n: usize) -> (Vec<Duration>, usize) {
+    let mut times = Vec::with_capacity(n);
+    let mut text = String::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        text.clear();
+        skiff::metrics::render_into(&mut text, proxy.registry(), &proxy.clusters());
+        times.push(started.elapsed());
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    scrape_times.sort();
-    println!(
-        "\nGET /metrics ({CLUSTERS}x{PER_CLUSTER}) over HTTP: median {:.2} ms, max {:.2} ms; \
-         request p99 {:.3} ms while scraped vs {:.3} ms not ({:.2}x)",
-        scrape_times[scrape_times.len() / 2].as_secs_f64() * 1e3,
-        scrape_times[scrape_times.len() - 1].as_secs_f64() * 1e3,
-        mean(&scraped),
-        mean(&quiet),
-        mean(&scraped) / mean(&quiet)
-    );
+    (times, text.len())
 }

@@ -23,6 +23,7 @@ use crate::Proxy;
 pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
+    let renderer = MetricsThread::start()?;
     tracing::info!(address = %bound, "admin server listening");
     tokio::spawn(async move {
         loop {
@@ -35,22 +36,19 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
                 }
             };
             let proxy = proxy.clone();
+            let renderer = renderer.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let proxy = proxy.clone();
+                    let renderer = renderer.clone();
                     async move {
                         let get = matches!(*req.method(), Method::GET | Method::HEAD);
                         if get && req.uri().path() == "/metrics" {
-                            // Rendered off the runtime that serves requests,
-                            // so a scrape never queues in front of them.
-                            let render = tokio::task::spawn_blocking(move || {
-                                crate::metrics::render(proxy.registry(), &proxy.clusters())
-                            });
-                            return Ok::<_, Infallible>(match render.await {
-                                Ok(body) => metrics_response(body),
-                                Err(e) => text(
+                            return Ok::<_, Infallible>(match renderer.render(proxy).await {
+                                Some(body) => metrics_response(body),
+                                None => text(
                                     StatusCode::INTERNAL_SERVER_ERROR,
-                                    format!("rendering the metrics failed: {e}\n"),
+                                    "rendering the metrics failed: the metrics thread is gone\n",
                                 ),
                             });
                         }
@@ -64,6 +62,83 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
         }
     });
     Ok(bound)
+}
+
+/// Renders `/metrics` on a thread of its own, `skiff-metrics`, in Linux's
+/// `SCHED_IDLE` class, so that whatever core it shares with the request
+/// workers, a worker that wakes takes the core from it at once (issue 8:
+/// with skiff on one core, renders on a normal-priority thread still raised
+/// request p99). `SCHED_IDLE` is not starvation: the thread keeps a weight
+/// of 3 against a normal thread's 1024, so on a saturated core a scrape
+/// waits but ends (measured with a busy loop on skiff's core: median 8 ms,
+/// max 127 ms; BENCHMARKS.md), far inside Prometheus' 10 s scrape timeout.
+///
+/// The thread keeps its text buffer between scrapes, so a scrape's render
+/// allocates only the copy it answers with.
+#[derive(Debug, Clone)]
+struct MetricsThread {
+    scrapes: std::sync::mpsc::Sender<Scrape>,
+}
+
+struct Scrape {
+    proxy: Proxy,
+    reply: tokio::sync::oneshot::Sender<Bytes>,
+}
+
+impl MetricsThread {
+    /// Starts the thread; it ends when the last handle is dropped.
+    fn start() -> std::io::Result<MetricsThread> {
+        let (scrapes, queue) = std::sync::mpsc::channel::<Scrape>();
+        std::thread::Builder::new()
+            .name("skiff-metrics".into())
+            .spawn(move || {
+                lower_priority();
+                let mut text = String::new();
+                for scrape in queue {
+                    text.clear();
+                    let proxy = &scrape.proxy;
+                    // A panic fails this scrape (its reply is dropped: a
+                    // 500), not every later one.
+                    let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::metrics::render_into(&mut text, proxy.registry(), &proxy.clusters())
+                    }));
+                    if rendered.is_ok() {
+                        let _ = scrape.reply.send(Bytes::copy_from_slice(text.as_bytes()));
+                    }
+                    // Keep the capacity for the next scrape, unless the
+                    // text shrank a lot (clusters removed).
+                    if text.capacity() > 4 * text.len() {
+                        text.shrink_to(text.len());
+                    }
+                }
+            })?;
+        Ok(MetricsThread { scrapes })
+    }
+
+    /// The text of every metric family; `None` if the thread is gone.
+    async fn render(&self, proxy: Proxy) -> Option<Bytes> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.scrapes.send(Scrape { proxy, reply }).ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Moves the calling thread to `SCHED_IDLE`; where that is refused (a
+/// seccomp profile, say), it keeps its priority and says so.
+fn lower_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let result = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+    // The policy is set before the nice value, which may be refused alone.
+    if thread_schedule_policy().ok() != Some(idle) {
+        tracing::warn!(
+            "the /metrics thread could not lower its priority ({result:?}); \
+             scrapes compete with requests for the CPU"
+        );
+    }
 }
 
 fn route(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -87,9 +162,7 @@ fn route(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<Fu
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET | &Method::HEAD, "/ready") => ready(proxy),
-        (&Method::GET | &Method::HEAD, "/metrics") => {
-            metrics_response(crate::metrics::render(proxy.registry(), &proxy.clusters()))
-        }
+        // GET /metrics is answered in `serve`, by the metrics thread.
         (&Method::GET | &Method::HEAD, "/clusters") => json_response(clusters(proxy)),
         (&Method::GET | &Method::HEAD, "/config") => {
             json_response(serde_json::to_value(&*proxy.config()).unwrap_or_default())
@@ -263,7 +336,7 @@ fn clusters(proxy: &Proxy) -> serde_json::Value {
     })
 }
 
-fn metrics_response(body: String) -> Response<Full<Bytes>> {
+fn metrics_response(body: Bytes) -> Response<Full<Bytes>> {
     let mut resp = text(StatusCode::OK, body);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

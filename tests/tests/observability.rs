@@ -108,6 +108,44 @@ async fn metrics_pass_promtool_under_load() {
     }
 }
 
+/// Scheduling policies of this process's threads named `name` (field 41
+/// of `/proc/self/task/*/stat`; 5 is `SCHED_IDLE`).
+fn thread_policies(name: &str) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let policy: Option<u32> = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(41 - 3))
+            .and_then(|p| p.parse().ok());
+        policies.extend(policy);
+    }
+    policies
+}
+
+#[tokio::test]
+async fn metrics_render_on_an_idle_priority_thread_so_requests_preempt_it() {
+    const SCHED_IDLE: u32 = 5;
+    let backend = Backend::start("a").await;
+    let (proxy, _) = start_proxy(&config(&[backend.address], "")).await;
+    let text = metrics_text(&proxy).await;
+    assert!(
+        text.contains("# TYPE skiff_requests_total counter"),
+        "{text}"
+    );
+    let policies = thread_policies("skiff-metrics");
+    assert!(!policies.is_empty(), "no skiff-metrics thread");
+    assert!(
+        policies.iter().all(|&p| p == SCHED_IDLE),
+        "skiff-metrics threads' policies: {policies:?}, want SCHED_IDLE ({SCHED_IDLE})"
+    );
+}
+
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_request_count() {
     let prometheus = require("prometheus", "prometheus");

@@ -61,6 +61,8 @@ pub struct Endpoint {
     pools: Box<[Pool]>,
     /// The owning cluster's metrics, so a request holds one `Arc`, not two.
     pub cluster_stats: Arc<ClusterStats>,
+    /// `cluster="…",endpoint="…"`, written once for every scrape to copy.
+    pub metric_labels: Box<str>,
     /// 5xx responses and connect failures in a row (outlier detection).
     failures: AtomicU32,
     /// When an ejection ends, in ms since [`epoch`]; 0 when not ejected.
@@ -84,8 +86,15 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Endpoint {
     pub fn new(spec: &EndpointSpec, cluster_stats: Arc<ClusterStats>) -> Endpoint {
+        let metric_labels = format!(
+            "{},{}",
+            cluster_stats.metric_labels,
+            crate::metrics::label("endpoint", &spec.address.to_string())
+        )
+        .into();
         Endpoint {
             cluster_stats,
+            metric_labels,
             address: spec.address,
             spec_weight: AtomicU32::new(spec.weight),
             weight: AtomicU32::new(spec.weight.saturating_mul(WEIGHT_SCALE)),
@@ -278,6 +287,8 @@ pub struct ClusterStats {
     /// Failures of the cluster's discovery source, counted by the source.
     pub discovery_errors: Arc<AtomicU64>,
     pub errors: ErrorCounters,
+    /// `cluster="…"`, escaped once for every scrape to copy.
+    pub metric_labels: Box<str>,
 }
 
 /// What the request path reads: the endpoints that take new requests, and
@@ -351,12 +362,16 @@ pub struct EndpointCounts {
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Cluster {
+        let stats = ClusterStats {
+            metric_labels: crate::metrics::label("cluster", &config.name).into(),
+            ..ClusterStats::default()
+        };
         Cluster {
             name: config.name.as_str().into(),
             settings: ArcSwap::from_pointee(config),
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             cursor: AtomicUsize::new(0),
-            stats: Arc::default(),
+            stats: Arc::new(stats),
             primed: AtomicBool::new(false),
             warmed: AtomicBool::new(false),
             members: Mutex::default(),
@@ -754,6 +769,20 @@ impl Cluster {
         let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
         all.extend(draining.iter().filter(|e| e.in_flight() > 0).cloned());
         all
+    }
+
+    /// Calls `f` with each endpoint [`endpoints_for_display`] lists, in the
+    /// same order, without collecting them (a scrape visits every one).
+    ///
+    /// [`endpoints_for_display`]: Cluster::endpoints_for_display
+    pub fn for_each_endpoint_for_display(&self, mut f: impl FnMut(&Endpoint)) {
+        for e in self.snapshot.load().members.iter() {
+            f(e);
+        }
+        let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        for e in draining.iter().filter(|e| e.in_flight() > 0) {
+            f(e);
+        }
     }
 
     /// The members by state, and the draining endpoints.

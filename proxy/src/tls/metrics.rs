@@ -2,11 +2,10 @@
 //! and certificate reloads by result.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use crate::metrics::escape;
+use crate::metrics::{escape, header, sample};
 
 /// Why a handshake failed, as the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,41 +85,26 @@ impl TlsMetrics {
 
     /// Appends the TLS families in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        type Rows = fn(&mut String, &str, &str, &TlsStats);
+        // Each family's rows for one listener, given its `listener="…"` pieces.
+        type Rows = fn(&mut String, &str, &[&str; 3], &TlsStats);
         let families: [(&str, &str, Rows); 4] = [
             (
                 "skiff_tls_handshakes_total",
                 "Completed TLS handshakes, by listener.",
-                |out, name, l, s| {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{listener=\"{l}\"}} {}",
-                        s.handshakes.load(Relaxed)
-                    );
-                },
+                |out, name, l, s| sample(out, &[name], l, s.handshakes.load(Relaxed)),
             ),
             (
                 "skiff_tls_resumed_total",
                 "TLS handshakes that resumed a session, by listener.",
-                |out, name, l, s| {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{listener=\"{l}\"}} {}",
-                        s.resumed.load(Relaxed)
-                    );
-                },
+                |out, name, l, s| sample(out, &[name], l, s.resumed.load(Relaxed)),
             ),
             (
                 "skiff_tls_errors_total",
                 "Failed TLS handshakes, by listener and reason (client_cert, timeout, handshake, plaintext).",
                 |out, name, l, s| {
                     for why in Failure::ALL {
-                        let reason = why.label();
-                        let _ = writeln!(
-                            out,
-                            "{name}{{listener=\"{l}\",reason=\"{reason}\"}} {}",
-                            s.errors(why)
-                        );
+                        let labels = [l[0], l[1], l[2], ",reason=\"", why.label(), "\""];
+                        sample(out, &[name], &labels, s.errors(why));
                     }
                 },
             ),
@@ -130,35 +114,37 @@ impl TlsMetrics {
                 |out, name, l, s| {
                     for (result, n) in [("success", &s.reloads_ok), ("failure", &s.reloads_failed)]
                     {
-                        let _ = writeln!(
-                            out,
-                            "{name}{{listener=\"{l}\",result=\"{result}\"}} {}",
-                            n.load(Relaxed)
-                        );
+                        let labels = [l[0], l[1], l[2], ",result=\"", result, "\""];
+                        sample(out, &[name], &labels, n.load(Relaxed));
                     }
                 },
             ),
         ];
         let map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         for (name, help, rows) in families {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
+            header(out, name, "counter", help);
             for (listener, stats) in map.iter() {
-                rows(out, name, &escape(listener), stats);
+                rows(out, name, &["listener=\"", &escape(listener), "\""], stats);
             }
         }
         // Envoy's days_until_first_cert_expiring, as a timestamp to alert on:
         // `skiff_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400`.
         let name = "skiff_tls_certificate_expiry_timestamp_seconds";
-        let _ = writeln!(
+        header(
             out,
-            "# HELP {name} When the first certificate a listener serves expires (Unix time)."
+            name,
+            "gauge",
+            "When the first certificate a listener serves expires (Unix time).",
         );
-        let _ = writeln!(out, "# TYPE {name} gauge");
         for (listener, stats) in map.iter() {
             let expires = stats.expires.load(Relaxed);
             if expires > 0 {
-                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {expires}", escape(listener));
+                sample(
+                    out,
+                    &[name],
+                    &["listener=\"", &escape(listener), "\""],
+                    expires,
+                );
             }
         }
     }
