@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::body::UpstreamBody;
+use crate::limits::ListenerLimits;
 use crate::listener::ListenerState;
 use crate::tls::TlsPeer;
 
@@ -32,18 +33,26 @@ pub async fn serve(
     stream: TcpStream,
     read: Bytes,
     state: Arc<ListenerState>,
+    limits: Arc<ListenerLimits>,
     peer: SocketAddr,
     drain: watch::Receiver<bool>,
 ) {
-    serve_io(stream, read, state, peer, drain, None).await
+    serve_io(stream, read, state, &limits, peer, drain, None).await
 }
 
 /// Like [`serve`], on any stream: a TLS one passes `tls`, which marks
 /// each request with what the handshake established.
+///
+/// The listener's limits become the connection's HTTP/2 settings: its
+/// `max_header_bytes` is `SETTINGS_MAX_HEADER_LIST_SIZE` (h2 answers a
+/// larger header list with 431, as Envoy sizes it from
+/// `max_request_headers_kb`), and requests with more than `max_headers`
+/// fields get 431 here.
 pub async fn serve_io<S>(
     stream: S,
     read: Bytes,
     state: Arc<ListenerState>,
+    limits: &ListenerLimits,
     peer: SocketAddr,
     mut drain: watch::Receiver<bool>,
     tls: Option<Arc<TlsPeer>>,
@@ -51,12 +60,19 @@ pub async fn serve_io<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(Prefixed { read, stream });
+    let max_headers = limits.max_headers as usize;
     let service = service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
         if let Some(tls) = &tls {
             tls.tag(&mut req);
         }
         async move {
+            if req.headers().len() > max_headers {
+                return Ok(crate::forward::local(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too many header fields\n",
+                ));
+            }
             if let Some(name) = req.headers().keys().find(|n| !is_token(n.as_str())) {
                 // HTTP/2 allows names HTTP/1.1 does not (`"`, `(`, ...): an
                 // HTTP/1 upstream would read such a field some other way.
@@ -69,6 +85,10 @@ pub async fn serve_io<S>(
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes)
+        .max_concurrent_streams(limits.http2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.http2.max_pending_accept_reset_streams as usize)
+        .max_local_error_reset_streams(limits.http2.max_local_error_reset_streams as usize)
         .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {

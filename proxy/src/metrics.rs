@@ -129,6 +129,8 @@ pub struct Registry {
     unrouted: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     /// Open downstream connections by listener.
     connections: Mutex<BTreeMap<String, Arc<Gauge>>>,
+    /// Connections closed at accept past `max_connections`, by listener.
+    refused: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// TLS handshakes, errors and certificate reloads, by listener.
@@ -155,6 +157,11 @@ impl Registry {
         map.entry(listener.to_string()).or_default().clone()
     }
 
+    pub fn refused(&self, listener: &str) -> Arc<AtomicU64> {
+        let mut map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(listener.to_string()).or_default().clone()
+    }
+
     /// Forgets rows for listener/cluster pairs no longer configured, so a
     /// reload that removes them also removes their series.
     pub fn retain(&self, keep: impl Fn(&str, &str) -> bool, keep_listener: impl Fn(&str) -> bool) {
@@ -170,6 +177,10 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|l, g| keep_listener(l) || g.get() > 0);
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l, _| keep_listener(l));
     }
 
     /// Counts a config reload attempt.
@@ -376,6 +387,27 @@ pub fn render(registry: &Registry, clusters: &[Arc<crate::cluster::Cluster>]) ->
             "skiff_connections_active{{listener=\"{}\"}} {}",
             escape(listener),
             g.get()
+        );
+    }
+
+    header(
+        &mut out,
+        "skiff_connections_refused_total",
+        "counter",
+        "Connections closed as soon as accepted, by listener and reason \
+         (limit: the listener's max_connections were open).",
+    );
+    for (listener, n) in registry
+        .refused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "skiff_connections_refused_total{{listener=\"{}\",reason=\"limit\"}} {}",
+            escape(listener),
+            n.load(Relaxed)
         );
     }
 

@@ -35,23 +35,23 @@ use tokio::time::Instant;
 use crate::body::UpstreamBody;
 use crate::conn::Conn;
 use crate::forward::{self, ProxyBody};
+use crate::limits::ListenerLimits;
 use crate::listener::{ConnectionGuard, ListenerState};
 use body::{ChunkedDecoder, Kind, RequestBody};
-use parse::{Framing, HeadError, Parsed};
+use parse::{Framing, HeadError, HeadLimits, Parsed};
 
-/// Time from a request's first byte to the end of its head (hyper's
-/// default; slow heads are a slowloris attack). Answered with 408.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the response, how long the rest of the request body may take to
 /// reach the upstream before the connection is given up.
 const BODY_AFTER_RESPONSE: Duration = Duration::from_secs(5);
 /// What an HTTP/2 client with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves one client connection until it closes or the listener drains.
+/// Serves one client connection until it closes or the listener drains,
+/// within `limits` (the listener's, as of when the connection was accepted).
 pub async fn serve(
     conn: Arc<Conn>,
     state: Arc<ListenerState>,
+    limits: Arc<ListenerLimits>,
     peer: SocketAddr,
     drain: watch::Receiver<bool>,
     guard: ConnectionGuard,
@@ -76,7 +76,11 @@ pub async fn serve(
         }
         // Boxed: the connection's own future stays small while it idles,
         // and a request's state exists only while the request does.
-        match Box::pin(request(&conn, &state, peer, &drain, &mut buf, first)).await {
+        match Box::pin(request(
+            &conn, &state, &limits, peer, &drain, &mut buf, first,
+        ))
+        .await
+        {
             Next::KeepAlive => first = false,
             Next::Close => {
                 let _ = socket2::SockRef::from(&conn.stream).shutdown(std::net::Shutdown::Write);
@@ -90,7 +94,7 @@ pub async fn serve(
                     let read = buf.freeze();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        crate::h2::serve(conn.stream, read, state, peer, drain).await;
+                        crate::h2::serve(conn.stream, read, state, limits, peer, drain).await;
                     });
                 }
                 return;
@@ -113,6 +117,7 @@ pub async fn serve(
 async fn request(
     conn: &Arc<Conn>,
     state: &ListenerState,
+    limits: &ListenerLimits,
     peer: SocketAddr,
     drain: &watch::Receiver<bool>,
     buf: &mut BytesMut,
@@ -122,7 +127,7 @@ async fn request(
     if buf.capacity() == 0 {
         *buf = buffers::read();
     }
-    let parsed = match read_head(stream, buf, first).await {
+    let parsed = match read_head(stream, buf, first, limits).await {
         Ok(Head::Request(parsed)) => parsed,
         Ok(Head::Http2) => return Next::Http2,
         Ok(Head::Closed) => return Next::Gone,
@@ -308,16 +313,23 @@ enum ReadError {
     Io(io::Error),
 }
 
-/// Reads until a whole request head is buffered.
-async fn read_head(stream: &TcpStream, buf: &mut BytesMut, first: bool) -> Result<Head, ReadError> {
-    let deadline = Instant::now() + HEAD_TIMEOUT;
+/// Reads until a whole request head is buffered, within the listener's
+/// `max_header_bytes`, `max_headers` and `request_head_timeout`.
+async fn read_head(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    first: bool,
+    limits: &ListenerLimits,
+) -> Result<Head, ReadError> {
+    let deadline = Instant::now() + limits.request_head_timeout;
+    let head_limits = HeadLimits::of(limits);
     loop {
         if !buf.is_empty() {
             if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
                 if buf.len() >= H2_PREFACE.len() {
                     return Ok(Head::Http2);
                 }
-            } else if let Some(parsed) = parse::parse(buf).map_err(ReadError::Head)? {
+            } else if let Some(parsed) = parse::parse(buf, head_limits).map_err(ReadError::Head)? {
                 return Ok(Head::Request(parsed));
             }
         }

@@ -191,6 +191,7 @@ impl Shared {
         let cluster = Arc::new(Cluster::new(config));
         let follower = crate::spawn_follower(&inner.discovery, &cluster, &source);
         let listener_config = ListenerConfig {
+            limits: Default::default(),
             name: listener.to_string(),
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             routes: vec![RouteConfig {
@@ -212,6 +213,10 @@ impl Shared {
             routes: ArcSwap::from_pointee(table),
             unrouted: inner.registry.unrouted(listener),
             connections: inner.registry.connections(listener),
+            refused: inner.registry.refused(listener),
+            // Unused: a captured connection is served within the limits
+            // of the listener that accepted it.
+            limits: Default::default(),
             tls: Default::default(),
             capture: Default::default(),
         });
