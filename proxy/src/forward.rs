@@ -77,7 +77,8 @@ pub async fn handle(
         None => None,
         Some(limit) => match cap_body(&mut req, limit) {
             Ok(exceeded) => exceeded,
-            Err(resp) => {
+            Err(_) => {
+                let resp = too_large(limit);
                 route.requests.record(resp.status().as_u16());
                 log_local(access, &resp, None, 0);
                 return resp;
@@ -104,10 +105,10 @@ pub async fn handle(
 fn cap_body(
     req: &mut Request<UpstreamBody>,
     limit: u64,
-) -> Result<Option<Arc<crate::limits::Exceeded>>, Response<ProxyBody>> {
+) -> Result<Option<Arc<crate::limits::Exceeded>>, crate::limits::BodyTooLarge> {
     let hint = req.body().size_hint();
     if hint.lower() > limit {
-        return Err(too_large(limit));
+        return Err(crate::limits::BodyTooLarge { limit });
     }
     if hint.upper().is_some_and(|n| n <= limit) {
         // Its framing already holds it to the limit (HTTP/1 and h2 both

@@ -144,7 +144,7 @@ const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 <
 /// Formats a byte count the way the config file writes sizes (`64KiB`, `1000`).
 pub fn format_size(n: u64) -> String {
     for (unit, scale) in UNITS {
-        if n >= scale && n % scale == 0 {
+        if n >= scale && n.is_multiple_of(scale) {
             return format!("{}{unit}", n / scale);
         }
     }
