@@ -51,14 +51,22 @@ impl CodeCounters {
     }
 }
 
-/// A gauge that goes up and down.
+/// A gauge that goes up and down, and remembers how high it went.
 #[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
+pub struct Gauge(AtomicI64, AtomicI64);
 
 impl Gauge {
     #[inline]
     pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
+        let now = self.0.fetch_add(1, Relaxed) + 1;
+        // A load first: in steady state the peak is not written at all.
+        if now > self.1.load(Relaxed) {
+            self.1.fetch_max(now, Relaxed);
+        }
+    }
+    /// The highest value since the last call, which starts a new period.
+    pub fn take_peak(&self) -> i64 {
+        self.1.swap(self.get(), Relaxed).max(self.get())
     }
     #[inline]
     pub fn dec(&self) {
@@ -160,6 +168,15 @@ impl Registry {
     pub fn refused(&self, listener: &str) -> Arc<AtomicU64> {
         let mut map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(listener.to_string()).or_default().clone()
+    }
+
+    /// Open downstream connections over all listeners: (now, the most
+    /// since the last call).
+    pub fn connections_now_and_peak(&self) -> (i64, i64) {
+        let map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().fold((0, 0), |(now, peak), g| {
+            (now + g.get(), peak + g.take_peak())
+        })
     }
 
     /// Forgets rows for listener/cluster pairs no longer configured, so a
