@@ -731,6 +731,36 @@ async fn a_connection_idle_past_idle_timeout_is_closed() {
 }
 
 #[tokio::test]
+async fn an_http2_connection_without_streams_past_idle_timeout_gets_goaway() {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+    let (_upstream, _other, _proxy, address) =
+        limited_proxy(Answer::Ok, "{ idle_timeout: 300ms }", "").await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    // GET / for "a", answered; then nothing.
+    let get = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    raw.extend(h2_frame(HEADERS, END_STREAM_AND_HEADERS, 1, &get));
+    conn.write_all(&raw).await.expect("write");
+    read_frame_until(&mut conn, |f| f.kind == HEADERS && f.stream == 1)
+        .await
+        .expect("the response");
+    let goaway = read_frame_until(&mut conn, |f| f.kind == GOAWAY)
+        .await
+        .expect("GOAWAY once idle");
+    // NO_ERROR, and stream 1 was processed.
+    assert_eq!(goaway.payload[4..8], [0, 0, 0, 0]);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(LIMIT, conn.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection stayed open after GOAWAY"
+    );
+}
+
+#[tokio::test]
 async fn connections_past_max_connections_are_closed_at_once_and_counted() {
     let (_upstream, _other, proxy, address) =
         limited_proxy(Answer::Ok, "{ max_connections: 3 }", "").await;
@@ -786,6 +816,13 @@ async fn bodies_past_a_routes_max_request_body_get_413_and_are_not_forwarded() {
     let text = exchange(
         address,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    // Waiting for a go-ahead: none comes, the 413 does.
+    let text = exchange(
+        address,
+        b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n",
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 413 "), "{text}");

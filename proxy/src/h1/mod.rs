@@ -188,6 +188,7 @@ async fn exchange(
         Framing::Chunked => body_from(conn, buf, Kind::Chunked(ChunkedDecoder::default())),
     };
     if expect_continue
+        && !too_large_for_its_route(state, &request, framing)
         && write::flush(stream, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
             .await
             .is_err()
@@ -270,6 +271,27 @@ async fn exchange(
     } else {
         Next::Close
     }
+}
+
+/// Whether the route of a request that waits for `100 Continue` will
+/// refuse its body by its declared length (`max_request_body`): then the
+/// client is not invited to send it and gets the 413 instead. A second
+/// route lookup, for `Expect` requests only.
+fn too_large_for_its_route(
+    state: &ListenerState,
+    req: &http::Request<()>,
+    framing: Framing,
+) -> bool {
+    let Framing::Length(length) = framing else {
+        return false;
+    };
+    let routes = state.routes.load();
+    let host = forward::request_host(req);
+    matches!(
+        routes.find(host, req.uri().path(), req.headers()),
+        Some(crate::route::Found::Route(route))
+            if route.max_request_body.is_some_and(|max| length > max)
+    )
 }
 
 /// A request body reading from the socket, taking the buffered bytes with it.
