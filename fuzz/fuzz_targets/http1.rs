@@ -19,7 +19,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 fn requests_in(data: &[u8]) -> u64 {
     let mut buf = BytesMut::from(data);
     let mut count = 0;
-    while let Ok(Some(head)) = parse::parse(&buf) {
+    while let Ok(Some(head)) = parse::parse(&buf, parse::HeadLimits::default()) {
         count += 1;
         buf.advance(head.head_len);
         match head.framing {

@@ -31,6 +31,9 @@ pub enum UpstreamBody {
         data: Option<Bytes>,
         trailers: Option<http::HeaderMap>,
     },
+    /// Of unknown length, on a route with `max_request_body` (boxed: rare,
+    /// and it holds one of the others).
+    Capped(Box<crate::limits::CappedBody>),
 }
 
 impl Body for UpstreamBody {
@@ -52,6 +55,7 @@ impl Body for UpstreamBody {
                     None => trailers.take().map(|t| Ok(Frame::trailers(t))),
                 })
             }
+            UpstreamBody::Capped(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -64,6 +68,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Buffered { data, trailers } => {
                 data.as_ref().is_none_or(|d| d.is_empty()) && trailers.is_none()
             }
+            UpstreamBody::Capped(b) => b.is_end_stream(),
         }
     }
 
@@ -76,6 +81,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            UpstreamBody::Capped(b) => b.size_hint(),
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct ListenerConfig {
     pub capture: Option<crate::sidecar::CaptureConfig>,
     /// One log line per request (or a sample of them); off when absent.
     pub access_log: Option<AccessLog>,
+    /// What the listener's clients may send and hold (see [`crate::limits`]).
+    pub limits: crate::limits::ListenerLimits,
 }
 
 /// The access log of a listener: a `skiff::access` line per request.
@@ -613,7 +615,15 @@ fn read_name(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<String>
     Some(name)
 }
 
-const LISTENER_FIELDS: &[&str] = &["name", "listen", "routes", "tls", "capture", "access_log"];
+const LISTENER_FIELDS: &[&str] = &[
+    "name",
+    "listen",
+    "routes",
+    "tls",
+    "capture",
+    "access_log",
+    "limits",
+];
 
 fn read_listener(
     node: &Node,
@@ -649,6 +659,11 @@ fn read_listener(
         None => Some(None),
         Some(n) => read_access_log(n, &access_path, diags).map(Some),
     };
+    let limits_path = map.path_of("limits");
+    let limits = match map.optional("limits") {
+        Some(n) => crate::limits::read_listener_limits(n, &limits_path, diags),
+        None => Some(crate::limits::ListenerLimits::default()),
+    };
     let tls_path = map.path_of("tls");
     let tls = match map.optional("tls") {
         Some(n) => crate::tls::config::read_listener_tls(n, &tls_path, base, diags).map(Some),
@@ -669,6 +684,7 @@ fn read_listener(
         capture: capture.map(|c| c.ok_or(())).transpose().ok()?,
         access_log: access_log?,
         tls: tls?,
+        limits: limits?,
     })
 }
 

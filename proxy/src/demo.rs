@@ -244,6 +244,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             grace_period: Duration::from_secs(5),
         },
         listeners: vec![ListenerConfig {
+            limits: Default::default(),
             name: "shop".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             capture: None,

@@ -79,6 +79,18 @@ pub fn handle<'a>(
                 return resp;
             }
         };
+        let capped = match route.max_request_body {
+            None => None,
+            Some(limit) => match cap_body(&mut req, limit) {
+                Ok(exceeded) => exceeded,
+                Err(_) => {
+                    let resp = too_large(limit);
+                    route.requests.record(resp.status().as_u16());
+                    log_local(access, &resp, None, 0);
+                    return resp;
+                }
+            },
+        };
         let raw_head = match &route.edits {
             None => raw_head,
             Some(edits) => {
@@ -87,10 +99,44 @@ pub fn handle<'a>(
                 None
             }
         };
-        let response = forward(req, route, peer, start, raw_head, access).await;
+        let response = forward(req, route, peer, start, raw_head, access, capped).await;
         route.requests.record(response.status().as_u16());
         response
     }
+}
+
+/// Applies a route's `max_request_body`: a body that declares more is
+/// refused with `413` before a byte of it is read; one of unknown length
+/// is capped as it streams, and the flag returned says whether it went
+/// past (Envoy's buffer limit answers the same way).
+fn cap_body(
+    req: &mut Request<UpstreamBody>,
+    limit: u64,
+) -> Result<Option<Arc<crate::limits::Exceeded>>, crate::limits::BodyTooLarge> {
+    let hint = req.body().size_hint();
+    if hint.lower() > limit {
+        return Err(crate::limits::BodyTooLarge { limit });
+    }
+    if hint.upper().is_some_and(|n| n <= limit) {
+        // Its framing already holds it to the limit (HTTP/1 and h2 both
+        // refuse a body longer than its content-length).
+        return Ok(None);
+    }
+    let body = std::mem::replace(req.body_mut(), UpstreamBody::Empty);
+    let (capped, exceeded) = crate::limits::CappedBody::new(body, limit);
+    *req.body_mut() = UpstreamBody::Capped(Box::new(capped));
+    Ok(Some(exceeded))
+}
+
+/// `413` for a body past its route's `max_request_body`.
+fn too_large(limit: u64) -> Response<ProxyBody> {
+    local(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "request body larger than {} (the route's max_request_body)\n",
+            crate::limits::format_size(limit)
+        ),
+    )
 }
 
 /// One access log line, filled in as the request goes and written when
@@ -162,6 +208,7 @@ fn forward<'a>(
     start: Instant,
     raw_head: Option<Bytes>,
     mut access: Option<Box<AccessEntry>>,
+    capped: Option<Arc<crate::limits::Exceeded>>,
 ) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
     async move {
         let cluster = &route.cluster;
@@ -307,6 +354,15 @@ fn forward<'a>(
                     // The answer is dropped unread, and its connection with it.
                     drop((resp, conn, in_flight));
                     again
+                }
+                // The client's body went past the route's limit and the
+                // upstream request was aborted (however its protocol reported
+                // it): the client's doing, neither retried nor counted.
+                Err(_) if capped.as_ref().is_some_and(|c| c.get()) => {
+                    drop(in_flight);
+                    let resp = too_large(route.max_request_body.unwrap_or(0));
+                    log_local(access, &resp, Some(endpoint.address), retried);
+                    return resp;
                 }
                 Err((failure @ Failure::ClientBody(_), _)) => {
                     tracing::debug!(cluster = %cluster.name, "request failed: {}", failure.message());
@@ -562,7 +618,12 @@ impl Replay {
                 peer,
                 request_id,
             } => {
-                let parsed = crate::h1::parse::parse(head).ok()??;
+                // The head passed its listener's limits once; only its framing matters now.
+                let limits = crate::h1::parse::HeadLimits {
+                    max_bytes: head.len(),
+                    max_headers: crate::limits::MAX_HEADERS_ACCEPTED,
+                };
+                let parsed = crate::h1::parse::parse(head, limits).ok()??;
                 let mut req = parsed.request.map(|()| UpstreamBody::Empty);
                 req.headers_mut().remove(&X_SKIFF_RETRYABLE);
                 if let Some(id) = request_id.and_then(|id| HeaderValue::from_bytes(&id).ok()) {

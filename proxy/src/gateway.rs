@@ -77,6 +77,12 @@ pub struct RouteRules {
     pub timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
+    /// Largest request body forwarded (`413` past it); none: no limit.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::limits::ser_optional_size"
+    )]
+    pub max_request_body: Option<u64>,
 }
 
 fn ser_timeout<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -284,7 +290,13 @@ fn header_name(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Strin
 }
 
 /// The route fields besides `match` and `cluster`.
-pub const RULE_FIELDS: [&str; 4] = ["rewrite", "request_headers", "timeout", "redirect"];
+pub const RULE_FIELDS: [&str; 5] = [
+    "rewrite",
+    "request_headers",
+    "timeout",
+    "redirect",
+    "max_request_body",
+];
 
 /// Reads a route's rule fields from its map into `rules`.
 pub fn read_rules(
@@ -358,6 +370,13 @@ pub fn read_rules(
     if let Some(n) = map.optional("timeout") {
         match yaml::duration(n, &timeout_path, diags) {
             Some(d) => rules.timeout = Some(d),
+            None => ok = false,
+        }
+    }
+    let body_path = map.path_of("max_request_body");
+    if let Some(n) = map.optional("max_request_body") {
+        match crate::limits::read_max_request_body(n, &body_path, diags) {
+            Some(limit) => rules.max_request_body = Some(limit),
             None => ok = false,
         }
     }

@@ -19,6 +19,7 @@ pub mod h1;
 pub mod h2;
 pub mod inject;
 pub mod iptables;
+pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
@@ -189,10 +190,12 @@ impl Proxy {
         let mut fresh: HashMap<String, Listener> = HashMap::new();
         for lc in to_bind {
             let state = self.listener_state(&lc.name);
-            // Before the socket accepts: no client may see it plaintext.
+            // Before the socket accepts: no client may see it plaintext,
+            // nor without its limits.
             state
                 .tls
                 .store(tls_servers.get(&lc.name).cloned().flatten());
+            state.limits.store(Arc::new(lc.limits));
             let listener = Listener::bind(lc.listen, state, &inner.workers).map_err(|source| {
                 ApplyError::Bind {
                     name: lc.name.clone(),
@@ -282,6 +285,10 @@ impl Proxy {
                     }
                 } else if let Some(existing) = listeners.get(&lc.name) {
                     existing.state.routes.store(table);
+                    // For connections accepted from now on.
+                    if **existing.state.limits.load() != lc.limits {
+                        existing.state.limits.store(Arc::new(lc.limits));
+                    }
                     existing
                         .state
                         .tls
@@ -441,6 +448,8 @@ impl Proxy {
                 routes: ArcSwap::from_pointee(RouteTable::default()),
                 unrouted: existing.state.unrouted.clone(),
                 connections: existing.state.connections.clone(),
+                refused: existing.state.refused.clone(),
+                limits: Default::default(),
                 tls: Default::default(),
                 capture: Default::default(),
             });
@@ -451,6 +460,8 @@ impl Proxy {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             unrouted: self.inner.registry.unrouted(name),
             connections: self.inner.registry.connections(name),
+            refused: self.inner.registry.refused(name),
+            limits: Default::default(),
             tls: Default::default(),
             capture: Default::default(),
         })

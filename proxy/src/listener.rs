@@ -7,6 +7,10 @@
 //! Shutdown is two steps: stop accepting, then ask every connection to
 //! finish (HTTP/2 GOAWAY, HTTP/1.1 `connection: close` on the response in
 //! progress) and wait for them.
+//!
+//! The listener's [`ListenerLimits`] are read once per accepted
+//! connection: past `max_connections` a new connection is closed at once
+//! and counted; the rest travel with the connection to its server.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -18,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::conn::{Conn, Registry};
+use crate::limits::ListenerLimits;
 use crate::metrics::Gauge;
 use crate::route::RouteTable;
 use crate::workers::Workers;
@@ -33,6 +38,10 @@ pub struct ListenerState {
     /// Requests that matched no route.
     pub unrouted: Arc<AtomicU64>,
     pub connections: Arc<Gauge>,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: Arc<AtomicU64>,
+    /// What clients may send and hold; swapped on reload.
+    pub limits: ArcSwap<ListenerLimits>,
     /// TLS termination, when the listener has it; swapped on reload.
     pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
     /// Set on capture listeners (the sidecar role): connections are served
@@ -57,12 +66,12 @@ fn socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Soc
     Ok(socket)
 }
 
-/// How long an idle keep-alive connection is kept (Envoy: 1 h). Longer
-/// than clients' pool timeouts, so they close first and never reuse a
-/// connection skiff is closing.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How often the registry looks for connections idle too long.
+/// How often the registry looks for connections idle too long, at most;
+/// a shorter `idle_timeout` is swept four times as often as it lasts, so
+/// a connection goes within a quarter of its timeout late.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the registry sweeps, at least.
+const SWEEP_MIN: Duration = Duration::from_millis(50);
 
 /// Counts open connections so shutdown can wait for the last one, and
 /// closes idle ones.
@@ -101,7 +110,11 @@ impl Listener {
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
-        tokio::spawn(sweep_idle(Arc::downgrade(&tracker), stop_rx.clone()));
+        tokio::spawn(sweep_idle(
+            Arc::downgrade(&tracker),
+            Arc::downgrade(&state),
+            stop_rx.clone(),
+        ));
         if per_worker {
             let mut sockets = vec![first];
             for _ in 1..workers.handles().len() {
@@ -212,8 +225,22 @@ async fn accept_loop(
                 continue;
             }
         };
+        let limits = state.limits.load_full();
+        // Counted before the check, so accept loops on other workers
+        // cannot both take the last place.
+        let open = tracker.open.fetch_add(1, Relaxed) + 1;
+        if limits
+            .max_connections
+            .is_some_and(|max| open > max as usize)
+        {
+            tracker.open.fetch_sub(1, Relaxed);
+            state.refused.fetch_add(1, Relaxed);
+            tracing::debug!(listener = %state.name, %peer, "connection refused: max_connections open");
+            // Closed unread: the client sees its connection end at once.
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        tracker.open.fetch_add(1, Relaxed);
         state.connections.inc();
         let guard = ConnectionGuard {
             tracker: tracker.clone(),
@@ -223,7 +250,9 @@ async fn accept_loop(
             // Drained by its own task (GOAWAY / `connection: close`), not
             // by the idle registry, which closes plaintext sockets.
             let (state, drain) = (state.clone(), drain.clone());
-            tokio::spawn(crate::tls::serve(stream, peer, tls, state, drain, guard));
+            tokio::spawn(crate::tls::serve(
+                stream, peer, tls, state, limits, drain, guard,
+            ));
             continue;
         }
         if let Some(capture) = state.capture.load_full() {
@@ -235,11 +264,11 @@ async fn accept_loop(
                     crate::sidecar::Accepted::Http(stream, routes) => {
                         let conn = Arc::new(Conn::new(stream));
                         tracker.conns.register(&conn);
-                        crate::h1::serve(conn, routes, peer, drain, guard).await;
+                        crate::h1::serve(conn, routes, limits, peer, drain, guard).await;
                     }
                     crate::sidecar::Accepted::Mesh(stream, destination) => {
                         capture
-                            .serve_mesh(stream, peer, destination, drain, guard)
+                            .serve_mesh(stream, peer, destination, &limits, drain, guard)
                             .await;
                     }
                     crate::sidecar::Accepted::Done => {}
@@ -251,29 +280,34 @@ async fn accept_loop(
         tracker.conns.register(&conn);
         let state = state.clone();
         let drain = drain.clone();
-        tokio::spawn(crate::h1::serve(conn, state, peer, drain, guard));
+        tokio::spawn(crate::h1::serve(conn, state, limits, peer, drain, guard));
     }
 }
 
-/// Closes connections idle past [`KEEP_ALIVE_TIMEOUT`], until the
+/// Closes connections idle past the listener's `idle_timeout`, until the
 /// listener stops accepting and its connections have gone.
-async fn sweep_idle(tracker: std::sync::Weak<Tracker>, mut stop: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn sweep_idle(
+    tracker: std::sync::Weak<Tracker>,
+    state: std::sync::Weak<ListenerState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut stopped = false;
+    let mut idle_timeout = ListenerLimits::default().idle_timeout;
     loop {
+        let every = (idle_timeout / 4).clamp(SWEEP_MIN, SWEEP_EVERY);
         if stopped {
-            every.tick().await;
+            tokio::time::sleep(every).await;
         } else {
             tokio::select! {
-                _ = every.tick() => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = stop.wait_for(|s| *s) => stopped = true,
             }
         }
-        let Some(tracker) = tracker.upgrade() else {
+        let (Some(tracker), Some(state)) = (tracker.upgrade(), state.upgrade()) else {
             return;
         };
-        tracker.conns.sweep(KEEP_ALIVE_TIMEOUT);
+        idle_timeout = state.limits.load().idle_timeout;
+        tracker.conns.sweep(idle_timeout);
         if stopped && tracker.open.load(Relaxed) == 0 {
             return;
         }

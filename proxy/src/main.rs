@@ -407,6 +407,7 @@ async fn run(config: Config, path: Option<PathBuf>, workers: skiff::workers::Wor
             return ExitCode::FAILURE;
         }
     };
+    tokio::spawn(release_heap_after_bursts(proxy.clone()));
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -434,3 +435,47 @@ async fn run(config: Config, path: Option<PathBuf>, workers: skiff::workers::Wor
     }
     ExitCode::SUCCESS
 }
+
+/// How often open connections are compared with their peak.
+const HEAP_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How many connections must have gone since the peak before freed heap
+/// is handed back: a burst worth a few megabytes (a slowloris attack).
+const HEAP_RELEASE_AFTER: i64 = 256;
+
+/// Hands freed heap back to the OS after a burst of connections has
+/// closed. glibc keeps memory freed in the middle of its heaps, so after
+/// an attack's thousand connections are gone the process would stay at
+/// its peak; `malloc_trim` returns those pages, as HAProxy does when its
+/// pools shrink (`trim_all_pools`). Steady traffic never triggers it.
+async fn release_heap_after_bursts(proxy: Proxy) {
+    let mut every = tokio::time::interval(HEAP_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut again = false;
+    loop {
+        every.tick().await;
+        let (now, peak) = proxy.registry().connections_now_and_peak();
+        let burst_ended = peak - now >= HEAP_RELEASE_AFTER;
+        // Once more on the tick after: connections that closed just
+        // before the first trim may still have been freeing memory.
+        if burst_ended || again {
+            let _ = tokio::task::spawn_blocking(release_free_heap).await;
+        }
+        again = burst_ended;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_heap() {
+    extern "C" {
+        /// glibc: returns free memory of every arena to the OS.
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: malloc_trim takes no pointers and only walks glibc's own
+    // free lists, under the arenas' locks; any thread may call it.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_heap() {}

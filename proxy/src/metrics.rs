@@ -62,14 +62,22 @@ impl CodeCounters {
     }
 }
 
-/// A gauge that goes up and down.
+/// A gauge that goes up and down, and remembers how high it went.
 #[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
+pub struct Gauge(AtomicI64, AtomicI64);
 
 impl Gauge {
     #[inline]
     pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
+        let now = self.0.fetch_add(1, Relaxed) + 1;
+        // A load first: in steady state the peak is not written at all.
+        if now > self.1.load(Relaxed) {
+            self.1.fetch_max(now, Relaxed);
+        }
+    }
+    /// The highest value since the last call, which starts a new period.
+    pub fn take_peak(&self) -> i64 {
+        self.1.swap(self.get(), Relaxed).max(self.get())
     }
     #[inline]
     pub fn dec(&self) {
@@ -150,6 +158,8 @@ pub struct Registry {
     unrouted: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     /// Open downstream connections by listener.
     connections: Mutex<BTreeMap<String, Arc<Gauge>>>,
+    /// Connections closed at accept past `max_connections`, by listener.
+    refused: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// TLS handshakes, errors and certificate reloads, by listener.
@@ -184,6 +194,20 @@ impl Registry {
         map.entry(listener.to_string()).or_default().clone()
     }
 
+    pub fn refused(&self, listener: &str) -> Arc<AtomicU64> {
+        let mut map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(listener.to_string()).or_default().clone()
+    }
+
+    /// Open downstream connections over all listeners: (now, the most
+    /// since the last call).
+    pub fn connections_now_and_peak(&self) -> (i64, i64) {
+        let map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().fold((0, 0), |(now, peak), g| {
+            (now + g.get(), peak + g.take_peak())
+        })
+    }
+
     /// Forgets rows for listener/cluster pairs no longer configured, so a
     /// reload that removes them also removes their series.
     pub fn retain(&self, keep: impl Fn(&str, &str) -> bool, keep_listener: impl Fn(&str) -> bool) {
@@ -199,6 +223,10 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|l, g| keep_listener(l) || g.get() > 0);
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l, _| keep_listener(l));
     }
 
     /// Counts a config reload attempt.
@@ -476,6 +504,28 @@ pub fn render_into(
     }
 
     let name = "skiff_request_duration_seconds";
+    header(
+        out,
+        "skiff_connections_refused_total",
+        "counter",
+        "Connections closed as soon as accepted, by listener and reason \
+         (limit: the listener's max_connections were open).",
+    );
+    for (listener, n) in registry
+        .refused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let labels = ["listener=\"", &escape(listener), "\",reason=\"limit\""];
+        sample(
+            out,
+            &["skiff_connections_refused_total"],
+            &labels,
+            n.load(Relaxed),
+        );
+    }
+
     header(
         out,
         name,

@@ -30,6 +30,8 @@ pub struct Route {
     pub edits: Option<Box<Edits>>,
     /// Overrides the cluster's request timeout.
     pub timeout: Option<Duration>,
+    /// Largest request body forwarded (`413` past it).
+    pub max_request_body: Option<u64>,
 }
 
 /// A route that answers with a redirect instead of forwarding.
@@ -128,6 +130,7 @@ impl RouteTable {
                         headers,
                         edits: Edits::of(&route.rules, &route.path),
                         timeout: route.rules.timeout,
+                        max_request_body: route.rules.max_request_body,
                     })
                 }
             };
@@ -240,6 +243,7 @@ mod tests {
             });
         }
         let listener = ListenerConfig {
+            limits: Default::default(),
             name: "web".into(),
             listen: "127.0.0.1:1".parse().unwrap(),
             capture: None,

@@ -30,6 +30,9 @@ pub enum Answer {
     /// upstream whose idle timeout is zero: every pooled connection skiff
     /// holds is dead by the time it is reused).
     OkThenClose,
+    /// Answers as soon as it has a request's head, with the start of a
+    /// chunked body it never ends, and reads (and drops) whatever comes.
+    BeforeBody,
 }
 
 /// One request as the upstream read it.
@@ -113,6 +116,10 @@ async fn serve(
 ) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
+    if answer == Answer::BeforeBody {
+        answer_before_body(stream, received).await;
+        return;
+    }
     loop {
         let (len, request) = match read_request(&buf) {
             Parse::Partial => {
@@ -161,6 +168,8 @@ async fn serve(
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
                 return;
             }
+            // Served by `answer_before_body` instead.
+            Answer::BeforeBody => return,
             Answer::Unprompted => {
                 let first = stream.write_all(OK).await;
                 // Likely after skiff has pooled the connection; if not, it
@@ -176,6 +185,35 @@ async fn serve(
             }
         };
         if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// [`Answer::BeforeBody`]: records the head, answers, reads to the end.
+async fn answer_before_body(mut stream: TcpStream, received: Arc<Mutex<Vec<Received>>>) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    received.lock().expect("received").push(Received {
+        head,
+        body: Vec::new(),
+    });
+    let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+    if stream.write_all(answer).await.is_err() {
+        return;
+    }
+    while let Ok(n) = stream.read(&mut chunk).await {
+        if n == 0 {
             return;
         }
     }

@@ -579,3 +579,608 @@ async fn an_http2_field_name_that_is_no_http1_token_is_refused() {
         upstream.violations()
     );
 }
+
+// Limits (issue 9, item 3): each configured small and hit.
+
+/// [`config`] with `limits` on the listener and `route` (indented fields)
+/// on the route to `app`.
+fn limited(upstream: SocketAddr, other: SocketAddr, limits: &str, route: &str) -> String {
+    config(upstream, other)
+        .replacen(
+            "    routes:\n",
+            &format!("    limits: {limits}\n    routes:\n"),
+            1,
+        )
+        .replacen(
+            "        cluster: app\n",
+            &format!("        cluster: app\n{route}"),
+            1,
+        )
+}
+
+async fn limited_proxy(
+    answer: Answer,
+    limits: &str,
+    route: &str,
+) -> (RawUpstream, Backend, skiff::Proxy, SocketAddr) {
+    let upstream = RawUpstream::start(answer).await;
+    let other = Backend::start("other").await;
+    let yaml = limited(upstream.address, other.address, limits, route);
+    let (proxy, address) = start_proxy(&yaml).await;
+    (upstream, other, proxy, address)
+}
+
+/// A GET with `fields` header fields in all (`Host` one of them), each
+/// value `value_len` bytes long.
+fn head_with(fields: usize, value_len: usize) -> Vec<u8> {
+    let mut head = b"GET /limits HTTP/1.1\r\nHost: a\r\n".to_vec();
+    let value = "v".repeat(value_len);
+    for i in 1..fields {
+        head.extend_from_slice(format!("X-{i}: {value}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// An HTTP/2 connection over a plain socket, with the h2 crate's client.
+async fn h2_client(address: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let stream = TcpStream::connect(address).await.expect("connect");
+    let (client, conn) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    client
+}
+
+/// The status of a bodiless HTTP/2 GET carrying `headers`.
+async fn h2_status(address: SocketAddr, headers: &[(String, String)]) -> u16 {
+    let mut client = h2_client(address).await;
+    let mut req = http::Request::get("http://a/limits");
+    for (name, value) in headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let (response, _) = client
+        .send_request(req.body(()).expect("request"), true)
+        .expect("send");
+    let response = tokio::time::timeout(LIMIT, response)
+        .await
+        .expect("answered in time")
+        .expect("a response");
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn heads_past_the_listeners_limits_get_431_and_never_reach_the_upstream() {
+    let (upstream, _other, _proxy, address) = limited_proxy(
+        Answer::Ok,
+        "{ max_header_bytes: 1KiB, max_headers: 10 }",
+        "",
+    )
+    .await;
+    // HTTP/1: at the limits, forwarded; one past them, 431.
+    let text = exchange(address, &head_with(10, 1)).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    let text = exchange(address, &head_with(11, 1)).await;
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    let text = exchange(address, &head_with(2, 900)).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    let text = exchange(address, &head_with(2, 1100)).await;
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    let forwarded = upstream.requests().len();
+    assert_eq!(
+        forwarded, 4,
+        "the two heads within the limits and their sentinels"
+    );
+
+    // HTTP/2: the same limits, as a field count and a header list size.
+    let fields = |n: usize, len: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("x-{i}"), "v".repeat(len)))
+            .collect()
+    };
+    assert_eq!(h2_status(address, &fields(10, 1)).await, 200);
+    assert_eq!(h2_status(address, &fields(11, 1)).await, 431);
+    assert_eq!(h2_status(address, &fields(1, 2048)).await, 431);
+    assert_eq!(upstream.requests().len(), forwarded + 1);
+}
+
+#[tokio::test]
+async fn the_default_limits_let_a_100_field_60_kib_head_through() {
+    let (upstream, _other, _proxy, address) = limited_proxy(Answer::Ok, "{}", "").await;
+    let text = exchange(address, &head_with(100, 8)).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    let text = exchange(address, &head_with(2, 60 * 1024)).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(upstream.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn a_head_slower_than_request_head_timeout_gets_408_and_is_closed() {
+    let (upstream, _other, _proxy, address) =
+        limited_proxy(Answer::Ok, "{ request_head_timeout: 300ms }", "").await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    conn.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Wait: ")
+        .await
+        .expect("write part of a head");
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, conn.read_to_end(&mut out))
+        .await
+        .expect("skiff closed the connection in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_idle_timeout_is_closed() {
+    let (_upstream, _other, _proxy, address) =
+        limited_proxy(Answer::Ok, "{ idle_timeout: 300ms }", "").await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, conn.read_to_end(&mut out))
+        .await
+        .expect("the idle connection was closed in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nok"),
+        "one response, then the close: {text}"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_connection_without_streams_past_idle_timeout_gets_goaway() {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+    let (_upstream, _other, _proxy, address) =
+        limited_proxy(Answer::Ok, "{ idle_timeout: 300ms }", "").await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    // GET / for "a", answered; then nothing.
+    let get = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    raw.extend(h2_frame(HEADERS, END_STREAM_AND_HEADERS, 1, &get));
+    conn.write_all(&raw).await.expect("write");
+    read_frame_until(&mut conn, |f| f.kind == HEADERS && f.stream == 1)
+        .await
+        .expect("the response");
+    let goaway = read_frame_until(&mut conn, |f| f.kind == GOAWAY)
+        .await
+        .expect("GOAWAY once idle");
+    // NO_ERROR, and stream 1 was processed.
+    assert_eq!(goaway.payload[4..8], [0, 0, 0, 0]);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(LIMIT, conn.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection stayed open after GOAWAY"
+    );
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_at_once_and_counted() {
+    let (_upstream, _other, proxy, address) =
+        limited_proxy(Answer::Ok, "{ max_connections: 3 }", "").await;
+    let admin = proxy.admin_address().expect("admin address");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::h1(address).await.expect("connect");
+        let (status, _, _) = client.get("/").await.expect("served");
+        assert_eq!(status, 200);
+        open.push(client);
+    }
+    for _ in 0..2 {
+        let mut refused = TcpStream::connect(address).await.expect("connect");
+        // The kernel accepted it; skiff closes it unread.
+        let _ = refused
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(LIMIT, refused.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "a connection past the cap was kept open");
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    }
+    let (_, metrics) = skiff_tests::admin_get(admin, "/metrics")
+        .await
+        .expect("metrics");
+    let refused = skiff_tests::metric_value(
+        &metrics,
+        "skiff_connections_refused_total",
+        &[("listener", "web"), ("reason", "limit")],
+    );
+    assert_eq!(refused, Some(2.0), "{metrics}");
+    assert!(metrics.contains("# TYPE skiff_connections_refused_total counter"));
+    let active =
+        skiff_tests::metric_value(&metrics, "skiff_connections_active", &[("listener", "web")]);
+    assert_eq!(active, Some(3.0), "{metrics}");
+
+    // A place frees up when a connection closes.
+    drop(open.pop());
+    skiff_tests::wait_for_async("a place under the cap", LIMIT, || async move {
+        match Client::h1(address).await {
+            Ok(mut client) => client.get("/").await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bodies_past_a_routes_max_request_body_get_413_and_are_not_forwarded() {
+    let (upstream, _other, _proxy, address) =
+        limited_proxy(Answer::Ok, "{}", "        max_request_body: 1KiB\n").await;
+    // A length that says too much: refused before the body is read.
+    let text = exchange(
+        address,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    // Waiting for a go-ahead: none comes, the 413 does.
+    let text = exchange(
+        address,
+        b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    // A chunked body that grows past it: cut, and the upstream never
+    // gets a whole request.
+    let mut chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(format!("258\r\n{}\r\n", "c".repeat(600)).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let text = exchange(address, &chunked).await;
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    // Within the limit, both ways, forwarded whole.
+    let mut exact = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1024\r\n\r\n".to_vec();
+    exact.resize(exact.len() + 1024, b'x');
+    let text = exchange(address, &exact).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    let text = exchange(
+        address,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    let got = upstream.requests();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].body.len(), 1024);
+
+    // HTTP/2: a declared length and a streamed body.
+    let mut client = Client::h2(address).await.expect("connect");
+    for body in [
+        skiff_tests::full(vec![b'x'; 2000]),
+        skiff_tests::generated(2000),
+    ] {
+        let req = http::Request::post("/").body(body).expect("request");
+        let resp = client.send(req).await.expect("a response");
+        assert_eq!(resp.status(), 413);
+    }
+    let (status, _, _) = client.get("/").await.expect("the connection goes on");
+    assert_eq!(status, 200);
+    assert_eq!(upstream.requests().len(), 5);
+    others_unaffected(address).await;
+}
+
+#[tokio::test]
+async fn a_body_past_the_limit_after_the_response_began_closes_the_connection() {
+    let (upstream, _other, _proxy, address) =
+        limited_proxy(Answer::BeforeBody, "{}", "        max_request_body: 1KiB\n").await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    conn.write_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+    )
+    .await
+    .expect("write the head and a chunk");
+    // The upstream answers before the body ends.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(LIMIT, async {
+        while !got.ends_with(b"2\r\nok\r\n") {
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before the response began");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the response began in time");
+    // Then the body goes past the limit: too late for a 413.
+    let _ = conn
+        .write_all(format!("800\r\n{}\r\n", "x".repeat(2048)).as_bytes())
+        .await;
+    let read = tokio::time::timeout(LIMIT, conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "skiff did not close the connection in time");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the response ended as if whole: {text}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+/// One HTTP/2 frame as read from skiff.
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const GOAWAY: u8 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Reads frames from `conn` until `found` holds for one, which is
+/// returned; `None` if skiff closed first.
+async fn read_frame_until(conn: &mut TcpStream, found: impl Fn(&Frame) -> bool) -> Option<Frame> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let frame = Frame {
+                    kind: buf[3],
+                    flags: buf[4],
+                    stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
+                    payload: buf[9..9 + len].to_vec(),
+                };
+                buf.drain(..9 + len);
+                if found(&frame) {
+                    return Some(frame);
+                }
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("skiff answered in time")
+}
+
+#[tokio::test]
+async fn http2_settings_carry_the_listeners_limits_and_extra_streams_are_refused() {
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const END_HEADERS: u8 = 0x4;
+    const REFUSED_STREAM: u32 = 0x7;
+    let (_upstream, _other, _proxy, address) = limited_proxy(
+        Answer::Ok,
+        "{ max_header_bytes: 32KiB, http2: { max_concurrent_streams: 2 } }",
+        "",
+    )
+    .await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    conn.write_all(&raw).await.expect("write");
+    let settings = read_frame_until(&mut conn, |f| f.kind == SETTINGS && f.flags & 1 == 0)
+        .await
+        .expect("skiff's SETTINGS");
+    let values: Vec<(u16, u32)> = settings
+        .payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS (3), SETTINGS_MAX_HEADER_LIST_SIZE (6).
+    assert!(values.contains(&(3, 2)), "{values:?}");
+    assert!(values.contains(&(6, 32 * 1024)), "{values:?}");
+
+    // Two streams left open (a POST whose body never comes), then a third.
+    // HPACK: POST, http, /, :authority "a".
+    let post = [0x83, 0x86, 0x84, 0x41, 0x01, b'a'];
+    let mut raw = Vec::new();
+    for stream in [1, 3, 5] {
+        raw.extend(h2_frame(HEADERS, END_HEADERS, stream, &post));
+    }
+    conn.write_all(&raw).await.expect("write");
+    let reset = read_frame_until(&mut conn, |f| f.kind == RST_STREAM)
+        .await
+        .expect("a reset stream");
+    assert_eq!(reset.stream, 5);
+    assert_eq!(reset.payload, REFUSED_STREAM.to_be_bytes());
+}
+
+/// Rapid reset frames: `streams` streams, each opened and cancelled.
+fn reset_flood(streams: u32) -> Vec<u8> {
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const END_HEADERS: u8 = 0x4;
+    // HPACK: GET, http, /, then :authority "a".
+    let get = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    for i in 0..streams {
+        let stream = 2 * i + 1;
+        flood.extend(h2_frame(HEADERS, END_HEADERS, stream, &get));
+        flood.extend(h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    flood
+}
+
+#[tokio::test]
+async fn an_http2_reset_flood_past_the_limit_gets_goaway() {
+    let (upstream, _other, _proxy, address) = limited_proxy(
+        Answer::Ok,
+        "{ http2: { max_pending_accept_reset_streams: 5 } }",
+        "",
+    )
+    .await;
+    let mut attacker = TcpStream::connect(address).await.expect("connect");
+    let _ = attacker.write_all(&reset_flood(500)).await;
+    let goaway = read_frame_until(&mut attacker, |f| f.kind == GOAWAY)
+        .await
+        .expect("GOAWAY before the connection closed");
+    let code = u32::from_be_bytes([
+        goaway.payload[4],
+        goaway.payload[5],
+        goaway.payload[6],
+        goaway.payload[7],
+    ]);
+    assert_eq!(code, ENHANCE_YOUR_CALM);
+    assert!(upstream.requests().len() < 500);
+    let mut client = Client::h2(address).await.expect("connect");
+    let (status, _, _) = client.get("/normal").await.expect("served");
+    assert_eq!(status, 200);
+}
+
+// Memory after an attack: RSS of a real skiff process, from /proc.
+
+/// A `skiff run` process in front of `upstream` with `limits`; returns it
+/// with its listener's address (it is killed on drop, with its directory).
+async fn skiff_process(
+    upstream: SocketAddr,
+    limits: &str,
+) -> (skiff_tests::SkiffProcess, SocketAddr, skiff_tests::TempDir) {
+    let other = upstream;
+    let admin = SocketAddr::from(([127, 0, 0, 1], skiff_tests::free_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], skiff_tests::free_port()));
+    let yaml = limited(upstream, other, limits, "")
+        .replacen("listen: 127.0.0.1:0 }", &format!("listen: {admin} }}"), 1)
+        .replacen("listen: 127.0.0.1:0\n", &format!("listen: {listen}\n"), 1);
+    let dir = skiff_tests::TempDir::new("hostile");
+    let path = dir.write("skiff.yaml", &yaml);
+    let skiff = skiff_tests::SkiffProcess::start(&path, admin).await;
+    skiff.wait_ready().await;
+    (skiff, listen, dir)
+}
+
+/// Serves `n` requests on each of an HTTP/1.1 and an HTTP/2 connection.
+async fn normal_traffic(address: SocketAddr, n: usize) {
+    for mut client in [
+        Client::h1(address).await.expect("connect"),
+        Client::h2(address).await.expect("connect"),
+    ] {
+        for _ in 0..n {
+            let (status, _, body) = client.get("/normal").await.expect("served");
+            assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+        }
+    }
+}
+
+/// How long RSS may take to come back once the attackers have gone.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Waits until skiff's RSS is back within 10% of `baseline` (KiB).
+async fn memory_returns(skiff: &skiff_tests::SkiffProcess, baseline: u64, attack: &str) {
+    let pid = skiff.pid();
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut rss = skiff_tests::rss_kib(pid);
+    while rss * 10 > baseline * 11 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {attack}, RSS stayed at {rss} KiB, more than 10% over the {baseline} KiB before it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss = skiff_tests::rss_kib(pid);
+    }
+    eprintln!("after {attack}: RSS {rss} KiB, {baseline} KiB before");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_slow_heads_get_408_while_others_are_served_and_memory_returns() {
+    const SLOW: usize = 1000;
+    let upstream = RawUpstream::start(Answer::Ok).await;
+    let (skiff, address, _dir) =
+        skiff_process(upstream.address, "{ request_head_timeout: 3s }").await;
+    normal_traffic(address, 200).await;
+    let baseline = skiff.rss_kib();
+
+    // Slowloris: each connection sends part of a head and never ends it.
+    let mut slow = Vec::new();
+    for i in 0..SLOW {
+        let mut conn = TcpStream::connect(address)
+            .await
+            .expect("connect a slow client");
+        conn.write_all(format!("GET /slow/{i} HTTP/1.1\r\nHost: a\r\nX-Wait: ").as_bytes())
+            .await
+            .expect("write part of a head");
+        slow.push(conn);
+    }
+    let peak = skiff.rss_kib();
+    normal_traffic(address, 20).await;
+    // Each slow head is answered 408 and closed.
+    let answers = slow.into_iter().map(|mut conn| {
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let read = tokio::time::timeout(LIMIT, conn.read_to_end(&mut out)).await;
+            read.is_ok() && out.starts_with(b"HTTP/1.1 408 ")
+        })
+    });
+    let mut timed_out = 0;
+    for answer in answers.collect::<Vec<_>>() {
+        if !answer.await.expect("reader") {
+            timed_out += 1;
+        }
+    }
+    assert_eq!(timed_out, 0, "slow heads not answered 408 and closed");
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| !r.head.contains("/slow/")),
+        "an unfinished head was forwarded"
+    );
+    memory_returns(
+        &skiff,
+        baseline,
+        &format!("{SLOW} slow heads (peak {peak} KiB)"),
+    )
+    .await;
+    normal_traffic(address, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_client_is_served_during_http2_reset_floods_and_memory_returns() {
+    const ATTACKERS: usize = 20;
+    let upstream = RawUpstream::start(Answer::Ok).await;
+    let (skiff, address, _dir) = skiff_process(upstream.address, "{}").await;
+    normal_traffic(address, 200).await;
+    let baseline = skiff.rss_kib();
+
+    let flood = std::sync::Arc::new(reset_flood(2000));
+    let mut attackers = Vec::new();
+    for _ in 0..ATTACKERS {
+        let flood = flood.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut attacker = TcpStream::connect(address).await.expect("connect");
+            // skiff may send GOAWAY and close before it has read everything.
+            let _ = attacker.write_all(&flood).await;
+            read_frame_until(&mut attacker, |f| f.kind == GOAWAY).await
+        }));
+    }
+    normal_traffic(address, 20).await;
+    for attacker in attackers {
+        let goaway = attacker.await.expect("attacker");
+        assert!(goaway.is_some(), "an attacker was not sent GOAWAY");
+    }
+    assert!(
+        upstream.requests().len() <= ATTACKERS * 2000 + 440,
+        "more requests upstream than were sent"
+    );
+    memory_returns(
+        &skiff,
+        baseline,
+        &format!("{ATTACKERS} HTTP/2 reset floods"),
+    )
+    .await;
+    normal_traffic(address, 20).await;
+}

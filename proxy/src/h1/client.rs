@@ -109,6 +109,8 @@ pub fn can_send(req: &mut Request<UpstreamBody>) -> bool {
     match req.body_mut() {
         UpstreamBody::Empty | UpstreamBody::Buffered { .. } => true,
         UpstreamBody::Http2(b) => b.is_end_stream(),
+        // Streamed under the route's body limit: hyper's client sends it.
+        UpstreamBody::Capped(_) => false,
         UpstreamBody::Http1(b) => match b.take_whole() {
             Some(data) => {
                 *req.body_mut() = UpstreamBody::Buffered {

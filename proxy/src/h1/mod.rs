@@ -36,23 +36,23 @@ use tokio::time::Instant;
 use crate::body::UpstreamBody;
 use crate::conn::Conn;
 use crate::forward::{self, ProxyBody};
+use crate::limits::ListenerLimits;
 use crate::listener::{ConnectionGuard, ListenerState};
 use body::{ChunkedDecoder, Kind, RequestBody};
-use parse::{Framing, HeadError, Parsed};
+use parse::{Framing, HeadError, HeadLimits, Parsed};
 
-/// Time from a request's first byte to the end of its head (hyper's
-/// default; slow heads are a slowloris attack). Answered with 408.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the response, how long the rest of the request body may take to
 /// reach the upstream before the connection is given up.
 const BODY_AFTER_RESPONSE: Duration = Duration::from_secs(5);
 /// What an HTTP/2 client with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves one client connection until it closes or the listener drains.
+/// Serves one client connection until it closes or the listener drains,
+/// within `limits` (the listener's, as of when the connection was accepted).
 pub async fn serve(
     conn: Arc<Conn>,
     state: Arc<ListenerState>,
+    limits: Arc<ListenerLimits>,
     peer: SocketAddr,
     drain: watch::Receiver<bool>,
     guard: ConnectionGuard,
@@ -77,7 +77,11 @@ pub async fn serve(
         }
         // Boxed: the connection's own future stays small while it idles,
         // and a request's state exists only while the request does.
-        match Box::pin(request(&conn, &state, peer, &drain, &mut buf, first)).await {
+        match Box::pin(request(
+            &conn, &state, &limits, peer, &drain, &mut buf, first,
+        ))
+        .await
+        {
             Next::KeepAlive => first = false,
             Next::Close => {
                 let _ = socket2::SockRef::from(&conn.stream).shutdown(std::net::Shutdown::Write);
@@ -91,7 +95,7 @@ pub async fn serve(
                     let read = buf.freeze();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        crate::h2::serve(conn.stream, read, state, peer, drain).await;
+                        crate::h2::serve(conn.stream, read, state, limits, peer, drain).await;
                     });
                 }
                 return;
@@ -114,6 +118,7 @@ pub async fn serve(
 async fn request(
     conn: &Arc<Conn>,
     state: &ListenerState,
+    limits: &ListenerLimits,
     peer: SocketAddr,
     drain: &watch::Receiver<bool>,
     buf: &mut BytesMut,
@@ -123,7 +128,7 @@ async fn request(
     if buf.capacity() == 0 {
         *buf = buffers::read();
     }
-    let parsed = match read_head(stream, buf, first).await {
+    let parsed = match read_head(stream, buf, first, limits).await {
         Ok(Head::Request(parsed)) => parsed,
         Ok(Head::Http2) => return Next::Http2,
         Ok(Head::Closed) => return Next::Gone,
@@ -190,6 +195,7 @@ fn exchange<'a>(
             Framing::Chunked => body_from(conn, buf, Kind::Chunked(ChunkedDecoder::default())),
         };
         if expect_continue
+            && !too_large_for_its_route(state, &request, framing)
             && write::flush(stream, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
                 .await
                 .is_err()
@@ -275,6 +281,27 @@ fn exchange<'a>(
     }
 }
 
+/// Whether the route of a request that waits for `100 Continue` will
+/// refuse its body by its declared length (`max_request_body`): then the
+/// client is not invited to send it and gets the 413 instead. A second
+/// route lookup, for `Expect` requests only.
+fn too_large_for_its_route(
+    state: &ListenerState,
+    req: &http::Request<()>,
+    framing: Framing,
+) -> bool {
+    let Framing::Length(length) = framing else {
+        return false;
+    };
+    let routes = state.routes.load();
+    let host = forward::request_host(req);
+    matches!(
+        routes.find(host, req.uri().path(), req.headers()),
+        Some(crate::route::Found::Route(route))
+            if route.max_request_body.is_some_and(|max| length > max)
+    )
+}
+
 /// A request body reading from the socket, taking the buffered bytes with it.
 fn body_from(
     conn: &Arc<Conn>,
@@ -316,16 +343,23 @@ enum ReadError {
     Io(io::Error),
 }
 
-/// Reads until a whole request head is buffered.
-async fn read_head(stream: &TcpStream, buf: &mut BytesMut, first: bool) -> Result<Head, ReadError> {
-    let deadline = Instant::now() + HEAD_TIMEOUT;
+/// Reads until a whole request head is buffered, within the listener's
+/// `max_header_bytes`, `max_headers` and `request_head_timeout`.
+async fn read_head(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    first: bool,
+    limits: &ListenerLimits,
+) -> Result<Head, ReadError> {
+    let deadline = Instant::now() + limits.request_head_timeout;
+    let head_limits = HeadLimits::of(limits);
     loop {
         if !buf.is_empty() {
             if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
                 if buf.len() >= H2_PREFACE.len() {
                     return Ok(Head::Http2);
                 }
-            } else if let Some(parsed) = parse::parse(buf).map_err(ReadError::Head)? {
+            } else if let Some(parsed) = parse::parse(buf, head_limits).map_err(ReadError::Head)? {
                 return Ok(Head::Request(parsed));
             }
         }

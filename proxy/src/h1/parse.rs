@@ -12,10 +12,35 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-/// Most header fields a request may carry (hyper's and Envoy's default).
-pub const MAX_HEADERS: usize = 100;
-/// Largest request head accepted, request line included (Envoy: 60 KiB).
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Header slots parsed into on the stack: the default limit. A listener
+/// that allows more parses into the heap, and only for a request that
+/// has more.
+const INLINE_HEADERS: usize = crate::limits::DEFAULT_MAX_HEADERS as usize;
+
+/// How large a request head may be (a listener's `limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Request line and fields, in bytes.
+    pub max_bytes: usize,
+    /// Header fields.
+    pub max_headers: usize,
+}
+
+impl HeadLimits {
+    /// A listener's head limits.
+    pub fn of(limits: &crate::limits::ListenerLimits) -> HeadLimits {
+        HeadLimits {
+            max_bytes: limits.max_header_bytes as usize,
+            max_headers: limits.max_headers as usize,
+        }
+    }
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits::of(&crate::limits::ListenerLimits::default())
+    }
+}
 
 /// How the request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,28 +90,44 @@ pub const TOO_LARGE: HeadError = HeadError {
     reason: "request head too large",
 };
 
-/// Parses the head at the start of `buf`: `Ok(None)` when more bytes are
-/// needed.
-pub fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
+pub const TOO_MANY: HeadError = HeadError {
+    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    reason: "too many header fields",
+};
+
+/// Parses the head at the start of `buf` within `limits`: `Ok(None)` when
+/// more bytes are needed.
+pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Parsed>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    let inline = limits.max_headers.min(INLINE_HEADERS);
+    match parse_into(buf, &mut fields[..inline], limits.max_bytes) {
+        Err(e) if e == TOO_MANY && limits.max_headers > INLINE_HEADERS => {
+            let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+            parse_into(buf, &mut fields, limits.max_bytes)
+        }
+        parsed => parsed,
+    }
+}
+
+/// [`parse`] with room for `fields.len()` header fields.
+fn parse_into<'b>(
+    buf: &'b [u8],
+    fields: &mut [httparse::Header<'b>],
+    max_bytes: usize,
+) -> Result<Option<Parsed>, HeadError> {
+    let mut req = httparse::Request::new(fields);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => return Err(TOO_LARGE),
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(TOO_LARGE),
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError {
-                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                reason: "too many header fields",
-            })
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY),
         Err(httparse::Error::Version) => return Err(HeadError::bad("unsupported HTTP version")),
         Err(httparse::Error::HeaderName) => return Err(HeadError::bad("invalid header name")),
         Err(httparse::Error::HeaderValue) => return Err(HeadError::bad("invalid header value")),
         Err(httparse::Error::Token) => return Err(HeadError::bad("invalid method")),
         Err(_) => return Err(HeadError::bad("malformed request head")),
     };
-    if head_len > MAX_HEAD_BYTES {
+    if head_len > max_bytes {
         return Err(TOO_LARGE);
     }
     // One copy of the head; every value below is a slice of it.
@@ -282,11 +323,13 @@ mod tests {
     use super::*;
 
     fn ok(raw: &str) -> Parsed {
-        parse(raw.as_bytes()).expect("valid").expect("complete")
+        parse(raw.as_bytes(), HeadLimits::default())
+            .expect("valid")
+            .expect("complete")
     }
 
     fn refused(raw: &str) -> HeadError {
-        parse(raw.as_bytes()).expect_err("refused")
+        parse(raw.as_bytes(), HeadLimits::default()).expect_err("refused")
     }
 
     #[test]
@@ -306,7 +349,11 @@ mod tests {
 
     #[test]
     fn incomplete_head_asks_for_more() {
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        assert!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n", HeadLimits::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -380,22 +427,64 @@ mod tests {
         assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
-    #[test]
-    fn oversized_heads_get_431() {
+    /// A head with `n` header fields (`Host` among them).
+    fn with_fields(n: usize) -> String {
         let mut raw = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
-        for i in 0..=MAX_HEADERS {
+        for i in 1..n {
             raw.push_str(&format!("x-{i}: 1\r\n"));
         }
         raw.push_str("\r\n");
+        raw
+    }
+
+    #[test]
+    fn oversized_heads_get_431() {
+        let defaults = HeadLimits::default();
         assert_eq!(
-            refused(&raw).status,
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            ok(&with_fields(defaults.max_headers))
+                .request
+                .headers()
+                .len(),
+            100
         );
+        assert_eq!(refused(&with_fields(defaults.max_headers + 1)), TOO_MANY);
         let big = format!(
             "GET / HTTP/1.1\r\nHost: a\r\nX: {}",
-            "a".repeat(MAX_HEAD_BYTES)
+            "a".repeat(defaults.max_bytes)
         );
         assert_eq!(refused(&big), TOO_LARGE);
+    }
+
+    #[test]
+    fn head_limits_are_the_listeners() {
+        let small = HeadLimits {
+            max_bytes: 1024,
+            max_headers: 5,
+        };
+        assert!(parse(with_fields(5).as_bytes(), small).unwrap().is_some());
+        assert_eq!(
+            parse(with_fields(6).as_bytes(), small).unwrap_err(),
+            TOO_MANY
+        );
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(1000)
+        );
+        assert_eq!(parse(long.as_bytes(), small).unwrap_err(), TOO_LARGE);
+        let partial = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}", "a".repeat(1024));
+        assert_eq!(parse(partial.as_bytes(), small).unwrap_err(), TOO_LARGE);
+
+        // More than the inline slots: parsed on the heap, to the limit.
+        let many = HeadLimits {
+            max_bytes: 64 * 1024,
+            max_headers: 300,
+        };
+        let parsed = parse(with_fields(300).as_bytes(), many).unwrap().unwrap();
+        assert_eq!(parsed.request.headers().len(), 300);
+        assert_eq!(
+            parse(with_fields(301).as_bytes(), many).unwrap_err(),
+            TOO_MANY
+        );
     }
 
     #[test]

@@ -129,6 +129,11 @@ pub fn inject(text: &str, options: &Options) -> Result<Injected, InjectError> {
                 result.yaml.push_str("---\n");
             }
             result.yaml.push_str(&yaml::emit(&root));
+            // Its `...` goes with it: the document after it may start
+            // without `---`, and would otherwise run on into this one.
+            if yaml::ends_with_document_end(&doc.source) {
+                result.yaml.push_str("...\n");
+            }
         } else {
             result.yaml.push_str(&doc.source);
         }
@@ -787,6 +792,107 @@ spec:
         let twice = inject_default(&once);
         assert_eq!(once, twice.yaml);
         assert!(twice.injected.is_empty());
+    }
+
+    /// Injects, then injects the output: it must parse, and change nothing.
+    fn injects_to_a_fixed_point(text: &str) -> String {
+        let once = inject_default(text).yaml;
+        let twice = inject(&once, &Options::default())
+            .unwrap_or_else(|e| panic!("its own output was refused: {e}\n{once}"));
+        assert_eq!(twice.yaml, once, "injecting the output changed it");
+        once
+    }
+
+    #[test]
+    fn a_document_ended_by_dots_keeps_them_when_injected() {
+        // A document after `...` may start without `---`: without its
+        // `...` the injected workload would run on into it.
+        let text = format!("{DEPLOYMENT}...\nnext: document\n");
+        let out = injects_to_a_fixed_point(&text);
+        assert!(out.ends_with("...\nnext: document\n"), "{out}");
+        let text = format!("{DEPLOYMENT}... # end\n---\nnext: document\n");
+        let out = injects_to_a_fixed_point(&text);
+        assert!(out.ends_with("...\n---\nnext: document\n"), "{out}");
+    }
+
+    #[test]
+    fn fuzz_reproducer_1_a_bare_scalar_after_dots_reparses() {
+        // `fuzz/known-bugs/inject-output-does-not-reparse-1.yaml`: the
+        // workload ends with `...` and a plain scalar document follows.
+        injects_to_a_fixed_point(include_str!(
+            "../../../fuzz/corpus/inject/does-not-reparse-1.yaml"
+        ));
+    }
+
+    #[test]
+    fn fuzz_reproducer_2_a_folded_key_before_the_workload_reparses() {
+        // `...-2.yaml`: odd plain keys (`.c: )ppyment` over two lines) in
+        // front of the workload, then `...` and a scalar document.
+        injects_to_a_fixed_point(include_str!(
+            "../../../fuzz/corpus/inject/does-not-reparse-2.yaml"
+        ));
+    }
+
+    #[test]
+    fn fuzz_reproducer_3_anchors_before_the_workload_reparse() {
+        // `...-3.yaml`: anchored keys (`&p`) and a `$---` that is no
+        // marker, then `...` and a scalar document.
+        injects_to_a_fixed_point(include_str!(
+            "../../../fuzz/corpus/inject/does-not-reparse-3.yaml"
+        ));
+    }
+
+    #[test]
+    fn a_key_past_yamls_implicit_key_limit_once_quoted_is_written_explicitly() {
+        // Found by the inject fuzz target once it ran in CI: a 300-byte
+        // key of control characters, quoted as `\u001d` each, passed the
+        // 1024 characters YAML allows before an implicit key's colon.
+        let out = injects_to_a_fixed_point(include_str!(
+            "../../../fuzz/corpus/inject/key-longer-than-1024-when-quoted.yaml"
+        ));
+        assert!(out.contains("\n    ? \"i\\u001d"), "{out}");
+        let long = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: a}}\nspec:\n  containers: [{{name: app}}]\n  {}: 1\n",
+            "\u{1}".repeat(200)
+        );
+        injects_to_a_fixed_point(&long);
+    }
+
+    #[test]
+    fn a_plain_key_that_starts_like_a_document_marker_is_quoted() {
+        // Found by the inject fuzz target: the plain key `---  -  n ...`
+        // (folded from two lines) was written at the start of a line,
+        // where it ends the document.
+        let out = injects_to_a_fixed_point(include_str!(
+            "../../../fuzz/corpus/inject/plain-key-starting-with-dashes.yaml"
+        ));
+        assert!(!out.lines().any(|l| l.starts_with("---  ")), "{out}");
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: app}]\n? a\n  --- b\n: 1\nc: [..., ---]\n";
+        injects_to_a_fixed_point(text);
+    }
+
+    #[test]
+    fn a_flow_scalar_with_a_dash_after_a_space_is_quoted() {
+        // Found by the inject fuzz target: `ord0 -` inside a complex key,
+        // written plain in flow style, did not parse again.
+        injects_to_a_fixed_point(include_str!(
+            "../../../fuzz/corpus/inject/flow-scalar-ending-in-a-dash.yaml"
+        ));
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: app}]\n? {a: [b c, 8080, x-y]}\n: 1\n";
+        let out = injects_to_a_fixed_point(text);
+        assert!(out.contains("? {a: [\"b c\", 8080, x-y]}"), "{out}");
+    }
+
+    #[test]
+    fn empty_scalars_in_a_flow_key_are_written_as_null() {
+        // Found by the inject fuzz target: a complex key holding empty
+        // (null) values came out as `{a: [, x]}`, which does not parse.
+        injects_to_a_fixed_point(include_str!(
+            "../../../fuzz/corpus/inject/empty-scalars-in-a-flow-key.yaml"
+        ));
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: app}]\n? {a: [~, x], b:}\n: 1\n";
+        let out = injects_to_a_fixed_point(text);
+        assert!(out.contains("? {a: [~, x], b: null}"), "{out}");
     }
 
     #[test]

@@ -151,6 +151,24 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// Whether `line` is the marker `marker` (`---` or `...`): at the start of
+/// the line, alone or followed by white space.
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// Whether a document's source ends with a `...` line (which
+/// [`parse_stream`] keeps as the last line of the document it ends).
+pub fn ends_with_document_end(source: &str) -> bool {
+    source
+        .strip_suffix('\n')
+        .unwrap_or(source)
+        .rsplit('\n')
+        .next()
+        .is_some_and(|last| is_marker(last, "..."))
+}
+
 /// Splits a stream into its documents and parses each.
 ///
 /// A `---` or `...` at the start of a line always ends what came before it
@@ -161,10 +179,7 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, SyntaxError> {
     let mut current = String::new();
     let mut start_line = 1;
     for (i, line) in text.split_inclusive('\n').enumerate() {
-        let marker = |m: &str| {
-            line.strip_prefix(m)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
-        };
+        let marker = |m: &str| is_marker(line, m);
         if marker("---") {
             if !current.is_empty() {
                 chunks.push((start_line, std::mem::take(&mut current)));
@@ -329,13 +344,34 @@ fn indent(out: &mut String, n: usize) {
     out.extend(std::iter::repeat_n(' ', n));
 }
 
+/// Longest key written as an implicit key (`key: value`), in bytes: YAML
+/// allows at most 1024 characters there (§7.4.2), and a key quoted for its
+/// control characters can pass that though its text did not (found by the
+/// inject fuzz target). Longer ones are written explicitly (`? key`).
+const LONGEST_IMPLICIT_KEY: usize = 1000;
+
 fn emit_map(entries: &[(Node, Node)], at: usize, first_inline: bool, out: &mut String) {
     for (i, (key, value)) in entries.iter().enumerate() {
         if i > 0 || !first_inline {
             indent(out, at);
         }
         match &key.value {
-            Value::Scalar(..) => emit_scalar(key, at, true, out),
+            Value::Scalar(text, _) if text.len() < LONGEST_IMPLICIT_KEY / 6 => {
+                // Short enough whatever escaping makes of it (`\u001d`).
+                emit_scalar(key, at, true, out)
+            }
+            Value::Scalar(..) => {
+                let mut written = String::new();
+                emit_scalar(key, at, true, &mut written);
+                if written.len() > LONGEST_IMPLICIT_KEY {
+                    out.push_str("? ");
+                    out.push_str(&written);
+                    out.push('\n');
+                    indent(out, at);
+                } else {
+                    out.push_str(&written);
+                }
+            }
             _ => {
                 out.push_str("? ");
                 emit_flow(key, out);
@@ -437,7 +473,11 @@ fn block_plain_ok(text: &str) -> bool {
     let second = chars.next();
     let indicator_first = "[]{}#&*!|>'\"%@`,".contains(first)
         || ("?:-".contains(first) && second.is_none_or(|c| c == ' ' || c == '\t'));
+    // `---` or `...` at the start of a line is a document marker, and a
+    // key is written at the start of one (found by the inject fuzz target).
+    let marker_first = text.starts_with("---") || text.starts_with("...");
     !indicator_first
+        && !marker_first
         && !text.contains('\n')
         && !text.contains(": ")
         && !text.contains(" #")
@@ -479,8 +519,17 @@ fn quoted(text: &str, out: &mut String) {
 fn emit_flow(node: &Node, out: &mut String) {
     match &node.value {
         Value::Scalar(text, plain) => {
-            let flow_safe = !text.contains([',', '[', ']', '{', '}', '\n', ':', '#']);
-            if *plain && flow_safe {
+            // Plain only when nothing in it can read as flow syntax; one
+            // with white space is quoted, which keeps it a string (the
+            // inject fuzz target found `ord0 -` read as a misplaced `-`).
+            let flow_safe = block_plain_ok(text)
+                && !text.contains([',', '[', ']', '{', '}', ':', '#'])
+                && !text.contains(char::is_whitespace);
+            if *plain && text.is_empty() {
+                // An empty plain scalar is null; in flow style only the
+                // word can say so (`[, x]` does not parse).
+                out.push_str("null");
+            } else if *plain && flow_safe {
                 out.push_str(text);
             } else {
                 quoted(text, out);

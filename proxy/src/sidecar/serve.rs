@@ -288,6 +288,7 @@ impl Shared {
         let clusters = HashMap::from([(name.clone(), cluster.clone())]);
         let table = |remove_headers: Vec<String>| {
             let listener_config = ListenerConfig {
+                limits: Default::default(),
                 name: listener.to_string(),
                 listen: SocketAddr::from(([0, 0, 0, 0], 0)),
                 routes: vec![RouteConfig {
@@ -311,6 +312,10 @@ impl Shared {
                 routes: ArcSwap::from_pointee(table),
                 unrouted: inner.registry.unrouted(listener),
                 connections: inner.registry.connections(listener),
+                refused: inner.registry.refused(listener),
+                // Unused: a captured connection is served within the limits
+                // of the listener that accepted it.
+                limits: Default::default(),
                 tls: Default::default(),
                 capture: Default::default(),
             })
@@ -480,6 +485,7 @@ impl Captured {
         stream: TcpStream,
         peer: SocketAddr,
         destination: SocketAddr,
+        limits: &crate::limits::ListenerLimits,
         drain: tokio::sync::watch::Receiver<bool>,
         guard: ConnectionGuard,
     ) {
@@ -516,7 +522,7 @@ impl Captured {
             .await;
         let state = target.tls_state.clone();
         drop(target);
-        crate::tls::serve::serve_http(done, peer, state, drain).await;
+        crate::tls::serve::serve_http(done, peer, state, limits, drain).await;
     }
 }
 

@@ -29,13 +29,13 @@ use super::server::ServerTls;
 use crate::body::UpstreamBody;
 use crate::forward::{self, ProxyBody};
 use crate::h2::Prefixed;
+use crate::limits::ListenerLimits;
 use crate::listener::{ConnectionGuard, ListenerState};
 
 /// Time a client gets to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Without ALPN, time to the first bytes that tell HTTP/1 from HTTP/2
-/// (hyper's header read timeout, as for the rest of the head).
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+/// The smallest read buffer hyper's HTTP/1 server accepts (it asserts it).
+const HYPER_MIN_BUF: usize = 8192;
 /// What an HTTP/2 client with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -80,18 +80,20 @@ impl TlsPeer {
     }
 }
 
-/// Serves one TLS client connection until it closes or the listener drains.
+/// Serves one TLS client connection until it closes or the listener
+/// drains, within the listener's `limits`.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     server: Arc<ServerTls>,
     state: Arc<ListenerState>,
+    limits: Arc<ListenerLimits>,
     drain: watch::Receiver<bool>,
     guard: ConnectionGuard,
 ) {
     let _guard = guard;
     if let Some(done) = handshake(stream, peer, &server, &state.name).await {
-        serve_http(done, peer, state, drain).await;
+        serve_http(done, peer, state, &limits, drain).await;
     }
 }
 
@@ -152,6 +154,7 @@ pub async fn serve_http(
     done: Handshaken,
     peer: SocketAddr,
     state: Arc<ListenerState>,
+    limits: &ListenerLimits,
     mut drain: watch::Receiver<bool>,
 ) {
     let Handshaken {
@@ -166,14 +169,16 @@ pub async fn serve_http(
         // on a plaintext port.
         None => {
             let mut buf = BytesMut::new();
-            match tokio::time::timeout(FIRST_BYTES_TIMEOUT, starts_h2(&mut tls, &mut buf)).await {
+            // The first bytes tell HTTP/1 from HTTP/2: part of the head.
+            let first_bytes = limits.request_head_timeout;
+            match tokio::time::timeout(first_bytes, starts_h2(&mut tls, &mut buf)).await {
                 Ok(Ok(h2)) => (h2, buf.freeze()),
                 _ => return,
             }
         }
     };
     if h2 {
-        crate::h2::serve_io(tls, read, state, peer, drain, Some(tls_peer)).await;
+        crate::h2::serve_io(tls, read, state, limits, peer, drain, Some(tls_peer)).await;
         return;
     }
 
@@ -204,10 +209,15 @@ pub async fn serve_http(
             Ok::<_, Infallible>(resp)
         }
     });
-    // With the timer, hyper's header read timeout (30 s) also closes a
-    // keep-alive connection idle that long (nginx's keepalive_timeout: 75 s).
+    // With the timer, hyper's header read timeout (`request_head_timeout`)
+    // also closes a keep-alive connection idle that long (nginx's
+    // keepalive_timeout: 75 s); hyper has no idle timeout of its own.
+    // Its read buffer is the head limit, but no less than hyper's minimum.
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_head_timeout)
+        .max_headers(limits.max_headers as usize)
+        .max_buf_size((limits.max_header_bytes as usize).max(HYPER_MIN_BUF))
         .serve_connection(TokioIo::new(Prefixed::new(read, tls)), service)
         .with_upgrades();
     tokio::pin!(conn);
