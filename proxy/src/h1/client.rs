@@ -455,7 +455,6 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error
     if matches!(kind, Kind::Close) {
         close = true;
     }
-    drop(parsed);
     buf.advance(head_len);
     let mut resp = Response::new(());
     *resp.status_mut() = status;
