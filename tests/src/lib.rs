@@ -433,6 +433,25 @@ where
     }
 }
 
+/// A port that refuses connections for as long as the returned socket
+/// lives: bound, so no other test can take it, but never listening.
+/// (A port from [`free_port`] is only free until someone binds it, and a
+/// server another test starts may get it.)
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind a port");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port())
+        .expect("its port");
+    (socket, port)
+}
+
 /// A port that was free a moment ago (bind, read, release).
 ///
 /// Never the same port twice in one test process: the kernel may hand a

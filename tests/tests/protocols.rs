@@ -201,7 +201,7 @@ async fn websocket_echo_passes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_errors_say_what_happened() {
     // A port nobody listens on, and a backend that answers too slowly.
-    let closed = skiff_tests::free_port();
+    let (_refusing, closed) = skiff_tests::refusing_port();
     let slow = Backend::start("slow").await;
     slow.control
         .delay_ms
