@@ -1176,10 +1176,25 @@ fn set_upstream_uri<B>(
     }
 }
 
+/// The request target for HTTP/1.1: the path and query, never empty.
+/// (An HTTP/2 `:path` of only a fragment, `#x`, leaves the path empty,
+/// and `GET  HTTP/1.1` is no request line: the fuzzer's `h2` target
+/// found that one.)
 fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
+    let Some(pq) = uri.path_and_query() else {
+        return Uri::from_static("/");
+    };
+    let target = Uri::from(pq.clone());
+    if target.path().is_empty() {
+        // Nothing at all (`as_str` says "/", but the target writes as "").
+        Uri::from_static("/")
+    } else if pq.as_str().starts_with('/') || pq.as_str() == "*" {
+        target
+    } else {
+        // A query without a path (`?q`).
+        format!("/{}", pq.as_str())
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"))
     }
 }
 
@@ -1498,6 +1513,34 @@ mod tests {
             .insert("x-request-id", HeaderValue::from_static("abc"));
         prepare_request(&mut req, "127.0.0.1:1".parse().unwrap(), false);
         assert_eq!(req.headers()["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn origin_form_is_never_empty() {
+        for (given, expected) in [
+            ("http://shop/a?b", "/a?b"),
+            ("http://shop", "/"),
+            ("/a", "/a"),
+            ("*", "*"),
+        ] {
+            let uri: Uri = given.parse().unwrap();
+            assert_eq!(origin_form(&uri).to_string(), expected, "{given}");
+        }
+        // What hyper's HTTP/2 server makes of `:path: #`: an empty path.
+        let parts = http::uri::Parts::from(Uri::from_static("http://shop/"));
+        let mut parts = parts;
+        parts.path_and_query = Some("?q".parse().unwrap());
+        if let Ok(uri) = Uri::from_parts(parts) {
+            assert_eq!(origin_form(&uri).to_string(), "/?q");
+        }
+        let empty = http::uri::Builder::new()
+            .scheme("http")
+            .authority("shop")
+            .path_and_query("")
+            .build();
+        if let Ok(uri) = empty {
+            assert!(origin_form(&uri).to_string().starts_with('/'));
+        }
     }
 
     #[test]

@@ -438,8 +438,8 @@ where
 /// (A port from [`free_port`] is only free until someone binds it, and a
 /// server another test starts may get it.)
 pub fn refusing_port() -> (socket2::Socket, u16) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("a socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
     socket
         .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .expect("bind a port");
