@@ -18,7 +18,7 @@
 //! A connection goes back to its pool only when its response ended exactly
 //! where its framing said, with nothing after it.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -29,6 +29,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::body::{Chunk, ChunkedDecoder};
+use super::write::{chunk_size, write_all};
 use super::{buffers, read_available};
 use crate::body::UpstreamBody;
 
@@ -136,7 +137,7 @@ pub fn send(
     async move {
         let mut out = buffers::write();
         let rest = encode(&req, &mut out);
-        let written = write_all(&conn.stream, &out, rest.as_deref().unwrap_or(&[])).await;
+        let written = write_all(&conn.stream, [&out, rest.as_deref().unwrap_or(&[])]).await;
         buffers::give_write(out);
         let head_request = req.method() == Method::HEAD;
         let again = conn.reused && may_repeat(req.method());
@@ -270,45 +271,6 @@ fn decimal(out: &mut Vec<u8>, mut n: usize) {
 /// hyper's client does.
 fn carries_body(method: &Method) -> bool {
     *method == Method::POST || *method == Method::PUT || *method == Method::PATCH
-}
-
-fn chunk_size(out: &mut Vec<u8>, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.push(HEX[(len >> (i * 4)) & 0xf]);
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Writes both slices whole, in order.
-async fn write_all(stream: &TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
-    let mut parts = [first, second];
-    loop {
-        if parts[0].is_empty() {
-            parts = [parts[1], &[]];
-            if parts[0].is_empty() {
-                return Ok(());
-            }
-        }
-        let result = if parts[1].is_empty() {
-            stream.try_write(parts[0])
-        } else {
-            stream.try_write_vectored(&[IoSlice::new(parts[0]), IoSlice::new(parts[1])])
-        };
-        match result {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                for part in parts.iter_mut() {
-                    let take = n.min(part.len());
-                    *part = &part[take..];
-                    n -= take;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// How a response body is delimited.

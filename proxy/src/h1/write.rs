@@ -202,7 +202,7 @@ pub async fn body(
     Ok(complete)
 }
 
-fn chunk_size(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn chunk_size(out: &mut Vec<u8>, len: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
@@ -242,7 +242,7 @@ pub async fn flush(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
 }
 
 /// Writes both slices whole, in order, with as few syscalls as the socket allows.
-async fn write_all(stream: &TcpStream, mut parts: [&[u8]; 2]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut parts: [&[u8]; 2]) -> io::Result<()> {
     loop {
         if parts[0].is_empty() {
             parts = [parts[1], &[]];
