@@ -21,9 +21,7 @@ ROUNDS=${2:-3}
 DURATION=${3:-5s}
 HZ=$(getconf CLK_TCK)
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+make_cert
 cat "$WORK/cert.pem" "$WORK/key.pem" > "$WORK/combined.pem"
 mkdir -p "$WORK/nginx-body" "$WORK/nginx-proxy"
 

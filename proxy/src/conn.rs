@@ -15,7 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use std::io;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
 use tokio::net::TcpStream;
+
+use crate::tls::session::Session;
 
 /// `idle` while a request is being read or served.
 const BUSY: u64 = 0;
@@ -24,9 +30,16 @@ const CLOSING: u64 = u64::MAX;
 
 /// A client connection's socket, shared by its task, a request body that
 /// reads from it, and (weakly) the listener's registry.
+///
+/// Reads and writes go through it, so the HTTP/1 server serves a TLS
+/// connection (whose bytes pass through its [`Session`]) as it serves a
+/// plaintext one.
 #[derive(Debug)]
 pub struct Conn {
     pub stream: TcpStream,
+    /// Boxed: a plaintext connection, idle by the ten thousand, pays a
+    /// pointer for it.
+    tls: Option<Box<Session>>,
     /// `BUSY`, `CLOSING`, or when it went idle (ms since [`epoch`], + 1).
     idle: AtomicU64,
 }
@@ -44,8 +57,64 @@ impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
         Conn {
             stream,
+            tls: None,
             idle: AtomicU64::new(BUSY),
         }
+    }
+
+    /// A connection whose TLS handshake is done.
+    pub fn tls(stream: TcpStream, session: Session) -> Conn {
+        Conn {
+            stream,
+            tls: Some(Box::new(session)),
+            idle: AtomicU64::new(BUSY),
+        }
+    }
+
+    pub fn session(&self) -> Option<&Session> {
+        self.tls.as_deref()
+    }
+
+    /// Reads what the client has sent into `buf`: `Ok(0)` at the end of
+    /// the stream, `WouldBlock` when nothing has arrived yet.
+    #[inline]
+    pub fn read_available(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match &self.tls {
+            None => crate::h1::read_available(&self.stream, buf),
+            Some(session) => session.read_available(&self.stream, buf),
+        }
+    }
+
+    /// Ready when a read will not block: the socket has bytes, or the TLS
+    /// session holds decrypted ones.
+    #[inline]
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.tls.as_ref().is_some_and(|s| s.has_buffered()) {
+            return Poll::Ready(Ok(()));
+        }
+        self.stream.poll_read_ready(cx)
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+    }
+
+    /// Writes both slices whole, in order.
+    #[inline]
+    pub async fn write_all(&self, parts: [&[u8]; 2]) -> io::Result<()> {
+        match &self.tls {
+            None => crate::h1::write::write_all(&self.stream, parts).await,
+            Some(session) => session.write_all(&self.stream, parts).await,
+        }
+    }
+
+    /// Ends the sending side after what was written (TLS: `close_notify`
+    /// first).
+    pub fn close_write(&self) {
+        if let Some(session) = &self.tls {
+            session.close_notify(&self.stream);
+        }
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
     }
 
     /// Marks the connection idle: the registry may close it from now on.

@@ -50,7 +50,7 @@ pub fn handle<'a>(
     mut req: Request<UpstreamBody>,
     listener: &'a ListenerState,
     peer: SocketAddr,
-    raw_head: Option<Bytes>,
+    raw_head: Option<RawHead>,
 ) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
     async move {
         let start = Instant::now();
@@ -206,7 +206,7 @@ fn forward<'a>(
     route: &'a Route,
     peer: SocketAddr,
     start: Instant,
-    raw_head: Option<Bytes>,
+    raw_head: Option<RawHead>,
     mut access: Option<Box<AccessEntry>>,
     capped: Option<Arc<crate::limits::Exceeded>>,
 ) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
@@ -252,8 +252,9 @@ fn forward<'a>(
         let replay =
             if (retryable || refusable) && (req.body().is_end_stream() || replay_body.is_some()) {
                 match raw_head {
-                    Some(head) => Replay::Raw {
+                    Some(RawHead { bytes: head, tls }) => Replay::Raw {
                         head,
+                        tls,
                         peer,
                         // The id skiff made (a client's own is in the head). Kept
                         // as bytes: cloning the value would allocate per request.
@@ -577,6 +578,14 @@ fn backoff(base: Duration, n: u32) -> Duration {
     Duration::from_nanos(random() % (nanos + 1))
 }
 
+/// An HTTP/1 client's request head as it arrived, and what TLS added to
+/// the request, if it came over TLS.
+#[derive(Debug)]
+pub struct RawHead {
+    pub bytes: Bytes,
+    pub tls: Option<Arc<crate::tls::TlsPeer>>,
+}
+
 /// How a request is sent again.
 enum Replay {
     /// Not retried after it left (not idempotent, or it has a body).
@@ -584,6 +593,7 @@ enum Replay {
     /// Re-read from the client's HTTP/1 head, and prepared as before.
     Raw {
         head: Bytes,
+        tls: Option<Arc<crate::tls::TlsPeer>>,
         peer: SocketAddr,
         request_id: Option<[u8; 36]>,
     },
@@ -615,6 +625,7 @@ impl Replay {
             Replay::Copy(head) => Some(head.request()),
             Replay::Raw {
                 head,
+                tls,
                 peer,
                 request_id,
             } => {
@@ -629,6 +640,9 @@ impl Replay {
                 if let Some(id) = request_id.and_then(|id| HeaderValue::from_bytes(&id).ok()) {
                     // The same id as the first try, not a new one.
                     req.headers_mut().insert(X_REQUEST_ID.clone(), id);
+                }
+                if let Some(tls) = tls {
+                    tls.tag(&mut req);
                 }
                 prepare_request(&mut req, *peer, false);
                 Some(req)

@@ -229,15 +229,9 @@ fn is_token(name: &str) -> bool {
 }
 
 /// A socket whose first bytes were already read into `read`.
-pub(crate) struct Prefixed<S> {
+struct Prefixed<S> {
     read: Bytes,
     stream: S,
-}
-
-impl<S> Prefixed<S> {
-    pub(crate) fn new(read: Bytes, stream: S) -> Prefixed<S> {
-        Prefixed { read, stream }
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -247,8 +247,8 @@ async fn accept_loop(
             state: state.clone(),
         };
         if let Some(tls) = state.tls.load_full() {
-            // Drained by its own task (GOAWAY / `connection: close`), not
-            // by the idle registry, which closes plaintext sockets.
+            // HTTP/1 connections join the idle registry once the
+            // handshake is done; HTTP/2 ones are drained by their task.
             let (state, drain) = (state.clone(), drain.clone());
             tokio::spawn(crate::tls::serve(
                 stream, peer, tls, state, limits, drain, guard,
@@ -268,7 +268,7 @@ async fn accept_loop(
                     }
                     crate::sidecar::Accepted::Mesh(stream, destination) => {
                         capture
-                            .serve_mesh(stream, peer, destination, &limits, drain, guard)
+                            .serve_mesh(stream, peer, destination, limits, drain, guard)
                             .await;
                     }
                     crate::sidecar::Accepted::Done => {}
@@ -318,6 +318,14 @@ async fn sweep_idle(
 pub struct ConnectionGuard {
     tracker: Arc<Tracker>,
     state: Arc<ListenerState>,
+}
+
+impl ConnectionGuard {
+    /// Puts a connection in its listener's registry, which closes it when
+    /// it has been idle too long or when the listener drains.
+    pub fn register(&self, conn: &Arc<Conn>) {
+        self.tracker.conns.register(conn);
+    }
 }
 
 impl Drop for ConnectionGuard {

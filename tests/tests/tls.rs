@@ -923,3 +923,212 @@ async fn without_alpn_http2_is_told_by_its_preface_and_http1_still_works() {
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(out.stdout, "app 1.1");
 }
+
+/// A TLS stream to `address` for `host`, offering `alpn`.
+async fn tls_stream(
+    address: SocketAddr,
+    ca: &Ca,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    tokio_rustls::TlsConnector::from(client_config(&ca.pem, alpn, None))
+        .connect("shop.example.com".try_into().unwrap(), tcp)
+        .await
+        .expect("handshake")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https1_streams_large_bodies_both_ways_and_answers_pipelined_requests_in_order() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("tls-bodies");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let (_proxy, address) = start_proxy(&tls_config(&tls, backend.address)).await;
+
+    // 4 MiB up and echoed back while it is still being sent: the session
+    // is read (the body) and written (the response) at once.
+    let stream = tls_stream(address, &ca, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let upload: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for round in 0..2 {
+        let req = http::Request::put("/echo")
+            .header("host", "shop.example.com")
+            .body(skiff_tests::full(upload.clone()))
+            .unwrap();
+        sender.ready().await.expect("kept alive");
+        let resp = tokio::time::timeout(LIMIT, sender.send_request(req))
+            .await
+            .expect("in time")
+            .expect("response");
+        assert_eq!(resp.status(), 200, "round {round}");
+        let body = tokio::time::timeout(LIMIT, resp.into_body().collect())
+            .await
+            .expect("in time")
+            .unwrap()
+            .to_bytes();
+        assert!(body[..] == upload[..], "round {round}: echoed {} bytes", body.len());
+    }
+    // A large download on the same kept-alive connection.
+    let req = http::Request::get("/bytes/3000000")
+        .header("host", "shop.example.com")
+        .body(skiff_tests::empty())
+        .unwrap();
+    sender.ready().await.expect("kept alive");
+    let resp = sender.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 3_000_000);
+
+    // Two requests in one TLS record: two responses, in order.
+    let mut stream = tls_stream(address, &ca, &[b"http/1.1"]).await;
+    stream
+        .write_all(
+            b"GET /bytes/7 HTTP/1.1\r\nhost: shop.example.com\r\n\r\n\
+              GET /headers HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server closes after the second response (with or without
+    // close_notify, which rustls reports as an unexpected end).
+    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("in time");
+    let answer = String::from_utf8_lossy(&answer);
+    let first = answer.find("HTTP/1.1 200").expect("first response");
+    let second = answer.rfind("HTTP/1.1 200").expect("second response");
+    assert!(first < second, "two responses: {answer}");
+    assert!(
+        answer[second..].contains("\"x-forwarded-proto\":\"https\""),
+        "the second is /headers, over https: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn https1_limits_apply_and_an_idle_connection_is_closed_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("tls-limits");
+    let backend = Backend::start("app").await;
+    let (ca, tls) = two_certificates(&dir);
+    let config = tls_config(&tls, backend.address).replace(
+        "    routes:\n",
+        "    limits: { idle_timeout: 1s, max_header_bytes: 4KiB }\n    routes:\n",
+    );
+    let (_proxy, address) = start_proxy(&config).await;
+
+    // A head larger than max_header_bytes: 431, as on plaintext.
+    let mut stream = tls_stream(address, &ca, &[b"http/1.1"]).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: shop.example.com\r\nx-big: {}\r\n\r\n",
+        "a".repeat(8 << 10)
+    );
+    stream.write_all(big.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("in time");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // A kept-alive connection with nothing more to say is closed once it
+    // has been idle for idle_timeout.
+    let mut stream = tls_stream(address, &ca, &[b"http/1.1"]).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: shop.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "served"
+    );
+    let idle_since = std::time::Instant::now();
+    let end = tokio::time::timeout(LIMIT, stream.read(&mut buf))
+        .await
+        .expect("closed within the limit");
+    assert!(
+        matches!(end, Ok(0)) || end.is_err(),
+        "nothing more arrives: {end:?}"
+    );
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(900),
+        "not before idle_timeout: {:?}",
+        idle_since.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_retried_https_request_keeps_what_tls_added_and_drops_what_the_client_forged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("tls-retry");
+    let failing = Backend::start("failing").await;
+    failing
+        .control
+        .status
+        .store(503, std::sync::atomic::Ordering::Relaxed);
+    let healthy = Backend::start("healthy").await;
+    let ca = Ca::new("mesh CA");
+    let ca_file = ca.write(&dir.0, "ca");
+    let (crt, key) = ca
+        .issue(Subject {
+            dns: &["shop.example.com"],
+            ..Default::default()
+        })
+        .write(&dir.0, "server");
+    let order = ca.issue(Subject {
+        uris: &["spiffe://cluster.local/ns/shop/sa/order"],
+        ..Default::default()
+    });
+    let config = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    tls:\n      cert: {}\n      key: {}\n      client_auth: {{ ca: {}, identity_header: x-client-identity }}\n    routes:\n      - match: {{ path_prefix: / }}\n        cluster: app\n\
+         clusters:\n  - name: app\n    lb: round_robin\n    endpoints: [{}, {}]\n    retries: {{ min_per_second: 1000 }}\n    outlier_detection: {{ consecutive_failures: 0 }}\n",
+        p(&crt),
+        p(&key),
+        p(&ca_file),
+        failing.address,
+        healthy.address
+    );
+    let (_proxy, address) = start_proxy(&config).await;
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut stream =
+        tokio_rustls::TlsConnector::from(client_config(&ca.pem, &[b"http/1.1"], Some(&order)))
+            .connect("shop.example.com".try_into().unwrap(), tcp)
+            .await
+            .expect("handshake");
+    // Round robin over two endpoints: of two requests, one or both go to
+    // the failing one first and are retried from the client's raw head.
+    for i in 0..2 {
+        let close = if i == 1 { "connection: close\r\n" } else { "" };
+        stream
+            .write_all(
+                format!(
+                    "GET /headers HTTP/1.1\r\nhost: shop.example.com\r\n\
+                     x-client-identity: forged\r\nx-forwarded-proto: http\r\n{close}\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("in time");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    assert!(failing.requests() >= 1, "a request was retried");
+    assert_eq!(
+        answer
+            .matches("\"x-client-identity\":\"spiffe://cluster.local/ns/shop/sa/order\"")
+            .count(),
+        2,
+        "both answers, the retried one too, carry the verified identity: {answer}"
+    );
+    assert_eq!(answer.matches("\"x-forwarded-proto\":\"https\"").count(), 2, "{answer}");
+    assert!(!answer.contains("forged"), "{answer}");
+}

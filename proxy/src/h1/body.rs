@@ -296,9 +296,9 @@ impl RequestBody {
     /// Reads more from the client into the buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.conn.stream.poll_read_ready(cx))?;
+            ready!(self.conn.poll_read_ready(cx))?;
             self.buf.reserve(READ_CHUNK);
-            match super::read_available(&self.conn.stream, &mut self.buf) {
+            match self.conn.read_available(&mut self.buf) {
                 Ok(0) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

@@ -70,7 +70,7 @@ pub async fn serve(
             if *drain.borrow() {
                 return;
             }
-            let ready = std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx)).await;
+            let ready = std::future::poll_fn(|cx| conn.poll_read_ready(cx)).await;
             if ready.is_err() || !conn.claim() {
                 return;
             }
@@ -84,7 +84,7 @@ pub async fn serve(
         {
             Next::KeepAlive => first = false,
             Next::Close => {
-                let _ = socket2::SockRef::from(&conn.stream).shutdown(std::net::Shutdown::Write);
+                conn.close_write();
                 return;
             }
             Next::Gone => return,
@@ -95,7 +95,26 @@ pub async fn serve(
                     let read = buf.freeze();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        crate::h2::serve(conn.stream, read, state, limits, peer, drain).await;
+                        match conn.session().map(|s| s.peer.clone()) {
+                            None => {
+                                crate::h2::serve(conn.stream, read, state, limits, peer, drain)
+                                    .await
+                            }
+                            // HTTP/2 over TLS without ALPN: the preface told.
+                            Some(tls) => {
+                                let stream = crate::tls::session::Stream::new(conn);
+                                crate::h2::serve_io(
+                                    stream,
+                                    read,
+                                    state,
+                                    &limits,
+                                    peer,
+                                    drain,
+                                    Some(tls),
+                                )
+                                .await
+                            }
+                        }
                     });
                 }
                 return;
@@ -105,7 +124,12 @@ pub async fn serve(
                     let pending = buf.freeze();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        tunnel.run(conn.stream, pending).await;
+                        if conn.session().is_some() {
+                            let stream = crate::tls::session::Stream::new(conn);
+                            tunnel.run(stream, pending).await;
+                        } else {
+                            tunnel.run(conn.stream, pending).await;
+                        }
                     });
                 }
                 return;
@@ -124,21 +148,20 @@ async fn request(
     buf: &mut BytesMut,
     first: bool,
 ) -> Next {
-    let stream = &conn.stream;
     if buf.capacity() == 0 {
         *buf = buffers::read();
     }
-    let parsed = match read_head(stream, buf, first, limits).await {
+    let parsed = match read_head(conn, buf, first, limits).await {
         Ok(Head::Request(parsed)) => parsed,
         Ok(Head::Http2) => return Next::Http2,
         Ok(Head::Closed) => return Next::Gone,
         Err(ReadError::Head(e)) => {
             tracing::debug!(%peer, "refused request: {e}");
-            refuse(stream, e.status, e.reason).await;
+            refuse(conn, e.status, e.reason).await;
             return Next::Gone;
         }
         Err(ReadError::Timeout) => {
-            refuse(stream, StatusCode::REQUEST_TIMEOUT, "request head timeout").await;
+            refuse(conn, StatusCode::REQUEST_TIMEOUT, "request head timeout").await;
             return Next::Gone;
         }
         Err(ReadError::Io(e)) => {
@@ -177,7 +200,7 @@ fn exchange<'a>(
     buf: &'a mut BytesMut,
 ) -> impl std::future::Future<Output = Next> + 'a {
     let Parsed {
-        request,
+        mut request,
         framing,
         keep_alive,
         expect_continue,
@@ -186,7 +209,6 @@ fn exchange<'a>(
     } = parsed;
     async move {
         buf.advance(head_len);
-        let stream = &conn.stream;
         let asked_head = request.method() == Method::HEAD;
         let version = request.version();
         let (body, returned) = match framing {
@@ -196,19 +218,25 @@ fn exchange<'a>(
         };
         if expect_continue
             && !too_large_for_its_route(state, &request, framing)
-            && write::flush(stream, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            && write::flush(conn, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
                 .await
                 .is_err()
         {
             return Next::Close;
         }
 
+        // A retry re-reads the client's head, and adds again what TLS adds.
+        let tls = conn.session().map(|session| {
+            session.peer.tag(&mut request);
+            session.peer.clone()
+        });
+        let raw_head = Some(forward::RawHead { bytes: head, tls });
         // In this (boxed) future, not a box of its own.
         let mut handling = std::pin::pin!(forward::handle(
             request.map(|()| body),
             state,
             peer,
-            Some(head)
+            raw_head
         ));
         let response = if returned.is_none() {
             // Nothing reads the socket meanwhile: watch it for the client
@@ -219,12 +247,12 @@ fn exchange<'a>(
                 tokio::select! {
                     biased;
                     response = &mut handling => break response,
-                    ready = stream.readable(), if watching => {
+                    ready = conn.readable(), if watching => {
                         if ready.is_err() {
                             return Next::Close;
                         }
                         buf.reserve(buffers::READ);
-                        match read_available(stream, buf) {
+                        match conn.read_available(buf) {
                             Ok(0) => return Next::Close,
                             Ok(_) => watching = false,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -248,7 +276,7 @@ fn exchange<'a>(
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             return match std::mem::replace(&mut body, ProxyBody::empty()) {
                 ProxyBody::Upgrade(tunnel) if returned.is_none() => {
-                    if write::flush(stream, &mut out).await.is_err() {
+                    if write::flush(conn, &mut out).await.is_err() {
                         return Next::Close;
                     }
                     Next::Upgrade(tunnel)
@@ -256,7 +284,7 @@ fn exchange<'a>(
                 _ => Next::Close,
             };
         }
-        let complete = match write::body(stream, &mut out, framing, &mut body).await {
+        let complete = match write::body(conn, &mut out, framing, &mut body).await {
             Ok(complete) => complete,
             Err(e) => {
                 tracing::debug!(%peer, "response ended early: {e}");
@@ -314,7 +342,7 @@ fn body_from(
 }
 
 /// Answers a request skiff will not forward, and closes.
-async fn refuse(stream: &TcpStream, status: StatusCode, reason: &str) {
+async fn refuse(conn: &Conn, status: StatusCode, reason: &str) {
     let resp: Response<ProxyBody> = forward::local(status, format!("{reason}\n"));
     let (mut parts, mut body) = resp.into_parts();
     let asked = write::Asked {
@@ -324,8 +352,8 @@ async fn refuse(stream: &TcpStream, status: StatusCode, reason: &str) {
     };
     let mut out = Vec::with_capacity(256);
     let framing = write::head(&mut parts, &body, asked, &mut out);
-    let _ = write::body(stream, &mut out, framing, &mut body).await;
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let _ = write::body(conn, &mut out, framing, &mut body).await;
+    conn.close_write();
 }
 
 // Moved once per request; boxing it would cost an allocation each time.
@@ -346,7 +374,7 @@ enum ReadError {
 /// Reads until a whole request head is buffered, within the listener's
 /// `max_header_bytes`, `max_headers` and `request_head_timeout`.
 async fn read_head(
-    stream: &TcpStream,
+    conn: &Conn,
     buf: &mut BytesMut,
     first: bool,
     limits: &ListenerLimits,
@@ -364,7 +392,7 @@ async fn read_head(
             }
         }
         buf.reserve(buffers::READ);
-        let read = tokio::time::timeout_at(deadline, read_some(stream, buf))
+        let read = tokio::time::timeout_at(deadline, read_some(conn, buf))
             .await
             .map_err(|_| ReadError::Timeout)?;
         match read {
@@ -381,10 +409,10 @@ async fn read_head(
     }
 }
 
-async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+async fn read_some(conn: &Conn, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
-        match read_available(stream, buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.readable().await?,
+        match conn.read_available(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable().await?,
             result => return result,
         }
     }

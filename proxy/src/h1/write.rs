@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use tokio::net::TcpStream;
 
+use crate::conn::Conn;
 use crate::forward::ProxyBody;
 
 /// Frames larger than this are written in place, not copied into the buffer.
@@ -117,13 +118,13 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// Writes the buffered head and then the body. Returns whether the body
 /// was written completely in its framing, so the connection can be reused.
 pub async fn body(
-    stream: &TcpStream,
+    conn: &Conn,
     out: &mut Vec<u8>,
     framing: Framing,
     body: &mut ProxyBody,
 ) -> io::Result<bool> {
     if framing == Framing::None {
-        flush(stream, out).await?;
+        flush(conn, out).await?;
         // Read the upstream body to its end (empty for HEAD), so the
         // upstream connection goes back to its pool.
         while let Some(frame) = body.frame().await {
@@ -140,7 +141,7 @@ pub async fn body(
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 // Nothing more is ready: send what is buffered, then wait.
-                flush(stream, out).await?;
+                flush(conn, out).await?;
                 body.frame().await
             }
         };
@@ -151,7 +152,7 @@ pub async fn body(
                 // What came before the break goes out first (the head, at
                 // least), so the client sees a response cut short rather
                 // than none; the connection then closes.
-                flush(stream, out).await?;
+                flush(conn, out).await?;
                 return Err(io::Error::other(e));
             }
         };
@@ -173,14 +174,14 @@ pub async fn body(
                         "upstream body longer than its content-length",
                     ));
                 }
-                push(stream, out, &data).await?;
+                push(conn, out, &data).await?;
             }
             Framing::Chunked => {
                 chunk_size(out, data.len());
-                push(stream, out, &data).await?;
+                push(conn, out, &data).await?;
                 out.extend_from_slice(b"\r\n");
             }
-            Framing::Close | Framing::None => push(stream, out, &data).await?,
+            Framing::Close | Framing::None => push(conn, out, &data).await?,
         }
     }
     let complete = match framing {
@@ -198,7 +199,7 @@ pub async fn body(
         Framing::Length(n) => written == n,
         Framing::Close | Framing::None => true,
     };
-    flush(stream, out).await?;
+    flush(conn, out).await?;
     Ok(complete)
 }
 
@@ -213,15 +214,15 @@ pub(crate) fn chunk_size(out: &mut Vec<u8>, len: usize) {
 
 /// Adds `data` after the buffered bytes: copied when small, else written
 /// out together with them.
-async fn push(stream: &TcpStream, out: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
+async fn push(conn: &Conn, out: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
     if data.len() <= COPY_LIMIT {
         out.extend_from_slice(data);
         if out.len() >= FLUSH_AT {
-            flush(stream, out).await?;
+            flush(conn, out).await?;
         }
         return Ok(());
     }
-    write_all(stream, [out, data]).await?;
+    conn.write_all([out, data]).await?;
     out.clear();
     Ok(())
 }
@@ -233,15 +234,16 @@ fn poll_once(
     std::future::poll_fn(move |cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
 }
 
-pub async fn flush(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+pub async fn flush(conn: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
     if !out.is_empty() {
-        write_all(stream, [out, &[]]).await?;
+        conn.write_all([out, &[]]).await?;
         out.clear();
     }
     Ok(())
 }
 
-/// Writes both slices whole, in order, with as few syscalls as the socket allows.
+/// Writes both slices whole to a plaintext socket, in order, with as few
+/// syscalls as the socket allows.
 pub(crate) async fn write_all(stream: &TcpStream, mut parts: [&[u8]; 2]) -> io::Result<()> {
     loop {
         if parts[0].is_empty() {

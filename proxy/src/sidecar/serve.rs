@@ -485,11 +485,10 @@ impl Captured {
         stream: TcpStream,
         peer: SocketAddr,
         destination: SocketAddr,
-        limits: &crate::limits::ListenerLimits,
+        limits: Arc<crate::limits::ListenerLimits>,
         drain: tokio::sync::watch::Receiver<bool>,
         guard: ConnectionGuard,
     ) {
-        let _guard = guard;
         let (Some(server), Some(inner)) = (&self.mesh_server, self.proxy.upgrade()) else {
             return;
         };
@@ -522,7 +521,7 @@ impl Captured {
             .await;
         let state = target.tls_state.clone();
         drop(target);
-        crate::tls::serve::serve_http(done, peer, state, limits, drain).await;
+        crate::tls::serve::serve_http(done, peer, state, limits, drain, guard).await;
     }
 }
 

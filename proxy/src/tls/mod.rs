@@ -14,6 +14,7 @@ pub mod identity;
 pub mod metrics;
 pub mod serve;
 pub mod server;
+pub mod session;
 
 pub use certs::TlsError;
 pub use serve::{serve, TlsPeer};

@@ -1,58 +1,28 @@
 //! Serving a TLS client connection: the handshake, then HTTP/2 when ALPN
 //! chose h2 (or, without ALPN, the client opens with the HTTP/2 preface),
-//! else HTTP/1.1.
-//!
-//! HTTP/1.1 over TLS is served by hyper's server rather than skiff's own
-//! ([`crate::h1`]): that one reads the socket by readiness, which a TLS
-//! stream cannot offer, and its reason to exist (an idle connection costing
-//! about its socket) does not hold here, where the TLS session alone keeps
-//! tens of kilobytes of buffers. The plaintext path is untouched.
+//! else HTTP/1.1, served by skiff's own HTTP/1 server over the session
+//! ([`super::session`]), as plaintext is.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Request, StatusCode};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::identity;
 use super::metrics::Failure;
 use super::server::ServerTls;
-use crate::body::UpstreamBody;
-use crate::forward::{self, ProxyBody};
-use crate::h2::Prefixed;
+use super::session::Session;
+use crate::conn::Conn;
 use crate::limits::ListenerLimits;
 use crate::listener::{ConnectionGuard, ListenerState};
 
 /// Time a client gets to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The smallest read buffer hyper's HTTP/1 server accepts (it asserts it).
-const HYPER_MIN_BUF: usize = 8192;
-/// What an HTTP/2 client with prior knowledge sends first.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads until the bytes are the HTTP/2 preface or cannot be; returns
-/// which. Everything read stays in `buf` for the server that takes over.
-async fn starts_h2<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> std::io::Result<bool> {
-    use tokio::io::AsyncReadExt as _;
-    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
-        if stream.read_buf(buf).await? == 0 {
-            break;
-        }
-    }
-    Ok(buf.starts_with(H2_PREFACE))
-}
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -91,9 +61,8 @@ pub async fn serve(
     drain: watch::Receiver<bool>,
     guard: ConnectionGuard,
 ) {
-    let _guard = guard;
     if let Some(done) = handshake(stream, peer, &server, &state.name).await {
-        serve_http(done, peer, state, &limits, drain).await;
+        serve_http(done, peer, state, limits, drain, guard).await;
     }
 }
 
@@ -148,92 +117,34 @@ pub async fn handshake(
     })
 }
 
-/// Serves HTTP on a finished handshake: HTTP/2 when ALPN chose h2 (or,
-/// without ALPN, the client opens with the preface), else HTTP/1.1.
+/// Serves HTTP on a finished handshake: HTTP/2 when ALPN chose h2, else
+/// skiff's own HTTP/1 server ([`crate::h1`]), which also tells HTTP/2
+/// with prior knowledge by its preface when the client named no protocol.
+/// The connection joins its listener's registry, which closes it when it
+/// has been idle for `idle_timeout` or when the listener drains.
 pub async fn serve_http(
     done: Handshaken,
     peer: SocketAddr,
     state: Arc<ListenerState>,
-    limits: &ListenerLimits,
-    mut drain: watch::Receiver<bool>,
+    limits: Arc<ListenerLimits>,
+    drain: watch::Receiver<bool>,
+    guard: ConnectionGuard,
 ) {
     let Handshaken {
-        mut tls,
+        tls,
         peer: tls_peer,
         alpn,
     } = done;
-    let (h2, read) = match alpn.as_deref() {
-        Some(b"h2") => (true, Bytes::new()),
-        Some(_) => (false, Bytes::new()),
-        // No ALPN: HTTP/2 with prior knowledge is told by its preface, as
-        // on a plaintext port.
-        None => {
-            let mut buf = BytesMut::new();
-            // The first bytes tell HTTP/1 from HTTP/2: part of the head.
-            let first_bytes = limits.request_head_timeout;
-            match tokio::time::timeout(first_bytes, starts_h2(&mut tls, &mut buf)).await {
-                Ok(Ok(h2)) => (h2, buf.freeze()),
-                _ => return,
-            }
-        }
-    };
-    if h2 {
-        crate::h2::serve_io(tls, read, state, limits, peer, drain, Some(tls_peer)).await;
+    if alpn.as_deref() == Some(b"h2") {
+        let _guard = guard;
+        crate::h2::serve_io(tls, Bytes::new(), state, &limits, peer, drain, Some(tls_peer)).await;
         return;
     }
-
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        let state = state.clone();
-        let tls_peer = tls_peer.clone();
-        async move {
-            tls_peer.tag(&mut req);
-            let client_upgrade = req
-                .headers()
-                .contains_key(http::header::UPGRADE)
-                .then(|| hyper::upgrade::on(&mut req));
-            let req = req.map(UpstreamBody::Http2);
-            let mut resp = forward::handle(req, &state, peer, None).await;
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let ProxyBody::Upgrade(tunnel) =
-                    std::mem::replace(resp.body_mut(), ProxyBody::empty())
-                {
-                    if let Some(client) = client_upgrade {
-                        tokio::spawn(async move {
-                            if let Ok(client) = client.await {
-                                tunnel.run(TokioIo::new(client), Bytes::new()).await;
-                            }
-                        });
-                    }
-                }
-            }
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    // With the timer, hyper's header read timeout (`request_head_timeout`)
-    // also closes a keep-alive connection idle that long (nginx's
-    // keepalive_timeout: 75 s); hyper has no idle timeout of its own.
-    // Its read buffer is the head limit, but no less than hyper's minimum.
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.request_head_timeout)
-        .max_headers(limits.max_headers as usize)
-        .max_buf_size((limits.max_header_bytes as usize).max(HYPER_MIN_BUF))
-        .serve_connection(TokioIo::new(Prefixed::new(read, tls)), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, "HTTPS connection ended: {e}");
-            }
-            return;
-        }
-        _ = drain.wait_for(|d| *d) => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, "HTTPS connection ended while draining: {e}");
-    }
+    let (stream, session) = tls.into_inner();
+    let session = Session::new(&stream, session, tls_peer);
+    let conn = Arc::new(Conn::tls(stream, session));
+    guard.register(&conn);
+    crate::h1::serve(conn, state, limits, peer, drain, guard).await;
 }
 
 /// Counts and logs a failed handshake. A refused client certificate is
