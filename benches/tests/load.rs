@@ -124,6 +124,28 @@ async fn https_run_refuses_a_certificate_it_cannot_trust_unless_insecure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_open_one_connection_and_handshake_per_request() {
+    let identity = Identity::new();
+    let server = Server::https(Behaviour::default(), &identity).await;
+    let mut spec = short(server.url("https"), Protocol::Https);
+    spec.tls.ca_cert = Some(identity.ca_file.clone());
+    spec.new_connections = true;
+    spec.warmup = Duration::ZERO;
+    let result = load::run(&spec).await.expect("run");
+    assert_clean(&result);
+    let connections = server
+        .seen
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // The two opened before the clock, then one for each later request.
+    assert!(
+        connections >= result.requests && connections <= result.requests + 2,
+        "{connections} connections for {} requests",
+        result.requests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_charges_a_stall_to_the_requests_queued_behind_it() {
     // 200 requests/s on one connection: while request 10 is held for 300 ms,
     // some 60 more fall due and wait behind it.

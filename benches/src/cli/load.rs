@@ -42,7 +42,10 @@ Examples:
         http://127.0.0.1:9001/ http://127.0.0.1:8080/
 
   HTTPS to a server whose certificate is signed by ca.pem:
-    skiff-bench load --cacert ca.pem https://localhost:8443/";
+    skiff-bench load --cacert ca.pem https://localhost:8443/
+
+  Full TLS handshakes per second (a new connection for every request):
+    skiff-bench load --new-connections --insecure -c 8 https://localhost:8443/";
 
 /// Put HTTP load on one or more targets and report latency percentiles.
 #[derive(clap::Args)]
@@ -115,6 +118,12 @@ pub struct Args {
     /// Draw the latency percentile curves of all targets to this SVG file.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+
+    /// Open a new connection for every request and close it after (TLS: a
+    /// full handshake each time, no resumption): measures connection setup.
+    /// Latency then includes the connect and the handshake.
+    #[arg(long)]
+    new_connections: bool,
 
     /// Worker threads of the load generator. Default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -197,6 +206,7 @@ impl Args {
                 .map(|(name, value)| (name.clone(), value.clone())),
         );
         spec.body = self.body.clone().map(Bytes::from).unwrap_or_default();
+        spec.new_connections = self.new_connections;
         spec.tls = TlsOptions {
             insecure: self.insecure,
             ca_cert: self.cacert.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONNECTION, HOST};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -80,7 +80,7 @@ impl Connector {
         }
         let tls = match spec.protocol {
             Protocol::Https => Some((
-                TlsConnector::from(Arc::new(tls_config(&spec.tls)?)),
+                TlsConnector::from(Arc::new(tls_config(&spec.tls, spec.new_connections)?)),
                 server_name(spec)?,
             )),
             Protocol::Http1 | Protocol::H2 => None,
@@ -233,6 +233,11 @@ impl RequestTemplate {
                         reason: format!("URL {} has no usable path: {e}", spec.url),
                     })?;
                 *request.uri_mut() = path;
+                if spec.new_connections {
+                    request
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 if !request.headers().contains_key(HOST) {
                     let authority = spec.url.authority().map_or("", |a| a.as_str());
                     let host =
@@ -275,7 +280,8 @@ fn server_name(spec: &LoadSpec) -> Result<ServerName<'static>, LoadError> {
     })
 }
 
-fn tls_config(options: &TlsOptions) -> Result<ClientConfig, LoadError> {
+/// With `full_handshakes`, sessions are not resumed.
+fn tls_config(options: &TlsOptions, full_handshakes: bool) -> Result<ClientConfig, LoadError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -291,6 +297,9 @@ fn tls_config(options: &TlsOptions) -> Result<ClientConfig, LoadError> {
             .with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if full_handshakes {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(config)
 }
 

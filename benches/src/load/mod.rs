@@ -2,7 +2,8 @@
 //! measures it into a [`LoadResult`].
 //!
 //! The connections are opened before the clock starts, so connection setup
-//! is never request latency. Each connection is one task that records into
+//! is never request latency (unless every request gets a new connection,
+//! `new_connections`, which measures setup). Each connection is one task that records into
 //! its own histogram; the histograms are merged when the run ends. Closed
 //! loop sends as fast as responses come back. Open loop (`rate`) sends on a
 //! fixed schedule shared by all connections, and a request sent late because
@@ -136,6 +137,7 @@ pub async fn run_with_progress(
         measured_from,
         streams: spec.streams,
         timeout: spec.timeout,
+        new_connections: spec.new_connections,
     });
 
     let mut tasks = JoinSet::new();

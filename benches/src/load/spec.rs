@@ -90,6 +90,10 @@ pub struct LoadSpec {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub tls: TlsOptions,
+    /// Every request on a connection of its own, opened for it (with a full
+    /// TLS handshake, no resumption) and closed after it: measures
+    /// connection setup, and latency includes it.
+    pub new_connections: bool,
 }
 
 impl LoadSpec {
@@ -110,6 +114,7 @@ impl LoadSpec {
             headers: HeaderMap::new(),
             body: Bytes::new(),
             tls: TlsOptions::default(),
+            new_connections: false,
         }
     }
 
@@ -162,6 +167,12 @@ impl LoadSpec {
                 "streams {} needs protocol h2: HTTP/1.1 carries one request at a time per connection",
                 self.streams
             )));
+        }
+        if self.new_connections && self.protocol == Protocol::H2 {
+            return Err(self.invalid(
+                "new connections are for HTTP/1.1 and https: an HTTP/2 connection is meant to carry many requests"
+                    .into(),
+            ));
         }
         if self.duration.is_zero() {
             return Err(self.invalid("duration must be above zero".into()));
@@ -237,6 +248,16 @@ mod tests {
         let mut h2 = spec("http://127.0.0.1:80/", Protocol::H2);
         h2.streams = 100;
         h2.validate().expect("valid");
+    }
+
+    #[test]
+    fn new_connections_are_not_for_http2() {
+        let mut h2 = spec("http://127.0.0.1:80/", Protocol::H2);
+        h2.new_connections = true;
+        assert!(reason(&h2).contains("HTTP/2"), "{}", reason(&h2));
+        let mut https = spec("https://127.0.0.1/", Protocol::Https);
+        (https.new_connections, https.tls.insecure) = (true, true);
+        https.validate().expect("valid");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub(crate) struct Plan {
     pub measured_from: Instant,
     pub streams: usize,
     pub timeout: Duration,
+    /// Each request on a new connection, whose setup its latency includes.
+    pub new_connections: bool,
 }
 
 /// What one connection measured, or a whole run once merged.
@@ -100,6 +102,10 @@ pub(crate) async fn drive_connection(
     // Locked once per response, only by this task's streams, so never
     // contended; a lock rather than a RefCell keeps the task Send.
     let tally = Mutex::new(Tally::default());
+    if plan.new_connections {
+        new_connection_each_time(&plan, first, &tally, &progress).await;
+        return tally.into_inner().unwrap_or_else(PoisonError::into_inner);
+    }
     let mut opened = Some(first);
     while !plan.pacing.is_over() {
         let mut connection = match opened.take() {
@@ -171,6 +177,52 @@ async fn run_stream(
     }
 }
 
+/// Sends each request on a connection opened for it, and closes it after.
+/// The first request takes the connection opened before the clock started.
+async fn new_connection_each_time(
+    plan: &Plan,
+    first: Connection,
+    tally: &Mutex<Tally>,
+    progress: &ProgressCounter,
+) {
+    let mut opened = Some(first);
+    while let Some(turn) = plan.pacing.next_turn().await {
+        let measured = turn.due >= plan.measured_from;
+        progress.0.fetch_add(1, Relaxed);
+        if turn.expired {
+            if measured {
+                lock(tally).record_failure(|| Failure::Unsent(plan.timeout).to_string());
+            }
+            continue;
+        }
+        let once = async {
+            let mut connection = match opened.take() {
+                Some(connection) => connection,
+                None => plan.connector.connect(1).await.map_err(Failure::Connect)?,
+            };
+            exchange(&mut connection.streams[0], plan.template.request())
+                .await
+                .map_err(Failure::Transport)
+        };
+        let outcome = tokio::time::timeout(plan.timeout, once)
+            .await
+            .unwrap_or(Err(Failure::Timeout(plan.timeout)));
+        let done = Instant::now();
+        // A target that refuses connections is not hammered with them.
+        let refused = matches!(outcome, Err(Failure::Connect(_)));
+        match outcome {
+            Ok((status, bytes)) if measured => {
+                lock(tally).record_response(done - turn.latency_from, status, bytes, done)
+            }
+            Err(failure) if measured => lock(tally).record_failure(|| failure.to_string()),
+            _ => {}
+        }
+        if refused {
+            tokio::time::sleep(RECONNECT_BACKOFF).await;
+        }
+    }
+}
+
 /// Sends one request and reads the whole response body.
 async fn exchange(
     sender: &mut Sender,
@@ -189,6 +241,7 @@ async fn exchange(
 }
 
 enum Failure {
+    Connect(super::LoadError),
     Transport(hyper::Error),
     Timeout(Duration),
     /// Open loop: still waiting for a free stream a timeout after it was due.
@@ -198,6 +251,7 @@ enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Failure::Connect(error) => write!(f, "{error}"),
             Failure::Timeout(after) => write!(f, "no response within {after:?}"),
             Failure::Unsent(after) => write!(
                 f,
