@@ -128,8 +128,15 @@ impl Session {
             let sent = {
                 let mut tls = self.lock();
                 while !parts[0].is_empty() || !parts[1].is_empty() {
-                    let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
-                    let mut n = tls.writer().write_vectored(&slices)?;
+                    // One slice when there is one: rustls collects several
+                    // into a vector first.
+                    let mut n = match parts {
+                        [only, []] | [[], only] => tls.writer().write(only)?,
+                        _ => {
+                            let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
+                            tls.writer().write_vectored(&slices)?
+                        }
+                    };
                     if n == 0 {
                         // rustls' send buffer is full: write it out first.
                         break;
