@@ -29,6 +29,7 @@ mod latency;
 mod pacing;
 mod result;
 mod spec;
+mod timer;
 mod worker;
 
 use std::io::IsTerminal;

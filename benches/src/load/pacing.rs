@@ -123,10 +123,11 @@ impl Pacing {
                         expired: now - due > *patience,
                     });
                 }
-                // Early: wait for it. The timer wakes up to a tick late; that
-                // lateness is ours, not the server's, so latency starts at
-                // the actual send.
-                tokio::time::sleep_until(due.into()).await;
+                // Early: wait for it, on a timer finer than tokio's (whose
+                // 1 ms ticks would send the requests of a millisecond in one
+                // burst). It wakes up to its slack late; that lateness is
+                // ours, not the server's, so latency starts at the send.
+                super::timer::sleep_until(due).await;
                 Some(Turn {
                     latency_from: Instant::now(),
                     due,
