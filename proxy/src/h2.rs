@@ -87,7 +87,11 @@ pub async fn serve_io<S>(
         if let Some(tls) = &tls {
             tls.tag(&mut req);
         }
-        async move {
+        // Boxed: hyper moves each stream's future into a task of its own
+        // (several copies of it, and the task keeps its size until it is
+        // dropped), and the request's future is kilobytes; a box is one
+        // copy and a pointer.
+        Box::pin(async move {
             let resp = if req.headers().len() > max_headers {
                 crate::forward::local(
                     http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -104,7 +108,7 @@ pub async fn serve_io<S>(
             };
             // The stream is open until its response body is done.
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
-        }
+        })
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
