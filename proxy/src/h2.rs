@@ -7,20 +7,16 @@
 //! the listener's `idle_timeout` (Envoy's idle timeout, which hyper has
 //! not: skiff counts the streams itself). TLS connections that chose h2 by ALPN come
 //! here straight from the handshake ([`serve_io`]).
-//!
-//! What hyper writes is sent once per wake-up of the connection, not
-//! once per frame ([`Batched`]): the h2 crate flushes after every DATA
-//! frame it does not copy (all but the smallest), which without this is
-//! a `writev` per response; with it, the responses that finished since
-//! the connection last ran leave in one `write`, as HAProxy batches them.
+//! [`driver`] runs the connection's task: what hyper writes leaves once
+//! per wake-up, not once per response, and on a current-thread runtime
+//! the streams run on that task rather than one task each.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,7 +25,7 @@ use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -40,6 +36,8 @@ use crate::forward::ProxyBody;
 use crate::limits::ListenerLimits;
 use crate::listener::ListenerState;
 use crate::tls::TlsPeer;
+
+mod driver;
 
 /// How long an idle connection's GOAWAY may take to be acknowledged
 /// before the connection is closed anyway.
@@ -77,20 +75,20 @@ pub async fn serve_io<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let (io, socket) = batched(read, stream, activity.clone());
+    let streams = driver::Streams::new();
+    let (io, mut driver) = driver::driver(read, stream, &streams, activity.clone());
     let io = TokioIo::new(io);
     let max_headers = limits.max_headers as usize;
-    let streams = activity.clone();
+    let open_streams = activity.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
-        let open = OpenStream::new(&streams);
+        let open = OpenStream::new(&open_streams);
         if let Some(tls) = &tls {
             tls.tag(&mut req);
         }
-        // Boxed: hyper moves each stream's future into a task of its own
-        // (several copies of it, and the task keeps its size until it is
-        // dropped), and the request's future is kilobytes; a box is one
-        // copy and a pointer.
+        // Boxed: hyper moves each stream's future several times (into a
+        // task of its own, or a box), and the request's future is
+        // kilobytes; a box is one copy and a pointer.
         Box::pin(async move {
             let resp = if req.headers().len() > max_headers {
                 crate::forward::local(
@@ -110,7 +108,7 @@ pub async fn serve_io<S>(
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
         })
     });
-    let conn = http2::Builder::new(TokioExecutor::new())
+    let conn = http2::Builder::new(streams)
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes)
         .max_concurrent_streams(limits.http2.max_concurrent_streams)
@@ -119,7 +117,7 @@ pub async fn serve_io<S>(
         .serve_connection(io, service);
     tokio::pin!(conn);
     let idle = tokio::select! {
-        result = socket.sending(conn.as_mut()) => {
+        result = driver.run(conn.as_mut()) => {
             if let Err(e) = result {
                 tracing::debug!(%peer, "HTTP/2 connection ended: {e}");
             }
@@ -133,14 +131,14 @@ pub async fn serve_io<S>(
         conn.as_mut().graceful_shutdown();
         // hyper's GOAWAY waits for the client to answer a PING; one that
         // never does must not keep the connection after all.
-        let closing = socket.sending(conn);
+        let closing = driver.run(conn);
         if let Ok(Err(e)) = tokio::time::timeout(IDLE_GOAWAY_GRACE, closing).await {
             tracing::debug!(%peer, "HTTP/2 connection ended while going idle: {e}");
         }
         return;
     }
     conn.as_mut().graceful_shutdown();
-    if let Err(e) = socket.sending(conn).await {
+    if let Err(e) = driver.run(conn).await {
         tracing::debug!(%peer, "HTTP/2 connection ended while draining: {e}");
     }
 }
@@ -296,191 +294,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// Bytes written but not yet sent, past which a write waits for the
-/// socket (and h2 stops queueing frames) instead of collecting more.
-const BATCH_LIMIT: usize = 64 * 1024;
-/// Capacity a batch starts with (h2's own write buffer is this size).
-const BATCH_START: usize = 16 * 1024;
-
-/// The client socket as hyper's HTTP/2 server sees it: reads pass
-/// through (after the bytes [`crate::h1`] read first); writes collect,
-/// and a flush leaves them collected. Its [`Sender`] sends them once the
-/// connection has done what its wake-up gave it to do. The buffer stays
-/// with the connection while it has streams open (grown once, not per
-/// batch) and is let go when it has none.
-///
-/// hyper owns this end and `serve_io` the other; the lock between them
-/// is only taken on the connection's own task, so never waited for.
-struct Batched<S>(Arc<Mutex<Socket<S>>>);
-
-/// `serve_io`'s end of a [`Batched`] socket.
-struct Sender<S> {
-    socket: Arc<Mutex<Socket<S>>>,
-    streams: Arc<Activity>,
-}
-
-struct Socket<S> {
-    read: Bytes,
-    stream: S,
-    out: Vec<u8>,
-    /// How much of `out` the stream has taken.
-    sent: usize,
-    /// Why a send failed: every later read and write fails so too.
-    failed: Option<io::ErrorKind>,
-}
-
-fn batched<S>(read: Bytes, stream: S, streams: Arc<Activity>) -> (Batched<S>, Sender<S>) {
-    let socket = Arc::new(Mutex::new(Socket {
-        read,
-        stream,
-        out: Vec::new(),
-        sent: 0,
-        failed: None,
-    }));
-    (Batched(socket.clone()), Sender { socket, streams })
-}
-
-fn lock<S>(socket: &Mutex<Socket<S>>) -> MutexGuard<'_, Socket<S>> {
-    // Poisoned only by a panic in a read or write; the bytes are still bytes.
-    socket
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl<S: AsyncWrite + Unpin> Sender<S> {
-    /// `conn`, with what it wrote sent after each time it is polled.
-    fn sending<'a, F: Future + Unpin + 'a>(
-        &'a self,
-        mut conn: F,
-    ) -> impl Future<Output = F::Output> + 'a {
-        std::future::poll_fn(move |cx| {
-            let polled = Pin::new(&mut conn).poll(cx);
-            let mut socket = lock(&self.socket);
-            match socket.poll_send(cx) {
-                Poll::Ready(Ok(())) if self.streams.open.load(SeqCst) == 0 => {
-                    socket.out = Vec::new();
-                }
-                // hyper learns of it at its next read or write.
-                Poll::Ready(Err(_)) if polled.is_pending() => cx.waker().wake_by_ref(),
-                _ => {}
-            }
-            polled
-        })
-    }
-}
-
-impl<S: AsyncWrite + Unpin> Socket<S> {
-    /// Writes what was collected, and flushes the stream.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(kind) = self.failed {
-            return Poll::Ready(Err(kind.into()));
-        }
-        if self.out.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        while self.sent < self.out.len() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]) {
-                Poll::Ready(Ok(0)) => return self.fail(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => self.sent += n,
-                Poll::Ready(Err(e)) => return self.fail(e),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.out.clear();
-        self.sent = 0;
-        match Pin::new(&mut self.stream).poll_flush(cx) {
-            Poll::Ready(Err(e)) => self.fail(e),
-            // A stream that buffers (TLS) and cannot flush yet has woken
-            // this task for when it can: the next send flushes it.
-            _ => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn fail(&mut self, e: io::Error) -> Poll<io::Result<()>> {
-        self.failed = Some(e.kind());
-        Poll::Ready(Err(e))
-    }
-
-    /// Room to collect more: the collected bytes are sent first when they
-    /// are past [`BATCH_LIMIT`].
-    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(kind) = self.failed {
-            return Poll::Ready(Err(kind.into()));
-        }
-        if self.out.len() - self.sent >= BATCH_LIMIT {
-            std::task::ready!(self.poll_send(cx))?;
-        }
-        if self.out.capacity() == 0 {
-            self.out.reserve(BATCH_START);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Batched<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut socket = lock(&self.0);
-        if let Some(kind) = socket.failed {
-            return Poll::Ready(Err(kind.into()));
-        }
-        if !socket.read.is_empty() {
-            let n = socket.read.len().min(buf.remaining());
-            buf.put_slice(&socket.read[..n]);
-            socket.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut socket.stream).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Batched<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut socket = lock(&self.0);
-        std::task::ready!(socket.poll_room(cx))?;
-        socket.out.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let mut socket = lock(&self.0);
-        std::task::ready!(socket.poll_room(cx))?;
-        let mut n = 0;
-        for buf in bufs {
-            socket.out.extend_from_slice(buf);
-            n += buf.len();
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    /// Vectored, so h2 hands over large DATA payloads beside their frame
-    /// head instead of copying them first: they are copied once, here.
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    /// Sent by the [`Sender`] when this poll of the connection ends.
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut socket = lock(&self.0);
-        std::task::ready!(socket.poll_send(cx))?;
-        Pin::new(&mut socket.stream).poll_shutdown(cx)
     }
 }
