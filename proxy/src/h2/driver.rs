@@ -22,12 +22,12 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::Activity;
+use super::{Activity, Prefixed};
 
 /// Bytes written but not yet sent, past which a write waits for the
 /// socket (and h2 stops queueing frames) instead of collecting more.
@@ -40,7 +40,7 @@ const BATCH_CAPACITY: usize = BATCH_LIMIT + 16 * 1024 + 9;
 /// Batch buffers kept per thread for the next batch of any connection.
 const SPARE_BATCHES: usize = 8;
 /// Rounds of streams, then the connection, in one wake-up before the
-/// task lets others run (it wakes itself to go on).
+/// task lets others run (what is left wakes it again).
 const ROUNDS: usize = 4;
 
 /// A stream's future, as hyper hands it to its executor.
@@ -88,8 +88,7 @@ where
 pub(super) struct Batched<S>(Arc<Mutex<Socket<S>>>);
 
 pub(super) struct Socket<S> {
-    read: Bytes,
-    stream: S,
+    stream: Prefixed<S>,
     out: Vec<u8>,
     /// How much of `out` the stream has taken.
     sent: usize,
@@ -116,8 +115,7 @@ pub(super) fn driver<S>(
     activity: Arc<Activity>,
 ) -> (Batched<S>, Driver<S>) {
     let socket = Arc::new(Mutex::new(Socket {
-        read,
-        stream,
+        stream: Prefixed::new(read, stream),
         out: Vec::new(),
         sent: 0,
         failed: None,
@@ -274,12 +272,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Batched<S> {
         let mut socket = lock(&self.0);
         if let Some(kind) = socket.failed {
             return Poll::Ready(Err(kind.into()));
-        }
-        if !socket.read.is_empty() {
-            let n = socket.read.len().min(buf.remaining());
-            buf.put_slice(&socket.read[..n]);
-            socket.read.advance(n);
-            return Poll::Ready(Ok(()));
         }
         Pin::new(&mut socket.stream).poll_read(cx, buf)
     }
