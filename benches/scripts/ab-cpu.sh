@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # CPU time per request of two skiff binaries, interleaved in one run:
-#   benches/scripts/ab-cpu.sh BIN_A BIN_B [ROUNDS] [SECONDS]
-# Both pinned to core 0 with --threads 1; wrk (50 connections) and the
-# upstreams on core 1; utime+stime from /proc over each run / requests.
+#   benches/scripts/ab-cpu.sh [--h2] BIN_A BIN_B [ROUNDS] [SECONDS]
+# Both pinned to core 0 with --threads 1; wrk (50 connections; --h2: h2c,
+# 2 connections x 50 streams) and the upstreams on core 1; utime+stime
+# from /proc over each run / requests.
 set -euo pipefail
+if [ "${1:-}" = --h2 ]; then LOAD=h2; shift; fi
 source "$(dirname "$0")/common.sh"
 A=$1; B=$2; ROUNDS=${3:-4}; SECS=${4:-5}
 TCK=$(getconf CLK_TCK)
@@ -17,9 +19,9 @@ declare -A REQ CPU
 for r in $(seq "$ROUNDS"); do
   for x in a b; do
     if [ $x = a ]; then P=$PA; PORT=28001; else P=$PB; PORT=28002; fi
-    taskset -c 1 wrk -t1 -c50 -d1s "http://127.0.0.1:$PORT/" >/dev/null
+    load $PORT 1 >/dev/null
     c0=$(cpu $P)
-    n=$(taskset -c 1 wrk -t1 -c50 -d"${SECS}s" "http://127.0.0.1:$PORT/" | awk '/requests in/{print $1}')
+    n=$(load $PORT "$SECS")
     c1=$(cpu $P)
     echo "round $r $x: $n requests, $(echo "scale=2; ($c1-$c0)*1000000/$TCK/$n" | bc) µs/req"
     REQ[$x]=$(( ${REQ[$x]:-0} + n )); CPU[$x]=$(( ${CPU[$x]:-0} + c1 - c0 ))

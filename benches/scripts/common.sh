@@ -1,12 +1,16 @@
-# Shared by the scripts here: three upstreams on core 1 and a skiff config
-# in front of them. Source it; needs wrk and a release skiff-bench.
+# Shared by the scripts here: three upstreams on core 1, a skiff config
+# in front of them, and the load. Source it; needs wrk and a release
+# skiff-bench. A script's first argument `--h2` sets LOAD=h2 (parsed by
+# the script, before it sources this). PORT_OFFSET=N moves every port
+# by N, so two runs on one machine do not meet.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH=${SKIFF_BENCH:-$ROOT/target/release/skiff-bench}
 WORK=$(mktemp -d)
+OFF=${PORT_OFFSET:-0}
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
 start_upstreams() {
-  taskset -c 1 "$BENCH" upstream --listen 127.0.0.1:28081,127.0.0.1:28082,127.0.0.1:28083 >/dev/null 2>&1 &
+  taskset -c 1 "$BENCH" upstream --listen "127.0.0.1:$((28081 + OFF)),127.0.0.1:$((28082 + OFF)),127.0.0.1:$((28083 + OFF))" >/dev/null 2>&1 &
   sleep 0.5
 }
 
@@ -27,10 +31,10 @@ skiff_config() {
     tls="    tls: { cert: $WORK/cert.pem, key: $WORK/key.pem }"
   fi
   cat > "$WORK/$1.yaml" <<EOT
-admin: { listen: 127.0.0.1:$2 }
+admin: { listen: 127.0.0.1:$(($2 + OFF)) }
 listeners:
   - name: web
-    listen: 127.0.0.1:$3
+    listen: 127.0.0.1:$(($3 + OFF))
 $tls
     routes:
       - match: { path_prefix: / }
@@ -38,6 +42,23 @@ $tls
 clusters:
   - name: up
     lb: round_robin
-    endpoints: [127.0.0.1:28081, 127.0.0.1:28082, 127.0.0.1:28083]
+    endpoints: [127.0.0.1:$((28081 + OFF)), 127.0.0.1:$((28082 + OFF)), 127.0.0.1:$((28083 + OFF))]
 EOT
+}
+
+# load PORT SECONDS: puts load on skiff (at PORT + OFF) from core 1, prints the requests
+# done. LOAD=h1 (default): wrk, 50 HTTP/1.1 connections. LOAD=h2: the
+# `compare` h2 scenario, h2c with 2 connections x 50 streams.
+load() {
+  if [ "${LOAD:-h1}" = h2 ]; then
+    taskset -c 1 "$BENCH" load --protocol h2 -c 2 --streams 50 --threads 1 -w 0s -d "$2s" \
+      "http://127.0.0.1:$(($1 + OFF))/" | awk 'NR==2{print $4}'
+  else
+    # SCHEME=https for a TLS listener. Reconnections (timeouts, errors)
+    # would add handshakes: they are reported on stderr.
+    local out
+    out=$(taskset -c 1 wrk -t1 -c50 -d"$2s" "${SCHEME:-http}://127.0.0.1:$(($1 + OFF))/")
+    grep -E "Socket errors|Non-2xx" <<<"$out" >&2 || true
+    awk '/requests in/{print $1}' <<<"$out"
+  fi
 }

@@ -989,6 +989,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// request (no hop-by-hop headers, no forwarding headers yet) costs no
 /// hash lookups beyond the three inserts.
 pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upgrade: bool) {
+    let host_to_come = req.uri().authority().is_some();
     let headers = req.headers_mut();
     let (mut hop, mut xff, mut xfp, mut rid) = (false, false, false, false);
     for name in headers.keys() {
@@ -1017,8 +1018,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, peer: SocketAddr, upgrade: bool)
         }
     }
 
-    // Room for the three inserts below, so the map grows at most once.
-    headers.reserve(3);
+    // Room for the three inserts below, and for the Host an HTTP/1.1
+    // upstream gets from a URI's authority (HTTP/2 clients), so the map
+    // grows at most once.
+    headers.reserve(3 + usize::from(host_to_come));
     let ip = peer_ip(peer.ip());
     let value = match headers.get(&X_FORWARDED_FOR).filter(|_| xff) {
         Some(prior) => {
@@ -1142,12 +1145,9 @@ fn set_upstream_uri<B>(
             // along (RFC 9112 §3.2.2): the upstream must see the host the
             // route saw. The common request (origin-form) parses nothing.
             if let Some(authority) = req.uri().authority() {
-                let host = match authority.port() {
-                    Some(port) => format!("{}:{port}", authority.host()),
-                    None => authority.host().to_owned(),
-                };
+                let host = host_header(authority);
                 *req.uri_mut() = origin_form(req.uri());
-                if let Ok(host) = HeaderValue::from_str(&host) {
+                if let Some(host) = host {
                     req.headers_mut().insert(header::HOST, host);
                 }
             }
@@ -1188,6 +1188,21 @@ fn set_upstream_uri<B>(
             *req.version_mut() = Version::HTTP_2;
         }
     }
+}
+
+/// The Host header for a URI's authority: its host and port, without
+/// userinfo (`user@`), which Host never carries; a port that is no port
+/// is left out.
+fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
+    let text = authority.as_str();
+    let host = if authority.port().is_some() {
+        // Already `host:port` after any userinfo: no string to build.
+        text.rsplit_once('@')
+            .map_or(text, |(_, host_port)| host_port)
+    } else {
+        authority.host()
+    };
+    HeaderValue::from_str(host).ok()
 }
 
 /// The request target for HTTP/1.1: the path and query, never empty.
@@ -1527,6 +1542,21 @@ mod tests {
             .insert("x-request-id", HeaderValue::from_static("abc"));
         prepare_request(&mut req, "127.0.0.1:1".parse().unwrap(), false);
         assert_eq!(req.headers()["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn host_header_is_the_authority_without_userinfo() {
+        for (given, expected) in [
+            ("shop.example:8080", "shop.example:8080"),
+            ("shop.example", "shop.example"),
+            ("user:secret@shop.example:8080", "shop.example:8080"),
+            ("user@shop.example", "shop.example"),
+            ("[::1]:80", "[::1]:80"),
+            ("[::1]", "[::1]"),
+        ] {
+            let authority: http::uri::Authority = given.parse().unwrap();
+            assert_eq!(host_header(&authority).unwrap(), expected, "{given}");
+        }
     }
 
     #[test]

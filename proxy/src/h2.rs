@@ -7,6 +7,9 @@
 //! the listener's `idle_timeout` (Envoy's idle timeout, which hyper has
 //! not: skiff counts the streams itself). TLS connections that chose h2 by ALPN come
 //! here straight from the handshake ([`serve_io`]).
+//! [`driver`] runs the connection's task: what hyper writes leaves once
+//! per wake-up, not once per response, and on a current-thread runtime
+//! the streams run on that task rather than one task each.
 
 use std::convert::Infallible;
 use std::io;
@@ -22,7 +25,7 @@ use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -33,6 +36,8 @@ use crate::forward::ProxyBody;
 use crate::limits::ListenerLimits;
 use crate::listener::ListenerState;
 use crate::tls::TlsPeer;
+
+mod driver;
 
 /// How long an idle connection's GOAWAY may take to be acknowledged
 /// before the connection is closed anyway.
@@ -69,17 +74,22 @@ pub async fn serve_io<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(Prefixed { read, stream });
-    let max_headers = limits.max_headers as usize;
     let activity = Arc::new(Activity::new());
-    let streams = activity.clone();
+    let streams = driver::Streams::new();
+    let (io, mut driver) = driver::driver(read, stream, &streams, activity.clone());
+    let io = TokioIo::new(io);
+    let max_headers = limits.max_headers as usize;
+    let open_streams = activity.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
-        let open = OpenStream::new(&streams);
+        let open = OpenStream::new(&open_streams);
         if let Some(tls) = &tls {
             tls.tag(&mut req);
         }
-        async move {
+        // Boxed: hyper moves each stream's future several times (into a
+        // task of its own, or a box), and the request's future is
+        // kilobytes; a box is one copy and a pointer.
+        Box::pin(async move {
             let resp = if req.headers().len() > max_headers {
                 crate::forward::local(
                     http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -96,9 +106,9 @@ pub async fn serve_io<S>(
             };
             // The stream is open until its response body is done.
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
-        }
+        })
     });
-    let conn = http2::Builder::new(TokioExecutor::new())
+    let conn = http2::Builder::new(streams)
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes)
         .max_concurrent_streams(limits.http2.max_concurrent_streams)
@@ -107,7 +117,7 @@ pub async fn serve_io<S>(
         .serve_connection(io, service);
     tokio::pin!(conn);
     let idle = tokio::select! {
-        result = conn.as_mut() => {
+        result = driver.run(conn.as_mut()) => {
             if let Err(e) = result {
                 tracing::debug!(%peer, "HTTP/2 connection ended: {e}");
             }
@@ -121,13 +131,14 @@ pub async fn serve_io<S>(
         conn.as_mut().graceful_shutdown();
         // hyper's GOAWAY waits for the client to answer a PING; one that
         // never does must not keep the connection after all.
-        if let Ok(Err(e)) = tokio::time::timeout(IDLE_GOAWAY_GRACE, conn).await {
+        let closing = driver.run(conn);
+        if let Ok(Err(e)) = tokio::time::timeout(IDLE_GOAWAY_GRACE, closing).await {
             tracing::debug!(%peer, "HTTP/2 connection ended while going idle: {e}");
         }
         return;
     }
     conn.as_mut().graceful_shutdown();
-    if let Err(e) = conn.await {
+    if let Err(e) = driver.run(conn).await {
         tracing::debug!(%peer, "HTTP/2 connection ended while draining: {e}");
     }
 }
@@ -229,9 +240,15 @@ fn is_token(name: &str) -> bool {
 }
 
 /// A socket whose first bytes were already read into `read`.
-struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     read: Bytes,
     stream: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(read: Bytes, stream: S) -> Prefixed<S> {
+        Prefixed { read, stream }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
