@@ -355,7 +355,10 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         head.slice(start..start + part.len())
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for two more: hyper's HTTP/2 server sets `date` and
+    // `content-length` through `HeaderMap::entry`, which grows a full map
+    // even when the name is already there.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 2);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
