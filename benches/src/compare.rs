@@ -353,7 +353,12 @@ async fn throughput(
     }
     let mut figures: Vec<Figures> = opts.peers.iter().map(|k| Figures::new(k.name())).collect();
     for round in 1..=opts.rounds {
-        for (peer, fig) in peers.iter().zip(figures.iter_mut()) {
+        // Each round starts with another peer, so that none always runs
+        // right after the same one (or always first).
+        let first = (round - 1) % peers.len().max(1);
+        let order = (0..peers.len()).map(|i| (first + i) % peers.len());
+        for i in order {
+            let (peer, fig) = (&peers[i], &mut figures[i]);
             let spec = spec_for(opts, scenario, peer.address, peer.kind.name(), rate)?;
             let (result, cpu) = measure(peer, &spec, opts.warmup).await?;
             eprintln!(
