@@ -937,10 +937,23 @@ async fn tls_stream(
         .expect("handshake")
 }
 
+/// Everything the server sends until it closes the connection (with or
+/// without `close_notify`, which rustls reports as an unexpected end).
+async fn read_until_closed(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("in time");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https1_streams_large_bodies_both_ways_and_answers_pipelined_requests_in_order() {
     use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let dir = TempDir::new("tls-bodies");
     let backend = Backend::start("app").await;
     let (ca, tls) = two_certificates(&dir);
@@ -949,9 +962,10 @@ async fn https1_streams_large_bodies_both_ways_and_answers_pipelined_requests_in
     // 4 MiB up and echoed back while it is still being sent: the session
     // is read (the body) and written (the response) at once.
     let stream = tls_stream(address, &ca, &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let upload: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
     for round in 0..2 {
@@ -970,7 +984,11 @@ async fn https1_streams_large_bodies_both_ways_and_answers_pipelined_requests_in
             .expect("in time")
             .unwrap()
             .to_bytes();
-        assert!(body[..] == upload[..], "round {round}: echoed {} bytes", body.len());
+        assert!(
+            body[..] == upload[..],
+            "round {round}: echoed {} bytes",
+            body.len()
+        );
     }
     // A large download on the same kept-alive connection.
     let req = http::Request::get("/bytes/3000000")
@@ -991,13 +1009,7 @@ async fn https1_streams_large_bodies_both_ways_and_answers_pipelined_requests_in
         )
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    // The server closes after the second response (with or without
-    // close_notify, which rustls reports as an unexpected end).
-    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
-        .await
-        .expect("in time");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut stream).await;
     let first = answer.find("HTTP/1.1 200").expect("first response");
     let second = answer.rfind("HTTP/1.1 200").expect("second response");
     assert!(first < second, "two responses: {answer}");
@@ -1026,11 +1038,7 @@ async fn https1_limits_apply_and_an_idle_connection_is_closed_after_idle_timeout
         "a".repeat(8 << 10)
     );
     stream.write_all(big.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
-        .await
-        .expect("in time");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // A kept-alive connection with nothing more to say is closed once it
@@ -1063,7 +1071,7 @@ async fn https1_limits_apply_and_an_idle_connection_is_closed_after_idle_timeout
 
 #[tokio::test]
 async fn a_retried_https_request_keeps_what_tls_added_and_drops_what_the_client_forged() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let dir = TempDir::new("tls-retry");
     let failing = Backend::start("failing").await;
     failing
@@ -1115,11 +1123,7 @@ async fn a_retried_https_request_keeps_what_tls_added_and_drops_what_the_client_
             .await
             .unwrap();
     }
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer))
-        .await
-        .expect("in time");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut stream).await;
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     assert!(failing.requests() >= 1, "a request was retried");
     assert_eq!(
@@ -1129,6 +1133,10 @@ async fn a_retried_https_request_keeps_what_tls_added_and_drops_what_the_client_
         2,
         "both answers, the retried one too, carry the verified identity: {answer}"
     );
-    assert_eq!(answer.matches("\"x-forwarded-proto\":\"https\"").count(), 2, "{answer}");
+    assert_eq!(
+        answer.matches("\"x-forwarded-proto\":\"https\"").count(),
+        2,
+        "{answer}"
+    );
     assert!(!answer.contains("forged"), "{answer}");
 }
