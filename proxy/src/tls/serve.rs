@@ -137,7 +137,16 @@ pub async fn serve_http(
     } = done;
     if alpn.as_deref() == Some(b"h2") {
         let _guard = guard;
-        crate::h2::serve_io(tls, Bytes::new(), state, &limits, peer, drain, Some(tls_peer)).await;
+        crate::h2::serve_io(
+            tls,
+            Bytes::new(),
+            state,
+            &limits,
+            peer,
+            drain,
+            Some(tls_peer),
+        )
+        .await;
         return;
     }
     let (stream, session) = tls.into_inner();
