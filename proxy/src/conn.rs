@@ -11,12 +11,11 @@
 //! one compare-and-swap, so a request that arrives just then is either
 //! served or never read, never cut off midway.
 
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
-
-use std::io;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;

@@ -252,9 +252,8 @@ fn forward<'a>(
         let replay =
             if (retryable || refusable) && (req.body().is_end_stream() || replay_body.is_some()) {
                 match raw_head {
-                    Some(RawHead { bytes: head, tls }) => Replay::Raw {
+                    Some(head) => Replay::Raw {
                         head,
-                        tls,
                         peer,
                         // The id skiff made (a client's own is in the head). Kept
                         // as bytes: cloning the value would allocate per request.
@@ -592,8 +591,7 @@ enum Replay {
     No,
     /// Re-read from the client's HTTP/1 head, and prepared as before.
     Raw {
-        head: Bytes,
-        tls: Option<Arc<crate::tls::TlsPeer>>,
+        head: RawHead,
         peer: SocketAddr,
         request_id: Option<[u8; 36]>,
     },
@@ -624,8 +622,7 @@ impl Replay {
             Replay::No => None,
             Replay::Copy(head) => Some(head.request()),
             Replay::Raw {
-                head,
-                tls,
+                head: RawHead { bytes: head, tls },
                 peer,
                 request_id,
             } => {

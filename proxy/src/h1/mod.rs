@@ -70,7 +70,7 @@ pub async fn serve(
             if *drain.borrow() {
                 return;
             }
-            let ready = std::future::poll_fn(|cx| conn.poll_read_ready(cx)).await;
+            let ready = conn.readable().await;
             if ready.is_err() || !conn.claim() {
                 return;
             }

@@ -128,15 +128,8 @@ impl Session {
             let sent = {
                 let mut tls = self.lock();
                 while !parts[0].is_empty() || !parts[1].is_empty() {
-                    // One slice when there is one: rustls collects several
-                    // into a vector first.
-                    let mut n = match parts {
-                        [only, []] | [[], only] => tls.writer().write(only)?,
-                        _ => {
-                            let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
-                            tls.writer().write_vectored(&slices)?
-                        }
-                    };
+                    let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
+                    let mut n = encrypt(&mut tls, &slices)?;
                     if n == 0 {
                         // rustls' send buffer is full: write it out first.
                         break;
@@ -164,6 +157,17 @@ impl Session {
         let mut tls = self.lock();
         tls.send_close_notify();
         let _ = send(&mut tls, stream);
+    }
+}
+
+/// Hands plaintext to rustls to encrypt; returns how much it took. One
+/// slice goes as one: rustls collects several into a vector first.
+fn encrypt(tls: &mut ServerConnection, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut filled = bufs.iter().filter(|b| !b.is_empty());
+    match (filled.next(), filled.next()) {
+        (None, _) => Ok(0),
+        (Some(only), None) => tls.writer().write(only),
+        _ => tls.writer().write_vectored(bufs),
     }
 }
 
@@ -335,7 +339,7 @@ impl AsyncWrite for Stream {
         }
         loop {
             let mut tls = this.session().lock();
-            let n = tls.writer().write_vectored(bufs)?;
+            let n = encrypt(&mut tls, bufs)?;
             // Sent at once, as the socket takes it: a tunnel's bytes are
             // not held back for a flush that may be late to come.
             let sent = send(&mut tls, stream)?;
