@@ -2,7 +2,8 @@
 # in front of them, and the load. Source it; needs wrk and a release
 # skiff-bench. A script's first argument `--h2` sets LOAD=h2 (parsed by
 # the script, before it sources this). PORT_OFFSET=N moves every port
-# by N, so two runs on one machine do not meet.
+# by N, so two runs on one machine do not meet. BODY_SIZE=N makes the
+# upstreams answer N-byte bodies (default 1024; 65536 for the 64k case).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH=${SKIFF_BENCH:-$ROOT/target/release/skiff-bench}
 WORK=$(mktemp -d)
@@ -10,7 +11,8 @@ OFF=${PORT_OFFSET:-0}
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
 start_upstreams() {
-  taskset -c 1 "$BENCH" upstream --listen "127.0.0.1:$((28081 + OFF)),127.0.0.1:$((28082 + OFF)),127.0.0.1:$((28083 + OFF))" >/dev/null 2>&1 &
+  taskset -c 1 "$BENCH" upstream --body-size "${BODY_SIZE:-1024}" \
+    --listen "127.0.0.1:$((28081 + OFF)),127.0.0.1:$((28082 + OFF)),127.0.0.1:$((28083 + OFF))" >/dev/null 2>&1 &
   sleep 0.5
 }
 
@@ -20,6 +22,35 @@ make_cert() {
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+}
+
+# haproxy_config FILE BIND [GLOBAL_LINE]: HAProxy as `skiff-bench compare`
+# configures it (one thread, keep-alive to the three upstreams, no access
+# log), bound as BIND ("ADDR:PORT[ options]"), with one more line for
+# its global section if given.
+haproxy_config() {
+  local extra=""
+  if [ -n "${3:-}" ]; then extra="  $3"$'\n'; fi
+  cat > "$1" <<EOT
+global
+  nbthread 1
+  maxconn 9900
+${extra}defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind $2
+  default_backend app
+backend app
+  balance roundrobin
+  server s0 127.0.0.1:$((28081 + OFF))
+  server s1 127.0.0.1:$((28082 + OFF))
+  server s2 127.0.0.1:$((28083 + OFF))
+EOT
 }
 
 # skiff_config NAME ADMIN_PORT LISTEN_PORT [tls]: writes $WORK/NAME.yaml;

@@ -76,27 +76,8 @@ http {
 }
 EOT
 
-cat > "$WORK/haproxy.cfg" <<EOT
-global
-  nbthread 1
-  maxconn 9900
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  http-reuse always
-frontend bench
-  bind 127.0.0.1:28445 ssl crt $WORK/combined.pem alpn h2,http/1.1
-  default_backend app
-backend app
-  balance roundrobin
-  server s0 127.0.0.1:28081
-  server s1 127.0.0.1:28082
-  server s2 127.0.0.1:28083
-EOT
+haproxy_config "$WORK/haproxy.cfg" "127.0.0.1:28445 ssl crt $WORK/combined.pem alpn h2,http/1.1" \
+  "ssl-default-bind-options ssl-min-ver TLSv1.2"
 
 start_upstreams
 taskset -c 0 "$SKIFF" run -c "$WORK/skiff.yaml" --threads 1 --log-level warn 2>"$WORK/skiff.log" &

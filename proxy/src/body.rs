@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::h1::body::RequestBody;
 
@@ -24,7 +24,7 @@ pub enum UpstreamBody {
     /// Read from an HTTP/1.x client connection.
     Http1(RequestBody),
     /// A stream of an HTTP/2 client connection.
-    Http2(Incoming),
+    Http2(crate::h2::RequestBody),
     /// Read whole before sending, so a retry can send it again (bodies of
     /// retryable requests up to `forward::MAX_REPLAY_BODY`).
     Buffered {

@@ -249,24 +249,35 @@ fn forward<'a>(
             && !upgrade
             && settings.protocol == UpstreamProtocol::Http2
             && raw_head.is_some();
-        let replay =
-            if (retryable || refusable) && (req.body().is_end_stream() || replay_body.is_some()) {
-                match raw_head {
-                    Some(head) => Replay::Raw {
-                        head,
-                        peer,
-                        // The id skiff made (a client's own is in the head). Kept
-                        // as bytes: cloning the value would allocate per request.
-                        request_id: req
-                            .headers()
-                            .get(&X_REQUEST_ID)
-                            .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
-                    },
-                    None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+        let replay_whole = req.body().is_end_stream() || replay_body.is_some();
+        let replay = if (retryable || refusable) && replay_whole {
+            match raw_head {
+                // skiff's own HTTP/1 client hands the request back; it
+                // carries what `can_send` allows, as `send` will ask (a
+                // body that is whole becomes `Buffered` either way),
+                // and hyper's client takes the rest.
+                None if !upgrade
+                    && settings.protocol == UpstreamProtocol::Http1
+                    && settings.tls.is_none()
+                    && client::can_send(&mut req) =>
+                {
+                    Replay::Returned
                 }
-            } else {
-                Replay::No
-            };
+                Some(head) => Replay::Raw {
+                    head,
+                    peer,
+                    // The id skiff made (a client's own is in the head). Kept
+                    // as bytes: cloning the value would allocate per request.
+                    request_id: req
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
+                },
+                None => Replay::Copy(Box::new(ReplayHead::of(&req))),
+            }
+        } else {
+            Replay::No
+        };
         let request_timeout = route.timeout.unwrap_or(settings.timeouts.request);
         let per_try = if policy.per_try_timeout.is_zero() {
             request_timeout
@@ -275,6 +286,8 @@ fn forward<'a>(
         };
         let mut avoid = None;
         let mut retried = 0;
+        // The request sent last named its endpoint as its host.
+        let mut endpoint_named_host = false;
         loop {
             let in_flight = match admit(cluster, limits.max_requests, avoid) {
                 Ok(in_flight) => in_flight,
@@ -286,19 +299,24 @@ fn forward<'a>(
                 }
             };
             let endpoint = in_flight.endpoint.clone();
-            let result = if upgrade {
+            let (result, back) = if upgrade {
                 // Boxed: a rare path that would otherwise enlarge every request's future.
-                Box::pin(upgrade_request(
+                let upgraded = Box::pin(upgrade_request(
                     req,
                     endpoint.address,
                     settings.tls.as_ref().map(|t| &t.connector),
                     settings.timeouts.connect,
                     request_timeout,
                 ))
-                .await
-                .map_err(|f| (f, None))
+                .await;
+                (upgraded, None)
             } else {
-                set_upstream_uri(
+                if std::mem::take(&mut endpoint_named_host) {
+                    // The last try's endpoint named itself as the host.
+                    req.headers_mut().remove(header::HOST);
+                    *req.uri_mut() = origin_form(req.uri());
+                }
+                endpoint_named_host = set_upstream_uri(
                     &mut req,
                     settings.protocol,
                     settings.tls.is_some(),
@@ -338,7 +356,7 @@ fn forward<'a>(
                             .budget
                             .try_retry(policy.budget_percent, policy.min_per_second);
                     let again = if retry {
-                        replay.request(&replay_body)
+                        replay.again(back, &replay_body)
                     } else {
                         None
                     };
@@ -364,14 +382,14 @@ fn forward<'a>(
                     log_local(access, &resp, Some(endpoint.address), retried);
                     return resp;
                 }
-                Err((failure @ Failure::ClientBody(_), _)) => {
+                Err(failure @ Failure::ClientBody(_)) => {
                     tracing::debug!(cluster = %cluster.name, "request failed: {}", failure.message());
                     drop(in_flight);
                     let resp = failure.response();
                     log_local(access, &resp, Some(endpoint.address), retried);
                     return resp;
                 }
-                Err((failure, unsent)) => {
+                Err(failure) => {
                     let counter = match &failure {
                         Failure::Connect(ConnectError::Overflow(_)) => &cluster.stats.overflow,
                         Failure::Connect(ConnectError::Timeout(_)) => {
@@ -391,11 +409,13 @@ fn forward<'a>(
                     }
                     tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
                     drop(in_flight);
-                    let again = match (&failure, unsent) {
+                    let again = match (&failure, back) {
                         _ if !may_retry || overflowed => None,
                         (Failure::Connect(_), Some(unsent)) => Some(unsent),
-                        (Failure::Reset(e), _) if is_refused(e) => replay.request(&replay_body),
-                        _ if retryable => replay.request(&replay_body),
+                        (Failure::Reset(e), back) if is_refused(e) => {
+                            replay.again(back, &replay_body)
+                        }
+                        (_, back) if retryable => replay.again(back, &replay_body),
                         _ => None,
                     };
                     match again {
@@ -595,14 +615,30 @@ enum Replay {
         peer: SocketAddr,
         request_id: Option<[u8; 36]>,
     },
-    /// A copy of the prepared head (HTTP/2 clients).
+    /// A copy of the prepared head (HTTP/2 clients, to hyper's clients).
     Copy(Box<ReplayHead>),
+    /// The request itself, which skiff's own HTTP/1 client gives back
+    /// (HTTP/2 clients): nothing is copied before it is needed.
+    Returned,
 }
 
 impl Replay {
     /// Whether the request may be sent again after it left.
     fn allowed(&self) -> bool {
         !matches!(self, Replay::No)
+    }
+
+    /// The request to send again, if it may be: the one `send` gave back
+    /// (prepared, its body still in it), else one made from the replay.
+    fn again(
+        &self,
+        back: Option<Request<UpstreamBody>>,
+        body: &Option<UpstreamBody>,
+    ) -> Option<Request<UpstreamBody>> {
+        if !self.allowed() {
+            return None;
+        }
+        back.or_else(|| self.request(body))
     }
 
     /// The request to send again, if it may be, with `body` when it had one.
@@ -619,7 +655,7 @@ impl Replay {
 
     fn head(&self) -> Option<Request<UpstreamBody>> {
         match self {
-            Replay::No => None,
+            Replay::No | Replay::Returned => None,
             Replay::Copy(head) => Some(head.request()),
             Replay::Raw {
                 head: RawHead { bytes: head, tls },
@@ -784,7 +820,10 @@ impl Failure {
 
 type Sent = (Response<Received>, Option<http1::SendRequest<UpstreamBody>>);
 
-/// Sends `req` on a pooled or new connection and waits for response headers.
+/// Sends `req` on a pooled or new connection and waits for response
+/// headers. Gives the request back whenever it was not consumed: never
+/// sent (the connection failed), or sent by skiff's own HTTP/1 client,
+/// which only borrows it; hyper's clients take it.
 ///
 /// A plain function returning an `async move` block: an `async fn` would
 /// keep its parameters and a second copy of them in its future, and this
@@ -797,7 +836,7 @@ fn send<'a>(
     pending: PendingLimit<'a>,
     settings: &'a crate::config::ClusterConfig,
     request_timeout: Duration,
-) -> impl std::future::Future<Output = Result<Sent, (Failure, Option<Request<UpstreamBody>>)>> + 'a
+) -> impl std::future::Future<Output = (Result<Sent, Failure>, Option<Request<UpstreamBody>>)> + 'a
 {
     async move {
         let tls = settings.tls.as_ref().map(|t| &t.connector);
@@ -814,68 +853,64 @@ fn send<'a>(
             {
                 Ok(sender) => sender,
                 // Never sent: the request goes back for a retry elsewhere.
-                Err(e) => return Err((Failure::Connect(e), Some(req))),
+                Err(e) => return (Err(Failure::Connect(e)), Some(req)),
             };
-            let response = match sender {
+            let error = match sender {
                 Sender::Own(conn) => {
-                    let fut = client::send(conn, req);
-                    match limited(request_timeout, fut)
-                        .await
-                        .map_err(|_| (Failure::Timeout(request_timeout), None))?
-                    {
-                        Ok(resp) => return Ok((resp.map(Received::Own), None)),
-                        Err(client::Failed {
-                            request: Some(back),
-                            ..
-                        }) if attempt == 0 => {
-                            req = back;
-                            continue;
-                        }
-                        Err(failed) => return Err((Failure::Reset(Box::new(failed.error)), None)),
-                    }
+                    // Pinned where it is made: the timeout then holds a
+                    // pointer, and the future is not copied into it.
+                    let sent = {
+                        let fut = std::pin::pin!(client::send(conn, &req));
+                        limited(request_timeout, fut).await
+                    };
+                    let result = match sent {
+                        Err(_) => Err(Failure::Timeout(request_timeout)),
+                        Ok(Ok(resp)) => Ok((resp.map(Received::Own), None)),
+                        Ok(Err(failed)) if failed.resend && attempt == 0 => continue,
+                        Ok(Err(failed)) => Err(Failure::Reset(Box::new(failed.error))),
+                    };
+                    return (result, Some(req));
                 }
                 Sender::Http1(mut tx) => {
-                    let fut = tx.try_send_request(req);
-                    match limited(request_timeout, fut)
-                        .await
-                        .map_err(|_| (Failure::Timeout(request_timeout), None))?
-                    {
-                        Ok(resp) => return Ok((resp.map(Received::Hyper), Some(tx))),
+                    let fut = std::pin::pin!(tx.try_send_request(req));
+                    let Ok(sent) = limited(request_timeout, fut).await else {
+                        return (Err(Failure::Timeout(request_timeout)), None);
+                    };
+                    match sent {
+                        Ok(resp) => return (Ok((resp.map(Received::Hyper), Some(tx))), None),
                         Err(mut e) => match e.take_message() {
                             Some(back) if attempt == 0 => {
                                 req = back;
                                 continue;
                             }
-                            _ => Err(e.into_error()),
+                            _ => e.into_error(),
                         },
                     }
                 }
                 Sender::Http2(mut tx) => {
-                    let fut = tx.try_send_request(req);
-                    match limited(request_timeout, fut)
-                        .await
-                        .map_err(|_| (Failure::Timeout(request_timeout), None))?
-                    {
-                        Ok(resp) => return Ok((resp.map(Received::Hyper), None)),
+                    let fut = std::pin::pin!(tx.try_send_request(req));
+                    let Ok(sent) = limited(request_timeout, fut).await else {
+                        return (Err(Failure::Timeout(request_timeout)), None);
+                    };
+                    match sent {
+                        Ok(resp) => return (Ok((resp.map(Received::Hyper), None)), None),
                         Err(mut e) => match e.take_message() {
                             Some(back) if attempt == 0 => {
                                 req = back;
                                 continue;
                             }
-                            _ => Err(e.into_error()),
+                            _ => e.into_error(),
                         },
                     }
                 }
             };
             // A user error is the request body skiff streams from the client.
-            return response.map_err(|e| {
-                let failure = if e.is_user() {
-                    Failure::ClientBody(Box::new(e))
-                } else {
-                    Failure::Reset(Box::new(e))
-                };
-                (failure, None)
-            });
+            let failure = if error.is_user() {
+                Failure::ClientBody(Box::new(error))
+            } else {
+                Failure::Reset(Box::new(error))
+            };
+            return (Err(failure), None);
         }
         unreachable!("the loop returns on its second attempt")
     }
@@ -1127,13 +1162,15 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Rewrites the URI for the upstream protocol: origin-form with a Host
-/// header for HTTP/1.1, absolute with an authority for HTTP/2.
+/// header for HTTP/1.1, absolute with an authority for HTTP/2. True when
+/// the request named no host and the endpoint's address was used: a
+/// retry to another endpoint must not carry it.
 fn set_upstream_uri<B>(
     req: &mut Request<B>,
     protocol: UpstreamProtocol,
     tls: bool,
     endpoint: SocketAddr,
-) {
+) -> bool {
     match protocol {
         UpstreamProtocol::Http1 => {
             // The Host header is what HTTP/1.1 routes on. A URI with an
@@ -1148,12 +1185,14 @@ fn set_upstream_uri<B>(
                     req.headers_mut().insert(header::HOST, host);
                 }
             }
-            if !req.headers().contains_key(header::HOST) {
+            let unnamed = !req.headers().contains_key(header::HOST);
+            if unnamed {
                 if let Ok(host) = HeaderValue::from_str(&endpoint.to_string()) {
                     req.headers_mut().insert(header::HOST, host);
                 }
             }
             *req.version_mut() = Version::HTTP_11;
+            unnamed
         }
         UpstreamProtocol::Http2 => {
             let authority = req.uri().authority().cloned().or_else(|| {
@@ -1168,6 +1207,7 @@ fn set_upstream_uri<B>(
             } else {
                 http::uri::Scheme::HTTP
             });
+            let unnamed = authority.is_none();
             parts.authority = Some(match authority {
                 Some(a) => a,
                 None => endpoint
@@ -1183,6 +1223,7 @@ fn set_upstream_uri<B>(
             }
             req.headers_mut().remove(header::HOST);
             *req.version_mut() = Version::HTTP_2;
+            unnamed
         }
     }
 }
@@ -1567,7 +1608,7 @@ mod tests {
             let uri: Uri = given.parse().unwrap();
             assert_eq!(origin_form(&uri).to_string(), expected, "{given}");
         }
-        // What hyper's HTTP/2 server makes of `:path: #`: an empty path.
+        // An URI with an empty path (what `:path: #` could become).
         let parts = http::uri::Parts::from(Uri::from_static("http://shop/"));
         let mut parts = parts;
         parts.path_and_query = Some("?q".parse().unwrap());

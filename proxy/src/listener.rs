@@ -40,6 +40,8 @@ pub struct ListenerState {
     pub connections: Arc<Gauge>,
     /// Connections closed at accept because `max_connections` were open.
     pub refused: Arc<AtomicU64>,
+    /// What clients sent that skiff refused as a protocol error.
+    pub protocol_errors: Arc<crate::metrics::ProtocolErrors>,
     /// What clients may send and hold; swapped on reload.
     pub limits: ArcSwap<ListenerLimits>,
     /// TLS termination, when the listener has it; swapped on reload.

@@ -144,6 +144,101 @@ impl Histogram {
     }
 }
 
+/// Why skiff refused what a client sent before (or instead of) forwarding
+/// it: the `protocol` and `reason` labels of
+/// `skiff_client_protocol_errors_total`. A fixed set, so the series per
+/// listener are bounded whatever clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// HTTP/1: a request head or chunked body that does not parse (400).
+    Http1Malformed,
+    /// HTTP/1: a request head past the listener's limits (431).
+    Http1TooLarge,
+    /// HTTP/1: a request skiff does not serve (405 for `CONNECT`, 417,
+    /// 501 for an unknown transfer coding).
+    Http1Unsupported,
+    /// HTTP/1: the head did not arrive within `request_head_timeout` (408).
+    Http1Timeout,
+    /// HTTP/2: a request head or trailers breaking RFC 9113 §8 (the
+    /// stream is reset, or answered 400).
+    Http2Malformed,
+    /// HTTP/2: a request head past the listener's limits (431).
+    Http2TooLarge,
+    /// HTTP/2: a request skiff does not serve (405 for `CONNECT`).
+    Http2Unsupported,
+    /// HTTP/2: another stream error (flow control, a frame on a closed
+    /// stream): the stream is reset.
+    Http2Stream,
+    /// HTTP/2: a connection error: the connection is ended with `GOAWAY`.
+    Http2Connection,
+    /// HTTP/2: a flood limit (rapid reset, streams reset for errors, a
+    /// header block too large): `GOAWAY` with `ENHANCE_YOUR_CALM`.
+    Http2Flood,
+    /// HTTP/2: a stream opened past `max_concurrent_streams`, refused
+    /// with `REFUSED_STREAM`.
+    Http2Refused,
+}
+
+impl ProtocolError {
+    const ALL: [ProtocolError; 11] = [
+        ProtocolError::Http1Malformed,
+        ProtocolError::Http1TooLarge,
+        ProtocolError::Http1Unsupported,
+        ProtocolError::Http1Timeout,
+        ProtocolError::Http2Malformed,
+        ProtocolError::Http2TooLarge,
+        ProtocolError::Http2Unsupported,
+        ProtocolError::Http2Stream,
+        ProtocolError::Http2Connection,
+        ProtocolError::Http2Flood,
+        ProtocolError::Http2Refused,
+    ];
+
+    /// A refused request head by the status skiff answers it with.
+    pub fn of_status(http2: bool, status: u16) -> ProtocolError {
+        match (http2, status) {
+            (false, 400) => ProtocolError::Http1Malformed,
+            (false, 431) => ProtocolError::Http1TooLarge,
+            (false, 408) => ProtocolError::Http1Timeout,
+            (false, _) => ProtocolError::Http1Unsupported,
+            (true, 400) => ProtocolError::Http2Malformed,
+            (true, 431) => ProtocolError::Http2TooLarge,
+            (true, _) => ProtocolError::Http2Unsupported,
+        }
+    }
+
+    /// The `protocol` and `reason` label values.
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            ProtocolError::Http1Malformed => ("http1", "malformed"),
+            ProtocolError::Http1TooLarge => ("http1", "too_large"),
+            ProtocolError::Http1Unsupported => ("http1", "unsupported"),
+            ProtocolError::Http1Timeout => ("http1", "timeout"),
+            ProtocolError::Http2Malformed => ("http2", "malformed"),
+            ProtocolError::Http2TooLarge => ("http2", "too_large"),
+            ProtocolError::Http2Unsupported => ("http2", "unsupported"),
+            ProtocolError::Http2Stream => ("http2", "stream_error"),
+            ProtocolError::Http2Connection => ("http2", "connection_error"),
+            ProtocolError::Http2Flood => ("http2", "flood"),
+            ProtocolError::Http2Refused => ("http2", "refused_stream"),
+        }
+    }
+}
+
+/// A listener's client protocol errors, one counter per [`ProtocolError`].
+#[derive(Debug, Default)]
+pub struct ProtocolErrors([AtomicU64; ProtocolError::ALL.len()]);
+
+impl ProtocolErrors {
+    pub fn count(&self, e: ProtocolError) {
+        self.0[e as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, e: ProtocolError) -> u64 {
+        self.0[e as usize].load(Relaxed)
+    }
+}
+
 /// A `skiff_requests_total` row: its labels (`listener="…",cluster="…"`)
 /// and its counters.
 type RequestsRow = (Arc<str>, Arc<CodeCounters>);
@@ -160,6 +255,8 @@ pub struct Registry {
     connections: Mutex<BTreeMap<String, Arc<Gauge>>>,
     /// Connections closed at accept past `max_connections`, by listener.
     refused: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    /// What clients sent that skiff refused as a protocol error, by listener.
+    protocol_errors: Mutex<BTreeMap<String, Arc<ProtocolErrors>>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// TLS handshakes, errors and certificate reloads, by listener.
@@ -199,6 +296,14 @@ impl Registry {
         map.entry(listener.to_string()).or_default().clone()
     }
 
+    pub fn protocol_errors(&self, listener: &str) -> Arc<ProtocolErrors> {
+        let mut map = self
+            .protocol_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(listener.to_string()).or_default().clone()
+    }
+
     /// Open downstream connections over all listeners: (now, the most
     /// since the last call).
     pub fn connections_now_and_peak(&self) -> (i64, i64) {
@@ -224,6 +329,10 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|l, g| keep_listener(l) || g.get() > 0);
         self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l, _| keep_listener(l));
+        self.protocol_errors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|l, _| keep_listener(l));
@@ -526,6 +635,38 @@ pub fn render_into(
         );
     }
 
+    let errors = "skiff_client_protocol_errors_total";
+    header(
+        out,
+        errors,
+        "counter",
+        "What clients sent that skiff refused as a protocol error, by listener, \
+         protocol (http1, http2) and reason.",
+    );
+    for (listener, counts) in registry
+        .protocol_errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let listener = escape(listener);
+        for e in ProtocolError::ALL {
+            // Every reason, zeros too: an alert on `increase()` needs the
+            // series before the first error.
+            let (protocol, reason) = e.labels();
+            let labels = [
+                "listener=\"",
+                &listener,
+                "\",protocol=\"",
+                protocol,
+                "\",reason=\"",
+                reason,
+                "\"",
+            ];
+            sample(out, &[errors], &labels, counts.get(e));
+        }
+    }
+
     header(
         out,
         name,
@@ -713,6 +854,31 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("x_count{cluster=\"a\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn protocol_errors_index_their_own_counter() {
+        let counts = ProtocolErrors::default();
+        for (i, e) in ProtocolError::ALL.into_iter().enumerate() {
+            assert_eq!(e as usize, i, "{e:?}");
+            for _ in 0..=i {
+                counts.count(e);
+            }
+        }
+        for (i, e) in ProtocolError::ALL.into_iter().enumerate() {
+            assert_eq!(counts.get(e), i as u64 + 1, "{e:?}");
+        }
+        let labels: std::collections::BTreeSet<_> =
+            ProtocolError::ALL.iter().map(|e| e.labels()).collect();
+        assert_eq!(labels.len(), ProtocolError::ALL.len(), "label pairs repeat");
+        assert_eq!(
+            ProtocolError::of_status(false, 431),
+            ProtocolError::Http1TooLarge
+        );
+        assert_eq!(
+            ProtocolError::of_status(true, 405),
+            ProtocolError::Http2Unsupported
+        );
     }
 
     #[test]

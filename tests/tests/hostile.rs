@@ -127,7 +127,7 @@ const SMUGGLING: &[Case] = &[
 async fn smuggling_attempts_are_refused_or_forwarded_once_in_one_form() {
     let upstream = RawUpstream::start(Answer::Ok).await;
     let other = Backend::start("other").await;
-    let (_proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
+    let (proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
     let mut wrong = Vec::new();
     for case in SMUGGLING {
         let before = upstream.requests().len();
@@ -174,6 +174,34 @@ async fn smuggling_attempts_are_refused_or_forwarded_once_in_one_form() {
         "forwarded in a form read two ways: {violations:?}"
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Each refusal is counted once: a 400 as malformed (heads and chunked
+    // bodies alike), 405, 417 and 501 as unsupported.
+    let refused = |wanted: fn(u16) -> bool| {
+        let statuses = SMUGGLING.iter().filter_map(|c| match c.expect {
+            Expect::Refused(status) => Some(status),
+            Expect::Forwarded(_) => None,
+        });
+        statuses.filter(|&s| wanted(s)).count() as f64
+    };
+    let malformed = protocol_errors(&proxy, "http1", "malformed").await;
+    assert_eq!(malformed, refused(|s| s == 400));
+    let unsupported = protocol_errors(&proxy, "http1", "unsupported").await;
+    assert_eq!(unsupported, refused(|s| s != 400));
+}
+
+/// `skiff_client_protocol_errors_total` for the listener `web`.
+async fn protocol_errors(proxy: &skiff::Proxy, protocol: &str, reason: &str) -> f64 {
+    let admin = proxy.admin_address().expect("admin address");
+    let (_, metrics) = skiff_tests::admin_get(admin, "/metrics")
+        .await
+        .expect("metrics");
+    let labels = [
+        ("listener", "web"),
+        ("protocol", protocol),
+        ("reason", reason),
+    ];
+    skiff_tests::metric_value(&metrics, "skiff_client_protocol_errors_total", &labels)
+        .unwrap_or_else(|| panic!("no series for {protocol} {reason}: {metrics}"))
 }
 
 /// The head the upstream got for `raw`, which must be forwarded once.
@@ -531,7 +559,7 @@ async fn an_http2_field_name_that_is_no_http1_token_is_refused() {
     const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
     let upstream = RawUpstream::start(Answer::Ok).await;
     let other = Backend::start("other").await;
-    let (_proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
+    let (proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
     // Found by the h2 fuzz target: HPACK lets `"` into a name, HTTP/1.1
     // does not. GET / for "a", then the literal field `x-a": 1`.
     let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
@@ -555,8 +583,12 @@ async fn an_http2_field_name_that_is_no_http1_token_is_refused() {
                     break;
                 }
                 if got[at + 3] == HEADERS && stream == 1 {
-                    // HPACK static table: 0x8c is `:status 400`.
-                    return got[at + 9];
+                    // HPACK static table: 0x8c is `:status 400`, after
+                    // any dynamic table size updates (001xxxxx, one byte
+                    // for sizes below 31).
+                    let block = &got[at + 9..at + 9 + len];
+                    let first = block.iter().find(|b| *b & 0xe0 != 0x20);
+                    return first.copied().unwrap_or_default();
                 }
                 at += 9 + len;
             }
@@ -568,6 +600,7 @@ async fn an_http2_field_name_that_is_no_http1_token_is_refused() {
     .await
     .expect("answered in time");
     assert_eq!(status, 0x8c, "not a 400");
+    assert_eq!(protocol_errors(&proxy, "http2", "malformed").await, 1.0);
     assert!(
         upstream.requests().is_empty(),
         "forwarded: {:?}",
@@ -649,7 +682,7 @@ async fn h2_status(address: SocketAddr, headers: &[(String, String)]) -> u16 {
 
 #[tokio::test]
 async fn heads_past_the_listeners_limits_get_431_and_never_reach_the_upstream() {
-    let (upstream, _other, _proxy, address) = limited_proxy(
+    let (upstream, _other, proxy, address) = limited_proxy(
         Answer::Ok,
         "{ max_header_bytes: 1KiB, max_headers: 10 }",
         "",
@@ -680,6 +713,8 @@ async fn heads_past_the_listeners_limits_get_431_and_never_reach_the_upstream() 
     assert_eq!(h2_status(address, &fields(11, 1)).await, 431);
     assert_eq!(h2_status(address, &fields(1, 2048)).await, 431);
     assert_eq!(upstream.requests().len(), forwarded + 1);
+    assert_eq!(protocol_errors(&proxy, "http1", "too_large").await, 2.0);
+    assert_eq!(protocol_errors(&proxy, "http2", "too_large").await, 2.0);
 }
 
 #[tokio::test]
@@ -694,7 +729,7 @@ async fn the_default_limits_let_a_100_field_60_kib_head_through() {
 
 #[tokio::test]
 async fn a_head_slower_than_request_head_timeout_gets_408_and_is_closed() {
-    let (upstream, _other, _proxy, address) =
+    let (upstream, _other, proxy, address) =
         limited_proxy(Answer::Ok, "{ request_head_timeout: 300ms }", "").await;
     let mut conn = TcpStream::connect(address).await.expect("connect");
     conn.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Wait: ")
@@ -708,6 +743,8 @@ async fn a_head_slower_than_request_head_timeout_gets_408_and_is_closed() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(upstream.requests().is_empty());
+    assert_eq!(protocol_errors(&proxy, "http1", "timeout").await, 1.0);
+    assert_eq!(protocol_errors(&proxy, "http1", "malformed").await, 0.0);
 }
 
 #[tokio::test]
@@ -919,34 +956,13 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// Reads frames from `conn` until `found` holds for one, which is
 /// returned; `None` if skiff closed first.
 async fn read_frame_until(conn: &mut TcpStream, found: impl Fn(&Frame) -> bool) -> Option<Frame> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            while buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let frame = Frame {
-                    kind: buf[3],
-                    flags: buf[4],
-                    stream: u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
-                    payload: buf[9..9 + len].to_vec(),
-                };
-                buf.drain(..9 + len);
-                if found(&frame) {
-                    return Some(frame);
-                }
-            }
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+    let mut frames = FrameReader::default();
+    loop {
+        let frame = frames.next(conn).await?;
+        if found(&frame) {
+            return Some(frame);
         }
-    })
-    .await
-    .expect("skiff answered in time")
+    }
 }
 
 #[tokio::test]
@@ -956,7 +972,7 @@ async fn http2_settings_carry_the_listeners_limits_and_extra_streams_are_refused
     const SETTINGS: u8 = 0x4;
     const END_HEADERS: u8 = 0x4;
     const REFUSED_STREAM: u32 = 0x7;
-    let (_upstream, _other, _proxy, address) = limited_proxy(
+    let (_upstream, _other, proxy, address) = limited_proxy(
         Answer::Ok,
         "{ max_header_bytes: 32KiB, http2: { max_concurrent_streams: 2 } }",
         "",
@@ -996,6 +1012,90 @@ async fn http2_settings_carry_the_listeners_limits_and_extra_streams_are_refused
         .expect("a reset stream");
     assert_eq!(reset.stream, 5);
     assert_eq!(reset.payload, REFUSED_STREAM.to_be_bytes());
+    assert_eq!(
+        protocol_errors(&proxy, "http2", "refused_stream").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn http2_stream_and_connection_errors_are_answered_and_counted() {
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const END_HEADERS: u8 = 0x4;
+    const PROTOCOL_ERROR: u32 = 0x1;
+    let upstream = RawUpstream::start(Answer::Ok).await;
+    let other = Backend::start("other").await;
+    let (proxy, address) = start_proxy(&config(upstream.address, other.address)).await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    // A POST left open, then a WINDOW_UPDATE of 0 for it: a stream error
+    // (RFC 9113 §6.9). HPACK: POST, http, /, :authority "a".
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    raw.extend(h2_frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &[0x83, 0x86, 0x84, 0x41, 0x01, b'a'],
+    ));
+    raw.extend(h2_frame(WINDOW_UPDATE, 0, 1, &0u32.to_be_bytes()));
+    conn.write_all(&raw).await.expect("write");
+    let reset = read_frame_until(&mut conn, |f| f.kind == RST_STREAM)
+        .await
+        .expect("a reset stream");
+    assert_eq!(
+        (reset.stream, reset.payload),
+        (1, PROTOCOL_ERROR.to_be_bytes().to_vec())
+    );
+    // A PING on a stream: a connection error (RFC 9113 §6.7).
+    conn.write_all(&h2_frame(PING, 0, 3, &[0; 8]))
+        .await
+        .expect("write");
+    let goaway = read_frame_until(&mut conn, |f| f.kind == GOAWAY)
+        .await
+        .expect("GOAWAY");
+    assert_eq!(goaway.payload[4..8], PROTOCOL_ERROR.to_be_bytes());
+    assert_eq!(protocol_errors(&proxy, "http2", "stream_error").await, 1.0);
+    assert_eq!(
+        protocol_errors(&proxy, "http2", "connection_error").await,
+        1.0
+    );
+    assert_eq!(protocol_errors(&proxy, "http2", "malformed").await, 0.0);
+}
+
+#[tokio::test]
+async fn http2_streams_reset_for_errors_past_the_limit_are_one_flood() {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+    let (upstream, _other, proxy, address) = limited_proxy(
+        Answer::Ok,
+        "{ http2: { max_local_error_reset_streams: 2 } }",
+        "",
+    )
+    .await;
+    // Three GETs with an uppercase field name, malformed (RFC 9113
+    // §8.2.1): two are reset, the third passes the limit.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    hpack_literal(&mut block, b"X-Upper", b"1");
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    for stream in [1, 3, 5] {
+        raw.extend(h2_frame(HEADERS, END_STREAM_AND_HEADERS, stream, &block));
+    }
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    conn.write_all(&raw).await.expect("write");
+    let goaway = read_frame_until(&mut conn, |f| f.kind == GOAWAY)
+        .await
+        .expect("GOAWAY");
+    assert_eq!(goaway.payload[4..8], ENHANCE_YOUR_CALM.to_be_bytes());
+    assert!(upstream.requests().is_empty());
+    // Each client mistake is counted once: the third as the flood only.
+    assert_eq!(protocol_errors(&proxy, "http2", "malformed").await, 2.0);
+    assert_eq!(protocol_errors(&proxy, "http2", "flood").await, 1.0);
 }
 
 /// Rapid reset frames: `streams` streams, each opened and cancelled.
@@ -1018,7 +1118,7 @@ fn reset_flood(streams: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_http2_reset_flood_past_the_limit_gets_goaway() {
-    let (upstream, _other, _proxy, address) = limited_proxy(
+    let (upstream, _other, proxy, address) = limited_proxy(
         Answer::Ok,
         "{ http2: { max_pending_accept_reset_streams: 5 } }",
         "",
@@ -1037,6 +1137,11 @@ async fn an_http2_reset_flood_past_the_limit_gets_goaway() {
     ]);
     assert_eq!(code, ENHANCE_YOUR_CALM);
     assert!(upstream.requests().len() < 500);
+    assert_eq!(protocol_errors(&proxy, "http2", "flood").await, 1.0);
+    assert_eq!(
+        protocol_errors(&proxy, "http2", "connection_error").await,
+        0.0
+    );
     let mut client = Client::h2(address).await.expect("connect");
     let (status, _, _) = client.get("/normal").await.expect("served");
     assert_eq!(status, 200);
@@ -1183,4 +1288,122 @@ async fn a_normal_client_is_served_during_http2_reset_floods_and_memory_returns(
     )
     .await;
     normal_traffic(address, 20).await;
+}
+
+/// HPACK: a literal field with a new name, neither Huffman-coded.
+fn hpack_literal(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    fn int(block: &mut Vec<u8>, mut n: usize) {
+        if n < 127 {
+            block.push(n as u8);
+            return;
+        }
+        block.push(127);
+        n -= 127;
+        while n >= 128 {
+            block.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        block.push(n as u8);
+    }
+    block.push(0);
+    int(block, name.len());
+    block.extend_from_slice(name);
+    int(block, value.len());
+    block.extend_from_slice(value);
+}
+
+/// Request bytes skiff never forwards (here: bodies of requests it
+/// answers itself with 431) still come back to the connection's
+/// flow-control window. A client that keeps to the window, as this one
+/// does, would otherwise stall for good once a megabyte went that way.
+#[tokio::test]
+async fn http2_bodies_of_refused_requests_are_given_back_to_the_connections_window() {
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let (upstream, _other, _proxy, address) =
+        limited_proxy(Answer::Ok, "{ max_header_bytes: 1KiB }", "").await;
+    let mut conn = TcpStream::connect(address).await.expect("connect");
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    conn.write_all(&raw).await.expect("write");
+    // POST, http, /, :authority "a", and a 2 KiB field: past the limit.
+    let mut block = vec![0x83, 0x86, 0x84, 0x41, 0x01, b'a'];
+    hpack_literal(&mut block, b"x-big", &[b'v'; 2048]);
+    let body = vec![7u8; 16 * 1024];
+    let mut window: i64 = 65_535;
+    let mut frames = FrameReader::default();
+    for i in 0..80u32 {
+        let stream = 2 * i + 1;
+        // 64 KiB a request, 5 MiB in all: past the 1 MiB window, so
+        // skiff must give the refused bodies back to go on.
+        while window < 4 * body.len() as i64 {
+            let frame = frames.next(&mut conn).await;
+            let frame = frame.unwrap_or_else(|| panic!("closed before request {i}"));
+            if frame.kind == WINDOW_UPDATE && frame.stream == 0 {
+                let n = u32::from_be_bytes(frame.payload[..4].try_into().expect("4 bytes"));
+                window += i64::from(n & 0x7fff_ffff);
+            }
+        }
+        let mut raw = h2_frame(HEADERS, END_HEADERS, stream, &block);
+        for k in 0..4 {
+            let flags = if k == 3 { END_STREAM } else { 0 };
+            raw.extend(h2_frame(DATA, flags, stream, &body));
+        }
+        conn.write_all(&raw).await.expect("write");
+        window -= 4 * body.len() as i64;
+        let head = loop {
+            let frame = frames.next(&mut conn).await.expect("an answer");
+            if frame.kind == WINDOW_UPDATE && frame.stream == 0 {
+                let n = u32::from_be_bytes(frame.payload[..4].try_into().expect("4 bytes"));
+                window += i64::from(n & 0x7fff_ffff);
+            }
+            if frame.kind == HEADERS && frame.stream == stream {
+                break frame;
+            }
+        };
+        // :status 431 is no static entry: a literal with name index 8.
+        assert!(head.payload.windows(3).any(|w| w == b"431"), "{head:?}");
+    }
+    assert!(upstream.requests().is_empty());
+}
+
+/// Reads frames one at a time, keeping what arrived past the last one.
+#[derive(Default)]
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The next frame; `None` once skiff closed. Panics after `LIMIT`.
+    async fn next(&mut self, conn: &mut TcpStream) -> Option<Frame> {
+        let mut chunk = [0u8; 16 * 1024];
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                if self.buf.len() >= 9 {
+                    let b = &self.buf;
+                    let len = u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
+                    if b.len() >= 9 + len {
+                        let frame = Frame {
+                            kind: b[3],
+                            flags: b[4],
+                            stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
+                            payload: b[9..9 + len].to_vec(),
+                        };
+                        self.buf.drain(..9 + len);
+                        return Some(frame);
+                    }
+                }
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("skiff answered in time")
+    }
 }

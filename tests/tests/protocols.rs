@@ -338,3 +338,111 @@ async fn concurrent_first_requests_share_one_http2_upstream_connection() {
         1
     );
 }
+
+/// The response to `req`, a request without a body, sent on `client`.
+async fn h2_answer(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    req: Request<()>,
+) -> http::Response<h2::RecvStream> {
+    let (response, _) = client.send_request(req, true).expect("send");
+    tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered in time")
+        .expect("response")
+}
+
+/// skiff's own HTTP/2 server at the edges a browser or gRPC library
+/// reaches: a 1,000-byte stream window (every response byte waits for a
+/// WINDOW_UPDATE), a header block split into CONTINUATION frames, frames
+/// larger than the default, a PING, and a stream cancelled mid-response.
+#[tokio::test]
+async fn http2_flow_control_continuation_and_cancelled_streams() {
+    let backend = Backend::start("b").await;
+    let (_proxy, address) =
+        start_proxy(&config("http1", &format!("[{}]", backend.address), "")).await;
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (mut client, mut conn) = h2::client::Builder::new()
+        .initial_window_size(1000)
+        .max_frame_size(1 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let ping = conn.ping_pong().expect("ping handle");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let limit = Duration::from_secs(10);
+
+    // 200 KiB echoed through a 1,000-byte window.
+    let payload: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let req = Request::post("http://test.local/echo")
+        .body(())
+        .expect("req");
+    let (response, mut send) = client.send_request(req, false).expect("send");
+    send.send_data(payload.clone().into(), true).expect("body");
+    let response = tokio::time::timeout(limit, response)
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut back = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(limit, body.data())
+        .await
+        .expect("in time")
+    {
+        let chunk = chunk.expect("chunk");
+        assert!(chunk.len() <= 1000, "a frame past the window");
+        body.flow_control()
+            .release_capacity(chunk.len())
+            .expect("release");
+        back.extend_from_slice(&chunk);
+    }
+    assert_eq!(back, payload);
+
+    // A 40 KiB field: HEADERS and CONTINUATION frames, forwarded whole.
+    let big = "v".repeat(40 * 1024);
+    let req = Request::get("http://test.local/headers")
+        .header("x-big", big.as_str())
+        .body(())
+        .expect("req");
+    let response = h2_answer(&mut client, req).await;
+    let mut body = response.into_body();
+    let mut json = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("chunk");
+        body.flow_control()
+            .release_capacity(chunk.len())
+            .expect("release");
+        json.extend_from_slice(&chunk);
+    }
+    let seen: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    assert_eq!(seen["x-big"].as_str().map(str::len), Some(40 * 1024));
+
+    // A PING is answered.
+    let mut ping = ping;
+    tokio::time::timeout(limit, ping.ping(h2::Ping::opaque()))
+        .await
+        .expect("pong in time")
+        .expect("pong");
+
+    // A stream cancelled mid-response: the others carry on.
+    let req = Request::get("http://test.local/bytes/10000000")
+        .body(())
+        .expect("req");
+    let response = h2_answer(&mut client, req).await;
+    let mut body = response.into_body();
+    let first = body.data().await.expect("a chunk").expect("chunk");
+    assert!(!first.is_empty());
+    drop(body);
+    let req = Request::get("http://test.local/hello")
+        .body(())
+        .expect("req");
+    let response = h2_answer(&mut client, req).await;
+    assert_eq!(response.headers()["x-backend"], "b");
+    assert!(response.headers().contains_key("date"));
+    assert_eq!(response.headers()["content-length"], "1");
+    drop(client);
+}

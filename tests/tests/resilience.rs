@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use http_body_util::BodyExt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use skiff_tests::{metric_value, start_proxy, unanswered_listener, wait_for, Backend, Client};
 
@@ -161,18 +162,25 @@ async fn connect_failures_are_retried_on_another_endpoint_even_for_posts() {
     assert_eq!(retries(&proxy), 8.0);
 }
 
-#[tokio::test]
-async fn after_a_503_idempotent_or_marked_requests_are_retried_and_other_posts_are_not() {
+/// A proxy in front of an endpoint answering 503 and a healthy one, with
+/// room for every retry (the budget has a test of its own) and no
+/// ejection.
+async fn failing_and_healthy() -> (Backend, Backend, skiff::Proxy, SocketAddr) {
     let failing = Backend::start("failing").await;
     failing.control.status.store(503, Relaxed);
     let healthy = Backend::start("healthy").await;
     let (proxy, address) = start_proxy(&two_endpoints(
         failing.address,
         healthy.address,
-        // Room for every retry here; the budget has a test of its own.
         "    retries: { min_per_second: 1000 }\n    outlier_detection: { consecutive_failures: 0 }\n",
     ))
     .await;
+    (failing, healthy, proxy, address)
+}
+
+#[tokio::test]
+async fn after_a_503_idempotent_or_marked_requests_are_retried_and_other_posts_are_not() {
+    let (failing, _healthy, proxy, address) = failing_and_healthy().await;
     let mut c = Client::h1(address).await.expect("connect");
     for i in 0..8 {
         let (status, name, _) = c.get(&format!("/get/{i}")).await.expect("response");
@@ -241,6 +249,68 @@ async fn after_a_503_idempotent_or_marked_requests_are_retried_and_other_posts_a
         let headers: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert!(headers.get("x-skiff-retryable").is_none(), "{headers}");
     }
+}
+
+/// HTTP/2 clients: a retried request is the request skiff prepared and
+/// its own HTTP/1 client sent, given back for the next try, not a copy.
+#[tokio::test]
+async fn after_a_503_requests_from_http2_clients_are_retried_with_their_headers() {
+    let (failing, _healthy, proxy, address) = failing_and_healthy().await;
+    let mut c = Client::h2(address).await.expect("connect");
+    let mut seen_retry = false;
+    for i in 0..8 {
+        let before = failing.requests();
+        let req = http::Request::get(format!("http://shop.example/headers?{i}"))
+            .header("x-custom", "kept")
+            .body(skiff_tests::empty())
+            .expect("request");
+        let resp = c.send(req).await.expect("response");
+        assert_eq!(resp.status(), 200, "GET {i}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let headers: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(headers["x-custom"], "kept", "{headers}");
+        assert_eq!(headers["host"], "shop.example", "{headers}");
+        assert_eq!(
+            headers["x-request-id"].as_str().map(str::len),
+            Some(36),
+            "{headers}"
+        );
+        seen_retry |= failing.requests() > before;
+    }
+    assert!(
+        seen_retry,
+        "round robin sent some GETs to the failing endpoint"
+    );
+    assert_eq!(retries(&proxy), failing.requests() as f64);
+}
+
+/// A request that names no host is sent with its endpoint's address as
+/// Host; its retry names the next endpoint, not the first.
+#[tokio::test]
+async fn a_retry_of_a_request_without_host_names_the_endpoint_it_goes_to() {
+    let (failing, healthy, _proxy, address) = failing_and_healthy().await;
+    let mut seen_retry = false;
+    for _ in 0..6 {
+        let before = failing.requests();
+        let mut conn = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        conn.write_all(b"GET /headers HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        conn.read_to_end(&mut out).await.expect("read");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let headers: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(headers["host"], healthy.address.to_string(), "{headers}");
+        seen_retry |= failing.requests() > before;
+    }
+    assert!(
+        seen_retry,
+        "round robin sent some requests to the failing endpoint"
+    );
 }
 
 #[tokio::test]

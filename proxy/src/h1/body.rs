@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::conn::Conn;
+use crate::metrics::{ProtocolError, ProtocolErrors};
 
 /// Bytes asked of the socket per read while a body streams.
 const READ_CHUNK: usize = 16 * 1024;
@@ -250,6 +251,8 @@ pub struct RequestBody {
     /// Trailers were sent; the end is next.
     ended: bool,
     back: Option<oneshot::Sender<Returned>>,
+    /// Where a chunked body's framing errors are counted.
+    errors: Option<Arc<ProtocolErrors>>,
 }
 
 impl RequestBody {
@@ -259,6 +262,7 @@ impl RequestBody {
         buf: BytesMut,
         kind: Kind,
         back: oneshot::Sender<Returned>,
+        errors: Option<Arc<ProtocolErrors>>,
     ) -> RequestBody {
         RequestBody {
             conn,
@@ -266,6 +270,7 @@ impl RequestBody {
             kind,
             ended: false,
             back: Some(back),
+            errors,
         }
     }
 
@@ -361,10 +366,14 @@ impl Body for RequestBody {
                     }
                     Ok(None) => {}
                     Err(e) => {
+                        // Taken: a body that is polled again counts once.
+                        if let Some(errors) = this.errors.take() {
+                            errors.count(ProtocolError::Http1Malformed);
+                        }
                         return Poll::Ready(Some(Err(io::Error::new(
                             io::ErrorKind::InvalidData,
                             e,
-                        ))))
+                        ))));
                     }
                 },
             }

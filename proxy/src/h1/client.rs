@@ -39,6 +39,10 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Most asked per read of a body whose length is known: a 64 KiB
+/// response is then one read and one write on the client's side, not
+/// four of each (hyper's read buffer grows the same way, to 400 KiB).
+const BODY_READ_MAX: usize = 256 * 1024;
 /// Body bytes copied next to the head; larger bodies go out by `writev`.
 const COPY_LIMIT: usize = 4 * 1024;
 
@@ -93,25 +97,34 @@ pub enum Error {
     Malformed(&'static str),
 }
 
-/// What [`send`] gives back when the request got no response.
+/// Why [`send`] got no response.
 #[derive(Debug)]
 pub struct Failed {
     pub error: Error,
-    /// The request, unsent or safe to send again: a pooled connection
-    /// that the upstream had closed (a keep-alive race), for a request
-    /// that may go twice.
-    pub request: Option<Request<UpstreamBody>>,
+    /// The request is safe to send again on another connection at once:
+    /// a pooled connection that the upstream had closed (a keep-alive
+    /// race), for a request that may go twice.
+    pub resend: bool,
 }
 
-/// Whether this client can carry `req`: its body is whole already. An
-/// HTTP/1 client's body that has arrived whole with its head is taken
-/// off the socket's buffer for it.
+/// Whether this client can carry `req`: its body is whole already. A
+/// body that has arrived whole with its head (in the HTTP/1 socket's
+/// buffer, or the HTTP/2 stream's first DATA frame) is taken for it.
 pub fn can_send(req: &mut Request<UpstreamBody>) -> bool {
     match req.body_mut() {
         UpstreamBody::Empty | UpstreamBody::Buffered { .. } => true,
-        UpstreamBody::Http2(b) => b.is_end_stream(),
         // Streamed under the route's body limit: hyper's client sends it.
         UpstreamBody::Capped(_) => false,
+        UpstreamBody::Http2(b) => match b.take_whole() {
+            Some(data) => {
+                *req.body_mut() = UpstreamBody::Buffered {
+                    data: Some(data),
+                    trailers: None,
+                };
+                true
+            }
+            None => false,
+        },
         UpstreamBody::Http1(b) => match b.take_whole() {
             Some(data) => {
                 *req.body_mut() = UpstreamBody::Buffered {
@@ -126,17 +139,18 @@ pub fn can_send(req: &mut Request<UpstreamBody>) -> bool {
 }
 
 /// Sends `req` on `conn` and reads the response head. The response body
-/// owns the connection and reads it as it is polled.
+/// owns the connection and reads it as it is polled. `req` is only
+/// borrowed: the caller keeps it for a retry, with no copy made.
 ///
-/// Not an `async fn`: that would hold `req` twice in its future.
+/// Not an `async fn`: that would hold its parameters twice in its future.
 #[allow(clippy::manual_async_fn)] // see above: the future stays smaller
 pub fn send(
     mut conn: Box<Connection>,
-    req: Request<UpstreamBody>,
-) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Failed>> {
+    req: &Request<UpstreamBody>,
+) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Failed>> + '_ {
     async move {
         let mut out = buffers::write();
-        let rest = encode(&req, &mut out);
+        let rest = encode(req, &mut out);
         let written = write_all(&conn.stream, [&out, rest.as_deref().unwrap_or(&[])]).await;
         buffers::give_write(out);
         let head_request = req.method() == Method::HEAD;
@@ -144,10 +158,9 @@ pub fn send(
         if let Err(e) = written {
             // Nothing written was read: a closed pooled connection refuses the
             // first write, so the request is safe to send again.
-            let request = conn.reused.then_some(req);
             return Err(Failed {
                 error: Error::Io(e),
-                request,
+                resend: conn.reused,
             });
         }
         let Connection { stream, buf, .. } = &mut *conn;
@@ -160,11 +173,11 @@ pub fn send(
             })),
             Err(Error::Closed) => Err(Failed {
                 error: Error::Closed,
-                request: again.then_some(req),
+                resend: again,
             }),
             Err(error) => Err(Failed {
                 error,
-                request: None,
+                resend: false,
             }),
         }
     }
@@ -225,7 +238,7 @@ fn encode(req: &Request<UpstreamBody>, out: &mut Vec<u8>) -> Option<Bytes> {
         }
     } else if buffered || (!has_length && carries_body(req.method())) {
         out.extend_from_slice(b"content-length: ");
-        decimal(out, len);
+        out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
     } else {
         out.extend_from_slice(b"\r\n");
@@ -251,20 +264,6 @@ fn encode(req: &Request<UpstreamBody>, out: &mut Vec<u8>) -> Option<Bytes> {
         out.extend_from_slice(b"\r\n");
     }
     rest
-}
-
-fn decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Methods whose requests say how long their (here empty) body is, as
@@ -355,10 +354,10 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         head.slice(start..start + part.len())
     };
-    // Room for two more: hyper's HTTP/2 server sets `date` and
-    // `content-length` through `HeaderMap::entry`, which grows a full map
-    // even when the name is already there.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 2);
+    // Exactly the fields read: neither server adds to a response's map
+    // (both write `date` straight into the head), and a small map stays
+    // within the allocator's per-thread cache.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
@@ -475,9 +474,15 @@ impl ResponseBody {
         let Some(conn) = &mut self.conn else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        let want = match self.kind {
+            Kind::Length(left) => usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .clamp(READ_CHUNK, BODY_READ_MAX),
+            _ => READ_CHUNK,
+        };
         loop {
             ready!(conn.stream.poll_read_ready(cx))?;
-            conn.buf.reserve(READ_CHUNK);
+            conn.buf.reserve(want);
             match read_available(&conn.stream, &mut conn.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),

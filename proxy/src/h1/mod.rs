@@ -38,6 +38,7 @@ use crate::conn::Conn;
 use crate::forward::{self, ProxyBody};
 use crate::limits::ListenerLimits;
 use crate::listener::{ConnectionGuard, ListenerState};
+use crate::metrics::ProtocolError;
 use body::{ChunkedDecoder, Kind, RequestBody};
 use parse::{Framing, HeadError, HeadLimits, Parsed};
 
@@ -157,10 +158,13 @@ async fn request(
         Ok(Head::Closed) => return Next::Gone,
         Err(ReadError::Head(e)) => {
             tracing::debug!(%peer, "refused request: {e}");
+            let error = ProtocolError::of_status(false, e.status.as_u16());
+            state.protocol_errors.count(error);
             refuse(conn, e.status, e.reason).await;
             return Next::Gone;
         }
         Err(ReadError::Timeout) => {
+            state.protocol_errors.count(ProtocolError::Http1Timeout);
             refuse(conn, StatusCode::REQUEST_TIMEOUT, "request head timeout").await;
             return Next::Gone;
         }
@@ -179,7 +183,7 @@ enum Next {
     Close,
     /// Already closed, or nothing more to say.
     Gone,
-    /// The client spoke HTTP/2: serve the connection with hyper.
+    /// The client spoke HTTP/2: serve the connection with skiff's HTTP/2 server.
     Http2,
     /// Switch to a tunnel; bytes the client sent past the head are in the buffer.
     Upgrade(forward::Tunnel),
@@ -213,8 +217,13 @@ fn exchange<'a>(
         let version = request.version();
         let (body, returned) = match framing {
             Framing::Empty => (UpstreamBody::Empty, None),
-            Framing::Length(n) => body_from(conn, buf, Kind::Length(n)),
-            Framing::Chunked => body_from(conn, buf, Kind::Chunked(ChunkedDecoder::default())),
+            Framing::Length(n) => body_from(conn, buf, Kind::Length(n), None),
+            Framing::Chunked => body_from(
+                conn,
+                buf,
+                Kind::Chunked(ChunkedDecoder::default()),
+                Some(state.protocol_errors.clone()),
+            ),
         };
         if expect_continue
             && !too_large_for_its_route(state, &request, framing)
@@ -330,14 +339,16 @@ fn too_large_for_its_route(
     )
 }
 
-/// A request body reading from the socket, taking the buffered bytes with it.
+/// A request body reading from the socket, taking the buffered bytes with
+/// it; a chunked one counts its framing errors in `errors`.
 fn body_from(
     conn: &Arc<Conn>,
     buf: &mut BytesMut,
     kind: Kind,
+    errors: Option<Arc<crate::metrics::ProtocolErrors>>,
 ) -> (UpstreamBody, Option<oneshot::Receiver<body::Returned>>) {
     let (back, returned) = oneshot::channel();
-    let body = RequestBody::new(conn.clone(), std::mem::take(buf), kind, back);
+    let body = RequestBody::new(conn.clone(), std::mem::take(buf), kind, back, errors);
     (UpstreamBody::Http1(body), Some(returned))
 }
 

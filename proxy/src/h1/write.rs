@@ -273,7 +273,7 @@ pub(crate) async fn write_all(stream: &TcpStream, mut parts: [&[u8]; 2]) -> io::
 }
 
 /// The `Date` value, formatted once a second per thread.
-mod date {
+pub(crate) mod date {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -281,7 +281,21 @@ mod date {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
 
+    /// The value in `buf` (an HTTP date is 29 bytes).
+    pub fn get(buf: &mut [u8; 29]) -> &[u8] {
+        let n = with(|date| {
+            let n = date.len().min(29);
+            buf[..n].copy_from_slice(&date[..n]);
+            n
+        });
+        &buf[..n]
+    }
+
     pub fn append(out: &mut Vec<u8>) {
+        with(|date| out.extend_from_slice(date));
+    }
+
+    fn with<R>(f: impl FnOnce(&[u8]) -> R) -> R {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         CACHE.with(|cache| {
@@ -289,8 +303,8 @@ mod date {
             if cache.0 != second || cache.1.is_empty() {
                 *cache = (second, httpdate::fmt_http_date(now));
             }
-            out.extend_from_slice(cache.1.as_bytes());
-        });
+            f(cache.1.as_bytes())
+        })
     }
 }
 

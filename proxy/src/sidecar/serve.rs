@@ -313,6 +313,7 @@ impl Shared {
                 unrouted: inner.registry.unrouted(listener),
                 connections: inner.registry.connections(listener),
                 refused: inner.registry.refused(listener),
+                protocol_errors: inner.registry.protocol_errors(listener),
                 // Unused: a captured connection is served within the limits
                 // of the listener that accepted it.
                 limits: Default::default(),
