@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use skiff::cluster::Cluster;
-use skiff::config::{Config, LbPolicy};
 use skiff::metrics::Registry;
 use skiff::route::RouteTable;
-use skiff_discovery::{EndpointSet, EndpointSpec};
+use skiff_config::cluster::LbPolicy;
+use skiff_config::endpoints::EndpointSpec;
+use skiff_config::Config;
+use skiff_discovery::EndpointSet;
 
 fn cluster(lb: LbPolicy, n: usize, weighted: bool) -> Arc<Cluster> {
     let yaml = format!(
@@ -22,7 +24,7 @@ fn cluster(lb: LbPolicy, n: usize, weighted: bool) -> Arc<Cluster> {
         }
     );
     let config = Config::parse(&yaml, "bench.yaml", Path::new(".")).expect("config");
-    let cluster = Arc::new(Cluster::new(config.clusters[0].clone()));
+    let cluster = Arc::new(Cluster::new(config.clusters[0].clone()).expect("a plaintext cluster"));
     let set: EndpointSet = (0..n)
         .map(|i| {
             EndpointSpec::new(
@@ -73,7 +75,7 @@ fn route_match(c: &mut Criterion) {
     let config = Config::parse(&yaml, "bench.yaml", Path::new(".")).expect("config");
     let clusters: HashMap<String, Arc<Cluster>> = [(
         "c".to_string(),
-        Arc::new(Cluster::new(config.clusters[0].clone())),
+        Arc::new(Cluster::new(config.clusters[0].clone()).expect("a plaintext cluster")),
     )]
     .into();
     let table =

@@ -33,8 +33,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 use skiff::cluster::balance::Balancer;
 use skiff::cluster::Cluster;
-use skiff::config::{Config, LbPolicy};
-use skiff_discovery::kubernetes::{merge, ServiceEndpoints, ServicePort, Slice};
+use skiff_config::cluster::LbPolicy;
+use skiff_config::endpoints::ServicePort;
+use skiff_config::Config;
+use skiff_discovery::kubernetes::{merge, ServiceEndpoints, Slice};
 use skiff_discovery::EndpointSet;
 use skiff_tests::fake_kube::terminating_pod;
 use skiff_tests::fake_kube::{endpoint_slice, ready_pod, FakeKube};
@@ -191,7 +193,7 @@ fn pieces(slices: usize) {
         std::path::Path::new("."),
     )
     .expect("config");
-    let cluster = Cluster::new(config.clusters[0].clone());
+    let cluster = Cluster::new(config.clusters[0].clone()).expect("a plaintext cluster");
     let sets: Vec<EndpointSet> = changed
         .iter()
         .map(|c| {

@@ -12,99 +12,14 @@
 
 pub mod file;
 pub mod kubernetes;
-pub mod yaml;
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-/// Weight an endpoint gets when none is given.
-pub const DEFAULT_WEIGHT: u32 = 1;
-/// Largest weight accepted; keeps weighted schedules small.
-pub const MAX_WEIGHT: u32 = 10_000;
-
-/// One backend as a source describes it.
-///
-/// The proxy tells endpoints apart by `address` alone: a new `weight` or
-/// `origin` for the same address updates the live endpoint in place.
-#[derive(Debug, Clone, Eq, serde::Serialize)]
-pub struct EndpointSpec {
-    pub address: SocketAddr,
-    pub weight: u32,
-    /// Where a discovered endpoint came from; `None` for static and file
-    /// endpoints. Shared, so copying a set copies no strings.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "origin")]
-    pub origin: Option<Arc<Origin>>,
-}
-
-/// Equal when address, weight and origin are; a shared origin compares by
-/// pointer first, so comparing two sets of one Service costs no string
-/// comparisons for the endpoints that did not change.
-impl PartialEq for EndpointSpec {
-    fn eq(&self, other: &EndpointSpec) -> bool {
-        self.address == other.address
-            && self.weight == other.weight
-            && match (&self.origin, &other.origin) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                (None, None) => true,
-                _ => false,
-            }
-    }
-}
-
-/// By content, as equality is (a shared pointer only shortcuts equality).
-impl std::hash::Hash for EndpointSpec {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.address.hash(state);
-        self.weight.hash(state);
-        self.origin.as_deref().hash(state);
-    }
-}
-
-impl EndpointSpec {
-    /// An endpoint with no origin (static or file).
-    pub fn new(address: SocketAddr, weight: u32) -> EndpointSpec {
-        EndpointSpec {
-            address,
-            weight,
-            origin: None,
-        }
-    }
-}
-
-/// What a Kubernetes EndpointSlice says about one endpoint: the slice it was
-/// read from, its topology (kept for zone-aware routing) and its conditions
-/// as the API defines them (absent `ready`/`serving` read as true, absent
-/// `terminating` as false).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct Origin {
-    pub slice: String,
-    pub zone: Option<String>,
-    pub node: Option<String>,
-    pub ready: bool,
-    pub serving: bool,
-    pub terminating: bool,
-}
+use skiff_config::endpoints::{EndpointSpec, Source};
 
 /// A complete set of endpoints, as of one update from a source.
 pub type EndpointSet = Arc<[EndpointSpec]>;
-
-/// Where a cluster's endpoints come from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// A fixed list from the config file.
-    Static(Vec<EndpointSpec>),
-    /// A YAML file (a list of `address` with optional `weight`), checked
-    /// for changes every `interval`.
-    File {
-        path: std::path::PathBuf,
-        #[serde(serialize_with = "millis")]
-        interval: std::time::Duration,
-    },
-    /// A Kubernetes Service's EndpointSlices, watched on the API server.
-    Kubernetes(kubernetes::Target),
-}
 
 /// Starts sources, and holds what they share: one Kubernetes watch per
 /// namespace however many clusters use it. Cheap to clone; clones share.
@@ -139,12 +54,4 @@ impl Discovery {
             Source::Kubernetes(target) => self.kubernetes.subscribe(target, cluster, errors),
         }
     }
-}
-
-fn origin<S: serde::Serializer>(o: &Option<Arc<Origin>>, s: S) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(&o.as_deref(), s)
-}
-
-fn millis<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{}ms", d.as_millis()))
 }

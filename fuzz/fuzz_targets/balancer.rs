@@ -17,9 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use skiff::cluster::{health, Cluster, Endpoint, InFlight};
-use skiff::config::{ClusterConfig, Config};
-use skiff_discovery::{EndpointSet, EndpointSpec, MAX_WEIGHT};
+use skiff::cluster::{health, Cluster, Endpoint, InFlight, Settings};
+use skiff_config::endpoints::{EndpointSpec, MAX_WEIGHT};
+use skiff_config::{ClusterConfig, Config};
+use skiff_discovery::EndpointSet;
 
 /// One step, read from a line of the input (readable seeds and reproducers):
 ///
@@ -151,7 +152,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ops = text.lines().filter_map(read_op);
-    let cluster = Cluster::new(settings(0));
+    let cluster = Cluster::new(settings(0)).expect("a plaintext cluster");
     let mut held: Vec<InFlight> = Vec::new();
     // Every endpoint ever created, to check its count at the end.
     let mut seen: HashMap<SocketAddr, Vec<Arc<Endpoint>>> = HashMap::new();
@@ -208,7 +209,11 @@ fuzz_target!(|data: &[u8]| {
                     cluster.record_outcome(&members[n as usize % members.len()], failed);
                 }
             }
-            Op::Settings(i) => cluster.update_settings(settings(i as usize)),
+            Op::Settings(i) => {
+                let settings =
+                    Settings::new(settings(i as usize), None).expect("a plaintext cluster");
+                cluster.update_settings(settings)
+            }
             Op::Sweep => cluster.sweep(),
         }
         for e in seen.values().flatten() {

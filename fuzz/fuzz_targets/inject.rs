@@ -19,9 +19,13 @@ fuzz_target!(|data: &[u8]| {
         // output yet, so only inputs without them are held to idempotence.
         Ok(_) if text.contains(['&', '*', '!']) => {}
         Ok(first) => {
-            let second = inject(&first.yaml, &options)
-                .unwrap_or_else(|e| panic!("skiff inject refused its own output: {e}\n{}", first.yaml));
-            assert_eq!(second.yaml, first.yaml, "injecting twice changed the output");
+            let second = inject(&first.yaml, &options).unwrap_or_else(|e| {
+                panic!("skiff inject refused its own output: {e}\n{}", first.yaml)
+            });
+            assert_eq!(
+                second.yaml, first.yaml,
+                "injecting twice changed the output"
+            );
         }
     }
 });

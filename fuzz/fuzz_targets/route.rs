@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use skiff::cluster::Cluster;
-use skiff::config::{Config, HostMatch, PathMatch, RouteConfig};
 use skiff::metrics::Registry;
 use skiff::route::RouteTable;
+use skiff_config::route::{HostMatch, PathMatch, RouteConfig};
+use skiff_config::Config;
 
 /// The input, one item a line (readable seeds and reproducers):
 ///
@@ -151,7 +152,10 @@ fuzz_target!(|data: &[u8]| {
     let clusters: HashMap<String, Arc<Cluster>> = config
         .clusters
         .iter()
-        .map(|c| (c.name.clone(), Arc::new(Cluster::new(c.clone()))))
+        .map(|c| {
+            let cluster = Cluster::new(c.clone()).expect("a plaintext cluster");
+            (c.name.clone(), Arc::new(cluster))
+        })
         .collect();
     let listener = &config.listeners[0];
     let table =

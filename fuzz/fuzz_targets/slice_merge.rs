@@ -12,7 +12,8 @@ use std::collections::HashSet;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use libfuzzer_sys::fuzz_target;
-use skiff_discovery::kubernetes::{merge, ServicePort, Slice};
+use skiff_config::endpoints::ServicePort;
+use skiff_discovery::kubernetes::{merge, Slice};
 
 #[derive(serde::Deserialize)]
 struct Input {

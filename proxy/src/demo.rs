@@ -25,11 +25,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::cluster::balance::random;
-use crate::config::{
-    AdminConfig, ClusterConfig, Config, LbPolicy, ListenerConfig, PathMatch, RouteConfig,
-    ShutdownConfig, Timeouts, UpstreamProtocol,
-};
 use crate::Proxy;
+use skiff_config::cluster::ClusterConfig;
+use skiff_config::cluster::LbPolicy;
+use skiff_config::cluster::Timeouts;
+use skiff_config::cluster::UpstreamProtocol;
+use skiff_config::listener::ListenerConfig;
+use skiff_config::route::PathMatch;
+use skiff_config::route::RouteConfig;
+use skiff_config::AdminConfig;
+use skiff_config::Config;
+use skiff_config::ShutdownConfig;
 
 /// One service of the shop: name, route prefix, replicas, base latency (ms).
 struct ServiceSpec {
@@ -207,21 +213,21 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             name: spec.name.to_string(),
             lb: LbPolicy::LeastRequest,
             protocol: UpstreamProtocol::Http1,
-            source: skiff_discovery::Source::Static(
+            source: skiff_config::endpoints::Source::Static(
                 replicas
                     .iter()
                     .filter(|r| r.service == spec.name)
-                    .map(|r| skiff_discovery::EndpointSpec::new(r.address, 1))
+                    .map(|r| skiff_config::endpoints::EndpointSpec::new(r.address, 1))
                     .collect(),
             ),
             timeouts: Timeouts::default(),
             circuit_breaker: Default::default(),
             retries: Default::default(),
             outlier_detection: Default::default(),
-            panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
+            panic_threshold: skiff_config::cluster::DEFAULT_PANIC_THRESHOLD,
             // Every replica serves /healthz: checked each second.
-            health_check: Some(crate::config::HealthCheck {
-                kind: crate::config::HealthCheckKind::Http {
+            health_check: Some(skiff_config::cluster::HealthCheck {
+                kind: skiff_config::cluster::HealthCheckKind::Http {
                     path: "/healthz".into(),
                     host: None,
                     expected_statuses: vec![(200, 399)],

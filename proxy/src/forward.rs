@@ -24,10 +24,10 @@ use crate::body::{BodyError, UpstreamBody};
 use crate::h1::client;
 
 use crate::cluster::{balance::random, InFlight, Unavailable};
-use crate::config::UpstreamProtocol;
 use crate::listener::ListenerState;
 use crate::pool::{ConnectError, PendingLimit, Pool, Sender};
 use crate::route::{Found, Route};
+use skiff_config::cluster::UpstreamProtocol;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -65,7 +65,7 @@ pub fn handle<'a>(
         let route = match routes.find(host, req.uri().path(), req.headers()) {
             Some(Found::Route(route)) => route,
             Some(Found::Redirect(redirect)) => {
-                let resp = redirect.response(&req, host);
+                let resp = crate::gateway::redirect(redirect, &req, host);
                 log_local(access, &resp, None, 0);
                 return resp;
             }
@@ -134,7 +134,7 @@ fn too_large(limit: u64) -> Response<ProxyBody> {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
             "request body larger than {} (the route's max_request_body)\n",
-            crate::limits::format_size(limit)
+            skiff_config::units::format_size(limit)
         ),
     )
 }
@@ -304,7 +304,7 @@ fn forward<'a>(
                 let upgraded = Box::pin(upgrade_request(
                     req,
                     endpoint.address,
-                    settings.tls.as_ref().map(|t| &t.connector),
+                    settings.connector.as_ref(),
                     settings.timeouts.connect,
                     request_timeout,
                 ))
@@ -665,7 +665,7 @@ impl Replay {
                 // The head passed its listener's limits once; only its framing matters now.
                 let limits = crate::h1::parse::HeadLimits {
                     max_bytes: head.len(),
-                    max_headers: crate::limits::MAX_HEADERS_ACCEPTED,
+                    max_headers: skiff_config::limits::MAX_HEADERS_ACCEPTED,
                 };
                 let parsed = crate::h1::parse::parse(head, limits).ok()??;
                 let mut req = parsed.request.map(|()| UpstreamBody::Empty);
@@ -834,12 +834,12 @@ fn send<'a>(
     pool: &'a Pool,
     address: SocketAddr,
     pending: PendingLimit<'a>,
-    settings: &'a crate::config::ClusterConfig,
+    settings: &'a crate::cluster::Settings,
     request_timeout: Duration,
 ) -> impl std::future::Future<Output = (Result<Sent, Failure>, Option<Request<UpstreamBody>>)> + 'a
 {
     async move {
-        let tls = settings.tls.as_ref().map(|t| &t.connector);
+        let tls = settings.connector.as_ref();
         let (protocol, connect_timeout) = (settings.protocol, settings.timeouts.connect);
         let own =
             protocol == UpstreamProtocol::Http1 && tls.is_none() && client::can_send(&mut req);

@@ -19,9 +19,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::limits::ListenerLimits;
 use crate::listener::ListenerState;
 use crate::tls::TlsPeer;
+use skiff_config::limits::ListenerLimits;
 
 mod frame;
 mod hpack;

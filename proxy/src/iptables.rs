@@ -20,7 +20,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
-use crate::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+use skiff_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 
 /// The chain for connections arriving at the pod.
 pub const INBOUND_CHAIN: &str = "SKIFF_INBOUND";

@@ -10,7 +10,6 @@
 pub mod admin;
 pub mod body;
 pub mod cluster;
-pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod forward;
@@ -37,14 +36,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use skiff_discovery::Source;
+use skiff_config::endpoints::Source;
 use tokio::task::AbortHandle;
 
 use cluster::Cluster;
-use config::{Config, ConfigError, ListenerConfig};
 use listener::{Listener, ListenerState};
 use metrics::Registry;
 use route::RouteTable;
+use skiff_config::{Config, ConfigError, ListenerConfig};
 use workers::Workers;
 
 /// How often a config file given with `-c` is checked for changes.
@@ -67,6 +66,8 @@ pub enum ApplyError {
     Route(#[from] route::UnknownCluster),
     #[error("listener `{name}`: {source}")]
     Tls { name: String, source: tls::TlsError },
+    #[error("cluster `{name}`: {source}")]
+    ClusterTls { name: String, source: tls::TlsError },
 }
 
 struct ClusterEntry {
@@ -177,6 +178,7 @@ impl Proxy {
         // 0. Load certificates first, so a bad one changes nothing.
         let tls_servers = self.tls_servers(&config)?;
         let mesh_servers = self.mesh_servers(&config)?;
+        let mut settings = self.cluster_settings(&config)?;
 
         // 1. Bind what is new first, so a failure changes nothing.
         let to_bind: Vec<&ListenerConfig> = {
@@ -211,19 +213,22 @@ impl Proxy {
             let mut clusters = inner.clusters.lock().unwrap_or_else(|e| e.into_inner());
             clusters.retain(|name, _| config.cluster(name).is_some());
             for cc in &config.clusters {
+                let Some(settings) = settings.remove(&cc.name) else {
+                    continue;
+                };
                 match clusters.get_mut(&cc.name) {
                     Some(entry) if entry.source == cc.source => {
-                        entry.cluster.update_settings(cc.clone());
+                        entry.cluster.update_settings(settings);
                     }
                     Some(entry) => {
-                        entry.cluster.update_settings(cc.clone());
+                        entry.cluster.update_settings(settings);
                         entry.follower.abort();
                         entry.source = cc.source.clone();
                         entry.follower =
                             spawn_follower(&inner.discovery, &entry.cluster, &cc.source);
                     }
                     None => {
-                        let cluster = Arc::new(Cluster::new(cc.clone()));
+                        let cluster = Arc::new(Cluster::from_settings(settings));
                         let follower = spawn_follower(&inner.discovery, &cluster, &cc.source);
                         let checker =
                             tokio::spawn(cluster::health::run(cluster.clone())).abort_handle();
@@ -261,7 +266,7 @@ impl Proxy {
             for (lc, table) in config.listeners.iter().zip(tables) {
                 let table = Arc::new(table);
                 let capture = lc.capture.as_ref().map(|c| {
-                    if c.direction == sidecar::Direction::Outbound {
+                    if c.direction == skiff_config::sidecar::Direction::Outbound {
                         inner
                             .sidecar
                             .watch_services(c.service_namespaces(), c.watch_idle_timeout);
@@ -338,6 +343,33 @@ impl Proxy {
         Ok(())
     }
 
+    /// Each cluster's settings with its connector: kept from the running
+    /// cluster when its TLS settings are the same, else built (reading the
+    /// certificate files), so a bad file is found before anything changes.
+    fn cluster_settings(
+        &self,
+        config: &Config,
+    ) -> Result<HashMap<String, cluster::Settings>, ApplyError> {
+        let clusters = self
+            .inner
+            .clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out = HashMap::with_capacity(config.clusters.len());
+        for cc in &config.clusters {
+            let previous = clusters.get(&cc.name).map(|e| e.cluster.settings_full());
+            let settings =
+                cluster::Settings::new(cc.clone(), previous.as_deref()).map_err(|source| {
+                    ApplyError::ClusterTls {
+                        name: cc.name.clone(),
+                        source,
+                    }
+                })?;
+            out.insert(cc.name.clone(), settings);
+        }
+        Ok(out)
+    }
+
     /// Each listener's TLS: the running one when its settings are
     /// unchanged (its file watcher reloads the certificates), else built
     /// anew from the files.
@@ -393,7 +425,9 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for lc in &config.listeners {
-            if lc.capture.as_ref().map(|c| c.direction) != Some(sidecar::Direction::Inbound) {
+            if lc.capture.as_ref().map(|c| c.direction)
+                != Some(skiff_config::sidecar::Direction::Inbound)
+            {
                 continue;
             }
             let running = listeners
@@ -423,7 +457,7 @@ impl Proxy {
         let Some(path) = self.inner.config_path.clone() else {
             return Ok(());
         };
-        let result = match Config::load(&path) {
+        let result = match Config::load(&path, &tls::certs::TlsFiles) {
             Ok(config) => self.apply(config).await,
             Err(e) => Err(e.into()),
         };

@@ -22,10 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::conn::{Conn, Registry};
-use crate::limits::ListenerLimits;
 use crate::metrics::Gauge;
 use crate::route::RouteTable;
 use crate::workers::Workers;
+use skiff_config::limits::ListenerLimits;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 4096;

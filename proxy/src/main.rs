@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use skiff::config::Config;
+use skiff::tls::certs::TlsFiles;
 use skiff::Proxy;
+use skiff_config::Config;
 
 /// skiff: a sidecar proxy and L7 load balancer for Kubernetes.
 #[derive(Parser)]
@@ -72,7 +73,7 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
         /// Admin server address for the demo's skiff.
-        #[arg(long, default_value = skiff::config::DEFAULT_ADMIN)]
+        #[arg(long, default_value_t = skiff_config::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
     },
     /// Add the skiff sidecar to the workloads in Kubernetes YAML; prints the result.
@@ -126,16 +127,16 @@ struct IptablesArgs {
     #[arg(long)]
     dry_run: bool,
     /// skiff's uid; its own connections are never captured.
-    #[arg(long, default_value_t = skiff::sidecar::PROXY_UID)]
+    #[arg(long, default_value_t = skiff_config::sidecar::PROXY_UID)]
     proxy_uid: u32,
     /// The port captured inbound connections go to.
-    #[arg(long, default_value_t = skiff::sidecar::INBOUND_PORT)]
+    #[arg(long, default_value_t = skiff_config::sidecar::INBOUND_PORT)]
     inbound_port: u16,
     /// The port captured outbound connections go to.
-    #[arg(long, default_value_t = skiff::sidecar::OUTBOUND_PORT)]
+    #[arg(long, default_value_t = skiff_config::sidecar::OUTBOUND_PORT)]
     outbound_port: u16,
     /// skiff's admin port, never captured.
-    #[arg(long, default_value_t = skiff::sidecar::ADMIN_PORT)]
+    #[arg(long, default_value_t = skiff_config::sidecar::ADMIN_PORT)]
     admin_port: u16,
     /// Inbound ports never captured (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -162,7 +163,7 @@ enum Ipv6 {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    skiff_discovery::yaml::parse_duration(s)
+    skiff_config::units::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -183,7 +184,7 @@ fn main() -> ExitCode {
     }
 
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match Config::load(&config, &TlsFiles) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} listeners, {} clusters)",
@@ -208,15 +209,17 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let loaded = match &config {
-                Some(path) => Config::load(path),
+                Some(path) => Config::load(path, &TlsFiles),
                 None => {
-                    let mut text =
-                        skiff::sidecar::default_config_text(skiff::iptables::host_has_ipv6());
+                    let mut text = skiff_config::sidecar::default_config_text(
+                        skiff::iptables::host_has_ipv6(),
+                    );
                     if let Some(dir) = &mesh_dir {
-                        text.push_str(&skiff::sidecar::mesh::config_text(dir));
+                        text.push_str(&skiff_config::sidecar::mesh_config_text(dir));
                     }
-                    Config::parse(&text, "<sidecar defaults>", std::path::Path::new("."))
-                        .map_err(skiff::config::ConfigError::Invalid)
+                    let base = std::path::Path::new(".");
+                    Config::parse_checked(&text, "<sidecar defaults>", base, &TlsFiles)
+                        .map_err(skiff_config::ConfigError::Invalid)
                 }
             };
             let loaded = match loaded {

@@ -20,9 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::UpstreamBody;
-use crate::config::UpstreamProtocol;
 use crate::h1::client::Connection;
 use crate::tls::client::Connector;
+use skiff_config::cluster::UpstreamProtocol;
 
 /// A connection ready to carry one request.
 pub enum Sender {

@@ -13,9 +13,12 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::cluster::Cluster;
-use crate::config::{HostMatch, ListenerConfig, PathMatch};
-use crate::gateway::{self, Edits, HeaderCheck, Redirect};
+use crate::gateway::{self, Edits, HeaderCheck};
 use crate::metrics::{CodeCounters, Registry};
+use skiff_config::listener::ListenerConfig;
+use skiff_config::route::HostMatch;
+use skiff_config::route::PathMatch;
+use skiff_config::route::Redirect;
 
 /// One route, resolved: its cluster and its counter row are handles.
 #[derive(Debug)]
@@ -86,7 +89,7 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// The listener's access log sampling, when on.
-    pub access_log: Option<crate::config::AccessLog>,
+    pub access_log: Option<skiff_config::listener::AccessLog>,
     entries: Vec<Entry>,
     exact: HashMap<Box<str>, Vec<usize>>,
     /// (`.suffix`, route indices), longest suffix first.
@@ -219,27 +222,34 @@ fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, LbPolicy, RouteConfig, Timeouts, UpstreamProtocol};
-    use skiff_discovery::Source;
+    use skiff_config::cluster::ClusterConfig;
+    use skiff_config::cluster::LbPolicy;
+    use skiff_config::cluster::Timeouts;
+    use skiff_config::cluster::UpstreamProtocol;
+    use skiff_config::endpoints::Source;
+    use skiff_config::route::RouteConfig;
 
     fn table(routes: &[(Option<HostMatch>, PathMatch, &str)]) -> RouteTable {
         let mut clusters = HashMap::new();
         for (_, _, c) in routes {
             clusters.entry(c.to_string()).or_insert_with(|| {
-                Arc::new(Cluster::new(ClusterConfig {
-                    name: c.to_string(),
-                    lb: LbPolicy::RoundRobin,
-                    protocol: UpstreamProtocol::Http1,
-                    source: Source::Static(vec![]),
-                    timeouts: Timeouts::default(),
-                    circuit_breaker: Default::default(),
-                    retries: Default::default(),
-                    outlier_detection: Default::default(),
-                    panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
-                    health_check: None,
-                    slow_start: Default::default(),
-                    tls: None,
-                }))
+                Arc::new(
+                    Cluster::new(ClusterConfig {
+                        name: c.to_string(),
+                        lb: LbPolicy::RoundRobin,
+                        protocol: UpstreamProtocol::Http1,
+                        source: Source::Static(vec![]),
+                        timeouts: Timeouts::default(),
+                        circuit_breaker: Default::default(),
+                        retries: Default::default(),
+                        outlier_detection: Default::default(),
+                        panic_threshold: skiff_config::cluster::DEFAULT_PANIC_THRESHOLD,
+                        health_check: None,
+                        slow_start: Default::default(),
+                        tls: None,
+                    })
+                    .expect("a plaintext cluster"),
+                )
             });
         }
         let listener = ListenerConfig {

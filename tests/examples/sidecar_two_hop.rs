@@ -102,7 +102,7 @@ async fn main() {
         .expect("start the upstream");
     iptables(client, &["--skip-outbound-ports", "9090"]);
     iptables(server, &["--skip-inbound-ports", "9090"]);
-    let uid = skiff::sidecar::PROXY_UID;
+    let uid = skiff_config::sidecar::PROXY_UID;
     let client_skiff = client.skiff(
         uid,
         &[

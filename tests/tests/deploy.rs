@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use skiff::inject::yaml;
+use skiff_config::yaml;
 use skiff_tests::{skiff_bin, TempDir};
 
 fn deploy(path: &str) -> PathBuf {
@@ -203,7 +203,10 @@ fn the_image_is_built_in_stages_and_runs_as_the_sidecar_uid() {
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER line");
-    assert_eq!(user.trim(), format!("{0}:{0}", skiff::sidecar::PROXY_UID));
+    assert_eq!(
+        user.trim(),
+        format!("{0}:{0}", skiff_config::sidecar::PROXY_UID)
+    );
     assert!(
         text.contains("iptables"),
         "skiff-init runs `skiff iptables` from this image"

@@ -8,13 +8,13 @@ use http::Request;
 use http_body_util::BodyExt;
 use skiff_tests::{admin_get, wait_for, wait_for_async, Backend, Client, TempDir};
 
-fn file_config(dir: &TempDir, extra: &str) -> skiff::config::Config {
+fn file_config(dir: &TempDir, extra: &str) -> skiff_config::Config {
     let yaml = format!(
         "admin: {{ listen: 127.0.0.1:0 }}\n\
          listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - cluster: app\n\
          clusters:\n  - name: app\n    lb: round_robin\n    discovery: {{ file: endpoints.yaml }}\n{extra}"
     );
-    skiff::config::Config::parse(&yaml, "test.yaml", &dir.0).expect("config")
+    skiff_config::Config::parse(&yaml, "test.yaml", &dir.0).expect("config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,7 +219,7 @@ fn mistakes_in_gateway_routes_are_reported_with_their_field() {
             "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - {route}\n\
              clusters:\n  - {{ name: app, endpoints: [127.0.0.1:1] }}\n"
         );
-        let err = skiff::config::Config::parse(&yaml, "gw.yaml", std::path::Path::new("."))
+        let err = skiff_config::Config::parse(&yaml, "gw.yaml", std::path::Path::new("."))
             .expect_err(route)
             .to_string();
         assert!(
@@ -285,7 +285,7 @@ fn gateway_manifests_are_valid_and_carry_a_valid_skiff_config() {
     })
     .write(&certs.0, "tls");
     let config = config.replace("/etc/skiff/tls/", &format!("{}/", certs.0.display()));
-    let parsed = skiff::config::Config::parse(&config, "configmap.yaml", std::path::Path::new("."))
+    let parsed = skiff_config::Config::parse(&config, "configmap.yaml", std::path::Path::new("."))
         .unwrap_or_else(|e| panic!("the ConfigMap's skiff.yaml is invalid:\n{e}"));
     assert_eq!(parsed.listeners.len(), 2);
     assert!(parsed.listeners[1].tls.is_some());

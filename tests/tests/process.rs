@@ -477,7 +477,7 @@ fn readme_config_example_is_valid() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("a yaml block in the README");
-    if let Err(e) = skiff::config::Config::parse(block, "README.md", std::path::Path::new(".")) {
+    if let Err(e) = skiff_config::Config::parse(block, "README.md", std::path::Path::new(".")) {
         panic!("the README's config example is invalid:\n{e}");
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use skiff::inject::yaml::{self, Node, Value};
+use skiff_config::yaml::{self, Node, Value};
 use skiff_tests::netns::{skip_without_netns, Netns, Network};
 use skiff_tests::{skiff_bin, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -619,7 +619,7 @@ impl Shop {
 
         skiff_iptables(client, &[]);
         let client_skiff = client.skiff(
-            skiff::sidecar::PROXY_UID,
+            skiff_config::sidecar::PROXY_UID,
             &[
                 ("KUBECONFIG", kubeconfig.to_str().expect("path")),
                 ("SKIFF_POD_NAMESPACE", "shop"),
@@ -635,7 +635,7 @@ impl Shop {
             "admin: { listen: 0.0.0.0:9901 }\nlisteners:\n  - name: inbound\n    listen: 0.0.0.0:4143\n    capture: { direction: inbound }\n",
         );
         let server_skiff = server.skiff(
-            skiff::sidecar::PROXY_UID,
+            skiff_config::sidecar::PROXY_UID,
             &[],
             &["run", "-c", config.to_str().expect("path")],
             &dir.path("server-skiff.log"),
@@ -1350,7 +1350,7 @@ impl MeshShop {
             "shop",
             annotated(
                 service("echo", "198.19.0.20", &[("tcp", 9000, 9000)]),
-                skiff::sidecar::mesh::SERVICE_ACCOUNT_ANNOTATION,
+                skiff_config::sidecar::SERVICE_ACCOUNT_ANNOTATION,
                 "catalog",
             ),
         );
@@ -1362,7 +1362,7 @@ impl MeshShop {
             "shop",
             annotated(
                 service("ledger", "198.19.0.40", &[("http", 80, 8080)]),
-                skiff::sidecar::mesh::SERVICE_ACCOUNT_ANNOTATION,
+                skiff_config::sidecar::SERVICE_ACCOUNT_ANNOTATION,
                 "ledger-sa",
             ),
         );
@@ -1374,7 +1374,7 @@ impl MeshShop {
             "shop",
             annotated(
                 service("plain", "198.19.0.50", &[("http", 80, 8080)]),
-                skiff::sidecar::mesh::MTLS_ANNOTATION,
+                skiff_config::sidecar::MTLS_ANNOTATION,
                 "disabled",
             ),
         );
@@ -1387,7 +1387,7 @@ impl MeshShop {
             "shop",
             annotated(
                 service("impostor", "198.19.0.60", &[("http", 80, 8080)]),
-                skiff::sidecar::mesh::SERVICE_ACCOUNT_ANNOTATION,
+                skiff_config::sidecar::SERVICE_ACCOUNT_ANNOTATION,
                 "payments",
             ),
         );
@@ -1407,7 +1407,7 @@ impl MeshShop {
             skiff_iptables(ns, &[]);
             let secret = secret(name, account);
             skiffs.push(ns.skiff(
-                skiff::sidecar::PROXY_UID,
+                skiff_config::sidecar::PROXY_UID,
                 &[
                     ("KUBECONFIG", kubeconfig.to_str().expect("path")),
                     ("SKIFF_POD_NAMESPACE", "shop"),
@@ -1448,7 +1448,7 @@ impl MeshShop {
                 ),
             );
             skiffs.push(ns.skiff(
-                skiff::sidecar::PROXY_UID,
+                skiff_config::sidecar::PROXY_UID,
                 &[],
                 &["run", "-c", config.to_str().expect("path")],
                 &dir.path(&format!("{name}-skiff.log")),
@@ -1708,7 +1708,7 @@ async fn the_service_watch_stops_when_idle_and_the_next_call_starts_it() {
         "admin: { listen: 127.0.0.1:9901 }\nlisteners:\n  - name: outbound\n    listen: 127.0.0.1:4140\n    capture: { direction: outbound, namespaces: [shop], watch_idle_timeout: 2s }\n",
     );
     let skiff = client.skiff(
-        skiff::sidecar::PROXY_UID,
+        skiff_config::sidecar::PROXY_UID,
         &[("KUBECONFIG", kubeconfig.to_str().expect("path"))],
         &["run", "-c", config.to_str().expect("path")],
         &dir.path("client-skiff.log"),

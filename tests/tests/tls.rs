@@ -463,7 +463,7 @@ async fn a_bad_certificate_in_the_config_is_refused_naming_the_field_and_file() 
         (format!("cert: {}", p(&a_crt)), "`cert` needs its `key`"),
     ] {
         let yaml = tls_config(&tls, "127.0.0.1:1".parse().unwrap());
-        let err = skiff::config::Config::parse(&yaml, "gateway.yaml", Path::new("."))
+        let err = skiff_config::Config::parse(&yaml, "gateway.yaml", Path::new("."))
             .expect_err("a bad certificate must be refused")
             .to_string();
         assert!(err.contains("gateway.yaml:"), "{err}");
@@ -848,7 +848,7 @@ async fn a_reload_changes_certificates_and_can_turn_tls_off_on_the_same_socket()
         )
     };
     let config = |yaml: String| {
-        skiff::config::Config::parse(&fixed(yaml), "reload.yaml", Path::new(".")).unwrap()
+        skiff_config::Config::parse(&fixed(yaml), "reload.yaml", Path::new(".")).unwrap()
     };
     proxy
         .apply(config(tls_config(&both, backend.address)))

@@ -15,7 +15,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    skiff_discovery::yaml::parse_duration(text)
+    skiff_config::units::parse_duration(text)
 }
 
 /// The async runtime a subcommand runs on: `threads` workers, or one per

@@ -23,27 +23,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::{EndpointSpec, Origin, DEFAULT_WEIGHT};
-
-/// Which of a Service's ports to route to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(untagged)]
-pub enum ServicePort {
-    /// The Service port's name; each slice maps it to its pods' target port.
-    Name(String),
-    /// A port number as the slices list it: the pods' target port. For
-    /// Services with a single unnamed port.
-    Number(u16),
-}
-
-impl std::fmt::Display for ServicePort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ServicePort::Name(name) => f.write_str(name),
-            ServicePort::Number(n) => write!(f, "{n}"),
-        }
-    }
-}
+use skiff_config::endpoints::{EndpointSpec, Origin, ServicePort, DEFAULT_WEIGHT};
 
 /// Why a slice was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -33,7 +33,7 @@ mod merge;
 mod service;
 pub mod services;
 
-pub use merge::{merge, ServicePort, Slice, SliceError};
+pub use merge::{merge, Slice, SliceError};
 pub use service::ServiceEndpoints;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -49,6 +49,8 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use skiff_config::endpoints::{ServicePort, ServiceTarget};
+
 use crate::EndpointSet;
 
 /// The label the EndpointSlice controller puts on every slice it manages,
@@ -57,14 +59,6 @@ pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
 /// How often a namespace's watch checks that some cluster still listens.
 const LISTENER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// One cluster's Service: where to find it and which port to route to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct Target {
-    pub namespace: String,
-    pub service: String,
-    pub port: ServicePort,
-}
 
 /// The namespaces being watched. Cheap to clone; clones share the watches.
 #[derive(Debug, Clone, Default)]
@@ -79,7 +73,7 @@ impl Registry {
     /// counted on `errors`.
     pub fn subscribe(
         &self,
-        target: &Target,
+        target: &ServiceTarget,
         cluster: &str,
         errors: Arc<AtomicU64>,
     ) -> watch::Receiver<Option<EndpointSet>> {
@@ -150,7 +144,7 @@ impl State {
     /// current set once the namespace is listed.
     fn subscribe(
         &mut self,
-        target: &Target,
+        target: &ServiceTarget,
         cluster: &str,
         errors: Arc<AtomicU64>,
     ) -> watch::Receiver<Option<EndpointSet>> {
@@ -536,7 +530,7 @@ mod tests {
     }
 
     fn listen(state: &mut State, service: &str) -> watch::Receiver<Option<EndpointSet>> {
-        let target = Target {
+        let target = ServiceTarget {
             namespace: "shop".into(),
             service: service.into(),
             port: ServicePort::Name("http".into()),
@@ -653,7 +647,7 @@ mod tests {
         let mut state = State::default();
         let mut http = listen(&mut state, "web");
         let mut admin = state.subscribe(
-            &Target {
+            &ServiceTarget {
                 namespace: "shop".into(),
                 service: "web".into(),
                 port: ServicePort::Number(9000),

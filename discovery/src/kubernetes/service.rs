@@ -29,8 +29,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::merge::{rank, routes};
-use super::{ServicePort, Slice};
-use crate::{EndpointSet, EndpointSpec, Origin, DEFAULT_WEIGHT};
+use super::Slice;
+use crate::EndpointSet;
+use skiff_config::endpoints::{EndpointSpec, Origin, ServicePort, DEFAULT_WEIGHT};
 
 /// A Service's endpoints on one port, updated slice by slice; always equal,
 /// order included, to [`merge`](super::merge) over its current slices.

@@ -29,14 +29,9 @@ use kube::runtime::watcher::{self, watcher, DefaultBackoff, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 
-use super::{control_runtime, ServicePort, Target};
-
-/// A Service annotation: the ServiceAccount the Service's pods run as
-/// (the identity a sidecar expects of them under mesh mTLS).
-pub const SERVICE_ACCOUNT_ANNOTATION: &str = "skiff.io/service-account";
-/// A Service annotation: `disabled` when its pods have no sidecar, so
-/// callers' sidecars send plaintext.
-pub const MTLS_ANNOTATION: &str = "skiff.io/mtls";
+use super::control_runtime;
+use skiff_config::endpoints::{ServicePort, ServiceTarget};
+use skiff_config::sidecar::{MTLS_ANNOTATION, SERVICE_ACCOUNT_ANNOTATION};
 
 /// A Service port a ClusterIP and port stand for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -55,8 +50,8 @@ pub struct ServiceRef {
 
 impl ServiceRef {
     /// The EndpointSlice target this Service port routes to.
-    pub fn target(&self) -> Target {
-        Target {
+    pub fn target(&self) -> ServiceTarget {
+        ServiceTarget {
             namespace: self.namespace.clone(),
             service: self.service.clone(),
             // Slices name each port as the Service does, `""` when unnamed.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::Endpoint;
-use crate::config::LbPolicy;
+use skiff_config::cluster::LbPolicy;
 
 /// Longest round-robin schedule kept. Past it weights are scaled down
 /// (keeping every endpoint at weight ≥ 1), trading exactness over a cycle

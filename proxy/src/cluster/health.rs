@@ -23,10 +23,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
+use super::Settings;
 use super::{balance::random, Cluster, Endpoint};
-use crate::config::{
-    format_duration, ClusterConfig, HealthCheck, HealthCheckKind, UpstreamProtocol,
-};
+use skiff_config::cluster::HealthCheck;
+use skiff_config::cluster::HealthCheckKind;
+use skiff_config::cluster::UpstreamProtocol;
+use skiff_config::units::format_duration;
 
 /// No active check is configured: the endpoint takes traffic.
 pub const UNCHECKED: u8 = 0;
@@ -276,12 +278,11 @@ impl Stream {
 }
 
 /// Connects to `address`, with the cluster's TLS when it has one.
-async fn dial(address: SocketAddr, settings: &ClusterConfig) -> Result<Stream, Failure> {
+async fn dial(address: SocketAddr, settings: &Settings) -> Result<Stream, Failure> {
     let stream = connect(address).await?;
-    match &settings.tls {
+    match &settings.connector {
         None => Ok(Stream::Plain(stream)),
-        Some(tls) => tls
-            .connector
+        Some(connector) => connector
             .connect(address, stream)
             .await
             .map(|s| Stream::Tls(Box::new(s)))
@@ -292,13 +293,13 @@ async fn dial(address: SocketAddr, settings: &ClusterConfig) -> Result<Stream, F
 /// The HTTP/1.1 request bytes, rebuilt when the settings change.
 #[derive(Default)]
 struct RequestCache {
-    for_settings: Option<Arc<ClusterConfig>>,
+    for_settings: Option<Arc<Settings>>,
     bytes: Vec<u8>,
 }
 
 async fn probe(
     check: &HealthCheck,
-    settings: &Arc<ClusterConfig>,
+    settings: &Arc<Settings>,
     endpoint: &Endpoint,
     conn: &mut Connection,
     request: &mut RequestCache,
@@ -353,7 +354,7 @@ async fn connect(address: SocketAddr) -> Result<TcpStream, Failure> {
 /// none, or when the kept one turns out closed before answering).
 async fn http1(
     address: SocketAddr,
-    settings: &ClusterConfig,
+    settings: &Settings,
     conn: &mut Connection,
     request: &[u8],
 ) -> Result<u16, Failure> {
@@ -420,7 +421,7 @@ fn io_failure(e: std::io::Error) -> Exchange {
 
 async fn exchange(
     address: SocketAddr,
-    settings: &ClusterConfig,
+    settings: &Settings,
     conn: &mut Connection,
     request: &[u8],
 ) -> Result<u16, Exchange> {
@@ -574,7 +575,7 @@ async fn discard_chunked(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), 
 
 async fn http2(
     address: SocketAddr,
-    settings: &ClusterConfig,
+    settings: &Settings,
     conn: &mut Connection,
     host: &str,
     path: &str,

@@ -23,12 +23,16 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use skiff_discovery::{EndpointSet, EndpointSpec, Origin};
+use skiff_config::endpoints::EndpointSpec;
+use skiff_config::endpoints::Origin;
+use skiff_discovery::EndpointSet;
 
-use crate::config::ClusterConfig;
 use crate::metrics::{CodeCounters, Histogram};
 use crate::pool::Pool;
+use crate::tls::client::Connector;
+use crate::tls::TlsError;
 use balance::Balancer;
+use skiff_config::cluster::{ClusterConfig, UpstreamProtocol};
 
 /// One backend address and everything skiff knows about it.
 #[derive(Debug)]
@@ -165,7 +169,7 @@ impl Endpoint {
 
     /// Sets the balancing weight for slow start at `now`; true when it
     /// changed (the snapshot must be rebuilt for round-robin).
-    fn ramp(&self, slow_start: &crate::config::SlowStart, now: u64) -> bool {
+    fn ramp(&self, slow_start: &skiff_config::cluster::SlowStart, now: u64) -> bool {
         let full = self.spec_weight().saturating_mul(WEIGHT_SCALE);
         let from = self.ramp_from.load(Relaxed);
         let window = slow_start.window.as_millis() as u64;
@@ -325,11 +329,47 @@ struct Members {
     applied: Option<EndpointSet>,
 }
 
+/// A cluster's settings in force: its config, and the connector built
+/// from its `tls` section (or given, for the mesh's destinations).
+/// Derefs to the config.
+#[derive(Debug)]
+pub struct Settings {
+    config: ClusterConfig,
+    /// TLS to the endpoints; none: plaintext.
+    pub connector: Option<Connector>,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = ClusterConfig;
+
+    fn deref(&self) -> &ClusterConfig {
+        &self.config
+    }
+}
+
+impl Settings {
+    /// `config` with the connector its `tls` section asks for: the
+    /// `previous` settings' when the TLS settings are the same (it reloads
+    /// changed files itself), else a new one (the files are read now).
+    pub fn new(config: ClusterConfig, previous: Option<&Settings>) -> Result<Settings, TlsError> {
+        let same = previous.filter(|p| p.tls == config.tls && p.protocol == config.protocol);
+        let connector = match (same, &config.tls) {
+            (Some(previous), _) => previous.connector.clone(),
+            (None, None) => None,
+            (None, Some(tls)) => {
+                let http2 = config.protocol == UpstreamProtocol::Http2;
+                Some(Connector::for_cluster(tls, http2)?)
+            }
+        };
+        Ok(Settings { config, connector })
+    }
+}
+
 /// A named group of endpoints with one balancing policy.
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
-    settings: ArcSwap<ClusterConfig>,
+    settings: ArcSwap<Settings>,
     snapshot: ArcSwap<Snapshot>,
     /// Round-robin position; outlives snapshots so churn does not restart it.
     cursor: AtomicUsize,
@@ -361,14 +401,27 @@ pub struct EndpointCounts {
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig) -> Cluster {
+    /// A cluster of `config`, with the connector its `tls` section asks
+    /// for (the certificate files are read now).
+    pub fn new(config: ClusterConfig) -> Result<Cluster, TlsError> {
+        Ok(Cluster::from_settings(Settings::new(config, None)?))
+    }
+
+    /// A cluster of `config` whose endpoints are dialled with `connector`
+    /// (the mesh's, which verifies the peer's identity).
+    pub fn with_connector(config: ClusterConfig, connector: Option<Connector>) -> Cluster {
+        Cluster::from_settings(Settings { config, connector })
+    }
+
+    /// A cluster of settings already built.
+    pub fn from_settings(settings: Settings) -> Cluster {
         let stats = ClusterStats {
-            metric_labels: crate::metrics::label("cluster", &config.name).into(),
+            metric_labels: crate::metrics::label("cluster", &settings.name).into(),
             ..ClusterStats::default()
         };
         Cluster {
-            name: config.name.as_str().into(),
-            settings: ArcSwap::from_pointee(config),
+            name: settings.name.as_str().into(),
+            settings: ArcSwap::from_pointee(settings),
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             cursor: AtomicUsize::new(0),
             stats: Arc::new(stats),
@@ -382,7 +435,7 @@ impl Cluster {
 
     /// The cluster's current settings.
     #[inline]
-    pub fn settings(&self) -> arc_swap::Guard<Arc<ClusterConfig>> {
+    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
         self.settings.load()
     }
 
@@ -421,7 +474,7 @@ impl Cluster {
     }
 
     /// The current settings as an `Arc`, for holding across awaits.
-    pub fn settings_full(&self) -> Arc<ClusterConfig> {
+    pub fn settings_full(&self) -> Arc<Settings> {
         self.settings.load_full()
     }
 
@@ -452,12 +505,12 @@ impl Cluster {
     }
 
     /// Applies new settings from a reload; the endpoints and their state stay.
-    pub fn update_settings(&self, config: ClusterConfig) {
+    pub fn update_settings(&self, settings: Settings) {
         let old = self.settings.load_full();
-        let republish = old.lb != config.lb
-            || old.panic_threshold != config.panic_threshold
-            || old.health_check.is_some() != config.health_check.is_some();
-        self.settings.store(Arc::new(config));
+        let republish = old.lb != settings.lb
+            || old.panic_threshold != settings.panic_threshold
+            || old.health_check.is_some() != settings.health_check.is_some();
+        self.settings.store(Arc::new(settings));
         if republish {
             // Held so a concurrent `apply` cannot publish in between.
             let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
@@ -625,7 +678,7 @@ impl Cluster {
 
     /// Takes `endpoint` out of rotation for its ejection time, unless the
     /// cluster already has its share of ejected endpoints.
-    fn eject(&self, endpoint: &Arc<Endpoint>, detection: crate::config::OutlierDetection) {
+    fn eject(&self, endpoint: &Arc<Endpoint>, detection: skiff_config::cluster::OutlierDetection) {
         let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot.load_full();
         if endpoint.is_ejected() || !current.members.iter().any(|m| Arc::ptr_eq(m, endpoint)) {
@@ -693,7 +746,7 @@ impl Cluster {
         endpoint: &Arc<Endpoint>,
         failure: Option<String>,
         in_a_row: u32,
-        check: &crate::config::HealthCheck,
+        check: &skiff_config::cluster::HealthCheck,
     ) {
         let state = endpoint.health();
         let next = match (state, &failure) {
@@ -885,24 +938,29 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LbPolicy, Timeouts, UpstreamProtocol};
-    use skiff_discovery::Source;
+    use skiff_config::cluster::LbPolicy;
+    use skiff_config::cluster::Timeouts;
+    use skiff_config::cluster::UpstreamProtocol;
+    use skiff_config::endpoints::Source;
 
     fn cluster(lb: LbPolicy) -> Arc<Cluster> {
-        Arc::new(Cluster::new(ClusterConfig {
-            name: "c".into(),
-            lb,
-            protocol: UpstreamProtocol::Http1,
-            source: Source::Static(vec![]),
-            timeouts: Timeouts::default(),
-            circuit_breaker: Default::default(),
-            retries: Default::default(),
-            outlier_detection: Default::default(),
-            panic_threshold: crate::config::DEFAULT_PANIC_THRESHOLD,
-            health_check: None,
-            slow_start: Default::default(),
-            tls: None,
-        }))
+        Arc::new(
+            Cluster::new(ClusterConfig {
+                name: "c".into(),
+                lb,
+                protocol: UpstreamProtocol::Http1,
+                source: Source::Static(vec![]),
+                timeouts: Timeouts::default(),
+                circuit_breaker: Default::default(),
+                retries: Default::default(),
+                outlier_detection: Default::default(),
+                panic_threshold: skiff_config::cluster::DEFAULT_PANIC_THRESHOLD,
+                health_check: None,
+                slow_start: Default::default(),
+                tls: None,
+            })
+            .expect("a plaintext cluster"),
+        )
     }
 
     fn counts(healthy: usize, ejected: usize, draining: usize) -> EndpointCounts {
@@ -1123,17 +1181,17 @@ mod tests {
         assert!(!fourth.is_ejected());
 
         // With a threshold above what is left, the cluster panics.
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.panic_threshold = 95;
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         c.apply(&set(&list));
         assert!(c.snapshot().panic);
         assert_eq!(c.snapshot().endpoints.len(), 20);
     }
 
-    fn http_check() -> crate::config::HealthCheck {
-        crate::config::HealthCheck {
-            kind: crate::config::HealthCheckKind::Tcp,
+    fn http_check() -> skiff_config::cluster::HealthCheck {
+        skiff_config::cluster::HealthCheck {
+            kind: skiff_config::cluster::HealthCheckKind::Tcp,
             interval: std::time::Duration::from_secs(1),
             unhealthy_interval: std::time::Duration::from_secs(1),
             timeout: std::time::Duration::from_secs(1),
@@ -1155,9 +1213,9 @@ mod tests {
     #[test]
     fn health_thresholds_move_endpoints_out_and_back() {
         let c = cluster(LbPolicy::RoundRobin);
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.health_check = Some(http_check());
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         let check = http_check();
         c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
         // Waiting for the first check: nothing takes traffic, not ready.
@@ -1193,9 +1251,9 @@ mod tests {
         // One healthy of three is under the 50% panic threshold.
         assert!(c.snapshot().panic);
         assert_eq!(picked(&c), [1, 2, 3]);
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.panic_threshold = 30;
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         assert!(!c.snapshot().panic);
         assert_eq!(picked(&c), [2]);
 
@@ -1210,9 +1268,9 @@ mod tests {
     #[test]
     fn a_passing_check_ends_an_ejection() {
         let c = cluster(LbPolicy::RoundRobin);
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.health_check = Some(http_check());
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         let list: Vec<(u16, u32)> = (1..=10).map(|p| (p, 1)).collect();
         c.apply(&set(&list));
         let members = c.snapshot().members.to_vec();
@@ -1237,9 +1295,9 @@ mod tests {
     #[test]
     fn all_unhealthy_is_panic_but_pending_endpoints_wait() {
         let c = cluster(LbPolicy::RoundRobin);
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.health_check = Some(http_check());
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         c.apply(&set(&[(1, 1), (2, 1)]));
         let members = c.snapshot().members.to_vec();
         c.record_check(&members[0], Some("down".into()), 1, &http_check());
@@ -1250,9 +1308,9 @@ mod tests {
         c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
         assert_eq!(picked(&c), [1, 2]);
         // Turning checks off puts everyone back.
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.health_check = None;
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         c.clear_health();
         assert_eq!(picked(&c), [1, 2, 3]);
         assert!(!c.snapshot().panic);
@@ -1260,7 +1318,7 @@ mod tests {
 
     #[test]
     fn slow_start_ramps_a_new_endpoints_weight_by_envoys_formula() {
-        let slow_start = crate::config::SlowStart {
+        let slow_start = skiff_config::cluster::SlowStart {
             window: std::time::Duration::from_secs(10),
             aggression: 1.0,
             min_weight_percent: 10,
@@ -1274,7 +1332,7 @@ mod tests {
         assert_eq!(e.weight(), 20, "10% floor: t counts as at least 1 s");
         e.ramp(&slow_start, 1 + 5000);
         assert_eq!(e.weight(), 100, "half way: half the weight");
-        let squared = crate::config::SlowStart {
+        let squared = skiff_config::cluster::SlowStart {
             aggression: 2.0,
             ..slow_start
         };
@@ -1289,9 +1347,9 @@ mod tests {
     #[test]
     fn slow_start_applies_to_endpoints_joining_after_the_first_set() {
         let c = cluster(LbPolicy::RoundRobin);
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.slow_start.window = std::time::Duration::from_secs(60);
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         c.apply(&set(&[(1, 1), (2, 1)]));
         assert!(c.snapshot().members.iter().all(|e| !e.is_ramping()));
         c.apply(&set(&[(1, 1), (2, 1), (3, 1)]));
@@ -1310,11 +1368,11 @@ mod tests {
     #[test]
     fn the_ejection_multiplier_decays_while_an_endpoint_stays_in_rotation() {
         let c = cluster(LbPolicy::RoundRobin);
-        let mut config = (**c.settings()).clone();
+        let mut config = ClusterConfig::clone(&c.settings());
         config.outlier_detection.base_ejection_time = std::time::Duration::from_millis(1);
         config.outlier_detection.max_ejection_percent = 100;
         config.panic_threshold = 0;
-        c.update_settings(config);
+        c.update_settings(Settings::new(config, None).unwrap());
         c.apply(&set(&[(1, 1), (2, 1)]));
         let e = c.snapshot().members[0].clone();
         for round in 1..=3 {

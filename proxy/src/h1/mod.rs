@@ -36,11 +36,11 @@ use tokio::time::Instant;
 use crate::body::UpstreamBody;
 use crate::conn::Conn;
 use crate::forward::{self, ProxyBody};
-use crate::limits::ListenerLimits;
 use crate::listener::{ConnectionGuard, ListenerState};
 use crate::metrics::ProtocolError;
 use body::{ChunkedDecoder, Kind, RequestBody};
 use parse::{Framing, HeadError, HeadLimits, Parsed};
+use skiff_config::limits::ListenerLimits;
 
 /// After the response, how long the rest of the request body may take to
 /// reach the upstream before the connection is given up.

@@ -15,7 +15,7 @@ use http::{Method, Request, StatusCode, Uri, Version};
 /// Header slots parsed into on the stack: the default limit. A listener
 /// that allows more parses into the heap, and only for a request that
 /// has more.
-const INLINE_HEADERS: usize = crate::limits::DEFAULT_MAX_HEADERS as usize;
+const INLINE_HEADERS: usize = skiff_config::limits::DEFAULT_MAX_HEADERS as usize;
 
 /// How large a request head may be (a listener's `limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct HeadLimits {
 
 impl HeadLimits {
     /// A listener's head limits.
-    pub fn of(limits: &crate::limits::ListenerLimits) -> HeadLimits {
+    pub fn of(limits: &skiff_config::limits::ListenerLimits) -> HeadLimits {
         HeadLimits {
             max_bytes: limits.max_header_bytes as usize,
             max_headers: limits.max_headers as usize,
@@ -38,7 +38,7 @@ impl HeadLimits {
 
 impl Default for HeadLimits {
     fn default() -> Self {
-        HeadLimits::of(&crate::limits::ListenerLimits::default())
+        HeadLimits::of(&skiff_config::limits::ListenerLimits::default())
     }
 }
 

@@ -40,10 +40,10 @@ use super::request::{Fields, Head};
 use super::stream::{self, Out, Ready, RequestBody, Shared, Slot, StreamTask};
 use super::Activity;
 use crate::body::UpstreamBody;
-use crate::limits::ListenerLimits;
 use crate::listener::ListenerState;
 use crate::metrics::ProtocolError;
 use crate::tls::TlsPeer;
+use skiff_config::limits::ListenerLimits;
 
 /// The window each stream, and the connection, give the client for
 /// request bodies not yet forwarded (hyper's and Envoy's order of size).

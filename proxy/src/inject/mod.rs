@@ -19,11 +19,10 @@
 //! capture rules' exclusions. Pods on the host network are never injected:
 //! their capture rules would capture the node.
 
-pub mod yaml;
+mod emit;
 
-use crate::sidecar::mesh::MESH_DIR;
-use crate::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
-use yaml::{Node, Value};
+use skiff_config::sidecar::{ADMIN_PORT, INBOUND_PORT, MESH_DIR, OUTBOUND_PORT, PROXY_UID};
+use skiff_config::yaml::{self, Node, Value};
 
 /// The annotation that records an injection (and marks a pod as done).
 pub const INJECTED_ANNOTATION: &str = "skiff.io/injected";
@@ -61,7 +60,7 @@ pub struct Options {
     /// `skiff.yaml`; without one the sidecar runs the built-in defaults.
     pub config_map: Option<String>,
     /// mTLS between sidecars: mount the pod's mesh Secret (`tls.crt`,
-    /// `tls.key`, `ca.crt`) at [`crate::sidecar::mesh::MESH_DIR`].
+    /// `tls.key`, `ca.crt`) at [`MESH_DIR`].
     pub mesh: bool,
     /// The mesh Secret of every pod; none: `skiff-mesh-<serviceAccountName>`.
     pub mesh_secret: Option<String>,
@@ -90,7 +89,7 @@ pub fn default_image() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InjectError {
     #[error("{0}")]
-    Syntax(#[from] yaml::SyntaxError),
+    Syntax(#[from] yaml::StreamError),
     #[error("document {index} (line {line}): {kind} `{name}`: {field}: {message}")]
     Shape {
         index: usize,
@@ -128,7 +127,7 @@ pub fn inject(text: &str, options: &Options) -> Result<Injected, InjectError> {
             if index > 0 || doc.source.starts_with("---") {
                 result.yaml.push_str("---\n");
             }
-            result.yaml.push_str(&yaml::emit(&root));
+            result.yaml.push_str(&emit::emit(&root));
             // Its `...` goes with it: the document after it may start
             // without `---`, and would otherwise run on into this one.
             if yaml::ends_with_document_end(&doc.source) {
@@ -199,7 +198,7 @@ fn inject_object(
         message: message.into(),
     };
     if !matches!(object.value, Value::Map(_)) {
-        return Err(shape_error(object.line, "", "expected a mapping"));
+        return Err(shape_error(object.mark.line, "", "expected a mapping"));
     }
     // Walk to the template, checking each step is a mapping.
     let mut template = &mut *object;
@@ -210,10 +209,10 @@ fn inject_object(
         } else {
             format!("{field}.{step}")
         };
-        let line = template.line;
+        let line = template.mark.line;
         template = match template.get_mut(step) {
             Some(next) if matches!(next.value, Value::Map(_)) => next,
-            Some(next) => return Err(shape_error(next.line, &field, "expected a mapping")),
+            Some(next) => return Err(shape_error(next.mark.line, &field, "expected a mapping")),
             None => return Err(shape_error(line, &field, "missing")),
         };
     }
@@ -254,7 +253,7 @@ fn inject_object(
             for port in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 list.push(port.parse().map_err(|_| {
                     shape_error(
-                        annotations.map_or(template.line, |a| a.line),
+                        annotations.map_or(template.mark.line, |a| a.mark.line),
                         &prefix(&format!("metadata.annotations.{key}")),
                         &format!("`{port}` is not a port number"),
                     )
@@ -266,7 +265,7 @@ fn inject_object(
         for cidr in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             if crate::iptables::Cidr::parse(cidr).is_none() {
                 return Err(shape_error(
-                    annotations.map_or(template.line, |a| a.line),
+                    annotations.map_or(template.mark.line, |a| a.mark.line),
                     &prefix("metadata.annotations.skiff.io/skip-outbound-cidrs"),
                     &format!("`{cidr}` is not a CIDR (address/prefix length)"),
                 ));
@@ -296,10 +295,16 @@ fn inject_object(
         ));
         return Ok(false);
     }
-    let template_line = template.line;
+    let template_line = template.mark.line;
     let spec = match template.get("spec") {
         Some(s) if matches!(s.value, Value::Map(_)) => s,
-        Some(s) => return Err(shape_error(s.line, &prefix("spec"), "expected a mapping")),
+        Some(s) => {
+            return Err(shape_error(
+                s.mark.line,
+                &prefix("spec"),
+                "expected a mapping",
+            ))
+        }
         None => return Err(shape_error(template_line, &prefix("spec"), "missing")),
     };
     if spec.get("hostNetwork").and_then(Node::as_str) == Some("true") {
@@ -313,14 +318,14 @@ fn inject_object(
         }) if !c.is_empty() => {}
         Some(c) => {
             return Err(shape_error(
-                c.line,
+                c.mark.line,
                 &prefix("spec.containers"),
                 "expected a list of containers",
             ))
         }
         None => {
             return Err(shape_error(
-                spec.line,
+                spec.mark.line,
                 &prefix("spec.containers"),
                 "missing",
             ))
@@ -330,7 +335,7 @@ fn inject_object(
         if let Some(l) = spec.get(list).filter(|l| !l.is_null()) {
             if !matches!(l.value, Value::Seq(_)) {
                 return Err(shape_error(
-                    l.line,
+                    l.mark.line,
                     &prefix(&format!("spec.{list}")),
                     "expected a list",
                 ));
@@ -340,7 +345,7 @@ fn inject_object(
     if let Some(m) = template.get("metadata").filter(|m| !m.is_null()) {
         if !matches!(m.value, Value::Map(_)) {
             return Err(shape_error(
-                m.line,
+                m.mark.line,
                 &prefix("metadata"),
                 "expected a mapping",
             ));
@@ -348,7 +353,7 @@ fn inject_object(
         if let Some(a) = m.get("annotations").filter(|a| !a.is_null()) {
             if !matches!(a.value, Value::Map(_)) {
                 return Err(shape_error(
-                    a.line,
+                    a.mark.line,
                     &prefix("metadata.annotations"),
                     "expected a mapping",
                 ));
@@ -773,7 +778,7 @@ spec:
 
     fn strip_lines(n: &Node) -> Node {
         Node {
-            line: 0,
+            mark: Default::default(),
             value: match &n.value {
                 Value::Scalar(s, p) => Value::Scalar(s.clone(), *p),
                 Value::Seq(i) => Value::Seq(i.iter().map(strip_lines).collect()),

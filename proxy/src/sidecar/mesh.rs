@@ -1,16 +1,8 @@
 //! Mutual TLS between sidecars, as linkerd2-proxy does it: the app speaks
 //! plaintext to its own sidecar, and sidecars speak mTLS to each other.
 //!
-//! ```yaml
-//! mesh:
-//!   cert: /var/run/skiff/mesh/tls.crt     # this pod's identity (a mounted Secret)
-//!   key: /var/run/skiff/mesh/tls.key
-//!   ca: /var/run/skiff/mesh/ca.crt        # the mesh's trust anchor
-//!   trust_domain: cluster.local           # the default
-//!   mode: permissive                      # inbound: strict refuses all but mesh TLS
-//!   allow: [spiffe://cluster.local/ns/shop/sa/frontend]   # inbound; empty: any from `ca`
-//!   identity_header: x-client-identity    # the client's identity, for the app
-//! ```
+//! The `mesh:` section is read by [`skiff_config::sidecar`]; this is what
+//! runs from it.
 //!
 //! Outbound, a captured connection to a Service is sent to the pod the
 //! balancer picked, on the port it was going to, over TLS with this pod's
@@ -35,190 +27,14 @@
 //! Inside the TLS, ALPN says what follows: `h2` or `http/1.1` are served
 //! per request; no ALPN is opaque TCP, copied to the app's port.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use skiff_config::sidecar::{MeshConfig, MeshMode};
 use skiff_discovery::kubernetes::services::ServiceRef;
-use skiff_discovery::yaml::{self, Diagnostics, MapReader, Node};
 use tokio::net::TcpStream;
 
 use crate::tls::client::Connector;
-use crate::tls::config::{CertFiles, ClientAuth, ListenerTls};
 use crate::tls::{certs, TlsError};
-
-/// The trust domain of a cluster that did not choose another.
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
-/// The header the app finds the client's identity in.
-pub const DEFAULT_IDENTITY_HEADER: &str = "x-client-identity";
-/// Where `skiff inject --mesh` mounts the mesh Secret (`tls.crt`,
-/// `tls.key`, `ca.crt`: cert-manager's layout).
-pub const MESH_DIR: &str = "/var/run/skiff/mesh";
-/// A Service annotation: the ServiceAccount its pods run as.
-pub const SERVICE_ACCOUNT_ANNOTATION: &str =
-    skiff_discovery::kubernetes::services::SERVICE_ACCOUNT_ANNOTATION;
-/// A Service annotation: `disabled` sends plaintext to its pods.
-pub const MTLS_ANNOTATION: &str = skiff_discovery::kubernetes::services::MTLS_ANNOTATION;
-
-/// What an inbound listener does with connections that are not mesh TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MeshMode {
-    /// Served as before the mesh (clients without a sidecar keep working).
-    Permissive,
-    /// Refused.
-    Strict,
-}
-
-/// The `mesh:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MeshConfig {
-    #[serde(flatten)]
-    pub files: CertFiles,
-    pub ca: PathBuf,
-    pub trust_domain: String,
-    pub mode: MeshMode,
-    /// Client identities let in; empty: any with a certificate from `ca`.
-    pub allow: Vec<String>,
-    pub identity_header: String,
-}
-
-const MESH_FIELDS: &[&str] = &[
-    "cert",
-    "key",
-    "ca",
-    "trust_domain",
-    "mode",
-    "allow",
-    "identity_header",
-];
-
-fn file<'a>(
-    map: &mut MapReader<'a>,
-    name: &str,
-    base: &Path,
-    diags: &mut Diagnostics,
-) -> Option<(PathBuf, &'a Node)> {
-    let path = map.path_of(name);
-    let node = map.required(name, diags)?;
-    let text = yaml::string(node, &path, diags)?;
-    if text.is_empty() {
-        diags.error(node, &path, "a file path is required");
-        return None;
-    }
-    Some((base.join(text), node))
-}
-
-impl MeshConfig {
-    /// The inbound side's TLS, as a listener with `client_auth` has it.
-    pub fn listener_tls(&self) -> ListenerTls {
-        ListenerTls {
-            default: Some(self.files.clone()),
-            certificates: Vec::new(),
-            client_auth: Some(ClientAuth {
-                ca: self.ca.clone(),
-                allow: self.allow.clone(),
-                identity_header: Some(self.identity_header.clone()),
-            }),
-        }
-    }
-}
-
-/// Reads the `mesh:` section; the files are loaded to check them.
-pub fn read_mesh(node: &Node, base: &Path, diags: &mut Diagnostics) -> Option<MeshConfig> {
-    let path = "mesh";
-    let mut map = MapReader::new(node, path, diags)?;
-    let cert = file(&mut map, "cert", base, diags);
-    let key = file(&mut map, "key", base, diags);
-    let ca = file(&mut map, "ca", base, diags);
-    let td_path = map.path_of("trust_domain");
-    let trust_domain = match map.optional("trust_domain") {
-        None => Some(DEFAULT_TRUST_DOMAIN.to_string()),
-        Some(n) => yaml::string(n, &td_path, diags).and_then(|td| {
-            let sni = format!("x.serviceaccount.identity.{td}");
-            if td.is_empty() || rustls::pki_types::ServerName::try_from(sni).is_err() {
-                diags.error(n, &td_path, format!("`{td}` is not a DNS name"));
-                None
-            } else {
-                Some(td)
-            }
-        }),
-    };
-    let mode_path = map.path_of("mode");
-    let mode = match map.optional("mode") {
-        None => Some(MeshMode::Permissive),
-        Some(n) => match yaml::string(n, &mode_path, diags)?.as_str() {
-            "permissive" => Some(MeshMode::Permissive),
-            "strict" => Some(MeshMode::Strict),
-            other => {
-                diags.error(
-                    n,
-                    &mode_path,
-                    format!("unknown mode `{other}` (expected permissive or strict)"),
-                );
-                None
-            }
-        },
-    };
-    let allow_path = map.path_of("allow");
-    let allow = match map.optional("allow") {
-        None => Some(Vec::new()),
-        Some(n) => yaml::seq(n, &allow_path, diags).and_then(|items| {
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| yaml::string(item, &format!("{allow_path}[{i}]"), diags))
-                .collect::<Option<Vec<_>>>()
-        }),
-    };
-    let header_path = map.path_of("identity_header");
-    let identity_header = match map.optional("identity_header") {
-        None => Some(DEFAULT_IDENTITY_HEADER.to_string()),
-        Some(n) => yaml::string(n, &header_path, diags).and_then(|h| {
-            match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => Some(name.as_str().to_owned()),
-                Err(_) => {
-                    diags.error(n, &header_path, format!("`{h}` is not a header name"));
-                    None
-                }
-            }
-        }),
-    };
-    map.finish(diags, MESH_FIELDS);
-    let ((cert, cert_node), (key, _), (ca, ca_node)) = (cert?, key?, ca?);
-    if let Err(e) = certs::load_pair(&cert, &key) {
-        diags.error(cert_node, "mesh.cert", e.to_string());
-        return None;
-    }
-    if let Err(e) = certs::load_roots(&ca) {
-        diags.error(ca_node, "mesh.ca", e.to_string());
-        return None;
-    }
-    Some(MeshConfig {
-        files: CertFiles { cert, key },
-        ca,
-        trust_domain: trust_domain?,
-        mode: mode?,
-        allow: allow?,
-        identity_header: identity_header?,
-    })
-}
-
-/// The `mesh:` section for a mounted mesh Secret in `dir` (`tls.crt`,
-/// `tls.key`, `ca.crt`), with the other settings at their defaults.
-pub fn config_text(dir: &Path) -> String {
-    let file = |name: &str| {
-        let path = dir.join(name).display().to_string();
-        // Quoted as YAML's double-quoted scalars are (JSON's escapes are a subset).
-        serde_json::to_string(&path).unwrap_or(path)
-    };
-    format!(
-        "mesh:\n  cert: {}\n  key: {}\n  ca: {}\n",
-        file("tls.crt"),
-        file("tls.key"),
-        file("ca.crt")
-    )
-}
 
 /// The mesh settings in force, shared by the capture listeners.
 #[derive(Debug)]
@@ -345,6 +161,8 @@ pub async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::certs::TlsFiles;
+    use std::path::{Path, PathBuf};
 
     fn mesh_files(dir: &Path, uri: &str) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -368,40 +186,16 @@ mod tests {
     }
 
     #[test]
-    fn the_mesh_section_reads_with_defaults_and_names_its_mistakes() {
-        let dir = temp_dir("read");
-        mesh_files(&dir, "spiffe://cluster.local/ns/shop/sa/order");
-        let text = format!("{}listeners: []\n", config_text(&dir));
-        let config = crate::config::Config::parse(&text, "s.yaml", Path::new("."))
-            .unwrap_or_else(|d| panic!("{d}"));
-        let mesh = config.mesh.expect("the mesh section");
-        assert_eq!(mesh.trust_domain, DEFAULT_TRUST_DOMAIN);
-        assert_eq!(mesh.mode, MeshMode::Permissive);
-        assert_eq!(mesh.identity_header, DEFAULT_IDENTITY_HEADER);
-        assert!(mesh.allow.is_empty());
-
-        let bad = format!(
-            "mesh:\n  cert: {0}/tls.crt\n  key: {0}/missing.key\n  ca: {0}/ca.crt\n  mode: lax\n  identity_header: \"a b\"\n",
-            dir.display()
-        );
-        let err = crate::config::Config::parse(&bad, "s.yaml", Path::new("."))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("mesh.mode: unknown mode `lax`"), "{err}");
-        assert!(
-            err.contains("mesh.identity_header: `a b` is not a header name"),
-            "{err}"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
     fn a_services_identity_comes_from_its_annotation_or_its_name() {
         let dir = temp_dir("identity");
         mesh_files(&dir, "spiffe://cluster.local/ns/shop/sa/order");
-        let text = format!("{}  trust_domain: example.org\n", config_text(&dir));
-        let config = crate::config::Config::parse(&text, "s.yaml", Path::new("."))
-            .unwrap_or_else(|d| panic!("{d}"));
+        let text = format!(
+            "{}  trust_domain: example.org\n",
+            skiff_config::sidecar::mesh_config_text(&dir)
+        );
+        let config =
+            skiff_config::Config::parse_checked(&text, "s.yaml", Path::new("."), &TlsFiles)
+                .unwrap_or_else(|d| panic!("{d}"));
         let mesh = Mesh::new(config.mesh.unwrap());
         let mut service = ServiceRef {
             namespace: "shop".into(),

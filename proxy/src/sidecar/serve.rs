@@ -23,27 +23,38 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use skiff_config::endpoints::EndpointSpec;
+use skiff_config::endpoints::Source;
+use skiff_config::endpoints::DEFAULT_WEIGHT;
 use skiff_discovery::kubernetes::services::{ServiceIndex, ServiceRef};
-use skiff_discovery::{EndpointSpec, Source, DEFAULT_WEIGHT};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use super::detect::{detect, Protocol};
-use super::mesh::{self, Mesh, MeshConfig, Opening};
-use super::{CaptureConfig, Direction};
+use super::mesh::{self, Mesh, Opening};
 use crate::cluster::Cluster;
-use crate::config::{
-    AccessLog, CircuitBreaker, ClusterConfig, LbPolicy, ListenerConfig, OutlierDetection,
-    PathMatch, Retries, RouteConfig, SlowStart, Timeouts, UpstreamProtocol,
-    DEFAULT_PANIC_THRESHOLD,
-};
 use crate::listener::{ConnectionGuard, ListenerState};
 use crate::route::RouteTable;
 use crate::tls::client::Connector;
-use crate::tls::config::UpstreamTls;
 use crate::tls::metrics::Failure;
 use crate::tls::ServerTls;
 use crate::Inner;
+use skiff_config::cluster::CircuitBreaker;
+use skiff_config::cluster::ClusterConfig;
+use skiff_config::cluster::LbPolicy;
+use skiff_config::cluster::OutlierDetection;
+use skiff_config::cluster::Retries;
+use skiff_config::cluster::SlowStart;
+use skiff_config::cluster::Timeouts;
+use skiff_config::cluster::UpstreamProtocol;
+use skiff_config::cluster::DEFAULT_PANIC_THRESHOLD;
+use skiff_config::listener::AccessLog;
+use skiff_config::listener::ListenerConfig;
+use skiff_config::route::PathMatch;
+use skiff_config::route::RouteConfig;
+use skiff_config::sidecar::MeshConfig;
+use skiff_config::sidecar::{CaptureConfig, Direction, PROXY_UID};
+use skiff_config::tls::UpstreamTls;
 
 /// How long the first connection to a new destination waits for its
 /// endpoints (the namespace's first EndpointSlice list) before being
@@ -54,7 +65,7 @@ const PRIMED_POLL: Duration = Duration::from_millis(5);
 /// A destination no connection has used for this long is dropped, and
 /// with it its EndpointSlice subscription (the namespace's watch stops
 /// when no destination of it is left). Its next connection starts over.
-pub const IDLE_AFTER: Duration = Duration::from_secs(300);
+pub const IDLE_AFTER: Duration = skiff_config::sidecar::DEFAULT_WATCH_IDLE_TIMEOUT;
 
 /// A capture listener's live settings, swapped in with each config.
 #[derive(Debug)]
@@ -116,8 +127,9 @@ struct Reach {
 /// A destination's TLS, when the mesh gives it some.
 #[derive(Debug, Default)]
 struct TargetTls {
-    /// The cluster's upstream TLS (outbound, to a meshed Service).
-    upstream: Option<UpstreamTls>,
+    /// The cluster's upstream TLS (outbound, to a meshed Service), and
+    /// the mesh's connector for it.
+    upstream: Option<(UpstreamTls, Connector)>,
     /// For opaque connections to the same pods.
     opaque: Option<Connector>,
     /// Inbound: the identity header removed from plaintext requests.
@@ -282,8 +294,11 @@ impl Shared {
             return t.clone();
         }
         let mut config = destination_settings(&name, &source, protocol);
-        config.tls = tls.upstream.clone();
-        let cluster = Arc::new(Cluster::new(config));
+        let connector = tls.upstream.map(|(upstream, connector)| {
+            config.tls = Some(upstream);
+            connector
+        });
+        let cluster = Arc::new(Cluster::with_connector(config, connector));
         let follower = crate::spawn_follower(&inner.discovery, &cluster, &source);
         let clusters = HashMap::from([(name.clone(), cluster.clone())]);
         let table = |remove_headers: Vec<String>| {
@@ -295,7 +310,7 @@ impl Shared {
                     host: None,
                     path: PathMatch::Prefix("/".into()),
                     cluster: name.clone(),
-                    rules: crate::gateway::RouteRules {
+                    rules: skiff_config::route::RouteRules {
                         remove_headers,
                         ..Default::default()
                     },
@@ -486,7 +501,7 @@ impl Captured {
         stream: TcpStream,
         peer: SocketAddr,
         destination: SocketAddr,
-        limits: Arc<crate::limits::ListenerLimits>,
+        limits: Arc<skiff_config::limits::ListenerLimits>,
         drain: tokio::sync::watch::Receiver<bool>,
         guard: ConnectionGuard,
     ) {
@@ -546,12 +561,14 @@ fn outbound_tls(
     };
     let (_, sni) = mesh.server_identity(service);
     Ok(TargetTls {
-        upstream: Some(UpstreamTls {
-            ca: Some(mesh.config.ca.clone()),
-            sni: Some(sni),
-            client_cert: Some(mesh.config.files.clone()),
-            connector: mesh.connector(service, Some(alpn))?,
-        }),
+        upstream: Some((
+            UpstreamTls {
+                ca: Some(mesh.config.ca.clone()),
+                sni: Some(sni),
+                client_cert: Some(mesh.config.files.clone()),
+            },
+            mesh.connector(service, Some(alpn))?,
+        )),
         opaque: Some(mesh.connector(service, None)?),
         strip_header: None,
     })
@@ -566,10 +583,10 @@ fn warn_unless_proxy_uid() {
     let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
         return;
     };
-    if uid != super::PROXY_UID {
+    if uid != PROXY_UID {
         tracing::warn!(
             "outbound capture while running as uid {uid}, not {}: the capture rules must exclude uid {uid} (skiff iptables --proxy-uid {uid}), or skiff's own upstream connections are captured again",
-            super::PROXY_UID
+            PROXY_UID
         );
     }
 }

@@ -95,6 +95,22 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The config's certificate checks, answered by loading the files as a
+/// listener or cluster will: so `skiff check` and a reload refuse a
+/// missing or broken certificate with the field that names it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsFiles;
+
+impl skiff_config::tls::Files for TlsFiles {
+    fn cert_pair(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        load_pair(cert, key).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn roots(&self, ca: &Path) -> Result<(), String> {
+        load_roots(ca).map(drop).map_err(|e| e.to_string())
+    }
+}
+
 /// The system's trust anchors (`/etc/ssl/certs` and the like).
 pub fn system_roots() -> Result<RootCertStore, TlsError> {
     let found = rustls_native_certs::load_native_certs();

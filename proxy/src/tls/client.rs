@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::certs::{self, TlsError};
-use super::config::CertFiles;
+use skiff_config::tls::{CertFiles, UpstreamTls};
 
 /// Shortest time between two looks at the files for changes.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -75,15 +75,19 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-/// Two connectors built from the same fields are the same; the fields
-/// beside it in the config decide equality.
-impl PartialEq for Connector {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
 impl Connector {
+    /// A cluster's connector, from its `tls` config: roots from `ca` (or
+    /// the system), an optional client certificate, SNI, and ALPN for the
+    /// cluster's protocol.
+    pub fn for_cluster(tls: &UpstreamTls, http2: bool) -> Result<Connector, TlsError> {
+        Connector::build(
+            tls.ca.as_deref(),
+            tls.client_cert.as_ref(),
+            tls.sni.as_deref(),
+            http2,
+        )
+    }
+
     /// Builds the client config: roots from `ca` (or the system), an
     /// optional client certificate, SNI, ALPN.
     pub fn build(

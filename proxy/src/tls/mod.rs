@@ -9,7 +9,6 @@
 
 pub mod certs;
 pub mod client;
-pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod serve;

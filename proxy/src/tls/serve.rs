@@ -18,8 +18,8 @@ use super::metrics::Failure;
 use super::server::ServerTls;
 use super::session::Session;
 use crate::conn::Conn;
-use crate::limits::ListenerLimits;
 use crate::listener::{ConnectionGuard, ListenerState};
+use skiff_config::limits::ListenerLimits;
 
 /// Time a client gets to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

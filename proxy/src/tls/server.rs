@@ -22,9 +22,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::certs::{self, TlsError};
-use super::config::ListenerTls;
 use super::identity;
 use super::metrics::TlsStats;
+use skiff_config::tls::ListenerTls;
 
 /// ALPN protocols offered, preferred first.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

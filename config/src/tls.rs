@@ -19,15 +19,41 @@
 //!     tls: { ca: ca.crt, sni: payments.shop.svc, cert: me.crt, key: me.key }
 //! ```
 //!
-//! Files are read here too, so `skiff check` and a reload refuse a
-//! missing or broken certificate with the field that names it.
+//! Only paths and names live here. Whether the files hold what they should
+//! is asked of a [`Files`] check, which the proxy's TLS layer answers by
+//! loading them: so `skiff check` and a reload refuse a missing or broken
+//! certificate with the field that names it, and the runtime objects (a
+//! listener's certificate resolver, a cluster's connector) are built from
+//! this config by the proxy, never kept in it.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use skiff_discovery::yaml::{self, Diagnostics, MapReader, Node};
 
-use super::certs;
+use crate::read;
+use crate::yaml::{Diagnostics, MapReader, Node};
+
+/// What reading a config cannot check by itself: the files it names.
+pub trait Files {
+    /// A certificate chain and its private key: both load and belong together.
+    fn cert_pair(&self, cert: &Path, key: &Path) -> Result<(), String>;
+    /// A CA bundle loads and holds at least one certificate.
+    fn roots(&self, ca: &Path) -> Result<(), String>;
+}
+
+/// Checks nothing: the config alone, as `skiff check --offline` and the
+/// fuzz targets read it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unchecked;
+
+impl Files for Unchecked {
+    fn cert_pair(&self, _: &Path, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+    fn roots(&self, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+}
 
 /// A certificate chain and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,7 +110,7 @@ impl ListenerTls {
 }
 
 /// TLS to a cluster's endpoints.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpstreamTls {
     /// CA bundle the endpoints' certificates are verified against;
     /// none: the system's roots.
@@ -94,96 +120,130 @@ pub struct UpstreamTls {
     pub sni: Option<String>,
     /// A client certificate, for upstreams that require mTLS.
     pub client_cert: Option<CertFiles>,
-    /// Built from the fields above when the config is read.
-    #[serde(skip)]
-    pub connector: super::client::Connector,
 }
 
-/// Resolves `text` against the config file's directory.
-fn file_path(node: &Node, path: &str, base: &Path, diags: &mut Diagnostics) -> Option<PathBuf> {
-    let text = yaml::string(node, path, diags)?;
-    if text.is_empty() {
-        diags.error(node, path, "a file path is required");
-        return None;
+/// Where a config is read from, and who checks the files it names.
+pub(crate) struct Context<'a> {
+    /// The config file's directory: relative paths are resolved against it.
+    pub base: &'a Path,
+    pub files: &'a dyn Files,
+}
+
+impl Context<'_> {
+    /// An optional file under `name`, with its node for errors about it.
+    fn optional_file<'n>(
+        &self,
+        map: &mut MapReader<'n>,
+        name: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<Option<(PathBuf, &'n Node)>> {
+        let path = map.path_of(name);
+        match map.optional(name) {
+            None => Some(None),
+            Some(n) => read::file(n, &path, self.base, diags).map(|p| Some((p, n))),
+        }
     }
-    Some(base.join(text))
-}
 
-fn optional_file<'a>(
-    map: &mut MapReader<'a>,
-    name: &str,
-    base: &Path,
-    diags: &mut Diagnostics,
-) -> Option<Option<(PathBuf, &'a Node)>> {
-    let path = map.path_of(name);
-    match map.optional(name) {
-        None => Some(None),
-        Some(n) => file_path(n, &path, base, diags).map(|p| Some((p, n))),
+    /// A required file under `name`, with its node.
+    pub(crate) fn required_file<'n>(
+        &self,
+        map: &mut MapReader<'n>,
+        name: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<(PathBuf, &'n Node)> {
+        let path = map.path_of(name);
+        let node = map.required(name, diags)?;
+        read::file(node, &path, self.base, diags).map(|p| (p, node))
     }
-}
 
-/// `cert` and `key` together, checked to load and to match.
-fn read_pair(
-    map: &mut MapReader<'_>,
-    node: &Node,
-    path: &str,
-    base: &Path,
-    diags: &mut Diagnostics,
-) -> Option<Option<CertFiles>> {
-    let cert = optional_file(map, "cert", base, diags);
-    let key = optional_file(map, "key", base, diags);
-    match (cert?, key?) {
-        (None, None) => Some(None),
-        (Some((cert, cert_node)), Some((key, _))) => {
-            if let Err(e) = certs::load_pair(&cert, &key) {
-                diags.error(cert_node, &format!("{path}.cert"), e.to_string());
-                return None;
+    /// `cert` and `key` together, checked to load and to match.
+    fn read_pair(
+        &self,
+        map: &mut MapReader<'_>,
+        node: &Node,
+        path: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<Option<CertFiles>> {
+        let cert = self.optional_file(map, "cert", diags);
+        let key = self.optional_file(map, "key", diags);
+        match (cert?, key?) {
+            (None, None) => Some(None),
+            (Some((cert, cert_node)), Some((key, _))) => {
+                if let Err(e) = self.files.cert_pair(&cert, &key) {
+                    diags.error(cert_node, &format!("{path}.cert"), e);
+                    return None;
+                }
+                Some(Some(CertFiles { cert, key }))
             }
-            Some(Some(CertFiles { cert, key }))
-        }
-        (Some(_), None) => {
-            diags.error(node, path, "`cert` needs its `key`");
-            None
-        }
-        (None, Some(_)) => {
-            diags.error(node, path, "`key` needs its `cert`");
-            None
+            (Some(_), None) => {
+                diags.error(node, path, "`cert` needs its `key`");
+                None
+            }
+            (None, Some(_)) => {
+                diags.error(node, path, "`key` needs its `cert`");
+                None
+            }
         }
     }
-}
 
-fn string_list(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Vec<String>> {
-    let items = yaml::seq(node, path, diags)?;
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        out.push(yaml::string(item, &format!("{path}[{i}]"), diags)?);
+    /// A CA bundle at `path`, checked to load; the error is placed at `node`.
+    pub(crate) fn check_roots(
+        &self,
+        ca: &Path,
+        node: &Node,
+        path: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<()> {
+        match self.files.roots(ca) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                diags.error(node, path, e);
+                None
+            }
+        }
     }
-    Some(out)
+
+    /// A certificate chain and key, checked; the error is placed at `node`.
+    pub(crate) fn check_pair(
+        &self,
+        files: &CertFiles,
+        node: &Node,
+        path: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<()> {
+        match self.files.cert_pair(&files.cert, &files.key) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                diags.error(node, path, e);
+                None
+            }
+        }
+    }
 }
 
 /// Reads a listener's `tls` section.
-pub fn read_listener_tls(
+pub(crate) fn read_listener_tls(
     node: &Node,
     path: &str,
-    base: &Path,
+    cx: &Context<'_>,
     diags: &mut Diagnostics,
 ) -> Option<ListenerTls> {
     let mut map = MapReader::new(node, path, diags)?;
-    let default = read_pair(&mut map, node, path, base, diags);
+    let default = cx.read_pair(&mut map, node, path, diags);
     let certs_path = map.path_of("certificates");
     let certificates = match map.optional("certificates") {
         None => Some(Vec::new()),
-        Some(n) => yaml::seq(n, &certs_path, diags).and_then(|items| {
+        Some(n) => read::seq(n, &certs_path, diags).and_then(|items| {
             let mut out = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let p = format!("{certs_path}[{i}]");
                 let mut m = MapReader::new(item, &p, diags)?;
                 let names_path = m.path_of("names");
                 let names = match m.optional("names") {
-                    Some(n) => string_list(n, &names_path, diags),
+                    Some(n) => read::string_list(n, &names_path, diags),
                     None => Some(Vec::new()),
                 };
-                let files = read_pair(&mut m, item, &p, base, diags);
+                let files = cx.read_pair(&mut m, item, &p, diags);
                 m.finish(diags, &["cert", "key", "names"]);
                 let Some(files) = files? else {
                     diags.error(item, &p, "missing field `cert` (and `key`)");
@@ -200,7 +260,7 @@ pub fn read_listener_tls(
     let auth_path = map.path_of("client_auth");
     let client_auth = match map.optional("client_auth") {
         None => Some(None),
-        Some(n) => read_client_auth(n, &auth_path, base, diags).map(Some),
+        Some(n) => read_client_auth(n, &auth_path, cx, diags).map(Some),
     };
     map.finish(diags, &["cert", "key", "certificates", "client_auth"]);
     let (default, certificates) = (default?, certificates?);
@@ -222,36 +282,23 @@ pub fn read_listener_tls(
 fn read_client_auth(
     node: &Node,
     path: &str,
-    base: &Path,
+    cx: &Context<'_>,
     diags: &mut Diagnostics,
 ) -> Option<ClientAuth> {
     let mut map = MapReader::new(node, path, diags)?;
     let ca_path = map.path_of("ca");
-    let ca = map.required("ca", diags).and_then(|n| {
-        let file = file_path(n, &ca_path, base, diags)?;
-        if let Err(e) = certs::load_roots(&file) {
-            diags.error(n, &ca_path, e.to_string());
-            return None;
-        }
-        Some(file)
-    });
+    let ca = cx
+        .required_file(&mut map, "ca", diags)
+        .and_then(|(file, n)| cx.check_roots(&file, n, &ca_path, diags).map(|()| file));
     let allow_path = map.path_of("allow");
     let allow = match map.optional("allow") {
-        Some(n) => string_list(n, &allow_path, diags),
+        Some(n) => read::string_list(n, &allow_path, diags),
         None => Some(Vec::new()),
     };
     let header_path = map.path_of("identity_header");
     let identity_header = match map.optional("identity_header") {
         None => Some(None),
-        Some(n) => yaml::string(n, &header_path, diags).and_then(|h| {
-            match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => Some(Some(name.as_str().to_owned())),
-                Err(_) => {
-                    diags.error(n, &header_path, format!("`{h}` is not a header name"));
-                    None
-                }
-            }
-        }),
+        Some(n) => read::header_name(n, &header_path, diags).map(Some),
     };
     map.finish(diags, &["ca", "allow", "identity_header"]);
     Some(ClientAuth {
@@ -261,57 +308,43 @@ fn read_client_auth(
     })
 }
 
-/// Reads a cluster's `tls` section and builds its connector.
-pub fn read_upstream_tls(
+/// Reads a cluster's `tls` section.
+pub(crate) fn read_upstream_tls(
     node: &Node,
     path: &str,
-    base: &Path,
-    http2: bool,
+    cx: &Context<'_>,
     diags: &mut Diagnostics,
 ) -> Option<UpstreamTls> {
     let mut map = MapReader::new(node, path, diags)?;
-    let ca = optional_file(&mut map, "ca", base, diags);
+    let ca_path = map.path_of("ca");
+    let ca = match cx.optional_file(&mut map, "ca", diags) {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some((file, n))) => cx
+            .check_roots(&file, n, &ca_path, diags)
+            .map(|()| Some(file)),
+    };
     let sni_path = map.path_of("sni");
     let sni = match map.optional("sni") {
         None => Some(None),
-        Some(n) => yaml::string(n, &sni_path, diags).and_then(|s| {
-            match rustls::pki_types::ServerName::try_from(s.as_str()) {
-                Ok(_) => Some(Some(s)),
-                Err(_) => {
-                    diags.error(
-                        n,
-                        &sni_path,
-                        format!("`{s}` is not a DNS name or IP address"),
-                    );
-                    None
-                }
+        Some(n) => read::string(n, &sni_path, diags).and_then(|s| {
+            if read::is_server_name(&s) {
+                Some(Some(s))
+            } else {
+                diags.error(
+                    n,
+                    &sni_path,
+                    format!("`{s}` is not a DNS name or IP address"),
+                );
+                None
             }
         }),
     };
-    let client_cert = read_pair(&mut map, node, path, base, diags);
+    let client_cert = cx.read_pair(&mut map, node, path, diags);
     map.finish(diags, &["ca", "sni", "cert", "key"]);
-    let (ca, sni, client_cert) = (ca?, sni?, client_cert?);
-    let ca_file = ca.as_ref().map(|(p, _)| p.clone());
-    let connector = match super::client::Connector::build(
-        ca_file.as_deref(),
-        client_cert.as_ref(),
-        sni.as_deref(),
-        http2,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            let (at, field) = match &ca {
-                Some((_, n)) => (*n, format!("{path}.ca")),
-                None => (node, path.to_owned()),
-            };
-            diags.error(at, &field, e.to_string());
-            return None;
-        }
-    };
     Some(UpstreamTls {
-        ca: ca_file,
-        sni,
-        client_cert,
-        connector,
+        ca: ca?,
+        sni: sni?,
+        client_cert: client_cert?,
     })
 }
