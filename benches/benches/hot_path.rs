@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use skiff::cluster::Cluster;
 use skiff::metrics::Registry;
-use skiff::route::RouteTable;
+use skiff::proxy::route::RouteTable;
 use skiff_config::cluster::LbPolicy;
 use skiff_config::endpoints::EndpointSpec;
 use skiff_config::Config;
@@ -147,7 +147,7 @@ fn headers(c: &mut Criterion) {
                     r
                 },
                 |mut r| {
-                    skiff::forward::prepare_request(&mut r, peer, false);
+                    skiff::proxy::forward::prepare_request(&mut r, peer, false);
                     r
                 },
                 criterion::BatchSize::SmallInput,

@@ -9,8 +9,8 @@
 
 use bytes::{Buf, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use skiff::h1::body::{Chunk, ChunkedDecoder};
-use skiff::h1::parse::{self, Framing};
+use skiff::http::h1::body::{Chunk, ChunkedDecoder};
+use skiff::http::h1::parse::{self, Framing};
 
 /// What an HTTP/2 client sends first; the `h2` target covers those.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

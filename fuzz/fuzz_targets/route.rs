@@ -12,7 +12,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use skiff::cluster::Cluster;
 use skiff::metrics::Registry;
-use skiff::route::RouteTable;
+use skiff::proxy::route::RouteTable;
 use skiff_config::route::{HostMatch, PathMatch, RouteConfig};
 use skiff_config::Config;
 
@@ -163,9 +163,9 @@ fuzz_target!(|data: &[u8]| {
     // The generated routes have no header matches and no redirects, so
     // every entry of the table is a route, in the config's order.
     let no_headers = http::HeaderMap::new();
-    let index_of = |found: Option<skiff::route::Found<'_>>| {
+    let index_of = |found: Option<skiff::proxy::route::Found<'_>>| {
         found.map(|found| {
-            let skiff::route::Found::Route(r) = found else {
+            let skiff::proxy::route::Found::Route(r) = found else {
                 panic!("a redirect found where none is configured");
             };
             table

@@ -8,25 +8,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod body;
+pub mod cli;
 pub mod cluster;
-pub mod conn;
-pub mod demo;
-pub mod forward;
-pub mod gateway;
-pub mod h1;
-pub mod h2;
-pub mod inject;
-pub mod iptables;
-pub mod limits;
-pub mod listener;
+pub mod http;
+pub mod io;
 pub mod logging;
 pub mod metrics;
-pub mod pool;
-pub mod route;
-pub mod sidecar;
+pub mod proxy;
+pub mod server;
 pub mod tls;
-pub mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,11 +30,11 @@ use skiff_config::endpoints::Source;
 use tokio::task::AbortHandle;
 
 use cluster::Cluster;
-use listener::{Listener, ListenerState};
+use io::workers::Workers;
 use metrics::Registry;
-use route::RouteTable;
+use proxy::route::RouteTable;
+use server::listener::{Listener, ListenerState};
 use skiff_config::{Config, ConfigError, ListenerConfig};
-use workers::Workers;
 
 /// How often a config file given with `-c` is checked for changes.
 pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -63,7 +53,7 @@ pub enum ApplyError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Route(#[from] route::UnknownCluster),
+    Route(#[from] proxy::route::UnknownCluster),
     #[error("listener `{name}`: {source}")]
     Tls { name: String, source: tls::TlsError },
     #[error("cluster `{name}`: {source}")]
@@ -107,7 +97,7 @@ struct Inner {
     /// Thread-per-core workers the listeners accept on (none: this runtime).
     workers: Workers,
     /// The sidecar role's Services and destinations (capture listeners).
-    sidecar: sidecar::Shared,
+    sidecar: server::sidecar::Shared,
 }
 
 /// A running skiff. Cheap to clone; all clones are the same proxy.
@@ -145,7 +135,7 @@ impl Proxy {
                 drain_requested: tokio::sync::Notify::new(),
                 admin_address: Mutex::new(None),
                 workers,
-                sidecar: sidecar::Shared::default(),
+                sidecar: server::sidecar::Shared::default(),
             }),
         };
         let admin = admin::serve(admin_listen, proxy.clone())
@@ -271,7 +261,7 @@ impl Proxy {
                             .sidecar
                             .watch_services(c.service_namespaces(), c.watch_idle_timeout);
                     }
-                    Arc::new(sidecar::Captured {
+                    Arc::new(server::sidecar::Captured {
                         config: c.clone(),
                         listener: lc.name.as_str().into(),
                         access_log: lc.access_log,

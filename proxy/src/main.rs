@@ -92,7 +92,7 @@ struct InjectArgs {
     #[arg(short = 'f', long = "filename", default_value = "-")]
     files: Vec<PathBuf>,
     /// The skiff image the pods run.
-    #[arg(long, default_value_t = skiff::inject::default_image())]
+    #[arg(long, default_value_t = skiff::cli::inject::default_image())]
     image: String,
     /// Inbound ports never captured (comma-separated), for every pod.
     #[arg(long, value_delimiter = ',')]
@@ -102,7 +102,7 @@ struct InjectArgs {
     skip_outbound_ports: Vec<u16>,
     /// Outbound destination networks never captured (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',')]
-    skip_outbound_cidrs: Vec<skiff::iptables::Cidr>,
+    skip_outbound_cidrs: Vec<skiff::cli::iptables::Cidr>,
     /// A ConfigMap (in each pod's namespace) holding the sidecar's config
     /// as `skiff.yaml`; without it the sidecar runs the built-in defaults.
     #[arg(long)]
@@ -146,7 +146,7 @@ struct IptablesArgs {
     skip_outbound_ports: Vec<u16>,
     /// Outbound destination networks never captured (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',')]
-    skip_outbound_cidrs: Vec<skiff::iptables::Cidr>,
+    skip_outbound_cidrs: Vec<skiff::cli::iptables::Cidr>,
     /// Capture only outbound connections.
     #[arg(long)]
     no_inbound: bool,
@@ -212,7 +212,7 @@ fn main() -> ExitCode {
                 Some(path) => Config::load(path, &TlsFiles),
                 None => {
                     let mut text = skiff_config::sidecar::default_config_text(
-                        skiff::iptables::host_has_ipv6(),
+                        skiff::cli::iptables::host_has_ipv6(),
                     );
                     if let Some(dir) = &mesh_dir {
                         text.push_str(&skiff_config::sidecar::mesh_config_text(dir));
@@ -239,7 +239,7 @@ fn main() -> ExitCode {
             // workers serve traffic. With one thread both models are the
             // same current-thread runtime.
             let (runtime, workers) = if cli.runtime == RuntimeModel::PerCore && threads > 1 {
-                let workers = match skiff::workers::Workers::start(threads) {
+                let workers = match skiff::io::workers::Workers::start(threads) {
                     Ok(w) => w,
                     Err(e) => {
                         eprintln!("skiff: cannot start the worker threads: {e}");
@@ -250,7 +250,7 @@ fn main() -> ExitCode {
             } else {
                 (
                     build_runtime(Some(threads)),
-                    skiff::workers::Workers::none(),
+                    skiff::io::workers::Workers::none(),
                 )
             };
             let runtime = match runtime {
@@ -270,7 +270,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(skiff::demo::run(duration, admin)) {
+            match runtime.block_on(skiff::cli::demo::run(duration, admin)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("skiff demo: {e:#}");
@@ -284,7 +284,7 @@ fn main() -> ExitCode {
 
 fn inject(args: InjectArgs) -> ExitCode {
     use std::io::{Read, Write};
-    let options = skiff::inject::Options {
+    let options = skiff::cli::inject::Options {
         image: args.image,
         skip_inbound_ports: args.skip_inbound_ports,
         skip_outbound_ports: args.skip_outbound_ports,
@@ -315,7 +315,7 @@ fn inject(args: InjectArgs) -> ExitCode {
                 }
             }
         };
-        match skiff::inject::inject(&text, &options) {
+        match skiff::cli::inject::inject(&text, &options) {
             Ok(done) => {
                 if !out.is_empty() {
                     if !out.ends_with('\n') {
@@ -347,7 +347,7 @@ fn inject(args: InjectArgs) -> ExitCode {
 }
 
 fn iptables(args: IptablesArgs) -> ExitCode {
-    use skiff::iptables as ipt;
+    use skiff::cli::iptables as ipt;
     let rules = ipt::Rules {
         proxy_uid: args.proxy_uid,
         inbound_port: args.inbound_port,
@@ -401,7 +401,11 @@ fn build_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runt
     builder.build()
 }
 
-async fn run(config: Config, path: Option<PathBuf>, workers: skiff::workers::Workers) -> ExitCode {
+async fn run(
+    config: Config,
+    path: Option<PathBuf>,
+    workers: skiff::io::workers::Workers,
+) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     let proxy = match Proxy::start_on(config, path, workers).await {
         Ok(p) => p,

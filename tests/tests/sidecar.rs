@@ -444,13 +444,13 @@ async fn captured_connections_keep_their_original_destination_and_skiffs_own_are
     conn.write_all(b"hello").await.expect("write");
     let captured = accept_one(&outbound).await;
     assert_eq!(
-        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         service
     );
     let conn2 = client.connect(server_socket).await.expect("connect");
     let captured2 = accept_one(&outbound).await;
     assert_eq!(
-        skiff::iptables::original_destination(&captured2).expect("SO_ORIGINAL_DST"),
+        skiff::cli::iptables::original_destination(&captured2).expect("SO_ORIGINAL_DST"),
         server_socket
     );
     drop((conn2, captured2));
@@ -493,7 +493,7 @@ async fn captured_connections_keep_their_original_destination_and_skiffs_own_are
         .expect("connect to the app port");
     let captured = accept_one(&inbound).await;
     assert_eq!(
-        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         server_socket
     );
     let _a = client
@@ -991,14 +991,14 @@ async fn ipv6_and_dual_stack_connections_keep_their_original_destination() {
     let _c6 = client.connect(v6).await.expect("connect over IPv6");
     let captured = accept_one(&outbound_v6).await;
     assert_eq!(
-        skiff::iptables::original_destination(&captured).expect("IP6T_SO_ORIGINAL_DST"),
+        skiff::cli::iptables::original_destination(&captured).expect("IP6T_SO_ORIGINAL_DST"),
         v6
     );
     let v4 = addr("198.19.0.1:80");
     let _c4 = client.connect(v4).await.expect("connect over IPv4");
     let captured = accept_one(&outbound_v4).await;
     assert_eq!(
-        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         v4
     );
 
@@ -1031,7 +1031,7 @@ async fn ipv6_and_dual_stack_connections_keep_their_original_destination() {
     let captured = accept_one(&inbound).await;
     assert!(captured.local_addr().expect("local").is_ipv6());
     assert_eq!(
-        skiff::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         app
     );
 }
@@ -1165,12 +1165,12 @@ fn every_truncation_of_a_stream_is_injected_or_refused_by_document_and_line() {
     // Cut anywhere (mid-scalar, mid-flow, mid-document): never a panic;
     // either a result that injecting again leaves as it is, or an error
     // naming the document and line.
-    let options = skiff::inject::Options::default();
+    let options = skiff::cli::inject::Options::default();
     let mut refused = 0;
     for end in (0..=WORKLOADS.len()).filter(|&i| WORKLOADS.is_char_boundary(i)) {
-        match skiff::inject::inject(&WORKLOADS[..end], &options) {
+        match skiff::cli::inject::inject(&WORKLOADS[..end], &options) {
             Ok(done) => {
-                let again = skiff::inject::inject(&done.yaml, &options).unwrap_or_else(|e| {
+                let again = skiff::cli::inject::inject(&done.yaml, &options).unwrap_or_else(|e| {
                     panic!(
                         "output of a {end}-byte prefix does not parse: {e}\n{}",
                         done.yaml
@@ -1194,17 +1194,18 @@ fn a_stream_with_a_character_changed_is_injected_or_refused_never_garbled() {
     // One character replaced by YAML punctuation, everywhere: the output,
     // when there is one, must read back the same (the emitter quotes what
     // needs quoting), and errors name the document and line.
-    let options = skiff::inject::Options::default();
+    let options = skiff::cli::inject::Options::default();
     for (i, _) in WORKLOADS.char_indices().step_by(3) {
         for c in ['"', ':', '{', '\n'] {
             let mut text = WORKLOADS.to_string();
             let width = text[i..].chars().next().map_or(1, char::len_utf8);
             text.replace_range(i..i + width, &c.to_string());
-            match skiff::inject::inject(&text, &options) {
+            match skiff::cli::inject::inject(&text, &options) {
                 Ok(done) => {
-                    let again = skiff::inject::inject(&done.yaml, &options).unwrap_or_else(|e| {
-                        panic!("output for {c:?} at {i} does not parse: {e}\n{}", done.yaml)
-                    });
+                    let again =
+                        skiff::cli::inject::inject(&done.yaml, &options).unwrap_or_else(|e| {
+                            panic!("output for {c:?} at {i} does not parse: {e}\n{}", done.yaml)
+                        });
                     assert_eq!(again.yaml, done.yaml, "{c:?} at {i}");
                 }
                 Err(e) => assert!(e.to_string().starts_with("document "), "{e}"),

@@ -12,8 +12,9 @@
 //! goes and its pooled connections close with it.
 
 pub mod balance;
+pub mod budget;
 pub mod health;
-pub mod retry;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,8 +28,8 @@ use skiff_config::endpoints::EndpointSpec;
 use skiff_config::endpoints::Origin;
 use skiff_discovery::EndpointSet;
 
+use crate::cluster::pool::Pool;
 use crate::metrics::{CodeCounters, Histogram};
-use crate::pool::Pool;
 use crate::tls::client::Connector;
 use crate::tls::TlsError;
 use balance::Balancer;
@@ -110,7 +111,7 @@ impl Endpoint {
             origin: ArcSwapOption::new(spec.origin.clone()),
             requests: CodeCounters::default(),
             duration: Histogram::default(),
-            pools: (0..crate::workers::count())
+            pools: (0..crate::io::workers::count())
                 .map(|_| Pool::default())
                 .collect(),
             failures: AtomicU32::new(0),
@@ -226,7 +227,7 @@ impl Endpoint {
     /// This worker's connection pool to the endpoint.
     #[inline]
     pub fn pool(&self) -> &Pool {
-        &self.pools[crate::workers::current() % self.pools.len()]
+        &self.pools[crate::io::workers::current() % self.pools.len()]
     }
 
     /// Idle pooled connections over every worker.
@@ -285,7 +286,7 @@ pub struct ClusterStats {
     pub ejections: AtomicU64,
     /// Active health check results (`skiff_health_checks_total`).
     pub health_checks: health::CheckCounters,
-    pub budget: retry::RetryBudget,
+    pub budget: budget::RetryBudget,
     pub duration: Histogram,
     pub discovery_updates: AtomicU64,
     /// Failures of the cluster's discovery source, counted by the source.

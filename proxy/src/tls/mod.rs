@@ -1,7 +1,7 @@
 //! TLS: termination on listeners, TLS to upstreams, and mutual TLS.
 //!
 //! rustls with the ring provider throughout. A listener with a `tls`
-//! section hands each accepted socket to [`serve`], which runs the
+//! section hands each accepted socket to `server::tls`, which runs the
 //! handshake (certificate by SNI, ALPN h2 or HTTP/1.1, client certificate
 //! when required) and then serves HTTP on the encrypted stream. The
 //! certificate files are watched and reloaded live ([`server`]). A cluster
@@ -11,10 +11,10 @@ pub mod certs;
 pub mod client;
 pub mod identity;
 pub mod metrics;
-pub mod serve;
+pub mod peer;
 pub mod server;
 pub mod session;
 
 pub use certs::TlsError;
-pub use serve::{serve, TlsPeer};
+pub use peer::TlsPeer;
 pub use server::ServerTls;

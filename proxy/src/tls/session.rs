@@ -1,5 +1,5 @@
 //! A finished TLS session driven by hand over the socket's readiness, so
-//! that skiff's own HTTP/1 server ([`crate::h1`]) serves HTTPS as it serves
+//! that skiff's own HTTP/1 server ([`crate::server::h1`]) serves HTTPS as it serves
 //! plaintext: reads return what the socket has, decrypted, without a
 //! syscall that can only fail with `EAGAIN`; a response's head and body go
 //! into one TLS record where they fit, and out in one `write`.
@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::TlsPeer;
-use crate::conn::Conn;
+use crate::io::conn::Conn;
 
 /// The TLS half of a client connection.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ impl Session {
     }
 
     /// Reads what the client has sent, decrypted, into `buf`: the same
-    /// contract as [`crate::h1::read_available`] (`Ok(0)` at the end of
+    /// contract as [`crate::server::h1::read_available`] (`Ok(0)` at the end of
     /// the stream, `WouldBlock` when nothing has arrived).
     pub fn read_available(&self, stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         self.read_into(stream, buf)

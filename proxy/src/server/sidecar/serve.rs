@@ -4,8 +4,8 @@
 //! Each destination skiff balances (a Service port outbound, an app port
 //! inbound) gets a cluster of its own on first use, named for it
 //! (`order.shop.http`, `inbound.8080`) and a one-route table that sends
-//! every request to it, so the request path ([`crate::h1`], [`crate::h2`],
-//! [`crate::forward`]) is the same as for configured listeners: retries,
+//! every request to it, so the request path ([`crate::server::h1`], [`crate::server::h2`],
+//! [`crate::proxy::forward`]) is the same as for configured listeners: retries,
 //! outlier ejection, pools and metrics included. HTTP/2 clients get a
 //! cluster that speaks HTTP/2 upstream (`.h2`), so gRPC stays gRPC.
 //!
@@ -33,8 +33,8 @@ use tokio::task::AbortHandle;
 use super::detect::{detect, Protocol};
 use super::mesh::{self, Mesh, Opening};
 use crate::cluster::Cluster;
-use crate::listener::{ConnectionGuard, ListenerState};
-use crate::route::RouteTable;
+use crate::proxy::route::RouteTable;
+use crate::server::listener::{ConnectionGuard, ListenerState};
 use crate::tls::client::Connector;
 use crate::tls::metrics::Failure;
 use crate::tls::ServerTls;
@@ -362,7 +362,7 @@ impl Captured {
     /// ClientHello for [`Captured::serve_mesh`]; anything else is served
     /// here to the end.
     pub async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Accepted {
-        let destination = match crate::iptables::original_destination(&stream) {
+        let destination = match crate::cli::iptables::original_destination(&stream) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(listener = %self.listener, %peer, "not a captured connection (no original destination: {e}); closed");
@@ -508,7 +508,7 @@ impl Captured {
         let (Some(server), Some(inner)) = (&self.mesh_server, self.proxy.upgrade()) else {
             return;
         };
-        let Some(done) = crate::tls::serve::handshake(stream, peer, server, &self.listener).await
+        let Some(done) = crate::server::tls::handshake(stream, peer, server, &self.listener).await
         else {
             return;
         };
@@ -537,7 +537,7 @@ impl Captured {
             .await;
         let state = target.tls_state.clone();
         drop(target);
-        crate::tls::serve::serve_http(done, peer, state, limits, drain, guard).await;
+        crate::server::tls::serve_http(done, peer, state, limits, drain, guard).await;
     }
 }
 

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::body::{BodyError, UpstreamBody};
+use crate::http::body::{BodyError, UpstreamBody};
 
 /// A request body past its route's `max_request_body`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]

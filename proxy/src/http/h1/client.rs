@@ -28,10 +28,11 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::body::{Chunk, ChunkedDecoder};
-use super::write::{chunk_size, write_all};
-use super::{buffers, read_available};
-use crate::body::UpstreamBody;
+use crate::http::body::UpstreamBody;
+use crate::http::h1::body::{Chunk, ChunkedDecoder};
+use crate::http::h1::buffers;
+use crate::http::h1::write::{chunk_size, write_all};
+use crate::server::h1::read_available;
 
 /// Most header fields a response may carry.
 const MAX_HEADERS: usize = 100;

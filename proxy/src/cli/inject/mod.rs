@@ -263,7 +263,7 @@ fn inject_object(
     }
     if let Some(text) = annotation("skiff.io/skip-outbound-cidrs") {
         for cidr in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            if crate::iptables::Cidr::parse(cidr).is_none() {
+            if crate::cli::iptables::Cidr::parse(cidr).is_none() {
                 return Err(shape_error(
                     annotations.map_or(template.mark.line, |a| a.mark.line),
                     &prefix("metadata.annotations.skiff.io/skip-outbound-cidrs"),
@@ -825,7 +825,7 @@ spec:
         // `fuzz/known-bugs/inject-output-does-not-reparse-1.yaml`: the
         // workload ends with `...` and a plain scalar document follows.
         injects_to_a_fixed_point(include_str!(
-            "../../../fuzz/corpus/inject/does-not-reparse-1.yaml"
+            "../../../../fuzz/corpus/inject/does-not-reparse-1.yaml"
         ));
     }
 
@@ -834,7 +834,7 @@ spec:
         // `...-2.yaml`: odd plain keys (`.c: )ppyment` over two lines) in
         // front of the workload, then `...` and a scalar document.
         injects_to_a_fixed_point(include_str!(
-            "../../../fuzz/corpus/inject/does-not-reparse-2.yaml"
+            "../../../../fuzz/corpus/inject/does-not-reparse-2.yaml"
         ));
     }
 
@@ -843,7 +843,7 @@ spec:
         // `...-3.yaml`: anchored keys (`&p`) and a `$---` that is no
         // marker, then `...` and a scalar document.
         injects_to_a_fixed_point(include_str!(
-            "../../../fuzz/corpus/inject/does-not-reparse-3.yaml"
+            "../../../../fuzz/corpus/inject/does-not-reparse-3.yaml"
         ));
     }
 
@@ -853,7 +853,7 @@ spec:
         // key of control characters, quoted as `\u001d` each, passed the
         // 1024 characters YAML allows before an implicit key's colon.
         let out = injects_to_a_fixed_point(include_str!(
-            "../../../fuzz/corpus/inject/key-longer-than-1024-when-quoted.yaml"
+            "../../../../fuzz/corpus/inject/key-longer-than-1024-when-quoted.yaml"
         ));
         assert!(out.contains("\n    ? \"i\\u001d"), "{out}");
         let long = format!(
@@ -869,7 +869,7 @@ spec:
         // (folded from two lines) was written at the start of a line,
         // where it ends the document.
         let out = injects_to_a_fixed_point(include_str!(
-            "../../../fuzz/corpus/inject/plain-key-starting-with-dashes.yaml"
+            "../../../../fuzz/corpus/inject/plain-key-starting-with-dashes.yaml"
         ));
         assert!(!out.lines().any(|l| l.starts_with("---  ")), "{out}");
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: app}]\n? a\n  --- b\n: 1\nc: [..., ---]\n";
@@ -881,7 +881,7 @@ spec:
         // Found by the inject fuzz target: `ord0 -` inside a complex key,
         // written plain in flow style, did not parse again.
         injects_to_a_fixed_point(include_str!(
-            "../../../fuzz/corpus/inject/flow-scalar-ending-in-a-dash.yaml"
+            "../../../../fuzz/corpus/inject/flow-scalar-ending-in-a-dash.yaml"
         ));
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: app}]\n? {a: [b c, 8080, x-y]}\n: 1\n";
         let out = injects_to_a_fixed_point(text);
@@ -893,7 +893,7 @@ spec:
         // Found by the inject fuzz target: a complex key holding empty
         // (null) values came out as `{a: [, x]}`, which does not parse.
         injects_to_a_fixed_point(include_str!(
-            "../../../fuzz/corpus/inject/empty-scalars-in-a-flow-key.yaml"
+            "../../../../fuzz/corpus/inject/empty-scalars-in-a-flow-key.yaml"
         ));
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: app}]\n? {a: [~, x], b:}\n: 1\n";
         let out = injects_to_a_fixed_point(text);

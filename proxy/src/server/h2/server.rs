@@ -39,9 +39,9 @@ use super::hpack;
 use super::request::{Fields, Head};
 use super::stream::{self, Out, Ready, RequestBody, Shared, Slot, StreamTask};
 use super::Activity;
-use crate::body::UpstreamBody;
-use crate::listener::ListenerState;
+use crate::http::body::UpstreamBody;
 use crate::metrics::ProtocolError;
+use crate::server::listener::ListenerState;
 use crate::tls::TlsPeer;
 use skiff_config::limits::ListenerLimits;
 
@@ -109,7 +109,7 @@ struct Stream {
 /// How a new stream is answered.
 pub(super) enum Answer {
     Forward(http::Request<UpstreamBody>),
-    Local(Response<crate::forward::ProxyBody>),
+    Local(Response<crate::proxy::forward::ProxyBody>),
 }
 
 /// What a stream runs: its answer, then its response into the stream.
@@ -122,7 +122,7 @@ pub(super) async fn stream_future(
     shared: Arc<Shared>,
 ) {
     let response = match answer {
-        Answer::Forward(req) => crate::forward::handle(req, &state, peer, None).await,
+        Answer::Forward(req) => crate::proxy::forward::handle(req, &state, peer, None).await,
         Answer::Local(response) => response,
     };
     stream::respond(&shared, response).await
@@ -915,7 +915,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
             Head::Refuse(status, why) => {
                 let error = ProtocolError::of_status(true, status.as_u16());
                 self.state.protocol_errors.count(error);
-                (Answer::Local(crate::forward::local(status, why)), None)
+                (
+                    Answer::Local(crate::proxy::forward::local(status, why)),
+                    None,
+                )
             }
             Head::Request(mut req, expect) => {
                 if end_stream && expect.is_some_and(|n| n > 0) {
@@ -1215,7 +1218,7 @@ fn encode_head(encoder: &mut hpack::Encoder, block: &mut Vec<u8>, response: &Res
         // RFC 9110 §6.6.1: a recipient forwarding a response without a
         // Date adds one.
         let mut date = [0u8; 29];
-        let value = crate::h1::write::date::get(&mut date);
+        let value = crate::http::h1::write::date::get(&mut date);
         encoder.field(b"date", value, false, block);
     }
 }

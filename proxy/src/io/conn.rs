@@ -79,7 +79,7 @@ impl Conn {
     #[inline]
     pub fn read_available(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match &self.tls {
-            None => crate::h1::read_available(&self.stream, buf),
+            None => crate::server::h1::read_available(&self.stream, buf),
             Some(session) => session.read_available(&self.stream, buf),
         }
     }
@@ -102,7 +102,7 @@ impl Conn {
     #[inline]
     pub async fn write_all(&self, parts: [&[u8]; 2]) -> io::Result<()> {
         match &self.tls {
-            None => crate::h1::write::write_all(&self.stream, parts).await,
+            None => crate::http::h1::write::write_all(&self.stream, parts).await,
             Some(session) => session.write_all(&self.stream, parts).await,
         }
     }

@@ -1,7 +1,7 @@
 //! HTTP/2 client connections (h2c with prior knowledge, or h2 by ALPN),
 //! served by skiff's own HTTP/2 server ([`server`]).
 //!
-//! [`crate::h1`] reads the first bytes of every connection; when they are
+//! [`crate::server::h1`] reads the first bytes of every connection; when they are
 //! the HTTP/2 preface it hands the socket over here, with those bytes.
 //! TLS connections that chose h2 by ALPN come here straight from the
 //! handshake ([`serve_io`]). Draining sends GOAWAY and lets open streams
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::listener::ListenerState;
+use crate::server::listener::ListenerState;
 use crate::tls::TlsPeer;
 use skiff_config::limits::ListenerLimits;
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::h1::body::RequestBody;
+use crate::http::h1::body::RequestBody;
 
 /// Errors a request body can end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,7 +24,7 @@ pub enum UpstreamBody {
     /// Read from an HTTP/1.x client connection.
     Http1(RequestBody),
     /// A stream of an HTTP/2 client connection.
-    Http2(crate::h2::RequestBody),
+    Http2(crate::server::h2::RequestBody),
     /// Read whole before sending, so a retry can send it again (bodies of
     /// retryable requests up to `forward::MAX_REPLAY_BODY`).
     Buffered {
@@ -33,7 +33,7 @@ pub enum UpstreamBody {
     },
     /// Of unknown length, on a route with `max_request_body` (boxed: rare,
     /// and it holds one of the others).
-    Capped(Box<crate::limits::CappedBody>),
+    Capped(Box<crate::http::capped::CappedBody>),
 }
 
 impl Body for UpstreamBody {

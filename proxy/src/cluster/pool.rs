@@ -19,8 +19,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::UpstreamBody;
-use crate::h1::client::Connection;
+use crate::http::body::UpstreamBody;
+use crate::http::h1::client::Connection;
 use crate::tls::client::Connector;
 use skiff_config::cluster::UpstreamProtocol;
 

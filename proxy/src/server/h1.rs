@@ -12,15 +12,9 @@
 //! ([`parse`]), forward it with its body streaming from the socket
 //! ([`body`]), write the response ([`write`]), then go on with the next
 //! request, pipelined bytes included. A connection that opens with the
-//! HTTP/2 preface is handed to [`crate::h2`]. While a request without a
+//! HTTP/2 preface is handed to [`crate::server::h2`]. While a request without a
 //! body is out, the socket is watched: a client that goes away cancels the
 //! upstream request, as hyper and Envoy do.
-
-pub mod body;
-pub mod buffers;
-pub mod client;
-pub mod parse;
-pub mod write;
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,13 +27,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::body::UpstreamBody;
-use crate::conn::Conn;
-use crate::forward::{self, ProxyBody};
-use crate::listener::{ConnectionGuard, ListenerState};
+use crate::http::body::UpstreamBody;
+use crate::http::h1::body::{ChunkedDecoder, Kind, RequestBody};
+use crate::http::h1::parse::{self, Framing, HeadError, HeadLimits, Parsed};
+use crate::http::h1::{body, buffers, write};
+use crate::io::conn::Conn;
 use crate::metrics::ProtocolError;
-use body::{ChunkedDecoder, Kind, RequestBody};
-use parse::{Framing, HeadError, HeadLimits, Parsed};
+use crate::proxy::forward::{self, ProxyBody};
+use crate::server::listener::{ConnectionGuard, ListenerState};
 use skiff_config::limits::ListenerLimits;
 
 /// After the response, how long the rest of the request body may take to
@@ -98,13 +93,20 @@ pub async fn serve(
                         let _guard = guard;
                         match conn.session().map(|s| s.peer.clone()) {
                             None => {
-                                crate::h2::serve(conn.stream, read, state, limits, peer, drain)
-                                    .await
+                                crate::server::h2::serve(
+                                    conn.stream,
+                                    read,
+                                    state,
+                                    limits,
+                                    peer,
+                                    drain,
+                                )
+                                .await
                             }
                             // HTTP/2 over TLS without ALPN: the preface told.
                             Some(tls) => {
                                 let stream = crate::tls::session::Stream::new(conn);
-                                crate::h2::serve_io(
+                                crate::server::h2::serve_io(
                                     stream,
                                     read,
                                     state,
@@ -334,7 +336,7 @@ fn too_large_for_its_route(
     let host = forward::request_host(req);
     matches!(
         routes.find(host, req.uri().path(), req.headers()),
-        Some(crate::route::Found::Route(route))
+        Some(crate::proxy::route::Found::Route(route))
             if route.max_request_body.is_some_and(|max| length > max)
     )
 }

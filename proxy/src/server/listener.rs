@@ -1,7 +1,7 @@
 //! Listeners: accept loops that serve HTTP/1.1 and HTTP/2 on one port.
 //!
-//! Each accepted connection is served by [`crate::h1`] (HTTP/1.x, and
-//! WebSocket upgrades), which hands it to [`crate::h2`] when the client
+//! Each accepted connection is served by [`crate::server::h1`] (HTTP/1.x, and
+//! WebSocket upgrades), which hands it to [`crate::server::h2`] when the client
 //! opens with the HTTP/2 preface. A listener's routes
 //! sit in an `ArcSwap`, so a reload swaps them under live connections.
 //! Shutdown is two steps: stop accepting, then ask every connection to
@@ -21,10 +21,10 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::conn::{Conn, Registry};
+use crate::io::conn::{Conn, Registry};
+use crate::io::workers::Workers;
 use crate::metrics::Gauge;
-use crate::route::RouteTable;
-use crate::workers::Workers;
+use crate::proxy::route::RouteTable;
 use skiff_config::limits::ListenerLimits;
 
 /// Pending connections the kernel queues per listener.
@@ -48,7 +48,7 @@ pub struct ListenerState {
     pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
     /// Set on capture listeners (the sidecar role): connections are served
     /// by original destination instead of by `routes`.
-    pub capture: arc_swap::ArcSwapOption<crate::sidecar::Captured>,
+    pub capture: arc_swap::ArcSwapOption<crate::server::sidecar::Captured>,
 }
 
 /// A bound, listening, non-blocking socket.
@@ -165,7 +165,7 @@ impl Listener {
     /// Asks every open connection to finish its requests and close.
     pub fn drain_connections(&self) {
         // The flag first: a connection going idle after the sweep below
-        // sees it (see `crate::conn`).
+        // sees it (see `crate::io::conn`).
         let _ = self.drain.send(true);
         self.tracker.conns.close_idle();
     }
@@ -252,7 +252,7 @@ async fn accept_loop(
             // HTTP/1 connections join the idle registry once the
             // handshake is done; HTTP/2 ones are drained by their task.
             let (state, drain) = (state.clone(), drain.clone());
-            tokio::spawn(crate::tls::serve(
+            tokio::spawn(crate::server::tls::serve(
                 stream, peer, tls, state, limits, drain, guard,
             ));
             continue;
@@ -263,17 +263,17 @@ async fn accept_loop(
                 // Opaque connections are served inside `accept`; HTTP
                 // comes back with the destination's routes.
                 match capture.accept(stream, peer).await {
-                    crate::sidecar::Accepted::Http(stream, routes) => {
+                    crate::server::sidecar::Accepted::Http(stream, routes) => {
                         let conn = Arc::new(Conn::new(stream));
                         tracker.conns.register(&conn);
-                        crate::h1::serve(conn, routes, limits, peer, drain, guard).await;
+                        crate::server::h1::serve(conn, routes, limits, peer, drain, guard).await;
                     }
-                    crate::sidecar::Accepted::Mesh(stream, destination) => {
+                    crate::server::sidecar::Accepted::Mesh(stream, destination) => {
                         capture
                             .serve_mesh(stream, peer, destination, limits, drain, guard)
                             .await;
                     }
-                    crate::sidecar::Accepted::Done => {}
+                    crate::server::sidecar::Accepted::Done => {}
                 }
             });
             continue;
@@ -282,7 +282,9 @@ async fn accept_loop(
         tracker.conns.register(&conn);
         let state = state.clone();
         let drain = drain.clone();
-        tokio::spawn(crate::h1::serve(conn, state, limits, peer, drain, guard));
+        tokio::spawn(crate::server::h1::serve(
+            conn, state, limits, peer, drain, guard,
+        ));
     }
 }
 

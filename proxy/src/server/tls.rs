@@ -1,7 +1,7 @@
 //! Serving a TLS client connection: the handshake, then HTTP/2 when ALPN
 //! chose h2 (or, without ALPN, the client opens with the HTTP/2 preface),
 //! else HTTP/1.1, served by skiff's own HTTP/1 server over the session
-//! ([`super::session`]), as plaintext is.
+//! ([`crate::tls::session`]), as plaintext is.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,46 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request};
+use http::HeaderValue;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::identity;
-use super::metrics::Failure;
-use super::server::ServerTls;
-use super::session::Session;
-use crate::conn::Conn;
-use crate::listener::{ConnectionGuard, ListenerState};
+use crate::io::conn::Conn;
+use crate::server::listener::{ConnectionGuard, ListenerState};
+use crate::tls::identity;
+use crate::tls::metrics::Failure;
+use crate::tls::server::ServerTls;
+use crate::tls::session::Session;
+use crate::tls::TlsPeer;
 use skiff_config::limits::ListenerLimits;
 
 /// Time a client gets to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// What every request of one TLS connection carries upstream.
-#[derive(Debug)]
-pub struct TlsPeer {
-    /// The configured identity header and the client's identity, if it
-    /// presented a certificate.
-    identity: Option<(HeaderName, Option<HeaderValue>)>,
-}
-
-impl TlsPeer {
-    /// Marks a request as arrived over TLS: `x-forwarded-proto: https`, and
-    /// the verified client identity in its header (a value the client sent
-    /// itself under that name is removed, never trusted).
-    pub fn tag<B>(&self, req: &mut Request<B>) {
-        let headers = req.headers_mut();
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-        if let Some((name, value)) = &self.identity {
-            headers.remove(name);
-            if let Some(value) = value {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
-    }
-}
 
 /// Serves one TLS client connection until it closes or the listener
 /// drains, within the listener's `limits`.
@@ -112,13 +87,13 @@ pub async fn handshake(
     });
     Some(Handshaken {
         tls,
-        peer: Arc::new(TlsPeer { identity }),
+        peer: Arc::new(TlsPeer::new(identity)),
         alpn,
     })
 }
 
 /// Serves HTTP on a finished handshake: HTTP/2 when ALPN chose h2, else
-/// skiff's own HTTP/1 server ([`crate::h1`]), which also tells HTTP/2
+/// skiff's own HTTP/1 server ([`crate::server::h1`]), which also tells HTTP/2
 /// with prior knowledge by its preface when the client named no protocol.
 /// The connection joins its listener's registry, which closes it when it
 /// has been idle for `idle_timeout` or when the listener drains.
@@ -137,7 +112,7 @@ pub async fn serve_http(
     } = done;
     if alpn.as_deref() == Some(b"h2") {
         let _guard = guard;
-        crate::h2::serve_io(
+        crate::server::h2::serve_io(
             tls,
             Bytes::new(),
             state,
@@ -153,7 +128,7 @@ pub async fn serve_http(
     let session = Session::new(&stream, session, tls_peer);
     let conn = Arc::new(Conn::tls(stream, session));
     guard.register(&conn);
-    crate::h1::serve(conn, state, limits, peer, drain, guard).await;
+    crate::server::h1::serve(conn, state, limits, peer, drain, guard).await;
 }
 
 /// Counts and logs a failed handshake. A refused client certificate is

@@ -20,13 +20,13 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 
-use crate::body::{BodyError, UpstreamBody};
-use crate::h1::client;
+use crate::http::body::{BodyError, UpstreamBody};
+use crate::http::h1::client;
 
+use crate::cluster::pool::{ConnectError, PendingLimit, Pool, Sender};
 use crate::cluster::{balance::random, InFlight, Unavailable};
-use crate::listener::ListenerState;
-use crate::pool::{ConnectError, PendingLimit, Pool, Sender};
-use crate::route::{Found, Route};
+use crate::proxy::route::{Found, Route};
+use crate::server::listener::ListenerState;
 use skiff_config::cluster::UpstreamProtocol;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -65,7 +65,7 @@ pub fn handle<'a>(
         let route = match routes.find(host, req.uri().path(), req.headers()) {
             Some(Found::Route(route)) => route,
             Some(Found::Redirect(redirect)) => {
-                let resp = crate::gateway::redirect(redirect, &req, host);
+                let resp = crate::proxy::rules::redirect(redirect, &req, host);
                 log_local(access, &resp, None, 0);
                 return resp;
             }
@@ -112,10 +112,10 @@ pub fn handle<'a>(
 fn cap_body(
     req: &mut Request<UpstreamBody>,
     limit: u64,
-) -> Result<Option<Arc<crate::limits::Exceeded>>, crate::limits::BodyTooLarge> {
+) -> Result<Option<Arc<crate::http::capped::Exceeded>>, crate::http::capped::BodyTooLarge> {
     let hint = req.body().size_hint();
     if hint.lower() > limit {
-        return Err(crate::limits::BodyTooLarge { limit });
+        return Err(crate::http::capped::BodyTooLarge { limit });
     }
     if hint.upper().is_some_and(|n| n <= limit) {
         // Its framing already holds it to the limit (HTTP/1 and h2 both
@@ -123,7 +123,7 @@ fn cap_body(
         return Ok(None);
     }
     let body = std::mem::replace(req.body_mut(), UpstreamBody::Empty);
-    let (capped, exceeded) = crate::limits::CappedBody::new(body, limit);
+    let (capped, exceeded) = crate::http::capped::CappedBody::new(body, limit);
     *req.body_mut() = UpstreamBody::Capped(Box::new(capped));
     Ok(Some(exceeded))
 }
@@ -208,7 +208,7 @@ fn forward<'a>(
     start: Instant,
     raw_head: Option<RawHead>,
     mut access: Option<Box<AccessEntry>>,
-    capped: Option<Arc<crate::limits::Exceeded>>,
+    capped: Option<Arc<crate::http::capped::Exceeded>>,
 ) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
     async move {
         let cluster = &route.cluster;
@@ -663,11 +663,11 @@ impl Replay {
                 request_id,
             } => {
                 // The head passed its listener's limits once; only its framing matters now.
-                let limits = crate::h1::parse::HeadLimits {
+                let limits = crate::http::h1::parse::HeadLimits {
                     max_bytes: head.len(),
                     max_headers: skiff_config::limits::MAX_HEADERS_ACCEPTED,
                 };
-                let parsed = crate::h1::parse::parse(head, limits).ok()??;
+                let parsed = crate::http::h1::parse::parse(head, limits).ok()??;
                 let mut req = parsed.request.map(|()| UpstreamBody::Empty);
                 req.headers_mut().remove(&X_SKIFF_RETRYABLE);
                 if let Some(id) = request_id.and_then(|id| HeaderValue::from_bytes(&id).ok()) {

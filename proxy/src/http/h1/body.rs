@@ -18,7 +18,7 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use crate::conn::Conn;
+use crate::io::conn::Conn;
 use crate::metrics::{ProtocolError, ProtocolErrors};
 
 /// Bytes asked of the socket per read while a body streams.

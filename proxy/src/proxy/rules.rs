@@ -10,7 +10,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode, Uri};
 use skiff_config::route::{HeaderMatch, PathMatch, Redirect, RouteRules, ValueMatch};
 
-use crate::forward::{local, ProxyBody};
+use crate::proxy::forward::{local, ProxyBody};
 
 /// A header condition, ready for lookups.
 #[derive(Debug)]

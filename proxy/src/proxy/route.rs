@@ -13,8 +13,8 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::cluster::Cluster;
-use crate::gateway::{self, Edits, HeaderCheck};
 use crate::metrics::{CodeCounters, Registry};
+use crate::proxy::rules::{self, Edits, HeaderCheck};
 use skiff_config::listener::ListenerConfig;
 use skiff_config::route::HostMatch;
 use skiff_config::route::PathMatch;
@@ -114,7 +114,7 @@ impl RouteTable {
     ) -> Result<RouteTable, UnknownCluster> {
         let mut table = RouteTable::default();
         for (i, route) in listener.routes.iter().enumerate() {
-            let headers = gateway::header_checks(&route.rules.headers);
+            let headers = rules::header_checks(&route.rules.headers);
             let entry = match &route.rules.redirect {
                 Some(redirect) => Entry::Redirect(RedirectRoute {
                     path: route.path.clone(),

@@ -20,8 +20,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use tokio::net::TcpStream;
 
-use crate::conn::Conn;
-use crate::forward::ProxyBody;
+use crate::io::conn::Conn;
+use crate::proxy::forward::ProxyBody;
 
 /// Frames larger than this are written in place, not copied into the buffer.
 const COPY_LIMIT: usize = 4 * 1024;
@@ -230,7 +230,7 @@ async fn push(conn: &Conn, out: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
 /// Polls the body once: its next frame if ready now, else `Pending`.
 fn poll_once(
     body: &mut ProxyBody,
-) -> impl Future<Output = Poll<Option<Result<Frame<Bytes>, crate::body::BodyError>>>> + '_ {
+) -> impl Future<Output = Poll<Option<Result<Frame<Bytes>, crate::http::body::BodyError>>>> + '_ {
     std::future::poll_fn(move |cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
 }
 
@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn local_bodies_get_a_content_length() {
         let (text, framing) = encode(
-            crate::forward::local(StatusCode::NOT_FOUND, "gone\n"),
+            crate::proxy::forward::local(StatusCode::NOT_FOUND, "gone\n"),
             GET_11,
         );
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
@@ -346,25 +346,25 @@ mod tests {
             keep_alive: false,
             ..GET_11
         };
-        let (text, _) = encode(crate::forward::local(StatusCode::OK, "x"), asked);
+        let (text, _) = encode(crate::proxy::forward::local(StatusCode::OK, "x"), asked);
         assert!(text.contains("connection: close\r\n"), "{text}");
         let asked = Asked {
             version: Version::HTTP_10,
             ..GET_11
         };
-        let (text, _) = encode(crate::forward::local(StatusCode::OK, "x"), asked);
+        let (text, _) = encode(crate::proxy::forward::local(StatusCode::OK, "x"), asked);
         assert!(text.contains("connection: keep-alive\r\n"), "{text}");
     }
 
     #[test]
     fn no_body_statuses_and_head_requests_send_none() {
-        let mut resp = crate::forward::local(StatusCode::NO_CONTENT, "");
+        let mut resp = crate::proxy::forward::local(StatusCode::NO_CONTENT, "");
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
         let (text, framing) = encode(resp, GET_11);
         assert_eq!(framing, Framing::None);
         assert!(!text.contains("content-length"), "{text}");
-        let mut resp = crate::forward::local(StatusCode::OK, "");
+        let mut resp = crate::proxy::forward::local(StatusCode::OK, "");
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(42));
         let (text, framing) = encode(

@@ -1,0 +1,7 @@
+//! The commands besides `run`, as the binary calls them: `skiff demo`,
+//! `skiff inject` and `skiff iptables`. They use the proxy; nothing in
+//! the proxy uses them.
+
+pub mod demo;
+pub mod inject;
+pub mod iptables;

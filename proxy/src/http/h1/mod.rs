@@ -1,0 +1,11 @@
+//! skiff's HTTP/1.x codec: request heads ([`parse`]), request bodies read
+//! from a client connection ([`body`]), responses written to one
+//! ([`write`]), the upstream client ([`client`]) and the per-thread spare
+//! buffers they share ([`buffers`]). The serve loop that drives them for
+//! a client connection is [`crate::server::h1`].
+
+pub mod body;
+pub mod buffers;
+pub mod client;
+pub mod parse;
+pub mod write;
