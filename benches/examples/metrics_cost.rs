@@ -18,7 +18,7 @@
 //! `SKIFF_COMPARE_BIN` (another build of skiff, e.g. the last release's)
 //! runs that build too in every round, for a same-run baseline.
 //! Arguments pick parts: `render` (2, in process only; what
-//! `callgrind --toggle-collect='skiff::metrics::render*'` measures) and
+//! `callgrind --toggle-collect='skiff::admin::prometheus::render*'` measures) and
 //! `scrape` (2 over HTTP, and 3); none runs all three.
 //!
 //! The scraper of part 3 is a plain blocking client on its own thread: on
@@ -352,13 +352,13 @@ async fn render_in_process(app: &[SocketAddr]) {
     times.sort();
     // The text itself, to compare renders before and after a change.
     if let Some(path) = std::env::var_os("METRICS_COST_DUMP") {
-        let body = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+        let body = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
         std::fs::write(path, body).expect("write METRICS_COST_DUMP");
     }
     println!(
         "render with {CLUSTERS} clusters x {PER_CLUSTER} endpoints ({} KiB, {} lines): median {:.2} ms, max {:.2} ms",
         size / 1024,
-        skiff::metrics::render(proxy.registry(), &proxy.clusters()).lines().count(),
+        skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters()).lines().count(),
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[times.len() - 1].as_secs_f64() * 1e3,
     );
@@ -375,7 +375,7 @@ fn render_times(proxy: &skiff::Proxy, n: usize) -> (Vec<Duration>, usize) {
     for _ in 0..n {
         let started = Instant::now();
         text.clear();
-        skiff::metrics::render_into(&mut text, proxy.registry(), &proxy.clusters());
+        skiff::admin::prometheus::render_into(&mut text, proxy.registry(), &proxy.clusters());
         times.push(started.elapsed());
     }
     (times, text.len())

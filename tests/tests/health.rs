@@ -27,7 +27,7 @@ fn config(endpoints: &[SocketAddr], extra: &str) -> String {
 }
 
 fn metric(proxy: &skiff::Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     metric_value(&metrics, name, labels).unwrap_or(-1.0)
 }
 

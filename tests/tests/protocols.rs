@@ -164,7 +164,7 @@ async fn grpc_unary_and_streaming_calls_work_through_skiff() {
     .await;
     let (ok, output) = skiff_tests::py_client("grpc_echo.py", &[&address.to_string()]).await;
     assert!(ok, "grpc client failed through skiff:\n{output}");
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     let served = skiff_tests::metric_value(
         &metrics,
         "skiff_requests_total",
@@ -299,7 +299,7 @@ async fn connect_timeout_answers_504() {
         String::from_utf8_lossy(&body).contains("connect timeout"),
         "{body:?}"
     );
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     assert_eq!(
         skiff_tests::metric_value(
             &metrics,

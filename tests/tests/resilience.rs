@@ -21,7 +21,7 @@ fn config(endpoint: SocketAddr, extra: &str) -> String {
 }
 
 fn overflow_count(proxy: &skiff::Proxy) -> Option<f64> {
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     metric_value(&metrics, "skiff_overflow_total", &[("cluster", "app")])
 }
 
@@ -131,7 +131,7 @@ fn closed_port() -> SocketAddr {
 }
 
 fn retries(proxy: &skiff::Proxy) -> f64 {
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     metric_value(&metrics, "skiff_retries_total", &[("cluster", "app")]).unwrap_or(0.0)
 }
 
@@ -340,7 +340,7 @@ async fn the_retry_budget_holds_when_every_endpoint_fails() {
 }
 
 fn metric(proxy: &skiff::Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     metric_value(&metrics, name, labels).unwrap_or(-1.0)
 }
 

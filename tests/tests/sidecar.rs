@@ -444,13 +444,13 @@ async fn captured_connections_keep_their_original_destination_and_skiffs_own_are
     conn.write_all(b"hello").await.expect("write");
     let captured = accept_one(&outbound).await;
     assert_eq!(
-        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::io::original_dst::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         service
     );
     let conn2 = client.connect(server_socket).await.expect("connect");
     let captured2 = accept_one(&outbound).await;
     assert_eq!(
-        skiff::cli::iptables::original_destination(&captured2).expect("SO_ORIGINAL_DST"),
+        skiff::io::original_dst::original_destination(&captured2).expect("SO_ORIGINAL_DST"),
         server_socket
     );
     drop((conn2, captured2));
@@ -493,7 +493,7 @@ async fn captured_connections_keep_their_original_destination_and_skiffs_own_are
         .expect("connect to the app port");
     let captured = accept_one(&inbound).await;
     assert_eq!(
-        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::io::original_dst::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         server_socket
     );
     let _a = client
@@ -991,14 +991,14 @@ async fn ipv6_and_dual_stack_connections_keep_their_original_destination() {
     let _c6 = client.connect(v6).await.expect("connect over IPv6");
     let captured = accept_one(&outbound_v6).await;
     assert_eq!(
-        skiff::cli::iptables::original_destination(&captured).expect("IP6T_SO_ORIGINAL_DST"),
+        skiff::io::original_dst::original_destination(&captured).expect("IP6T_SO_ORIGINAL_DST"),
         v6
     );
     let v4 = addr("198.19.0.1:80");
     let _c4 = client.connect(v4).await.expect("connect over IPv4");
     let captured = accept_one(&outbound_v4).await;
     assert_eq!(
-        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::io::original_dst::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         v4
     );
 
@@ -1031,7 +1031,7 @@ async fn ipv6_and_dual_stack_connections_keep_their_original_destination() {
     let captured = accept_one(&inbound).await;
     assert!(captured.local_addr().expect("local").is_ipv6());
     assert_eq!(
-        skiff::cli::iptables::original_destination(&captured).expect("SO_ORIGINAL_DST"),
+        skiff::io::original_dst::original_destination(&captured).expect("SO_ORIGINAL_DST"),
         app
     );
 }

@@ -190,7 +190,7 @@ async fn a_wrong_name_and_an_expired_certificate_fail_client_verification() {
         946_684_800.0
     );
     // And the TLS families pass Prometheus' own linter.
-    let text = skiff::metrics::render(old.registry(), &old.clusters());
+    let text = skiff::admin::prometheus::render(old.registry(), &old.clusters());
     let tls_families: String = text
         .lines()
         .filter(|l| l.contains("skiff_tls_"))
@@ -260,7 +260,7 @@ async fn sessions_resume() {
             again.stdout
         );
     }
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     let resumed =
         skiff_tests::metric_value(&metrics, "skiff_tls_resumed_total", &[("listener", "web")]);
     assert!(resumed >= Some(2.0), "{metrics}");
@@ -351,7 +351,7 @@ impl HttpsLoad {
 }
 
 fn tls_metric(proxy: &skiff::Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let text = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     skiff_tests::metric_value(&text, name, labels).unwrap_or(0.0)
 }
 
@@ -797,7 +797,7 @@ async fn health_checks_reach_tls_upstreams_over_tls_and_name_a_failed_handshake(
         proxy.is_ready()
     })
     .await;
-    let metrics = skiff::metrics::render(proxy.registry(), &proxy.clusters());
+    let metrics = skiff::admin::prometheus::render(proxy.registry(), &proxy.clusters());
     for (cluster, state) in [("h1", "healthy"), ("h2", "healthy"), ("wrong", "unhealthy")] {
         assert_eq!(
             skiff_tests::metric_value(

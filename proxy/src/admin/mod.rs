@@ -19,6 +19,8 @@ use crate::cluster::{health, WEIGHT_SCALE};
 use crate::metrics::CODE_CLASSES;
 use crate::Proxy;
 
+pub mod prometheus;
+
 /// Binds the admin server and serves it in the background; returns the bound address.
 pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address).await?;
@@ -100,7 +102,7 @@ impl MetricsThread {
                     // A panic fails this scrape (its reply is dropped: a
                     // 500), not every later one.
                     let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        crate::metrics::render_into(&mut text, proxy.registry(), &proxy.clusters())
+                        prometheus::render_into(&mut text, proxy.registry(), &proxy.clusters())
                     }));
                     if rendered.is_ok() {
                         let _ = scrape.reply.send(Bytes::copy_from_slice(text.as_bytes()));

@@ -1,5 +1,6 @@
-//! `skiff iptables`: the nat rules that send a pod's TCP through skiff, and
-//! reading where a redirected connection was going (`SO_ORIGINAL_DST`).
+//! `skiff iptables`: the nat rules that send a pod's TCP through skiff.
+//! (Where a redirected connection was going is read by
+//! [`crate::io::original_dst`].)
 //!
 //! The rules follow linkerd2-proxy-init and Istio's istio-iptables: two
 //! chains of skiff's own in the nat table, `SKIFF_INBOUND` (jumped to from
@@ -17,7 +18,7 @@
 //! when the host has IPv6.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::Command;
 
 use skiff_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
@@ -284,30 +285,6 @@ pub fn host_has_ipv6() -> bool {
     std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
         t.lines()
             .any(|l| l.starts_with("00000000000000000000000000000001"))
-    })
-}
-
-/// Where a redirected connection was going before the `REDIRECT` rule sent
-/// it to skiff (`SO_ORIGINAL_DST`, or `IP6T_SO_ORIGINAL_DST` on IPv6).
-/// An error means the connection was not redirected.
-pub fn original_destination(stream: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
-    let socket = socket2::SockRef::from(stream);
-    // An IPv4 connection on a dual-stack socket has a v4-mapped address and
-    // was redirected by iptables, not ip6tables.
-    let v4 = match stream.local_addr()? {
-        SocketAddr::V4(_) => true,
-        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
-    };
-    let original = if v4 {
-        socket.original_dst_v4()?
-    } else {
-        socket.original_dst_v6()?
-    };
-    original.as_socket().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "original destination is not an IP address",
-        )
     })
 }
 

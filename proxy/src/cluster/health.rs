@@ -403,7 +403,7 @@ async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<us
     }
     loop {
         stream.readable().await?;
-        match crate::server::h1::read_available(stream, buf) {
+        match crate::io::conn::read_available(stream, buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             result => return result,
         }

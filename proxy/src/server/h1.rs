@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{Method, Response, StatusCode};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -105,7 +104,7 @@ pub async fn serve(
                             }
                             // HTTP/2 over TLS without ALPN: the preface told.
                             Some(tls) => {
-                                let stream = crate::tls::session::Stream::new(conn);
+                                let stream = crate::io::conn::TlsStream::new(conn);
                                 crate::server::h2::serve_io(
                                     stream,
                                     read,
@@ -128,7 +127,7 @@ pub async fn serve(
                     tokio::spawn(async move {
                         let _guard = guard;
                         if conn.session().is_some() {
-                            let stream = crate::tls::session::Stream::new(conn);
+                            let stream = crate::io::conn::TlsStream::new(conn);
                             tunnel.run(stream, pending).await;
                         } else {
                             tunnel.run(conn.stream, pending).await;
@@ -428,30 +427,5 @@ async fn read_some(conn: &Conn, buf: &mut BytesMut) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable().await?,
             result => return result,
         }
-    }
-}
-
-/// Reads what the socket has. A read that comes back short has drained
-/// it, so the socket's readiness is cleared then and there: the next wait
-/// sleeps until new bytes arrive instead of first paying for a `recv`
-/// that can only fail with `EAGAIN`, as tokio would otherwise do. (One
-/// syscall of the five per proxied request; HAProxy makes four.)
-///
-/// Race-free: tokio clears readiness only as of the readiness event seen
-/// before the read, so bytes arriving after the read still wake the task.
-pub(crate) fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let room = buf.capacity() - buf.len();
-    let mut read = 0;
-    let result = stream.try_io(tokio::io::Interest::READABLE, || {
-        read = stream.try_read_buf(buf)?;
-        if read > 0 && read < room {
-            // Drained: report it as "would block" so tokio clears readiness.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(read)
-    });
-    match result {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
-        result => result,
     }
 }

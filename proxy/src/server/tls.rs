@@ -14,9 +14,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::io::conn::Conn;
+use crate::metrics::tls::Failure;
 use crate::server::listener::{ConnectionGuard, ListenerState};
 use crate::tls::identity;
-use crate::tls::metrics::Failure;
 use crate::tls::server::ServerTls;
 use crate::tls::session::Session;
 use crate::tls::TlsPeer;

@@ -10,7 +10,6 @@
 pub mod certs;
 pub mod client;
 pub mod identity;
-pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod session;

@@ -23,7 +23,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::certs::{self, TlsError};
 use super::identity;
-use super::metrics::TlsStats;
+use crate::metrics::tls::TlsStats;
 use skiff_config::tls::ListenerTls;
 
 /// ALPN protocols offered, preferred first.

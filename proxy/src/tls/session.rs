@@ -1,6 +1,5 @@
 //! A finished TLS session driven by hand over the socket's readiness, so
-//! that skiff's own HTTP/1 server ([`crate::server::h1`]) serves HTTPS as it serves
-//! plaintext: reads return what the socket has, decrypted, without a
+//! that skiff's own HTTP/1 server serves HTTPS as it serves plaintext: reads return what the socket has, decrypted, without a
 //! syscall that can only fail with `EAGAIN`; a response's head and body go
 //! into one TLS record where they fit, and out in one `write`.
 //!
@@ -14,18 +13,16 @@
 //! not TLS, tells a whole message from a cut one.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use rustls::ServerConnection;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::TlsPeer;
-use crate::io::conn::Conn;
 
 /// The TLS half of a client connection.
 #[derive(Debug)]
@@ -59,8 +56,8 @@ impl Session {
     }
 
     /// Reads what the client has sent, decrypted, into `buf`: the same
-    /// contract as [`crate::server::h1::read_available`] (`Ok(0)` at the end of
-    /// the stream, `WouldBlock` when nothing has arrived).
+    /// contract as a plaintext socket's read (`Ok(0)` at the end of the
+    /// stream, `WouldBlock` when nothing has arrived).
     pub fn read_available(&self, stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         self.read_into(stream, buf)
     }
@@ -157,6 +154,72 @@ impl Session {
         let mut tls = self.lock();
         tls.send_close_notify();
         let _ = send(&mut tls, stream);
+    }
+
+    /// Reads decrypted bytes into `buf` (`AsyncRead` over the session).
+    pub fn poll_read(
+        &self,
+        stream: &TcpStream,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !self.has_buffered() {
+                ready!(stream.poll_read_ready(cx))?;
+            }
+            match self.read_into(stream, buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Encrypts what it can of `bufs` and sends it at once, as the socket
+    /// takes it: a tunnel's bytes are not held back for a flush that may
+    /// be late to come (`AsyncWrite` over the session).
+    pub fn poll_write_vectored(
+        &self,
+        stream: &TcpStream,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let mut tls = self.lock();
+            let n = encrypt(&mut tls, bufs)?;
+            let sent = send(&mut tls, stream)?;
+            drop(tls);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            if !sent {
+                ready!(stream.poll_write_ready(cx))?;
+            }
+        }
+    }
+
+    /// Sends what rustls holds.
+    pub fn poll_flush(&self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if send(&mut self.lock(), stream)? {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(stream.poll_write_ready(cx))?;
+        }
+    }
+
+    /// Says `close_notify`, sends it, and ends the socket's sending side.
+    pub fn poll_shutdown(&self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.lock().send_close_notify();
+        ready!(self.poll_flush(stream, cx))?;
+        socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)?;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -277,101 +340,5 @@ impl Write for SocketWrite<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// A TLS client connection as a byte stream, for what the HTTP/1 server
-/// hands on: a WebSocket tunnel, or HTTP/2 spoken without ALPN.
-#[derive(Debug)]
-pub struct Stream {
-    conn: Conn,
-}
-
-impl Stream {
-    pub fn new(conn: Conn) -> Stream {
-        Stream { conn }
-    }
-
-    fn session(&self) -> &Session {
-        self.conn.session().expect("a TLS stream has a session")
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        loop {
-            ready!(this.conn.poll_read_ready(cx))?;
-            match this.session().read_into(&this.conn.stream, buf) {
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let stream = &this.conn.stream;
-        if bufs.iter().all(|b| b.is_empty()) {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            let mut tls = this.session().lock();
-            let n = encrypt(&mut tls, bufs)?;
-            // Sent at once, as the socket takes it: a tunnel's bytes are
-            // not held back for a flush that may be late to come.
-            let sent = send(&mut tls, stream)?;
-            drop(tls);
-            if n > 0 {
-                return Poll::Ready(Ok(n));
-            }
-            if !sent {
-                ready!(stream.poll_write_ready(cx))?;
-            }
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if send(&mut this.session().lock(), &this.conn.stream)? {
-                return Poll::Ready(Ok(()));
-            }
-            ready!(this.conn.stream.poll_write_ready(cx))?;
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.session().lock().send_close_notify();
-        ready!(Pin::new(&mut *this).poll_flush(cx))?;
-        socket2::SockRef::from(&this.conn.stream).shutdown(std::net::Shutdown::Write)?;
-        Poll::Ready(Ok(()))
     }
 }

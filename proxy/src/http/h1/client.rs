@@ -31,8 +31,9 @@ use tokio::net::TcpStream;
 use crate::http::body::UpstreamBody;
 use crate::http::h1::body::{Chunk, ChunkedDecoder};
 use crate::http::h1::buffers;
-use crate::http::h1::write::{chunk_size, write_all};
-use crate::server::h1::read_available;
+use crate::http::h1::write::chunk_size;
+use crate::io::conn::read_available;
+use crate::io::conn::write_all;
 
 /// Most header fields a response may carry.
 const MAX_HEADERS: usize = 100;

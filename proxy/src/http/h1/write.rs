@@ -8,7 +8,7 @@
 //! for HTTP/1.1 clients, else the end of the connection.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -18,7 +18,6 @@ use http::response::Parts;
 use http::{StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
-use tokio::net::TcpStream;
 
 use crate::io::conn::Conn;
 use crate::proxy::forward::ProxyBody;
@@ -240,36 +239,6 @@ pub async fn flush(conn: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();
     }
     Ok(())
-}
-
-/// Writes both slices whole to a plaintext socket, in order, with as few
-/// syscalls as the socket allows.
-pub(crate) async fn write_all(stream: &TcpStream, mut parts: [&[u8]; 2]) -> io::Result<()> {
-    loop {
-        if parts[0].is_empty() {
-            parts = [parts[1], &[]];
-            if parts[0].is_empty() {
-                return Ok(());
-            }
-        }
-        let result = if parts[1].is_empty() {
-            stream.try_write(parts[0])
-        } else {
-            stream.try_write_vectored(&[IoSlice::new(parts[0]), IoSlice::new(parts[1])])
-        };
-        match result {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                for part in parts.iter_mut() {
-                    let take = n.min(part.len());
-                    *part = &part[take..];
-                    n -= take;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// The `Date` value, formatted once a second per thread.

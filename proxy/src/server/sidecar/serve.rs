@@ -33,10 +33,10 @@ use tokio::task::AbortHandle;
 use super::detect::{detect, Protocol};
 use super::mesh::{self, Mesh, Opening};
 use crate::cluster::Cluster;
+use crate::metrics::tls::Failure;
 use crate::proxy::route::RouteTable;
 use crate::server::listener::{ConnectionGuard, ListenerState};
 use crate::tls::client::Connector;
-use crate::tls::metrics::Failure;
 use crate::tls::ServerTls;
 use crate::Inner;
 use skiff_config::cluster::CircuitBreaker;
@@ -362,7 +362,7 @@ impl Captured {
     /// ClientHello for [`Captured::serve_mesh`]; anything else is served
     /// here to the end.
     pub async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Accepted {
-        let destination = match crate::cli::iptables::original_destination(&stream) {
+        let destination = match crate::io::original_dst::original_destination(&stream) {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(listener = %self.listener, %peer, "not a captured connection (no original destination: {e}); closed");
