@@ -32,7 +32,7 @@ use tokio::task::AbortHandle;
 use cluster::Cluster;
 use io::workers::Workers;
 use metrics::Registry;
-use proxy::route::RouteTable;
+use proxy::route::{ListenerRoutes, RouteTable};
 use server::listener::{Listener, ListenerState};
 use skiff_config::{Config, ConfigError, ListenerConfig};
 
@@ -273,13 +273,13 @@ impl Proxy {
                     l.state.capture.store(capture);
                 }
                 if let Some(new) = fresh.remove(&lc.name) {
-                    new.state.routes.store(table);
+                    new.state.routes.table.store(table);
                     tracing::info!(listener = %lc.name, address = %new.address, "listening");
                     if let Some(old) = listeners.insert(lc.name.clone(), new) {
                         old.retire(grace);
                     }
                 } else if let Some(existing) = listeners.get(&lc.name) {
-                    existing.state.routes.store(table);
+                    existing.state.routes.table.store(table);
                     // For connections accepted from now on.
                     if **existing.state.limits.load() != lc.limits {
                         existing.state.limits.store(Arc::new(lc.limits));
@@ -468,9 +468,11 @@ impl Proxy {
         // A listener moving to a new address keeps its counters.
         if let Some(existing) = listeners.get(name) {
             return Arc::new(ListenerState {
-                name: existing.state.name.clone(),
-                routes: ArcSwap::from_pointee(RouteTable::default()),
-                unrouted: existing.state.unrouted.clone(),
+                routes: ListenerRoutes {
+                    name: existing.state.routes.name.clone(),
+                    table: ArcSwap::from_pointee(RouteTable::default()),
+                    unrouted: existing.state.routes.unrouted.clone(),
+                },
                 connections: existing.state.connections.clone(),
                 refused: existing.state.refused.clone(),
                 protocol_errors: existing.state.protocol_errors.clone(),
@@ -481,9 +483,11 @@ impl Proxy {
         }
         drop(listeners);
         Arc::new(ListenerState {
-            name: name.into(),
-            routes: ArcSwap::from_pointee(RouteTable::default()),
-            unrouted: self.inner.registry.unrouted(name),
+            routes: ListenerRoutes {
+                name: name.into(),
+                table: ArcSwap::from_pointee(RouteTable::default()),
+                unrouted: self.inner.registry.unrouted(name),
+            },
             connections: self.inner.registry.connections(name),
             refused: self.inner.registry.refused(name),
             protocol_errors: self.inner.registry.protocol_errors(name),

@@ -789,8 +789,13 @@ pub fn simple_config(
 /// Starts an in-process proxy from YAML config text (use port 0 for
 /// listeners and admin); returns it with the `web` listener's address.
 pub async fn start_proxy(yaml: &str) -> (skiff::Proxy, SocketAddr) {
-    let config = skiff_config::Config::parse(yaml, "test.yaml", Path::new("."))
-        .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    let config = skiff_config::Config::parse_checked(
+        yaml,
+        "test.yaml",
+        Path::new("."),
+        &skiff::tls::certs::TlsFiles,
+    )
+    .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     let proxy = skiff::Proxy::start(config, None)
         .await
         .expect("start proxy");

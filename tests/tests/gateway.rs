@@ -285,8 +285,13 @@ fn gateway_manifests_are_valid_and_carry_a_valid_skiff_config() {
     })
     .write(&certs.0, "tls");
     let config = config.replace("/etc/skiff/tls/", &format!("{}/", certs.0.display()));
-    let parsed = skiff_config::Config::parse(&config, "configmap.yaml", std::path::Path::new("."))
-        .unwrap_or_else(|e| panic!("the ConfigMap's skiff.yaml is invalid:\n{e}"));
+    let parsed = skiff_config::Config::parse_checked(
+        &config,
+        "configmap.yaml",
+        std::path::Path::new("."),
+        &skiff::tls::certs::TlsFiles,
+    )
+    .unwrap_or_else(|e| panic!("the ConfigMap's skiff.yaml is invalid:\n{e}"));
     assert_eq!(parsed.listeners.len(), 2);
     assert!(parsed.listeners[1].tls.is_some());
 }

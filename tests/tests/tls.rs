@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use skiff::tls::certs::TlsFiles;
 use skiff_tests::tls::{
     client_config, curl, der_of, s_client, Ca, HttpsConn, SecretMount, Subject, TlsBackend,
 };
@@ -463,9 +464,10 @@ async fn a_bad_certificate_in_the_config_is_refused_naming_the_field_and_file() 
         (format!("cert: {}", p(&a_crt)), "`cert` needs its `key`"),
     ] {
         let yaml = tls_config(&tls, "127.0.0.1:1".parse().unwrap());
-        let err = skiff_config::Config::parse(&yaml, "gateway.yaml", Path::new("."))
-            .expect_err("a bad certificate must be refused")
-            .to_string();
+        let err =
+            skiff_config::Config::parse_checked(&yaml, "gateway.yaml", Path::new("."), &TlsFiles)
+                .expect_err("a bad certificate must be refused")
+                .to_string();
         assert!(err.contains("gateway.yaml:"), "{err}");
         assert!(err.contains("listeners[0].tls"), "{err}");
         assert!(err.contains(expect), "expected {expect:?} in: {err}");
@@ -848,7 +850,8 @@ async fn a_reload_changes_certificates_and_can_turn_tls_off_on_the_same_socket()
         )
     };
     let config = |yaml: String| {
-        skiff_config::Config::parse(&fixed(yaml), "reload.yaml", Path::new(".")).unwrap()
+        skiff_config::Config::parse_checked(&fixed(yaml), "reload.yaml", Path::new("."), &TlsFiles)
+            .unwrap()
     };
     proxy
         .apply(config(tls_config(&both, backend.address)))

@@ -24,7 +24,7 @@ pub enum UpstreamBody {
     /// Read from an HTTP/1.x client connection.
     Http1(RequestBody),
     /// A stream of an HTTP/2 client connection.
-    Http2(crate::server::h2::RequestBody),
+    Http2(crate::http::h2::RequestBody),
     /// Read whole before sending, so a retry can send it again (bodies of
     /// retryable requests up to `forward::MAX_REPLAY_BODY`).
     Buffered {

@@ -7,9 +7,11 @@
 //! through to the host-less routes, as a reader of the flat config expects.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 
 use crate::cluster::Cluster;
@@ -19,6 +21,16 @@ use skiff_config::listener::ListenerConfig;
 use skiff_config::route::HostMatch;
 use skiff_config::route::PathMatch;
 use skiff_config::route::Redirect;
+
+/// A listener's routes as the request path reads them: its name (for the
+/// access log), its table (swapped whole on reload), and the count of
+/// requests that matched no route.
+#[derive(Debug)]
+pub struct ListenerRoutes {
+    pub name: Arc<str>,
+    pub table: ArcSwap<RouteTable>,
+    pub unrouted: Arc<AtomicU64>,
+}
 
 /// One route, resolved: its cluster and its counter row are handles.
 #[derive(Debug)]

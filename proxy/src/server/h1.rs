@@ -244,7 +244,7 @@ fn exchange<'a>(
         // In this (boxed) future, not a box of its own.
         let mut handling = std::pin::pin!(forward::handle(
             request.map(|()| body),
-            state,
+            &state.routes,
             peer,
             raw_head
         ));
@@ -331,7 +331,7 @@ fn too_large_for_its_route(
     let Framing::Length(length) = framing else {
         return false;
     };
-    let routes = state.routes.load();
+    let routes = state.routes.table.load();
     let host = forward::request_host(req);
     matches!(
         routes.find(host, req.uri().path(), req.headers()),

@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 use crate::io::conn::{Conn, Registry};
 use crate::io::workers::Workers;
 use crate::metrics::Gauge;
-use crate::proxy::route::RouteTable;
+use crate::proxy::route::ListenerRoutes;
 use skiff_config::limits::ListenerLimits;
 
 /// Pending connections the kernel queues per listener.
@@ -33,10 +33,9 @@ const BACKLOG: i32 = 4096;
 /// What a request on a listener needs: its name, routes and counters.
 #[derive(Debug)]
 pub struct ListenerState {
-    pub name: Arc<str>,
-    pub routes: ArcSwap<RouteTable>,
-    /// Requests that matched no route.
-    pub unrouted: Arc<AtomicU64>,
+    /// The listener's name, routes and unrouted counter: what the request
+    /// path reads of it.
+    pub routes: ListenerRoutes,
     pub connections: Arc<Gauge>,
     /// Connections closed at accept because `max_connections` were open.
     pub refused: Arc<AtomicU64>,
@@ -198,7 +197,7 @@ impl Listener {
         self.drain_connections();
         tokio::spawn(async move {
             if !self.wait_closed(grace).await {
-                tracing::warn!(listener = %self.state.name, open = self.open_connections(), "retired listener still had connections at the end of the grace period");
+                tracing::warn!(listener = %self.state.routes.name, open = self.open_connections(), "retired listener still had connections at the end of the grace period");
             }
         });
     }
@@ -222,7 +221,7 @@ async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and similar: back off briefly
                 // instead of spinning on the error.
-                tracing::warn!(listener = %state.name, "accept failed: {e}");
+                tracing::warn!(listener = %state.routes.name, "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -237,7 +236,7 @@ async fn accept_loop(
         {
             tracker.open.fetch_sub(1, Relaxed);
             state.refused.fetch_add(1, Relaxed);
-            tracing::debug!(listener = %state.name, %peer, "connection refused: max_connections open");
+            tracing::debug!(listener = %state.routes.name, %peer, "connection refused: max_connections open");
             // Closed unread: the client sees its connection end at once.
             drop(stream);
             continue;

@@ -36,7 +36,7 @@ pub async fn serve(
     drain: watch::Receiver<bool>,
     guard: ConnectionGuard,
 ) {
-    if let Some(done) = handshake(stream, peer, &server, &state.name).await {
+    if let Some(done) = handshake(stream, peer, &server, &state.routes.name).await {
         serve_http(done, peer, state, limits, drain, guard).await;
     }
 }

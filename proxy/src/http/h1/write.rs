@@ -19,8 +19,8 @@ use http::{StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 
+use crate::http::body::BodyError;
 use crate::io::conn::Conn;
-use crate::proxy::forward::ProxyBody;
 
 /// Frames larger than this are written in place, not copied into the buffer.
 const COPY_LIMIT: usize = 4 * 1024;
@@ -48,7 +48,7 @@ pub struct Asked {
 
 /// Encodes the response head into `out` and returns the body framing.
 /// `Framing::Close` means the connection must close after the body.
-pub fn head(parts: &mut Parts, body: &ProxyBody, asked: Asked, out: &mut Vec<u8>) -> Framing {
+pub fn head<B: Body>(parts: &mut Parts, body: &B, asked: Asked, out: &mut Vec<u8>) -> Framing {
     let status = parts.status;
     let headers = &mut parts.headers;
     let framing = if asked.head || status == StatusCode::NOT_MODIFIED {
@@ -116,12 +116,15 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Writes the buffered head and then the body. Returns whether the body
 /// was written completely in its framing, so the connection can be reused.
-pub async fn body(
+pub async fn body<B>(
     conn: &Conn,
     out: &mut Vec<u8>,
     framing: Framing,
-    body: &mut ProxyBody,
-) -> io::Result<bool> {
+    body: &mut B,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
     if framing == Framing::None {
         flush(conn, out).await?;
         // Read the upstream body to its end (empty for HEAD), so the
@@ -227,9 +230,12 @@ async fn push(conn: &Conn, out: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
 }
 
 /// Polls the body once: its next frame if ready now, else `Pending`.
-fn poll_once(
-    body: &mut ProxyBody,
-) -> impl Future<Output = Poll<Option<Result<Frame<Bytes>, crate::http::body::BodyError>>>> + '_ {
+fn poll_once<B>(
+    body: &mut B,
+) -> impl Future<Output = Poll<Option<Result<Frame<Bytes>, BodyError>>>> + '_
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
     std::future::poll_fn(move |cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
 }
 
@@ -282,7 +288,16 @@ mod tests {
     use super::*;
     use http::Response;
 
-    fn encode(resp: Response<ProxyBody>, asked: Asked) -> (String, Framing) {
+    /// A response with a whole body, as skiff's own answers have.
+    fn local(status: StatusCode, body: &'static str) -> Response<http_body_util::Full<Bytes>> {
+        let mut resp = Response::new(http_body_util::Full::new(Bytes::from_static(
+            body.as_bytes(),
+        )));
+        *resp.status_mut() = status;
+        resp
+    }
+
+    fn encode<B: Body>(resp: Response<B>, asked: Asked) -> (String, Framing) {
         let (mut parts, body) = resp.into_parts();
         let mut out = Vec::new();
         let framing = head(&mut parts, &body, asked, &mut out);
@@ -297,10 +312,7 @@ mod tests {
 
     #[test]
     fn local_bodies_get_a_content_length() {
-        let (text, framing) = encode(
-            crate::proxy::forward::local(StatusCode::NOT_FOUND, "gone\n"),
-            GET_11,
-        );
+        let (text, framing) = encode(local(StatusCode::NOT_FOUND, "gone\n"), GET_11);
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.contains("content-length: 5\r\n"), "{text}");
         assert!(text.contains("\r\ndate: "), "{text}");
@@ -315,25 +327,25 @@ mod tests {
             keep_alive: false,
             ..GET_11
         };
-        let (text, _) = encode(crate::proxy::forward::local(StatusCode::OK, "x"), asked);
+        let (text, _) = encode(local(StatusCode::OK, "x"), asked);
         assert!(text.contains("connection: close\r\n"), "{text}");
         let asked = Asked {
             version: Version::HTTP_10,
             ..GET_11
         };
-        let (text, _) = encode(crate::proxy::forward::local(StatusCode::OK, "x"), asked);
+        let (text, _) = encode(local(StatusCode::OK, "x"), asked);
         assert!(text.contains("connection: keep-alive\r\n"), "{text}");
     }
 
     #[test]
     fn no_body_statuses_and_head_requests_send_none() {
-        let mut resp = crate::proxy::forward::local(StatusCode::NO_CONTENT, "");
+        let mut resp = local(StatusCode::NO_CONTENT, "");
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
         let (text, framing) = encode(resp, GET_11);
         assert_eq!(framing, Framing::None);
         assert!(!text.contains("content-length"), "{text}");
-        let mut resp = crate::proxy::forward::local(StatusCode::OK, "");
+        let mut resp = local(StatusCode::OK, "");
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(42));
         let (text, framing) = encode(

@@ -25,8 +25,8 @@ use crate::http::h1::client;
 
 use crate::cluster::pool::{ConnectError, PendingLimit, Pool, Sender};
 use crate::cluster::{balance::random, InFlight, Unavailable};
+use crate::proxy::route::ListenerRoutes;
 use crate::proxy::route::{Found, Route};
-use crate::server::listener::ListenerState;
 use skiff_config::cluster::UpstreamProtocol;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -48,13 +48,13 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 #[allow(clippy::manual_async_fn)] // see above: the future stays smaller
 pub fn handle<'a>(
     mut req: Request<UpstreamBody>,
-    listener: &'a ListenerState,
+    listener: &'a ListenerRoutes,
     peer: SocketAddr,
     raw_head: Option<RawHead>,
 ) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
     async move {
         let start = Instant::now();
-        let routes = listener.routes.load();
+        let routes = listener.table.load();
         let host = request_host(&req);
         let access = routes
             .access_log

@@ -34,7 +34,7 @@ use super::detect::{detect, Protocol};
 use super::mesh::{self, Mesh, Opening};
 use crate::cluster::Cluster;
 use crate::metrics::tls::Failure;
-use crate::proxy::route::RouteTable;
+use crate::proxy::route::{ListenerRoutes, RouteTable};
 use crate::server::listener::{ConnectionGuard, ListenerState};
 use crate::tls::client::Connector;
 use crate::tls::ServerTls;
@@ -323,9 +323,11 @@ impl Shared {
                 RouteTable::build(&listener_config, &clusters, &inner.registry).unwrap_or_default();
             table.access_log = access_log;
             Arc::new(ListenerState {
-                name: listener.clone(),
-                routes: ArcSwap::from_pointee(table),
-                unrouted: inner.registry.unrouted(listener),
+                routes: ListenerRoutes {
+                    name: listener.clone(),
+                    table: ArcSwap::from_pointee(table),
+                    unrouted: inner.registry.unrouted(listener),
+                },
                 connections: inner.registry.connections(listener),
                 refused: inner.registry.refused(listener),
                 protocol_errors: inner.registry.protocol_errors(listener),

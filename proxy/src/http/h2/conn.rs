@@ -31,17 +31,16 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{header, HeaderMap, Response};
+use http::{header, HeaderMap, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, flag, kind, setting, Reason};
 use super::hpack;
 use super::request::{Fields, Head};
-use super::stream::{self, Out, Ready, RequestBody, Shared, Slot, StreamTask};
+use super::stream::{Out, Ready, RequestBody, Shared, Slot, StreamTask};
 use super::Activity;
 use crate::http::body::UpstreamBody;
-use crate::metrics::ProtocolError;
-use crate::server::listener::ListenerState;
+use crate::metrics::{ProtocolError, ProtocolErrors};
 use crate::tls::TlsPeer;
 use skiff_config::limits::ListenerLimits;
 
@@ -106,31 +105,18 @@ struct Stream {
     waiting: bool,
 }
 
-/// How a new stream is answered.
-pub(super) enum Answer {
+/// How a new stream is answered: forwarded by the owner's task, or
+/// refused by the connection itself with a status and a reason (which the
+/// owner's task turns into its own kind of response).
+pub enum Answer {
     Forward(http::Request<UpstreamBody>),
-    Local(Response<crate::proxy::forward::ProxyBody>),
+    Local(StatusCode, String),
 }
 
-/// What a stream runs: its answer, then its response into the stream.
-/// One future type for both kinds of answer, so every stream's future
-/// fits the same reusable [`Slot`].
-pub(super) async fn stream_future(
-    answer: Answer,
-    state: Arc<ListenerState>,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-) {
-    let response = match answer {
-        Answer::Forward(req) => crate::proxy::forward::handle(req, &state, peer, None).await,
-        Answer::Local(response) => response,
-    };
-    stream::respond(&shared, response).await
-}
-
-/// Makes a stream's future: [`stream_future`], passed in so that the
-/// connection can name its type.
-type MakeTask<F> = fn(Answer, Arc<ListenerState>, SocketAddr, Arc<Shared>) -> F;
+/// Makes a stream's future from its answer, the owner's context, the
+/// client's address and the stream; a function, not a closure, so that
+/// the connection can name the future's type and reuse its boxes.
+pub type MakeTask<F, C> = fn(Answer, C, SocketAddr, Arc<Shared>) -> F;
 
 /// A header block still waiting for its CONTINUATION frames.
 struct Partial {
@@ -146,7 +132,7 @@ struct ConnError(Reason, &'static str);
 
 type Result<T, E = ConnError> = std::result::Result<T, E>;
 
-pub(super) struct Connection<S, F> {
+pub struct Connection<S, F, C> {
     io: S,
     rbuf: BytesMut,
     out: Vec<u8>,
@@ -167,7 +153,7 @@ pub(super) struct Connection<S, F> {
     /// more than the streams open when one finishes, and one once no
     /// stream is open.
     spare: Vec<Slot<F>>,
-    make_task: MakeTask<F>,
+    make_task: MakeTask<F, C>,
     ready: Arc<Ready>,
     ready_ids: Vec<u32>,
     /// Streams with response bytes waiting for a window or for room in
@@ -196,7 +182,10 @@ pub(super) struct Connection<S, F> {
     pending_resets: u32,
     local_resets: u32,
     limits: Limits,
-    state: Arc<ListenerState>,
+    /// What the owner's tasks are given with each stream.
+    context: C,
+    /// Where what the client does wrong is counted.
+    errors: Arc<ProtocolErrors>,
     peer: SocketAddr,
     tls: Option<Arc<TlsPeer>>,
     activity: Arc<Activity>,
@@ -213,18 +202,23 @@ struct Limits {
     max_local_resets: u32,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Connection<S, F> {
+impl<S, F, C> Connection<S, F, C>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = ()>,
+    C: Clone,
+{
     #[allow(clippy::too_many_arguments)] // each is the connection's own
-    pub(super) fn new(
+    pub fn new(
         io: S,
         read: Bytes,
-        state: Arc<ListenerState>,
+        (context, errors): (C, Arc<ProtocolErrors>),
         limits: &ListenerLimits,
         peer: SocketAddr,
         tls: Option<Arc<TlsPeer>>,
         activity: Arc<Activity>,
-        make_task: MakeTask<F>,
-    ) -> Connection<S, F> {
+        make_task: MakeTask<F, C>,
+    ) -> Connection<S, F, C> {
         let max_list = limits.max_header_bytes as usize;
         let limits = Limits {
             max_list,
@@ -284,7 +278,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
             pending_resets: 0,
             local_resets: 0,
             limits,
-            state,
+            context,
+            errors,
             peer,
             tls,
             activity,
@@ -293,7 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
 
     /// Sends GOAWAY (`NO_ERROR`): streams already opened finish, no new
     /// one is taken, and the connection closes when the last is done.
-    pub(super) fn go_away(&mut self) {
+    pub fn go_away(&mut self) {
         if self.goaway.is_none() {
             self.goaway = Some(self.max_seen);
             frame::goaway(&mut self.out, self.max_seen, Reason::NO_ERROR, b"");
@@ -305,7 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
     /// Closing a socket with unread input makes the kernel send RST, which
     /// can destroy the last response and the GOAWAY before the client
     /// reads them.
-    pub(super) fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             self.rbuf.clear();
             self.rbuf.reserve(READ_CHUNK);
@@ -318,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
     }
 
     /// Runs the connection until it is done.
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.ready.register(cx.waker());
         for _ in 0..ROUNDS {
             let mut progress = false;
@@ -413,13 +408,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
         self.reads += 1;
         if let Err(ConnError(reason, why)) = self.frames() {
             tracing::debug!(peer = %self.peer, "HTTP/2 connection error {reason:?}: {why}");
-            self.state
-                .protocol_errors
-                .count(if reason == Reason::ENHANCE_YOUR_CALM {
-                    ProtocolError::Http2Flood
-                } else {
-                    ProtocolError::Http2Connection
-                });
+            self.errors.count(if reason == Reason::ENHANCE_YOUR_CALM {
+                ProtocolError::Http2Flood
+            } else {
+                ProtocolError::Http2Connection
+            });
             let last = self.max_seen;
             frame::goaway(&mut self.out, last, reason, why.as_bytes());
             self.fatal = true;
@@ -893,9 +886,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
         }
         if self.streams.len() >= self.limits.max_streams {
             frame::rst_stream(&mut self.out, id, Reason::REFUSED_STREAM);
-            self.state
-                .protocol_errors
-                .count(ProtocolError::Http2Refused);
+            self.errors.count(ProtocolError::Http2Refused);
             return Ok(());
         }
         let shared = Shared::new(id, self.ready.clone());
@@ -914,11 +905,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
             }
             Head::Refuse(status, why) => {
                 let error = ProtocolError::of_status(true, status.as_u16());
-                self.state.protocol_errors.count(error);
-                (
-                    Answer::Local(crate::proxy::forward::local(status, why)),
-                    None,
-                )
+                self.errors.count(error);
+                (Answer::Local(status, why), None)
             }
             Head::Request(mut req, expect) => {
                 if end_stream && expect.is_some_and(|n| n > 0) {
@@ -933,8 +921,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
         };
         // A request answered by skiff itself has no body reader: what
         // the client sends is given back at once.
-        let body_gone = matches!(answer, Answer::Local(_));
-        let task = (self.make_task)(answer, self.state.clone(), self.peer, shared.clone());
+        let body_gone = matches!(answer, Answer::Local(..));
+        let task = (self.make_task)(answer, self.context.clone(), self.peer, shared.clone());
         let slot = match self.spare.pop() {
             Some(mut slot) => {
                 slot.set(Some(task));
@@ -1012,7 +1000,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: std::future::Future<Output = ()>> Con
         let limited = self.count_local_reset();
         if limited.is_ok() {
             // The reset that passes the limit is counted as the flood.
-            self.state.protocol_errors.count(error);
+            self.errors.count(error);
         }
         limited
     }
@@ -1191,7 +1179,7 @@ enum Sent {
     Reset,
 }
 
-impl<S, F> Drop for Connection<S, F> {
+impl<S, F, C> Drop for Connection<S, F, C> {
     fn drop(&mut self) {
         // Request bodies read elsewhere (an HTTP/2 upstream's connection)
         // learn that no more is coming.

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::proxy::forward::ProxyBody;
+use crate::http::body::BodyError;
 
 /// Response bytes a stream may have queued before its task stops reading
 /// the upstream's body and waits for the connection to send them.
@@ -58,7 +58,7 @@ impl Ready {
 }
 
 /// A stream's state that both sides touch.
-pub(super) struct Shared {
+pub struct Shared {
     pub(super) id: u32,
     state: Mutex<State>,
     ready: Arc<Ready>,
@@ -274,7 +274,10 @@ impl Shared {
 }
 
 /// Sends `response` on the stream: the head, then the body as it comes.
-pub(super) async fn respond(shared: &Shared, response: Response<ProxyBody>) {
+pub async fn respond<B>(shared: &Shared, response: Response<B>)
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
     let (mut parts, mut body) = response.into_parts();
     let end = body.is_end_stream();
     let status = parts.status;

@@ -1,5 +1,6 @@
 //! HTTP/2 client connections (h2c with prior knowledge, or h2 by ALPN),
-//! served by skiff's own HTTP/2 server ([`server`]).
+//! served by skiff's own HTTP/2 server codec ([`crate::http::h2`]), whose
+//! streams are answered by the proxy ([`stream_future`]).
 //!
 //! [`crate::server::h1`] reads the first bytes of every connection; when they are
 //! the HTTP/2 preface it hands the socket over here, with those bytes.
@@ -9,7 +10,6 @@
 //! `idle_timeout` (Envoy's idle timeout).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,19 +17,14 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
+use crate::http::h2::conn::{Answer, Connection};
+use crate::http::h2::stream::{self, Shared};
+use crate::http::h2::Activity;
+use crate::proxy::forward;
 use crate::server::listener::ListenerState;
 use crate::tls::TlsPeer;
 use skiff_config::limits::ListenerLimits;
-
-mod frame;
-mod hpack;
-mod request;
-mod server;
-mod stream;
-
-pub use stream::RequestBody;
 
 /// How long an idle connection may take to finish once it has sent
 /// GOAWAY (its streams are done; what is left is the write) before it is
@@ -72,15 +67,16 @@ pub async fn serve_io<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let mut conn = server::Connection::new(
+    let errors = state.protocol_errors.clone();
+    let mut conn = Connection::new(
         stream,
         read,
-        state,
+        (state, errors),
         limits,
         peer,
         tls,
         activity.clone(),
-        server::stream_future,
+        stream_future,
     );
     let idle = tokio::select! {
         result = std::future::poll_fn(|cx| conn.poll(cx)) => {
@@ -119,55 +115,18 @@ pub async fn serve_io<S>(
     }
 }
 
-/// How many streams an HTTP/2 connection has open, and since when none.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    open: AtomicUsize,
-    /// Milliseconds from `start` to when the last stream closed.
-    idle_since: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            open: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    /// A stream opened.
-    fn open(&self) {
-        self.open.fetch_add(1, SeqCst);
-    }
-
-    /// A stream closed.
-    fn close(&self) {
-        // Stamped before the count drops, so a watcher that sees no
-        // stream open also sees when the last one closed.
-        self.idle_since.store(self.now(), SeqCst);
-        self.open.fetch_sub(1, SeqCst);
-    }
-
-    /// Resolves once the connection has had no stream for `timeout`.
-    async fn idle(&self, timeout: Duration) {
-        let limit = timeout.as_millis() as u64;
-        loop {
-            let wait = if self.open.load(SeqCst) > 0 {
-                limit
-            } else {
-                let idle = self.now().saturating_sub(self.idle_since.load(SeqCst));
-                if idle >= limit {
-                    return;
-                }
-                limit - idle
-            };
-            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
-        }
-    }
+/// What a stream runs: the proxy's answer (or skiff's refusal), then the
+/// response into the stream. One future type for both kinds of answer, so
+/// every stream's future fits the same reusable box.
+async fn stream_future(
+    answer: Answer,
+    state: Arc<ListenerState>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let response = match answer {
+        Answer::Forward(req) => forward::handle(req, &state.routes, peer, None).await,
+        Answer::Local(status, why) => forward::local(status, why),
+    };
+    stream::respond(&shared, response).await
 }
