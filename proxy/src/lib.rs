@@ -33,7 +33,8 @@ use cluster::Cluster;
 use io::workers::Workers;
 use metrics::Registry;
 use proxy::route::{ListenerRoutes, RouteTable};
-use server::listener::{Listener, ListenerState};
+use server::listener::Listener;
+use server::state::ListenerState;
 use skiff_config::{Config, ConfigError, ListenerConfig};
 
 /// How often a config file given with `-c` is checked for changes.
@@ -79,7 +80,7 @@ impl Drop for ClusterEntry {
 struct Inner {
     config_path: Option<PathBuf>,
     config: ArcSwap<Config>,
-    registry: Registry,
+    registry: Arc<Registry>,
     /// Starts discovery sources; shares one Kubernetes watch per namespace.
     discovery: skiff_discovery::Discovery,
     clusters: Mutex<HashMap<String, ClusterEntry>>,
@@ -97,7 +98,7 @@ struct Inner {
     /// Thread-per-core workers the listeners accept on (none: this runtime).
     workers: Workers,
     /// The sidecar role's Services and destinations (capture listeners).
-    sidecar: server::sidecar::Shared,
+    sidecar: Arc<server::sidecar::Shared>,
 }
 
 /// A running skiff. Cheap to clone; all clones are the same proxy.
@@ -120,12 +121,15 @@ impl Proxy {
         workers: Workers,
     ) -> Result<Proxy, ApplyError> {
         let admin_listen = config.admin.listen;
+        let registry = Arc::new(Registry::default());
+        let discovery = skiff_discovery::Discovery::default();
+        let sidecar = server::sidecar::Shared::new(discovery.clone(), registry.clone());
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 config_path,
                 config: ArcSwap::from_pointee(config.clone()),
-                registry: Registry::default(),
-                discovery: skiff_discovery::Discovery::default(),
+                registry,
+                discovery,
                 clusters: Mutex::new(HashMap::new()),
                 cluster_list: ArcSwap::from_pointee(Vec::new()),
                 listeners: Mutex::new(HashMap::new()),
@@ -135,7 +139,7 @@ impl Proxy {
                 drain_requested: tokio::sync::Notify::new(),
                 admin_address: Mutex::new(None),
                 workers,
-                sidecar: server::sidecar::Shared::default(),
+                sidecar: Arc::new(sidecar),
             }),
         };
         let admin = admin::serve(admin_listen, proxy.clone())
@@ -215,11 +219,11 @@ impl Proxy {
                         entry.follower.abort();
                         entry.source = cc.source.clone();
                         entry.follower =
-                            spawn_follower(&inner.discovery, &entry.cluster, &cc.source);
+                            cluster::follow(&entry.cluster, &inner.discovery, &cc.source);
                     }
                     None => {
                         let cluster = Arc::new(Cluster::from_settings(settings));
-                        let follower = spawn_follower(&inner.discovery, &cluster, &cc.source);
+                        let follower = cluster::follow(&cluster, &inner.discovery, &cc.source);
                         let checker =
                             tokio::spawn(cluster::health::run(cluster.clone())).abort_handle();
                         clusters.insert(
@@ -265,12 +269,12 @@ impl Proxy {
                         config: c.clone(),
                         listener: lc.name.as_str().into(),
                         access_log: lc.access_log,
-                        proxy: Arc::downgrade(&self.inner),
+                        sidecar: inner.sidecar.clone(),
                         mesh_server: mesh_servers.get(&lc.name).cloned(),
                     })
                 });
                 if let Some(l) = fresh.get(&lc.name).or_else(|| listeners.get(&lc.name)) {
-                    l.state.capture.store(capture);
+                    l.capture.store(capture);
                 }
                 if let Some(new) = fresh.remove(&lc.name) {
                     new.state.routes.table.store(table);
@@ -422,7 +426,7 @@ impl Proxy {
             }
             let running = listeners
                 .get(&lc.name)
-                .and_then(|l| l.state.capture.load_full())
+                .and_then(|l| l.capture.load_full())
                 .and_then(|c| c.mesh_server.clone())
                 .filter(|s| s.settings == settings);
             let server = match running {
@@ -478,7 +482,6 @@ impl Proxy {
                 protocol_errors: existing.state.protocol_errors.clone(),
                 limits: Default::default(),
                 tls: Default::default(),
-                capture: Default::default(),
             });
         }
         drop(listeners);
@@ -493,7 +496,6 @@ impl Proxy {
             protocol_errors: self.inner.registry.protocol_errors(name),
             limits: Default::default(),
             tls: Default::default(),
-            capture: Default::default(),
         })
     }
 
@@ -638,20 +640,32 @@ impl Proxy {
     }
 }
 
+/// The admin server's view of the proxy: the inherent methods above.
+impl admin::Control for Proxy {
+    fn registry(&self) -> &Registry {
+        Proxy::registry(self)
+    }
+    fn clusters(&self) -> Arc<Vec<Arc<Cluster>>> {
+        Proxy::clusters(self)
+    }
+    fn config(&self) -> Arc<Config> {
+        Proxy::config(self)
+    }
+    fn is_ready(&self) -> bool {
+        Proxy::is_ready(self)
+    }
+    fn is_started(&self) -> bool {
+        Proxy::is_started(self)
+    }
+    fn services_waiting(&self) -> Vec<String> {
+        Proxy::services_waiting(self)
+    }
+    fn request_drain(&self) {
+        Proxy::request_drain(self)
+    }
+}
+
 fn same_address(l: &Listener, lc: &ListenerConfig) -> bool {
     // Port 0 asks for any port; a listener bound that way keeps its port.
     l.address == lc.listen || (lc.listen.port() == 0 && l.address.ip() == lc.listen.ip())
-}
-
-fn spawn_follower(
-    discovery: &skiff_discovery::Discovery,
-    cluster: &Arc<Cluster>,
-    source: &Source,
-) -> AbortHandle {
-    let updates = discovery.spawn(
-        source,
-        &cluster.name,
-        cluster.stats.discovery_errors.clone(),
-    );
-    tokio::spawn(cluster.clone().follow(updates)).abort_handle()
 }

@@ -15,14 +15,37 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::cluster::{health, WEIGHT_SCALE};
-use crate::metrics::CODE_CLASSES;
-use crate::Proxy;
+use std::sync::Arc;
+
+use skiff_config::Config;
+
+use crate::cluster::{health, Cluster, WEIGHT_SCALE};
+use crate::metrics::{Registry, CODE_CLASSES};
 
 pub mod prometheus;
 
+/// What the admin server reads of the running proxy and asks of it.
+/// [`crate::Proxy`] is the implementation; the admin server sits below it
+/// and knows it only by this.
+pub trait Control: Clone + Send + Sync + 'static {
+    /// The metrics not owned by a cluster.
+    fn registry(&self) -> &Registry;
+    /// Every cluster, the sidecar's destinations included.
+    fn clusters(&self) -> Arc<Vec<Arc<Cluster>>>;
+    /// The config in force.
+    fn config(&self) -> Arc<Config>;
+    /// Listeners bound, every cluster warm, not draining.
+    fn is_ready(&self) -> bool;
+    /// The first config's listeners are bound.
+    fn is_started(&self) -> bool;
+    /// The namespaces whose Services the sidecar has not listed yet.
+    fn services_waiting(&self) -> Vec<String>;
+    /// Starts a graceful shutdown, as SIGTERM does.
+    fn request_drain(&self);
+}
+
 /// Binds the admin server and serves it in the background; returns the bound address.
-pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketAddr> {
+pub async fn serve<P: Control>(address: SocketAddr, proxy: P) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     let renderer = MetricsThread::start()?;
@@ -77,20 +100,27 @@ pub async fn serve(address: SocketAddr, proxy: Proxy) -> std::io::Result<SocketA
 ///
 /// The thread keeps its text buffer between scrapes, so a scrape's render
 /// allocates only the copy it answers with.
-#[derive(Debug, Clone)]
-struct MetricsThread {
-    scrapes: std::sync::mpsc::Sender<Scrape>,
+struct MetricsThread<P> {
+    scrapes: std::sync::mpsc::Sender<Scrape<P>>,
 }
 
-struct Scrape {
-    proxy: Proxy,
+impl<P> Clone for MetricsThread<P> {
+    fn clone(&self) -> Self {
+        MetricsThread {
+            scrapes: self.scrapes.clone(),
+        }
+    }
+}
+
+struct Scrape<P> {
+    proxy: P,
     reply: tokio::sync::oneshot::Sender<Bytes>,
 }
 
-impl MetricsThread {
+impl<P: Control> MetricsThread<P> {
     /// Starts the thread; it ends when the last handle is dropped.
-    fn start() -> std::io::Result<MetricsThread> {
-        let (scrapes, queue) = std::sync::mpsc::channel::<Scrape>();
+    fn start() -> std::io::Result<MetricsThread<P>> {
+        let (scrapes, queue) = std::sync::mpsc::channel::<Scrape<P>>();
         std::thread::Builder::new()
             .name("skiff-metrics".into())
             .spawn(move || {
@@ -118,7 +148,7 @@ impl MetricsThread {
     }
 
     /// The text of every metric family; `None` if the thread is gone.
-    async fn render(&self, proxy: Proxy) -> Option<Bytes> {
+    async fn render(&self, proxy: P) -> Option<Bytes> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.scrapes.send(Scrape { proxy, reply }).ok()?;
         answer.await.ok()
@@ -143,7 +173,7 @@ fn lower_priority() {
     }
 }
 
-fn route(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<Full<Bytes>> {
+fn route<P: Control>(req: Request<Incoming>, proxy: &P, peer: SocketAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     // What changes the process (drain, log level) is for the pod's own
     // processes only, as linkerd2-proxy's admin `/shutdown` is: a sidecar's
@@ -223,7 +253,7 @@ fn route(req: Request<Incoming>, proxy: &Proxy, peer: SocketAddr) -> Response<Fu
 /// The dashboard: one page, no external assets, polling `/clusters`.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
+fn ready<P: Control>(proxy: &P) -> Response<Full<Bytes>> {
     if proxy.is_ready() {
         return text(StatusCode::OK, "ready\n");
     }
@@ -258,7 +288,7 @@ fn ready(proxy: &Proxy) -> Response<Full<Bytes>> {
     text(StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
-fn clusters(proxy: &Proxy) -> serde_json::Value {
+fn clusters<P: Control>(proxy: &P) -> serde_json::Value {
     let list: Vec<serde_json::Value> = proxy
         .clusters()
         .iter()

@@ -24,8 +24,8 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use skiff_config::endpoints::EndpointSpec;
 use skiff_config::endpoints::Origin;
+use skiff_config::endpoints::{EndpointSpec, Source};
 use skiff_discovery::EndpointSet;
 
 use crate::cluster::pool::Pool;
@@ -934,6 +934,21 @@ impl Drop for InFlight {
         self.endpoint.in_flight.fetch_sub(1, Relaxed);
         self.endpoint.cluster_stats.active.fetch_sub(1, Relaxed);
     }
+}
+
+/// Starts following `source` for `cluster`: each new endpoint set is
+/// applied as it comes; the task stops when the handle is aborted.
+pub fn follow(
+    cluster: &Arc<Cluster>,
+    discovery: &skiff_discovery::Discovery,
+    source: &Source,
+) -> tokio::task::AbortHandle {
+    let updates = discovery.spawn(
+        source,
+        &cluster.name,
+        cluster.stats.discovery_errors.clone(),
+    );
+    tokio::spawn(cluster.clone().follow(updates)).abort_handle()
 }
 
 #[cfg(test)]

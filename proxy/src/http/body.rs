@@ -3,9 +3,17 @@
 //! One concrete type (not a boxed trait object) so the upstream
 //! connection pools hold one kind of sender and no request allocates for
 //! its body: most requests have none, HTTP/1.x bodies are read by skiff's
-//! own server, HTTP/2 bodies by hyper's.
+//! own server, HTTP/2 bodies by its own HTTP/2 server.
+//!
+//! A route's `max_request_body` on a body of unknown length is a
+//! [`CappedBody`]: capped as it streams, so the upstream request is
+//! aborted at the first byte past the limit and the client answered `413`
+//! (Envoy's buffer limit answers the same way). Bodies that declare their
+//! length are refused before they are read.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -33,7 +41,7 @@ pub enum UpstreamBody {
     },
     /// Of unknown length, on a route with `max_request_body` (boxed: rare,
     /// and it holds one of the others).
-    Capped(Box<crate::http::capped::CappedBody>),
+    Capped(Box<CappedBody>),
 }
 
 impl Body for UpstreamBody {
@@ -83,5 +91,108 @@ impl Body for UpstreamBody {
             }
             UpstreamBody::Capped(b) => b.size_hint(),
         }
+    }
+}
+
+/// A request body past its route's `max_request_body`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body larger than {limit} bytes (the route's max_request_body)")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// Set once a capped body went past its limit; read by the request path
+/// to answer `413` whatever the upstream protocol made of the abort.
+#[derive(Debug, Default)]
+pub struct Exceeded(AtomicBool);
+
+impl Exceeded {
+    pub fn get(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A request body of unknown length on a route with `max_request_body`:
+/// streamed as it comes, ended with [`BodyTooLarge`] at the first byte
+/// past the limit, which aborts the upstream request. (Bodies that
+/// declare their length are refused before they are read.)
+#[derive(Debug)]
+pub struct CappedBody {
+    inner: UpstreamBody,
+    left: u64,
+    limit: u64,
+    exceeded: Arc<Exceeded>,
+}
+
+impl CappedBody {
+    pub fn new(inner: UpstreamBody, limit: u64) -> (CappedBody, Arc<Exceeded>) {
+        let exceeded = Arc::new(Exceeded::default());
+        let body = CappedBody {
+            inner,
+            left: limit,
+            limit,
+            exceeded: exceeded.clone(),
+        };
+        (body, exceeded)
+    }
+}
+
+impl Body for CappedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.left {
+                    this.exceeded.0.store(true, Relaxed);
+                    let error = BodyTooLarge { limit: this.limit };
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                this.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_capped_body_ends_with_an_error_past_its_limit() {
+        use http_body_util::BodyExt;
+        let inner = UpstreamBody::Buffered {
+            data: Some(Bytes::from_static(b"0123456789")),
+            trailers: None,
+        };
+        let (body, exceeded) = CappedBody::new(inner, 9);
+        let err = body.collect().await.unwrap_err();
+        assert!(err.downcast_ref::<BodyTooLarge>().is_some(), "{err}");
+        assert!(exceeded.get());
+
+        let inner = UpstreamBody::Buffered {
+            data: Some(Bytes::from_static(b"0123456789")),
+            trailers: None,
+        };
+        let (body, exceeded) = CappedBody::new(inner, 10);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"0123456789");
+        assert!(!exceeded.get());
     }
 }

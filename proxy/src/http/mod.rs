@@ -1,9 +1,8 @@
 //! HTTP below the proxy: the request body types skiff sends upstream
-//! ([`body`], [`capped`]), skiff's own HTTP/1 codec and client ([`h1`])
+//! ([`body`]), skiff's own HTTP/1 codec and client ([`h1`])
 //! and its HTTP/2 server codec ([`h2`]), which know nothing of routes or
 //! clusters.
 
 pub mod body;
-pub mod capped;
 pub mod h1;
 pub mod h2;

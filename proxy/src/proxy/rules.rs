@@ -7,10 +7,8 @@
 //! `None`, one branch per request.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, StatusCode, Uri};
-use skiff_config::route::{HeaderMatch, PathMatch, Redirect, RouteRules, ValueMatch};
-
-use crate::proxy::forward::{local, ProxyBody};
+use http::{Request, Uri};
+use skiff_config::route::{HeaderMatch, PathMatch, RouteRules, ValueMatch};
 
 /// A header condition, ready for lookups.
 #[derive(Debug)]
@@ -122,36 +120,6 @@ impl Edits {
     }
 }
 
-/// The answer of a redirect route to `req`: same host (without its port)
-/// and path.
-pub fn redirect<B>(
-    redirect: &Redirect,
-    req: &Request<B>,
-    host: Option<&str>,
-) -> http::Response<ProxyBody> {
-    let host = host.unwrap_or("");
-    // Strip a port, keeping IPv6 brackets.
-    let bare = match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
-    };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let location = match redirect.port {
-        Some(port) => format!("{}://{bare}:{port}{path}", redirect.scheme),
-        None => format!("{}://{bare}{path}", redirect.scheme),
-    };
-    let status = StatusCode::from_u16(redirect.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-    let mut resp = local(status, format!("redirecting to {location}\n"));
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(http::header::LOCATION, value);
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,28 +146,6 @@ mod tests {
     #[test]
     fn plain_routes_have_no_edits() {
         assert!(Edits::of(&RouteRules::default(), &PathMatch::Prefix("/".into())).is_none());
-    }
-
-    #[test]
-    fn redirects_keep_host_and_path_and_drop_the_port() {
-        let r = Redirect {
-            scheme: "https".into(),
-            port: None,
-            code: 301,
-        };
-        let req = Request::get("/cart?id=1").body(()).unwrap();
-        let resp = redirect(&r, &req, Some("shop.example.com:8080"));
-        assert_eq!(resp.status(), 301);
-        assert_eq!(
-            resp.headers()["location"],
-            "https://shop.example.com/cart?id=1"
-        );
-        let r = Redirect {
-            port: Some(8443),
-            ..r
-        };
-        let resp = redirect(&r, &req, Some("[::1]:80"));
-        assert_eq!(resp.headers()["location"], "https://[::1]:8443/cart?id=1");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::http::h1::{body, buffers, write};
 use crate::io::conn::Conn;
 use crate::metrics::ProtocolError;
 use crate::proxy::forward::{self, ProxyBody};
-use crate::server::listener::{ConnectionGuard, ListenerState};
+use crate::server::state::{ConnectionGuard, ListenerState};
 use skiff_config::limits::ListenerLimits;
 
 /// After the response, how long the rest of the request body may take to

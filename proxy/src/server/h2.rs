@@ -22,7 +22,7 @@ use crate::http::h2::conn::{Answer, Connection};
 use crate::http::h2::stream::{self, Shared};
 use crate::http::h2::Activity;
 use crate::proxy::forward;
-use crate::server::listener::ListenerState;
+use crate::server::state::ListenerState;
 use crate::tls::TlsPeer;
 use skiff_config::limits::ListenerLimits;
 

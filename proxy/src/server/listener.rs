@@ -13,42 +13,22 @@
 //! and counted; the rest travel with the connection to its server.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
-use crate::io::conn::{Conn, Registry};
+use crate::io::conn::Conn;
 use crate::io::workers::Workers;
-use crate::metrics::Gauge;
-use crate::proxy::route::ListenerRoutes;
+use crate::server::sidecar::Captured;
+use crate::server::state::{ConnectionGuard, ListenerState, Tracker};
 use skiff_config::limits::ListenerLimits;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 4096;
-
-/// What a request on a listener needs: its name, routes and counters.
-#[derive(Debug)]
-pub struct ListenerState {
-    /// The listener's name, routes and unrouted counter: what the request
-    /// path reads of it.
-    pub routes: ListenerRoutes,
-    pub connections: Arc<Gauge>,
-    /// Connections closed at accept because `max_connections` were open.
-    pub refused: Arc<AtomicU64>,
-    /// What clients sent that skiff refused as a protocol error.
-    pub protocol_errors: Arc<crate::metrics::ProtocolErrors>,
-    /// What clients may send and hold; swapped on reload.
-    pub limits: ArcSwap<ListenerLimits>,
-    /// TLS termination, when the listener has it; swapped on reload.
-    pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
-    /// Set on capture listeners (the sidecar role): connections are served
-    /// by original destination instead of by `routes`.
-    pub capture: arc_swap::ArcSwapOption<crate::server::sidecar::Captured>,
-}
 
 /// A bound, listening, non-blocking socket.
 fn socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
@@ -74,18 +54,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often the registry sweeps, at least.
 const SWEEP_MIN: Duration = Duration::from_millis(50);
 
-/// Counts open connections so shutdown can wait for the last one, and
-/// closes idle ones.
-#[derive(Debug, Default)]
-struct Tracker {
-    open: AtomicUsize,
-    idle: Notify,
-    conns: Registry,
-}
-
 /// A bound, accepting listener.
 pub struct Listener {
     pub state: Arc<ListenerState>,
+    /// Set on capture listeners (the sidecar role): connections are served
+    /// by original destination instead of by the state's routes.
+    pub capture: Arc<ArcSwapOption<Captured>>,
     pub address: SocketAddr,
     stop_accepting: watch::Sender<bool>,
     drain: watch::Sender<bool>,
@@ -111,6 +85,7 @@ impl Listener {
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
+        let capture: Arc<ArcSwapOption<Captured>> = Arc::default();
         tokio::spawn(sweep_idle(
             Arc::downgrade(&tracker),
             Arc::downgrade(&state),
@@ -122,8 +97,9 @@ impl Listener {
                 sockets.push(socket(address, true)?);
             }
             for (socket, handle) in sockets.into_iter().zip(workers.handles()) {
-                let (state, stop_rx, drain_rx, tracker) = (
+                let (state, capture, stop_rx, drain_rx, tracker) = (
                     state.clone(),
+                    capture.clone(),
                     stop_rx.clone(),
                     drain_rx.clone(),
                     tracker.clone(),
@@ -132,7 +108,10 @@ impl Listener {
                     // Registered with this worker's reactor, so its
                     // connections are served here.
                     match TcpListener::from_std(socket.into()) {
-                        Ok(l) => accept_loop(l, state, stop_rx, drain_rx, tracker).await,
+                        Ok(l) => {
+                            let served = (state, capture);
+                            accept_loop(l, served, stop_rx, drain_rx, tracker).await
+                        }
                         Err(e) => tracing::error!(%address, "worker listener failed: {e}"),
                     }
                 });
@@ -141,7 +120,7 @@ impl Listener {
             let listener = TcpListener::from_std(first.into())?;
             tokio::spawn(accept_loop(
                 listener,
-                state.clone(),
+                (state.clone(), capture.clone()),
                 stop_rx,
                 drain_rx,
                 tracker.clone(),
@@ -149,6 +128,7 @@ impl Listener {
         }
         Ok(Listener {
             state,
+            capture,
             address,
             stop_accepting,
             drain,
@@ -205,7 +185,7 @@ impl Listener {
 
 async fn accept_loop(
     listener: TcpListener,
-    state: Arc<ListenerState>,
+    (state, capture): (Arc<ListenerState>, Arc<ArcSwapOption<Captured>>),
     mut stop: watch::Receiver<bool>,
     drain: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
@@ -242,11 +222,7 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        state.connections.inc();
-        let guard = ConnectionGuard {
-            tracker: tracker.clone(),
-            state: state.clone(),
-        };
+        let guard = ConnectionGuard::new(tracker.clone(), state.clone());
         if let Some(tls) = state.tls.load_full() {
             // HTTP/1 connections join the idle registry once the
             // handshake is done; HTTP/2 ones are drained by their task.
@@ -256,7 +232,7 @@ async fn accept_loop(
             ));
             continue;
         }
-        if let Some(capture) = state.capture.load_full() {
+        if let Some(capture) = capture.load_full() {
             let (drain, tracker) = (drain.clone(), tracker.clone());
             tokio::spawn(async move {
                 // Opaque connections are served inside `accept`; HTTP
@@ -313,29 +289,6 @@ async fn sweep_idle(
         tracker.conns.sweep(idle_timeout);
         if stopped && tracker.open.load(Relaxed) == 0 {
             return;
-        }
-    }
-}
-
-/// Held for as long as a connection is open.
-pub struct ConnectionGuard {
-    tracker: Arc<Tracker>,
-    state: Arc<ListenerState>,
-}
-
-impl ConnectionGuard {
-    /// Puts a connection in its listener's registry, which closes it when
-    /// it has been idle too long or when the listener drains.
-    pub fn register(&self, conn: &Arc<Conn>) {
-        self.tracker.conns.register(conn);
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.state.connections.dec();
-        if self.tracker.open.fetch_sub(1, Relaxed) == 1 {
-            self.tracker.idle.notify_waiters();
         }
     }
 }

@@ -7,4 +7,5 @@ pub mod h1;
 pub mod h2;
 pub mod listener;
 pub mod sidecar;
+pub mod state;
 pub mod tls;

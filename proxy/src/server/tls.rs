@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::io::conn::Conn;
 use crate::metrics::tls::Failure;
-use crate::server::listener::{ConnectionGuard, ListenerState};
+use crate::server::state::{ConnectionGuard, ListenerState};
 use crate::tls::identity;
 use crate::tls::server::ServerTls;
 use crate::tls::session::Session;

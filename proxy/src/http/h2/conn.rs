@@ -108,6 +108,9 @@ struct Stream {
 /// How a new stream is answered: forwarded by the owner's task, or
 /// refused by the connection itself with a status and a reason (which the
 /// owner's task turns into its own kind of response).
+// Moved once into the stream's future, which holds the request anyway:
+// boxing it would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     Forward(http::Request<UpstreamBody>),
     Local(StatusCode, String),

@@ -27,6 +27,12 @@ pub struct Activity {
     idle_since: AtomicU64,
 }
 
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity::new()
+    }
+}
+
 impl Activity {
     pub fn new() -> Activity {
         Activity {

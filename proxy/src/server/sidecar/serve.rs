@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -32,13 +32,13 @@ use tokio::task::AbortHandle;
 
 use super::detect::{detect, Protocol};
 use super::mesh::{self, Mesh, Opening};
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster};
 use crate::metrics::tls::Failure;
+use crate::metrics::Registry;
 use crate::proxy::route::{ListenerRoutes, RouteTable};
-use crate::server::listener::{ConnectionGuard, ListenerState};
+use crate::server::state::{ConnectionGuard, ListenerState};
 use crate::tls::client::Connector;
 use crate::tls::ServerTls;
-use crate::Inner;
 use skiff_config::cluster::CircuitBreaker;
 use skiff_config::cluster::ClusterConfig;
 use skiff_config::cluster::LbPolicy;
@@ -74,7 +74,8 @@ pub struct Captured {
     pub listener: Arc<str>,
     /// The listener's access log, for its destinations' requests.
     pub access_log: Option<AccessLog>,
-    pub(crate) proxy: Weak<Inner>,
+    /// The sidecar's Services and destinations, shared by its listeners.
+    pub sidecar: Arc<Shared>,
     /// Inbound with `mesh:`: the TLS that sidecars' connections end in.
     pub mesh_server: Option<Arc<ServerTls>>,
 }
@@ -143,9 +144,12 @@ impl Drop for Target {
 }
 
 /// What the sidecar keeps across connections: the Service index and the
-/// destinations in use. One per proxy.
-#[derive(Debug, Default)]
+/// destinations in use, with what it makes destinations from (the proxy's
+/// discovery and metrics). One per proxy.
+#[derive(Debug)]
 pub struct Shared {
+    discovery: skiff_discovery::Discovery,
+    registry: Arc<Registry>,
     /// The watched namespaces, their index, and its idle time.
     services: Mutex<Option<(Vec<String>, ServiceIndex, Duration)>>,
     targets: Mutex<HashMap<String, Arc<Target>>>,
@@ -157,6 +161,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    pub fn new(discovery: skiff_discovery::Discovery, registry: Arc<Registry>) -> Shared {
+        Shared {
+            discovery,
+            registry,
+            services: Mutex::default(),
+            targets: Mutex::default(),
+            mesh: ArcSwapOption::empty(),
+        }
+    }
+
     /// Starts watching the Services of `namespaces` (once; a new set of
     /// namespaces replaces the watch). The watches stop after `idle`
     /// without a lookup and start again with the next.
@@ -252,7 +266,6 @@ impl Shared {
     /// The destination `name`, made on first use from `source`.
     async fn target(
         &self,
-        inner: &Inner,
         listener: &Arc<str>,
         access_log: Option<AccessLog>,
         name: String,
@@ -265,7 +278,7 @@ impl Shared {
         let target = match existing {
             Some(t) if t.cluster.is_primed() => return t,
             Some(t) => t,
-            None => self.add_target(inner, listener, access_log, name, how),
+            None => self.add_target(listener, access_log, name, how),
         };
         // Connections to a new destination wait (bounded) for its first
         // endpoint set.
@@ -278,7 +291,6 @@ impl Shared {
 
     fn add_target(
         &self,
-        inner: &Inner,
         listener: &Arc<str>,
         access_log: Option<AccessLog>,
         name: String,
@@ -299,7 +311,7 @@ impl Shared {
             connector
         });
         let cluster = Arc::new(Cluster::with_connector(config, connector));
-        let follower = crate::spawn_follower(&inner.discovery, &cluster, &source);
+        let follower = cluster::follow(&cluster, &self.discovery, &source);
         let clusters = HashMap::from([(name.clone(), cluster.clone())]);
         let table = |remove_headers: Vec<String>| {
             let listener_config = ListenerConfig {
@@ -320,22 +332,21 @@ impl Shared {
                 access_log: None,
             };
             let mut table =
-                RouteTable::build(&listener_config, &clusters, &inner.registry).unwrap_or_default();
+                RouteTable::build(&listener_config, &clusters, &self.registry).unwrap_or_default();
             table.access_log = access_log;
             Arc::new(ListenerState {
                 routes: ListenerRoutes {
                     name: listener.clone(),
                     table: ArcSwap::from_pointee(table),
-                    unrouted: inner.registry.unrouted(listener),
+                    unrouted: self.registry.unrouted(listener),
                 },
-                connections: inner.registry.connections(listener),
-                refused: inner.registry.refused(listener),
-                protocol_errors: inner.registry.protocol_errors(listener),
+                connections: self.registry.connections(listener),
+                refused: self.registry.refused(listener),
+                protocol_errors: self.registry.protocol_errors(listener),
                 // Unused: a captured connection is served within the limits
                 // of the listener that accepted it.
                 limits: Default::default(),
                 tls: Default::default(),
-                capture: Default::default(),
             })
         };
         let tls_state = table(Vec::new());
@@ -371,10 +382,7 @@ impl Captured {
                 return Accepted::Done;
             }
         };
-        let Some(inner) = self.proxy.upgrade() else {
-            return Accepted::Done;
-        };
-        let mesh = inner.sidecar.mesh();
+        let mesh = self.sidecar.mesh();
         let opaque_port = self.config.opaque_ports.contains(&destination.port());
         if let (Some(mesh), Direction::Inbound) = (&mesh, self.config.direction) {
             // Opaque ports too: a sidecar's opaque connection opens with
@@ -410,7 +418,7 @@ impl Captured {
         };
         let target = match self.config.direction {
             Direction::Outbound => {
-                let Some(service) = inner.sidecar.lookup(destination).await else {
+                let Some(service) = self.sidecar.lookup(destination).await else {
                     pass_through(stream, destination, peer).await;
                     return Accepted::Done;
                 };
@@ -440,9 +448,8 @@ impl Captured {
                     protocol: upstream,
                     tls,
                 };
-                inner
-                    .sidecar
-                    .target(&inner, &self.listener, self.access_log, name, how)
+                self.sidecar
+                    .target(&self.listener, self.access_log, name, how)
                     .await
             }
             Direction::Inbound => {
@@ -450,7 +457,7 @@ impl Captured {
                     pass_through(stream, destination, peer).await;
                     return Accepted::Done;
                 }
-                self.inbound_target(&inner, mesh.as_deref(), destination, upstream)
+                self.inbound_target(mesh.as_deref(), destination, upstream)
                     .await
             }
         };
@@ -474,7 +481,6 @@ impl Captured {
     /// The inbound destination for the app's `destination` port.
     async fn inbound_target(
         &self,
-        inner: &Inner,
         mesh: Option<&Mesh>,
         destination: SocketAddr,
         upstream: UpstreamProtocol,
@@ -488,9 +494,8 @@ impl Captured {
                 ..TargetTls::default()
             },
         };
-        inner
-            .sidecar
-            .target(inner, &self.listener, self.access_log, name, how)
+        self.sidecar
+            .target(&self.listener, self.access_log, name, how)
             .await
     }
 
@@ -507,7 +512,7 @@ impl Captured {
         drain: tokio::sync::watch::Receiver<bool>,
         guard: ConnectionGuard,
     ) {
-        let (Some(server), Some(inner)) = (&self.mesh_server, self.proxy.upgrade()) else {
+        let Some(server) = &self.mesh_server else {
             return;
         };
         let Some(done) = crate::server::tls::handshake(stream, peer, server, &self.listener).await
@@ -533,9 +538,9 @@ impl Captured {
             Some(b"h2") => UpstreamProtocol::Http2,
             Some(_) => UpstreamProtocol::Http1,
         };
-        let mesh = inner.sidecar.mesh();
+        let mesh = self.sidecar.mesh();
         let target = self
-            .inbound_target(&inner, mesh.as_deref(), destination, upstream)
+            .inbound_target(mesh.as_deref(), destination, upstream)
             .await;
         let state = target.tls_state.clone();
         drop(target);

@@ -1,0 +1,253 @@
+//! Sending a request again (Envoy's retry policy within Linkerd's retry
+//! budget): which requests may go again (idempotent methods, those marked
+//! `x-skiff-retryable`, any refused with `REFUSED_STREAM`), what is kept
+//! to send them again without copying every request (an HTTP/1 client's
+//! raw head, the request skiff's own client hands back, a copy for
+//! hyper's clients; a body up to [`MAX_REPLAY_BODY`]), the backoff, and a
+//! pick that avoids the endpoint that just failed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Body;
+
+use super::headers::{prepare_request, X_REQUEST_ID};
+use super::response::{local, ProxyBody};
+use crate::cluster::{balance::random, InFlight, Unavailable};
+use crate::http::body::{BodyError, UpstreamBody};
+
+/// Picks an endpoint, trying twice more for one other than `avoid` (the
+/// endpoint a retried request just failed on).
+pub(super) fn admit(
+    cluster: &crate::cluster::Cluster,
+    max_requests: u32,
+    avoid: Option<SocketAddr>,
+) -> Result<InFlight, Unavailable> {
+    let mut picked = cluster.admit(max_requests)?;
+    if let Some(avoid) = avoid {
+        for _ in 0..2 {
+            if picked.endpoint.address != avoid {
+                break;
+            }
+            match cluster.admit(max_requests) {
+                Ok(other) => picked = other,
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(picked)
+}
+
+pub(super) static X_SKIFF_RETRYABLE: HeaderName = HeaderName::from_static("x-skiff-retryable");
+
+/// Whether the client marked a request safe to send twice
+/// (`x-skiff-retryable: true`). The header is for skiff and is removed.
+/// Looked at only for methods that are not idempotent, so the common
+/// request pays nothing for it.
+pub(super) fn marked_retryable<B>(req: &mut Request<B>) -> bool {
+    req.headers_mut()
+        .remove(&X_SKIFF_RETRYABLE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
+/// Whether an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it
+/// did not process the request, so it is safe to send again (RFC 9113 §8.7).
+pub(super) fn is_refused(e: &BodyError) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .and_then(std::error::Error::source)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        == Some(h2::Reason::REFUSED_STREAM)
+}
+
+/// Methods RFC 9110 §9.2.2 calls idempotent, safe to send twice.
+pub(super) fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// The wait before retry `n` (1-based): fully jittered, exponential from
+/// `base`, at most ten times `base` (Envoy's backoff).
+pub(super) fn backoff(base: Duration, n: u32) -> Duration {
+    let ceiling = base.saturating_mul((1u32 << n.min(16)) - 1).min(base * 10);
+    let nanos = ceiling.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(random() % (nanos + 1))
+}
+
+/// An HTTP/1 client's request head as it arrived, and what TLS added to
+/// the request, if it came over TLS.
+#[derive(Debug)]
+pub struct RawHead {
+    pub bytes: Bytes,
+    pub tls: Option<Arc<crate::tls::TlsPeer>>,
+}
+
+/// How a request is sent again.
+pub(super) enum Replay {
+    /// Not retried after it left (not idempotent, or it has a body).
+    No,
+    /// Re-read from the client's HTTP/1 head, and prepared as before.
+    Raw {
+        head: RawHead,
+        peer: SocketAddr,
+        request_id: Option<[u8; 36]>,
+    },
+    /// A copy of the prepared head (HTTP/2 clients, to hyper's clients).
+    Copy(Box<ReplayHead>),
+    /// The request itself, which skiff's own HTTP/1 client gives back
+    /// (HTTP/2 clients): nothing is copied before it is needed.
+    Returned,
+}
+
+impl Replay {
+    /// Whether the request may be sent again after it left.
+    pub(super) fn allowed(&self) -> bool {
+        !matches!(self, Replay::No)
+    }
+
+    /// The request to send again, if it may be: the one `send` gave back
+    /// (prepared, its body still in it), else one made from the replay.
+    pub(super) fn again(
+        &self,
+        back: Option<Request<UpstreamBody>>,
+        body: &Option<UpstreamBody>,
+    ) -> Option<Request<UpstreamBody>> {
+        if !self.allowed() {
+            return None;
+        }
+        back.or_else(|| self.request(body))
+    }
+
+    /// The request to send again, if it may be, with `body` when it had one.
+    pub(super) fn request(&self, body: &Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+        let mut req = self.head()?;
+        if let Some(UpstreamBody::Buffered { data, trailers }) = body {
+            *req.body_mut() = UpstreamBody::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            };
+        }
+        Some(req)
+    }
+
+    pub(super) fn head(&self) -> Option<Request<UpstreamBody>> {
+        match self {
+            Replay::No | Replay::Returned => None,
+            Replay::Copy(head) => Some(head.request()),
+            Replay::Raw {
+                head: RawHead { bytes: head, tls },
+                peer,
+                request_id,
+            } => {
+                // The head passed its listener's limits once; only its framing matters now.
+                let limits = crate::http::h1::parse::HeadLimits {
+                    max_bytes: head.len(),
+                    max_headers: skiff_config::limits::MAX_HEADERS_ACCEPTED,
+                };
+                let parsed = crate::http::h1::parse::parse(head, limits).ok()??;
+                let mut req = parsed.request.map(|()| UpstreamBody::Empty);
+                req.headers_mut().remove(&X_SKIFF_RETRYABLE);
+                if let Some(id) = request_id.and_then(|id| HeaderValue::from_bytes(&id).ok()) {
+                    // The same id as the first try, not a new one.
+                    req.headers_mut().insert(X_REQUEST_ID.clone(), id);
+                }
+                if let Some(tls) = tls {
+                    tls.tag(&mut req);
+                }
+                prepare_request(&mut req, *peer, false);
+                Some(req)
+            }
+        }
+    }
+}
+
+/// Largest request body kept for a retry (Envoy's default buffer limit).
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// Reads a retryable request's body whole when its length is known and at
+/// most [`MAX_REPLAY_BODY`], so a retry can send it again; returns a copy
+/// for the retries. A longer body, or one of unknown length, streams as
+/// before and is not retried after it left.
+pub(super) async fn buffer_body(
+    req: &mut Request<UpstreamBody>,
+    limit: Duration,
+) -> Result<Option<UpstreamBody>, Response<ProxyBody>> {
+    if req
+        .body()
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n > MAX_REPLAY_BODY)
+    {
+        return Ok(None);
+    }
+    let body = std::mem::replace(req.body_mut(), UpstreamBody::Empty);
+    let read = http_body_util::BodyExt::collect(body);
+    let collected = match tokio::time::timeout(limit.max(Duration::from_millis(1)), read).await {
+        Ok(Ok(collected)) => collected,
+        Ok(Err(e)) => {
+            return Err(local(
+                StatusCode::BAD_REQUEST,
+                format!("request body could not be read: {e}\n"),
+            ))
+        }
+        Err(_) => {
+            return Err(local(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body did not arrive in time\n",
+            ))
+        }
+    };
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    *req.body_mut() = UpstreamBody::Buffered {
+        data: Some(data.clone()),
+        trailers: trailers.clone(),
+    };
+    Ok(Some(UpstreamBody::Buffered {
+        data: Some(data),
+        trailers,
+    }))
+}
+
+/// A prepared request head, copied to send again.
+pub(super) struct ReplayHead {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl ReplayHead {
+    pub(super) fn of<B>(req: &Request<B>) -> ReplayHead {
+        ReplayHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    pub(super) fn request(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
