@@ -25,6 +25,8 @@ use tokio::task::AbortHandle;
 
 use super::Settings;
 use super::{balance::random, Cluster, Endpoint};
+use crate::http::h1::body::{Chunk, ChunkedDecoder};
+use crate::http::h1::response::{self, Framing};
 use skiff_config::cluster::HealthCheck;
 use skiff_config::cluster::HealthCheckKind;
 use skiff_config::cluster::UpstreamProtocol;
@@ -49,9 +51,6 @@ pub fn state_name(state: u8) -> &'static str {
 
 /// The identifying `user-agent` of check requests.
 pub const USER_AGENT: &str = "skiff-health-check";
-
-/// Largest response head a check reads.
-const MAX_HEAD: usize = 16 * 1024;
 
 /// Check results by kind (`skiff_health_checks_total{result}`).
 #[derive(Debug, Default)]
@@ -445,83 +444,39 @@ async fn exchange(
                 Failure::Error("connection closed inside the answer's head".into()).into()
             });
         }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let status = response.code.unwrap_or(0);
-                if (100..200).contains(&status) {
-                    // An interim answer; the real one follows.
-                    buf.advance(len);
-                    continue;
-                }
-                let (framing, keep) = framing(&response, status)?;
-                break (status, len, framing, keep);
+        let mut fields = [httparse::EMPTY_HEADER; response::MAX_HEADERS];
+        match response::parse(buf, false, &mut fields) {
+            Ok(response::Parsed::Final(head)) => {
+                break (
+                    head.status.as_u16(),
+                    head.len,
+                    head.framing,
+                    head.keep_alive,
+                )
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(Failure::Error("answer head over 16 KiB".into()).into())
+            Ok(response::Parsed::Interim { len }) => {
+                // An interim answer; the real one follows.
+                buf.advance(len);
+                continue;
             }
-            Err(e) => return Err(Failure::Error(format!("malformed answer: {e}")).into()),
+            Ok(response::Parsed::Partial) => {}
+            Err(why) => return Err(Failure::Error(format!("malformed answer: {why}")).into()),
         }
     };
     buf.advance(head_len);
     match framing {
         Framing::Length(n) => discard(stream, buf, n).await?,
         Framing::Chunked => discard_chunked(stream, buf).await?,
-        Framing::UntilClose => {
+        Framing::Close => {
             while stream.read_some(buf).await.map_err(io_failure)? != 0 {
                 buf.clear();
             }
         }
     }
-    if !keep || !matches!(framing, Framing::Length(_) | Framing::Chunked) {
+    if !keep {
         *conn = Connection::None;
     }
     Ok(status)
-}
-
-enum Framing {
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
-fn framing(response: &httparse::Response<'_, '_>, status: u16) -> Result<(Framing, bool), Failure> {
-    let mut length = None;
-    let mut chunked = false;
-    let mut keep = response.version == Some(1);
-    for h in response.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| Failure::Error("malformed content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::Error("conflicting content-length".into()));
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h.value.eq_ignore_ascii_case(b"chunked");
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.contains("close") {
-                keep = false;
-            } else if v.contains("keep-alive") {
-                keep = true;
-            }
-        }
-    }
-    let framing = if status == 204 || status == 304 {
-        Framing::Length(0)
-    } else if chunked {
-        Framing::Chunked
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::UntilClose
-    };
-    Ok((framing, keep))
 }
 
 async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Exchange> {
@@ -544,32 +499,15 @@ async fn discard(stream: &mut Stream, buf: &mut BytesMut, mut n: u64) -> Result<
 }
 
 async fn discard_chunked(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Exchange> {
+    // The same decoder, and limits, as request bodies from clients.
+    let mut decoder = ChunkedDecoder::default();
     loop {
-        let size = loop {
-            match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((len, size))) => {
-                    buf.advance(len);
-                    break size;
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => fill(stream, buf).await?,
-                _ => return Err(Failure::Error("malformed chunk size".into()).into()),
-            }
-        };
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                match buf.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
-                        buf.advance(2);
-                        return Ok(());
-                    }
-                    Some(at) => buf.advance(at + 2),
-                    None if buf.len() < MAX_HEAD => fill(stream, buf).await?,
-                    None => return Err(Failure::Error("trailers over 16 KiB".into()).into()),
-                }
-            }
+        match decoder.decode(buf) {
+            Ok(Some(Chunk::End)) => return Ok(()),
+            Ok(Some(Chunk::Data(_) | Chunk::Trailers(_))) => {}
+            Ok(None) => fill(stream, buf).await?,
+            Err(e) => return Err(Failure::Error(format!("malformed chunked answer: {e}")).into()),
         }
-        discard(stream, buf, size + 2).await?;
     }
 }
 

@@ -1,11 +1,13 @@
 //! skiff's HTTP/1.x codec: request heads ([`parse`]), request bodies read
 //! from a client connection ([`body`]), responses written to one
-//! ([`write`]), the upstream client ([`client`]) and the per-thread spare
-//! buffers they share ([`buffers`]). The serve loop that drives them for
+//! ([`write`]), response heads read from an upstream ([`response`], for
+//! the client and the health checker), the upstream client ([`client`])
+//! and the per-thread spare buffers they share ([`buffers`]). The serve loop that drives them for
 //! a client connection is [`crate::server::h1`].
 
 pub mod body;
 pub mod buffers;
 pub mod client;
 pub mod parse;
+pub mod response;
 pub mod write;
