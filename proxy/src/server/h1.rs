@@ -30,6 +30,7 @@ use crate::http::body::UpstreamBody;
 use crate::http::h1::body::{ChunkedDecoder, Kind, RequestBody};
 use crate::http::h1::parse::{self, Framing, HeadError, HeadLimits, Parsed};
 use crate::http::h1::{body, buffers, write};
+use crate::http::h2::frame::PREFACE as H2_PREFACE;
 use crate::io::conn::Conn;
 use crate::metrics::ProtocolError;
 use crate::proxy::forward::{self, ProxyBody};
@@ -39,8 +40,6 @@ use skiff_config::limits::ListenerLimits;
 /// After the response, how long the rest of the request body may take to
 /// reach the upstream before the connection is given up.
 const BODY_AFTER_RESPONSE: Duration = Duration::from_secs(5);
-/// What an HTTP/2 client with prior knowledge sends first.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one client connection until it closes or the listener drains,
 /// within `limits` (the listener's, as of when the connection was accepted).

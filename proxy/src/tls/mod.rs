@@ -9,6 +9,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod hello;
 pub mod identity;
 pub mod peer;
 pub mod server;

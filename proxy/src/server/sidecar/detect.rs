@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::http::h2::frame::PREFACE as H2_PREFACE;
+
 /// What a captured connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -17,9 +19,6 @@ pub enum Protocol {
     Http2,
     Opaque,
 }
-
-/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Request methods that mark HTTP/1.x, each with the space after it.
 const METHODS: &[&[u8]] = &[

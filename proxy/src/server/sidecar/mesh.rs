@@ -34,6 +34,7 @@ use skiff_discovery::kubernetes::services::ServiceRef;
 use tokio::net::TcpStream;
 
 use crate::tls::client::Connector;
+use crate::tls::hello::{self, Hello};
 use crate::tls::{certs, TlsError};
 
 /// The mesh settings in force, shared by the capture listeners.
@@ -108,11 +109,6 @@ pub enum Opening {
     Silent,
 }
 
-/// The TLS record type of a handshake message (RFC 8446 §5.1).
-const HANDSHAKE_RECORD: u8 = 0x16;
-/// Room for a ClientHello: rustls sends about 250 bytes, browsers with
-/// post-quantum key shares about 1,800; one record is at most 16 KiB.
-const CLIENT_HELLO_MAX: usize = 16 * 1024 + 5;
 /// How long to wait between peeks while the ClientHello is incomplete.
 const PEEK_AGAIN: Duration = Duration::from_millis(1);
 
@@ -123,12 +119,12 @@ pub async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == HANDSHAKE_RECORD => {}
+        Ok(Ok(1)) if first[0] == hello::HANDSHAKE_RECORD => {}
         Ok(Ok(1)) => return Opening::Plain,
         Ok(_) => return Opening::Plain,
         Err(_) => return Opening::Silent,
     }
-    let mut buf = vec![0u8; CLIENT_HELLO_MAX];
+    let mut buf = vec![0u8; hello::MAX_CLIENT_HELLO];
     let mut seen = 0;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
@@ -138,20 +134,10 @@ pub async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
         };
         if n > seen {
             seen = n;
-            let mut acceptor = rustls::server::Acceptor::default();
-            let mut bytes = &buf[..n];
-            if acceptor.read_tls(&mut bytes).is_err() {
-                return Opening::Tls(None);
-            }
-            match acceptor.accept() {
-                Ok(Some(accepted)) => {
-                    return Opening::Tls(accepted.client_hello().server_name().map(str::to_owned))
-                }
-                Ok(None) => {}
-                Err(_) => return Opening::Tls(None),
-            }
-            if n == buf.len() {
-                return Opening::Tls(None);
+            match hello::read(&buf[..n]) {
+                Hello::Incomplete => {}
+                Hello::NotTls => return Opening::Plain,
+                Hello::Tls(sni) => return Opening::Tls(sni),
             }
         }
         tokio::time::sleep(PEEK_AGAIN).await;
