@@ -4,15 +4,15 @@
 //! longer builds, a seed that crashes, and the easy crashes a fresh
 //! change brings; the long runs are for people (see `fuzz/README.md`).
 //!
-//! `SKIFF_FUZZ_SECONDS` sets each target's fuzzing time (default 30). The
+//! `SKIFF_FUZZ_SECONDS` sets each target's fuzzing time (default 20). The
 //! random seed is fixed; long runs with fresh seeds are for people.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Fuzzing time per target unless `SKIFF_FUZZ_SECONDS` says otherwise:
-/// seven targets stay within the five minutes, the build aside.
-const DEFAULT_SECONDS: u64 = 30;
+/// eleven targets stay within five minutes, the build aside.
+const DEFAULT_SECONDS: u64 = 20;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

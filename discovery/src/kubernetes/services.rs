@@ -197,7 +197,7 @@ impl ServiceIndex {
 }
 
 /// Every (address, Service port) a Service stands for.
-fn entries(namespace: &str, service: &Service) -> Vec<(SocketAddr, Arc<ServiceRef>)> {
+pub fn entries(namespace: &str, service: &Service) -> Vec<(SocketAddr, Arc<ServiceRef>)> {
     let name = service.metadata.name.clone().unwrap_or_default();
     let Some(spec) = &service.spec else {
         return Vec::new();

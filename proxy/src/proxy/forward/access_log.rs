@@ -3,10 +3,13 @@
 //! response ends (or when skiff answers it itself).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Body;
+
+use super::headers::X_REQUEST_ID;
 
 /// One access log line, filled in as the request goes and written when
 /// its response ends (only for requests the listener's sample picks).
@@ -48,6 +51,25 @@ impl AccessEntry {
             retries: 0,
             start,
         })
+    }
+
+    /// Notes the cluster a request was routed to, and its request id.
+    pub(super) fn routed<B>(&mut self, cluster: &Arc<str>, req: &Request<B>) {
+        self.cluster = Some(cluster.clone());
+        if let Some(id) = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.request_id = id.to_string();
+        }
+    }
+
+    /// Notes the endpoint that answered, how, and after how many retries.
+    pub(super) fn answered(&mut self, endpoint: SocketAddr, status: u16, retries: u32) {
+        self.endpoint = Some(endpoint);
+        self.status = status;
+        self.retries = retries;
     }
 
     pub(super) fn emit(&self) {

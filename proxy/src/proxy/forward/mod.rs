@@ -24,27 +24,23 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self};
 use http::{Request, Response, StatusCode};
 use hyper::body::Body;
 
-use crate::http::body::UpstreamBody;
-use crate::http::h1::client;
+use crate::http::body::{Exceeded, UpstreamBody};
 
 use crate::cluster::balance::random;
-use crate::cluster::pool::{ConnectError, PendingLimit};
+use crate::cluster::pool::PendingLimit;
+use crate::cluster::{InFlight, Unavailable};
 use crate::proxy::route::ListenerRoutes;
 use crate::proxy::route::{Found, Route};
-use skiff_config::cluster::UpstreamProtocol;
 
 use access_log::{log_local, AccessEntry};
 use failure::Failure;
-use headers::{is_upgrade, origin_form, set_upstream_uri, X_REQUEST_ID};
+use headers::is_upgrade;
 use response::{failure_response, respond, too_large, unavailable_response};
-use retry::{
-    admit, backoff, buffer_body, is_idempotent, is_refused, marked_retryable, Replay, ReplayHead,
-};
-use send::send;
+use retry::{admit, buffer_body, Tries};
+use send::{send, Sent};
 use upgrade::upgrade_request;
 
 /// Proxies one request from `peer` arriving on `listener`.
@@ -138,6 +134,8 @@ fn cap_body(
     Ok(Some(exceeded))
 }
 
+/// Sends a routed request to its cluster, trying again as its retry
+/// policy allows, and returns the response on its way back.
 #[allow(clippy::manual_async_fn)] // see above: the future stays smaller
 fn forward<'a>(
     mut req: Request<UpstreamBody>,
@@ -145,35 +143,27 @@ fn forward<'a>(
     peer: SocketAddr,
     start: Instant,
     raw_head: Option<RawHead>,
-    mut access: Option<Box<AccessEntry>>,
-    capped: Option<Arc<crate::http::body::Exceeded>>,
+    access: Option<Box<AccessEntry>>,
+    capped: Option<Arc<Exceeded>>,
 ) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
     async move {
         let cluster = &route.cluster;
         let settings = cluster.settings();
         let limits = settings.circuit_breaker;
-        let policy = settings.retries;
         cluster.stats.budget.record_request(start);
         let upgrade = is_upgrade(&req);
         prepare_request(&mut req, peer, upgrade);
-        if let Some(entry) = access.as_mut() {
-            entry.cluster = Some(cluster.name.clone());
-            if let Some(id) = req
-                .headers()
-                .get(&X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-            {
-                entry.request_id = id.to_string();
-            }
+        let mut trip = Trip {
+            route,
+            start,
+            upgrade,
+            access,
+            capped,
+        };
+        if let Some(entry) = trip.access.as_mut() {
+            entry.routed(&cluster.name, &req);
         }
-        // What a retry after a response or a reset sends again: idempotent
-        // (or marked) requests, with their body when it is at most
-        // MAX_REPLAY_BODY long; that body is read whole before the first try.
-        // (A request that was never sent, after a connect failure, comes back
-        // whole and can always be retried.)
-        let retryable = policy.attempts > 0
-            && !upgrade
-            && (is_idempotent(req.method()) || marked_retryable(&mut req));
+        let retryable = retry::retryable(&mut req, &settings.retries, upgrade);
         let mut replay_body = None;
         if retryable && !req.body().is_end_stream() {
             match buffer_body(&mut req, settings.timeouts.request).await {
@@ -181,60 +171,20 @@ fn forward<'a>(
                 Err(resp) => return resp,
             }
         }
-        // A refused HTTP/2 stream was not processed, so any request can go
-        // again; keeping an HTTP/1 client's raw head for it costs nothing.
-        let refusable = policy.attempts > 0
-            && !upgrade
-            && settings.protocol == UpstreamProtocol::Http2
-            && raw_head.is_some();
-        let replay_whole = req.body().is_end_stream() || replay_body.is_some();
-        let replay = if (retryable || refusable) && replay_whole {
-            match raw_head {
-                // skiff's own HTTP/1 client hands the request back; it
-                // carries what `can_send` allows, as `send` will ask (a
-                // body that is whole becomes `Buffered` either way),
-                // and hyper's client takes the rest.
-                None if !upgrade
-                    && settings.protocol == UpstreamProtocol::Http1
-                    && settings.tls.is_none()
-                    && client::can_send(&mut req) =>
-                {
-                    Replay::Returned
-                }
-                Some(head) => Replay::Raw {
-                    head,
-                    peer,
-                    // The id skiff made (a client's own is in the head). Kept
-                    // as bytes: cloning the value would allocate per request.
-                    request_id: req
-                        .headers()
-                        .get(&X_REQUEST_ID)
-                        .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
-                },
-                None => Replay::Copy(Box::new(ReplayHead::of(&req))),
-            }
-        } else {
-            Replay::No
-        };
-        let request_timeout = route.timeout.unwrap_or(settings.timeouts.request);
-        let per_try = if policy.per_try_timeout.is_zero() {
-            request_timeout
-        } else {
-            policy.per_try_timeout
-        };
-        let mut avoid = None;
-        let mut retried = 0;
-        // The request sent last named its endpoint as its host.
-        let mut endpoint_named_host = false;
+        let mut tries = Tries::new(
+            &mut req,
+            route,
+            &settings,
+            peer,
+            raw_head,
+            upgrade,
+            retryable,
+            replay_body,
+        );
         loop {
-            let in_flight = match admit(cluster, limits.max_requests, avoid) {
+            let in_flight = match admit(cluster, limits.max_requests, tries.avoid) {
                 Ok(in_flight) => in_flight,
-                Err(unavailable) => {
-                    let resp = unavailable_response(cluster, unavailable, limits.max_requests);
-                    cluster.stats.duration.observe(start.elapsed());
-                    log_local(access, &resp, None, retried);
-                    return resp;
-                }
+                Err(unavailable) => return trip.unavailable(unavailable, &tries),
             };
             let endpoint = in_flight.endpoint.clone();
             let (result, back) = if upgrade {
@@ -244,140 +194,128 @@ fn forward<'a>(
                     endpoint.address,
                     settings.connector.as_ref(),
                     settings.timeouts.connect,
-                    request_timeout,
+                    tries.request_timeout,
                 ))
                 .await;
                 (upgraded, None)
             } else {
-                if std::mem::take(&mut endpoint_named_host) {
-                    // The last try's endpoint named itself as the host.
-                    req.headers_mut().remove(header::HOST);
-                    *req.uri_mut() = origin_form(req.uri());
-                }
-                endpoint_named_host = set_upstream_uri(
-                    &mut req,
-                    settings.protocol,
-                    settings.tls.is_some(),
-                    endpoint.address,
-                );
+                tries.aim(&mut req, &settings, endpoint.address);
                 let pending = PendingLimit {
                     waiting: &cluster.stats.pending,
                     max: limits.max_pending,
                 };
-                send(
-                    req,
-                    endpoint.pool(),
-                    endpoint.address,
-                    pending,
-                    &settings,
-                    per_try,
-                )
-                .await
+                let (pool, address) = (endpoint.pool(), endpoint.address);
+                send(req, pool, address, pending, &settings, tries.per_try).await
             };
-            let may_retry = retried < policy.attempts;
-
             let next = match result {
-                Ok((resp, conn)) => {
-                    let status = resp.status();
-                    endpoint.requests.record(status.as_u16());
-                    if status.is_server_error() {
-                        cluster.record_outcome(&endpoint, true);
-                    }
-                    // A success is recorded when the body has ended whole
-                    // (`Completion::finish`): one broken mid-body is a failure.
-                    let retry = may_retry
-                        && matches!(status.as_u16(), 502..=504)
-                        && retryable
-                        && replay.allowed()
-                        && cluster
-                            .stats
-                            .budget
-                            .try_retry(policy.budget_percent, policy.min_per_second);
-                    let again = if retry {
-                        replay.again(back, &replay_body)
-                    } else {
-                        None
-                    };
-                    let Some(again) = again else {
-                        if let Some(entry) = access.as_mut() {
-                            entry.endpoint = Some(endpoint.address);
-                            entry.status = status.as_u16();
-                            entry.retries = retried;
-                        }
-                        let done = (in_flight, cluster.clone());
-                        return respond(resp, conn, done, upgrade, start, access);
-                    };
-                    // The answer is dropped unread, and its connection with it.
-                    drop((resp, conn, in_flight));
-                    again
-                }
-                // The client's body went past the route's limit and the
-                // upstream request was aborted (however its protocol reported
-                // it): the client's doing, neither retried nor counted.
-                Err(_) if capped.as_ref().is_some_and(|c| c.get()) => {
-                    drop(in_flight);
-                    let resp = too_large(route.max_request_body.unwrap_or(0));
-                    log_local(access, &resp, Some(endpoint.address), retried);
-                    return resp;
-                }
-                Err(failure @ Failure::ClientBody(_)) => {
-                    tracing::debug!(cluster = %cluster.name, "request failed: {}", failure.message());
-                    drop(in_flight);
-                    let resp = failure_response(&failure);
-                    log_local(access, &resp, Some(endpoint.address), retried);
-                    return resp;
-                }
-                Err(failure) => {
-                    let counter = match &failure {
-                        Failure::Connect(ConnectError::Overflow(_)) => &cluster.stats.overflow,
-                        Failure::Connect(ConnectError::Timeout(_)) => {
-                            &cluster.stats.errors.connect_timeout
-                        }
-                        Failure::Connect(_) => &cluster.stats.errors.connect_failed,
-                        Failure::Timeout(_) => &cluster.stats.errors.request_timeout,
-                        Failure::Reset(_) | Failure::ClientBody(_) => &cluster.stats.errors.reset,
-                    };
-                    counter.fetch_add(1, Relaxed);
-                    let overflowed = matches!(failure, Failure::Connect(ConnectError::Overflow(_)));
-                    let resp = failure_response(&failure);
-                    if !overflowed {
-                        // An overflow never reached the endpoint.
-                        endpoint.requests.record(resp.status().as_u16());
-                        cluster.record_outcome(&endpoint, true);
-                    }
-                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, "upstream failure: {}", failure.message());
-                    drop(in_flight);
-                    let again = match (&failure, back) {
-                        _ if !may_retry || overflowed => None,
-                        (Failure::Connect(_), Some(unsent)) => Some(unsent),
-                        (Failure::Reset(e), back) if is_refused(e) => {
-                            replay.again(back, &replay_body)
-                        }
-                        (_, back) if retryable => replay.again(back, &replay_body),
-                        _ => None,
-                    };
-                    match again {
-                        Some(again)
-                            if cluster
-                                .stats
-                                .budget
-                                .try_retry(policy.budget_percent, policy.min_per_second) =>
-                        {
-                            again
-                        }
-                        _ => {
-                            cluster.stats.duration.observe(start.elapsed());
-                            log_local(access, &resp, Some(endpoint.address), retried);
-                            return resp;
-                        }
-                    }
-                }
+                Ok(sent) => trip.answered(&tries, sent, back, in_flight),
+                Err(failure) => trip.failed(&tries, failure, back, in_flight),
             };
-            retried += 1;
+            req = match next {
+                Next::Respond(resp) => return resp,
+                Next::Again(again) => again,
+            };
             cluster.stats.retries.fetch_add(1, Relaxed);
-            avoid = Some(endpoint.address);
-            req = next;
-            tokio::time::sleep(backoff(policy.backoff, retried)).await;
+            tokio::time::sleep(tries.next(endpoint.address)).await;
         }
+    }
+}
+
+/// What every try of one request shares.
+struct Trip<'a> {
+    route: &'a Route,
+    start: Instant,
+    upgrade: bool,
+    access: Option<Box<AccessEntry>>,
+    /// Set when a capped body went past the route's limit.
+    capped: Option<Arc<Exceeded>>,
+}
+
+/// What one try comes to.
+enum Next {
+    /// The response to send the client.
+    Respond(Response<ProxyBody>),
+    /// The request to try again.
+    Again(Request<UpstreamBody>),
+}
+
+impl Trip<'_> {
+    /// No endpoint could take the request: answered by skiff.
+    fn unavailable(&mut self, unavailable: Unavailable, tries: &Tries) -> Response<ProxyBody> {
+        let cluster = &self.route.cluster;
+        let max_requests = cluster.settings().circuit_breaker.max_requests;
+        let resp = unavailable_response(cluster, unavailable, max_requests);
+        cluster.stats.duration.observe(self.start.elapsed());
+        log_local(self.access.take(), &resp, None, tries.retried);
+        resp
+    }
+
+    /// An upstream answered: its response goes to the client unless it is
+    /// a 5xx that may be tried again.
+    fn answered(
+        &mut self,
+        tries: &Tries,
+        (resp, conn): Sent,
+        back: Option<Request<UpstreamBody>>,
+        in_flight: InFlight,
+    ) -> Next {
+        let cluster = &self.route.cluster;
+        let endpoint = &in_flight.endpoint;
+        let status = resp.status();
+        endpoint.requests.record(status.as_u16());
+        if status.is_server_error() {
+            cluster.record_outcome(endpoint, true);
+        }
+        // A success is recorded when the body has ended whole
+        // (`Completion::finish`): one broken mid-body is a failure.
+        if let Some(again) = tries.again_after(status, back, &cluster.stats.budget) {
+            // The answer is dropped unread, and its connection with it.
+            drop((resp, conn, in_flight));
+            return Next::Again(again);
+        }
+        if let Some(entry) = self.access.as_mut() {
+            entry.answered(endpoint.address, status.as_u16(), tries.retried);
+        }
+        let done = (in_flight, cluster.clone());
+        Next::Respond(respond(
+            resp,
+            conn,
+            done,
+            self.upgrade,
+            self.start,
+            self.access.take(),
+        ))
+    }
+
+    /// No response came: skiff answers, unless the request may go again.
+    fn failed(
+        &mut self,
+        tries: &Tries,
+        failure: Failure,
+        back: Option<Request<UpstreamBody>>,
+        in_flight: InFlight,
+    ) -> Next {
+        let cluster = &self.route.cluster;
+        let address = in_flight.endpoint.address;
+        // The client's body went past the route's limit and the upstream
+        // request was aborted (however its protocol reported it): the
+        // client's doing, neither retried nor counted.
+        if self.capped.as_ref().is_some_and(|c| c.get()) {
+            drop(in_flight);
+            let resp = too_large(self.route.max_request_body.unwrap_or(0));
+            log_local(self.access.take(), &resp, Some(address), tries.retried);
+            return Next::Respond(resp);
+        }
+        failure.count(cluster, &in_flight.endpoint);
+        drop(in_flight);
+        if let Some(again) = tries.again_failed(&failure, back, &cluster.stats.budget) {
+            return Next::Again(again);
+        }
+        if !matches!(failure, Failure::ClientBody(_)) {
+            cluster.stats.duration.observe(self.start.elapsed());
+        }
+        let resp = failure_response(&failure);
+        log_local(self.access.take(), &resp, Some(address), tries.retried);
+        Next::Respond(resp)
     }
 }

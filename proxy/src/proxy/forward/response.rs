@@ -23,7 +23,6 @@ use super::failure::Failure;
 use super::headers::strip_hop_by_hop;
 use super::send::Received;
 use super::upgrade::Tunnel;
-use crate::cluster::pool::ConnectError;
 use crate::cluster::{InFlight, Unavailable};
 use crate::http::body::{BodyError, UpstreamBody};
 use crate::http::h1::client;
@@ -280,17 +279,10 @@ impl Body for ProxyBody {
 
 /// How skiff answers a request that got no upstream response.
 pub(super) fn failure_response(failure: &Failure) -> Response<ProxyBody> {
-    if let Failure::Connect(ConnectError::Overflow(_)) = failure {
+    if failure.overflowed() {
         return overflow("max_pending", failure.message());
     }
-    let status = match failure {
-        Failure::Connect(ConnectError::Timeout(_)) | Failure::Timeout(_) => {
-            StatusCode::GATEWAY_TIMEOUT
-        }
-        Failure::Connect(_) | Failure::Reset(_) => StatusCode::BAD_GATEWAY,
-        Failure::ClientBody(_) => StatusCode::BAD_REQUEST,
-    };
-    local(status, failure.message())
+    local(failure.status(), failure.message())
 }
 
 pub(super) fn unavailable_response(

@@ -15,10 +15,17 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
 
-use super::headers::{prepare_request, X_REQUEST_ID};
+use http::header;
+use skiff_config::cluster::{Retries, UpstreamProtocol};
+
+use super::failure::Failure;
+use super::headers::{origin_form, prepare_request, set_upstream_uri, X_REQUEST_ID};
 use super::response::{local, ProxyBody};
-use crate::cluster::{balance::random, InFlight, Unavailable};
+use crate::cluster::budget::RetryBudget;
+use crate::cluster::{balance::random, InFlight, Settings, Unavailable};
 use crate::http::body::{BodyError, UpstreamBody};
+use crate::http::h1::client;
+use crate::proxy::route::Route;
 
 /// Picks an endpoint, trying twice more for one other than `avoid` (the
 /// endpoint a retried request just failed on).
@@ -249,5 +256,169 @@ impl ReplayHead {
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
         req
+    }
+}
+
+/// Whether a retry may send `req` again after it left: idempotent (or
+/// marked) requests, on a cluster that retries, and never an upgrade. (A
+/// request that was never sent, after a connect failure, comes back whole
+/// and can always go again.)
+pub(super) fn retryable(req: &mut Request<UpstreamBody>, policy: &Retries, upgrade: bool) -> bool {
+    policy.attempts > 0 && !upgrade && (is_idempotent(req.method()) || marked_retryable(req))
+}
+
+/// How one request is tried and tried again: what a retry sends, the
+/// limits of each try, and what the tries so far have left.
+pub(super) struct Tries {
+    policy: Retries,
+    retryable: bool,
+    replay: Replay,
+    /// A retryable request's body, read whole before the first try.
+    replay_body: Option<UpstreamBody>,
+    /// To response headers, over all tries.
+    pub(super) request_timeout: Duration,
+    /// To response headers, each try.
+    pub(super) per_try: Duration,
+    /// The endpoint the last try failed on.
+    pub(super) avoid: Option<SocketAddr>,
+    pub(super) retried: u32,
+    /// The request sent last named its endpoint as its host.
+    endpoint_named_host: bool,
+}
+
+impl Tries {
+    /// Plans the tries of `req`, prepared to go to `route`'s cluster:
+    /// `retryable` and `replay_body` as [`retryable`] and [`buffer_body`]
+    /// found them, `raw_head` an HTTP/1 client's head when it had one.
+    #[allow(clippy::too_many_arguments)] // each is the request's own
+    pub(super) fn new(
+        req: &mut Request<UpstreamBody>,
+        route: &Route,
+        settings: &Settings,
+        peer: SocketAddr,
+        raw_head: Option<RawHead>,
+        upgrade: bool,
+        retryable: bool,
+        replay_body: Option<UpstreamBody>,
+    ) -> Tries {
+        let policy = settings.retries;
+        // A refused HTTP/2 stream was not processed, so any request can go
+        // again; keeping an HTTP/1 client's raw head for it costs nothing.
+        let refusable = policy.attempts > 0
+            && !upgrade
+            && settings.protocol == UpstreamProtocol::Http2
+            && raw_head.is_some();
+        let replay_whole = req.body().is_end_stream() || replay_body.is_some();
+        let replay = if (retryable || refusable) && replay_whole {
+            match raw_head {
+                // skiff's own HTTP/1 client hands the request back; it
+                // carries what `can_send` allows, as `send` will ask (a
+                // body that is whole becomes `Buffered` either way),
+                // and hyper's client takes the rest.
+                None if !upgrade
+                    && settings.protocol == UpstreamProtocol::Http1
+                    && settings.tls.is_none()
+                    && client::can_send(req) =>
+                {
+                    Replay::Returned
+                }
+                Some(head) => Replay::Raw {
+                    head,
+                    peer,
+                    // The id skiff made (a client's own is in the head). Kept
+                    // as bytes: cloning the value would allocate per request.
+                    request_id: req
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| <[u8; 36]>::try_from(v.as_bytes()).ok()),
+                },
+                None => Replay::Copy(Box::new(ReplayHead::of(req))),
+            }
+        } else {
+            Replay::No
+        };
+        let request_timeout = route.timeout.unwrap_or(settings.timeouts.request);
+        let per_try = if policy.per_try_timeout.is_zero() {
+            request_timeout
+        } else {
+            policy.per_try_timeout
+        };
+        Tries {
+            policy,
+            retryable,
+            replay,
+            replay_body,
+            request_timeout,
+            per_try,
+            avoid: None,
+            retried: 0,
+            endpoint_named_host: false,
+        }
+    }
+
+    /// Points `req` at `endpoint` in the cluster's protocol (a host the
+    /// last try's endpoint lent it is taken back first).
+    pub(super) fn aim(
+        &mut self,
+        req: &mut Request<UpstreamBody>,
+        settings: &Settings,
+        endpoint: SocketAddr,
+    ) {
+        if std::mem::take(&mut self.endpoint_named_host) {
+            req.headers_mut().remove(header::HOST);
+            *req.uri_mut() = origin_form(req.uri());
+        }
+        self.endpoint_named_host =
+            set_upstream_uri(req, settings.protocol, settings.tls.is_some(), endpoint);
+    }
+
+    /// The request to send again after an answer with `status`, if it may
+    /// go (a 502, 503 or 504, within the tries and the budget). `back` is
+    /// the request the client handed back, if it did.
+    pub(super) fn again_after(
+        &self,
+        status: StatusCode,
+        back: Option<Request<UpstreamBody>>,
+        budget: &RetryBudget,
+    ) -> Option<Request<UpstreamBody>> {
+        let retry = self.retried < self.policy.attempts
+            && matches!(status.as_u16(), 502..=504)
+            && self.retryable
+            && self.replay.allowed()
+            && budget.try_retry(self.policy.budget_percent, self.policy.min_per_second);
+        if retry {
+            self.replay.again(back, &self.replay_body)
+        } else {
+            None
+        }
+    }
+
+    /// The request to send again after `failure`, if it may go: one never
+    /// sent, one refused unprocessed, or a retryable one, within the tries
+    /// and the budget; never after the circuit breaker refused it.
+    pub(super) fn again_failed(
+        &self,
+        failure: &Failure,
+        back: Option<Request<UpstreamBody>>,
+        budget: &RetryBudget,
+    ) -> Option<Request<UpstreamBody>> {
+        let again = match (failure, back) {
+            _ if self.retried >= self.policy.attempts || failure.overflowed() => None,
+            (Failure::ClientBody(_), _) => None,
+            (Failure::Connect(_), Some(unsent)) => Some(unsent),
+            (Failure::Reset(e), back) if is_refused(e) => {
+                self.replay.again(back, &self.replay_body)
+            }
+            (_, back) if self.retryable => self.replay.again(back, &self.replay_body),
+            _ => None,
+        };
+        again.filter(|_| budget.try_retry(self.policy.budget_percent, self.policy.min_per_second))
+    }
+
+    /// Counts a retry away from `failed`; returns the backoff before it.
+    pub(super) fn next(&mut self, failed: SocketAddr) -> Duration {
+        self.retried += 1;
+        self.avoid = Some(failed);
+        backoff(self.policy.backoff, self.retried)
     }
 }
