@@ -248,73 +248,95 @@ fn exchange<'a>(
             raw_head
         ));
         let response = if returned.is_none() {
-            // Nothing reads the socket meanwhile: watch it for the client
-            // leaving (dropping `handling` cancels the upstream request) or
-            // for a pipelined request, which waits its turn in `buf`.
-            let mut watching = true;
-            loop {
-                tokio::select! {
-                    biased;
-                    response = &mut handling => break response,
-                    ready = conn.readable(), if watching => {
-                        if ready.is_err() {
-                            return Next::Close;
-                        }
-                        buf.reserve(buffers::READ);
-                        match conn.read_available(buf) {
-                            Ok(0) => return Next::Close,
-                            Ok(_) => watching = false,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(_) => return Next::Close,
-                        }
-                    }
-                }
+            match watched(handling, conn, buf).await {
+                Some(response) => response,
+                None => return Next::Close,
             }
         } else {
             (&mut handling).await
         };
-
-        let (mut parts, mut body) = response.into_parts();
+        let keep_alive = keep_alive && !*drain.borrow();
         let asked = write::Asked {
             head: asked_head,
             version,
-            keep_alive: keep_alive && !*drain.borrow(),
+            keep_alive,
         };
-        let mut out = buffers::write();
-        let framing = write::head(&mut parts, &body, asked, &mut out);
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            return match std::mem::replace(&mut body, ProxyBody::empty()) {
-                ProxyBody::Upgrade(tunnel) if returned.is_none() => {
-                    if write::flush(conn, &mut out).await.is_err() {
-                        return Next::Close;
-                    }
-                    Next::Upgrade(tunnel)
+        respond(conn, response, asked, returned, buf, peer).await
+    }
+}
+
+/// Waits for the response while nothing reads the socket: a client that
+/// goes away ends the wait (`None`; dropping the request cancels it
+/// upstream), and a pipelined request waits its turn in `buf`.
+async fn watched<F: std::future::Future>(
+    mut handling: std::pin::Pin<&mut F>,
+    conn: &Conn,
+    buf: &mut BytesMut,
+) -> Option<F::Output> {
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            response = &mut handling => return Some(response),
+            ready = conn.readable(), if watching => {
+                ready.ok()?;
+                buf.reserve(buffers::READ);
+                match conn.read_available(buf) {
+                    Ok(0) => return None,
+                    Ok(_) => watching = false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
                 }
-                _ => Next::Close,
-            };
-        }
-        let complete = match write::body(conn, &mut out, framing, &mut body).await {
-            Ok(complete) => complete,
-            Err(e) => {
-                tracing::debug!(%peer, "response ended early: {e}");
-                return Next::Close;
             }
+        }
+    }
+}
+
+/// Writes the response, and takes back the read buffer from a request
+/// body that was still being read; says what the connection does next.
+async fn respond(
+    conn: &Conn,
+    response: http::Response<ProxyBody>,
+    asked: write::Asked,
+    returned: Option<oneshot::Receiver<body::Returned>>,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> Next {
+    let (mut parts, mut body) = response.into_parts();
+    let mut out = buffers::write();
+    let framing = write::head(&mut parts, &body, asked, &mut out);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return match std::mem::replace(&mut body, ProxyBody::empty()) {
+            ProxyBody::Upgrade(tunnel) if returned.is_none() => {
+                if write::flush(conn, &mut out).await.is_err() {
+                    return Next::Close;
+                }
+                Next::Upgrade(tunnel)
+            }
+            _ => Next::Close,
         };
-        drop(body);
-        buffers::give_write(out);
-        if let Some(returned) = returned {
-            // The body must have been read to its end to know where the next
-            // request starts; it usually has, by the time the response is out.
-            match tokio::time::timeout(BODY_AFTER_RESPONSE, returned).await {
-                Ok(Ok(back)) => *buf = back.buf,
-                _ => return Next::Close,
-            }
+    }
+    let complete = match write::body(conn, &mut out, framing, &mut body).await {
+        Ok(complete) => complete,
+        Err(e) => {
+            tracing::debug!(%peer, "response ended early: {e}");
+            return Next::Close;
         }
-        if complete && asked.keep_alive && framing != write::Framing::Close {
-            Next::KeepAlive
-        } else {
-            Next::Close
+    };
+    drop(body);
+    buffers::give_write(out);
+    if let Some(returned) = returned {
+        // The body must have been read to its end to know where the next
+        // request starts; it usually has, by the time the response is out.
+        match tokio::time::timeout(BODY_AFTER_RESPONSE, returned).await {
+            Ok(Ok(back)) => *buf = back.buf,
+            _ => return Next::Close,
         }
+    }
+    if complete && asked.keep_alive && framing != write::Framing::Close {
+        Next::KeepAlive
+    } else {
+        Next::Close
     }
 }
 

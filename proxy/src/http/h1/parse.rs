@@ -137,30 +137,9 @@ fn parse_into<'b>(
         head.slice(start..start + part.len())
     };
 
-    let method = match req.method {
-        Some(m) => {
-            Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::bad("invalid method"))?
-        }
-        None => return Err(HeadError::bad("malformed request line")),
-    };
-    if method == Method::CONNECT {
-        return Err(HeadError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            reason: "CONNECT is not supported",
-        });
-    }
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        Some(1) => Version::HTTP_11,
-        _ => return Err(HeadError::bad("unsupported HTTP version")),
-    };
-    let target = req.path.unwrap_or_default();
-    let uri = if target.starts_with('/') || target == "*" || has_http_scheme(target) {
-        Uri::from_maybe_shared(slice(target.as_bytes()))
-            .map_err(|_| HeadError::bad("invalid request target"))?
-    } else {
-        return Err(HeadError::bad("invalid request target"));
-    };
+    let (method, version, target) = request_line(&req)?;
+    let uri = Uri::from_maybe_shared(slice(target.as_bytes()))
+        .map_err(|_| HeadError::bad("invalid request target"))?;
 
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 3);
     let mut scan = Scan::default();
@@ -177,30 +156,11 @@ fn parse_into<'b>(
         headers.append(name, value);
     }
 
-    let framing = match (scan.chunked, scan.length) {
-        (true, Some(_)) => {
-            return Err(HeadError::bad(
-                "both content-length and transfer-encoding are present",
-            ))
-        }
-        (true, None) if version == Version::HTTP_10 => {
-            return Err(HeadError::bad("transfer-encoding in an HTTP/1.0 request"))
-        }
-        (true, None) => Framing::Chunked,
-        (false, Some(0)) | (false, None) => Framing::Empty,
-        (false, Some(n)) => Framing::Length(n),
-    };
+    let framing = scan.framing(version)?;
     if let (Some(n), true) = (scan.length, scan.length_repeated) {
         // Agreeing values, but forwarded as one field: an upstream that
         // reads `5, 5` or two fields another way must not get the chance.
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    // RFC 9112 §3.2: HTTP/1.1 needs exactly one Host; none is ever two.
-    if scan.hosts > 1 {
-        return Err(HeadError::bad("more than one host header"));
-    }
-    if version == Version::HTTP_11 && scan.hosts == 0 {
-        return Err(HeadError::bad("missing host header"));
     }
     let keep_alive = match version {
         Version::HTTP_11 => !scan.close,
@@ -222,6 +182,36 @@ fn parse_into<'b>(
     }))
 }
 
+/// The method, version and request target of a parsed request line
+/// (origin form, `*`, or absolute with an http(s) scheme; never CONNECT).
+#[inline]
+fn request_line<'b>(
+    req: &httparse::Request<'_, 'b>,
+) -> Result<(Method, Version, &'b str), HeadError> {
+    let method = match req.method {
+        Some(m) => {
+            Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::bad("invalid method"))?
+        }
+        None => return Err(HeadError::bad("malformed request line")),
+    };
+    if method == Method::CONNECT {
+        return Err(HeadError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "CONNECT is not supported",
+        });
+    }
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::bad("unsupported HTTP version")),
+    };
+    let target = req.path.unwrap_or_default();
+    if !(target.starts_with('/') || target == "*" || has_http_scheme(target)) {
+        return Err(HeadError::bad("invalid request target"));
+    }
+    Ok((method, version, target))
+}
+
 fn has_http_scheme(target: &str) -> bool {
     let lower = |n: usize| target.get(..n).map(|s| s.to_ascii_lowercase());
     lower(7).as_deref() == Some("http://") || lower(8).as_deref() == Some("https://")
@@ -241,6 +231,32 @@ struct Scan {
 }
 
 impl Scan {
+    /// The body's framing (RFC 9112 §6), and the Host rule (§3.2: HTTP/1.1
+    /// needs exactly one; none is ever two).
+    #[inline]
+    fn framing(&self, version: Version) -> Result<Framing, HeadError> {
+        let framing = match (self.chunked, self.length) {
+            (true, Some(_)) => {
+                return Err(HeadError::bad(
+                    "both content-length and transfer-encoding are present",
+                ))
+            }
+            (true, None) if version == Version::HTTP_10 => {
+                return Err(HeadError::bad("transfer-encoding in an HTTP/1.0 request"))
+            }
+            (true, None) => Framing::Chunked,
+            (false, Some(0)) | (false, None) => Framing::Empty,
+            (false, Some(n)) => Framing::Length(n),
+        };
+        if self.hosts > 1 {
+            return Err(HeadError::bad("more than one host header"));
+        }
+        if version == Version::HTTP_11 && self.hosts == 0 {
+            return Err(HeadError::bad("missing host header"));
+        }
+        Ok(framing)
+    }
+
     fn observe(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
         if name == header::CONTENT_LENGTH {
             // A list or repeated field is accepted only when every value
