@@ -10,48 +10,158 @@
 //! pod's by a short-lived thread that enters it (`setns`) just to create
 //! the socket, which keeps the namespace it was made in for life. Processes
 //! (skiff) run in a pod through `ip netns exec`.
+//!
+//! These tests need root, `ip` (iproute2), `iptables` and `setpriv`
+//! (util-linux). Each starts with [`require_netns`], which fails the test,
+//! saying what is missing, when they are not there: a test that did not run
+//! must not look like one that passed. To skip them on purpose (a laptop
+//! without root), set `SKIFF_SKIP_ROOT_TESTS=1`; each then prints
+//! `SKIPPED <test>: <why> (SKIFF_SKIP_ROOT_TESTS is set)` and returns.
+//!
+//! The sidecar runs as its own uid (2102), which may not be able to enter
+//! the checkout (cloned under `/root` or a `mktemp -d` folder), so it runs
+//! a copy of the skiff binary in a directory any uid can enter
+//! ([`skiff_bin_for_any_uid`]), and [`Netns::skiff`] checks first that the
+//! uid can run it and read the paths it is given.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+/// Set to `1` to skip the tests that need root instead of failing them.
+pub const SKIP_ROOT_TESTS: &str = "SKIFF_SKIP_ROOT_TESTS";
 
 /// Why these tests cannot run here, or `None` if they can: they need root,
-/// `ip netns` and iptables.
+/// `ip netns`, iptables and setpriv.
 pub fn unavailable() -> Option<String> {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
-        return Some("needs root (network namespaces and iptables)".into());
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        missing.push(format!("root (this runs as uid {uid})"));
     }
-    for (tool, args) in [
-        ("ip", &["netns", "list"][..]),
-        ("iptables", &["--version"][..]),
+    for (tool, args, package) in [
+        ("ip", &["netns", "list"][..], "iproute2"),
+        ("iptables", &["--version"][..], "iptables"),
+        ("setpriv", &["--version"][..], "util-linux"),
     ] {
         let ok = Command::new(tool)
             .args(args)
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            return Some(format!(
-                "needs `{tool}` (apt-get install iproute2 iptables; .ci/run does)"
-            ));
+            missing.push(format!("`{tool}` (Debian package {package})"));
         }
     }
-    None
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "needs {} for network namespaces and iptables; run as root after \
+         `apt-get install iproute2 iptables util-linux` (.ci/run installs them)",
+        missing.join(", ")
+    ))
 }
 
-/// Skips the calling test, saying why, when namespaces are unavailable:
-/// `if skip_without_netns() { return; }`.
-pub fn skip_without_netns(test: &str) -> bool {
-    match unavailable() {
-        Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            true
+/// Whether the calling root test can run: panics naming `test` and what
+/// is missing when namespaces are unavailable, unless
+/// `SKIFF_SKIP_ROOT_TESTS=1`, when it prints `SKIPPED ...` (past the test
+/// harness's capture, so it shows) and returns false:
+/// `if !require_netns("name") { return; }`.
+pub fn require_netns(test: &str) -> bool {
+    let Some(why) = unavailable() else {
+        return true;
+    };
+    if std::env::var(SKIP_ROOT_TESTS).is_ok_and(|v| v == "1") {
+        // Straight to stderr: `eprintln!` in a passing test is swallowed.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {why} ({SKIP_ROOT_TESTS} is set)"
+        );
+        return false;
+    }
+    panic!("{test} {why}; or set {SKIP_ROOT_TESTS}=1 to skip the tests that need root");
+}
+
+/// The skiff binary, hard-linked or copied (once per test process) into a
+/// fresh directory under the temp dir that any uid can enter, so the
+/// sidecar's uid can run it wherever the checkout is. Removed at exit; ones
+/// left by killed test processes are removed by the next.
+pub fn skiff_bin_for_any_uid() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let built = crate::skiff_bin();
+        let tmp = std::env::temp_dir();
+        remove_stale_bin_dirs(&tmp);
+        let dir = tmp.join(format!("skiff-bin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&dir, mode.clone()).expect("chmod the binary's directory");
+        let bin = dir.join("skiff");
+        if std::fs::hard_link(&built, &bin).is_err() {
+            std::fs::copy(&built, &bin)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), bin.display()));
         }
-        None => false,
+        std::fs::set_permissions(&bin, mode).expect("chmod the binary");
+        extern "C" fn remove() {
+            if let Some(bin) = BIN.get().and_then(|b| b.parent()) {
+                let _ = std::fs::remove_dir_all(bin);
+            }
+        }
+        // SAFETY: registers a function with no preconditions to run at exit.
+        unsafe { libc::atexit(remove) };
+        bin
+    })
+    .clone()
+}
+
+/// Removes `skiff-bin-<pid>` directories whose process is gone.
+fn remove_stale_bin_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix("skiff-bin-"));
+        let gone = |pid: &str| pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists();
+        if pid.is_some_and(gone) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Panics, saying exactly what is wrong, unless `uid` can execute `bin`
+/// and read each path in `paths` (and enter those that are directories):
+/// otherwise the sidecar would exit at once and the test would only time
+/// out waiting for it.
+fn check_access(uid: u32, bin: &Path, paths: &[&Path]) {
+    let can = |test: &[&str], path: &Path| {
+        Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "test"])
+            .args(test)
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let fix = "every directory on the way needs o+x, the file o+r (o+x for the binary); \
+               is TMPDIR or the umask private?";
+    assert!(
+        can(&["-x"], bin),
+        "uid {uid} cannot execute {}: {fix}",
+        bin.display()
+    );
+    for path in paths {
+        let dir = path.is_dir();
+        let ok = can(&["-r"], path) && (!dir || can(&["-x"], path));
+        assert!(ok, "uid {uid} cannot read {}: {fix}", path.display());
     }
 }
 
@@ -246,7 +356,9 @@ impl Netns {
     }
 
     /// Starts `skiff args...` inside the namespace as `uid` (the sidecar's
-    /// uid, so its capture rules leave its own connections alone).
+    /// uid, so its capture rules leave its own connections alone), from
+    /// [`skiff_bin_for_any_uid`], after checking `uid` can run it and read
+    /// the absolute paths in `env` and `args`.
     pub fn skiff(
         &self,
         uid: u32,
@@ -254,6 +366,16 @@ impl Netns {
         args: &[&str],
         log: &std::path::Path,
     ) -> SkiffInNetns {
+        let bin = skiff_bin_for_any_uid();
+        // The files it is pointed at (config, kubeconfig, certificates).
+        let paths: Vec<&Path> = env
+            .iter()
+            .map(|(_, v)| *v)
+            .chain(args.iter().copied())
+            .map(Path::new)
+            .filter(|p| p.is_absolute() && p.exists())
+            .collect();
+        check_access(uid, &bin, &paths);
         let file = std::fs::File::create(log).expect("create the log");
         let err = file.try_clone().expect("clone the log");
         let mut command = self.command("setpriv");
@@ -266,8 +388,10 @@ impl Netns {
             command.arg(format!("{k}={v}"));
         }
         let child = command
-            .arg(crate::skiff_bin())
+            .arg(bin)
             .args(args)
+            // Not the checkout, which the uid may not be able to enter.
+            .current_dir("/")
             .stdout(file)
             .stderr(err)
             .spawn()

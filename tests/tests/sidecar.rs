@@ -2,15 +2,16 @@
 //! kubernetes-validate), and `skiff iptables` with real iptables in
 //! network namespaces.
 //!
-//! The namespace tests need root, `ip netns` and iptables; where those are
-//! missing they say so (SKIPPED ...) and pass. CI runs as root and has them.
+//! The namespace tests need root, `ip netns`, iptables and setpriv; where
+//! those are missing they fail saying so, unless SKIFF_SKIP_ROOT_TESTS=1
+//! skips them (SKIPPED ...). CI runs as root and has them.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use skiff_config::yaml::{self, Node, Value};
-use skiff_tests::netns::{skip_without_netns, Netns, Network};
+use skiff_tests::netns::{require_netns, Netns, Network};
 use skiff_tests::{skiff_bin, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -358,7 +359,7 @@ fn skiff_iptables(ns: &Netns, args: &[&str]) -> String {
 
 #[test]
 fn iptables_applied_twice_equals_once_and_remove_restores_the_table() {
-    if skip_without_netns("iptables_applied_twice_equals_once_and_remove_restores_the_table") {
+    if !require_netns("iptables_applied_twice_equals_once_and_remove_restores_the_table") {
         return;
     }
     let ns = Netns::new("rules");
@@ -422,7 +423,7 @@ async fn accept_one(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_connections_keep_their_original_destination_and_skiffs_own_are_not_captured() {
-    if skip_without_netns(
+    if !require_netns(
         "captured_connections_keep_their_original_destination_and_skiffs_own_are_not_captured",
     ) {
         return;
@@ -571,7 +572,7 @@ struct Shop {
 
 impl Shop {
     async fn start(test: &str) -> Option<Shop> {
-        if skip_without_netns(test) {
+        if !require_netns(test) {
             return None;
         }
         let dir = TempDir::new("shop");
@@ -965,7 +966,7 @@ async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, check: F) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_and_dual_stack_connections_keep_their_original_destination() {
-    if skip_without_netns("ipv6_and_dual_stack_connections_keep_their_original_destination") {
+    if !require_netns("ipv6_and_dual_stack_connections_keep_their_original_destination") {
         return;
     }
     let net = Network::new(&["198.18.0.10", "198.18.0.20"]);
@@ -1294,7 +1295,7 @@ struct MeshShop {
 
 impl MeshShop {
     async fn start(test: &str) -> Option<MeshShop> {
-        if skip_without_netns(test) {
+        if !require_netns(test) {
             return None;
         }
         let dir = TempDir::new("mesh");
@@ -1685,7 +1686,7 @@ async fn plaintext_clients_are_served_when_permissive_and_refused_when_strict() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_watch_stops_when_idle_and_the_next_call_starts_it() {
-    if skip_without_netns("the_service_watch_stops_when_idle_and_the_next_call_starts_it") {
+    if !require_netns("the_service_watch_stops_when_idle_and_the_next_call_starts_it") {
         return;
     }
     let dir = TempDir::new("idle-watch");
