@@ -11,12 +11,12 @@ pub mod admin;
 mod apply;
 pub mod cli;
 pub mod cluster;
-pub mod http;
+pub(crate) mod http;
 pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-pub mod server;
+pub(crate) mod server;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -37,7 +37,7 @@ use server::listener::Listener;
 use skiff_config::{Config, ConfigError};
 
 /// How often a config file given with `-c` is checked for changes.
-pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How often clusters close expired idle connections.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -219,17 +219,17 @@ impl Proxy {
     }
 
     /// Namespaces whose Services the sidecar still waits to list.
-    pub fn services_waiting(&self) -> Vec<String> {
+    pub(crate) fn services_waiting(&self) -> Vec<String> {
         self.inner.sidecar.waiting_for()
     }
 
     /// Whether the first config's listeners are bound.
-    pub fn is_started(&self) -> bool {
+    pub(crate) fn is_started(&self) -> bool {
         self.inner.started.load(Relaxed)
     }
 
     /// The effective config.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.inner.config.load_full()
     }
 
@@ -267,7 +267,7 @@ impl Proxy {
     }
 
     /// Asks the process to shut down, as SIGTERM does (`POST /drain`).
-    pub fn request_drain(&self) {
+    pub(crate) fn request_drain(&self) {
         self.inner.drain_requested.notify_one();
     }
 

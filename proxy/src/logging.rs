@@ -14,7 +14,7 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 /// The `tracing` target of access log lines (`skiff::access=off` in the
 /// filter silences them without touching the rest).
-pub const ACCESS_TARGET: &str = "skiff::access";
+pub(crate) const ACCESS_TARGET: &str = "skiff::access";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,14 +74,14 @@ pub fn init(filter: &str, format: Format, ansi: bool) -> Result<(), String> {
 }
 
 /// The filter in force, when [`init`] installed the subscriber.
-pub fn level() -> Option<String> {
+pub(crate) fn level() -> Option<String> {
     CONTROL
         .get()
         .map(|c| c.current.lock().unwrap_or_else(|e| e.into_inner()).clone())
 }
 
 /// Replaces the filter while running; a bad directive changes nothing.
-pub fn set_level(filter: &str) -> Result<(), String> {
+pub(crate) fn set_level(filter: &str) -> Result<(), String> {
     let control = CONTROL
         .get()
         .ok_or("logging is not controlled by skiff in this process")?;

@@ -27,7 +27,7 @@ pub mod prometheus;
 /// What the admin server reads of the running proxy and asks of it.
 /// [`crate::Proxy`] is the implementation; the admin server sits below it
 /// and knows it only by this.
-pub trait Control: Clone + Send + Sync + 'static {
+pub(crate) trait Control: Clone + Send + Sync + 'static {
     /// The metrics not owned by a cluster.
     fn registry(&self) -> &Registry;
     /// Every cluster, the sidecar's destinations included.
@@ -45,7 +45,10 @@ pub trait Control: Clone + Send + Sync + 'static {
 }
 
 /// Binds the admin server and serves it in the background; returns the bound address.
-pub async fn serve<P: Control>(address: SocketAddr, proxy: P) -> std::io::Result<SocketAddr> {
+pub(crate) async fn serve<P: Control>(
+    address: SocketAddr,
+    proxy: P,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     let renderer = MetricsThread::start()?;

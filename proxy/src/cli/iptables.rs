@@ -24,21 +24,21 @@ use std::process::Command;
 use skiff_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 
 /// The chain for connections arriving at the pod.
-pub const INBOUND_CHAIN: &str = "SKIFF_INBOUND";
+pub(crate) const INBOUND_CHAIN: &str = "SKIFF_INBOUND";
 /// The chain for connections the pod's processes open.
-pub const OUTBOUND_CHAIN: &str = "SKIFF_OUTBOUND";
+pub(crate) const OUTBOUND_CHAIN: &str = "SKIFF_OUTBOUND";
 
 /// A network: an address and a prefix length (`10.0.0.0/8`, `fd00::/8`; a
 /// bare address is the network of that address alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
-    pub address: IpAddr,
-    pub prefix: u8,
+    pub(crate) address: IpAddr,
+    pub(crate) prefix: u8,
 }
 
 impl Cidr {
     /// Parses `address/prefix` or a bare address; `None` if it is neither.
-    pub fn parse(text: &str) -> Option<Cidr> {
+    pub(crate) fn parse(text: &str) -> Option<Cidr> {
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
             None => (text.parse::<IpAddr>().ok()?, None),
@@ -101,10 +101,10 @@ impl Default for Rules {
 /// One iptables invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    pub program: &'static str,
-    pub args: Vec<String>,
+    pub(crate) program: &'static str,
+    pub(crate) args: Vec<String>,
     /// Removing what may not exist: failing is fine.
-    pub may_fail: bool,
+    pub(crate) may_fail: bool,
 }
 
 impl fmt::Display for Step {

@@ -16,7 +16,7 @@ use skiff_config::cluster::LbPolicy;
 /// Longest round-robin schedule kept. Past it weights are scaled down
 /// (keeping every endpoint at weight ≥ 1), trading exactness over a cycle
 /// for bounded memory: 1 Mi entries × 4 bytes.
-pub const MAX_SCHEDULE: u64 = 1 << 20;
+pub(crate) const MAX_SCHEDULE: u64 = 1 << 20;
 
 /// How a snapshot picks.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ impl Balancer {
 
     /// Picks an index into `endpoints`; `None` only when it is empty.
     #[inline]
-    pub fn pick(&self, endpoints: &[Arc<Endpoint>], cursor: &AtomicUsize) -> Option<usize> {
+    pub(crate) fn pick(&self, endpoints: &[Arc<Endpoint>], cursor: &AtomicUsize) -> Option<usize> {
         let n = endpoints.len();
         if n <= 1 {
             return if n == 1 { Some(0) } else { None };
@@ -82,7 +82,7 @@ impl Balancer {
 /// order, ties to the lower index. This is the
 /// interleaving nginx's smooth weighted round-robin aims at, computed once
 /// with a heap (O(total · log n)) instead of O(n) per pick.
-pub fn smooth_schedule(weights: &[u32]) -> Box<[u32]> {
+pub(crate) fn smooth_schedule(weights: &[u32]) -> Box<[u32]> {
     let g = weights.iter().fold(0u64, |g, &w| gcd(g, w as u64)).max(1);
     let mut reduced: Vec<u64> = weights.iter().map(|&w| (w as u64 / g).max(1)).collect();
     let total: u64 = reduced.iter().sum();
@@ -159,7 +159,7 @@ fn seed() -> u64 {
 
 /// A fast thread-local pseudo-random number (xorshift64*).
 #[inline]
-pub fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     RNG.with(|s| {
         let mut x = s.get();
         x ^= x >> 12;

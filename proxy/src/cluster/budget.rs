@@ -12,7 +12,7 @@ use std::time::Instant;
 
 /// Requests and retries of one cluster, for its budget.
 #[derive(Debug, Default)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     /// The second (since [`epoch`]) the current bucket counts.
     second: AtomicU64,
     requests: [AtomicU64; 2],
@@ -31,7 +31,7 @@ fn second_of(at: Instant) -> u64 {
 impl RetryBudget {
     /// Counts a request that arrived at `at`.
     #[inline]
-    pub fn record_request(&self, at: Instant) {
+    pub(crate) fn record_request(&self, at: Instant) {
         let s = self.roll(second_of(at));
         self.requests[(s % 2) as usize].fetch_add(1, Relaxed);
     }
@@ -39,7 +39,7 @@ impl RetryBudget {
     /// Takes a retry from the budget, if there is one: fewer than
     /// `min_per_second` retries this second, or retries under
     /// `percent`% of the requests over the window.
-    pub fn try_retry(&self, percent: u32, min_per_second: u32) -> bool {
+    pub(crate) fn try_retry(&self, percent: u32, min_per_second: u32) -> bool {
         let s = self.roll(second_of(Instant::now()));
         let (cur, prev) = ((s % 2) as usize, ((s + 1) % 2) as usize);
         let retries_now = self.retries[cur].load(Relaxed);

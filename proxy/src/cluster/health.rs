@@ -33,14 +33,14 @@ use skiff_config::cluster::UpstreamProtocol;
 use skiff_config::units::format_duration;
 
 /// No active check is configured: the endpoint takes traffic.
-pub const UNCHECKED: u8 = 0;
+pub(crate) const UNCHECKED: u8 = 0;
 /// Waiting for its first check: no traffic yet.
-pub const PENDING: u8 = 1;
-pub const HEALTHY: u8 = 2;
-pub const UNHEALTHY: u8 = 3;
+pub(crate) const PENDING: u8 = 1;
+pub(crate) const HEALTHY: u8 = 2;
+pub(crate) const UNHEALTHY: u8 = 3;
 
 /// The `/clusters` name of a health state.
-pub fn state_name(state: u8) -> &'static str {
+pub(crate) fn state_name(state: u8) -> &'static str {
     match state {
         PENDING => "pending",
         HEALTHY => "healthy",
@@ -50,22 +50,22 @@ pub fn state_name(state: u8) -> &'static str {
 }
 
 /// The identifying `user-agent` of check requests.
-pub const USER_AGENT: &str = "skiff-health-check";
+pub(crate) const USER_AGENT: &str = "skiff-health-check";
 
 /// Check results by kind (`skiff_health_checks_total{result}`).
 #[derive(Debug, Default)]
-pub struct CheckCounters {
-    pub passed: AtomicU64,
+pub(crate) struct CheckCounters {
+    pub(crate) passed: AtomicU64,
     /// Answered with a status not expected.
-    pub failed: AtomicU64,
+    pub(crate) failed: AtomicU64,
     /// No answer within the timeout.
-    pub timeout: AtomicU64,
+    pub(crate) timeout: AtomicU64,
     /// Connection refused or reset, or a malformed answer.
-    pub error: AtomicU64,
+    pub(crate) error: AtomicU64,
 }
 
 impl CheckCounters {
-    pub fn iter(&self) -> [(&'static str, u64); 4] {
+    pub(crate) fn iter(&self) -> [(&'static str, u64); 4] {
         [
             ("passed", self.passed.load(Relaxed)),
             ("failed", self.failed.load(Relaxed)),
@@ -95,7 +95,7 @@ impl Failure {
 /// Follows `cluster`'s members and settings, keeping one check loop per
 /// member while a check is configured. Runs until aborted; the loops stop
 /// with it.
-pub async fn run(cluster: Arc<Cluster>) {
+pub(crate) async fn run(cluster: Arc<Cluster>) {
     struct Loops(HashMap<SocketAddr, (Arc<Endpoint>, AbortHandle)>);
     impl Drop for Loops {
         fn drop(&mut self) {

@@ -12,9 +12,9 @@
 //! goes and its pooled connections close with it.
 
 pub mod balance;
-pub mod budget;
-pub mod health;
-pub mod pool;
+pub(crate) mod budget;
+pub(crate) mod health;
+pub(crate) mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,14 +60,14 @@ pub struct Endpoint {
     pub requests: CodeCounters,
     /// Request durations to this endpoint (for the dashboard's p99; not
     /// exported per endpoint, to keep series bounded).
-    pub duration: Histogram,
+    pub(crate) duration: Histogram,
     /// One connection pool per worker (see `workers`), so a worker only
     /// reuses connections its own runtime drives.
     pools: Box<[Pool]>,
     /// The owning cluster's metrics, so a request holds one `Arc`, not two.
-    pub cluster_stats: Arc<ClusterStats>,
+    pub(crate) cluster_stats: Arc<ClusterStats>,
     /// `cluster="…",endpoint="…"`, written once for every scrape to copy.
-    pub metric_labels: Box<str>,
+    pub(crate) metric_labels: Box<str>,
     /// 5xx responses and connect failures in a row (outlier detection).
     failures: AtomicU32,
     /// When an ejection ends, in ms since [`epoch`]; 0 when not ejected.
@@ -90,7 +90,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Endpoint {
-    pub fn new(spec: &EndpointSpec, cluster_stats: Arc<ClusterStats>) -> Endpoint {
+    pub(crate) fn new(spec: &EndpointSpec, cluster_stats: Arc<ClusterStats>) -> Endpoint {
         let metric_labels = format!(
             "{},{}",
             cluster_stats.metric_labels,
@@ -129,17 +129,17 @@ impl Endpoint {
     /// The balancing weight: the configured weight × [`WEIGHT_SCALE`],
     /// lowered while the endpoint is in slow start.
     #[inline]
-    pub fn weight(&self) -> u32 {
+    pub(crate) fn weight(&self) -> u32 {
         self.weight.load(Relaxed)
     }
 
     /// The weight discovery or the config gave it.
-    pub fn spec_weight(&self) -> u32 {
+    pub(crate) fn spec_weight(&self) -> u32 {
         self.spec_weight.load(Relaxed)
     }
 
     /// Active health (`health::UNCHECKED`, `PENDING`, `HEALTHY`, `UNHEALTHY`).
-    pub fn health(&self) -> u8 {
+    pub(crate) fn health(&self) -> u8 {
         self.health.load(Relaxed)
     }
 
@@ -152,7 +152,7 @@ impl Endpoint {
     }
 
     /// Whether new requests may go to it outside panic mode.
-    pub fn takes_traffic(&self) -> bool {
+    pub(crate) fn takes_traffic(&self) -> bool {
         !self.is_ejected() && matches!(self.health(), health::UNCHECKED | health::HEALTHY)
     }
 
@@ -164,7 +164,7 @@ impl Endpoint {
     }
 
     /// Whether slow start is still ramping its weight up.
-    pub fn is_ramping(&self) -> bool {
+    pub(crate) fn is_ramping(&self) -> bool {
         self.ramp_from.load(Relaxed) != 0
     }
 
@@ -194,16 +194,16 @@ impl Endpoint {
 
     /// Requests sent to this endpoint whose response body has not ended.
     #[inline]
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Relaxed)
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
     }
 
     /// Where discovery found the endpoint; `None` for static and file ones.
-    pub fn origin(&self) -> Option<Arc<Origin>> {
+    pub(crate) fn origin(&self) -> Option<Arc<Origin>> {
         self.origin.load_full()
     }
 
@@ -226,7 +226,7 @@ impl Endpoint {
 
     /// This worker's connection pool to the endpoint.
     #[inline]
-    pub fn pool(&self) -> &Pool {
+    pub(crate) fn pool(&self) -> &Pool {
         &self.pools[crate::io::workers::current() % self.pools.len()]
     }
 
@@ -243,20 +243,20 @@ impl Endpoint {
 
 /// Balancing weights are configured weights times this, so slow start can
 /// give an endpoint a fraction of its share (≤ 10,000 × 100 fits a `u32`).
-pub const WEIGHT_SCALE: u32 = 100;
+pub(crate) const WEIGHT_SCALE: u32 = 100;
 
 /// Errors answered locally, by kind, for `skiff_upstream_errors_total`.
 #[derive(Debug, Default)]
 pub struct ErrorCounters {
-    pub connect_timeout: AtomicU64,
-    pub connect_failed: AtomicU64,
-    pub request_timeout: AtomicU64,
+    pub(crate) connect_timeout: AtomicU64,
+    pub(crate) connect_failed: AtomicU64,
+    pub(crate) request_timeout: AtomicU64,
     pub reset: AtomicU64,
-    pub no_endpoints: AtomicU64,
+    pub(crate) no_endpoints: AtomicU64,
 }
 
 impl ErrorCounters {
-    pub fn iter(&self) -> [(&'static str, u64); 5] {
+    pub(crate) fn iter(&self) -> [(&'static str, u64); 5] {
         [
             ("connect_timeout", self.connect_timeout.load(Relaxed)),
             ("connect_failed", self.connect_failed.load(Relaxed)),
@@ -273,27 +273,27 @@ impl ErrorCounters {
 pub struct ClusterStats {
     /// Requests in flight over all endpoints (what `max_requests` limits);
     /// kept here too, not only per endpoint, so the limit is one load.
-    pub active: AtomicUsize,
+    pub(crate) active: AtomicUsize,
     /// Requests waiting for a new upstream connection (`max_pending`).
     pub pending: AtomicUsize,
     /// Requests refused by the circuit breaker.
-    pub overflow: AtomicU64,
+    pub(crate) overflow: AtomicU64,
     /// Tries after the first (`skiff_retries_total`).
-    pub retries: AtomicU64,
+    pub(crate) retries: AtomicU64,
     /// Requests balanced in panic mode (`skiff_panic_total`).
-    pub panic: AtomicU64,
+    pub(crate) panic: AtomicU64,
     /// Outlier ejections (`skiff_ejections_total`).
-    pub ejections: AtomicU64,
+    pub(crate) ejections: AtomicU64,
     /// Active health check results (`skiff_health_checks_total`).
-    pub health_checks: health::CheckCounters,
-    pub budget: budget::RetryBudget,
-    pub duration: Histogram,
-    pub discovery_updates: AtomicU64,
+    pub(crate) health_checks: health::CheckCounters,
+    pub(crate) budget: budget::RetryBudget,
+    pub(crate) duration: Histogram,
+    pub(crate) discovery_updates: AtomicU64,
     /// Failures of the cluster's discovery source, counted by the source.
-    pub discovery_errors: Arc<AtomicU64>,
+    pub(crate) discovery_errors: Arc<AtomicU64>,
     pub errors: ErrorCounters,
     /// `cluster="…"`, escaped once for every scrape to copy.
-    pub metric_labels: Box<str>,
+    pub(crate) metric_labels: Box<str>,
 }
 
 /// What the request path reads: the endpoints that take new requests, and
@@ -303,11 +303,11 @@ pub struct Snapshot {
     /// What picks choose from: the members not ejected, or all of them in
     /// panic mode.
     pub endpoints: Box<[Arc<Endpoint>]>,
-    pub balancer: Balancer,
+    pub(crate) balancer: Balancer,
     /// Every member, in the order of the set last applied.
     pub members: Box<[Arc<Endpoint>]>,
     /// Too few members take traffic: balancing over all of them.
-    pub panic: bool,
+    pub(crate) panic: bool,
 }
 
 impl Snapshot {
@@ -334,10 +334,10 @@ struct Members {
 /// from its `tls` section (or given, for the mesh's destinations).
 /// Derefs to the config.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     config: ClusterConfig,
     /// TLS to the endpoints; none: plaintext.
-    pub connector: Option<Connector>,
+    pub(crate) connector: Option<Connector>,
 }
 
 impl std::ops::Deref for Settings {
@@ -352,7 +352,10 @@ impl Settings {
     /// `config` with the connector its `tls` section asks for: the
     /// `previous` settings' when the TLS settings are the same (it reloads
     /// changed files itself), else a new one (the files are read now).
-    pub fn new(config: ClusterConfig, previous: Option<&Settings>) -> Result<Settings, TlsError> {
+    pub(crate) fn new(
+        config: ClusterConfig,
+        previous: Option<&Settings>,
+    ) -> Result<Settings, TlsError> {
         let same = previous.filter(|p| p.tls == config.tls && p.protocol == config.protocol);
         let connector = match (same, &config.tls) {
             (Some(previous), _) => previous.connector.clone(),
@@ -394,7 +397,7 @@ pub struct EndpointCounts {
     /// Taking traffic.
     pub healthy: usize,
     /// Failing active checks, or waiting for their first.
-    pub unhealthy: usize,
+    pub(crate) unhealthy: usize,
     /// Taken out by outlier detection.
     pub ejected: usize,
     /// Removed from the set, finishing their requests.
@@ -410,12 +413,12 @@ impl Cluster {
 
     /// A cluster of `config` whose endpoints are dialled with `connector`
     /// (the mesh's, which verifies the peer's identity).
-    pub fn with_connector(config: ClusterConfig, connector: Option<Connector>) -> Cluster {
+    pub(crate) fn with_connector(config: ClusterConfig, connector: Option<Connector>) -> Cluster {
         Cluster::from_settings(Settings { config, connector })
     }
 
     /// A cluster of settings already built.
-    pub fn from_settings(settings: Settings) -> Cluster {
+    pub(crate) fn from_settings(settings: Settings) -> Cluster {
         let stats = ClusterStats {
             metric_labels: crate::metrics::label("cluster", &settings.name).into(),
             ..ClusterStats::default()
@@ -436,7 +439,7 @@ impl Cluster {
 
     /// The cluster's current settings.
     #[inline]
-    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
         self.settings.load()
     }
 
@@ -459,7 +462,7 @@ impl Cluster {
     /// `max_requests` are already in flight. (Checked, then counted, as
     /// Envoy does: concurrent requests may pass the limit by a few.)
     #[inline]
-    pub fn admit(&self, max_requests: u32) -> Result<InFlight, Unavailable> {
+    pub(crate) fn admit(&self, max_requests: u32) -> Result<InFlight, Unavailable> {
         if self.stats.active.load(Relaxed) >= max_requests as usize {
             return Err(Unavailable::Overflow);
         }
@@ -475,7 +478,7 @@ impl Cluster {
     }
 
     /// The current settings as an `Arc`, for holding across awaits.
-    pub fn settings_full(&self) -> Arc<Settings> {
+    pub(crate) fn settings_full(&self) -> Arc<Settings> {
         self.settings.load_full()
     }
 
@@ -501,12 +504,12 @@ impl Cluster {
     }
 
     /// Whether the source has delivered its first set.
-    pub fn is_primed(&self) -> bool {
+    pub(crate) fn is_primed(&self) -> bool {
         self.primed.load(Relaxed)
     }
 
     /// Applies new settings from a reload; the endpoints and their state stay.
-    pub fn update_settings(&self, settings: Settings) {
+    pub(crate) fn update_settings(&self, settings: Settings) {
         let old = self.settings.load_full();
         let republish = old.lb != settings.lb
             || old.panic_threshold != settings.panic_threshold
@@ -660,7 +663,7 @@ impl Cluster {
     /// Outlier detection's input: the outcome of a request to `endpoint`.
     /// `failed` is a 5xx response or a connect failure.
     #[inline]
-    pub fn record_outcome(&self, endpoint: &Arc<Endpoint>, failed: bool) {
+    pub(crate) fn record_outcome(&self, endpoint: &Arc<Endpoint>, failed: bool) {
         if !failed {
             if endpoint.failures.load(Relaxed) != 0 {
                 endpoint.failures.store(0, Relaxed);
@@ -742,7 +745,7 @@ impl Cluster {
     /// the check loop counted in a row. Publishes a new snapshot when the
     /// endpoint's health changes; a pass also ends an outlier ejection.
     /// Public so the balancer fuzz target can flip health as checks do.
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         endpoint: &Arc<Endpoint>,
         failure: Option<String>,
@@ -805,7 +808,7 @@ impl Cluster {
 
     /// Periodic upkeep: closes idle connections past the idle timeout and
     /// forgets drained endpoints.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         self.end_ejections();
         let idle = self.settings.load().timeouts.idle;
         for endpoint in self.snapshot.load().members.iter() {
@@ -829,7 +832,7 @@ impl Cluster {
     /// same order, without collecting them (a scrape visits every one).
     ///
     /// [`endpoints_for_display`]: Cluster::endpoints_for_display
-    pub fn for_each_endpoint_for_display(&self, mut f: impl FnMut(&Endpoint)) {
+    pub(crate) fn for_each_endpoint_for_display(&self, mut f: impl FnMut(&Endpoint)) {
         for e in self.snapshot.load().members.iter() {
             f(e);
         }
@@ -865,7 +868,7 @@ impl Cluster {
     /// Primed, and once no member was waiting for its first health check
     /// (Envoy's cluster warming): what `/ready` waits for. Only the first
     /// set counts: endpoints joining later do not make skiff unready.
-    pub fn is_warm(&self) -> bool {
+    pub(crate) fn is_warm(&self) -> bool {
         if self.warmed.load(Relaxed) {
             return true;
         }
@@ -883,7 +886,7 @@ impl Cluster {
     }
 
     /// Follows a discovery source until it closes or the task is aborted.
-    pub async fn follow(
+    pub(crate) async fn follow(
         self: Arc<Self>,
         mut updates: tokio::sync::watch::Receiver<Option<EndpointSet>>,
     ) {
@@ -902,7 +905,7 @@ impl Cluster {
 
 /// Why a cluster took no request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unavailable {
+pub(crate) enum Unavailable {
     /// No endpoint takes requests.
     NoEndpoints,
     /// `max_requests` are in flight.
@@ -914,13 +917,13 @@ pub enum Unavailable {
 /// the count.
 #[derive(Debug)]
 pub struct InFlight {
-    pub endpoint: Arc<Endpoint>,
+    pub(crate) endpoint: Arc<Endpoint>,
 }
 
 impl InFlight {
-    /// A second count on the same endpoint, for work that outlives the
-    /// response (an upgraded connection's tunnel).
-    pub fn another(&self) -> InFlight {
+    /// A second count on the same endpoint (tests hold several).
+    #[cfg(test)]
+    fn another(&self) -> InFlight {
         self.endpoint.in_flight.fetch_add(1, Relaxed);
         self.endpoint.cluster_stats.active.fetch_add(1, Relaxed);
         InFlight {
@@ -938,7 +941,7 @@ impl Drop for InFlight {
 
 /// Starts following `source` for `cluster`: each new endpoint set is
 /// applied as it comes; the task stops when the handle is aborted.
-pub fn follow(
+pub(crate) fn follow(
     cluster: &Arc<Cluster>,
     discovery: &skiff_discovery::Discovery,
     source: &Source,

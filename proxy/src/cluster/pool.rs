@@ -25,7 +25,7 @@ use crate::tls::client::Connector;
 use skiff_config::cluster::UpstreamProtocol;
 
 /// A connection ready to carry one request.
-pub enum Sender {
+pub(crate) enum Sender {
     /// skiff's own HTTP/1.1 client (plaintext, request body whole).
     Own(Box<Connection>),
     Http1(http1::SendRequest<UpstreamBody>),
@@ -34,7 +34,7 @@ pub enum Sender {
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
     #[error("{0} requests already wait for a new connection (max_pending)")]
@@ -53,9 +53,9 @@ pub enum ConnectError {
 /// A cluster's requests waiting for a new upstream connection, and the
 /// most it allows (the circuit breaker's `max_pending`).
 #[derive(Debug, Clone, Copy)]
-pub struct PendingLimit<'a> {
-    pub waiting: &'a AtomicUsize,
-    pub max: u32,
+pub(crate) struct PendingLimit<'a> {
+    pub(crate) waiting: &'a AtomicUsize,
+    pub(crate) max: u32,
 }
 
 impl<'a> PendingLimit<'a> {
@@ -85,7 +85,7 @@ struct Idle {
 
 /// An endpoint's connections.
 #[derive(Default)]
-pub struct Pool {
+pub(crate) struct Pool {
     /// skiff's own client's idle connections, and when each went idle.
     own: Mutex<Vec<(Box<Connection>, Instant)>>,
     idle: Mutex<Vec<Idle>>,
@@ -109,7 +109,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A connection to `address`: pooled when one is free, else a new one.
     /// `own`: for skiff's own HTTP/1.1 client (plaintext only).
-    pub async fn checkout(
+    pub(crate) async fn checkout(
         &self,
         address: SocketAddr,
         pending: PendingLimit<'_>,
@@ -199,7 +199,7 @@ impl Pool {
     }
 
     /// A new HTTP/1.1 connection that can be upgraded (WebSocket); never pooled.
-    pub async fn connect_upgradable(
+    pub(crate) async fn connect_upgradable(
         address: SocketAddr,
         tls: Option<&Connector>,
         connect_timeout: Duration,
@@ -220,7 +220,7 @@ impl Pool {
 
     /// Returns one of skiff's own client's connections, its response
     /// read to the end.
-    pub fn checkin_own(&self, conn: Box<Connection>) {
+    pub(crate) fn checkin_own(&self, conn: Box<Connection>) {
         if self.closed.load(Relaxed) {
             return;
         }
@@ -251,7 +251,7 @@ impl Pool {
     }
 
     /// Returns an HTTP/1.1 connection whose response has fully ended.
-    pub fn checkin(&self, sender: http1::SendRequest<UpstreamBody>) {
+    pub(crate) fn checkin(&self, sender: http1::SendRequest<UpstreamBody>) {
         if self.closed.load(Relaxed) || sender.is_closed() {
             return;
         }
@@ -265,7 +265,7 @@ impl Pool {
     }
 
     /// Closes connections idle for longer than `max_idle`.
-    pub fn evict_idle(&self, max_idle: Duration) {
+    pub(crate) fn evict_idle(&self, max_idle: Duration) {
         let now = Instant::now();
         self.idle
             .lock()
@@ -278,7 +278,7 @@ impl Pool {
     }
 
     /// Stops pooling: idle connections close now, busy ones when they finish.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.store(true, Relaxed);
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -286,7 +286,7 @@ impl Pool {
     }
 
     /// Idle HTTP/1.1 connections held.
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
             + self.own.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

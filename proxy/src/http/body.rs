@@ -22,11 +22,11 @@ use hyper::body::{Body, Frame, SizeHint};
 use crate::http::h1::body::RequestBody;
 
 /// Errors a request body can end with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to an upstream.
 #[derive(Debug)]
-pub enum UpstreamBody {
+pub(crate) enum UpstreamBody {
     /// No body (most requests).
     Empty,
     /// Read from an HTTP/1.x client connection.
@@ -34,7 +34,7 @@ pub enum UpstreamBody {
     /// A stream of an HTTP/2 client connection.
     Http2(crate::http::h2::RequestBody),
     /// Read whole before sending, so a retry can send it again (bodies of
-    /// retryable requests up to `forward::MAX_REPLAY_BODY`).
+    /// retryable requests up to 64 KiB, `MAX_REPLAY_BODY` in `proxy::forward`).
     Buffered {
         data: Option<Bytes>,
         trailers: Option<http::HeaderMap>,
@@ -97,17 +97,17 @@ impl Body for UpstreamBody {
 /// A request body past its route's `max_request_body`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body larger than {limit} bytes (the route's max_request_body)")]
-pub struct BodyTooLarge {
-    pub limit: u64,
+pub(crate) struct BodyTooLarge {
+    pub(crate) limit: u64,
 }
 
 /// Set once a capped body went past its limit; read by the request path
 /// to answer `413` whatever the upstream protocol made of the abort.
 #[derive(Debug, Default)]
-pub struct Exceeded(AtomicBool);
+pub(crate) struct Exceeded(AtomicBool);
 
 impl Exceeded {
-    pub fn get(&self) -> bool {
+    pub(crate) fn get(&self) -> bool {
         self.0.load(Relaxed)
     }
 }
@@ -117,7 +117,7 @@ impl Exceeded {
 /// past the limit, which aborts the upstream request. (Bodies that
 /// declare their length are refused before they are read.)
 #[derive(Debug)]
-pub struct CappedBody {
+pub(crate) struct CappedBody {
     inner: UpstreamBody,
     left: u64,
     limit: u64,
@@ -125,7 +125,7 @@ pub struct CappedBody {
 }
 
 impl CappedBody {
-    pub fn new(inner: UpstreamBody, limit: u64) -> (CappedBody, Arc<Exceeded>) {
+    pub(crate) fn new(inner: UpstreamBody, limit: u64) -> (CappedBody, Arc<Exceeded>) {
         let exceeded = Arc::new(Exceeded::default());
         let body = CappedBody {
             inner,

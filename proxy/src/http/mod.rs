@@ -3,6 +3,6 @@
 //! and its HTTP/2 server codec ([`h2`]), which know nothing of routes or
 //! clusters.
 
-pub mod body;
-pub mod h1;
-pub mod h2;
+pub(crate) mod body;
+pub(crate) mod h1;
+pub(crate) mod h2;

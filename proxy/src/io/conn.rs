@@ -36,8 +36,8 @@ const CLOSING: u64 = u64::MAX;
 /// connection (whose bytes pass through its [`Session`]) as it serves a
 /// plaintext one.
 #[derive(Debug)]
-pub struct Conn {
-    pub stream: TcpStream,
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
     /// Boxed: a plaintext connection, idle by the ten thousand, pays a
     /// pointer for it.
     tls: Option<Box<Session>>,
@@ -55,7 +55,7 @@ fn now_ms() -> u64 {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    pub(crate) fn new(stream: TcpStream) -> Conn {
         Conn {
             stream,
             tls: None,
@@ -64,7 +64,7 @@ impl Conn {
     }
 
     /// A connection whose TLS handshake is done.
-    pub fn tls(stream: TcpStream, session: Session) -> Conn {
+    pub(crate) fn tls(stream: TcpStream, session: Session) -> Conn {
         Conn {
             stream,
             tls: Some(Box::new(session)),
@@ -72,14 +72,14 @@ impl Conn {
         }
     }
 
-    pub fn session(&self) -> Option<&Session> {
+    pub(crate) fn session(&self) -> Option<&Session> {
         self.tls.as_deref()
     }
 
     /// Reads what the client has sent into `buf`: `Ok(0)` at the end of
     /// the stream, `WouldBlock` when nothing has arrived yet.
     #[inline]
-    pub fn read_available(&self, buf: &mut BytesMut) -> io::Result<usize> {
+    pub(crate) fn read_available(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match &self.tls {
             None => read_available(&self.stream, buf),
             Some(session) => session.read_available(&self.stream, buf),
@@ -89,20 +89,20 @@ impl Conn {
     /// Ready when a read will not block: the socket has bytes, or the TLS
     /// session holds decrypted ones.
     #[inline]
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.tls.as_ref().is_some_and(|s| s.has_buffered()) {
             return Poll::Ready(Ok(()));
         }
         self.stream.poll_read_ready(cx)
     }
 
-    pub async fn readable(&self) -> io::Result<()> {
+    pub(crate) async fn readable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
     }
 
     /// Writes both slices whole, in order.
     #[inline]
-    pub async fn write_all(&self, parts: [&[u8]; 2]) -> io::Result<()> {
+    pub(crate) async fn write_all(&self, parts: [&[u8]; 2]) -> io::Result<()> {
         match &self.tls {
             None => write_all(&self.stream, parts).await,
             Some(session) => session.write_all(&self.stream, parts).await,
@@ -111,7 +111,7 @@ impl Conn {
 
     /// Ends the sending side after what was written (TLS: `close_notify`
     /// first).
-    pub fn close_write(&self) {
+    pub(crate) fn close_write(&self) {
         if let Some(session) = &self.tls {
             session.close_notify(&self.stream);
         }
@@ -119,13 +119,13 @@ impl Conn {
     }
 
     /// Marks the connection idle: the registry may close it from now on.
-    pub fn set_idle(&self) {
+    pub(crate) fn set_idle(&self) {
         self.idle.store(now_ms(), SeqCst);
     }
 
     /// Takes the connection back from idle to serve a request. False when
     /// the registry got there first and is closing it.
-    pub fn claim(&self) -> bool {
+    pub(crate) fn claim(&self) -> bool {
         self.idle.swap(BUSY, SeqCst) != CLOSING
     }
 
@@ -212,12 +212,12 @@ pub(crate) async fn write_all(stream: &TcpStream, mut parts: [&[u8]; 2]) -> io::
 /// A TLS client connection as a byte stream, for what the HTTP/1 server
 /// hands on: a WebSocket tunnel, or HTTP/2 spoken without ALPN.
 #[derive(Debug)]
-pub struct TlsStream {
+pub(crate) struct TlsStream {
     conn: Conn,
 }
 
 impl TlsStream {
-    pub fn new(conn: Conn) -> TlsStream {
+    pub(crate) fn new(conn: Conn) -> TlsStream {
         TlsStream { conn }
     }
 
@@ -273,18 +273,18 @@ impl AsyncWrite for TlsStream {
 
 /// The open client connections of one listener.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     conns: Mutex<Vec<Weak<Conn>>>,
 }
 
 impl Registry {
     /// Adds a new connection.
-    pub fn register(&self, conn: &Arc<Conn>) {
+    pub(crate) fn register(&self, conn: &Arc<Conn>) {
         self.lock().push(Arc::downgrade(conn));
     }
 
     /// Closes connections idle longer than `limit` and forgets closed ones.
-    pub fn sweep(&self, limit: Duration) -> usize {
+    pub(crate) fn sweep(&self, limit: Duration) -> usize {
         let (now, limit) = (now_ms(), limit.as_millis() as u64);
         let mut closed = 0;
         self.lock().retain(|weak| match weak.upgrade() {
@@ -298,7 +298,7 @@ impl Registry {
     }
 
     /// Closes every idle connection now (draining).
-    pub fn close_idle(&self) -> usize {
+    pub(crate) fn close_idle(&self) -> usize {
         let mut closed = 0;
         for conn in self.lock().iter().filter_map(Weak::upgrade) {
             closed += usize::from(conn.close_if_idle(None));

@@ -2,6 +2,6 @@
 //! session ([`conn`]), where a captured connection was going
 //! ([`original_dst`]), and the thread-per-core workers ([`workers`]).
 
-pub mod conn;
+pub(crate) mod conn;
 pub mod original_dst;
 pub mod workers;

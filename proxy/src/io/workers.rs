@@ -20,13 +20,13 @@ thread_local! {
 }
 
 /// How many per-worker pools an endpoint keeps (1 without workers).
-pub fn count() -> usize {
+pub(crate) fn count() -> usize {
     COUNT.get().copied().unwrap_or(1)
 }
 
 /// The index of the worker running this thread (0 off the workers).
 #[inline]
-pub fn current() -> usize {
+pub(crate) fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
@@ -74,7 +74,7 @@ impl Workers {
     }
 
     /// The workers' runtimes; empty without workers.
-    pub fn handles(&self) -> &[Handle] {
+    pub(crate) fn handles(&self) -> &[Handle] {
         &self.handles
     }
 }

@@ -15,7 +15,7 @@
 //! labels are escaped and joined once, when its handle is made, and a
 //! scrape appends `name{labels} value` from those pieces (issue 8).
 
-pub mod tls;
+pub(crate) mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -23,17 +23,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Status classes used as the `code_class` label.
-pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(crate) const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Upper bounds (seconds) of the request duration histogram: 0.5 ms to 30 s.
-pub const DURATION_BUCKETS: [f64; 16] = [
+pub(crate) const DURATION_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
     30.0,
 ];
 
 /// [`DURATION_BUCKETS`] as their `le` label values (Rust's `{}` of each;
 /// a test keeps the two lists together).
-pub const DURATION_BUCKET_LABELS: [&str; DURATION_BUCKETS.len()] = [
+pub(crate) const DURATION_BUCKET_LABELS: [&str; DURATION_BUCKETS.len()] = [
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
     "2.5", "5", "10", "15", "30",
 ];
@@ -54,23 +54,23 @@ impl CodeCounters {
     }
 
     /// Count for class index `i` (0 = 1xx).
-    pub fn get(&self, i: usize) -> u64 {
+    pub(crate) fn get(&self, i: usize) -> u64 {
         self.0[i].load(Relaxed)
     }
 
     /// Total over all classes.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.0.iter().map(|c| c.load(Relaxed)).sum()
     }
 }
 
 /// A gauge that goes up and down, and remembers how high it went.
 #[derive(Debug, Default)]
-pub struct Gauge(AtomicI64, AtomicI64);
+pub(crate) struct Gauge(AtomicI64, AtomicI64);
 
 impl Gauge {
     #[inline]
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         let now = self.0.fetch_add(1, Relaxed) + 1;
         // A load first: in steady state the peak is not written at all.
         if now > self.1.load(Relaxed) {
@@ -78,21 +78,21 @@ impl Gauge {
         }
     }
     /// The highest value since the last call, which starts a new period.
-    pub fn take_peak(&self) -> i64 {
+    pub(crate) fn take_peak(&self) -> i64 {
         self.1.swap(self.get(), Relaxed).max(self.get())
     }
     #[inline]
-    pub fn dec(&self) {
+    pub(crate) fn dec(&self) {
         self.0.fetch_sub(1, Relaxed);
     }
-    pub fn get(&self) -> i64 {
+    pub(crate) fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }
 }
 
 /// A fixed-bucket latency histogram (buckets in [`DURATION_BUCKETS`]).
 #[derive(Debug, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     buckets: [AtomicU64; DURATION_BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
@@ -101,7 +101,7 @@ pub struct Histogram {
 impl Histogram {
     /// Records one observation.
     #[inline]
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         if cfg!(feature = "no-metrics") {
             return;
         }
@@ -114,18 +114,18 @@ impl Histogram {
             .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Relaxed)
     }
 
     /// The sum of the observations, in nanoseconds.
-    pub fn sum_nanos(&self) -> u64 {
+    pub(crate) fn sum_nanos(&self) -> u64 {
         self.sum_nanos.load(Relaxed)
     }
 
     /// Observations up to each bound of [`DURATION_BUCKETS`], cumulative
     /// (as Prometheus' `le` buckets count).
-    pub fn cumulative(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn cumulative(&self) -> impl Iterator<Item = u64> + '_ {
         self.buckets.iter().scan(0, |sum, b| {
             *sum += b.load(Relaxed);
             Some(*sum)
@@ -133,7 +133,7 @@ impl Histogram {
     }
 
     /// Observations per bucket (not cumulative), then those over the last bound.
-    pub fn buckets(&self) -> Vec<u64> {
+    pub(crate) fn buckets(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let counted: u64 = out.iter().sum();
         out.push(self.count().saturating_sub(counted));
@@ -146,7 +146,7 @@ impl Histogram {
 /// `skiff_client_protocol_errors_total`. A fixed set, so the series per
 /// listener are bounded whatever clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProtocolError {
+pub(crate) enum ProtocolError {
     /// HTTP/1: a request head or chunked body that does not parse (400).
     Http1Malformed,
     /// HTTP/1: a request head past the listener's limits (431).
@@ -177,7 +177,7 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    pub const ALL: [ProtocolError; 11] = [
+    pub(crate) const ALL: [ProtocolError; 11] = [
         ProtocolError::Http1Malformed,
         ProtocolError::Http1TooLarge,
         ProtocolError::Http1Unsupported,
@@ -192,7 +192,7 @@ impl ProtocolError {
     ];
 
     /// A refused request head by the status skiff answers it with.
-    pub fn of_status(http2: bool, status: u16) -> ProtocolError {
+    pub(crate) fn of_status(http2: bool, status: u16) -> ProtocolError {
         match (http2, status) {
             (false, 400) => ProtocolError::Http1Malformed,
             (false, 431) => ProtocolError::Http1TooLarge,
@@ -205,7 +205,7 @@ impl ProtocolError {
     }
 
     /// The `protocol` and `reason` label values.
-    pub fn labels(self) -> (&'static str, &'static str) {
+    pub(crate) fn labels(self) -> (&'static str, &'static str) {
         match self {
             ProtocolError::Http1Malformed => ("http1", "malformed"),
             ProtocolError::Http1TooLarge => ("http1", "too_large"),
@@ -224,14 +224,14 @@ impl ProtocolError {
 
 /// A listener's client protocol errors, one counter per [`ProtocolError`].
 #[derive(Debug, Default)]
-pub struct ProtocolErrors([AtomicU64; ProtocolError::ALL.len()]);
+pub(crate) struct ProtocolErrors([AtomicU64; ProtocolError::ALL.len()]);
 
 impl ProtocolErrors {
-    pub fn count(&self, e: ProtocolError) {
+    pub(crate) fn count(&self, e: ProtocolError) {
         self.0[e as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn get(&self, e: ProtocolError) -> u64 {
+    pub(crate) fn get(&self, e: ProtocolError) -> u64 {
         self.0[e as usize].load(Relaxed)
     }
 }
@@ -257,13 +257,13 @@ pub struct Registry {
     pub(crate) reloads_ok: AtomicU64,
     pub(crate) reloads_failed: AtomicU64,
     /// TLS handshakes, errors and certificate reloads, by listener.
-    pub tls: tls::TlsMetrics,
+    pub(crate) tls: tls::TlsMetrics,
 }
 
 impl Registry {
     /// The counter row for requests from `listener` routed to `cluster`;
     /// resolved when a route table is built, never per request.
-    pub fn requests(&self, listener: &str, cluster: &str) -> Arc<CodeCounters> {
+    pub(crate) fn requests(&self, listener: &str, cluster: &str) -> Arc<CodeCounters> {
         let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         let (_, counters) = map
             .entry((listener.to_string(), cluster.to_string()))
@@ -278,22 +278,22 @@ impl Registry {
         counters.clone()
     }
 
-    pub fn unrouted(&self, listener: &str) -> Arc<AtomicU64> {
+    pub(crate) fn unrouted(&self, listener: &str) -> Arc<AtomicU64> {
         let mut map = self.unrouted.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(listener.to_string()).or_default().clone()
     }
 
-    pub fn connections(&self, listener: &str) -> Arc<Gauge> {
+    pub(crate) fn connections(&self, listener: &str) -> Arc<Gauge> {
         let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(listener.to_string()).or_default().clone()
     }
 
-    pub fn refused(&self, listener: &str) -> Arc<AtomicU64> {
+    pub(crate) fn refused(&self, listener: &str) -> Arc<AtomicU64> {
         let mut map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(listener.to_string()).or_default().clone()
     }
 
-    pub fn protocol_errors(&self, listener: &str) -> Arc<ProtocolErrors> {
+    pub(crate) fn protocol_errors(&self, listener: &str) -> Arc<ProtocolErrors> {
         let mut map = self
             .protocol_errors
             .lock()
@@ -312,7 +312,11 @@ impl Registry {
 
     /// Forgets rows for listener/cluster pairs no longer configured, so a
     /// reload that removes them also removes their series.
-    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool, keep_listener: impl Fn(&str) -> bool) {
+    pub(crate) fn retain(
+        &self,
+        keep: impl Fn(&str, &str) -> bool,
+        keep_listener: impl Fn(&str) -> bool,
+    ) {
         self.requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -336,7 +340,7 @@ impl Registry {
     }
 
     /// Counts a config reload attempt.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         if ok {
             self.reloads_ok.fetch_add(1, Relaxed);
         } else {
@@ -346,7 +350,7 @@ impl Registry {
 }
 
 /// Escapes a label value for the text format.
-pub fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape(value: &str) -> std::borrow::Cow<'_, str> {
     if value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         value
             .replace('\\', "\\\\")
@@ -360,7 +364,7 @@ pub fn escape(value: &str) -> std::borrow::Cow<'_, str> {
 
 /// `key="value"`, the value escaped: made once per series, when its
 /// handle is, so that a scrape only copies it.
-pub fn label(key: &str, value: &str) -> String {
+pub(crate) fn label(key: &str, value: &str) -> String {
     format!("{key}=\"{}\"", escape(value))
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 /// Why a handshake failed, as the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The client's certificate was missing, not from the CA, or not allowed.
     ClientCert,
     /// The handshake took longer than the limit.
@@ -20,14 +20,14 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub const ALL: [Failure; 4] = [
+    pub(crate) const ALL: [Failure; 4] = [
         Failure::ClientCert,
         Failure::Timeout,
         Failure::Handshake,
         Failure::Plaintext,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Failure::ClientCert => "client_cert",
             Failure::Timeout => "timeout",
@@ -39,42 +39,42 @@ impl Failure {
 
 /// One listener's TLS counters.
 #[derive(Debug, Default)]
-pub struct TlsStats {
-    pub handshakes: AtomicU64,
+pub(crate) struct TlsStats {
+    pub(crate) handshakes: AtomicU64,
     /// Handshakes that resumed an earlier session.
-    pub resumed: AtomicU64,
+    pub(crate) resumed: AtomicU64,
     errors: [AtomicU64; 4],
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
+    pub(crate) reloads_ok: AtomicU64,
+    pub(crate) reloads_failed: AtomicU64,
     /// When the first served certificate expires, Unix seconds (0: unknown).
-    pub expires: AtomicI64,
+    pub(crate) expires: AtomicI64,
 }
 
 impl TlsStats {
-    pub fn failed(&self, why: Failure) {
+    pub(crate) fn failed(&self, why: Failure) {
         self.errors[why as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn errors(&self, why: Failure) -> u64 {
+    pub(crate) fn errors(&self, why: Failure) -> u64 {
         self.errors[why as usize].load(Relaxed)
     }
 }
 
 /// Every TLS listener's counters.
 #[derive(Debug, Default)]
-pub struct TlsMetrics {
+pub(crate) struct TlsMetrics {
     listeners: Mutex<BTreeMap<String, Arc<TlsStats>>>,
 }
 
 impl TlsMetrics {
     /// The counters of `listener`, kept across reloads.
-    pub fn stats(&self, listener: &str) -> Arc<TlsStats> {
+    pub(crate) fn stats(&self, listener: &str) -> Arc<TlsStats> {
         let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(listener.to_string()).or_default().clone()
     }
 
     /// Forgets listeners no longer configured with TLS.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -82,7 +82,7 @@ impl TlsMetrics {
     }
 
     /// Each listener's counters, in listener order.
-    pub fn for_each(&self, mut f: impl FnMut(&str, &TlsStats)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, &TlsStats)) {
         let map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         for (listener, stats) in map.iter() {
             f(listener, stats);

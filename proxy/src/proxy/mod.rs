@@ -6,4 +6,4 @@
 
 pub mod forward;
 pub mod route;
-pub mod rules;
+pub(crate) mod rules;

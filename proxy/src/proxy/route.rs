@@ -26,27 +26,27 @@ use skiff_config::route::Redirect;
 /// access log), its table (swapped whole on reload), and the count of
 /// requests that matched no route.
 #[derive(Debug)]
-pub struct ListenerRoutes {
-    pub name: Arc<str>,
-    pub table: ArcSwap<RouteTable>,
-    pub unrouted: Arc<AtomicU64>,
+pub(crate) struct ListenerRoutes {
+    pub(crate) name: Arc<str>,
+    pub(crate) table: ArcSwap<RouteTable>,
+    pub(crate) unrouted: Arc<AtomicU64>,
 }
 
 /// One route, resolved: its cluster and its counter row are handles.
 #[derive(Debug)]
 pub struct Route {
-    pub path: PathMatch,
-    pub cluster: Arc<Cluster>,
+    pub(crate) path: PathMatch,
+    pub(crate) cluster: Arc<Cluster>,
     /// `skiff_requests_total{listener, cluster}`.
-    pub requests: Arc<CodeCounters>,
+    pub(crate) requests: Arc<CodeCounters>,
     /// Header conditions, all of which must hold (usually none).
-    pub headers: Box<[HeaderCheck]>,
+    pub(crate) headers: Box<[HeaderCheck]>,
     /// Rewrites and header edits; none for a plain route.
-    pub edits: Option<Box<Edits>>,
+    pub(crate) edits: Option<Box<Edits>>,
     /// Overrides the cluster's request timeout.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// Largest request body forwarded (`413` past it).
-    pub max_request_body: Option<u64>,
+    pub(crate) max_request_body: Option<u64>,
 }
 
 /// A route that answers with a redirect instead of forwarding.
@@ -101,7 +101,7 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// The listener's access log sampling, when on.
-    pub access_log: Option<skiff_config::listener::AccessLog>,
+    pub(crate) access_log: Option<skiff_config::listener::AccessLog>,
     entries: Vec<Entry>,
     exact: HashMap<Box<str>, Vec<usize>>,
     /// (`.suffix`, route indices), longest suffix first.
@@ -113,8 +113,8 @@ pub struct RouteTable {
 #[derive(Debug, thiserror::Error)]
 #[error("listener `{listener}` routes to unknown cluster `{cluster}`")]
 pub struct UnknownCluster {
-    pub listener: String,
-    pub cluster: String,
+    pub(crate) listener: String,
+    pub(crate) cluster: String,
 }
 
 impl RouteTable {

@@ -12,14 +12,14 @@ use skiff_config::route::{HeaderMatch, PathMatch, RouteRules, ValueMatch};
 
 /// A header condition, ready for lookups.
 #[derive(Debug)]
-pub struct HeaderCheck {
+pub(crate) struct HeaderCheck {
     name: HeaderName,
     value: ValueMatch,
 }
 
 impl HeaderCheck {
     #[inline]
-    pub fn matches(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
         match (&self.value, headers.get(&self.name)) {
             (ValueMatch::Present, found) => found.is_some(),
             (ValueMatch::Absent, found) => found.is_none(),
@@ -31,7 +31,7 @@ impl HeaderCheck {
 }
 
 /// Compiles header conditions (names were checked when read).
-pub fn header_checks(matches: &[HeaderMatch]) -> Box<[HeaderCheck]> {
+pub(crate) fn header_checks(matches: &[HeaderMatch]) -> Box<[HeaderCheck]> {
     matches
         .iter()
         .filter_map(|m| {
@@ -45,7 +45,7 @@ pub fn header_checks(matches: &[HeaderMatch]) -> Box<[HeaderCheck]> {
 
 /// What a forwarding route changes in the request before it leaves.
 #[derive(Debug)]
-pub struct Edits {
+pub(crate) struct Edits {
     /// (prefix matched, replacement).
     rewrite: Option<(String, String)>,
     add: Vec<(HeaderName, HeaderValue)>,
@@ -54,7 +54,7 @@ pub struct Edits {
 
 impl Edits {
     /// The edits of a route, or none when it makes none.
-    pub fn of(rules: &RouteRules, path: &PathMatch) -> Option<Box<Edits>> {
+    pub(crate) fn of(rules: &RouteRules, path: &PathMatch) -> Option<Box<Edits>> {
         let rewrite = rules.rewrite_prefix.as_ref().map(|to| {
             let from = match path {
                 PathMatch::Prefix(p) | PathMatch::Exact(p) => p.clone(),
@@ -87,7 +87,7 @@ impl Edits {
     }
 
     /// Applies the edits: removals first, then additions (which replace).
-    pub fn apply<B>(&self, req: &mut Request<B>) {
+    pub(crate) fn apply<B>(&self, req: &mut Request<B>) {
         let headers = req.headers_mut();
         for name in &self.remove {
             headers.remove(name);

@@ -43,7 +43,7 @@ const BODY_AFTER_RESPONSE: Duration = Duration::from_secs(5);
 
 /// Serves one client connection until it closes or the listener drains,
 /// within `limits` (the listener's, as of when the connection was accepted).
-pub async fn serve(
+pub(crate) async fn serve(
     conn: Arc<Conn>,
     state: Arc<ListenerState>,
     limits: Arc<ListenerLimits>,

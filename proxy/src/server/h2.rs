@@ -36,7 +36,7 @@ const IDLE_GOAWAY_GRACE: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_secs(1);
 
 /// Serves an HTTP/2 connection whose first bytes, `read`, were already taken.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     read: Bytes,
     state: Arc<ListenerState>,
@@ -55,7 +55,7 @@ pub async fn serve(
 /// list is answered with 431, as Envoy sizes it from
 /// `max_request_headers_kb`), and requests with more than `max_headers`
 /// fields get 431 too.
-pub async fn serve_io<S>(
+pub(crate) async fn serve_io<S>(
     stream: S,
     read: Bytes,
     state: Arc<ListenerState>,

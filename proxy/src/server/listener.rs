@@ -55,12 +55,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const SWEEP_MIN: Duration = Duration::from_millis(50);
 
 /// A bound, accepting listener.
-pub struct Listener {
-    pub state: Arc<ListenerState>,
+pub(crate) struct Listener {
+    pub(crate) state: Arc<ListenerState>,
     /// Set on capture listeners (the sidecar role): connections are served
     /// by original destination instead of by the state's routes.
-    pub capture: Arc<ArcSwapOption<Captured>>,
-    pub address: SocketAddr,
+    pub(crate) capture: Arc<ArcSwapOption<Captured>>,
+    pub(crate) address: SocketAddr,
     stop_accepting: watch::Sender<bool>,
     drain: watch::Sender<bool>,
     tracker: Arc<Tracker>,
@@ -70,7 +70,7 @@ impl Listener {
     /// Binds `address` and starts accepting: on the current runtime without
     /// workers, else one `SO_REUSEPORT` socket and accept loop per worker.
     /// Must run inside a runtime.
-    pub fn bind(
+    pub(crate) fn bind(
         address: SocketAddr,
         state: Arc<ListenerState>,
         workers: &Workers,
@@ -137,12 +137,12 @@ impl Listener {
     }
 
     /// Stops accepting; the port is released.
-    pub fn stop_accepting(&self) {
+    pub(crate) fn stop_accepting(&self) {
         let _ = self.stop_accepting.send(true);
     }
 
     /// Asks every open connection to finish its requests and close.
-    pub fn drain_connections(&self) {
+    pub(crate) fn drain_connections(&self) {
         // The flag first: a connection going idle after the sweep below
         // sees it (see `crate::io::conn`).
         let _ = self.drain.send(true);
@@ -150,13 +150,13 @@ impl Listener {
     }
 
     /// Open connections right now.
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.tracker.open.load(Relaxed)
     }
 
     /// Waits until every connection has closed, or `limit` passes.
     /// Returns whether all closed.
-    pub async fn wait_closed(&self, limit: Duration) -> bool {
+    pub(crate) async fn wait_closed(&self, limit: Duration) -> bool {
         let tracker = self.tracker.clone();
         tokio::time::timeout(limit, async move {
             loop {
@@ -172,7 +172,7 @@ impl Listener {
     }
 
     /// Stops accepting and drains, in the background, within `grace`.
-    pub fn retire(self, grace: Duration) {
+    pub(crate) fn retire(self, grace: Duration) {
         self.stop_accepting();
         self.drain_connections();
         tokio::spawn(async move {

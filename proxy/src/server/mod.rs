@@ -3,9 +3,9 @@
 //! connections. Everything here ends in a request handed to
 //! [`crate::proxy::forward`], and writes back what it answers.
 
-pub mod h1;
-pub mod h2;
-pub mod listener;
-pub mod sidecar;
-pub mod state;
-pub mod tls;
+pub(crate) mod h1;
+pub(crate) mod h2;
+pub(crate) mod listener;
+pub(crate) mod sidecar;
+pub(crate) mod state;
+pub(crate) mod tls;

@@ -16,19 +16,19 @@ use crate::proxy::route::ListenerRoutes;
 
 /// What a request on a listener needs: its name, routes and counters.
 #[derive(Debug)]
-pub struct ListenerState {
+pub(crate) struct ListenerState {
     /// The listener's name, routes and unrouted counter: what the request
     /// path reads of it.
-    pub routes: ListenerRoutes,
-    pub connections: Arc<Gauge>,
+    pub(crate) routes: ListenerRoutes,
+    pub(crate) connections: Arc<Gauge>,
     /// Connections closed at accept because `max_connections` were open.
-    pub refused: Arc<AtomicU64>,
+    pub(crate) refused: Arc<AtomicU64>,
     /// What clients sent that skiff refused as a protocol error.
-    pub protocol_errors: Arc<crate::metrics::ProtocolErrors>,
+    pub(crate) protocol_errors: Arc<crate::metrics::ProtocolErrors>,
     /// What clients may send and hold; swapped on reload.
-    pub limits: ArcSwap<ListenerLimits>,
+    pub(crate) limits: ArcSwap<ListenerLimits>,
     /// TLS termination, when the listener has it; swapped on reload.
-    pub tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
+    pub(crate) tls: arc_swap::ArcSwapOption<crate::tls::ServerTls>,
 }
 
 /// Counts open connections so shutdown can wait for the last one, and
@@ -41,7 +41,7 @@ pub(crate) struct Tracker {
 }
 
 /// Held for as long as a connection is open.
-pub struct ConnectionGuard {
+pub(crate) struct ConnectionGuard {
     tracker: Arc<Tracker>,
     state: Arc<ListenerState>,
 }
@@ -56,7 +56,7 @@ impl ConnectionGuard {
 
     /// Puts a connection in its listener's registry, which closes it when
     /// it has been idle too long or when the listener drains.
-    pub fn register(&self, conn: &Arc<Conn>) {
+    pub(crate) fn register(&self, conn: &Arc<Conn>) {
         self.tracker.conns.register(conn);
     }
 }

@@ -27,7 +27,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one TLS client connection until it closes or the listener
 /// drains, within the listener's `limits`.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     server: Arc<ServerTls>,
@@ -43,15 +43,15 @@ pub async fn serve(
 
 /// A finished handshake: the stream, what its requests carry, and the
 /// protocol ALPN chose.
-pub struct Handshaken {
-    pub tls: tokio_rustls::server::TlsStream<TcpStream>,
-    pub peer: Arc<TlsPeer>,
-    pub alpn: Option<Vec<u8>>,
+pub(crate) struct Handshaken {
+    pub(crate) tls: tokio_rustls::server::TlsStream<TcpStream>,
+    pub(crate) peer: Arc<TlsPeer>,
+    pub(crate) alpn: Option<Vec<u8>>,
 }
 
 /// Runs the server handshake, counting it in `server`'s stats; a failed
 /// one is logged (a refused client certificate as a warning) and `None`.
-pub async fn handshake(
+pub(crate) async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     server: &ServerTls,
@@ -97,7 +97,7 @@ pub async fn handshake(
 /// with prior knowledge by its preface when the client named no protocol.
 /// The connection joins its listener's registry, which closes it when it
 /// has been idle for `idle_timeout` or when the listener drains.
-pub async fn serve_http(
+pub(crate) async fn serve_http(
     done: Handshaken,
     peer: SocketAddr,
     state: Arc<ListenerState>,

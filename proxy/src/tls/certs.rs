@@ -15,12 +15,12 @@ use rustls::RootCertStore;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {message}", path.display())]
 pub struct TlsError {
-    pub path: PathBuf,
-    pub message: String,
+    pub(crate) path: PathBuf,
+    pub(crate) message: String,
 }
 
 impl TlsError {
-    pub fn new(path: &Path, message: impl Into<String>) -> TlsError {
+    pub(crate) fn new(path: &Path, message: impl Into<String>) -> TlsError {
         TlsError {
             path: path.to_owned(),
             message: message.into(),
@@ -29,7 +29,7 @@ impl TlsError {
 }
 
 /// The one crypto provider skiff uses: ring (aws-lc needs cmake to build).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -41,7 +41,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// The certificates of a PEM file, in order (leaf first for a chain).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -56,7 +56,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         TlsError::new(
@@ -69,7 +69,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// A certificate chain with its key, checked to belong together.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = load_certs(cert)?;
     let der = load_key(key)?;
     CertifiedKey::from_der(chain, der, &provider()).map_err(|e| match e {
@@ -85,7 +85,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 }
 
 /// The trust anchors of a CA bundle.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
         roots
@@ -112,7 +112,7 @@ impl skiff_config::tls::Files for TlsFiles {
 }
 
 /// The system's trust anchors (`/etc/ssl/certs` and the like).
-pub fn system_roots() -> Result<RootCertStore, TlsError> {
+pub(crate) fn system_roots() -> Result<RootCertStore, TlsError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);

@@ -33,13 +33,13 @@ use super::certs::{self, TlsError};
 use skiff_config::tls::{CertFiles, UpstreamTls};
 
 /// Shortest time between two looks at the files for changes.
-pub const RECHECK: Duration = Duration::from_secs(1);
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
 type Stamps = Vec<Option<skiff_discovery::file::Stamp>>;
 
 /// A cluster's TLS client settings, built when the config is read.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     inner: Arc<Inner>,
 }
 
@@ -79,7 +79,7 @@ impl Connector {
     /// A cluster's connector, from its `tls` config: roots from `ca` (or
     /// the system), an optional client certificate, SNI, and ALPN for the
     /// cluster's protocol.
-    pub fn for_cluster(tls: &UpstreamTls, http2: bool) -> Result<Connector, TlsError> {
+    pub(crate) fn for_cluster(tls: &UpstreamTls, http2: bool) -> Result<Connector, TlsError> {
         Connector::build(
             tls.ca.as_deref(),
             tls.client_cert.as_ref(),
@@ -90,7 +90,7 @@ impl Connector {
 
     /// Builds the client config: roots from `ca` (or the system), an
     /// optional client certificate, SNI, ALPN.
-    pub fn build(
+    pub(crate) fn build(
         ca: Option<&Path>,
         client_cert: Option<&CertFiles>,
         sni: Option<&str>,
@@ -116,7 +116,7 @@ impl Connector {
     /// server verified against `ca` to be `identity` (a SAN URI or DNS
     /// name), `sni` sent so the server's sidecar knows the connection is
     /// for it. `alpn`: the protocol inside (none for opaque TCP).
-    pub fn mesh(
+    pub(crate) fn mesh(
         ca: &Path,
         cert: &CertFiles,
         sni: &str,
@@ -150,7 +150,7 @@ impl Connector {
     }
 
     /// Runs the TLS handshake on a connected socket to `address`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         address: SocketAddr,
         stream: TcpStream,
@@ -292,9 +292,9 @@ fn client_config(
 /// A server certificate refused for its identity, naming both: the log
 /// line of a failed mesh connection must say who answered.
 #[derive(Debug)]
-pub struct WrongIdentity {
-    pub expected: String,
-    pub presented: String,
+pub(crate) struct WrongIdentity {
+    pub(crate) expected: String,
+    pub(crate) presented: String,
 }
 
 impl std::fmt::Display for WrongIdentity {

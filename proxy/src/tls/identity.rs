@@ -12,19 +12,19 @@
 
 /// The names a certificate's subjectAltName lists.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Names {
-    pub dns: Vec<String>,
-    pub uris: Vec<String>,
+pub(crate) struct Names {
+    pub(crate) dns: Vec<String>,
+    pub(crate) uris: Vec<String>,
 }
 
 impl Names {
     /// Every name, URIs first (the SPIFFE identity is the one that matters).
-    pub fn all(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &str> {
         self.uris.iter().chain(self.dns.iter()).map(String::as_str)
     }
 
     /// The names as one comma-separated string, for logs and headers.
-    pub fn joined(&self) -> String {
+    pub(crate) fn joined(&self) -> String {
         let all: Vec<&str> = self.all().collect();
         if all.is_empty() {
             "(no subjectAltName)".into()
@@ -70,7 +70,7 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// The subjectAltName names of a DER certificate; empty when it has none.
-pub fn names(cert_der: &[u8]) -> Names {
+pub(crate) fn names(cert_der: &[u8]) -> Names {
     san(cert_der).unwrap_or_default()
 }
 
@@ -124,13 +124,13 @@ const VERSION: u8 = 0xa0;
 
 /// A certificate's validity period, in seconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Validity {
-    pub not_before: i64,
-    pub not_after: i64,
+pub(crate) struct Validity {
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
 }
 
 /// The validity period of a DER certificate, if it can be read.
-pub fn validity(cert_der: &[u8]) -> Option<Validity> {
+pub(crate) fn validity(cert_der: &[u8]) -> Option<Validity> {
     let (_, cert, _) = element(cert_der)?;
     let (_, mut tbs, _) = element(cert)?;
     let (tag, _, rest) = element(tbs)?;
@@ -210,7 +210,7 @@ fn general_names(value: &[u8]) -> Option<Names> {
 /// a SAN URI equal to an allowed one, or a DNS name equal to one
 /// (case-insensitive). `*.example.com` in the list allows any one-label
 /// subdomain, as a wildcard certificate would.
-pub fn allowed(names: &Names, allowed: &[String]) -> bool {
+pub(crate) fn allowed(names: &Names, allowed: &[String]) -> bool {
     allowed.iter().any(|want| {
         if want.contains("://") {
             names.uris.iter().any(|u| u == want)

@@ -8,13 +8,13 @@
 //! with a `tls` section dials its endpoints through a [`client::Connector`].
 
 pub mod certs;
-pub mod client;
-pub mod hello;
-pub mod identity;
-pub mod peer;
-pub mod server;
-pub mod session;
+pub(crate) mod client;
+pub(crate) mod hello;
+pub(crate) mod identity;
+pub(crate) mod peer;
+pub(crate) mod server;
+pub(crate) mod session;
 
-pub use certs::TlsError;
-pub use peer::TlsPeer;
-pub use server::ServerTls;
+pub(crate) use certs::TlsError;
+pub(crate) use peer::TlsPeer;
+pub(crate) use server::ServerTls;

@@ -9,7 +9,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// What every request of one TLS connection carries upstream.
 #[derive(Debug)]
-pub struct TlsPeer {
+pub(crate) struct TlsPeer {
     /// The configured identity header and the client's identity, if it
     /// presented a certificate.
     identity: Option<(HeaderName, Option<HeaderValue>)>,
@@ -18,14 +18,14 @@ pub struct TlsPeer {
 impl TlsPeer {
     /// The configured identity header with the client's identity, if the
     /// listener names one.
-    pub fn new(identity: Option<(HeaderName, Option<HeaderValue>)>) -> TlsPeer {
+    pub(crate) fn new(identity: Option<(HeaderName, Option<HeaderValue>)>) -> TlsPeer {
         TlsPeer { identity }
     }
 
     /// Marks a request as arrived over TLS: `x-forwarded-proto: https`, and
     /// the verified client identity in its header (a value the client sent
     /// itself under that name is removed, never trusted).
-    pub fn tag<B>(&self, req: &mut Request<B>) {
+    pub(crate) fn tag<B>(&self, req: &mut Request<B>) {
         let headers = req.headers_mut();
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
         if let Some((name, value)) = &self.identity {

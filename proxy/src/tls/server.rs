@@ -33,15 +33,15 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 const SESSION_CACHE: usize = 8192;
 /// How often certificate files are checked for changes (Kubernetes
 /// updates a mounted Secret within about a minute; this adds little).
-pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A listener's TLS: the current server config and what rebuilds it.
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     listener: Arc<str>,
-    pub settings: ListenerTls,
+    pub(crate) settings: ListenerTls,
     config: ArcSwap<rustls::ServerConfig>,
-    pub identity_header: Option<HeaderName>,
-    pub stats: Arc<TlsStats>,
+    pub(crate) identity_header: Option<HeaderName>,
+    pub(crate) stats: Arc<TlsStats>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
 }
@@ -57,7 +57,7 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// Loads the listener's certificates and starts watching their files.
-    pub fn build(
+    pub(crate) fn build(
         listener: &str,
         settings: ListenerTls,
         stats: Arc<TlsStats>,
@@ -90,13 +90,13 @@ impl ServerTls {
     }
 
     /// The config new handshakes use.
-    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn current(&self) -> Arc<rustls::ServerConfig> {
         self.config.load_full()
     }
 
     /// Re-reads every file; a new set that does not load is refused and
     /// the running one stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let config = server_config(&self.settings, self.ticketer.clone(), self.sessions.clone());
         match config {
             Ok((config, expires)) => {
@@ -293,9 +293,9 @@ impl ResolvesServerCert for CertSet {
 /// A client certificate refused, with the identity it claimed: a log line
 /// must say who was turned away, whatever the reason.
 #[derive(Debug)]
-pub struct Refused {
-    pub identity: String,
-    pub why: String,
+pub(crate) struct Refused {
+    pub(crate) identity: String,
+    pub(crate) why: String,
 }
 
 impl std::fmt::Display for Refused {

@@ -26,20 +26,24 @@ use super::TlsPeer;
 
 /// The TLS half of a client connection.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     tls: Mutex<ServerConnection>,
     /// rustls holds decrypted bytes (or the end of the stream) not yet
     /// read: a wait for the socket must not begin. Set by every read.
     buffered: AtomicBool,
     /// What every request on this connection carries upstream.
-    pub peer: Arc<TlsPeer>,
+    pub(crate) peer: Arc<TlsPeer>,
 }
 
 impl Session {
     /// Takes over a session whose handshake is done. Anything the
     /// handshake left to send (TLS 1.3 session tickets) goes out with the
     /// first write if the socket cannot take it now.
-    pub fn new(stream: &TcpStream, mut tls: ServerConnection, peer: Arc<TlsPeer>) -> Session {
+    pub(crate) fn new(
+        stream: &TcpStream,
+        mut tls: ServerConnection,
+        peer: Arc<TlsPeer>,
+    ) -> Session {
         let _ = send(&mut tls, stream);
         // The handshake may have read records past its end (a request sent
         // with the client's Finished) that no socket readiness will announce.
@@ -58,7 +62,11 @@ impl Session {
     /// Reads what the client has sent, decrypted, into `buf`: the same
     /// contract as a plaintext socket's read (`Ok(0)` at the end of the
     /// stream, `WouldBlock` when nothing has arrived).
-    pub fn read_available(&self, stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    pub(crate) fn read_available(
+        &self,
+        stream: &TcpStream,
+        buf: &mut BytesMut,
+    ) -> io::Result<usize> {
         self.read_into(stream, buf)
     }
 
@@ -114,13 +122,17 @@ impl Session {
     /// Whether decrypted bytes (or the end of the stream) wait to be read,
     /// so that waiting for the socket would be wrong.
     #[inline]
-    pub fn has_buffered(&self) -> bool {
+    pub(crate) fn has_buffered(&self) -> bool {
         self.buffered.load(Relaxed)
     }
 
     /// Encrypts and writes both slices whole, in order: one TLS record
     /// (and one `write`) when they fit in one.
-    pub async fn write_all(&self, stream: &TcpStream, mut parts: [&[u8]; 2]) -> io::Result<()> {
+    pub(crate) async fn write_all(
+        &self,
+        stream: &TcpStream,
+        mut parts: [&[u8]; 2],
+    ) -> io::Result<()> {
         loop {
             let sent = {
                 let mut tls = self.lock();
@@ -150,14 +162,14 @@ impl Session {
 
     /// Says `close_notify` before the connection closes, if the socket
     /// takes it now.
-    pub fn close_notify(&self, stream: &TcpStream) {
+    pub(crate) fn close_notify(&self, stream: &TcpStream) {
         let mut tls = self.lock();
         tls.send_close_notify();
         let _ = send(&mut tls, stream);
     }
 
     /// Reads decrypted bytes into `buf` (`AsyncRead` over the session).
-    pub fn poll_read(
+    pub(crate) fn poll_read(
         &self,
         stream: &TcpStream,
         cx: &mut Context<'_>,
@@ -181,7 +193,7 @@ impl Session {
     /// Encrypts what it can of `bufs` and sends it at once, as the socket
     /// takes it: a tunnel's bytes are not held back for a flush that may
     /// be late to come (`AsyncWrite` over the session).
-    pub fn poll_write_vectored(
+    pub(crate) fn poll_write_vectored(
         &self,
         stream: &TcpStream,
         cx: &mut Context<'_>,
@@ -205,7 +217,11 @@ impl Session {
     }
 
     /// Sends what rustls holds.
-    pub fn poll_flush(&self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(
+        &self,
+        stream: &TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if send(&mut self.lock(), stream)? {
                 return Poll::Ready(Ok(()));
@@ -215,7 +231,11 @@ impl Session {
     }
 
     /// Says `close_notify`, sends it, and ends the socket's sending side.
-    pub fn poll_shutdown(&self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_shutdown(
+        &self,
+        stream: &TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         self.lock().send_close_notify();
         ready!(self.poll_flush(stream, cx))?;
         socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)?;

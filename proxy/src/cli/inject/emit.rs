@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use skiff_config::yaml::{write_quoted, Node, Value};
 
 /// Writes `node` as one block-style document (no `---`), ending in a newline.
-pub fn emit(node: &Node) -> String {
+pub(crate) fn emit(node: &Node) -> String {
     let mut out = String::new();
     match &node.value {
         Value::Map(entries) if !entries.is_empty() => emit_map(entries, 0, false, &mut out),

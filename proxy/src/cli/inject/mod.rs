@@ -25,13 +25,13 @@ use skiff_config::sidecar::{ADMIN_PORT, INBOUND_PORT, MESH_DIR, OUTBOUND_PORT, P
 use skiff_config::yaml::{self, Node, Value};
 
 /// The annotation that records an injection (and marks a pod as done).
-pub const INJECTED_ANNOTATION: &str = "skiff.io/injected";
+pub(crate) const INJECTED_ANNOTATION: &str = "skiff.io/injected";
 /// The annotation that opts a pod out (`disabled`).
-pub const INJECT_ANNOTATION: &str = "skiff.io/inject";
+pub(crate) const INJECT_ANNOTATION: &str = "skiff.io/inject";
 /// The sidecar's container name.
-pub const SIDECAR_NAME: &str = "skiff";
+pub(crate) const SIDECAR_NAME: &str = "skiff";
 /// The capture init container's name.
-pub const INIT_NAME: &str = "skiff-init";
+pub(crate) const INIT_NAME: &str = "skiff-init";
 /// The emptyDir the capture container's iptables keeps its lock in, since
 /// its root filesystem is read-only.
 const XTABLES_VOLUME: &str = "skiff-xtables";
@@ -43,7 +43,7 @@ const CONFIG_DIR: &str = "/etc/skiff";
 const MESH_VOLUME: &str = "skiff-mesh";
 /// The mesh Secret of a pod, without `mesh_secret`: one per
 /// ServiceAccount, since the certificate names the account.
-pub const MESH_SECRET_PREFIX: &str = "skiff-mesh-";
+pub(crate) const MESH_SECRET_PREFIX: &str = "skiff-mesh-";
 
 /// What to inject.
 #[derive(Debug, Clone)]

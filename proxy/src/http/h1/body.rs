@@ -31,11 +31,11 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// A chunked body that breaks the rules of RFC 9112 §7.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed chunked body: {0}")]
-pub struct ChunkError(&'static str);
+pub(crate) struct ChunkError(&'static str);
 
 /// What the chunked decoder found next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Chunk {
+pub(crate) enum Chunk {
     Data(Bytes),
     Trailers(HeaderMap),
     End,
@@ -70,7 +70,7 @@ enum State {
 /// Decodes `Transfer-Encoding: chunked`, strictly: CRLF line ends only,
 /// hex sizes without sign or overflow, bounded extension and trailer sizes.
 #[derive(Debug, Clone)]
-pub struct ChunkedDecoder {
+pub(crate) struct ChunkedDecoder {
     state: State,
 }
 
@@ -88,7 +88,7 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     /// Consumes what it can of `buf`; `Ok(None)` means more bytes are needed.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, ChunkError> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, ChunkError> {
         loop {
             if let State::Data { left } = self.state {
                 if buf.is_empty() {
@@ -230,21 +230,21 @@ fn forbidden_trailer(name: &http::HeaderName) -> bool {
 
 /// How the body is delimited.
 #[derive(Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     Length(u64),
     Chunked(ChunkedDecoder),
 }
 
 /// What a body that was read to its end hands back to its connection.
 #[derive(Debug)]
-pub struct Returned {
+pub(crate) struct Returned {
     /// The read buffer, holding whatever the client sent after the body.
-    pub buf: BytesMut,
+    pub(crate) buf: BytesMut,
 }
 
 /// A client's request body, streamed from the socket as the upstream reads it.
 #[derive(Debug)]
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     conn: Arc<Conn>,
     buf: BytesMut,
     kind: Kind,
@@ -257,7 +257,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// A body delimited by `kind`, whose first bytes may already be in `buf`.
-    pub fn new(
+    pub(crate) fn new(
         conn: Arc<Conn>,
         buf: BytesMut,
         kind: Kind,
@@ -277,7 +277,7 @@ impl RequestBody {
     /// The whole body, when its length is known and every byte of it has
     /// arrived already (a small upload usually comes with its head); the
     /// connection's buffer goes back to it at once.
-    pub fn take_whole(&mut self) -> Option<Bytes> {
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
         let Kind::Length(left) = self.kind else {
             return None;
         };

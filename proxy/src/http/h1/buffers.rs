@@ -11,9 +11,9 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 
 /// Capacity of a read buffer; heads larger than this grow it.
-pub const READ: usize = 4 * 1024;
+pub(crate) const READ: usize = 4 * 1024;
 /// Capacity of a write buffer: a response head and a small body.
-pub const WRITE: usize = 4 * 1024;
+pub(crate) const WRITE: usize = 4 * 1024;
 /// Spare buffers of each kind kept per thread.
 const SPARE: usize = 32;
 
@@ -23,14 +23,14 @@ thread_local! {
 }
 
 /// An empty read buffer with room for [`READ`] bytes.
-pub fn read() -> BytesMut {
+pub(crate) fn read() -> BytesMut {
     READS
         .with(|s| s.borrow_mut().pop())
         .unwrap_or_else(|| BytesMut::with_capacity(READ))
 }
 
 /// Returns an empty read buffer, if it still owns its memory alone.
-pub fn give_read(mut buf: BytesMut) {
+pub(crate) fn give_read(mut buf: BytesMut) {
     buf.clear();
     // `try_reclaim` fails when body chunks split off it are still alive.
     if buf.capacity() == 0 || !buf.try_reclaim(READ) {
@@ -45,14 +45,14 @@ pub fn give_read(mut buf: BytesMut) {
 }
 
 /// An empty write buffer.
-pub fn write() -> Vec<u8> {
+pub(crate) fn write() -> Vec<u8> {
     WRITES
         .with(|s| s.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(WRITE))
 }
 
 /// Returns a write buffer; one that grew large is freed instead.
-pub fn give_write(mut buf: Vec<u8>) {
+pub(crate) fn give_write(mut buf: Vec<u8>) {
     if buf.capacity() > 4 * WRITE {
         return;
     }

@@ -46,7 +46,7 @@ const COPY_LIMIT: usize = 4 * 1024;
 
 /// An upstream connection this client speaks on.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     stream: TcpStream,
     /// Read buffer, kept with the connection: by the time it carries its
     /// next request, the last response's slices of it are gone and its
@@ -57,7 +57,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Box<Connection> {
+    pub(crate) fn new(stream: TcpStream) -> Box<Connection> {
         Box::new(Connection {
             stream,
             buf: BytesMut::new(),
@@ -68,7 +68,7 @@ impl Connection {
     /// Whether a pooled connection can carry another request: the upstream
     /// has neither closed it nor sent anything unasked. Costs no system
     /// call unless the reactor has seen the socket become readable.
-    pub fn is_usable(&self) -> bool {
+    pub(crate) fn is_usable(&self) -> bool {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         match self.stream.poll_read_ready(&mut cx) {
@@ -86,7 +86,7 @@ impl Connection {
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("upstream connection failed: {0}")]
     Io(#[from] io::Error),
     #[error("upstream closed the connection before responding")]
@@ -97,18 +97,18 @@ pub enum Error {
 
 /// Why [`send`] got no response.
 #[derive(Debug)]
-pub struct Failed {
-    pub error: Error,
+pub(crate) struct Failed {
+    pub(crate) error: Error,
     /// The request is safe to send again on another connection at once:
     /// a pooled connection that the upstream had closed (a keep-alive
     /// race), for a request that may go twice.
-    pub resend: bool,
+    pub(crate) resend: bool,
 }
 
 /// Whether this client can carry `req`: its body is whole already. A
 /// body that has arrived whole with its head (in the HTTP/1 socket's
 /// buffer, or the HTTP/2 stream's first DATA frame) is taken for it.
-pub fn can_send(req: &mut Request<UpstreamBody>) -> bool {
+pub(crate) fn can_send(req: &mut Request<UpstreamBody>) -> bool {
     match req.body_mut() {
         UpstreamBody::Empty | UpstreamBody::Buffered { .. } => true,
         // Streamed under the route's body limit: hyper's client sends it.
@@ -142,7 +142,7 @@ pub fn can_send(req: &mut Request<UpstreamBody>) -> bool {
 ///
 /// Not an `async fn`: that would hold its parameters twice in its future.
 #[allow(clippy::manual_async_fn)] // see above: the future stays smaller
-pub fn send(
+pub(crate) fn send(
     mut conn: Box<Connection>,
     req: &Request<UpstreamBody>,
 ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Failed>> + '_ {
@@ -272,7 +272,7 @@ fn carries_body(method: &Method) -> bool {
 
 /// How a response body is delimited.
 #[derive(Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     Length(u64),
     Chunked(ChunkedDecoder),
     /// Until the upstream closes the connection.
@@ -364,7 +364,7 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error
 
 /// A response body, read from the upstream connection as it is polled.
 #[derive(Debug)]
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     /// The connection, until the body ends or breaks.
     conn: Option<Box<Connection>>,
     kind: Kind,
@@ -376,7 +376,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// The connection, once the body has ended where its framing said and
     /// the upstream sent nothing after it.
-    pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
+    pub(crate) fn take_reusable(&mut self) -> Option<Box<Connection>> {
         if !self.is_end_stream() || !self.keep_alive {
             return None;
         }

@@ -19,16 +19,16 @@ const INLINE_HEADERS: usize = skiff_config::limits::DEFAULT_MAX_HEADERS as usize
 
 /// How large a request head may be (a listener's `limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadLimits {
+pub(crate) struct HeadLimits {
     /// Request line and fields, in bytes.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
     /// Header fields.
-    pub max_headers: usize,
+    pub(crate) max_headers: usize,
 }
 
 impl HeadLimits {
     /// A listener's head limits.
-    pub fn of(limits: &skiff_config::limits::ListenerLimits) -> HeadLimits {
+    pub(crate) fn of(limits: &skiff_config::limits::ListenerLimits) -> HeadLimits {
         HeadLimits {
             max_bytes: limits.max_header_bytes as usize,
             max_headers: limits.max_headers as usize,
@@ -44,7 +44,7 @@ impl Default for HeadLimits {
 
 /// How the request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body.
     Empty,
     /// Exactly this many bytes.
@@ -55,25 +55,25 @@ pub enum Framing {
 
 /// A request head, ready to forward.
 #[derive(Debug)]
-pub struct Parsed {
-    pub request: Request<()>,
-    pub framing: Framing,
+pub(crate) struct Parsed {
+    pub(crate) request: Request<()>,
+    pub(crate) framing: Framing,
     /// Whether the client wants the connection kept after the response.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// The client sent `Expect: 100-continue` and waits for a go-ahead.
-    pub expect_continue: bool,
+    pub(crate) expect_continue: bool,
     /// Bytes of the buffer the head took.
-    pub head_len: usize,
+    pub(crate) head_len: usize,
     /// The head as received (header values are slices of it).
-    pub head: Bytes,
+    pub(crate) head: Bytes,
 }
 
 /// A request head skiff refuses, with the status it answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
-pub struct HeadError {
-    pub status: StatusCode,
-    pub reason: &'static str,
+pub(crate) struct HeadError {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: &'static str,
 }
 
 impl HeadError {
@@ -85,19 +85,19 @@ impl HeadError {
     }
 }
 
-pub const TOO_LARGE: HeadError = HeadError {
+pub(crate) const TOO_LARGE: HeadError = HeadError {
     status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
     reason: "request head too large",
 };
 
-pub const TOO_MANY: HeadError = HeadError {
+pub(crate) const TOO_MANY: HeadError = HeadError {
     status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
     reason: "too many header fields",
 };
 
 /// Parses the head at the start of `buf` within `limits`: `Ok(None)` when
 /// more bytes are needed.
-pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Parsed>, HeadError> {
+pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Parsed>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; INLINE_HEADERS];
     let inline = limits.max_headers.min(INLINE_HEADERS);
     match parse_into(buf, &mut fields[..inline], limits.max_bytes) {

@@ -29,7 +29,7 @@ const FLUSH_AT: usize = 64 * 1024;
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body may follow (HEAD, 1xx, 204, 304).
     None,
     Length(u64),
@@ -40,15 +40,20 @@ pub enum Framing {
 
 /// What the client asked, as far as the response's shape depends on it.
 #[derive(Debug, Clone, Copy)]
-pub struct Asked {
-    pub head: bool,
-    pub version: Version,
-    pub keep_alive: bool,
+pub(crate) struct Asked {
+    pub(crate) head: bool,
+    pub(crate) version: Version,
+    pub(crate) keep_alive: bool,
 }
 
 /// Encodes the response head into `out` and returns the body framing.
 /// `Framing::Close` means the connection must close after the body.
-pub fn head<B: Body>(parts: &mut Parts, body: &B, asked: Asked, out: &mut Vec<u8>) -> Framing {
+pub(crate) fn head<B: Body>(
+    parts: &mut Parts,
+    body: &B,
+    asked: Asked,
+    out: &mut Vec<u8>,
+) -> Framing {
     let status = parts.status;
     let headers = &mut parts.headers;
     let framing = if asked.head || status == StatusCode::NOT_MODIFIED {
@@ -116,7 +121,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Writes the buffered head and then the body. Returns whether the body
 /// was written completely in its framing, so the connection can be reused.
-pub async fn body<B>(
+pub(crate) async fn body<B>(
     conn: &Conn,
     out: &mut Vec<u8>,
     framing: Framing,
@@ -239,7 +244,7 @@ where
     std::future::poll_fn(move |cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
 }
 
-pub async fn flush(conn: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
+pub(crate) async fn flush(conn: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
     if !out.is_empty() {
         conn.write_all([out, &[]]).await?;
         out.clear();
@@ -257,7 +262,7 @@ pub(crate) mod date {
     }
 
     /// The value in `buf` (an HTTP date is 29 bytes).
-    pub fn get(buf: &mut [u8; 29]) -> &[u8] {
+    pub(crate) fn get(buf: &mut [u8; 29]) -> &[u8] {
         let n = with(|date| {
             let n = date.len().min(29);
             buf[..n].copy_from_slice(&date[..n]);
@@ -266,7 +271,7 @@ pub(crate) mod date {
         &buf[..n]
     }
 
-    pub fn append(out: &mut Vec<u8>) {
+    pub(crate) fn append(out: &mut Vec<u8>) {
         with(|date| out.extend_from_slice(date));
     }
 

@@ -111,7 +111,7 @@ struct Stream {
 // Moved once into the stream's future, which holds the request anyway:
 // boxing it would cost an allocation per request for nothing.
 #[allow(clippy::large_enum_variant)]
-pub enum Answer {
+pub(crate) enum Answer {
     Forward(http::Request<UpstreamBody>),
     Local(StatusCode, String),
 }
@@ -119,7 +119,7 @@ pub enum Answer {
 /// Makes a stream's future from its answer, the owner's context, the
 /// client's address and the stream; a function, not a closure, so that
 /// the connection can name the future's type and reuse its boxes.
-pub type MakeTask<F, C> = fn(Answer, C, SocketAddr, Arc<Shared>) -> F;
+pub(crate) type MakeTask<F, C> = fn(Answer, C, SocketAddr, Arc<Shared>) -> F;
 
 /// A header block still waiting for its CONTINUATION frames.
 struct Partial {
@@ -135,7 +135,7 @@ struct ConnError(Reason, &'static str);
 
 type Result<T, E = ConnError> = std::result::Result<T, E>;
 
-pub struct Connection<S, F, C> {
+pub(crate) struct Connection<S, F, C> {
     io: S,
     rbuf: BytesMut,
     out: Vec<u8>,
@@ -212,7 +212,7 @@ where
     C: Clone,
 {
     #[allow(clippy::too_many_arguments)] // each is the connection's own
-    pub fn new(
+    pub(crate) fn new(
         io: S,
         read: Bytes,
         (context, errors): (C, Arc<ProtocolErrors>),
@@ -291,7 +291,7 @@ where
 
     /// Sends GOAWAY (`NO_ERROR`): streams already opened finish, no new
     /// one is taken, and the connection closes when the last is done.
-    pub fn go_away(&mut self) {
+    pub(crate) fn go_away(&mut self) {
         if self.goaway.is_none() {
             self.goaway = Some(self.max_seen);
             frame::goaway(&mut self.out, self.max_seen, Reason::NO_ERROR, b"");
@@ -303,7 +303,7 @@ where
     /// Closing a socket with unread input makes the kernel send RST, which
     /// can destroy the last response and the GOAWAY before the client
     /// reads them.
-    pub fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             self.rbuf.clear();
             self.rbuf.reserve(READ_CHUNK);
@@ -316,7 +316,7 @@ where
     }
 
     /// Runs the connection until it is done.
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.ready.register(cx.waker());
         for _ in 0..ROUNDS {
             let mut progress = false;

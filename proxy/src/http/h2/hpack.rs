@@ -20,7 +20,7 @@ use std::fmt;
 /// After one, the decoder's dynamic table may no longer match the peer's,
 /// so no later block on the connection can be trusted (RFC 9113 §4.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub &'static str);
+pub(crate) struct DecodeError(pub(crate) &'static str);
 
 impl DecodeError {
     const INDEX_ZERO: DecodeError = DecodeError("index 0 does not name a table entry");
@@ -49,7 +49,7 @@ impl std::error::Error for DecodeError {}
 
 /// How [`Decoder::decode`] ended when the block itself was valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     /// Every field was handed to the callback.
     Complete,
     /// The callback refused a field; the rest of the block still updated
@@ -260,7 +260,7 @@ const HUFFMAN_CODED: u8 = 0x80;
 ///
 /// One per connection: the dynamic table carries state from block to
 /// block, so every block must pass through it, in order.
-pub struct Decoder {
+pub(crate) struct Decoder {
     table: DynamicTable,
     /// The SETTINGS_HEADER_TABLE_SIZE we advertise: no size update may
     /// exceed it.
@@ -284,7 +284,7 @@ impl Decoder {
     /// back, with a size update at the start of any block (§4.2). A limit
     /// below the protocol's default of 4096 would reject a peer that sent
     /// headers before it saw our SETTINGS.
-    pub fn new(max_table_size: usize) -> Decoder {
+    pub(crate) fn new(max_table_size: usize) -> Decoder {
         Decoder {
             table: DynamicTable::new(max_table_size),
             max_table_size,
@@ -304,7 +304,7 @@ impl Decoder {
     /// the end of the block without calling it again, so that the table
     /// stays in step with the peer's for the connection's later blocks, and
     /// returns [`Decoded::Stopped`].
-    pub fn decode(
+    pub(crate) fn decode(
         &mut self,
         block: &[u8],
         mut field: impl FnMut(&[u8], &[u8], bool) -> Result<(), ()>,
@@ -593,7 +593,7 @@ impl DynamicTable {
 /// bytes on fields repeated from response to response, at the cost of a
 /// table search per field and a table per connection: here the
 /// instructions matter more than the bytes.
-pub struct Encoder {
+pub(crate) struct Encoder {
     /// Whether the next block must open with a table size update to 0.
     size_update_due: bool,
 }
@@ -607,7 +607,7 @@ impl Default for Encoder {
 impl Encoder {
     /// An encoder for a new connection; its first block will shrink the
     /// peer's table to 0 (see [`Encoder::begin_block`]).
-    pub fn new() -> Encoder {
+    pub(crate) fn new() -> Encoder {
         Encoder {
             size_update_due: true,
         }
@@ -622,7 +622,7 @@ impl Encoder {
     /// expects a size update at the start of the next block (RFC 7541 §4.2);
     /// at 0 the table is never above any setting the peer can choose, so
     /// after this one update none is ever owed again.
-    pub fn begin_block(&mut self, dst: &mut Vec<u8>) {
+    pub(crate) fn begin_block(&mut self, dst: &mut Vec<u8>) {
         if self.size_update_due {
             encode_integer(dst, SIZE_UPDATE, 5, 0);
             self.size_update_due = false;
@@ -634,12 +634,12 @@ impl Encoder {
     /// Nothing to do: from the first block on, our table size is 0, which
     /// no setting can be below (see [`Encoder::begin_block`]), and until
     /// then the first block's update to 0 is still due.
-    pub fn set_peer_table_size(&mut self, _size: usize) {}
+    pub(crate) fn set_peer_table_size(&mut self, _size: usize) {}
 
     /// Appends the field for `:status`: indexed from the static table for
     /// 200, 204, 206, 304, 400, 404 and 500, a literal with indexed name
     /// otherwise.
-    pub fn status(&mut self, code: u16, dst: &mut Vec<u8>) {
+    pub(crate) fn status(&mut self, code: u16, dst: &mut Vec<u8>) {
         let index = match code {
             200 => 8,
             204 => 9,
@@ -664,7 +664,7 @@ impl Encoder {
     /// be checked against by watching compressed sizes) are sent as "never
     /// indexed", which tells any intermediary that re-encodes them to keep
     /// them out of its own dynamic table too (§7.1.3).
-    pub fn field(&mut self, name: &[u8], value: &[u8], sensitive: bool, dst: &mut Vec<u8>) {
+    pub(crate) fn field(&mut self, name: &[u8], value: &[u8], sensitive: bool, dst: &mut Vec<u8>) {
         let kind = if sensitive {
             NEVER_INDEXED
         } else {

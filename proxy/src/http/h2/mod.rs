@@ -5,22 +5,22 @@
 //! the connection runs, for each request, the future its owner gives it
 //! ([`crate::server::h2`] gives the proxy's).
 
-pub mod conn;
-pub mod frame;
-pub mod hpack;
-pub mod request;
-pub mod stream;
+pub(crate) mod conn;
+pub(crate) mod frame;
+pub(crate) mod hpack;
+pub(crate) mod request;
+pub(crate) mod stream;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use stream::RequestBody;
+pub(crate) use stream::RequestBody;
 
 /// How many streams an HTTP/2 connection has open, and since when none.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     open: AtomicUsize,
     /// Milliseconds from `start` to when the last stream closed.
@@ -34,7 +34,7 @@ impl Default for Activity {
 }
 
 impl Activity {
-    pub fn new() -> Activity {
+    pub(crate) fn new() -> Activity {
         Activity {
             start: Instant::now(),
             open: AtomicUsize::new(0),
@@ -60,7 +60,7 @@ impl Activity {
     }
 
     /// Resolves once the connection has had no stream for `timeout`.
-    pub async fn idle(&self, timeout: Duration) {
+    pub(crate) async fn idle(&self, timeout: Duration) {
         let limit = timeout.as_millis() as u64;
         loop {
             let wait = if self.open.load(SeqCst) > 0 {

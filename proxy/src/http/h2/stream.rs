@@ -58,7 +58,7 @@ impl Ready {
 }
 
 /// A stream's state that both sides touch.
-pub struct Shared {
+pub(crate) struct Shared {
     pub(super) id: u32,
     state: Mutex<State>,
     ready: Arc<Ready>,
@@ -274,7 +274,7 @@ impl Shared {
 }
 
 /// Sends `response` on the stream: the head, then the body as it comes.
-pub async fn respond<B>(shared: &Shared, response: Response<B>)
+pub(crate) async fn respond<B>(shared: &Shared, response: Response<B>)
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
@@ -413,7 +413,7 @@ async fn push(shared: &Shared, out: &mut Option<Out>) -> Result<(), ()> {
 }
 
 /// The body of a request from an HTTP/2 client.
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     shared: Arc<Shared>,
     /// What `content-length` declared and is not yet read.
     remaining: Option<u64>,
@@ -440,7 +440,7 @@ impl RequestBody {
 impl RequestBody {
     /// The whole body, if it has all arrived as one piece without
     /// trailers, taken so that it can be sent (and sent again) as is.
-    pub fn take_whole(&mut self) -> Option<Bytes> {
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
         let mut s = self.shared.state();
         if !s.ended || s.failed.is_some() || s.trailers.is_some() || s.data.len() > 1 {
             return None;
@@ -460,7 +460,7 @@ impl RequestBody {
 /// A request body that ended as it should not have.
 #[derive(Debug, thiserror::Error)]
 #[error("HTTP/2 request body: {0}")]
-pub struct RecvError(&'static str);
+pub(crate) struct RecvError(&'static str);
 
 impl Body for RequestBody {
     type Data = Bytes;

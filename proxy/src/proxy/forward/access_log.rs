@@ -14,7 +14,7 @@ use super::headers::X_REQUEST_ID;
 /// One access log line, filled in as the request goes and written when
 /// its response ends (only for requests the listener's sample picks).
 #[derive(Debug)]
-pub struct AccessEntry {
+pub(crate) struct AccessEntry {
     pub(super) listener: std::sync::Arc<str>,
     pub(super) method: http::Method,
     pub(super) authority: String,

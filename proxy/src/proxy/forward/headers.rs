@@ -48,7 +48,7 @@ pub(super) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// The host a request is for: the URI authority (HTTP/2, absolute-form)
 /// or the Host header.
 #[inline]
-pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
         Some(a) => Some(a.as_str()),
         None => req
@@ -165,7 +165,7 @@ pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes the headers that describe one connection, not the message.
 /// With `upgrade`, `Upgrade` is kept and `Connection: upgrade` restored.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade || headers.keys().any(is_hop_by_hop) {
         remove_hop_by_hop(headers, upgrade);
     }
@@ -309,7 +309,7 @@ pub(super) fn origin_form(uri: &Uri) -> Uri {
 }
 
 /// A random UUID (version 4) for `x-request-id`.
-pub fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&random().to_le_bytes());

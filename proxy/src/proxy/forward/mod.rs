@@ -14,10 +14,11 @@ mod retry;
 mod send;
 mod upgrade;
 
-pub use headers::{new_request_id, prepare_request, request_host, strip_hop_by_hop};
-pub use response::{local, ProxyBody};
-pub use retry::{RawHead, MAX_REPLAY_BODY};
-pub use upgrade::Tunnel;
+pub use headers::prepare_request;
+pub(crate) use headers::request_host;
+pub(crate) use response::{local, ProxyBody};
+pub(crate) use retry::RawHead;
+pub(crate) use upgrade::Tunnel;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -52,7 +53,7 @@ use upgrade::upgrade_request;
 /// being `async fn`s: an `async fn`'s future keeps its parameters and a
 /// second copy of them, and this future is moved and boxed per request.
 #[allow(clippy::manual_async_fn)] // see above: the future stays smaller
-pub fn handle<'a>(
+pub(crate) fn handle<'a>(
     mut req: Request<UpstreamBody>,
     listener: &'a ListenerRoutes,
     peer: SocketAddr,

@@ -88,7 +88,7 @@ pub(super) fn overflow(limit: &'static str, message: String) -> Response<ProxyBo
 }
 
 /// A short plain-text response made by skiff itself.
-pub fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+pub(crate) fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::Local(Some(body.into())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -178,7 +178,7 @@ impl Completion {
 
 /// An upstream response body on its way to the client.
 #[derive(Debug)]
-pub struct UpstreamResponse {
+pub(crate) struct UpstreamResponse {
     inner: Received,
     done: Option<Completion>,
 }
@@ -201,7 +201,7 @@ impl Drop for UpstreamResponse {
 
 /// The body of every response skiff sends.
 #[derive(Debug)]
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     /// Streamed from an upstream.
     Upstream(UpstreamResponse),
     /// Made by skiff (errors, admin pages).
@@ -211,7 +211,7 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn empty() -> ProxyBody {
+    pub(crate) fn empty() -> ProxyBody {
         ProxyBody::Local(None)
     }
 }

@@ -99,9 +99,9 @@ pub(super) fn backoff(base: Duration, n: u32) -> Duration {
 /// An HTTP/1 client's request head as it arrived, and what TLS added to
 /// the request, if it came over TLS.
 #[derive(Debug)]
-pub struct RawHead {
-    pub bytes: Bytes,
-    pub tls: Option<Arc<crate::tls::TlsPeer>>,
+pub(crate) struct RawHead {
+    pub(crate) bytes: Bytes,
+    pub(crate) tls: Option<Arc<crate::tls::TlsPeer>>,
 }
 
 /// How a request is sent again.
@@ -184,7 +184,7 @@ impl Replay {
 }
 
 /// Largest request body kept for a retry (Envoy's default buffer limit).
-pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+pub(crate) const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// Reads a retryable request's body whole when its length is known and at
 /// most [`MAX_REPLAY_BODY`], so a retry can send it again; returns a copy

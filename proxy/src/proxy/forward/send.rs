@@ -139,7 +139,7 @@ pub(super) async fn with_timeout<F: std::future::Future>(
 
 /// A response body as an upstream client delivers it.
 #[derive(Debug)]
-pub enum Received {
+pub(crate) enum Received {
     Hyper(Incoming),
     Own(client::ResponseBody),
 }

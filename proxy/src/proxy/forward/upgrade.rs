@@ -37,7 +37,7 @@ pub(super) async fn upgrade_request(
 /// An upgraded connection (WebSocket) to an upstream, waiting for the
 /// client side; holds the endpoint's in-flight count while it lasts.
 #[derive(Debug)]
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     in_flight: InFlight,
     upstream: hyper::upgrade::OnUpgrade,
 }
@@ -52,7 +52,7 @@ impl Tunnel {
 
     /// Copies bytes both ways between `client` and the upstream until
     /// either side closes; `pending` is what the client sent early.
-    pub async fn run<C>(self, mut client: C, pending: Bytes)
+    pub(crate) async fn run<C>(self, mut client: C, pending: Bytes)
     where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {

@@ -14,7 +14,7 @@ use crate::http::h2::frame::PREFACE as H2_PREFACE;
 
 /// What a captured connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http1,
     Http2,
     Opaque,
@@ -35,7 +35,7 @@ const METHODS: &[&[u8]] = &[
 
 /// Classifies the first bytes of a connection; `None` while they are a
 /// prefix of something HTTP and more are needed to tell.
-pub fn classify(first: &[u8]) -> Option<Protocol> {
+pub(crate) fn classify(first: &[u8]) -> Option<Protocol> {
     if first.is_empty() {
         return None;
     }
@@ -60,7 +60,7 @@ pub fn classify(first: &[u8]) -> Option<Protocol> {
 const PEEK_AGAIN: Duration = Duration::from_millis(1);
 
 /// Peeks at `stream` until its protocol is known or `timeout` passes.
-pub async fn detect(stream: &TcpStream, timeout: Duration) -> Protocol {
+pub(crate) async fn detect(stream: &TcpStream, timeout: Duration) -> Protocol {
     let mut buf = [0u8; H2_PREFACE.len()];
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = 0;

@@ -39,14 +39,14 @@ use crate::tls::{certs, TlsError};
 
 /// The mesh settings in force, shared by the capture listeners.
 #[derive(Debug)]
-pub struct Mesh {
-    pub config: MeshConfig,
+pub(crate) struct Mesh {
+    pub(crate) config: MeshConfig,
     /// `.serviceaccount.identity.<trust domain>`.
     sni_suffix: String,
 }
 
 impl Mesh {
-    pub fn new(config: MeshConfig) -> Mesh {
+    pub(crate) fn new(config: MeshConfig) -> Mesh {
         if let Ok(chain) = certs::load_certs(&config.files.cert) {
             let names = crate::tls::identity::names(&chain[0]);
             let prefix = format!("spiffe://{}/", config.trust_domain);
@@ -66,12 +66,12 @@ impl Mesh {
 
     /// Whether a ClientHello with this SNI is a sidecar's, for this
     /// listener to terminate.
-    pub fn is_mesh_sni(&self, sni: Option<&str>) -> bool {
+    pub(crate) fn is_mesh_sni(&self, sni: Option<&str>) -> bool {
         sni.is_some_and(|s| s.len() > self.sni_suffix.len() && s.ends_with(&self.sni_suffix))
     }
 
     /// The identity the pods of `service` must prove, and the SNI that asks for it.
-    pub fn server_identity(&self, service: &ServiceRef) -> (String, String) {
+    pub(crate) fn server_identity(&self, service: &ServiceRef) -> (String, String) {
         let account = service
             .service_account
             .as_deref()
@@ -84,7 +84,7 @@ impl Mesh {
     }
 
     /// A connector to the pods of `service`; `alpn` none for opaque TCP.
-    pub fn connector(
+    pub(crate) fn connector(
         &self,
         service: &ServiceRef,
         alpn: Option<&[u8]>,
@@ -93,14 +93,14 @@ impl Mesh {
         Connector::mesh(&self.config.ca, &self.config.files, &sni, &identity, alpn)
     }
 
-    pub fn strict(&self) -> bool {
+    pub(crate) fn strict(&self) -> bool {
         self.config.mode == MeshMode::Strict
     }
 }
 
 /// What an inbound connection opens with.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Opening {
+pub(crate) enum Opening {
     /// A TLS ClientHello, with its SNI.
     Tls(Option<String>),
     /// Bytes that are not TLS.
@@ -115,7 +115,7 @@ const PEEK_AGAIN: Duration = Duration::from_millis(1);
 /// Peeks at a connection's first bytes (they stay in the socket) until
 /// it is known to open with a ClientHello (and its SNI), with anything
 /// else, or with silence for `timeout`.
-pub async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
+pub(crate) async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {

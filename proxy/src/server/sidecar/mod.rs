@@ -16,8 +16,8 @@
 //! [`skiff_config::sidecar::default_config_text`] makes, on the ports
 //! `skiff inject` and `skiff iptables` use.
 
-pub mod detect;
-pub mod mesh;
+pub(crate) mod detect;
+pub(crate) mod mesh;
 mod serve;
 
-pub use serve::{Accepted, Captured, Shared, IDLE_AFTER};
+pub(crate) use serve::{Accepted, Captured, Shared};

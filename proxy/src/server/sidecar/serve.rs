@@ -65,23 +65,23 @@ const PRIMED_POLL: Duration = Duration::from_millis(5);
 /// A destination no connection has used for this long is dropped, and
 /// with it its EndpointSlice subscription (the namespace's watch stops
 /// when no destination of it is left). Its next connection starts over.
-pub const IDLE_AFTER: Duration = skiff_config::sidecar::DEFAULT_WATCH_IDLE_TIMEOUT;
+pub(crate) const IDLE_AFTER: Duration = skiff_config::sidecar::DEFAULT_WATCH_IDLE_TIMEOUT;
 
 /// A capture listener's live settings, swapped in with each config.
 #[derive(Debug)]
-pub struct Captured {
-    pub config: CaptureConfig,
-    pub listener: Arc<str>,
+pub(crate) struct Captured {
+    pub(crate) config: CaptureConfig,
+    pub(crate) listener: Arc<str>,
     /// The listener's access log, for its destinations' requests.
-    pub access_log: Option<AccessLog>,
+    pub(crate) access_log: Option<AccessLog>,
     /// The sidecar's Services and destinations, shared by its listeners.
-    pub sidecar: Arc<Shared>,
+    pub(crate) sidecar: Arc<Shared>,
     /// Inbound with `mesh:`: the TLS that sidecars' connections end in.
-    pub mesh_server: Option<Arc<ServerTls>>,
+    pub(crate) mesh_server: Option<Arc<ServerTls>>,
 }
 
 /// What [`Captured::accept`] leaves for the listener to serve.
-pub enum Accepted {
+pub(crate) enum Accepted {
     /// Served to the end already (opaque, passed through, or refused).
     Done,
     /// HTTP, to serve with the destination's route table.
@@ -147,7 +147,7 @@ impl Drop for Target {
 /// destinations in use, with what it makes destinations from (the proxy's
 /// discovery and metrics). One per proxy.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     discovery: skiff_discovery::Discovery,
     registry: Arc<Registry>,
     /// The watched namespaces, their index, and its idle time.
@@ -161,7 +161,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(discovery: skiff_discovery::Discovery, registry: Arc<Registry>) -> Shared {
+    pub(crate) fn new(discovery: skiff_discovery::Discovery, registry: Arc<Registry>) -> Shared {
         Shared {
             discovery,
             registry,
@@ -174,7 +174,7 @@ impl Shared {
     /// Starts watching the Services of `namespaces` (once; a new set of
     /// namespaces replaces the watch). The watches stop after `idle`
     /// without a lookup and start again with the next.
-    pub fn watch_services(&self, namespaces: Vec<String>, idle: Duration) {
+    pub(crate) fn watch_services(&self, namespaces: Vec<String>, idle: Duration) {
         let mut services = lock(&self.services);
         if let Some((n, _, i)) = services.as_mut() {
             if *n == namespaces {
@@ -192,7 +192,7 @@ impl Shared {
     /// Puts mesh settings in force. A change drops the destinations, so
     /// the next connection to each dials with the new settings (open
     /// ones finish on the old); the files' contents reload on their own.
-    pub fn set_mesh(&self, config: Option<&MeshConfig>) {
+    pub(crate) fn set_mesh(&self, config: Option<&MeshConfig>) {
         let running = self.mesh.load();
         if running.as_ref().map(|m| &m.config) == config {
             return;
@@ -205,20 +205,20 @@ impl Shared {
     }
 
     /// The mesh settings in force, if any.
-    pub fn mesh(&self) -> Option<Arc<Mesh>> {
+    pub(crate) fn mesh(&self) -> Option<Arc<Mesh>> {
         self.mesh.load_full()
     }
 
     /// False until the watched namespaces' Services are listed: before,
     /// a Service's address would pass through unbalanced.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         lock(&self.services)
             .as_ref()
             .is_none_or(|(_, index, _)| index.is_listed())
     }
 
     /// The namespaces whose Services are not listed yet (empty when ready).
-    pub fn waiting_for(&self) -> Vec<String> {
+    pub(crate) fn waiting_for(&self) -> Vec<String> {
         match lock(&self.services).as_ref() {
             Some((namespaces, index, _)) if !index.is_listed() => namespaces.clone(),
             _ => Vec::new(),
@@ -231,7 +231,7 @@ impl Shared {
     }
 
     /// The clusters of the destinations in use, for the admin server.
-    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+    pub(crate) fn clusters(&self) -> Vec<Arc<Cluster>> {
         let mut list: Vec<Arc<Cluster>> = lock(&self.targets)
             .values()
             .map(|t| t.cluster.clone())
@@ -244,7 +244,7 @@ impl Shared {
     /// destinations idle for [`IDLE_AFTER`] (no connection open to them)
     /// and stops Service watches idle for their listener's
     /// `watch_idle_timeout`.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         if let Some((_, index, idle)) = lock(&self.services).as_ref() {
             index.stop_if_idle(*idle);
         }
@@ -374,7 +374,7 @@ impl Captured {
     /// table to serve it with, for the listener's HTTP path, and a mesh
     /// ClientHello for [`Captured::serve_mesh`]; anything else is served
     /// here to the end.
-    pub async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Accepted {
+    pub(crate) async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Accepted {
         let destination = match crate::io::original_dst::original_destination(&stream) {
             Ok(d) => d,
             Err(e) => {
@@ -503,7 +503,7 @@ impl Captured {
     /// port: the handshake (client certificate and allow-list checked,
     /// counted in `skiff_tls_*{listener}`), then HTTP by ALPN with the
     /// client's identity in the mesh's header, or opaque TCP without ALPN.
-    pub async fn serve_mesh(
+    pub(crate) async fn serve_mesh(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
