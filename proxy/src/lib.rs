@@ -11,12 +11,12 @@ pub mod admin;
 mod apply;
 pub mod cli;
 pub mod cluster;
-pub(crate) mod http;
+pub mod http;
 pub mod io;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
-pub(crate) mod server;
+pub mod server;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -35,7 +35,7 @@ use skiff_config::units::format_duration;
 /// No active check is configured: the endpoint takes traffic.
 pub(crate) const UNCHECKED: u8 = 0;
 /// Waiting for its first check: no traffic yet.
-pub(crate) const PENDING: u8 = 1;
+pub const PENDING: u8 = 1;
 pub(crate) const HEALTHY: u8 = 2;
 pub(crate) const UNHEALTHY: u8 = 3;
 

@@ -13,7 +13,7 @@
 
 pub mod balance;
 pub(crate) mod budget;
-pub(crate) mod health;
+pub mod health;
 pub(crate) mod pool;
 
 use std::collections::HashMap;
@@ -139,7 +139,7 @@ impl Endpoint {
     }
 
     /// Active health (`health::UNCHECKED`, `PENDING`, `HEALTHY`, `UNHEALTHY`).
-    pub(crate) fn health(&self) -> u8 {
+    pub fn health(&self) -> u8 {
         self.health.load(Relaxed)
     }
 
@@ -152,7 +152,7 @@ impl Endpoint {
     }
 
     /// Whether new requests may go to it outside panic mode.
-    pub(crate) fn takes_traffic(&self) -> bool {
+    pub fn takes_traffic(&self) -> bool {
         !self.is_ejected() && matches!(self.health(), health::UNCHECKED | health::HEALTHY)
     }
 
@@ -194,11 +194,11 @@ impl Endpoint {
 
     /// Requests sent to this endpoint whose response body has not ended.
     #[inline]
-    pub(crate) fn in_flight(&self) -> u64 {
+    pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Relaxed)
     }
 
-    pub(crate) fn is_draining(&self) -> bool {
+    pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
     }
 
@@ -273,7 +273,7 @@ impl ErrorCounters {
 pub struct ClusterStats {
     /// Requests in flight over all endpoints (what `max_requests` limits);
     /// kept here too, not only per endpoint, so the limit is one load.
-    pub(crate) active: AtomicUsize,
+    pub active: AtomicUsize,
     /// Requests waiting for a new upstream connection (`max_pending`).
     pub pending: AtomicUsize,
     /// Requests refused by the circuit breaker.
@@ -307,7 +307,7 @@ pub struct Snapshot {
     /// Every member, in the order of the set last applied.
     pub members: Box<[Arc<Endpoint>]>,
     /// Too few members take traffic: balancing over all of them.
-    pub(crate) panic: bool,
+    pub panic: bool,
 }
 
 impl Snapshot {
@@ -334,7 +334,7 @@ struct Members {
 /// from its `tls` section (or given, for the mesh's destinations).
 /// Derefs to the config.
 #[derive(Debug)]
-pub(crate) struct Settings {
+pub struct Settings {
     config: ClusterConfig,
     /// TLS to the endpoints; none: plaintext.
     pub(crate) connector: Option<Connector>,
@@ -352,10 +352,7 @@ impl Settings {
     /// `config` with the connector its `tls` section asks for: the
     /// `previous` settings' when the TLS settings are the same (it reloads
     /// changed files itself), else a new one (the files are read now).
-    pub(crate) fn new(
-        config: ClusterConfig,
-        previous: Option<&Settings>,
-    ) -> Result<Settings, TlsError> {
+    pub fn new(config: ClusterConfig, previous: Option<&Settings>) -> Result<Settings, TlsError> {
         let same = previous.filter(|p| p.tls == config.tls && p.protocol == config.protocol);
         let connector = match (same, &config.tls) {
             (Some(previous), _) => previous.connector.clone(),
@@ -439,7 +436,7 @@ impl Cluster {
 
     /// The cluster's current settings.
     #[inline]
-    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
         self.settings.load()
     }
 
@@ -478,7 +475,7 @@ impl Cluster {
     }
 
     /// The current settings as an `Arc`, for holding across awaits.
-    pub(crate) fn settings_full(&self) -> Arc<Settings> {
+    pub fn settings_full(&self) -> Arc<Settings> {
         self.settings.load_full()
     }
 
@@ -509,7 +506,7 @@ impl Cluster {
     }
 
     /// Applies new settings from a reload; the endpoints and their state stay.
-    pub(crate) fn update_settings(&self, settings: Settings) {
+    pub fn update_settings(&self, settings: Settings) {
         let old = self.settings.load_full();
         let republish = old.lb != settings.lb
             || old.panic_threshold != settings.panic_threshold
@@ -663,7 +660,7 @@ impl Cluster {
     /// Outlier detection's input: the outcome of a request to `endpoint`.
     /// `failed` is a 5xx response or a connect failure.
     #[inline]
-    pub(crate) fn record_outcome(&self, endpoint: &Arc<Endpoint>, failed: bool) {
+    pub fn record_outcome(&self, endpoint: &Arc<Endpoint>, failed: bool) {
         if !failed {
             if endpoint.failures.load(Relaxed) != 0 {
                 endpoint.failures.store(0, Relaxed);
@@ -745,7 +742,7 @@ impl Cluster {
     /// the check loop counted in a row. Publishes a new snapshot when the
     /// endpoint's health changes; a pass also ends an outlier ejection.
     /// Public so the balancer fuzz target can flip health as checks do.
-    pub(crate) fn record_check(
+    pub fn record_check(
         &self,
         endpoint: &Arc<Endpoint>,
         failure: Option<String>,
@@ -808,7 +805,7 @@ impl Cluster {
 
     /// Periodic upkeep: closes idle connections past the idle timeout and
     /// forgets drained endpoints.
-    pub(crate) fn sweep(&self) {
+    pub fn sweep(&self) {
         self.end_ejections();
         let idle = self.settings.load().timeouts.idle;
         for endpoint in self.snapshot.load().members.iter() {
@@ -917,7 +914,7 @@ pub(crate) enum Unavailable {
 /// the count.
 #[derive(Debug)]
 pub struct InFlight {
-    pub(crate) endpoint: Arc<Endpoint>,
+    pub endpoint: Arc<Endpoint>,
 }
 
 impl InFlight {

@@ -4,5 +4,5 @@
 //! clusters.
 
 pub(crate) mod body;
-pub(crate) mod h1;
-pub(crate) mod h2;
+pub mod h1;
+pub mod h2;

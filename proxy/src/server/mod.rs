@@ -6,6 +6,6 @@
 pub(crate) mod h1;
 pub(crate) mod h2;
 pub(crate) mod listener;
-pub(crate) mod sidecar;
+pub mod sidecar;
 pub(crate) mod state;
 pub(crate) mod tls;

@@ -6,14 +6,14 @@
 //! them again.
 
 /// The TLS record type of a handshake message (RFC 8446 §5.1).
-pub(crate) const HANDSHAKE_RECORD: u8 = 0x16;
+pub const HANDSHAKE_RECORD: u8 = 0x16;
 /// Room for a ClientHello: rustls sends about 250 bytes, browsers with
 /// post-quantum key shares about 1,800; one record is at most 16 KiB.
-pub(crate) const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
+pub const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
 
 /// What a connection's first bytes say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Hello {
+pub enum Hello {
     /// Not enough yet to tell (more may come, up to [`MAX_CLIENT_HELLO`]).
     Incomplete,
     /// Not TLS: the first byte is not a handshake record.
@@ -24,7 +24,7 @@ pub(crate) enum Hello {
 }
 
 /// Reads `first`, the bytes a connection opened with so far.
-pub(crate) fn read(first: &[u8]) -> Hello {
+pub fn read(first: &[u8]) -> Hello {
     match first.first() {
         None => return Hello::Incomplete,
         Some(&b) if b != HANDSHAKE_RECORD => return Hello::NotTls,

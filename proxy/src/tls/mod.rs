@@ -9,7 +9,7 @@
 
 pub mod certs;
 pub(crate) mod client;
-pub(crate) mod hello;
+pub mod hello;
 pub(crate) mod identity;
 pub(crate) mod peer;
 pub(crate) mod server;

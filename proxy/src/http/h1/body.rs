@@ -31,11 +31,11 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// A chunked body that breaks the rules of RFC 9112 §7.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed chunked body: {0}")]
-pub(crate) struct ChunkError(&'static str);
+pub struct ChunkError(&'static str);
 
 /// What the chunked decoder found next.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Chunk {
+pub enum Chunk {
     Data(Bytes),
     Trailers(HeaderMap),
     End,
@@ -70,7 +70,7 @@ enum State {
 /// Decodes `Transfer-Encoding: chunked`, strictly: CRLF line ends only,
 /// hex sizes without sign or overflow, bounded extension and trailer sizes.
 #[derive(Debug, Clone)]
-pub(crate) struct ChunkedDecoder {
+pub struct ChunkedDecoder {
     state: State,
 }
 
@@ -88,7 +88,7 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     /// Consumes what it can of `buf`; `Ok(None)` means more bytes are needed.
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, ChunkError> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, ChunkError> {
         loop {
             if let State::Data { left } = self.state {
                 if buf.is_empty() {

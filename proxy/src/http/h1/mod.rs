@@ -5,9 +5,9 @@
 //! and the per-thread spare buffers they share ([`buffers`]). The serve loop that drives them for
 //! a client connection is [`crate::server::h1`].
 
-pub(crate) mod body;
+pub mod body;
 pub(crate) mod buffers;
 pub(crate) mod client;
-pub(crate) mod parse;
-pub(crate) mod response;
+pub mod parse;
+pub mod response;
 pub(crate) mod write;

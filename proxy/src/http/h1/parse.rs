@@ -19,7 +19,7 @@ const INLINE_HEADERS: usize = skiff_config::limits::DEFAULT_MAX_HEADERS as usize
 
 /// How large a request head may be (a listener's `limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HeadLimits {
+pub struct HeadLimits {
     /// Request line and fields, in bytes.
     pub(crate) max_bytes: usize,
     /// Header fields.
@@ -44,7 +44,7 @@ impl Default for HeadLimits {
 
 /// How the request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     /// No body.
     Empty,
     /// Exactly this many bytes.
@@ -55,15 +55,15 @@ pub(crate) enum Framing {
 
 /// A request head, ready to forward.
 #[derive(Debug)]
-pub(crate) struct Parsed {
+pub struct Parsed {
     pub(crate) request: Request<()>,
-    pub(crate) framing: Framing,
+    pub framing: Framing,
     /// Whether the client wants the connection kept after the response.
     pub(crate) keep_alive: bool,
     /// The client sent `Expect: 100-continue` and waits for a go-ahead.
     pub(crate) expect_continue: bool,
     /// Bytes of the buffer the head took.
-    pub(crate) head_len: usize,
+    pub head_len: usize,
     /// The head as received (header values are slices of it).
     pub(crate) head: Bytes,
 }
@@ -71,7 +71,7 @@ pub(crate) struct Parsed {
 /// A request head skiff refuses, with the status it answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
-pub(crate) struct HeadError {
+pub struct HeadError {
     pub(crate) status: StatusCode,
     pub(crate) reason: &'static str,
 }
@@ -97,7 +97,7 @@ pub(crate) const TOO_MANY: HeadError = HeadError {
 
 /// Parses the head at the start of `buf` within `limits`: `Ok(None)` when
 /// more bytes are needed.
-pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Parsed>, HeadError> {
+pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Parsed>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; INLINE_HEADERS];
     let inline = limits.max_headers.min(INLINE_HEADERS);
     match parse_into(buf, &mut fields[..inline], limits.max_bytes) {

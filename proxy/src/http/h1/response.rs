@@ -12,13 +12,13 @@
 use http::{StatusCode, Version};
 
 /// Most header fields a response may carry.
-pub(crate) const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 /// Largest response head accepted.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How a response's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     /// This many bytes (0 for responses that carry none).
     Length(u64),
     /// `Transfer-Encoding: chunked`.
@@ -29,24 +29,24 @@ pub(crate) enum Framing {
 
 /// A final response head.
 #[derive(Debug)]
-pub(crate) struct Head<'h, 'b> {
+pub struct Head<'h, 'b> {
     /// Bytes of the head at the start of the buffer.
-    pub(crate) len: usize,
-    pub(crate) status: StatusCode,
+    pub len: usize,
+    pub status: StatusCode,
     pub(crate) version: Version,
-    pub(crate) framing: Framing,
+    pub framing: Framing,
     /// The upstream keeps the connection open after this response.
-    pub(crate) keep_alive: bool,
+    pub keep_alive: bool,
     /// A `Content-Length` came beside a transfer coding: it is ignored,
     /// and must not be forwarded.
-    pub(crate) drop_length: bool,
+    pub drop_length: bool,
     /// The header fields, as sent.
-    pub(crate) fields: &'h [httparse::Header<'b>],
+    pub fields: &'h [httparse::Header<'b>],
 }
 
 /// What the start of a buffer holds.
 #[derive(Debug)]
-pub(crate) enum Parsed<'h, 'b> {
+pub enum Parsed<'h, 'b> {
     /// Not a whole head yet.
     Partial,
     /// A 1xx response other than 101, `len` bytes long: the final one follows.
@@ -58,7 +58,7 @@ pub(crate) enum Parsed<'h, 'b> {
 
 /// Parses the response head at the start of `buf` into `fields`. A
 /// response to HEAD (`head_request`) has no body whatever it declares.
-pub(crate) fn parse<'h, 'b>(
+pub fn parse<'h, 'b>(
     buf: &'b [u8],
     head_request: bool,
     fields: &'h mut [httparse::Header<'b>],

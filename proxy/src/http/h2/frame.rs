@@ -3,7 +3,7 @@
 //! appended straight to the connection's output buffer.
 
 /// What every HTTP/2 client connection starts with (RFC 9113 §3.4).
-pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes in a frame's head.
 pub(crate) const HEAD_LEN: usize = 9;
@@ -64,8 +64,8 @@ impl Reason {
 
 /// A frame's head.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Head {
-    pub(crate) len: usize,
+pub struct Head {
+    pub len: usize,
     pub(crate) kind: u8,
     pub(crate) flags: u8,
     pub(crate) stream: u32,

@@ -6,7 +6,7 @@
 //! ([`crate::server::h2`] gives the proxy's).
 
 pub(crate) mod conn;
-pub(crate) mod frame;
+pub mod frame;
 pub(crate) mod hpack;
 pub(crate) mod request;
 pub(crate) mod stream;

@@ -14,7 +14,7 @@ use crate::http::h2::frame::PREFACE as H2_PREFACE;
 
 /// What a captured connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Protocol {
+pub enum Protocol {
     Http1,
     Http2,
     Opaque,
@@ -35,7 +35,7 @@ const METHODS: &[&[u8]] = &[
 
 /// Classifies the first bytes of a connection; `None` while they are a
 /// prefix of something HTTP and more are needed to tell.
-pub(crate) fn classify(first: &[u8]) -> Option<Protocol> {
+pub fn classify(first: &[u8]) -> Option<Protocol> {
     if first.is_empty() {
         return None;
     }

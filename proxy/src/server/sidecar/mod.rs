@@ -16,7 +16,7 @@
 //! [`skiff_config::sidecar::default_config_text`] makes, on the ports
 //! `skiff inject` and `skiff iptables` use.
 
-pub(crate) mod detect;
+pub mod detect;
 pub(crate) mod mesh;
 mod serve;
 
