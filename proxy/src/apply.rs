@@ -108,7 +108,7 @@ impl Proxy {
         settings: &mut HashMap<String, cluster::Settings>,
     ) -> HashMap<String, Arc<Cluster>> {
         let inner = &self.inner;
-        let mut clusters = inner.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clusters = inner.clusters.lock();
         clusters.retain(|name, _| config.cluster(name).is_some());
         for cc in &config.clusters {
             let Some(settings) = settings.remove(&cc.name) else {
@@ -224,11 +224,8 @@ impl Proxy {
         });
     }
 
-    fn listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Listener>> {
-        self.inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn listeners(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Listener>> {
+        self.inner.listeners.lock()
     }
 
     /// Each cluster's settings with its connector: kept from the running
@@ -238,11 +235,7 @@ impl Proxy {
         &self,
         config: &Config,
     ) -> Result<HashMap<String, cluster::Settings>, ApplyError> {
-        let clusters = self
-            .inner
-            .clusters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let clusters = self.inner.clusters.lock();
         let mut out = HashMap::with_capacity(config.clusters.len());
         for cc in &config.clusters {
             let previous = clusters.get(&cc.name).map(|e| e.cluster.settings_full());
@@ -265,11 +258,7 @@ impl Proxy {
         &self,
         config: &Config,
     ) -> Result<HashMap<String, Option<Arc<tls::ServerTls>>>, ApplyError> {
-        let listeners = self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let listeners = self.inner.listeners.lock();
         let mut out = HashMap::new();
         for lc in &config.listeners {
             let running = listeners
@@ -307,11 +296,7 @@ impl Proxy {
             return Ok(out);
         };
         let settings = mesh.listener_tls();
-        let listeners = self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let listeners = self.inner.listeners.lock();
         for lc in &config.listeners {
             if lc.capture.as_ref().map(|c| c.direction) != Some(Direction::Inbound) {
                 continue;
@@ -339,11 +324,7 @@ impl Proxy {
     }
 
     fn listener_state(&self, name: &str) -> Arc<ListenerState> {
-        let listeners = self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let listeners = self.inner.listeners.lock();
         // A listener moving to a new address keeps its counters.
         if let Some(existing) = listeners.get(name) {
             return Arc::new(ListenerState {

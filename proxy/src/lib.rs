@@ -10,6 +10,7 @@
 pub mod admin;
 mod apply;
 pub mod cli;
+pub(crate) mod clock;
 pub mod cluster;
 pub mod http;
 pub mod io;
@@ -19,11 +20,12 @@ pub mod proxy;
 pub mod server;
 pub mod tls;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -148,11 +150,7 @@ impl Proxy {
                 address: admin_listen,
                 source,
             })?;
-        *proxy
-            .inner
-            .admin_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(admin);
+        *proxy.inner.admin_address.lock() = Some(admin);
         proxy.apply(config).await?;
         proxy.inner.started.store(true, Relaxed);
         proxy.spawn_upkeep();
@@ -249,21 +247,12 @@ impl Proxy {
 
     /// Where the admin server listens (useful with port 0).
     pub fn admin_address(&self) -> Option<SocketAddr> {
-        *self
-            .inner
-            .admin_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *self.inner.admin_address.lock()
     }
 
     /// Where a listener listens (useful with port 0).
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
-        self.inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .map(|l| l.address)
+        self.inner.listeners.lock().get(name).map(|l| l.address)
     }
 
     /// Asks the process to shut down, as SIGTERM does (`POST /drain`).
@@ -293,7 +282,6 @@ impl Proxy {
             .inner
             .listeners
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .drain()
             .map(|(_, l)| l)
             .collect();

@@ -6,7 +6,8 @@
 //! how to change its filter, so tests and embedders that install their own
 //! subscriber are left alone.
 
-use std::sync::{Mutex, OnceLock};
+use parking_lot::Mutex;
+use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -75,9 +76,7 @@ pub fn init(filter: &str, format: Format, ansi: bool) -> Result<(), String> {
 
 /// The filter in force, when [`init`] installed the subscriber.
 pub(crate) fn level() -> Option<String> {
-    CONTROL
-        .get()
-        .map(|c| c.current.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    CONTROL.get().map(|c| c.current.lock().clone())
 }
 
 /// Replaces the filter while running; a bad directive changes nothing.
@@ -91,7 +90,7 @@ pub(crate) fn set_level(filter: &str) -> Result<(), String> {
         .handle
         .reload(parsed)
         .map_err(|e| format!("cannot change the log level: {e}"))?;
-    *control.current.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_string();
+    *control.current.lock() = filter.to_string();
     tracing::info!("log level set to `{filter}`");
     Ok(())
 }

@@ -23,12 +23,13 @@
 //! Services are served the same way on `/api/v1/namespaces/NS/services`
 //! ([`FakeKube::apply_service`]), for the sidecar's Service watch.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -477,11 +478,11 @@ impl FakeKube {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn tasks_lock(&self) -> MutexGuard<'_, Vec<tokio::task::AbortHandle>> {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+        self.tasks.lock()
     }
 }
 

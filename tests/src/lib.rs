@@ -458,13 +458,13 @@ pub fn refusing_port() -> (socket2::Socket, u16) {
 /// just-released port out again, and two callers (a listener and an admin
 /// address) would then collide.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static GIVEN: parking_lot::Mutex<Vec<u16>> = parking_lot::Mutex::new(Vec::new());
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        let mut given = GIVEN.lock();
         if !given.contains(&port) {
             given.push(port);
             return port;
@@ -693,7 +693,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
 pub struct Load {
     pub ok: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
-    pub errors: Arc<std::sync::Mutex<Vec<String>>>,
+    pub errors: Arc<parking_lot::Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -703,7 +703,7 @@ impl Load {
     pub fn start(address: SocketAddr, path: &'static str, connections: usize, h2: bool) -> Load {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let errors = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..connections)
             .map(|_| {
@@ -722,7 +722,7 @@ impl Load {
                                 Ok(c) => client = Some(c),
                                 Err(e) => {
                                     failed.fetch_add(1, Relaxed);
-                                    errors.lock().expect("errors").push(format!("connect: {e}"));
+                                    errors.lock().push(format!("connect: {e}"));
                                     tokio::time::sleep(Duration::from_millis(10)).await;
                                     continue;
                                 }
@@ -737,12 +737,11 @@ impl Load {
                                 failed.fetch_add(1, Relaxed);
                                 errors
                                     .lock()
-                                    .expect("errors")
                                     .push(format!("{status}: {}", String::from_utf8_lossy(&body)));
                             }
                             Err(e) => {
                                 failed.fetch_add(1, Relaxed);
-                                errors.lock().expect("errors").push(format!("request: {e}"));
+                                errors.lock().push(format!("request: {e}"));
                                 client = None;
                             }
                         }
@@ -765,7 +764,7 @@ impl Load {
         for t in self.tasks {
             let _ = t.await;
         }
-        let errors = self.errors.lock().expect("errors").clone();
+        let errors = self.errors.lock().clone();
         (self.ok.load(Relaxed), self.failed.load(Relaxed), errors)
     }
 }

@@ -3,9 +3,10 @@
 //! two servers could read differently is noted, not guessed at), and
 //! answers in a chosen way, well-formed or not.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,12 +99,12 @@ impl RawUpstream {
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Received> {
-        self.received.lock().expect("received").clone()
+        self.received.lock().clone()
     }
 
     /// What the strict parser could not read one way only.
     pub fn violations(&self) -> Vec<String> {
-        self.violations.lock().expect("violations").clone()
+        self.violations.lock().clone()
     }
 }
 
@@ -131,16 +132,13 @@ async fn serve(
             }
             Parse::Bad(why) => {
                 let text = String::from_utf8_lossy(&buf).into_owned();
-                violations
-                    .lock()
-                    .expect("violations")
-                    .push(format!("{why}: {text:?}"));
+                violations.lock().push(format!("{why}: {text:?}"));
                 return;
             }
             Parse::Request { len, head, body } => (len, Received { head, body }),
         };
         buf.drain(..len);
-        received.lock().expect("received").push(request);
+        received.lock().push(request);
         let written = match answer {
             Answer::Ok => stream.write_all(OK).await,
             Answer::OkThenClose => {
@@ -204,7 +202,7 @@ async fn answer_before_body(mut stream: TcpStream, received: Arc<Mutex<Vec<Recei
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    received.lock().expect("received").push(Received {
+    received.lock().push(Received {
         head,
         body: Vec::new(),
     });

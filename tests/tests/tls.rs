@@ -271,8 +271,8 @@ async fn sessions_resume() {
 /// start over; they note which certificate each handshake presented.
 struct HttpsLoad {
     ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    leaves: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    failures: Arc<parking_lot::Mutex<Vec<String>>>,
+    leaves: Arc<parking_lot::Mutex<Vec<Vec<u8>>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -305,12 +305,12 @@ impl HttpsLoad {
                         {
                             Ok(c) => c,
                             Err(e) => {
-                                failures.lock().unwrap().push(format!("handshake: {e}"));
+                                failures.lock().push(format!("handshake: {e}"));
                                 continue;
                             }
                         };
                         {
-                            let mut seen = leaves.lock().unwrap();
+                            let mut seen = leaves.lock();
                             if !seen.contains(&conn.leaf) {
                                 seen.push(conn.leaf.clone());
                             }
@@ -322,10 +322,9 @@ impl HttpsLoad {
                                 }
                                 Ok((status, body)) => failures
                                     .lock()
-                                    .unwrap()
                                     .push(format!("{status}: {}", String::from_utf8_lossy(&body))),
                                 Err(e) => {
-                                    failures.lock().unwrap().push(format!("request: {e}"));
+                                    failures.lock().push(format!("request: {e}"));
                                     break;
                                 }
                             }
@@ -338,7 +337,7 @@ impl HttpsLoad {
     }
 
     fn presented(&self, leaf: &[u8]) -> bool {
-        self.leaves.lock().unwrap().iter().any(|l| l == leaf)
+        self.leaves.lock().iter().any(|l| l == leaf)
     }
 
     async fn stop(self) -> (u64, Vec<String>) {
@@ -346,7 +345,7 @@ impl HttpsLoad {
         for t in self.tasks {
             let _ = t.await;
         }
-        let failures = self.failures.lock().unwrap().clone();
+        let failures = self.failures.lock().clone();
         (self.ok.load(Relaxed), failures)
     }
 }

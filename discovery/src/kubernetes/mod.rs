@@ -36,9 +36,10 @@ pub mod services;
 pub use merge::{merge, Slice, SliceError};
 pub use service::ServiceEndpoints;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -77,7 +78,7 @@ impl Registry {
         cluster: &str,
         errors: Arc<AtomicU64>,
     ) -> watch::Receiver<Option<EndpointSet>> {
-        let mut namespaces = lock(&self.namespaces);
+        let mut namespaces = self.namespaces.lock();
         let namespace = namespaces
             .entry(target.namespace.clone())
             .or_insert_with(|| {
@@ -90,13 +91,13 @@ impl Registry {
                 namespace
             })
             .clone();
-        let rx = lock(&namespace.state).subscribe(target, cluster, errors);
+        let rx = namespace.state.lock().subscribe(target, cluster, errors);
         rx
     }
 
     /// Namespaces watched now.
     pub fn watched_namespaces(&self) -> Vec<String> {
-        let mut names: Vec<String> = lock(&self.namespaces).keys().cloned().collect();
+        let mut names: Vec<String> = self.namespaces.lock().keys().cloned().collect();
         names.sort();
         names
     }
@@ -315,8 +316,8 @@ async fn until_unused(namespace: &Arc<Namespace>, registry: &Registry) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut namespaces = lock(&registry.namespaces);
-        let mut state = lock(&namespace.state);
+        let mut namespaces = registry.namespaces.lock();
+        let mut state = namespace.state.lock();
         state.drop_closed();
         if state.subscribers.is_empty() {
             if namespaces
@@ -344,7 +345,7 @@ async fn follow(namespace: &Namespace) {
     let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     let mut relist: Option<Vec<(String, Slice)>> = None;
     while let Some(event) = events.next().await {
-        let mut state = lock(&namespace.state);
+        let mut state = namespace.state.lock();
         handle(namespace, &mut state, &mut relist, event);
         // Take every event already received before publishing, so a burst
         // (a rollout touching many slices, a new Service's slices) merges
@@ -423,7 +424,7 @@ async fn connect(namespace: &Namespace) -> Client {
         match Client::try_default().await {
             Ok(client) => return client,
             Err(e) => {
-                lock(&namespace.state).count_error();
+                namespace.state.lock().count_error();
                 let wait = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(namespace = %namespace.name, "no Kubernetes client (KUBECONFIG, ~/.kube/config or the in-cluster service account): {e}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
@@ -505,11 +506,6 @@ fn control_runtime() -> &'static tokio::runtime::Handle {
         // Without a thread of its own, discovery shares the caller's runtime.
         handle.unwrap_or_else(tokio::runtime::Handle::current)
     })
-}
-
-/// Locks a mutex; a panic elsewhere does not stop discovery.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@
 //! starts them again and waits (bounded) for the new list, keeping the
 //! last one meanwhile.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -89,12 +90,7 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        for task in self
-            .tasks
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for task in self.tasks.get_mut().drain(..) {
             task.abort();
         }
     }
@@ -146,11 +142,7 @@ impl ServiceIndex {
                 tokio::time::sleep(LISTED_POLL).await;
             }
         }
-        let map = shared
-            .by_address
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let map = shared.by_address.read().clone();
         map.get(&address).cloned()
     }
 
@@ -178,7 +170,7 @@ impl ServiceIndex {
         if shared.epoch.elapsed().saturating_sub(last) < idle {
             return;
         }
-        let mut tasks = shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = shared.tasks.lock();
         if tasks.is_empty() {
             return;
         }
@@ -188,7 +180,7 @@ impl ServiceIndex {
         shared.watching.store(false, Relaxed);
         {
             // Under the lock updates take: no write of this run follows.
-            let _namespaces = shared.namespaces.write().unwrap_or_else(|e| e.into_inner());
+            let _namespaces = shared.namespaces.write();
             shared.run.fetch_add(1, Relaxed);
             shared.listed.store(0, Relaxed);
         }
@@ -242,7 +234,7 @@ pub fn entries(namespace: &str, service: &Service) -> Vec<(SocketAddr, Arc<Servi
 impl Shared {
     /// Starts a watch per namespace, unless they run.
     fn start(self: &Arc<Self>) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = self.tasks.lock();
         if !tasks.is_empty() {
             return;
         }
@@ -258,19 +250,19 @@ impl Shared {
     }
 
     fn publish(&self) {
-        let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let namespaces = self.namespaces.read();
         let map: Map = namespaces
             .values()
             .flat_map(|services| services.values().flatten().cloned())
             .collect();
-        *self.by_address.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        *self.by_address.write() = Arc::new(map);
     }
 
     /// Changes a namespace's Services, unless `run` was stopped; returns
     /// whether it did.
     fn update(&self, run: u64, namespace: &str, f: impl FnOnce(&mut ByName)) -> bool {
         {
-            let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+            let mut namespaces = self.namespaces.write();
             if self.run.load(Relaxed) != run {
                 return false;
             }

@@ -203,13 +203,7 @@ pub fn render_into(out: &mut String, registry: &Registry, clusters: &[Arc<Cluste
     );
     // Copied out, so that a slow render (it runs at the lowest priority)
     // never holds the lock a route table build takes.
-    let rows: Vec<RequestsRow> = registry
-        .requests
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .cloned()
-        .collect();
+    let rows: Vec<RequestsRow> = registry.requests.lock().values().cloned().collect();
     for (labels, counters) in &rows {
         for (i, class) in CODE_CLASSES.iter().enumerate() {
             let n = counters.get(i);
@@ -226,12 +220,7 @@ pub fn render_into(out: &mut String, registry: &Registry, clusters: &[Arc<Cluste
         "counter",
         "Requests that matched no route (answered 404), by listener.",
     );
-    for (listener, n) in registry
-        .unrouted
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
+    for (listener, n) in registry.unrouted.lock().iter() {
         let labels = ["listener=\"", &escape(listener), "\""];
         sample(out, &[name], &labels, n.load(Relaxed));
     }
@@ -243,12 +232,7 @@ pub fn render_into(out: &mut String, registry: &Registry, clusters: &[Arc<Cluste
         "gauge",
         "Open downstream connections, by listener.",
     );
-    for (listener, g) in registry
-        .connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
+    for (listener, g) in registry.connections.lock().iter() {
         sample(
             out,
             &[name],
@@ -265,12 +249,7 @@ pub fn render_into(out: &mut String, registry: &Registry, clusters: &[Arc<Cluste
         "Connections closed as soon as accepted, by listener and reason \
          (limit: the listener's max_connections were open).",
     );
-    for (listener, n) in registry
-        .refused
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
+    for (listener, n) in registry.refused.lock().iter() {
         let labels = ["listener=\"", &escape(listener), "\",reason=\"limit\""];
         sample(
             out,
@@ -288,12 +267,7 @@ pub fn render_into(out: &mut String, registry: &Registry, clusters: &[Arc<Cluste
         "What clients sent that skiff refused as a protocol error, by listener, \
          protocol (http1, http2) and reason.",
     );
-    for (listener, counts) in registry
-        .protocol_errors
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
+    for (listener, counts) in registry.protocol_errors.lock().iter() {
         let listener = escape(listener);
         for e in ProtocolError::ALL {
             // Every reason, zeros too: an alert on `increase()` needs the

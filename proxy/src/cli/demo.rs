@@ -8,12 +8,13 @@
 //! requests, its in-flight count and p50/p99 latency. Midway one catalog
 //! replica turns slow, and least-request visibly moves traffic off it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -368,9 +369,7 @@ async fn client(
             if let (Some(r), true) = (replica, ok) {
                 let micros = sent.elapsed().as_micros() as u64;
                 r.total.fetch_add(1, Relaxed);
-                if let Ok(mut w) = r.window.lock() {
-                    let _ = w.latencies.record(micros.max(1));
-                }
+                let _ = r.window.lock().latencies.record(micros.max(1));
             }
             tokio::time::sleep(Duration::from_millis(20 + random() % 40)).await;
         }
@@ -395,14 +394,12 @@ fn render(
     let mut service_totals: HashMap<&str, u64> = HashMap::new();
     let mut windows = Vec::new();
     for r in replicas {
-        let (count, p50, p99) = match r.window.lock() {
-            Ok(mut w) => {
-                let h = &w.latencies;
-                let out = (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99));
-                w.latencies.reset();
-                out
-            }
-            Err(_) => (0, 0, 0),
+        let (count, p50, p99) = {
+            let mut w = r.window.lock();
+            let h = &w.latencies;
+            let out = (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99));
+            w.latencies.reset();
+            out
         };
         *service_totals.entry(r.service).or_default() += count;
         windows.push((r.clone(), count, p50, p99));

@@ -6,22 +6,17 @@
 //! Counted over a sliding window of the current and the previous second,
 //! in two buckets of atomics; the request path adds one increment.
 
+use crate::clock::epoch;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Requests and retries of one cluster, for its budget.
 #[derive(Debug, Default)]
 pub(crate) struct RetryBudget {
-    /// The second (since [`epoch`]) the current bucket counts.
+    /// The second (since the process's [`epoch`]) the current bucket counts.
     second: AtomicU64,
     requests: [AtomicU64; 2],
     retries: [AtomicU64; 2],
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 fn second_of(at: Instant) -> u64 {

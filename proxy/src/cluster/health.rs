@@ -228,10 +228,11 @@ async fn check_loop(cluster: Arc<Cluster>, endpoint: Arc<Endpoint>) {
 fn slot_after(delay: Duration, interval: Duration) -> tokio::time::Instant {
     let slot = (interval / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
     let slot_ms = slot.as_millis() as u64;
-    let due = super::now_ms() + delay.as_millis() as u64;
+    let due = crate::clock::now_ms() + delay.as_millis() as u64;
     // To the nearest slot, so intervals stay right on average.
     let aligned = (due + slot_ms / 2) / slot_ms * slot_ms;
-    tokio::time::Instant::now() + Duration::from_millis(aligned - super::now_ms().min(aligned))
+    tokio::time::Instant::now()
+        + Duration::from_millis(aligned - crate::clock::now_ms().min(aligned))
 }
 
 /// A uniform draw from [0, 1).

@@ -16,18 +16,20 @@ pub(crate) mod budget;
 pub mod health;
 pub(crate) mod pool;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use skiff_config::endpoints::Origin;
 use skiff_config::endpoints::{EndpointSpec, Source};
 use skiff_discovery::EndpointSet;
 
+use crate::clock::now_ms;
 use crate::cluster::pool::Pool;
 use crate::metrics::{CodeCounters, Histogram};
 use crate::tls::client::Connector;
@@ -75,18 +77,8 @@ pub struct Endpoint {
     /// Times ejected, for the doubling ejection time; one is forgiven per
     /// `base_ejection_time` spent in rotation since (Envoy's decay).
     ejections: AtomicU32,
-    /// When the last ejection ended or was last forgiven (ms since [`epoch`]).
+    /// When the last ejection ended or was last forgiven (ms since the process's epoch: [`now_ms`]).
     ejection_ended: AtomicU64,
-}
-
-/// The clock ejections are measured on.
-fn epoch() -> std::time::Instant {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(std::time::Instant::now)
-}
-
-pub(crate) fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
 }
 
 impl Endpoint {
@@ -145,10 +137,7 @@ impl Endpoint {
 
     /// Why the last active check failed, while it is failing.
     pub fn health_failure(&self) -> Option<String> {
-        self.health_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.health_failure.lock().clone()
     }
 
     /// Whether new requests may go to it outside panic mode.
@@ -482,12 +471,12 @@ impl Cluster {
     /// Forgets active health when checks are turned off: every member
     /// takes traffic again.
     pub(crate) fn clear_health(&self) {
-        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let _members = self.members.lock();
         let current = self.snapshot.load_full();
         let mut changed = false;
         for e in current.members.iter() {
             changed |= e.health.swap(health::UNCHECKED, Relaxed) != health::UNCHECKED;
-            *e.health_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *e.health_failure.lock() = None;
         }
         if changed {
             self.publish(current.members.to_vec());
@@ -514,7 +503,7 @@ impl Cluster {
         self.settings.store(Arc::new(settings));
         if republish {
             // Held so a concurrent `apply` cannot publish in between.
-            let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            let _members = self.members.lock();
             self.publish(self.snapshot.load().members.to_vec());
         }
         self.changed.notify_one();
@@ -534,7 +523,7 @@ impl Cluster {
     /// comparison; a shared origin compares by pointer). What stays O(N) is
     /// the new snapshot: its array of endpoint pointers and its balancer.
     pub fn apply(&self, set: &EndpointSet) {
-        let mut guard = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.members.lock();
         let Members {
             by_address: members,
             applied,
@@ -597,7 +586,7 @@ impl Cluster {
         self.publish(ordered);
         drop(guard);
 
-        let mut draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        let mut draining = self.draining.lock();
         for endpoint in removed {
             endpoint.draining.store(true, Relaxed);
             endpoint.close_pools();
@@ -680,7 +669,7 @@ impl Cluster {
     /// Takes `endpoint` out of rotation for its ejection time, unless the
     /// cluster already has its share of ejected endpoints.
     fn eject(&self, endpoint: &Arc<Endpoint>, detection: skiff_config::cluster::OutlierDetection) {
-        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let _members = self.members.lock();
         let current = self.snapshot.load_full();
         if endpoint.is_ejected() || !current.members.iter().any(|m| Arc::ptr_eq(m, endpoint)) {
             return;
@@ -707,7 +696,7 @@ impl Cluster {
     /// Returns endpoints whose ejection time is over to rotation, and
     /// moves slow-start ramps on.
     fn end_ejections(&self) {
-        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let _members = self.members.lock();
         let current = self.snapshot.load_full();
         let now = now_ms();
         let settings = self.settings.load();
@@ -762,14 +751,11 @@ impl Cluster {
             _ => state,
         };
         let unejects = failure.is_none() && endpoint.is_ejected();
-        *endpoint
-            .health_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = failure.clone();
+        *endpoint.health_failure.lock() = failure.clone();
         if next == state && !unejects {
             return;
         }
-        let _members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let _members = self.members.lock();
         let current = self.snapshot.load_full();
         if !current.members.iter().any(|m| Arc::ptr_eq(m, endpoint)) {
             return;
@@ -811,16 +797,13 @@ impl Cluster {
         for endpoint in self.snapshot.load().members.iter() {
             endpoint.pools.iter().for_each(|p| p.evict_idle(idle));
         }
-        self.draining
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|e| e.in_flight() > 0);
+        self.draining.lock().retain(|e| e.in_flight() > 0);
     }
 
     /// Current endpoints followed by draining ones, for `/clusters` and metrics.
     pub fn endpoints_for_display(&self) -> Vec<Arc<Endpoint>> {
         let mut all: Vec<Arc<Endpoint>> = self.snapshot.load().members.to_vec();
-        let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        let draining = self.draining.lock();
         all.extend(draining.iter().filter(|e| e.in_flight() > 0).cloned());
         all
     }
@@ -833,7 +816,7 @@ impl Cluster {
         for e in self.snapshot.load().members.iter() {
             f(e);
         }
-        let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        let draining = self.draining.lock();
         for e in draining.iter().filter(|e| e.in_flight() > 0) {
             f(e);
         }
@@ -855,7 +838,6 @@ impl Cluster {
         counts.draining = self
             .draining
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|e| e.in_flight() > 0)
             .count();
@@ -1118,7 +1100,7 @@ mod tests {
         );
         c.apply(&set(&[(3, 1)]));
         assert_eq!(addresses(&c), [3]);
-        assert_eq!(c.members.lock().unwrap().by_address.len(), 1);
+        assert_eq!(c.members.lock().by_address.len(), 1);
     }
 
     #[test]

@@ -10,9 +10,9 @@
 //! The locks here guard a `Vec` push/pop or an `Option` clone and are never
 //! held across an await.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
@@ -193,7 +193,7 @@ impl Pool {
             Dialed::Tls(io) => http2_handshake(address, io).await?,
         };
         if !self.closed.load(Relaxed) {
-            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+            *self.h2.lock() = Some(sender.clone());
         }
         Ok(Sender::Http2(sender))
     }
@@ -211,11 +211,7 @@ impl Pool {
     }
 
     fn pop_own(&self) -> Option<Box<Connection>> {
-        self.own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .map(|(conn, _)| conn)
+        self.own.lock().pop().map(|(conn, _)| conn)
     }
 
     /// Returns one of skiff's own client's connections, its response
@@ -224,22 +220,15 @@ impl Pool {
         if self.closed.load(Relaxed) {
             return;
         }
-        self.own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((conn, Instant::now()));
+        self.own.lock().push((conn, Instant::now()));
     }
 
     fn pop_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .map(|i| i.sender)
+        self.idle.lock().pop().map(|i| i.sender)
     }
 
     fn shared_h2(&self) -> Option<http2::SendRequest<UpstreamBody>> {
-        let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.h2.lock();
         match &*slot {
             Some(s) if !s.is_closed() => Some(s.clone()),
             Some(_) => {
@@ -255,13 +244,10 @@ impl Pool {
         if self.closed.load(Relaxed) || sender.is_closed() {
             return;
         }
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        self.idle.lock().push(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 
     /// Closes connections idle for longer than `max_idle`.
@@ -269,26 +255,23 @@ impl Pool {
         let now = Instant::now();
         self.idle
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < max_idle);
         self.own
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .retain(|(_, since)| now.duration_since(*since) < max_idle);
     }
 
     /// Stops pooling: idle connections close now, busy ones when they finish.
     pub(crate) fn close(&self) {
         self.closed.store(true, Relaxed);
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.h2.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.idle.lock().clear();
+        self.own.lock().clear();
+        self.h2.lock().take();
     }
 
     /// Idle HTTP/1.1 connections held.
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-            + self.own.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.idle.lock().len() + self.own.lock().len()
     }
 }
 

@@ -11,17 +11,19 @@
 //! one compare-and-swap, so a request that arrives just then is either
 //! served or never read, never cut off midway.
 
+use parking_lot::Mutex;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::clock::now_ms;
 use crate::tls::session::Session;
 
 /// `idle` while a request is being read or served.
@@ -41,17 +43,8 @@ pub(crate) struct Conn {
     /// Boxed: a plaintext connection, idle by the ten thousand, pays a
     /// pointer for it.
     tls: Option<Box<Session>>,
-    /// `BUSY`, `CLOSING`, or when it went idle (ms since [`epoch`], + 1).
+    /// `BUSY`, `CLOSING`, or when it went idle (ms since the process's epoch, + 1: [`now_ms`]).
     idle: AtomicU64,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
 }
 
 impl Conn {
@@ -306,8 +299,8 @@ impl Registry {
         closed
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Conn>>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Weak<Conn>>> {
+        self.conns.lock()
     }
 }
 

@@ -17,9 +17,10 @@
 
 pub(crate) mod tls;
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Status classes used as the `code_class` label.
@@ -264,7 +265,7 @@ impl Registry {
     /// The counter row for requests from `listener` routed to `cluster`;
     /// resolved when a route table is built, never per request.
     pub(crate) fn requests(&self, listener: &str, cluster: &str) -> Arc<CodeCounters> {
-        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.requests.lock();
         let (_, counters) = map
             .entry((listener.to_string(), cluster.to_string()))
             .or_insert_with(|| {
@@ -279,32 +280,29 @@ impl Registry {
     }
 
     pub(crate) fn unrouted(&self, listener: &str) -> Arc<AtomicU64> {
-        let mut map = self.unrouted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.unrouted.lock();
         map.entry(listener.to_string()).or_default().clone()
     }
 
     pub(crate) fn connections(&self, listener: &str) -> Arc<Gauge> {
-        let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.connections.lock();
         map.entry(listener.to_string()).or_default().clone()
     }
 
     pub(crate) fn refused(&self, listener: &str) -> Arc<AtomicU64> {
-        let mut map = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.refused.lock();
         map.entry(listener.to_string()).or_default().clone()
     }
 
     pub(crate) fn protocol_errors(&self, listener: &str) -> Arc<ProtocolErrors> {
-        let mut map = self
-            .protocol_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = self.protocol_errors.lock();
         map.entry(listener.to_string()).or_default().clone()
     }
 
     /// Open downstream connections over all listeners: (now, the most
     /// since the last call).
     pub fn connections_now_and_peak(&self) -> (i64, i64) {
-        let map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.connections.lock();
         map.values().fold((0, 0), |(now, peak), g| {
             (now + g.get(), peak + g.take_peak())
         })
@@ -317,26 +315,13 @@ impl Registry {
         keep: impl Fn(&str, &str) -> bool,
         keep_listener: impl Fn(&str) -> bool,
     ) {
-        self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(l, c), _| keep(l, c));
-        self.unrouted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|l, _| keep_listener(l));
+        self.requests.lock().retain(|(l, c), _| keep(l, c));
+        self.unrouted.lock().retain(|l, _| keep_listener(l));
         self.connections
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .retain(|l, g| keep_listener(l) || g.get() > 0);
-        self.refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|l, _| keep_listener(l));
-        self.protocol_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|l, _| keep_listener(l));
+        self.refused.lock().retain(|l, _| keep_listener(l));
+        self.protocol_errors.lock().retain(|l, _| keep_listener(l));
     }
 
     /// Counts a config reload attempt.

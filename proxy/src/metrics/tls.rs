@@ -1,9 +1,10 @@
 //! TLS counters per listener: handshakes, failed handshakes by reason,
 //! and certificate reloads by result.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Why a handshake failed, as the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,21 +70,18 @@ pub(crate) struct TlsMetrics {
 impl TlsMetrics {
     /// The counters of `listener`, kept across reloads.
     pub(crate) fn stats(&self, listener: &str) -> Arc<TlsStats> {
-        let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.listeners.lock();
         map.entry(listener.to_string()).or_default().clone()
     }
 
     /// Forgets listeners no longer configured with TLS.
     pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|l, _| keep(l));
+        self.listeners.lock().retain(|l, _| keep(l));
     }
 
     /// Each listener's counters, in listener order.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&str, &TlsStats)) {
-        let map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.listeners.lock();
         for (listener, stats) in map.iter() {
             f(listener, stats);
         }

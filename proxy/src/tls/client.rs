@@ -18,9 +18,10 @@
 //! `spiffe://cluster.local/ns/shop/sa/order`) instead of a DNS name, as
 //! linkerd2-proxy and Istio check the server's identity.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -222,8 +223,8 @@ impl Settings {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Loaded> {
+        self.loaded.lock()
     }
 
     /// The config to dial with, reloaded first if its files changed.

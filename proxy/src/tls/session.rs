@@ -12,9 +12,10 @@
 //! is taken as a plain end of stream, as for plaintext: HTTP's framing,
 //! not TLS, tells a whole message from a cut one.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
@@ -56,7 +57,7 @@ impl Session {
     }
 
     fn lock(&self) -> MutexGuard<'_, ServerConnection> {
-        self.tls.lock().unwrap_or_else(|e| e.into_inner())
+        self.tls.lock()
     }
 
     /// Reads what the client has sent, decrypted, into `buf`: the same

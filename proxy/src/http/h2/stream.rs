@@ -7,10 +7,11 @@
 //! the connection and by the stream's task, which on a current-thread
 //! runtime run on the same thread and never wait for each other.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -33,11 +34,11 @@ pub(super) struct Ready {
 
 impl Ready {
     pub(super) fn push(&self, id: u32, wake: bool) {
-        let mut ids = lock(&self.ids);
+        let mut ids = self.ids.lock();
         ids.push(id);
         if wake && ids.len() == 1 {
             drop(ids);
-            if let Some(waker) = lock(&self.waker).as_ref() {
+            if let Some(waker) = self.waker.lock().as_ref() {
                 waker.wake_by_ref();
             }
         }
@@ -46,11 +47,11 @@ impl Ready {
     /// Moves the ready streams into `into` (emptied first).
     pub(super) fn take(&self, into: &mut Vec<u32>) {
         into.clear();
-        std::mem::swap(&mut *lock(&self.ids), into);
+        std::mem::swap(&mut *self.ids.lock(), into);
     }
 
     pub(super) fn register(&self, waker: &Waker) {
-        let mut slot = lock(&self.waker);
+        let mut slot = self.waker.lock();
         if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
             *slot = Some(waker.clone());
         }
@@ -148,7 +149,7 @@ impl Shared {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        self.state.lock()
     }
 
     // The connection's side.
@@ -523,10 +524,6 @@ impl Drop for RequestBody {
         drop(s);
         self.shared.ready.push(self.shared.id, true);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

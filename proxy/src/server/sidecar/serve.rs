@@ -17,9 +17,10 @@
 //! client sent). With no `mesh:`, none of this runs: a connection costs
 //! one more pointer load.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -156,10 +157,6 @@ pub(crate) struct Shared {
     mesh: ArcSwapOption<Mesh>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     pub(crate) fn new(discovery: skiff_discovery::Discovery, registry: Arc<Registry>) -> Shared {
         Shared {
@@ -175,7 +172,7 @@ impl Shared {
     /// namespaces replaces the watch). The watches stop after `idle`
     /// without a lookup and start again with the next.
     pub(crate) fn watch_services(&self, namespaces: Vec<String>, idle: Duration) {
-        let mut services = lock(&self.services);
+        let mut services = self.services.lock();
         if let Some((n, _, i)) = services.as_mut() {
             if *n == namespaces {
                 *i = idle;
@@ -200,7 +197,7 @@ impl Shared {
         self.mesh
             .store(config.map(|c| Arc::new(Mesh::new(c.clone()))));
         if running.is_some() || config.is_some() {
-            lock(&self.targets).clear();
+            self.targets.lock().clear();
         }
     }
 
@@ -212,27 +209,30 @@ impl Shared {
     /// False until the watched namespaces' Services are listed: before,
     /// a Service's address would pass through unbalanced.
     pub(crate) fn is_ready(&self) -> bool {
-        lock(&self.services)
+        self.services
+            .lock()
             .as_ref()
             .is_none_or(|(_, index, _)| index.is_listed())
     }
 
     /// The namespaces whose Services are not listed yet (empty when ready).
     pub(crate) fn waiting_for(&self) -> Vec<String> {
-        match lock(&self.services).as_ref() {
+        match self.services.lock().as_ref() {
             Some((namespaces, index, _)) if !index.is_listed() => namespaces.clone(),
             _ => Vec::new(),
         }
     }
 
     async fn lookup(&self, destination: SocketAddr) -> Option<Arc<ServiceRef>> {
-        let index = lock(&self.services).as_ref().map(|(_, i, _)| i.clone())?;
+        let index = self.services.lock().as_ref().map(|(_, i, _)| i.clone())?;
         index.lookup(destination, FIRST_ENDPOINTS_WAIT).await
     }
 
     /// The clusters of the destinations in use, for the admin server.
     pub(crate) fn clusters(&self) -> Vec<Arc<Cluster>> {
-        let mut list: Vec<Arc<Cluster>> = lock(&self.targets)
+        let mut list: Vec<Arc<Cluster>> = self
+            .targets
+            .lock()
             .values()
             .map(|t| t.cluster.clone())
             .collect();
@@ -245,16 +245,16 @@ impl Shared {
     /// and stops Service watches idle for their listener's
     /// `watch_idle_timeout`.
     pub(crate) fn sweep(&self) {
-        if let Some((_, index, idle)) = lock(&self.services).as_ref() {
+        if let Some((_, index, idle)) = self.services.lock().as_ref() {
             index.stop_if_idle(*idle);
         }
-        let mut targets = lock(&self.targets);
+        let mut targets = self.targets.lock();
         for t in targets.values() {
             t.cluster.sweep();
         }
         targets.retain(|name, t| {
             let open = Arc::strong_count(t) > 1 || t.serving();
-            let idle = lock(&t.last_used).elapsed() >= IDLE_AFTER;
+            let idle = t.last_used.lock().elapsed() >= IDLE_AFTER;
             let keep = open || !idle || t.cluster.in_flight() > 0;
             if !keep {
                 tracing::info!(cluster = %name, "destination idle; dropped");
@@ -271,9 +271,9 @@ impl Shared {
         name: String,
         how: Reach,
     ) -> Arc<Target> {
-        let existing = lock(&self.targets).get(&name).cloned();
+        let existing = self.targets.lock().get(&name).cloned();
         if let Some(t) = &existing {
-            *lock(&t.last_used) = std::time::Instant::now();
+            *t.last_used.lock() = std::time::Instant::now();
         }
         let target = match existing {
             Some(t) if t.cluster.is_primed() => return t,
@@ -301,7 +301,7 @@ impl Shared {
             protocol,
             tls,
         } = how;
-        let mut targets = lock(&self.targets);
+        let mut targets = self.targets.lock();
         if let Some(t) = targets.get(&name) {
             return t.clone();
         }
