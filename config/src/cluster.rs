@@ -67,6 +67,27 @@ pub struct ClusterConfig {
     pub tls: Option<UpstreamTls>,
 }
 
+impl ClusterConfig {
+    /// A cluster of `source` with every setting at its default, as the
+    /// config file reads one that names only `name` and its endpoints.
+    pub fn new(name: &str, source: Source) -> ClusterConfig {
+        ClusterConfig {
+            name: name.to_string(),
+            lb: LbPolicy::LeastRequest,
+            protocol: UpstreamProtocol::Http1,
+            source,
+            timeouts: Timeouts::default(),
+            circuit_breaker: CircuitBreaker::default(),
+            retries: Retries::default(),
+            outlier_detection: OutlierDetection::default(),
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            health_check: None,
+            slow_start: SlowStart::default(),
+            tls: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
@@ -768,4 +789,20 @@ fn read_timeouts(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Tim
         request: request?,
         idle: idle?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_that_names_only_its_endpoints_has_the_defaults() {
+        let text = "clusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n";
+        let config = crate::Config::parse(text, "c.yaml", std::path::Path::new(".")).unwrap();
+        let spec = crate::endpoints::EndpointSpec::new("127.0.0.1:1".parse().unwrap(), 1);
+        assert_eq!(
+            config.clusters[0],
+            ClusterConfig::new("a", Source::Static(vec![spec]))
+        );
+    }
 }

@@ -145,14 +145,8 @@ impl std::fmt::Display for ServicePort {
 
 /// Parses an endpoint file's text; `file` names it in errors.
 pub fn parse_file(text: &str, file: &str) -> Result<Vec<EndpointSpec>, Diagnostics> {
+    let root = yaml::parse_file(text, file)?;
     let mut diags = Diagnostics::new(file);
-    let root = match yaml::parse(text) {
-        Ok(root) => root,
-        Err(e) => {
-            diags.syntax(e);
-            return Err(diags);
-        }
-    };
     if root.is_null() {
         return Ok(Vec::new());
     }

@@ -116,14 +116,8 @@ impl Config {
         base: &Path,
         files: &dyn Files,
     ) -> Result<Config, Diagnostics> {
+        let root = yaml::parse_file(text, file)?;
         let mut diags = Diagnostics::new(file);
-        let root = match yaml::parse(text) {
-            Ok(root) => root,
-            Err(e) => {
-                diags.syntax(e);
-                return Err(diags);
-            }
-        };
         let cx = Context { base, files };
         let config = read_config(&root, &cx, &mut diags);
         diags.items.sort_by_key(|d| (d.line, d.col));

@@ -197,6 +197,16 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     }))
 }
 
+/// Parses one document of the file `file`: its tree, or its syntax error
+/// as a diagnostic naming the file.
+pub fn parse_file(text: &str, file: &str) -> Result<Node, Diagnostics> {
+    parse(text).map_err(|e| {
+        let mut diags = Diagnostics::new(file);
+        diags.syntax(e);
+        diags
+    })
+}
+
 /// One document of a YAML stream.
 #[derive(Debug, Clone)]
 pub struct Document {

@@ -224,6 +224,19 @@ impl Proxy {
         });
     }
 
+    /// A listener's TLS, built from the files (counted on its TLS stats).
+    fn server_tls(
+        &self,
+        listener: &str,
+        settings: &skiff_config::tls::ListenerTls,
+    ) -> Result<Arc<tls::ServerTls>, ApplyError> {
+        let stats = self.inner.registry.tls.stats(listener);
+        tls::ServerTls::build(listener, settings.clone(), stats).map_err(|source| ApplyError::Tls {
+            name: listener.to_string(),
+            source,
+        })
+    }
+
     fn listeners(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Listener>> {
         self.inner.listeners.lock()
     }
@@ -267,17 +280,7 @@ impl Proxy {
             let server = match (&lc.tls, running) {
                 (None, _) => None,
                 (Some(settings), Some(running)) if running.settings == *settings => Some(running),
-                (Some(settings), _) => Some(
-                    tls::ServerTls::build(
-                        &lc.name,
-                        settings.clone(),
-                        self.inner.registry.tls.stats(&lc.name),
-                    )
-                    .map_err(|source| ApplyError::Tls {
-                        name: lc.name.clone(),
-                        source,
-                    })?,
-                ),
+                (Some(settings), _) => Some(self.server_tls(&lc.name, settings)?),
             };
             out.insert(lc.name.clone(), server);
         }
@@ -308,15 +311,7 @@ impl Proxy {
                 .filter(|s| s.settings == settings);
             let server = match running {
                 Some(s) => s,
-                None => tls::ServerTls::build(
-                    &lc.name,
-                    settings.clone(),
-                    self.inner.registry.tls.stats(&lc.name),
-                )
-                .map_err(|source| ApplyError::Tls {
-                    name: lc.name.clone(),
-                    source,
-                })?,
+                None => self.server_tls(&lc.name, &settings)?,
             };
             out.insert(lc.name.clone(), server);
         }

@@ -94,15 +94,8 @@ struct InjectArgs {
     /// The skiff image the pods run.
     #[arg(long, default_value_t = skiff::cli::inject::default_image())]
     image: String,
-    /// Inbound ports never captured (comma-separated), for every pod.
-    #[arg(long, value_delimiter = ',')]
-    skip_inbound_ports: Vec<u16>,
-    /// Outbound destination ports never captured (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    skip_outbound_ports: Vec<u16>,
-    /// Outbound destination networks never captured (comma-separated CIDRs).
-    #[arg(long, value_delimiter = ',')]
-    skip_outbound_cidrs: Vec<skiff::cli::iptables::Cidr>,
+    #[command(flatten)]
+    skip: SkipArgs,
     /// A ConfigMap (in each pod's namespace) holding the sidecar's config
     /// as `skiff.yaml`; without it the sidecar runs the built-in defaults.
     #[arg(long)]
@@ -116,6 +109,20 @@ struct InjectArgs {
     /// The mesh Secret of every pod (implies --mesh).
     #[arg(long)]
     mesh_secret: Option<String>,
+}
+
+/// What capture leaves alone, the same for `inject` and `iptables`.
+#[derive(clap::Args)]
+struct SkipArgs {
+    /// Inbound ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Outbound destination networks never captured (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<skiff::cli::iptables::Cidr>,
 }
 
 #[derive(clap::Args)]
@@ -138,15 +145,8 @@ struct IptablesArgs {
     /// skiff's admin port, never captured.
     #[arg(long, default_value_t = skiff_config::sidecar::ADMIN_PORT)]
     admin_port: u16,
-    /// Inbound ports never captured (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    skip_inbound_ports: Vec<u16>,
-    /// Outbound destination ports never captured (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    skip_outbound_ports: Vec<u16>,
-    /// Outbound destination networks never captured (comma-separated CIDRs).
-    #[arg(long, value_delimiter = ',')]
-    skip_outbound_cidrs: Vec<skiff::cli::iptables::Cidr>,
+    #[command(flatten)]
+    skip: SkipArgs,
     /// Capture only outbound connections.
     #[arg(long)]
     no_inbound: bool,
@@ -286,9 +286,10 @@ fn inject(args: InjectArgs) -> ExitCode {
     use std::io::{Read, Write};
     let options = skiff::cli::inject::Options {
         image: args.image,
-        skip_inbound_ports: args.skip_inbound_ports,
-        skip_outbound_ports: args.skip_outbound_ports,
+        skip_inbound_ports: args.skip.skip_inbound_ports,
+        skip_outbound_ports: args.skip.skip_outbound_ports,
         skip_outbound_cidrs: args
+            .skip
             .skip_outbound_cidrs
             .iter()
             .map(|c| c.to_string())
@@ -353,9 +354,9 @@ fn iptables(args: IptablesArgs) -> ExitCode {
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         admin_port: args.admin_port,
-        skip_inbound_ports: args.skip_inbound_ports,
-        skip_outbound_ports: args.skip_outbound_ports,
-        skip_outbound_cidrs: args.skip_outbound_cidrs,
+        skip_inbound_ports: args.skip.skip_inbound_ports,
+        skip_outbound_ports: args.skip.skip_outbound_ports,
+        skip_outbound_cidrs: args.skip.skip_outbound_cidrs,
         inbound: !args.no_inbound,
         ipv6: match args.ipv6 {
             Ipv6::On => true,

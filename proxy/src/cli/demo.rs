@@ -28,9 +28,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::cluster::balance::random;
 use crate::Proxy;
 use skiff_config::cluster::ClusterConfig;
-use skiff_config::cluster::LbPolicy;
-use skiff_config::cluster::Timeouts;
-use skiff_config::cluster::UpstreamProtocol;
 use skiff_config::listener::ListenerConfig;
 use skiff_config::route::PathMatch;
 use skiff_config::route::RouteConfig;
@@ -207,26 +204,21 @@ pub async fn run(duration: Option<Duration>, admin: SocketAddr) -> anyhow::Resul
     Ok(())
 }
 
+/// The replicas of `service`, as static endpoints.
+fn endpoints(replicas: &[Arc<Replica>], service: &str) -> skiff_config::endpoints::Source {
+    skiff_config::endpoints::Source::Static(
+        replicas
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| skiff_config::endpoints::EndpointSpec::new(r.address, 1))
+            .collect(),
+    )
+}
+
 fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
     let clusters = SHOP
         .iter()
         .map(|spec| ClusterConfig {
-            name: spec.name.to_string(),
-            lb: LbPolicy::LeastRequest,
-            protocol: UpstreamProtocol::Http1,
-            source: skiff_config::endpoints::Source::Static(
-                replicas
-                    .iter()
-                    .filter(|r| r.service == spec.name)
-                    .map(|r| skiff_config::endpoints::EndpointSpec::new(r.address, 1))
-                    .collect(),
-            ),
-            timeouts: Timeouts::default(),
-            circuit_breaker: Default::default(),
-            retries: Default::default(),
-            outlier_detection: Default::default(),
-            panic_threshold: skiff_config::cluster::DEFAULT_PANIC_THRESHOLD,
-            // Every replica serves /healthz: checked each second.
             health_check: Some(skiff_config::cluster::HealthCheck {
                 kind: skiff_config::cluster::HealthCheckKind::Http {
                     path: "/healthz".into(),
@@ -240,8 +232,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
                 healthy_threshold: 2,
                 unhealthy_threshold: 3,
             }),
-            slow_start: Default::default(),
-            tls: None,
+            ..ClusterConfig::new(spec.name, endpoints(replicas, spec.name))
         })
         .collect();
     Config {

@@ -937,25 +937,14 @@ pub(crate) fn follow(
 mod tests {
     use super::*;
     use skiff_config::cluster::LbPolicy;
-    use skiff_config::cluster::Timeouts;
-    use skiff_config::cluster::UpstreamProtocol;
+
     use skiff_config::endpoints::Source;
 
     fn cluster(lb: LbPolicy) -> Arc<Cluster> {
         Arc::new(
             Cluster::new(ClusterConfig {
-                name: "c".into(),
                 lb,
-                protocol: UpstreamProtocol::Http1,
-                source: Source::Static(vec![]),
-                timeouts: Timeouts::default(),
-                circuit_breaker: Default::default(),
-                retries: Default::default(),
-                outlier_detection: Default::default(),
-                panic_threshold: skiff_config::cluster::DEFAULT_PANIC_THRESHOLD,
-                health_check: None,
-                slow_start: Default::default(),
-                tls: None,
+                ..ClusterConfig::new("c", Source::Static(vec![]))
             })
             .expect("a plaintext cluster"),
         )

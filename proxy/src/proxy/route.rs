@@ -236,8 +236,7 @@ mod tests {
     use super::*;
     use skiff_config::cluster::ClusterConfig;
     use skiff_config::cluster::LbPolicy;
-    use skiff_config::cluster::Timeouts;
-    use skiff_config::cluster::UpstreamProtocol;
+
     use skiff_config::endpoints::Source;
     use skiff_config::route::RouteConfig;
 
@@ -247,18 +246,8 @@ mod tests {
             clusters.entry(c.to_string()).or_insert_with(|| {
                 Arc::new(
                     Cluster::new(ClusterConfig {
-                        name: c.to_string(),
                         lb: LbPolicy::RoundRobin,
-                        protocol: UpstreamProtocol::Http1,
-                        source: Source::Static(vec![]),
-                        timeouts: Timeouts::default(),
-                        circuit_breaker: Default::default(),
-                        retries: Default::default(),
-                        outlier_detection: Default::default(),
-                        panic_threshold: skiff_config::cluster::DEFAULT_PANIC_THRESHOLD,
-                        health_check: None,
-                        slow_start: Default::default(),
-                        tls: None,
+                        ..ClusterConfig::new(c, Source::Static(vec![]))
                     })
                     .expect("a plaintext cluster"),
                 )

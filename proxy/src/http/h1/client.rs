@@ -152,7 +152,10 @@ pub(crate) fn send(
         let written = write_all(&conn.stream, [&out, rest.as_deref().unwrap_or(&[])]).await;
         buffers::give_write(out);
         let head_request = req.method() == Method::HEAD;
-        let again = conn.reused && may_repeat(req.method());
+        // A reused connection the upstream closed just as it was picked: an
+        // idempotent request goes again on a fresh one (what Go's client
+        // does); the upstream may have seen it, but twice is harmless.
+        let again = conn.reused && is_idempotent(req.method());
         if let Err(e) = written {
             // Nothing written was read: a closed pooled connection refuses the
             // first write, so the request is safe to send again.
@@ -181,10 +184,8 @@ pub(crate) fn send(
     }
 }
 
-/// Methods sent again after a pooled connection closed without answering
-/// (what Go's client does): the upstream may have seen them, but sending
-/// them twice is harmless.
-fn may_repeat(method: &Method) -> bool {
+/// Methods RFC 9110 §9.2.2 calls idempotent, safe to send twice.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     [
         Method::GET,
         Method::HEAD,

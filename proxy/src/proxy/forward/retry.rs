@@ -24,7 +24,7 @@ use super::response::{local, ProxyBody};
 use crate::cluster::budget::RetryBudget;
 use crate::cluster::{balance::random, InFlight, Settings, Unavailable};
 use crate::http::body::{BodyError, UpstreamBody};
-use crate::http::h1::client;
+use crate::http::h1::client::{self, is_idempotent};
 use crate::proxy::route::Route;
 
 /// Picks an endpoint, trying twice more for one other than `avoid` (the
@@ -69,20 +69,6 @@ pub(super) fn is_refused(e: &BodyError) -> bool {
         .and_then(|s| s.downcast_ref::<h2::Error>())
         .and_then(h2::Error::reason)
         == Some(h2::Reason::REFUSED_STREAM)
-}
-
-/// Methods RFC 9110 §9.2.2 calls idempotent, safe to send twice.
-pub(super) fn is_idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PUT,
-        Method::DELETE,
-        Method::TRACE,
-    ]
-    .contains(method)
 }
 
 /// The wait before retry `n` (1-based): fully jittered, exponential from

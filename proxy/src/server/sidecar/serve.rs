@@ -42,13 +42,8 @@ use crate::tls::client::Connector;
 use crate::tls::ServerTls;
 use skiff_config::cluster::CircuitBreaker;
 use skiff_config::cluster::ClusterConfig;
-use skiff_config::cluster::LbPolicy;
-use skiff_config::cluster::OutlierDetection;
-use skiff_config::cluster::Retries;
-use skiff_config::cluster::SlowStart;
 use skiff_config::cluster::Timeouts;
 use skiff_config::cluster::UpstreamProtocol;
-use skiff_config::cluster::DEFAULT_PANIC_THRESHOLD;
 use skiff_config::listener::AccessLog;
 use skiff_config::listener::ListenerConfig;
 use skiff_config::route::PathMatch;
@@ -521,18 +516,8 @@ impl Captured {
         };
         let upstream = match done.alpn.as_deref() {
             None => {
-                let mut tls = done.tls;
-                match TcpStream::connect(destination).await {
-                    Ok(mut app) => {
-                        let _ = app.set_nodelay(true);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut tls, &mut app).await {
-                            tracing::debug!(%peer, %destination, "opaque mesh connection ended: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, %destination, "cannot connect for an opaque mesh connection: {e}");
-                    }
-                }
+                // No ALPN: opaque TCP inside the mesh's TLS.
+                pass_through(done.tls, destination, peer).await;
                 return;
             }
             Some(b"h2") => UpstreamProtocol::Http2,
@@ -607,11 +592,10 @@ fn warn_unless_proxy_uid() {
 /// that are safe to retry, and outlier ejection.
 fn destination_settings(name: &str, source: &Source, protocol: UpstreamProtocol) -> ClusterConfig {
     const UNREACHABLE_LIMIT: u32 = 1 << 24;
+    // Kubernetes' probes decide the pods' readiness (no health checks);
+    // outlier ejection covers the rest without extra traffic.
     ClusterConfig {
-        name: name.to_string(),
-        lb: LbPolicy::LeastRequest,
         protocol,
-        source: source.clone(),
         timeouts: Timeouts {
             request: Duration::ZERO,
             ..Timeouts::default()
@@ -620,14 +604,7 @@ fn destination_settings(name: &str, source: &Source, protocol: UpstreamProtocol)
             max_requests: UNREACHABLE_LIMIT,
             max_pending: UNREACHABLE_LIMIT,
         },
-        retries: Retries::default(),
-        outlier_detection: OutlierDetection::default(),
-        panic_threshold: DEFAULT_PANIC_THRESHOLD,
-        // Kubernetes' probes decide the pods' readiness; outlier ejection
-        // covers the rest without extra traffic.
-        health_check: None,
-        slow_start: SlowStart::default(),
-        tls: None,
+        ..ClusterConfig::new(name, source.clone())
     }
 }
 
@@ -659,7 +636,10 @@ async fn pass_through_tls(
 }
 
 /// Copies bytes both ways between `stream` and `address` until both ends close.
-async fn pass_through(mut stream: TcpStream, address: SocketAddr, peer: SocketAddr) {
+async fn pass_through<S>(mut stream: S, address: SocketAddr, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match TcpStream::connect(address).await {
         Ok(mut upstream) => {
             let _ = upstream.set_nodelay(true);
