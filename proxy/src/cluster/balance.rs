@@ -1,4 +1,4 @@
-//! Picking an endpoint: smooth weighted round-robin and least-request (P2C).
+//! Picking an endpoint: weighted round-robin and least-request (P2C).
 //!
 //! Both picks are O(1) in the number of endpoints and take no lock. The
 //! round-robin schedule is computed once per endpoint-set change (control
@@ -21,7 +21,7 @@ pub(crate) const MAX_SCHEDULE: u64 = 1 << 20;
 /// How a snapshot picks.
 #[derive(Debug)]
 pub enum Balancer {
-    /// Smooth weighted round-robin. `None` when all weights are equal, so the
+    /// Weighted round-robin over a schedule made once per set ([`smooth_schedule`]). `None` when all weights are equal, so the
     /// schedule is the identity and costs no memory.
     RoundRobin(Option<Box<[u32]>>),
     /// Power of two choices over in-flight counts; `weighted` when weights
@@ -75,13 +75,15 @@ impl Balancer {
     }
 }
 
-/// A smooth schedule in which endpoint `i` appears exactly `weights[i]`
-/// times per cycle (after dividing by the weights' gcd), its turns spread
-/// evenly: turn k of endpoint i sits at the middle of the k-th of wᵢ equal
-/// slices of the cycle, (k − ½) / wᵢ, and all turns are merged in that
-/// order, ties to the lower index. This is the
-/// interleaving nginx's smooth weighted round-robin aims at, computed once
-/// with a heap (O(total · log n)) instead of O(n) per pick.
+/// A schedule in which endpoint `i` appears exactly `weights[i]` times per
+/// cycle (after dividing by the weights' gcd), each endpoint's own turns
+/// spread evenly: turn k of endpoint i sits at the middle of the k-th of
+/// wᵢ equal slices of the cycle, (k − ½) / wᵢ, and all turns are taken in
+/// that order, ties to the lower index. So weights 5, 1, 1 give
+/// `0 0 0 1 2 0 0`: the two light endpoints' single turns both sit
+/// mid-cycle and come together, where nginx's smooth weighted round-robin
+/// gives `0 0 1 0 2 0 0`. Computed once per endpoint set with a heap
+/// (O(total · log n)) instead of O(n) per pick.
 pub(crate) fn smooth_schedule(weights: &[u32]) -> Box<[u32]> {
     let g = weights.iter().fold(0u64, |g, &w| gcd(g, w as u64)).max(1);
     let mut reduced: Vec<u64> = weights.iter().map(|&w| (w as u64 / g).max(1)).collect();
@@ -179,7 +181,8 @@ mod tests {
         let s = smooth_schedule(&[5, 1, 1]);
         assert_eq!(s.len(), 7);
         assert_eq!(s.iter().filter(|&&i| i == 0).count(), 5);
-        // The heavy endpoint never gets the light ones' turns back to back.
+        // Turns by their midpoints 0.1, 0.3, 0.5 (three ties, lower index
+        // first), 0.7, 0.9.
         assert_eq!(&s[..], &[0, 0, 0, 1, 2, 0, 0]);
         let s = smooth_schedule(&[2, 4, 6]);
         assert_eq!(s.len(), 6, "reduced by the gcd");
@@ -188,9 +191,9 @@ mod tests {
 
     #[test]
     fn schedule_spreads_turns_evenly() {
-        let s = smooth_schedule(&[3, 1]);
-        // Turns of the light endpoint are not at the start, and never adjacent.
-        assert_eq!(s.iter().filter(|&&i| i == 1).count(), 1);
+        // 1/6, 3/6 and 5/6 against 1/2: the light endpoint's turn is not
+        // at the start, and not next to itself in the next cycle.
+        assert_eq!(&smooth_schedule(&[3, 1])[..], &[0, 0, 1, 0]);
         let s = smooth_schedule(&[1, 1, 2]);
         assert_eq!(s.len(), 4);
         assert!(s.windows(2).all(|w| w[0] != w[1] || w[0] == 2));
