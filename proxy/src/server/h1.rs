@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -86,56 +86,52 @@ pub(crate) async fn serve(
             // guard), so this future needs no room for them.
             Next::Http2 => {
                 if let Ok(conn) = Arc::try_unwrap(conn) {
-                    let read = buf.freeze();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        match conn.session().map(|s| s.peer.clone()) {
-                            None => {
-                                crate::server::h2::serve(
-                                    conn.stream,
-                                    read,
-                                    state,
-                                    limits,
-                                    peer,
-                                    drain,
-                                )
-                                .await
-                            }
-                            // HTTP/2 over TLS without ALPN: the preface told.
-                            Some(tls) => {
-                                let stream = crate::io::conn::TlsStream::new(conn);
-                                crate::server::h2::serve_io(
-                                    stream,
-                                    read,
-                                    state,
-                                    &limits,
-                                    peer,
-                                    drain,
-                                    Some(tls),
-                                )
-                                .await
-                            }
-                        }
-                    });
+                    let served = (state, limits, drain);
+                    tokio::spawn(serve_h2(conn, buf.freeze(), served, peer, guard));
                 }
                 return;
             }
             Next::Upgrade(tunnel) => {
                 if let Ok(conn) = Arc::try_unwrap(conn) {
-                    let pending = buf.freeze();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        if conn.session().is_some() {
-                            let stream = crate::io::conn::TlsStream::new(conn);
-                            tunnel.run(stream, pending).await;
-                        } else {
-                            tunnel.run(conn.stream, pending).await;
-                        }
-                    });
+                    tokio::spawn(tunnel_to(conn, tunnel, buf.freeze(), guard));
                 }
                 return;
             }
         }
+    }
+}
+
+/// Serves a connection whose client opened with the HTTP/2 preface (over
+/// TLS: without ALPN), `read` its bytes so far.
+async fn serve_h2(
+    conn: Conn,
+    read: Bytes,
+    (state, limits, drain): (
+        Arc<ListenerState>,
+        Arc<ListenerLimits>,
+        watch::Receiver<bool>,
+    ),
+    peer: SocketAddr,
+    _guard: ConnectionGuard,
+) {
+    match conn.session().map(|s| s.peer.clone()) {
+        None => crate::server::h2::serve(conn.stream, read, state, limits, peer, drain).await,
+        Some(tls) => {
+            let stream = crate::io::conn::TlsStream::new(conn);
+            let limits = &limits;
+            crate::server::h2::serve_io(stream, read, state, limits, peer, drain, Some(tls)).await
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded connection and its upstream,
+/// `pending` what the client sent past the head.
+async fn tunnel_to(conn: Conn, tunnel: forward::Tunnel, pending: Bytes, _guard: ConnectionGuard) {
+    if conn.session().is_some() {
+        let stream = crate::io::conn::TlsStream::new(conn);
+        tunnel.run(stream, pending).await;
+    } else {
+        tunnel.run(conn.stream, pending).await;
     }
 }
 

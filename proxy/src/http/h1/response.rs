@@ -89,37 +89,12 @@ pub fn parse<'h, 'b>(
         _ => Version::HTTP_10,
     };
     let fields: &'h [httparse::Header<'b>] = parsed.headers;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut coded = false;
-    let mut close = version == Version::HTTP_10;
-    for field in fields {
-        let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_length(field.value)?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length values");
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            coded = true;
-            // Only the final coding decides: chunked last means chunked.
-            chunked = field
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in field.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
-            }
-        }
-    }
+    let Declared {
+        length,
+        chunked,
+        coded,
+        mut close,
+    } = Declared::read(fields, version)?;
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let drop_length = coded && length.is_some() && !no_body;
@@ -146,6 +121,58 @@ pub fn parse<'h, 'b>(
         drop_length,
         fields,
     }))
+}
+
+/// What a response's fields say about its framing and its connection.
+struct Declared {
+    length: Option<u64>,
+    /// The final transfer coding is chunked.
+    chunked: bool,
+    /// A transfer coding is named at all.
+    coded: bool,
+    /// The connection closes after this response.
+    close: bool,
+}
+
+impl Declared {
+    fn read(fields: &[httparse::Header<'_>], version: Version) -> Result<Declared, &'static str> {
+        let mut declared = Declared {
+            length: None,
+            chunked: false,
+            coded: false,
+            close: version == Version::HTTP_10,
+        };
+        for field in fields {
+            let name = field.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let n = parse_length(field.value)?;
+                if declared.length.is_some_and(|l| l != n) {
+                    return Err("conflicting content-length values");
+                }
+                declared.length = Some(n);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                declared.coded = true;
+                // Only the final coding decides: chunked last means chunked.
+                declared.chunked = field
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in field.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        declared.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive")
+                        && version == Version::HTTP_10
+                    {
+                        declared.close = false;
+                    }
+                }
+            }
+        }
+        Ok(declared)
+    }
 }
 
 /// A `Content-Length` value: digits only (a list of equal values is

@@ -922,6 +922,20 @@ where
                 (Answer::Forward(req), expect)
             }
         };
+        self.open(id, shared, answer, expect, end_stream);
+        Ok(())
+    }
+
+    /// Starts stream `id`: its task (in a reused box when there is one)
+    /// and its entry in the connection's map.
+    fn open(
+        &mut self,
+        id: u32,
+        shared: Arc<Shared>,
+        answer: Answer,
+        expect: Option<u64>,
+        end_stream: bool,
+    ) {
         // A request answered by skiff itself has no body reader: what
         // the client sends is given back at once.
         let body_gone = matches!(answer, Answer::Local(..));
@@ -951,7 +965,6 @@ where
                 waiting: false,
             },
         );
-        Ok(())
     }
 
     fn on_trailers(&mut self, id: u32, end_stream: bool, fields: Fields) -> Result<()> {

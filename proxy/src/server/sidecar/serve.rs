@@ -417,35 +417,13 @@ impl Captured {
                     pass_through(stream, destination, peer).await;
                     return Accepted::Done;
                 };
-                let port = if service.port_name.is_empty() {
-                    service.port.to_string()
-                } else {
-                    service.port_name.clone()
-                };
-                let name = format!(
-                    "{}.{}.{port}{}",
-                    service.service,
-                    service.namespace,
-                    suffix(upstream)
-                );
-                let tls = match mesh.as_ref().filter(|_| service.mtls) {
-                    Some(mesh) => match outbound_tls(mesh, &service, upstream) {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            tracing::error!(listener = %self.listener, %peer, service = %name, "mesh TLS unusable; connection closed: {e}");
-                            return Accepted::Done;
-                        }
-                    },
-                    None => TargetTls::default(),
-                };
-                let how = Reach {
-                    source: Source::Kubernetes(service.target()),
-                    protocol: upstream,
-                    tls,
-                };
-                self.sidecar
-                    .target(&self.listener, self.access_log, name, how)
+                match self
+                    .outbound_target(mesh.as_deref(), &service, upstream, peer)
                     .await
+                {
+                    Some(target) => target,
+                    None => return Accepted::Done,
+                }
             }
             Direction::Inbound => {
                 if protocol == Protocol::Opaque {
@@ -471,6 +449,50 @@ impl Captured {
         }
         drop(picked);
         Accepted::Done
+    }
+
+    /// The outbound destination for a Service's port, named after it
+    /// (`catalog.shop.http`, `.h2` for HTTP/2); `None` when its mesh TLS
+    /// cannot be built (logged: the connection is closed).
+    async fn outbound_target(
+        &self,
+        mesh: Option<&Mesh>,
+        service: &ServiceRef,
+        upstream: UpstreamProtocol,
+        peer: SocketAddr,
+    ) -> Option<Arc<Target>> {
+        let port = if service.port_name.is_empty() {
+            service.port.to_string()
+        } else {
+            service.port_name.clone()
+        };
+        let name = format!(
+            "{}.{}.{port}{}",
+            service.service,
+            service.namespace,
+            suffix(upstream)
+        );
+        let tls = match mesh.filter(|_| service.mtls) {
+            Some(mesh) => match outbound_tls(mesh, service, upstream) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::error!(listener = %self.listener, %peer, service = %name, "mesh TLS unusable; connection closed: {e}");
+                    return None;
+                }
+            },
+            None => TargetTls::default(),
+        };
+        let how = Reach {
+            source: Source::Kubernetes(service.target()),
+            protocol: upstream,
+            tls,
+        };
+        let access_log = self.access_log;
+        Some(
+            self.sidecar
+                .target(&self.listener, access_log, name, how)
+                .await,
+        )
     }
 
     /// The inbound destination for the app's `destination` port.
