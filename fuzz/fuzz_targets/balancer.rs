@@ -17,7 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use skiff::cluster::{health, Cluster, Endpoint, InFlight, Settings};
+use skiff::cluster::endpoint::{self, Endpoint, InFlight};
+use skiff::cluster::{Cluster, Settings};
 use skiff_config::endpoints::{EndpointSpec, MAX_WEIGHT};
 use skiff_config::{ClusterConfig, Config};
 use skiff_discovery::EndpointSet;
@@ -94,7 +95,7 @@ fn check_pick(cluster: &Cluster, picked: &InFlight) {
     let checked = cluster.settings().health_check.is_some();
     if snapshot.panic {
         assert!(
-            !checked || e.health() != health::PENDING,
+            !checked || e.health() != endpoint::PENDING,
             "panic mode picked {} before its first check",
             e.address
         );

@@ -270,6 +270,43 @@ fn is_ident(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
+/// Every `crate::`, `super::` and `self::` path in `code`, and every path
+/// that starts with the name of one of the module's own `children` (as
+/// `self::child…`): `use` trees expanded, and paths written inline.
+fn named_paths_with(code: &str, children: &[String]) -> Vec<Named> {
+    let mut out = named_paths(code);
+    for child in children {
+        let start = format!("{child}::");
+        let mut pos = 0;
+        while let Some(found) = code[pos..].find(&start) {
+            let at = pos + found;
+            pos = at + start.len();
+            // Only a path's first segment: not `x::child::`, not `a_child::`.
+            let before = code[..at].chars().next_back();
+            if before.is_some_and(|c| is_ident(c) || c == ':') {
+                continue;
+            }
+            let rest = &code[at..];
+            let len = rest
+                .find(|c: char| !(is_ident(c) || c == ':'))
+                .unwrap_or(rest.len());
+            let mut path = vec!["self".to_string()];
+            path.extend(
+                rest[..len]
+                    .split("::")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            );
+            out.push(Named {
+                line: code[..at].matches('\n').count() + 1,
+                path,
+                inline: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
 /// Every `crate::`, `super::` and `self::` path in `code`: `use` trees
 /// expanded, and paths written inline.
 fn named_paths(code: &str) -> Vec<Named> {
@@ -440,8 +477,19 @@ fn import_graph(src: &Path) -> BTreeMap<String, Vec<Import>> {
     for (module, file) in &modules {
         let text = std::fs::read_to_string(file).expect("read a source file");
         let code = code_of(&text);
+        let prefix = if module.is_empty() {
+            String::new()
+        } else {
+            format!("{module}::")
+        };
+        let children: Vec<String> = modules
+            .keys()
+            .filter_map(|m| m.strip_prefix(&prefix).filter(|_| !m.is_empty()))
+            .filter(|rest| !rest.is_empty() && !rest.contains("::"))
+            .map(str::to_string)
+            .collect();
         let mut edges: Vec<Import> = Vec::new();
-        for named in named_paths(&code) {
+        for named in named_paths_with(&code, &children) {
             let Some(to) = resolve(module, &named.inline, &named.path, &modules) else {
                 continue;
             };
@@ -661,6 +709,15 @@ fn the_reader_sees_code_not_comments_or_strings() {
         .collect();
     assert!(paths.contains(&"1:crate::a".to_string()), "{paths:?}");
     assert!(paths.contains(&"4:crate::g::H".to_string()), "{paths:?}");
+    let children = named_paths_with(
+        "use balance::Balancer;\nlet s = health::UNCHECKED; x::health::y; my_health::z;\n",
+        &["balance".to_string(), "health".to_string()],
+    );
+    let children: Vec<String> = children.iter().map(|n| n.path.join("::")).collect();
+    assert_eq!(
+        children,
+        ["self::balance::Balancer", "self::health::UNCHECKED"]
+    );
     let tests = named_paths("mod tests {\n    use super::*;\n}\nuse super::x;\n");
     assert_eq!(tests[0].inline, ["tests"]);
     assert!(tests[1].inline.is_empty());

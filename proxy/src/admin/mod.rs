@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use skiff_config::Config;
 
-use crate::cluster::{health, Cluster, WEIGHT_SCALE};
+use crate::cluster::endpoint::{self, WEIGHT_SCALE};
+use crate::cluster::Cluster;
 use crate::metrics::{Registry, CODE_CLASSES};
 
 pub mod prometheus;
@@ -320,7 +321,7 @@ fn clusters<P: Control>(proxy: &P) -> serde_json::Value {
                         "address": e.address.to_string(),
                         "weight": e.spec_weight(),
                         "state": state,
-                        "health": health::state_name(e.health()),
+                        "health": endpoint::state_name(e.health()),
                         "in_flight": e.in_flight(),
                         "requests": requests,
                         "idle_connections": e.idle_connections(),

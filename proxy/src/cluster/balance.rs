@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use super::Endpoint;
+use super::endpoint::Endpoint;
 use skiff_config::cluster::LbPolicy;
 
 /// Longest round-robin schedule kept. Past it weights are scaled down

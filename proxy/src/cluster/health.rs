@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
+use super::balance::random;
+use super::endpoint::{Endpoint, UNHEALTHY};
+use super::Cluster;
 use super::Settings;
-use super::{balance::random, Cluster, Endpoint};
 use crate::http::h1::body::{Chunk, ChunkedDecoder};
 use crate::http::h1::response::{self, Framing};
 use skiff_config::cluster::HealthCheck;
@@ -32,48 +34,8 @@ use skiff_config::cluster::HealthCheckKind;
 use skiff_config::cluster::UpstreamProtocol;
 use skiff_config::units::format_duration;
 
-/// No active check is configured: the endpoint takes traffic.
-pub(crate) const UNCHECKED: u8 = 0;
-/// Waiting for its first check: no traffic yet.
-pub const PENDING: u8 = 1;
-pub(crate) const HEALTHY: u8 = 2;
-pub(crate) const UNHEALTHY: u8 = 3;
-
-/// The `/clusters` name of a health state.
-pub(crate) fn state_name(state: u8) -> &'static str {
-    match state {
-        PENDING => "pending",
-        HEALTHY => "healthy",
-        UNHEALTHY => "unhealthy",
-        _ => "unchecked",
-    }
-}
-
 /// The identifying `user-agent` of check requests.
 pub(crate) const USER_AGENT: &str = "skiff-health-check";
-
-/// Check results by kind (`skiff_health_checks_total{result}`).
-#[derive(Debug, Default)]
-pub(crate) struct CheckCounters {
-    pub(crate) passed: AtomicU64,
-    /// Answered with a status not expected.
-    pub(crate) failed: AtomicU64,
-    /// No answer within the timeout.
-    pub(crate) timeout: AtomicU64,
-    /// Connection refused or reset, or a malformed answer.
-    pub(crate) error: AtomicU64,
-}
-
-impl CheckCounters {
-    pub(crate) fn iter(&self) -> [(&'static str, u64); 4] {
-        [
-            ("passed", self.passed.load(Relaxed)),
-            ("failed", self.failed.load(Relaxed)),
-            ("timeout", self.timeout.load(Relaxed)),
-            ("error", self.error.load(Relaxed)),
-        ]
-    }
-}
 
 /// Why a check did not pass.
 enum Failure {

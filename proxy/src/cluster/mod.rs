@@ -13,277 +13,28 @@
 
 pub mod balance;
 pub(crate) mod budget;
+pub mod endpoint;
 pub mod health;
 pub(crate) mod pool;
+pub mod stats;
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{
-    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
-};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
-use skiff_config::endpoints::Origin;
+use arc_swap::ArcSwap;
 use skiff_config::endpoints::{EndpointSpec, Source};
 use skiff_discovery::EndpointSet;
 
 use crate::clock::now_ms;
-use crate::cluster::pool::Pool;
-use crate::metrics::{CodeCounters, Histogram};
 use crate::tls::client::Connector;
 use crate::tls::TlsError;
 use balance::Balancer;
+use endpoint::{Endpoint, InFlight};
 use skiff_config::cluster::{ClusterConfig, UpstreamProtocol};
-
-/// One backend address and everything skiff knows about it.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    /// The weight discovery gave it.
-    spec_weight: AtomicU32,
-    /// What the balancer uses: `spec_weight × WEIGHT_SCALE`, less during
-    /// slow start.
-    weight: AtomicU32,
-    /// Active health: one of the `health::` states.
-    health: AtomicU8,
-    /// Why the last active check failed, for `/clusters`.
-    health_failure: Mutex<Option<String>>,
-    /// Start of the slow-start ramp in ms since [`epoch`]; 0 when not ramping.
-    ramp_from: AtomicU64,
-    in_flight: AtomicU64,
-    /// Set when the endpoint left the set; it only finishes what it has.
-    draining: AtomicBool,
-    /// Where discovery found it (Kubernetes slice, zone, conditions);
-    /// updated in place when only that changes.
-    origin: ArcSwapOption<Origin>,
-    /// Responses by status class (`skiff_endpoint_requests_total`).
-    pub requests: CodeCounters,
-    /// Request durations to this endpoint (for the dashboard's p99; not
-    /// exported per endpoint, to keep series bounded).
-    pub(crate) duration: Histogram,
-    /// One connection pool per worker (see `workers`), so a worker only
-    /// reuses connections its own runtime drives.
-    pools: Box<[Pool]>,
-    /// The owning cluster's metrics, so a request holds one `Arc`, not two.
-    pub(crate) cluster_stats: Arc<ClusterStats>,
-    /// `cluster="…",endpoint="…"`, written once for every scrape to copy.
-    pub(crate) metric_labels: Box<str>,
-    /// 5xx responses and connect failures in a row (outlier detection).
-    failures: AtomicU32,
-    /// When an ejection ends, in ms since [`epoch`]; 0 when not ejected.
-    ejected_until: AtomicU64,
-    /// Times ejected, for the doubling ejection time; one is forgiven per
-    /// `base_ejection_time` spent in rotation since (Envoy's decay).
-    ejections: AtomicU32,
-    /// When the last ejection ended or was last forgiven (ms since the process's epoch: [`now_ms`]).
-    ejection_ended: AtomicU64,
-}
-
-impl Endpoint {
-    pub(crate) fn new(spec: &EndpointSpec, cluster_stats: Arc<ClusterStats>) -> Endpoint {
-        let metric_labels = format!(
-            "{},{}",
-            cluster_stats.metric_labels,
-            crate::metrics::label("endpoint", &spec.address.to_string())
-        )
-        .into();
-        Endpoint {
-            cluster_stats,
-            metric_labels,
-            address: spec.address,
-            spec_weight: AtomicU32::new(spec.weight),
-            weight: AtomicU32::new(spec.weight.saturating_mul(WEIGHT_SCALE)),
-            health: AtomicU8::new(health::UNCHECKED),
-            health_failure: Mutex::new(None),
-            ramp_from: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
-            origin: ArcSwapOption::new(spec.origin.clone()),
-            requests: CodeCounters::default(),
-            duration: Histogram::default(),
-            pools: (0..crate::io::workers::count())
-                .map(|_| Pool::default())
-                .collect(),
-            failures: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
-            ejection_ended: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether outlier detection has taken it out of rotation.
-    pub fn is_ejected(&self) -> bool {
-        self.ejected_until.load(Relaxed) != 0
-    }
-
-    /// The balancing weight: the configured weight × [`WEIGHT_SCALE`],
-    /// lowered while the endpoint is in slow start.
-    #[inline]
-    pub(crate) fn weight(&self) -> u32 {
-        self.weight.load(Relaxed)
-    }
-
-    /// The weight discovery or the config gave it.
-    pub(crate) fn spec_weight(&self) -> u32 {
-        self.spec_weight.load(Relaxed)
-    }
-
-    /// Active health (`health::UNCHECKED`, `PENDING`, `HEALTHY`, `UNHEALTHY`).
-    pub fn health(&self) -> u8 {
-        self.health.load(Relaxed)
-    }
-
-    /// Why the last active check failed, while it is failing.
-    pub fn health_failure(&self) -> Option<String> {
-        self.health_failure.lock().clone()
-    }
-
-    /// Whether new requests may go to it outside panic mode.
-    pub fn takes_traffic(&self) -> bool {
-        !self.is_ejected() && matches!(self.health(), health::UNCHECKED | health::HEALTHY)
-    }
-
-    /// Ms left of its ejection (0 when not ejected), and how many times
-    /// it has been ejected.
-    pub fn ejection(&self) -> (u64, u32) {
-        let until = self.ejected_until.load(Relaxed);
-        (until.saturating_sub(now_ms()), self.ejections.load(Relaxed))
-    }
-
-    /// Whether slow start is still ramping its weight up.
-    pub(crate) fn is_ramping(&self) -> bool {
-        self.ramp_from.load(Relaxed) != 0
-    }
-
-    /// Sets the balancing weight for slow start at `now`; true when it
-    /// changed (the snapshot must be rebuilt for round-robin).
-    fn ramp(&self, slow_start: &skiff_config::cluster::SlowStart, now: u64) -> bool {
-        let full = self.spec_weight().saturating_mul(WEIGHT_SCALE);
-        let from = self.ramp_from.load(Relaxed);
-        let window = slow_start.window.as_millis() as u64;
-        let weight = if from == 0 || window == 0 || now.saturating_sub(from) >= window {
-            if from != 0 {
-                self.ramp_from.store(0, Relaxed);
-            }
-            full
-        } else {
-            // Envoy: weight · max(min%, (t / window)^(1 / aggression)),
-            // with t at least one second.
-            let t = (now - from).max(1000) as f64 / window as f64;
-            let factor = t
-                .powf(1.0 / slow_start.aggression)
-                .max(slow_start.min_weight_percent as f64 / 100.0)
-                .min(1.0);
-            ((full as f64 * factor) as u32).max(1)
-        };
-        self.weight.swap(weight, Relaxed) != weight
-    }
-
-    /// Requests sent to this endpoint whose response body has not ended.
-    #[inline]
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed)
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Relaxed)
-    }
-
-    /// Where discovery found the endpoint; `None` for static and file ones.
-    pub(crate) fn origin(&self) -> Option<Arc<Origin>> {
-        self.origin.load_full()
-    }
-
-    /// Takes a new weight and origin for the same address, in place.
-    fn refresh(&self, spec: &EndpointSpec) {
-        if self.spec_weight.swap(spec.weight, Relaxed) != spec.weight && !self.is_ramping() {
-            self.weight
-                .store(spec.weight.saturating_mul(WEIGHT_SCALE), Relaxed);
-        }
-        let current = self.origin.load();
-        let same = match (current.as_ref(), spec.origin.as_ref()) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
-            self.origin.store(spec.origin.clone());
-        }
-    }
-
-    /// This worker's connection pool to the endpoint.
-    #[inline]
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.pools[crate::io::workers::current() % self.pools.len()]
-    }
-
-    /// Idle pooled connections over every worker.
-    pub fn idle_connections(&self) -> usize {
-        self.pools.iter().map(Pool::idle_count).sum()
-    }
-
-    /// Stops pooling on every worker: idle connections close now.
-    fn close_pools(&self) {
-        self.pools.iter().for_each(Pool::close);
-    }
-}
-
-/// Balancing weights are configured weights times this, so slow start can
-/// give an endpoint a fraction of its share (≤ 10,000 × 100 fits a `u32`).
-pub(crate) const WEIGHT_SCALE: u32 = 100;
-
-/// Errors answered locally, by kind, for `skiff_upstream_errors_total`.
-#[derive(Debug, Default)]
-pub struct ErrorCounters {
-    pub(crate) connect_timeout: AtomicU64,
-    pub(crate) connect_failed: AtomicU64,
-    pub(crate) request_timeout: AtomicU64,
-    pub reset: AtomicU64,
-    pub(crate) no_endpoints: AtomicU64,
-}
-
-impl ErrorCounters {
-    pub(crate) fn iter(&self) -> [(&'static str, u64); 5] {
-        [
-            ("connect_timeout", self.connect_timeout.load(Relaxed)),
-            ("connect_failed", self.connect_failed.load(Relaxed)),
-            ("request_timeout", self.request_timeout.load(Relaxed)),
-            ("reset", self.reset.load(Relaxed)),
-            ("no_endpoints", self.no_endpoints.load(Relaxed)),
-        ]
-    }
-}
-
-/// A cluster's metrics and request counts, held by the cluster so they
-/// survive reloads.
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    /// Requests in flight over all endpoints (what `max_requests` limits);
-    /// kept here too, not only per endpoint, so the limit is one load.
-    pub active: AtomicUsize,
-    /// Requests waiting for a new upstream connection (`max_pending`).
-    pub pending: AtomicUsize,
-    /// Requests refused by the circuit breaker.
-    pub(crate) overflow: AtomicU64,
-    /// Tries after the first (`skiff_retries_total`).
-    pub(crate) retries: AtomicU64,
-    /// Requests balanced in panic mode (`skiff_panic_total`).
-    pub(crate) panic: AtomicU64,
-    /// Outlier ejections (`skiff_ejections_total`).
-    pub(crate) ejections: AtomicU64,
-    /// Active health check results (`skiff_health_checks_total`).
-    pub(crate) health_checks: health::CheckCounters,
-    pub(crate) budget: budget::RetryBudget,
-    pub(crate) duration: Histogram,
-    pub(crate) discovery_updates: AtomicU64,
-    /// Failures of the cluster's discovery source, counted by the source.
-    pub(crate) discovery_errors: Arc<AtomicU64>,
-    pub errors: ErrorCounters,
-    /// `cluster="…"`, escaped once for every scrape to copy.
-    pub(crate) metric_labels: Box<str>,
-}
+use stats::ClusterStats;
 
 /// What the request path reads: the endpoints that take new requests, and
 /// how to pick among them.
@@ -475,7 +226,7 @@ impl Cluster {
         let current = self.snapshot.load_full();
         let mut changed = false;
         for e in current.members.iter() {
-            changed |= e.health.swap(health::UNCHECKED, Relaxed) != health::UNCHECKED;
+            changed |= e.health.swap(endpoint::UNCHECKED, Relaxed) != endpoint::UNCHECKED;
             *e.health_failure.lock() = None;
         }
         if changed {
@@ -605,7 +356,7 @@ impl Cluster {
         let endpoint = Endpoint::new(spec, self.stats.clone());
         let settings = self.settings.load();
         if settings.health_check.is_some() {
-            endpoint.health.store(health::PENDING, Relaxed);
+            endpoint.health.store(endpoint::PENDING, Relaxed);
         }
         if !settings.slow_start.window.is_zero() && !first_set && self.is_primed() {
             endpoint.ramp_from.store(now_ms(), Relaxed);
@@ -628,7 +379,7 @@ impl Cluster {
         let known: Vec<Arc<Endpoint>> = if checked {
             members
                 .iter()
-                .filter(|e| e.health() != health::PENDING)
+                .filter(|e| e.health() != endpoint::PENDING)
                 .cloned()
                 .collect()
         } else {
@@ -740,13 +491,13 @@ impl Cluster {
     ) {
         let state = endpoint.health();
         let next = match (state, &failure) {
-            (health::PENDING | health::UNCHECKED, None) => health::HEALTHY,
-            (health::PENDING, Some(_)) => health::UNHEALTHY,
-            (health::UNHEALTHY, None) if in_a_row >= check.healthy_threshold => health::HEALTHY,
-            (health::HEALTHY | health::UNCHECKED, Some(_))
+            (endpoint::PENDING | endpoint::UNCHECKED, None) => endpoint::HEALTHY,
+            (endpoint::PENDING, Some(_)) => endpoint::UNHEALTHY,
+            (endpoint::UNHEALTHY, None) if in_a_row >= check.healthy_threshold => endpoint::HEALTHY,
+            (endpoint::HEALTHY | endpoint::UNCHECKED, Some(_))
                 if in_a_row >= check.unhealthy_threshold =>
             {
-                health::UNHEALTHY
+                endpoint::UNHEALTHY
             }
             _ => state,
         };
@@ -767,10 +518,10 @@ impl Cluster {
             tracing::info!(cluster = %self.name, endpoint = %endpoint.address, "health check passed: ejection over");
         }
         match (state, next) {
-            (health::PENDING, health::HEALTHY) => {
+            (endpoint::PENDING, endpoint::HEALTHY) => {
                 tracing::debug!(cluster = %self.name, endpoint = %endpoint.address, "first health check passed")
             }
-            (_, health::HEALTHY) => {
+            (_, endpoint::HEALTHY) => {
                 tracing::info!(cluster = %self.name, endpoint = %endpoint.address, "healthy after {in_a_row} passed checks");
                 let settings = self.settings.load();
                 if !settings.slow_start.window.is_zero() {
@@ -778,7 +529,7 @@ impl Cluster {
                     endpoint.ramp(&settings.slow_start, now_ms());
                 }
             }
-            (_, health::UNHEALTHY) => tracing::warn!(
+            (_, endpoint::UNHEALTHY) => tracing::warn!(
                 cluster = %self.name,
                 endpoint = %endpoint.address,
                 "unhealthy after {in_a_row} failed checks: {}",
@@ -829,7 +580,7 @@ impl Cluster {
         for e in snapshot.members.iter() {
             if e.is_ejected() {
                 counts.ejected += 1;
-            } else if matches!(e.health(), health::UNCHECKED | health::HEALTHY) {
+            } else if matches!(e.health(), endpoint::UNCHECKED | endpoint::HEALTHY) {
                 counts.healthy += 1;
             } else {
                 counts.unhealthy += 1;
@@ -857,7 +608,7 @@ impl Cluster {
                 .load()
                 .members
                 .iter()
-                .any(|e| e.health() == health::PENDING);
+                .any(|e| e.health() == endpoint::PENDING);
         if warm {
             self.warmed.store(true, Relaxed);
         }
@@ -891,33 +642,6 @@ pub(crate) enum Unavailable {
     Overflow,
 }
 
-/// One request counted against an endpoint and its cluster, from pick
-/// until the response body ends (or the request fails). Dropping it ends
-/// the count.
-#[derive(Debug)]
-pub struct InFlight {
-    pub endpoint: Arc<Endpoint>,
-}
-
-impl InFlight {
-    /// A second count on the same endpoint (tests hold several).
-    #[cfg(test)]
-    fn another(&self) -> InFlight {
-        self.endpoint.in_flight.fetch_add(1, Relaxed);
-        self.endpoint.cluster_stats.active.fetch_add(1, Relaxed);
-        InFlight {
-            endpoint: self.endpoint.clone(),
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Relaxed);
-        self.endpoint.cluster_stats.active.fetch_sub(1, Relaxed);
-    }
-}
-
 /// Starts following `source` for `cluster`: each new endpoint set is
 /// applied as it comes; the task stops when the handle is aborted.
 pub(crate) fn follow(
@@ -937,6 +661,7 @@ pub(crate) fn follow(
 mod tests {
     use super::*;
     use skiff_config::cluster::LbPolicy;
+    use skiff_config::endpoints::Origin;
 
     use skiff_config::endpoints::Source;
 

@@ -20,9 +20,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::http::h1::body::RequestBody;
-
-/// Errors a request body can end with.
-pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+use crate::http::BodyError;
 
 /// A request body on its way to an upstream.
 #[derive(Debug)]

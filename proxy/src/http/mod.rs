@@ -6,3 +6,6 @@
 pub(crate) mod body;
 pub mod h1;
 pub mod h2;
+
+/// Errors a request or response body can end with.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;

@@ -19,7 +19,7 @@ use http::{StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 
-use crate::http::body::BodyError;
+use crate::http::BodyError;
 use crate::io::conn::Conn;
 
 /// Frames larger than this are written in place, not copied into the buffer.

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::http::body::BodyError;
+use crate::http::BodyError;
 
 /// Response bytes a stream may have queued before its task stops reading
 /// the upstream's body and waits for the connection to send them.

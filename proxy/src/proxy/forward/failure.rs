@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::cluster::endpoint::Endpoint;
 use crate::cluster::pool::ConnectError;
-use crate::cluster::{Cluster, Endpoint};
-use crate::http::body::BodyError;
+use crate::cluster::Cluster;
+use crate::http::BodyError;
 
 /// Why a request got no upstream response.
 pub(super) enum Failure {

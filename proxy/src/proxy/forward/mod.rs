@@ -31,8 +31,9 @@ use hyper::body::Body;
 use crate::http::body::{Exceeded, UpstreamBody};
 
 use crate::cluster::balance::random;
+use crate::cluster::endpoint::InFlight;
 use crate::cluster::pool::PendingLimit;
-use crate::cluster::{InFlight, Unavailable};
+use crate::cluster::Unavailable;
 use crate::proxy::route::ListenerRoutes;
 use crate::proxy::route::{Found, Route};
 

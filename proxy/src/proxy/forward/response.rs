@@ -23,9 +23,11 @@ use super::failure::Failure;
 use super::headers::strip_hop_by_hop;
 use super::send::Received;
 use super::upgrade::Tunnel;
-use crate::cluster::{InFlight, Unavailable};
-use crate::http::body::{BodyError, UpstreamBody};
+use crate::cluster::endpoint::InFlight;
+use crate::cluster::Unavailable;
+use crate::http::body::UpstreamBody;
 use crate::http::h1::client;
+use crate::http::BodyError;
 
 /// `413` for a body past its route's `max_request_body`.
 pub(super) fn too_large(limit: u64) -> Response<ProxyBody> {

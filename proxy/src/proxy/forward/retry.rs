@@ -22,9 +22,11 @@ use super::failure::Failure;
 use super::headers::{origin_form, prepare_request, set_upstream_uri, X_REQUEST_ID};
 use super::response::{local, ProxyBody};
 use crate::cluster::budget::RetryBudget;
-use crate::cluster::{balance::random, InFlight, Settings, Unavailable};
-use crate::http::body::{BodyError, UpstreamBody};
+use crate::cluster::endpoint::InFlight;
+use crate::cluster::{balance::random, Settings, Unavailable};
+use crate::http::body::UpstreamBody;
 use crate::http::h1::client::{self, is_idempotent};
+use crate::http::BodyError;
 use crate::proxy::route::Route;
 
 /// Picks an endpoint, trying twice more for one other than `avoid` (the

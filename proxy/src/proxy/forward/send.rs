@@ -16,8 +16,9 @@ use skiff_config::cluster::UpstreamProtocol;
 
 use super::failure::Failure;
 use crate::cluster::pool::{PendingLimit, Pool, Sender};
-use crate::http::body::{BodyError, UpstreamBody};
+use crate::http::body::UpstreamBody;
 use crate::http::h1::client;
+use crate::http::BodyError;
 
 pub(super) type Sent = (Response<Received>, Option<http1::SendRequest<UpstreamBody>>);
 

@@ -11,8 +11,8 @@ use http::Request;
 use super::failure::Failure;
 use super::headers::origin_form;
 use super::send::{with_timeout, Received, Sent};
+use crate::cluster::endpoint::InFlight;
 use crate::cluster::pool::Pool;
-use crate::cluster::InFlight;
 use crate::http::body::UpstreamBody;
 
 /// Sends an HTTP/1.1 upgrade request (WebSocket) on a dedicated upstream
