@@ -1,20 +1,16 @@
 //! Route matching: arbitrary routes (written as config, so validation
-//! runs) and arbitrary lookups. `RouteTable::find` must agree with a plain
-//! reading of the rules in `route.rs` (exact host, then `*.suffix` longest
+//! runs) and arbitrary lookups. `skiff_route::Table::find` must agree with a plain
+//! reading of the rules in `route/src/lib.rs` (exact host, then `*.suffix` longest
 //! first, then host-less routes; first path match in config order), and a
 //! host's case, port or trailing dot must not change the answer.
 #![no_main]
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use skiff::cluster::Cluster;
-use skiff::metrics::Registry;
-use skiff::proxy::route::RouteTable;
 use skiff_config::route::{HostMatch, PathMatch, RouteConfig};
 use skiff_config::Config;
+use skiff_route::{Found, Table};
 
 /// The input, one item a line (readable seeds and reproducers):
 ///
@@ -149,29 +145,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = Config::parse(&text, "fuzz.yaml", Path::new("/nonexistent")) else {
         return;
     };
-    let clusters: HashMap<String, Arc<Cluster>> = config
-        .clusters
-        .iter()
-        .map(|c| {
-            let cluster = Cluster::new(c.clone()).expect("a plaintext cluster");
-            (c.name.clone(), Arc::new(cluster))
-        })
-        .collect();
     let listener = &config.listeners[0];
-    let table =
-        RouteTable::build(listener, &clusters, &Registry::default()).expect("routes resolve");
-    // The generated routes have no header matches and no redirects, so
-    // every entry of the table is a route, in the config's order.
+    // Each route leads to its own index, as the proxy's lead to clusters.
+    let mut next = 0;
+    let table = Table::build(&listener.routes, |_| {
+        next += 1;
+        Ok::<_, ()>(next - 1)
+    })
+    .expect("no target fails");
+    // The generated routes have no header matches and no redirects.
     let no_headers = http::HeaderMap::new();
-    let index_of = |found: Option<skiff::proxy::route::Found<'_>>| {
-        found.map(|found| {
-            let skiff::proxy::route::Found::Route(r) = found else {
-                panic!("a redirect found where none is configured");
-            };
-            table
-                .routes()
-                .position(|t| std::ptr::eq(t, r))
-                .expect("a route of the table")
+    let index_of = |found: Option<Found<'_, usize>>| {
+        found.map(|found| match found {
+            Found::Route(&i) => i,
+            Found::Redirect(_) => panic!("a redirect found where none is configured"),
         })
     };
     for (host, path) in &input.lookups {

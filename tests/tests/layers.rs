@@ -688,13 +688,15 @@ fn dependency_tree(name: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_config_crate_builds_without_the_proxys_runtime() {
-    let tree = dependency_tree("skiff-config");
-    for runtime in ["tokio", "hyper", "h2", "rustls", "skiff", "skiff-discovery"] {
-        assert!(
-            !tree.contains(runtime),
-            "skiff-config depends on {runtime} (through Cargo.lock's tree: {tree:?})"
-        );
+fn the_config_and_route_crates_build_without_the_proxys_runtime() {
+    for name in ["skiff-config", "skiff-route"] {
+        let tree = dependency_tree(name);
+        for runtime in ["tokio", "hyper", "h2", "rustls", "skiff", "skiff-discovery"] {
+            assert!(
+                !tree.contains(runtime),
+                "{name} depends on {runtime} (through Cargo.lock's tree: {tree:?})"
+            );
+        }
     }
 }
 

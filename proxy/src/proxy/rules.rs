@@ -1,47 +1,15 @@
-//! Route rules at run time: what a route does beyond picking a cluster by
-//! host and path (header conditions, rewrites, header edits, redirects),
+//! Route rules at run time: what a forwarding route changes in the
+//! request (rewrites, header edits; the conditions that pick it are
+//! `skiff_route`'s),
 //! compiled from the route's config ([`skiff_config::route`]) once, when
 //! its table is built.
 //!
 //! A route without any of these keeps the plain path: its rules are
 //! `None`, one branch per request.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Uri};
-use skiff_config::route::{HeaderMatch, PathMatch, RouteRules, ValueMatch};
-
-/// A header condition, ready for lookups.
-#[derive(Debug)]
-pub(crate) struct HeaderCheck {
-    name: HeaderName,
-    value: ValueMatch,
-}
-
-impl HeaderCheck {
-    #[inline]
-    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
-        match (&self.value, headers.get(&self.name)) {
-            (ValueMatch::Present, found) => found.is_some(),
-            (ValueMatch::Absent, found) => found.is_none(),
-            (ValueMatch::Exact(want), Some(v)) => v.as_bytes() == want.as_bytes(),
-            (ValueMatch::Prefix(want), Some(v)) => v.as_bytes().starts_with(want.as_bytes()),
-            (_, None) => false,
-        }
-    }
-}
-
-/// Compiles header conditions (names were checked when read).
-pub(crate) fn header_checks(matches: &[HeaderMatch]) -> Box<[HeaderCheck]> {
-    matches
-        .iter()
-        .filter_map(|m| {
-            Some(HeaderCheck {
-                name: HeaderName::from_bytes(m.name.as_bytes()).ok()?,
-                value: m.value.clone(),
-            })
-        })
-        .collect()
-}
+use skiff_config::route::{PathMatch, RouteRules};
 
 /// What a forwarding route changes in the request before it leaves.
 #[derive(Debug)]
@@ -146,25 +114,5 @@ mod tests {
     #[test]
     fn plain_routes_have_no_edits() {
         assert!(Edits::of(&RouteRules::default(), &PathMatch::Prefix("/".into())).is_none());
-    }
-
-    #[test]
-    fn header_checks_match_exact_prefix_presence_and_absence() {
-        let mut h = HeaderMap::new();
-        h.insert("x-canary", HeaderValue::from_static("1"));
-        h.insert("user-agent", HeaderValue::from_static("curl/8"));
-        let check = |name: &str, value: ValueMatch| {
-            header_checks(&[HeaderMatch {
-                name: name.into(),
-                value,
-            }])[0]
-                .matches(&h)
-        };
-        assert!(check("x-canary", ValueMatch::Exact("1".into())));
-        assert!(!check("x-canary", ValueMatch::Exact("2".into())));
-        assert!(check("user-agent", ValueMatch::Prefix("curl/".into())));
-        assert!(check("x-canary", ValueMatch::Present));
-        assert!(check("x-other", ValueMatch::Absent));
-        assert!(!check("x-other", ValueMatch::Present));
     }
 }

@@ -251,13 +251,24 @@ fn exchange<'a>(
         } else {
             (&mut handling).await
         };
-        let keep_alive = keep_alive && !*drain.borrow();
         let asked = write::Asked {
             head: asked_head,
             version,
-            keep_alive,
+            keep_alive: keep_alive && !*drain.borrow(),
         };
-        respond(conn, response, asked, returned, buf, peer).await
+        // Taken apart here, not moved whole into another future.
+        let (mut parts, mut body) = response.into_parts();
+        let mut out = buffers::write();
+        let framing = write::head(&mut parts, &body, asked, &mut out);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            return switch(conn, &mut body, &mut out, returned.is_none()).await;
+        }
+        let sent = Sent {
+            framing,
+            asked,
+            peer,
+        };
+        respond(conn, sent, &mut out, &mut body, returned, buf).await
     }
 }
 
@@ -288,39 +299,47 @@ async fn watched<F: std::future::Future>(
     }
 }
 
-/// Writes the response, and takes back the read buffer from a request
-/// body that was still being read; says what the connection does next.
+/// How a response head was written, for the body that follows it.
+struct Sent {
+    framing: write::Framing,
+    asked: write::Asked,
+    peer: SocketAddr,
+}
+
+/// Finishes a `101 Switching Protocols`: a tunnel when the upstream gave
+/// one and no request body is still being read, else the connection ends.
+async fn switch(conn: &Conn, body: &mut ProxyBody, out: &mut Vec<u8>, bodyless: bool) -> Next {
+    match std::mem::replace(body, ProxyBody::empty()) {
+        ProxyBody::Upgrade(tunnel) if bodyless => {
+            if write::flush(conn, out).await.is_err() {
+                return Next::Close;
+            }
+            Next::Upgrade(tunnel)
+        }
+        _ => Next::Close,
+    }
+}
+
+/// Writes the response body after its head, and takes back the read
+/// buffer from a request body that was still being read; says what the
+/// connection does next.
 async fn respond(
     conn: &Conn,
-    response: http::Response<ProxyBody>,
-    asked: write::Asked,
+    sent: Sent,
+    out: &mut Vec<u8>,
+    body: &mut ProxyBody,
     returned: Option<oneshot::Receiver<body::Returned>>,
     buf: &mut BytesMut,
-    peer: SocketAddr,
 ) -> Next {
-    let (mut parts, mut body) = response.into_parts();
-    let mut out = buffers::write();
-    let framing = write::head(&mut parts, &body, asked, &mut out);
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return match std::mem::replace(&mut body, ProxyBody::empty()) {
-            ProxyBody::Upgrade(tunnel) if returned.is_none() => {
-                if write::flush(conn, &mut out).await.is_err() {
-                    return Next::Close;
-                }
-                Next::Upgrade(tunnel)
-            }
-            _ => Next::Close,
-        };
-    }
-    let complete = match write::body(conn, &mut out, framing, &mut body).await {
+    let complete = match write::body(conn, out, sent.framing, body).await {
         Ok(complete) => complete,
         Err(e) => {
-            tracing::debug!(%peer, "response ended early: {e}");
+            tracing::debug!(peer = %sent.peer, "response ended early: {e}");
             return Next::Close;
         }
     };
-    drop(body);
-    buffers::give_write(out);
+    *body = ProxyBody::empty();
+    buffers::give_write(std::mem::take(out));
     if let Some(returned) = returned {
         // The body must have been read to its end to know where the next
         // request starts; it usually has, by the time the response is out.
@@ -329,7 +348,7 @@ async fn respond(
             _ => return Next::Close,
         }
     }
-    if complete && asked.keep_alive && framing != write::Framing::Close {
+    if complete && sent.asked.keep_alive && sent.framing != write::Framing::Close {
         Next::KeepAlive
     } else {
         Next::Close

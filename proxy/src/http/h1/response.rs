@@ -58,6 +58,7 @@ pub enum Parsed<'h, 'b> {
 
 /// Parses the response head at the start of `buf` into `fields`. A
 /// response to HEAD (`head_request`) has no body whatever it declares.
+#[inline] // two callers; the client's is every response's path
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
     head_request: bool,
@@ -135,6 +136,7 @@ struct Declared {
 }
 
 impl Declared {
+    #[inline]
     fn read(fields: &[httparse::Header<'_>], version: Version) -> Result<Declared, &'static str> {
         let mut declared = Declared {
             length: None,
@@ -177,6 +179,7 @@ impl Declared {
 
 /// A `Content-Length` value: digits only (a list of equal values is
 /// refused too: an upstream has no reason to send one).
+#[inline]
 fn parse_length(value: &[u8]) -> Result<u64, &'static str> {
     let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {

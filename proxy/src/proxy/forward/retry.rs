@@ -279,6 +279,7 @@ impl Tries {
     /// `retryable` and `replay_body` as [`retryable`] and [`buffer_body`]
     /// found them, `raw_head` an HTTP/1 client's head when it had one.
     #[allow(clippy::too_many_arguments)] // each is the request's own
+    #[inline] // one caller: built in place in its future, not copied in
     pub(super) fn new(
         req: &mut Request<UpstreamBody>,
         route: &Route,
