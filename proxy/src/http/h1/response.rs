@@ -146,31 +146,37 @@ impl Declared {
         };
         for field in fields {
             let name = field.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let n = parse_length(field.value)?;
-                if declared.length.is_some_and(|l| l != n) {
-                    return Err("conflicting content-length values");
+            // By length first: most fields are none of the three.
+            match name.len() {
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let n = parse_length(field.value)?;
+                    if declared.length.is_some_and(|l| l != n) {
+                        return Err("conflicting content-length values");
+                    }
+                    declared.length = Some(n);
                 }
-                declared.length = Some(n);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                declared.coded = true;
-                // Only the final coding decides: chunked last means chunked.
-                declared.chunked = field
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in field.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        declared.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive")
-                        && version == Version::HTTP_10
-                    {
-                        declared.close = false;
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    declared.coded = true;
+                    // Only the final coding decides: chunked last means chunked.
+                    declared.chunked = field
+                        .value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                }
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    for token in field.value.split(|&b| b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            declared.close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive")
+                            && version == Version::HTTP_10
+                        {
+                            declared.close = false;
+                        }
                     }
                 }
+                _ => {}
             }
         }
         Ok(declared)
