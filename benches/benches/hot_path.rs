@@ -14,6 +14,7 @@ use skiff_config::cluster::LbPolicy;
 use skiff_config::endpoints::EndpointSpec;
 use skiff_config::Config;
 use skiff_discovery::EndpointSet;
+use skiff_route::Lookup;
 
 fn cluster(lb: LbPolicy, n: usize, weighted: bool) -> Arc<Cluster> {
     let yaml = format!(
@@ -80,43 +81,38 @@ fn route_match(c: &mut Criterion) {
     .into();
     let table =
         RouteTable::build(&config.listeners[0], &clusters, &Registry::default()).expect("routes");
-    let no_headers = http::HeaderMap::new();
     let mut group = c.benchmark_group("route_match_100_routes");
+    let req = http::Request::get("/api/v99/items")
+        .body(())
+        .expect("a request");
     group.bench_function("exact_host_hit", |b| {
         b.iter(|| {
-            black_box(table.find(
+            black_box(table.find(&Lookup::of(
+                black_box(&req),
                 Some(black_box("svc99.shop.example.com")),
-                black_box("/api/v99/items"),
-                &no_headers,
-            ))
+            )))
         })
     });
+    let req = http::Request::get("/api/v97/x")
+        .body(())
+        .expect("a request");
     group.bench_function("suffix_host_hit", |b| {
         b.iter(|| {
-            black_box(table.find(
+            black_box(table.find(&Lookup::of(
+                black_box(&req),
                 Some(black_box("a.zone97.example.com")),
-                black_box("/api/v97/x"),
-                &no_headers,
-            ))
+            )))
         })
     });
+    let req = http::Request::get("/api/v98/x")
+        .body(())
+        .expect("a request");
     group.bench_function("any_host_last_route", |b| {
-        b.iter(|| {
-            black_box(table.find(
-                Some(black_box("other.org")),
-                black_box("/api/v98/x"),
-                &no_headers,
-            ))
-        })
+        b.iter(|| black_box(table.find(&Lookup::of(black_box(&req), Some(black_box("other.org"))))))
     });
+    let req = http::Request::get("/nothing").body(()).expect("a request");
     group.bench_function("miss", |b| {
-        b.iter(|| {
-            black_box(table.find(
-                Some(black_box("other.org")),
-                black_box("/nothing"),
-                &no_headers,
-            ))
-        })
+        b.iter(|| black_box(table.find(&Lookup::of(black_box(&req), Some(black_box("other.org"))))))
     });
     group.finish();
 }

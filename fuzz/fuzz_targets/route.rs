@@ -10,7 +10,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use skiff_config::route::{HostMatch, PathMatch, RouteConfig};
 use skiff_config::Config;
-use skiff_route::{Found, Table};
+use skiff_route::Lookup;
 
 /// The input, one item a line (readable seeds and reproducers):
 ///
@@ -148,21 +148,22 @@ fuzz_target!(|data: &[u8]| {
     let listener = &config.listeners[0];
     // Each route leads to its own index, as the proxy's lead to clusters.
     let mut next = 0;
-    let table = Table::build(&listener.routes, |_| {
+    let table = skiff_route::from_config(&listener.routes, |_| {
         next += 1;
         Ok::<_, ()>(next - 1)
     })
     .expect("no target fails");
     // The generated routes have no header matches and no redirects.
-    let no_headers = http::HeaderMap::new();
-    let index_of = |found: Option<Found<'_, usize>>| {
-        found.map(|found| match found {
-            Found::Route(&i) => i,
-            Found::Redirect(_) => panic!("a redirect found where none is configured"),
-        })
+    let index_of = |host: Option<&str>, path: &str| {
+        let req = http::Request::get("/").body(()).expect("a request");
+        let lookup = Lookup {
+            path,
+            ..Lookup::of(&req, host)
+        };
+        table.find(&lookup).copied()
     };
     for (host, path) in &input.lookups {
-        let found = index_of(table.find(host.as_deref(), path, &no_headers));
+        let found = index_of(host.as_deref(), path);
         let expected = reference(&listener.routes, host.as_deref(), path);
         assert_eq!(found, expected, "host {host:?} path {path:?} in\n{text}");
         if let Some(i) = found {
@@ -177,7 +178,7 @@ fuzz_target!(|data: &[u8]| {
                 && !h.ends_with('.')
         }) {
             for variant in [h.to_ascii_uppercase(), format!("{h}:8080"), format!("{h}.")] {
-                let again = index_of(table.find(Some(&variant), path, &no_headers));
+                let again = index_of(Some(&variant), path);
                 assert_eq!(again, found, "{variant:?} differs from {h:?} for {path:?}");
             }
         }

@@ -1,5 +1,6 @@
 use super::*;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, Method};
+use skiff_config::route::{HeaderMatch, HostMatch, PathMatch, Redirect, RouteConfig, ValueMatch};
 
 /// A table whose routes lead to their cluster's name.
 fn table(routes: &[(Option<HostMatch>, PathMatch, &str)]) -> Table<String> {
@@ -12,14 +13,16 @@ fn table(routes: &[(Option<HostMatch>, PathMatch, &str)]) -> Table<String> {
             rules: Default::default(),
         })
         .collect();
-    Table::build(&routes, |r| Ok::<_, ()>(r.cluster.clone())).unwrap()
+    from_config(&routes, |r| Ok::<_, ()>(r.cluster.clone())).unwrap()
+}
+
+fn get(path: &str) -> http::Request<()> {
+    http::Request::get(path).body(()).unwrap()
 }
 
 fn find<'a>(t: &'a Table<String>, host: Option<&str>, path: &str) -> Option<&'a str> {
-    match t.find(host, path, &HeaderMap::new())? {
-        Found::Route(cluster) => Some(cluster),
-        Found::Redirect(_) => Some("redirect"),
-    }
+    let req = get(path);
+    t.find(&Lookup::of(&req, host)).map(String::as_str)
 }
 
 #[test]
@@ -82,7 +85,7 @@ fn longest_suffix_wins() {
 }
 
 #[test]
-fn redirects_are_found_and_make_no_target() {
+fn every_config_route_makes_a_target_in_order() {
     let redirect = RouteConfig {
         host: None,
         path: PathMatch::Prefix("/old".into()),
@@ -102,18 +105,16 @@ fn redirects_are_found_and_make_no_target() {
         rules: Default::default(),
         ..redirect.clone()
     };
-    let mut made = Vec::new();
-    let t = Table::build(&[redirect, plain], |r| {
-        made.push(r.cluster.clone());
-        Ok::<_, ()>(r.cluster.clone())
+    let t = from_config(&[redirect, plain], |r| {
+        Ok::<_, ()>(match &r.rules.redirect {
+            Some(redirect) => format!("redirect {}", redirect.code),
+            None => r.cluster.clone(),
+        })
     })
     .unwrap();
-    assert_eq!(made, ["web"]);
-    assert!(
-        matches!(t.find(None, "/old/x", &HeaderMap::new()), Some(Found::Redirect(r)) if r.code == 301)
-    );
+    assert_eq!(find(&t, None, "/old/x"), Some("redirect 301"));
     assert_eq!(find(&t, None, "/new"), Some("web"));
-    assert_eq!(t.targets().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(t.targets().collect::<Vec<_>>(), ["redirect 301", "web"]);
 }
 
 #[test]
@@ -124,7 +125,7 @@ fn the_first_error_ends_the_build() {
         cluster: "missing".into(),
         rules: Default::default(),
     }];
-    let built = Table::<()>::build(&routes, |r| Err(format!("no cluster {}", r.cluster)));
+    let built = from_config::<(), _>(&routes, |r| Err(format!("no cluster {}", r.cluster)));
     assert_eq!(built.unwrap_err(), "no cluster missing");
 }
 
@@ -153,4 +154,176 @@ fn header_checks_match_exact_prefix_presence_and_absence() {
     assert!(check("x-canary", ValueMatch::Present));
     assert!(check("x-other", ValueMatch::Absent));
     assert!(!check("x-other", ValueMatch::Present));
+}
+
+/// Conformance's HTTPRouteMatching / HTTPRouteExactPathMatching cases:
+/// `PathPrefix` goes by whole segments and ignores its trailing `/`;
+/// `Exact` is byte for byte.
+#[test]
+fn segment_prefixes_and_exact_paths() {
+    let p = PathCondition::segments;
+    assert!(p("/abc").matches("/abc"));
+    assert!(p("/abc").matches("/abc/"));
+    assert!(p("/abc").matches("/abc/def"));
+    assert!(!p("/abc").matches("/abcd"));
+    assert!(p("/match/").matches("/match"));
+    assert!(p("/v2").matches("/v2/example"));
+    assert!(!p("/v2").matches("/v2example"));
+    assert!(p("/").matches("/anything"));
+    assert!(p("/").matches("/"));
+    let exact = PathCondition::Exact("/two".into());
+    assert!(exact.matches("/two"));
+    assert!(!exact.matches("/two/"));
+    assert!(!exact.matches("/Two"));
+    // skiff's own `path_prefix` is a string prefix, as it always was.
+    assert!(PathCondition::Prefix("/abc".into()).matches("/abcd"));
+}
+
+#[test]
+fn regular_expressions_match_whole_values() {
+    let re = Whole::new("/v[0-9]+/.*").unwrap();
+    assert!(re.matches("/v1/items"));
+    assert!(!re.matches("/api/v1/items"), "anchored at the start");
+    let alt = Whole::new("a|b").unwrap();
+    assert!(alt.matches("a") && alt.matches("b"));
+    assert!(!alt.matches("ab"), "anchored around the whole alternation");
+    let err = Whole::new("(unclosed").unwrap_err();
+    assert!(err.to_string().contains("unclosed"), "{err}");
+}
+
+fn lookup_with<'a>(req: &'a http::Request<()>) -> Lookup<'a> {
+    Lookup::of(req, Some("example.com"))
+}
+
+/// Conformance's HTTPRouteQueryParamMatching and HTTPRouteMethodMatching:
+/// query names are case-sensitive, the first value counts, the method is
+/// exact (HEAD is not GET).
+#[test]
+fn query_parameters_and_methods() {
+    let check = |name: &str, value: ValueCheck, uri: &str| {
+        let req = get(uri);
+        QueryCheck {
+            name: name.into(),
+            value,
+        }
+        .matches(lookup_with(&req).query)
+    };
+    let exact = |v: &str| ValueCheck::Exact(v.into());
+    assert!(check("animal", exact("whale"), "/?animal=whale"));
+    assert!(!check("animal", exact("whale"), "/?ANIMAL=whale"));
+    assert!(check(
+        "animal",
+        exact("whale"),
+        "/?color=blue&animal=whale&animal=dolphin"
+    ));
+    assert!(!check(
+        "animal",
+        exact("dolphin"),
+        "/?animal=whale&animal=dolphin"
+    ));
+    assert!(check("q", exact("a b/c"), "/?q=a+b%2Fc"));
+    assert!(!check("animal", exact("whale"), "/"));
+    assert!(check("flag", exact(""), "/?flag"));
+    assert!(check(
+        "id",
+        ValueCheck::Regex(Whole::new("[0-9]+").unwrap()),
+        "/?id=42"
+    ));
+    assert!(!check(
+        "id",
+        ValueCheck::Regex(Whole::new("[0-9]+").unwrap()),
+        "/?id=42x"
+    ));
+
+    let conditions = Conditions {
+        method: Some(Method::GET),
+        ..Conditions::path(PathCondition::segments("/"))
+    };
+    let head = http::Request::head("/").body(()).unwrap();
+    assert!(conditions.matches(&lookup_with(&get("/"))));
+    assert!(!conditions.matches(&lookup_with(&head)));
+}
+
+#[test]
+fn header_regular_expressions_read_the_first_value() {
+    let mut req = get("/");
+    req.headers_mut()
+        .append("version", HeaderValue::from_static("two"));
+    req.headers_mut()
+        .append("version", HeaderValue::from_static("three"));
+    let check = |pattern: &str| {
+        HeaderCheck {
+            name: http::header::HeaderName::from_static("version"),
+            value: ValueCheck::Regex(Whole::new(pattern).unwrap()),
+        }
+        .matches(req.headers())
+    };
+    assert!(check("t.o"));
+    assert!(!check("three"));
+}
+
+/// Conformance's HTTPRouteHostnameIntersection, with the spec's examples.
+#[test]
+fn listener_and_route_hostnames_intersect() {
+    let h = HostPattern::parse;
+    let i = |l: Option<&str>, r: &str| {
+        intersect(l.map(h).as_ref(), &h(r)).map(|p| p.text().into_owned())
+    };
+    assert_eq!(i(None, "*.example.com").as_deref(), Some("*.example.com"));
+    assert_eq!(
+        i(Some("very.specific.com"), "very.specific.com").as_deref(),
+        Some("very.specific.com")
+    );
+    assert_eq!(
+        i(Some("very.specific.com"), "*.specific.com").as_deref(),
+        Some("very.specific.com")
+    );
+    assert_eq!(
+        i(Some("*.wildcard.io"), "foo.bar.wildcard.io").as_deref(),
+        Some("foo.bar.wildcard.io")
+    );
+    assert_eq!(i(Some("*.wildcard.io"), "wildcard.io"), None);
+    assert_eq!(
+        i(Some("*.foo.example.com"), "*.example.com").as_deref(),
+        Some("*.foo.example.com")
+    );
+    assert_eq!(
+        i(Some("*.example.com"), "*.foo.example.com").as_deref(),
+        Some("*.foo.example.com")
+    );
+    assert_eq!(i(Some("*.a.com"), "*.b.com"), None);
+    assert_eq!(i(Some("*.example.com"), "*.barexample.com"), None);
+    assert_eq!(i(Some("a.com"), "b.com"), None);
+    assert_eq!(i(Some("a.com"), "A.COM").as_deref(), Some("a.com"));
+}
+
+/// Entries are tried in the order given within the most specific host
+/// that has a match; a wildcard needs at least one label in front.
+#[test]
+fn entries_keep_their_order_within_a_host() {
+    let mut b = Builder::default();
+    let first = b.target("first");
+    let second = b.target("second");
+    let other = b.target("other");
+    let wild = [HostPattern::parse("*.example.com")];
+    b.entry(
+        &wild,
+        Conditions::path(PathCondition::Exact("/x".into())),
+        first,
+    );
+    b.entry(
+        &wild,
+        Conditions::path(PathCondition::segments("/")),
+        second,
+    );
+    b.entry(&[], Conditions::path(PathCondition::segments("/")), other);
+    let t = b.build();
+    let find = |host: &str, path: &str| {
+        let req = get(path);
+        t.find(&Lookup::of(&req, Some(host))).copied()
+    };
+    assert_eq!(find("a.example.com", "/x"), Some("first"));
+    assert_eq!(find("a.b.example.com:8080", "/y"), Some("second"));
+    assert_eq!(find("example.com", "/x"), Some("other"));
+    assert_eq!(t.len(), 3);
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::HeaderMap;
+use skiff_config::route::Redirect;
+use skiff_route::Lookup;
 
 use crate::cluster::Cluster;
 use crate::metrics::{CodeCounters, Registry};
@@ -40,15 +41,20 @@ pub struct Route {
     pub(crate) max_request_body: Option<u64>,
 }
 
-/// What a request matched.
-pub type Found<'a> = skiff_route::Found<'a, Route>;
+/// What a route does with the requests it matches.
+#[derive(Debug)]
+pub enum Target {
+    Route(Route),
+    /// Answers with a redirect instead of forwarding.
+    Redirect(Redirect),
+}
 
 /// A listener's routes, ready for lookups.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// The listener's access log sampling, when on.
     pub(crate) access_log: Option<skiff_config::listener::AccessLog>,
-    table: skiff_route::Table<Route>,
+    table: skiff_route::Table<Target>,
 }
 
 /// A route names a cluster that is not running.
@@ -66,18 +72,21 @@ impl RouteTable {
         clusters: &HashMap<String, Arc<Cluster>>,
         registry: &Registry,
     ) -> Result<RouteTable, UnknownCluster> {
-        let table = skiff_route::Table::build(&listener.routes, |route| {
+        let table = skiff_route::from_config(&listener.routes, |route| {
+            if let Some(redirect) = &route.rules.redirect {
+                return Ok(Target::Redirect(redirect.clone()));
+            }
             let cluster = clusters.get(&route.cluster).ok_or_else(|| UnknownCluster {
                 listener: listener.name.clone(),
                 cluster: route.cluster.clone(),
             })?;
-            Ok(Route {
+            Ok(Target::Route(Route {
                 cluster: cluster.clone(),
                 requests: registry.requests(&listener.name, &route.cluster),
                 edits: Edits::of(&route.rules, &route.path),
                 timeout: route.rules.timeout,
                 max_request_body: route.rules.max_request_body,
-            })
+            }))
         })?;
         Ok(RouteTable {
             access_log: None,
@@ -85,16 +94,18 @@ impl RouteTable {
         })
     }
 
-    /// Finds the route for `host` (as sent: any case, maybe with a port),
-    /// `path` and `headers` ([`skiff_route::Table::find`]).
+    /// What the request `req` describes goes to ([`skiff_route::Table::find`]).
     #[inline]
-    pub fn find(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> Option<Found<'_>> {
-        self.table.find(host, path, headers)
+    pub fn find(&self, req: &Lookup<'_>) -> Option<&Target> {
+        self.table.find(req)
     }
 
     /// Every forwarding route, in config order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.table.targets()
+        self.table.targets().filter_map(|t| match t {
+            Target::Route(route) => Some(route),
+            Target::Redirect(_) => None,
+        })
     }
 }
 
@@ -131,9 +142,15 @@ mod tests {
         let clusters = HashMap::from([("shop".to_string(), Arc::new(cluster))]);
         let registry = Registry::default();
         let table = RouteTable::build(&listener(&["shop"]), &clusters, &registry).unwrap();
-        let Some(skiff_route::Found::Route(route)) =
-            table.find(Some("h"), "/shop/1", &HeaderMap::new())
-        else {
+        let headers = http::HeaderMap::new();
+        let lookup = skiff_route::Lookup {
+            host: Some("h"),
+            path: "/shop/1",
+            query: None,
+            method: &http::Method::GET,
+            headers: &headers,
+        };
+        let Some(Target::Route(route)) = table.find(&lookup) else {
             panic!("the route is found");
         };
         assert!(Arc::ptr_eq(&route.cluster, &clusters["shop"]));

@@ -370,8 +370,8 @@ fn too_large_for_its_route(
     let routes = state.routes.table.load();
     let host = forward::request_host(req);
     matches!(
-        routes.find(host, req.uri().path(), req.headers()),
-        Some(crate::proxy::route::Found::Route(route))
+        routes.find(&skiff_route::Lookup::of(req, host)),
+        Some(crate::proxy::route::Target::Route(route))
             if route.max_request_body.is_some_and(|max| length > max)
     )
 }

@@ -35,7 +35,8 @@ use crate::cluster::endpoint::InFlight;
 use crate::cluster::pool::PendingLimit;
 use crate::cluster::Unavailable;
 use crate::proxy::route::ListenerRoutes;
-use crate::proxy::route::{Found, Route};
+use crate::proxy::route::{Route, Target};
+use skiff_route::Lookup;
 
 use access_log::{log_local, AccessEntry};
 use failure::Failure;
@@ -70,9 +71,9 @@ pub(crate) fn handle<'a>(
                 log.sample >= 1.0 || (random() >> 11) as f64 <= log.sample * (1u64 << 53) as f64
             })
             .map(|_| AccessEntry::new(&req, host.unwrap_or("-"), &listener.name, start));
-        let route = match routes.find(host, req.uri().path(), req.headers()) {
-            Some(Found::Route(route)) => route,
-            Some(Found::Redirect(redirect)) => {
+        let route = match routes.find(&Lookup::of(&req, host)) {
+            Some(Target::Route(route)) => route,
+            Some(Target::Redirect(redirect)) => {
                 let resp = response::redirect(redirect, &req, host);
                 log_local(access, &resp, None, 0);
                 return resp;
