@@ -231,18 +231,25 @@ fn check_route_clusters(
             continue;
         };
         for (ri, route) in routes.iter().enumerate() {
-            let Some(node) = route.get("cluster") else {
-                continue;
-            };
-            let Some(name) = node.as_str().filter(|_| !node.is_null()) else {
-                continue;
-            };
-            if !names.contains(&name) {
-                diags.error(
-                    node,
-                    &format!("listeners[{li}].routes[{ri}].cluster"),
-                    format!("no cluster named `{name}`"),
-                );
+            let mut named = Vec::new();
+            if let Some(node) = route.get("cluster") {
+                named.push((node, format!("listeners[{li}].routes[{ri}].cluster")));
+            }
+            if let Some(Value::Seq(backends)) = route.get("backends").map(|n| &n.value) {
+                for (bi, backend) in backends.iter().enumerate() {
+                    if let Some(node) = backend.get("cluster") {
+                        let at = format!("listeners[{li}].routes[{ri}].backends[{bi}].cluster");
+                        named.push((node, at));
+                    }
+                }
+            }
+            for (node, at) in named {
+                let Some(name) = node.as_str().filter(|_| !node.is_null()) else {
+                    continue;
+                };
+                if !names.contains(&name) {
+                    diags.error(node, &at, format!("no cluster named `{name}`"));
+                }
             }
         }
     }

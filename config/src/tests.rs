@@ -41,8 +41,8 @@ fn a_good_config_reads_with_defaults() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.listeners[0].routes.len(), 2);
     assert_eq!(
-        c.listeners[0].routes[1].host,
-        Some(HostMatch::Suffix(".example.com".into()))
+        c.listeners[0].routes[1].hosts,
+        [HostMatch::Suffix(".example.com".into())]
     );
     let catalog = c.cluster("catalog").unwrap();
     assert_eq!(catalog.lb, LbPolicy::RoundRobin);
@@ -307,4 +307,113 @@ fn a_route_to_a_missing_cluster_names_it() {
 fn syntax_errors_name_the_position() {
     let err = parse("listeners: [\n").unwrap_err();
     assert!(err.starts_with("skiff.yaml:"), "{err}");
+}
+
+#[test]
+fn gateway_style_routes_read_every_condition_and_action() {
+    use crate::route::*;
+    let c = parse(
+        "\
+listeners:
+  - name: web
+    listen: 127.0.0.1:8080
+    routes:
+      - name: catalog-canary
+        match:
+          host: [shop.example.com, '*.shop.example.com']
+          path_separated_prefix: /api
+          method: POST
+          headers: [{ name: X-Version, regex: 'v[12]' }]
+          query: [{ name: color, exact: red }, { name: debug, present: true }]
+        backends:
+          - { cluster: a, weight: 90 }
+          - { cluster: b, weight: 10, request_headers: { set: { x-version: '2' } } }
+        rewrite: { path_prefix: /v2, host: catalog.internal }
+        request_headers: { set: { x-gateway: skiff }, add: { via: skiff }, remove: [x-debug] }
+        response_headers: { set: { cache-control: no-store } }
+      - match: { path_regex: '/old/[0-9]+' }
+        redirect: { host: new.example.com, path: /new, code: 308 }
+clusters:
+  - name: a
+    endpoints: [127.0.0.1:1]
+  - name: b
+    endpoints: [127.0.0.1:2]
+",
+    )
+    .unwrap();
+    let routes = &c.listeners[0].routes;
+    let canary = &routes[0];
+    assert_eq!(canary.name.as_deref(), Some("catalog-canary"));
+    assert_eq!(
+        canary.hosts,
+        [
+            HostMatch::Exact("shop.example.com".into()),
+            HostMatch::Suffix(".shop.example.com".into())
+        ]
+    );
+    assert_eq!(canary.path, PathMatch::SeparatedPrefix("/api".into()));
+    assert_eq!(canary.method.as_deref(), Some("POST"));
+    assert_eq!(canary.headers[0].name, "x-version");
+    assert_eq!(canary.query.len(), 2);
+    assert_eq!(canary.query[1].value, ValueMatch::Present);
+    let Action::Forward(backends) = &canary.action else {
+        panic!("backends");
+    };
+    assert_eq!(
+        backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        [90, 10]
+    );
+    assert_eq!(backends[1].request_headers.set[0].1, "2");
+    assert_eq!(canary.clusters().collect::<Vec<_>>(), ["a", "b"]);
+    let rewrite = canary.rules.rewrite.as_ref().unwrap();
+    assert_eq!(rewrite.host.as_deref(), Some("catalog.internal"));
+    assert_eq!(canary.rules.request_headers.add[0].0, "via");
+    assert_eq!(canary.rules.response_headers.set.len(), 1);
+    let Action::Redirect(redirect) = &routes[1].action else {
+        panic!("a redirect");
+    };
+    assert_eq!(redirect.host.as_deref(), Some("new.example.com"));
+    assert_eq!(redirect.path, Some(PathRewrite::Full("/new".into())));
+    assert_eq!(redirect.scheme.as_deref(), Some("https"), "skiff's default");
+    assert_eq!(redirect.code, 308);
+}
+
+#[test]
+fn gateway_style_route_mistakes_name_the_field() {
+    let err = parse(
+        "\
+listeners:
+  - name: web
+    listen: 127.0.0.1:8080
+    routes:
+      - match: { path_regex: '/v[0-9' }
+        cluster: a
+      - match: { path: /exact }
+        rewrite: { path_prefix: /v2 }
+        cluster: a
+      - backends: [{ cluster: a, weight: 0 }]
+      - cluster: a
+        backends: [{ cluster: a }]
+      - cluster: a
+        request_headers: { set: { x-a: '1' }, remove: [x-a] }
+      - match: { method: 'GE T', query: [{ name: q }] }
+        backends: [{ cluster: ghost }]
+clusters:
+  - name: a
+    endpoints: [127.0.0.1:1]
+",
+    )
+    .unwrap_err();
+    for expected in [
+        "skiff.yaml:5:30: listeners[0].routes[0].match.path_regex: `/v[0-9` is not a regular expression",
+        "skiff.yaml:7:9: listeners[0].routes[1]: a `path_prefix` rewrite needs a `path_prefix` or `path_separated_prefix` match",
+        "listeners[0].routes[2].backends: every weight is 0",
+        "listeners[0].routes[3]: give one of `cluster`, `backends` or `redirect`",
+        "listeners[0].routes[4].request_headers: `x-a` is edited twice",
+        "listeners[0].routes[5].match.method: `GE T` is not an HTTP method",
+        "listeners[0].routes[5].match.query[0]: give one of `exact`, `prefix`, `regex` or `present`",
+        "listeners[0].routes[5].backends[0].cluster: no cluster named `ghost`",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
 }

@@ -15,7 +15,7 @@ use skiff_route::Lookup;
 /// The input, one item a line (readable seeds and reproducers):
 ///
 /// ```text
-/// route <host | -> <path_prefix | =path> <cluster 0-3>
+/// route <host | -> <path_prefix | =path | +separated_prefix> <cluster 0-3>
 /// find <host | -> <path>
 /// ```
 #[derive(Debug, Default)]
@@ -28,7 +28,8 @@ struct Input {
 struct RouteSpec {
     host: Option<String>,
     path: String,
-    exact: bool,
+    /// `path_prefix`, `path` or `path_separated_prefix`.
+    kind: &'static str,
     cluster: u8,
 }
 
@@ -39,15 +40,18 @@ fn read_input(text: &str) -> Input {
         let mut words = line.splitn(4, ' ');
         match (words.next(), words.next(), words.next(), words.next()) {
             (Some("route"), Some(h), Some(p), c) => {
-                let (path, exact) = match p.strip_prefix('=') {
-                    Some(p) => (p.to_string(), true),
-                    None => (p.to_string(), false),
+                let (path, kind) = if let Some(p) = p.strip_prefix('=') {
+                    (p.to_string(), "path")
+                } else if let Some(p) = p.strip_prefix('+') {
+                    (p.to_string(), "path_separated_prefix")
+                } else {
+                    (p.to_string(), "path_prefix")
                 };
                 let cluster = c.and_then(|c| c.parse().ok()).unwrap_or(0);
                 input.routes.push(RouteSpec {
                     host: host(h),
                     path,
-                    exact,
+                    kind,
                     cluster,
                 });
             }
@@ -69,7 +73,7 @@ fn config_text(routes: &[RouteSpec]) -> String {
             .as_deref()
             .map(|h| format!("host: {}, ", q(h)))
             .unwrap_or_default();
-        let key = if r.exact { "path" } else { "path_prefix" };
+        let key = r.kind;
         text.push_str(&format!(
             "      - match: {{ {host}{key}: {} }}\n        cluster: c{}\n",
             q(&r.path),
@@ -87,6 +91,13 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Prefix(p) => path.starts_with(p.as_str()),
         PathMatch::Exact(p) => path == p,
+        // Whole segments: the prefix without its trailing `/`, then the
+        // end of the path or a `/`.
+        PathMatch::SeparatedPrefix(p) => {
+            let p = p.strip_suffix('/').unwrap_or(p);
+            path == p || path.starts_with(&format!("{p}/"))
+        }
+        PathMatch::Regex(_) => unreachable!("the input writes no expressions"),
     }
 }
 
@@ -99,29 +110,31 @@ fn reference(routes: &[RouteConfig], host: Option<&str>, path: &str) -> Option<u
     };
     if let Some(host) = host {
         let host = normalize(host);
-        if let Some(i) = first(&|r| matches!(&r.host, Some(HostMatch::Exact(h)) if *h == host)) {
+        if let Some(i) = first(&|r| r.hosts.iter().any(|m| matches!(m, HostMatch::Exact(h) if *h == host))) {
             return Some(i);
         }
         // Distinct suffixes, longest first; equal lengths in config order.
         let mut suffixes: Vec<&str> = Vec::new();
         for r in routes {
-            if let Some(HostMatch::Suffix(s)) = &r.host {
-                if !suffixes.contains(&s.as_str()) {
-                    suffixes.push(s);
+            for m in &r.hosts {
+                if let HostMatch::Suffix(s) = m {
+                    if !suffixes.contains(&s.as_str()) {
+                        suffixes.push(s);
+                    }
                 }
             }
         }
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
         for suffix in suffixes {
             if host.len() > suffix.len() && host.ends_with(suffix) {
-                let hit = first(&|r| matches!(&r.host, Some(HostMatch::Suffix(s)) if s == suffix));
+                let hit = first(&|r| r.hosts.iter().any(|m| matches!(m, HostMatch::Suffix(s) if s == suffix)));
                 if hit.is_some() {
                     return hit;
                 }
             }
         }
     }
-    first(&|r| r.host.is_none())
+    first(&|r| r.hosts.is_empty())
 }
 
 fn normalize(host: &str) -> String {
@@ -150,7 +163,7 @@ fuzz_target!(|data: &[u8]| {
     let mut next = 0;
     let table = skiff_route::from_config(&listener.routes, |_| {
         next += 1;
-        Ok::<_, ()>(next - 1)
+        Ok::<_, skiff_route::BadPattern>(next - 1)
     })
     .expect("no target fails");
     // The generated routes have no header matches and no redirects.

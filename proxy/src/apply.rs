@@ -213,7 +213,9 @@ impl Proxy {
             |l, c| {
                 // A capture listener's series are its destinations'.
                 listeners.iter().any(|x| {
-                    x.name == l && (x.capture.is_some() || x.routes.iter().any(|r| r.cluster == c))
+                    x.name == l
+                        && (x.capture.is_some()
+                            || x.routes.iter().any(|r| r.clusters().any(|rc| rc == c)))
                 })
             },
             |l| listeners.iter().any(|x| x.name == l),

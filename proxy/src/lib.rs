@@ -55,7 +55,7 @@ pub enum ApplyError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Route(#[from] proxy::route::UnknownCluster),
+    Route(#[from] proxy::route::RouteError),
     #[error("listener `{name}`: {source}")]
     Tls { name: String, source: tls::TlsError },
     #[error("cluster `{name}`: {source}")]

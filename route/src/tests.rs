@@ -1,19 +1,30 @@
 use super::*;
 use http::{HeaderMap, HeaderValue, Method};
-use skiff_config::route::{HeaderMatch, HostMatch, PathMatch, Redirect, RouteConfig, ValueMatch};
+use skiff_config::route::{
+    Action, HeaderMatch, HostMatch, PathMatch, QueryMatch, Redirect, RouteConfig, ValueMatch,
+};
+
+impl From<BadPattern> for String {
+    fn from(e: BadPattern) -> String {
+        e.to_string()
+    }
+}
+
+/// The first cluster a config route names, or `redirect`.
+fn first_cluster(r: &RouteConfig) -> Result<String, String> {
+    Ok(r.clusters().next().unwrap_or("redirect").to_string())
+}
 
 /// A table whose routes lead to their cluster's name.
 fn table(routes: &[(Option<HostMatch>, PathMatch, &str)]) -> Table<String> {
     let routes: Vec<RouteConfig> = routes
         .iter()
         .map(|(h, p, c)| RouteConfig {
-            host: h.clone(),
-            path: p.clone(),
-            cluster: c.to_string(),
-            rules: Default::default(),
+            hosts: h.iter().cloned().collect(),
+            ..RouteConfig::to_cluster(p.clone(), c)
         })
         .collect();
-    from_config(&routes, |r| Ok::<_, ()>(r.cluster.clone())).unwrap()
+    from_config(&routes, first_cluster).unwrap()
 }
 
 fn get(path: &str) -> http::Request<()> {
@@ -87,28 +98,20 @@ fn longest_suffix_wins() {
 #[test]
 fn every_config_route_makes_a_target_in_order() {
     let redirect = RouteConfig {
-        host: None,
-        path: PathMatch::Prefix("/old".into()),
-        cluster: String::new(),
-        rules: skiff_config::route::RouteRules {
-            redirect: Some(Redirect {
-                scheme: "https".into(),
-                port: None,
-                code: 301,
-            }),
-            ..Default::default()
-        },
+        action: Action::Redirect(Redirect {
+            scheme: Some("https".into()),
+            host: None,
+            port: None,
+            path: None,
+            code: 301,
+        }),
+        ..RouteConfig::to_cluster(PathMatch::Prefix("/old".into()), "")
     };
-    let plain = RouteConfig {
-        path: PathMatch::Prefix("/".into()),
-        cluster: "web".into(),
-        rules: Default::default(),
-        ..redirect.clone()
-    };
+    let plain = RouteConfig::to_cluster(PathMatch::Prefix("/".into()), "web");
     let t = from_config(&[redirect, plain], |r| {
-        Ok::<_, ()>(match &r.rules.redirect {
-            Some(redirect) => format!("redirect {}", redirect.code),
-            None => r.cluster.clone(),
+        Ok::<_, String>(match &r.action {
+            Action::Redirect(redirect) => format!("redirect {}", redirect.code),
+            Action::Forward(_) => first_cluster(r)?,
         })
     })
     .unwrap();
@@ -119,14 +122,20 @@ fn every_config_route_makes_a_target_in_order() {
 
 #[test]
 fn the_first_error_ends_the_build() {
-    let routes = [RouteConfig {
-        host: None,
-        path: PathMatch::Prefix("/".into()),
-        cluster: "missing".into(),
-        rules: Default::default(),
-    }];
-    let built = from_config::<(), _>(&routes, |r| Err(format!("no cluster {}", r.cluster)));
+    let routes = [RouteConfig::to_cluster(
+        PathMatch::Prefix("/".into()),
+        "missing",
+    )];
+    let built = from_config::<(), String>(&routes, |r| {
+        Err(format!("no cluster {}", first_cluster(r)?))
+    });
     assert_eq!(built.unwrap_err(), "no cluster missing");
+    let bad = [RouteConfig::to_cluster(
+        PathMatch::Regex("(unclosed".into()),
+        "x",
+    )];
+    let built = from_config::<(), String>(&bad, |_| Ok(()));
+    assert!(built.unwrap_err().contains("(unclosed"));
 }
 
 #[test]
@@ -145,7 +154,8 @@ fn header_checks_match_exact_prefix_presence_and_absence() {
         header_checks(&[HeaderMatch {
             name: name.into(),
             value,
-        }])[0]
+        }])
+        .unwrap()[0]
             .matches(&h)
     };
     assert!(check("x-canary", ValueMatch::Exact("1".into())));
@@ -326,4 +336,65 @@ fn entries_keep_their_order_within_a_host() {
     assert_eq!(find("a.b.example.com:8080", "/y"), Some("second"));
     assert_eq!(find("example.com", "/x"), Some("other"));
     assert_eq!(t.len(), 3);
+}
+
+/// A config route says all of path, method, headers and query, and any of
+/// its hosts; each must hold.
+#[test]
+fn config_routes_carry_every_condition() {
+    let route = RouteConfig {
+        hosts: vec![
+            HostMatch::Exact("a.example.com".into()),
+            HostMatch::Suffix(".b.example.com".into()),
+        ],
+        method: Some("POST".into()),
+        headers: vec![HeaderMatch {
+            name: "x-version".into(),
+            value: ValueMatch::Regex("v[12]".into()),
+        }],
+        query: vec![QueryMatch {
+            name: "color".into(),
+            value: ValueMatch::Exact("red".into()),
+        }],
+        ..RouteConfig::to_cluster(PathMatch::SeparatedPrefix("/api/".into()), "api")
+    };
+    let t = from_config(&[route], first_cluster).unwrap();
+    let request = |method: Method, host: &str, uri: &str, version: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-version", version)
+            .body(())
+            .unwrap();
+        t.find(&Lookup::of(&req, Some(host))).cloned()
+    };
+    let api = Some("api".to_string());
+    assert_eq!(
+        request(Method::POST, "a.example.com", "/api?color=red", "v1"),
+        api
+    );
+    assert_eq!(
+        request(Method::POST, "x.b.example.com", "/api/x?color=red", "v2"),
+        api
+    );
+    assert_eq!(
+        request(Method::GET, "a.example.com", "/api?color=red", "v1"),
+        None
+    );
+    assert_eq!(
+        request(Method::POST, "c.example.com", "/api?color=red", "v1"),
+        None
+    );
+    assert_eq!(
+        request(Method::POST, "a.example.com", "/apis?color=red", "v1"),
+        None
+    );
+    assert_eq!(
+        request(Method::POST, "a.example.com", "/api?color=blue", "v1"),
+        None
+    );
+    assert_eq!(
+        request(Method::POST, "a.example.com", "/api?color=red", "v3"),
+        None
+    );
 }

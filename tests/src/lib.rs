@@ -250,8 +250,14 @@ async fn backend_respond(
         builder.body(full(n.to_string()))
     } else if path == "/headers" {
         let mut map = serde_json::Map::new();
-        for (k, v) in req.headers() {
-            map.insert(k.to_string(), v.to_str().unwrap_or("").into());
+        for name in req.headers().keys() {
+            let values: Vec<&str> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap_or(""))
+                .collect();
+            map.insert(name.to_string(), values.join(", ").into());
         }
         map.insert("x-uri".into(), req.uri().to_string().into());
         map.insert("x-version".into(), format!("{:?}", req.version()).into());

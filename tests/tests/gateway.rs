@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use skiff_tests::tls::{curl, Ca, Subject};
-use skiff_tests::{start_proxy, Backend, TempDir};
+use skiff_tests::{collect_body, empty, start_proxy, Backend, Client, TempDir};
 
 fn url(host: &str, address: SocketAddr, path: &str) -> String {
     format!("http://{host}:{}{path}", address.port())
@@ -182,16 +182,136 @@ async fn plain_http_is_redirected_to_https_and_curl_follows_it() {
     );
 }
 
+/// The route features the Gateway API brought into skiff's own config,
+/// end to end: a weighted split measured over 1,000 requests, method and
+/// query matches, regular expressions, a host rewrite, header edits on
+/// both sides (set, add after the client's, remove), and a redirect
+/// that keeps the listener's port.
+#[tokio::test]
+async fn splits_conditions_rewrites_and_response_edits() {
+    let (a, b, posts) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("posts").await,
+    );
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n\
+         \x20     - match: {{ path_separated_prefix: /items, method: POST, query: [{{ name: color, regex: 'red|blue' }}] }}\n        cluster: posts\n        rewrite: {{ host: posts.internal, path: /headers }}\n\
+         \x20     - match: {{ path_regex: '/old/[0-9]+' }}\n        redirect: {{ scheme: http, host: new.example.com, path: /new, code: 302 }}\n\
+         \x20     - match: {{ path_prefix: /redirect }}\n        redirect: {{ scheme: http, code: 307 }}\n\
+         \x20     - match: {{ path_prefix: / }}\n        backends: [{{ cluster: a, weight: 80 }}, {{ cluster: b, weight: 20, response_headers: {{ set: {{ x-picked: b }} }} }}]\n\
+         \x20       request_headers: {{ add: {{ x-add: added }} }}\n\
+         \x20       response_headers: {{ set: {{ cache-control: no-store }}, add: {{ x-route: split }} }}\n\
+         clusters:\n\
+         \x20 - {{ name: a, endpoints: [{}] }}\n\
+         \x20 - {{ name: b, endpoints: [{}] }}\n\
+         \x20 - {{ name: posts, endpoints: [{}] }}\n",
+        a.address, b.address, posts.address
+    );
+    let (_proxy, address) = start_proxy(&yaml).await;
+    let mut client = Client::h1(address).await.unwrap();
+
+    // 1,000 requests split 80/20: the count of b is binomial (n 1,000,
+    // p 0.2, standard deviation 12.6); 5 deviations either way.
+    let mut to_b = 0;
+    for _ in 0..1000 {
+        let resp = call(&mut client, "GET", "/anything", &[]).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("cache-control"), Some("no-store"));
+        assert_eq!(resp.header("x-route"), Some("split"));
+        let backend = resp.header("x-backend").unwrap().to_string();
+        assert_eq!(resp.header("x-picked").is_some(), backend == "b");
+        to_b += usize::from(backend == "b");
+    }
+    assert!((137..=263).contains(&to_b), "b served {to_b} of 1,000");
+
+    // `add` goes after the client's own value.
+    let resp = call(&mut client, "GET", "/headers", &[("x-add", "mine")]).await;
+    assert!(
+        resp.body.contains("\"x-add\":\"mine, added\""),
+        "{}",
+        resp.body
+    );
+
+    // Method, whole-segment prefix and query regex, and the host rewrite.
+    let resp = call(&mut client, "POST", "/items/7?color=blue", &[]).await;
+    assert_eq!(resp.header("x-backend"), Some("posts"), "{}", resp.body);
+    assert!(
+        resp.body.contains("\"host\":\"posts.internal\""),
+        "{}",
+        resp.body
+    );
+    assert!(
+        resp.body.contains("\"x-uri\":\"/headers?color=blue\""),
+        "{}",
+        resp.body
+    );
+    for (method, path) in [
+        ("GET", "/items?color=blue"),
+        ("POST", "/items?color=green"),
+        ("POST", "/itemsx?color=red"),
+    ] {
+        let resp = call(&mut client, method, path, &[]).await;
+        assert_ne!(resp.header("x-backend"), Some("posts"), "{method} {path}");
+    }
+
+    let resp = call(&mut client, "GET", "/old/42?x=1", &[]).await;
+    assert_eq!(resp.status, 302);
+    assert_eq!(
+        resp.header("location"),
+        Some("http://new.example.com/new?x=1")
+    );
+    let resp = call(&mut client, "GET", "/old/4x", &[]).await;
+    assert!(
+        resp.header("x-backend").is_some(),
+        "the expression matches whole paths"
+    );
+    let resp = call(&mut client, "GET", "/redirect/here", &[]).await;
+    assert_eq!(resp.status, 307);
+    assert_eq!(
+        resp.header("location"),
+        Some("http://test.local/redirect/here"),
+        "a scheme given: its default port, not the listener's"
+    );
+}
+
+struct Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn call(client: &mut Client, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = client.send(req.body(empty()).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&collect_body(body).await).into_owned(),
+    }
+}
+
 #[test]
 fn mistakes_in_gateway_routes_are_reported_with_their_field() {
     let cases = [
         (
             "{ match: { path_prefix: / }, cluster: app, redirect: { port: 443 } }",
-            "give `cluster` or `redirect`, not both",
+            "give one of `cluster`, `backends` or `redirect`",
         ),
         (
             "{ match: { path_prefix: / } }",
-            "missing field `cluster` (or `redirect`)",
+            "missing field `cluster` (or `backends`, or `redirect`)",
         ),
         (
             "{ match: { headers: [{ name: \"bad header\", exact: x }] }, cluster: app }",
@@ -199,7 +319,7 @@ fn mistakes_in_gateway_routes_are_reported_with_their_field() {
         ),
         (
             "{ match: { headers: [{ name: x-a }] }, cluster: app }",
-            "give one of `exact`, `prefix` or `present`",
+            "give one of `exact`, `prefix`, `regex` or `present`",
         ),
         (
             "{ cluster: app, rewrite: { path_prefix: v2 } }",

@@ -249,11 +249,8 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             access_log: None,
             routes: SHOP
                 .iter()
-                .map(|spec| RouteConfig {
-                    host: None,
-                    path: PathMatch::Prefix(spec.prefix.into()),
-                    cluster: spec.name.into(),
-                    rules: Default::default(),
+                .map(|spec| {
+                    RouteConfig::to_cluster(PathMatch::Prefix(spec.prefix.into()), spec.name)
                 })
                 .collect(),
             tls: None,

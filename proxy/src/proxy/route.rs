@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use skiff_config::route::Redirect;
-use skiff_route::Lookup;
+use skiff_config::listener::ListenerConfig;
+use skiff_config::route::{Action, Backend, PathMatch, Redirect, RouteConfig};
+use skiff_route::{BadPattern, Lookup};
 
+use crate::cluster::balance::random;
 use crate::cluster::Cluster;
 use crate::metrics::{CodeCounters, Registry};
-use crate::proxy::rules::Edits;
-use skiff_config::listener::ListenerConfig;
+use crate::proxy::rules::{Edits, HeaderOps};
 
 /// A listener's routes as the request path reads them: its name (for the
 /// access log), its table (swapped whole on reload), and the count of
@@ -26,27 +27,68 @@ pub(crate) struct ListenerRoutes {
     pub(crate) unrouted: Arc<AtomicU64>,
 }
 
-/// One forwarding route, resolved: its cluster and its counter row are
-/// handles.
+/// One way a route forwards, resolved: its cluster and its counter row
+/// are handles. A route with several backends has one of these for each.
 #[derive(Debug)]
 pub struct Route {
     pub(crate) cluster: Arc<Cluster>,
     /// `skiff_requests_total{listener, cluster}`.
     pub(crate) requests: Arc<CodeCounters>,
-    /// Rewrites and header edits; none for a plain route.
+    /// Rewrites and request header edits; none for a plain route.
     pub(crate) edits: Option<Box<Edits>>,
+    /// Response header edits; none for a plain route.
+    pub(crate) response: Option<Box<HeaderOps>>,
     /// Overrides the cluster's request timeout.
     pub(crate) timeout: Option<Duration>,
     /// Largest request body forwarded (`413` past it).
     pub(crate) max_request_body: Option<u64>,
 }
 
+/// Backends chosen by weight, request by request.
+#[derive(Debug)]
+pub struct Split {
+    /// (the running sum of weights up to and including this backend, the
+    /// backend); a backend that could not be resolved is `None`.
+    choices: Box<[(u64, Option<Route>)]>,
+    total: u64,
+}
+
+impl Split {
+    /// The backend this request goes to; `None` when its share is to be
+    /// answered `500` (an unresolved backend, or no weight at all).
+    #[inline]
+    pub(crate) fn pick(&self) -> Option<&Route> {
+        if self.total == 0 {
+            return None;
+        }
+        let ticket = random() % self.total;
+        let i = self.choices.partition_point(|(upto, _)| *upto <= ticket);
+        self.choices.get(i)?.1.as_ref()
+    }
+
+    /// Every resolved backend.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.choices.iter().filter_map(|(_, r)| r.as_ref())
+    }
+}
+
+/// A redirect route: where to, and how it matched (a prefix redirect
+/// replaces what the prefix matched).
+#[derive(Debug)]
+pub struct RedirectTo {
+    pub(crate) redirect: Redirect,
+    pub(crate) matched: PathMatch,
+}
+
 /// What a route does with the requests it matches.
 #[derive(Debug)]
 pub enum Target {
+    /// Forwards to one backend (the common case, one branch).
     Route(Route),
+    /// Forwards to one of several by weight.
+    Split(Split),
     /// Answers with a redirect instead of forwarding.
-    Redirect(Redirect),
+    Redirect(RedirectTo),
 }
 
 /// A listener's routes, ready for lookups.
@@ -54,15 +96,29 @@ pub enum Target {
 pub struct RouteTable {
     /// The listener's access log sampling, when on.
     pub(crate) access_log: Option<skiff_config::listener::AccessLog>,
+    /// The port and scheme clients reach the listener by, which a
+    /// redirect that keeps them writes.
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
     table: skiff_route::Table<Target>,
 }
 
-/// A route names a cluster that is not running.
+/// A route that cannot be built.
 #[derive(Debug, thiserror::Error)]
-#[error("listener `{listener}` routes to unknown cluster `{cluster}`")]
-pub struct UnknownCluster {
-    pub(crate) listener: String,
-    pub(crate) cluster: String,
+pub enum RouteError {
+    #[error("listener `{listener}` routes to unknown cluster `{cluster}`")]
+    UnknownCluster { listener: String, cluster: String },
+    #[error("listener `{listener}`: {error}")]
+    Pattern { listener: String, error: BadPattern },
+}
+
+impl From<BadPattern> for RouteError {
+    fn from(error: BadPattern) -> RouteError {
+        RouteError::Pattern {
+            listener: String::new(),
+            error,
+        }
+    }
 }
 
 impl RouteTable {
@@ -71,25 +127,52 @@ impl RouteTable {
         listener: &ListenerConfig,
         clusters: &HashMap<String, Arc<Cluster>>,
         registry: &Registry,
-    ) -> Result<RouteTable, UnknownCluster> {
+    ) -> Result<RouteTable, RouteError> {
         let table = skiff_route::from_config(&listener.routes, |route| {
-            if let Some(redirect) = &route.rules.redirect {
-                return Ok(Target::Redirect(redirect.clone()));
+            let backends = match &route.action {
+                Action::Redirect(redirect) => {
+                    return Ok(Target::Redirect(RedirectTo {
+                        redirect: redirect.clone(),
+                        matched: route.path.clone(),
+                    }))
+                }
+                Action::Forward(backends) => backends,
+            };
+            let resolve = |backend: &Backend| match &backend.cluster {
+                None => Ok(None),
+                Some(name) => {
+                    backend_route(listener, route, backend, name, clusters, registry).map(Some)
+                }
+            };
+            if let [one] = backends.as_slice() {
+                if one.weight > 0 {
+                    if let Some(route) = resolve(one)? {
+                        return Ok(Target::Route(route));
+                    }
+                }
             }
-            let cluster = clusters.get(&route.cluster).ok_or_else(|| UnknownCluster {
-                listener: listener.name.clone(),
-                cluster: route.cluster.clone(),
-            })?;
-            Ok(Target::Route(Route {
-                cluster: cluster.clone(),
-                requests: registry.requests(&listener.name, &route.cluster),
-                edits: Edits::of(&route.rules, &route.path),
-                timeout: route.rules.timeout,
-                max_request_body: route.rules.max_request_body,
+            let mut total = 0;
+            let mut choices = Vec::with_capacity(backends.len());
+            for backend in backends.iter().filter(|b| b.weight > 0) {
+                total += u64::from(backend.weight);
+                choices.push((total, resolve(backend)?));
+            }
+            Ok(Target::Split(Split {
+                choices: choices.into(),
+                total,
             }))
+        })
+        .map_err(|e| match e {
+            RouteError::Pattern { error, .. } => RouteError::Pattern {
+                listener: listener.name.clone(),
+                error,
+            },
+            other => other,
         })?;
         Ok(RouteTable {
             access_log: None,
+            port: listener.listen.port(),
+            tls: listener.tls.is_some(),
             table,
         })
     }
@@ -100,13 +183,47 @@ impl RouteTable {
         self.table.find(req)
     }
 
-    /// Every forwarding route, in config order.
+    /// Every forwarding route (each backend of a split), in config order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.table.targets().filter_map(|t| match t {
-            Target::Route(route) => Some(route),
-            Target::Redirect(_) => None,
+        self.table.targets().flat_map(|t| {
+            let (one, split) = match t {
+                Target::Route(route) => (Some(route), None),
+                Target::Split(split) => (None, Some(split.routes())),
+                Target::Redirect(_) => (None, None),
+            };
+            one.into_iter().chain(split.into_iter().flatten())
         })
     }
+}
+
+/// The run-time form of one backend of a config route.
+fn backend_route(
+    listener: &ListenerConfig,
+    route: &RouteConfig,
+    backend: &Backend,
+    name: &str,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    registry: &Registry,
+) -> Result<Route, RouteError> {
+    let cluster = clusters
+        .get(name)
+        .ok_or_else(|| RouteError::UnknownCluster {
+            listener: listener.name.clone(),
+            cluster: name.to_string(),
+        })?;
+    let rules = &route.rules;
+    Ok(Route {
+        cluster: cluster.clone(),
+        requests: registry.requests(&listener.name, name),
+        edits: Edits::of(
+            rules.rewrite.as_ref(),
+            &route.path,
+            &[&rules.request_headers, &backend.request_headers],
+        ),
+        response: HeaderOps::of(&[&rules.response_headers, &backend.response_headers]),
+        timeout: rules.timeout,
+        max_request_body: rules.max_request_body,
+    })
 }
 
 #[cfg(test)]
@@ -114,7 +231,6 @@ mod tests {
     use super::*;
     use skiff_config::cluster::ClusterConfig;
     use skiff_config::endpoints::Source;
-    use skiff_config::route::{PathMatch, RouteConfig};
 
     fn listener(clusters: &[&str]) -> ListenerConfig {
         ListenerConfig {
@@ -125,12 +241,7 @@ mod tests {
             access_log: None,
             routes: clusters
                 .iter()
-                .map(|c| RouteConfig {
-                    host: None,
-                    path: PathMatch::Prefix(format!("/{c}")),
-                    cluster: c.to_string(),
-                    rules: Default::default(),
-                })
+                .map(|c| RouteConfig::to_cluster(PathMatch::Prefix(format!("/{c}")), c))
                 .collect(),
             tls: None,
         }
@@ -169,5 +280,58 @@ mod tests {
             err.to_string(),
             "listener `web` routes to unknown cluster `gone`"
         );
+    }
+
+    /// Conformance's HTTPRouteWeight: shares follow the weights; a weight
+    /// of 0 is never chosen; an unresolved backend's share is answered 500.
+    #[test]
+    fn splits_follow_their_weights() {
+        let clusters: HashMap<String, Arc<Cluster>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let cluster = Cluster::new(ClusterConfig::new(n, Source::Static(vec![]))).unwrap();
+                (n.to_string(), Arc::new(cluster))
+            })
+            .collect();
+        let backend = |cluster: Option<&str>, weight| Backend {
+            cluster: cluster.map(str::to_string),
+            weight,
+            ..Backend::cluster("")
+        };
+        let mut config = listener(&[]);
+        config.routes = vec![RouteConfig {
+            action: Action::Forward(vec![
+                backend(Some("a"), 70),
+                backend(Some("b"), 20),
+                backend(Some("c"), 0),
+                backend(None, 10),
+            ]),
+            ..RouteConfig::to_cluster(PathMatch::Prefix("/".into()), "")
+        }];
+        let table = RouteTable::build(&config, &clusters, &Registry::default()).unwrap();
+        let Some(Target::Split(split)) = table.table.targets().next() else {
+            panic!("a split");
+        };
+        let mut counts = HashMap::new();
+        for _ in 0..10_000 {
+            let name = split.pick().map_or("500", |r| &*r.cluster.name);
+            *counts.entry(name.to_string()).or_insert(0) += 1;
+        }
+        // Binomial: 5 standard deviations at p = 0.1 over 10,000 is 150.
+        let near =
+            |name: &str, want: i32| (counts.get(name).copied().unwrap_or(0) - want).abs() < 300;
+        assert!(
+            near("a", 7000) && near("b", 2000) && near("500", 1000),
+            "{counts:?}"
+        );
+        assert!(!counts.contains_key("c"), "weight 0 is never chosen");
+        assert_eq!(table.routes().count(), 2, "a and b; c has no share");
+
+        config.routes[0].action = Action::Forward(vec![backend(Some("a"), 0)]);
+        let table = RouteTable::build(&config, &clusters, &Registry::default()).unwrap();
+        let Some(Target::Split(split)) = table.table.targets().next() else {
+            panic!("a split");
+        };
+        assert!(split.pick().is_none(), "all weights 0: answered 500");
     }
 }

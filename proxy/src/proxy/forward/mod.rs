@@ -73,8 +73,19 @@ pub(crate) fn handle<'a>(
             .map(|_| AccessEntry::new(&req, host.unwrap_or("-"), &listener.name, start));
         let route = match routes.find(&Lookup::of(&req, host)) {
             Some(Target::Route(route)) => route,
-            Some(Target::Redirect(redirect)) => {
-                let resp = response::redirect(redirect, &req, host);
+            Some(Target::Split(split)) => match split.pick() {
+                Some(route) => route,
+                None => {
+                    let resp = local(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "this route has no backend that can take the request\n",
+                    );
+                    log_local(access, &resp, None, 0);
+                    return resp;
+                }
+            },
+            Some(Target::Redirect(to)) => {
+                let resp = response::redirect(to, &req, host, (routes.tls, routes.port));
                 log_local(access, &resp, None, 0);
                 return resp;
             }
@@ -108,8 +119,11 @@ pub(crate) fn handle<'a>(
                 None
             }
         };
-        let response = forward(req, route, peer, start, raw_head, access, capped).await;
+        let mut response = forward(req, route, peer, start, raw_head, access, capped).await;
         route.requests.record(response.status().as_u16());
+        if let Some(ops) = &route.response {
+            ops.apply(response.headers_mut());
+        }
         response
     }
 }

@@ -16,7 +16,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http1;
-use skiff_config::route::Redirect;
 
 use super::access_log::AccessEntry;
 use super::failure::Failure;
@@ -28,6 +27,7 @@ use crate::cluster::Unavailable;
 use crate::http::body::UpstreamBody;
 use crate::http::h1::client;
 use crate::http::BodyError;
+use crate::proxy::route::RedirectTo;
 
 /// `413` for a body past its route's `max_request_body`.
 pub(super) fn too_large(limit: u64) -> Response<ProxyBody> {
@@ -313,28 +313,50 @@ pub(super) fn unavailable_response(
     }
 }
 
-/// The answer of a redirect route to `req`: same host (without its port)
-/// and path.
+/// The redirect `to` makes of `req` (whose host is `host`) on a listener
+/// clients reach as `(tls, port)`, by the Gateway API's rule: the scheme
+/// given or the request's; the host given or the request's without its
+/// port; the port given, else the scheme's default when a scheme is
+/// given, else the listener's; a scheme's default port never written;
+/// the path kept, replaced or its prefix replaced; the query kept.
 pub(super) fn redirect<B>(
-    redirect: &Redirect,
+    to: &RedirectTo,
     req: &Request<B>,
     host: Option<&str>,
+    (tls, listener_port): (bool, u16),
 ) -> http::Response<ProxyBody> {
-    let host = host.unwrap_or("");
+    let redirect = &to.redirect;
+    let scheme = redirect
+        .scheme
+        .as_deref()
+        .unwrap_or(if tls { "https" } else { "http" });
+    let requested = host.unwrap_or("");
     // Strip a port, keeping IPv6 brackets.
-    let bare = match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
+    let bare = match requested.rfind(':') {
+        Some(i) if !requested[i..].contains(']') => &requested[..i],
+        _ => requested,
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let location = match redirect.port {
-        Some(port) => format!("{}://{bare}:{port}{path}", redirect.scheme),
-        None => format!("{}://{bare}{path}", redirect.scheme),
+    let host = redirect.host.as_deref().unwrap_or(bare);
+    let port = match (redirect.port, &redirect.scheme) {
+        (Some(port), _) => port,
+        (None, Some(_)) => default_port(scheme),
+        (None, None) => listener_port,
     };
+    let uri = req.uri();
+    let path = match &redirect.path {
+        Some(rewrite) => skiff_route::rewrite::new_path(uri.path(), &to.matched, rewrite)
+            .unwrap_or_else(|| uri.path().to_string()),
+        None => uri.path().to_string(),
+    };
+    let mut location = format!("{scheme}://{host}");
+    if port != default_port(scheme) {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(&path);
+    if let Some(query) = uri.query() {
+        location.push('?');
+        location.push_str(query);
+    }
     let status = StatusCode::from_u16(redirect.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
     let mut resp = local(status, format!("redirecting to {location}\n"));
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -343,29 +365,117 @@ pub(super) fn redirect<B>(
     resp
 }
 
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" {
+        443
+    } else {
+        80
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_config::route::{PathMatch, PathRewrite};
+
+    fn to(scheme: Option<&str>, host: Option<&str>, port: Option<u16>) -> RedirectTo {
+        RedirectTo {
+            redirect: skiff_config::route::Redirect {
+                scheme: scheme.map(str::to_string),
+                host: host.map(str::to_string),
+                port,
+                path: None,
+                code: 301,
+            },
+            matched: PathMatch::Prefix("/".into()),
+        }
+    }
+
+    fn location(to: &RedirectTo, host: &str, listener: (bool, u16)) -> String {
+        let req = Request::get("/cart?id=1").body(()).unwrap();
+        let resp = redirect(to, &req, Some(host), listener);
+        resp.headers()["location"].to_str().unwrap().to_string()
+    }
 
     #[test]
     fn redirects_keep_host_and_path_and_drop_the_port() {
-        let r = Redirect {
-            scheme: "https".into(),
-            port: None,
-            code: 301,
-        };
-        let req = Request::get("/cart?id=1").body(()).unwrap();
-        let resp = redirect(&r, &req, Some("shop.example.com:8080"));
-        assert_eq!(resp.status(), 301);
+        let https = to(Some("https"), None, None);
+        let http80 = (false, 80);
         assert_eq!(
-            resp.headers()["location"],
+            location(&https, "shop.example.com:8080", http80),
             "https://shop.example.com/cart?id=1"
         );
-        let r = Redirect {
-            port: Some(8443),
-            ..r
-        };
-        let resp = redirect(&r, &req, Some("[::1]:80"));
-        assert_eq!(resp.headers()["location"], "https://[::1]:8443/cart?id=1");
+        let https8443 = to(Some("https"), None, Some(8443));
+        assert_eq!(
+            location(&https8443, "[::1]:80", http80),
+            "https://[::1]:8443/cart?id=1"
+        );
+    }
+
+    /// Conformance's HTTPRouteRedirectPortAndScheme, case by case.
+    #[test]
+    fn redirect_ports_follow_the_gateway_api() {
+        let h = "example.org:9999";
+        let cases = [
+            (
+                to(None, None, None),
+                (false, 80),
+                "http://example.org/cart?id=1",
+            ),
+            (
+                to(None, None, None),
+                (false, 8080),
+                "http://example.org:8080/cart?id=1",
+            ),
+            (
+                to(Some("https"), None, None),
+                (false, 8080),
+                "https://example.org/cart?id=1",
+            ),
+            (
+                to(None, None, Some(8080)),
+                (false, 80),
+                "http://example.org:8080/cart?id=1",
+            ),
+            (
+                to(None, None, None),
+                (true, 443),
+                "https://example.org/cart?id=1",
+            ),
+            (
+                to(Some("http"), None, None),
+                (true, 443),
+                "http://example.org/cart?id=1",
+            ),
+            (
+                to(Some("https"), None, Some(8443)),
+                (false, 80),
+                "https://example.org:8443/cart?id=1",
+            ),
+            (
+                to(None, Some("other.org"), None),
+                (false, 80),
+                "http://other.org/cart?id=1",
+            ),
+        ];
+        for (to, listener, want) in cases {
+            assert_eq!(
+                location(&to, h, listener),
+                want,
+                "{:?} {listener:?}",
+                to.redirect
+            );
+        }
+    }
+
+    #[test]
+    fn redirect_paths_are_replaced_whole_or_by_prefix() {
+        let mut r = to(None, None, None);
+        r.matched = PathMatch::SeparatedPrefix("/cart".into());
+        r.redirect.path = Some(PathRewrite::Prefix("/basket".into()));
+        assert_eq!(location(&r, "a", (false, 80)), "http://a/basket?id=1");
+        r.redirect.path = Some(PathRewrite::Full("/".into()));
+        r.redirect.code = 302;
+        assert_eq!(location(&r, "a", (false, 80)), "http://a/?id=1");
     }
 }

@@ -314,13 +314,14 @@ impl Shared {
                 name: listener.to_string(),
                 listen: SocketAddr::from(([0, 0, 0, 0], 0)),
                 routes: vec![RouteConfig {
-                    host: None,
-                    path: PathMatch::Prefix("/".into()),
-                    cluster: name.clone(),
                     rules: skiff_config::route::RouteRules {
-                        remove_headers,
+                        request_headers: skiff_config::route::HeaderEdits {
+                            remove: remove_headers,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     },
+                    ..RouteConfig::to_cluster(PathMatch::Prefix("/".into()), &name)
                 }],
                 tls: None,
                 capture: None,
