@@ -18,7 +18,7 @@
 //!       - { cluster: catalog-v2, weight: 10, request_headers: { set: { x-version: "2" } } }
 //!     rewrite: { path_prefix: /v2/, host: catalog.internal }   # or path: /full
 //!     request_headers: { set: { x-gateway: skiff }, add: { via: skiff }, remove: [x-debug] }
-//!     response_headers: { set: { cache-control: no-store } }
+//!     response_headers: { set: { cache-control: no-store } }   # on what the backends answer
 //!     timeout: 5s                           # to response headers, instead of the cluster's
 //!     max_request_body: 10MiB               # 413 past it
 //!   - match: { path_prefix: / }

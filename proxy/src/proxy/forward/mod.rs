@@ -119,11 +119,8 @@ pub(crate) fn handle<'a>(
                 None
             }
         };
-        let mut response = forward(req, route, peer, start, raw_head, access, capped).await;
+        let response = forward(req, route, peer, start, raw_head, access, capped).await;
         route.requests.record(response.status().as_u16());
-        if let Some(ops) = &route.response {
-            ops.apply(response.headers_mut());
-        }
         response
     }
 }
@@ -273,7 +270,7 @@ impl Trip<'_> {
     fn answered(
         &mut self,
         tries: &Tries,
-        (resp, conn): Sent,
+        (mut resp, conn): Sent,
         back: Option<Request<UpstreamBody>>,
         in_flight: InFlight,
     ) -> Next {
@@ -293,6 +290,11 @@ impl Trip<'_> {
         }
         if let Some(entry) = self.access.as_mut() {
             entry.answered(endpoint.address, status.as_u16(), tries.retried);
+        }
+        // The route's response edits apply to what its backends answer,
+        // not to skiff's own answers (502, 503, 504).
+        if let Some(ops) = &self.route.response {
+            ops.apply(resp.headers_mut());
         }
         let done = (in_flight, cluster.clone());
         Next::Respond(respond(
