@@ -47,7 +47,8 @@ pub fn from_config<T, E: From<BadPattern>>(
         let conditions = config_conditions(route)?;
         let t = builder.target(target(route)?);
         let hosts: Vec<HostPattern> = route.hosts.iter().map(host_pattern).collect();
-        builder.entry(&hosts, conditions, t);
+        let group = builder.group(route.listener_host.as_ref().map(host_pattern).as_ref());
+        builder.entry_in(group, &hosts, conditions, t);
     }
     Ok(builder.build())
 }

@@ -4,7 +4,8 @@
 //! so a request for a known host that matches none of its entries falls
 //! through to the host-less ones. Entries keep the order they were added
 //! in: skiff's config order, or the Gateway API's precedence, which its
-//! translation sorts by.
+//! translation sorts by. Groups of entries keep Gateway listeners that
+//! share a port apart.
 
 use std::collections::HashMap;
 
@@ -18,16 +19,34 @@ struct Entry {
     target: usize,
 }
 
-/// A listener's routes, ready for lookups. `T` is what a route does (the
-/// proxy's: forward to a cluster or redirect; a test's: a name).
-#[derive(Debug)]
-pub struct Table<T> {
-    targets: Vec<T>,
-    entries: Vec<Entry>,
+/// Entries by the hosts they serve, as one virtual host of Envoy's or
+/// one listener of a Gateway: an exact host first, then wildcards longest
+/// first, then entries for any host.
+#[derive(Debug, Default)]
+struct Hosts {
     exact: HashMap<Box<str>, Vec<usize>>,
     /// (`.suffix`, entry indices), longest suffix first.
     wildcards: Vec<(Box<str>, Vec<usize>)>,
     any_host: Vec<usize>,
+}
+
+/// A listener's routes, ready for lookups. `T` is what a route does (the
+/// proxy's: forward to a cluster or redirect; a test's: a name).
+///
+/// Entries live in groups, each for the hosts of one Gateway listener
+/// (skiff's own config has one group, for any host): a request is looked
+/// up in the group of the most specific listener host that matches it
+/// (exact, then the longest wildcard, then the group without one) and
+/// never in another, which is the Gateway API's listener isolation.
+#[derive(Debug)]
+pub struct Table<T> {
+    targets: Vec<T>,
+    entries: Vec<Entry>,
+    groups: Vec<Hosts>,
+    group_exact: HashMap<Box<str>, usize>,
+    /// (`.suffix`, group), longest suffix first.
+    group_wildcards: Vec<(Box<str>, usize)>,
+    group_any: Option<usize>,
 }
 
 impl<T> Default for Table<T> {
@@ -35,9 +54,10 @@ impl<T> Default for Table<T> {
         Table {
             targets: Vec::new(),
             entries: Vec::new(),
-            exact: HashMap::new(),
-            wildcards: Vec::new(),
-            any_host: Vec::new(),
+            groups: Vec::new(),
+            group_exact: HashMap::new(),
+            group_wildcards: Vec::new(),
+            group_any: None,
         }
     }
 }
@@ -64,12 +84,55 @@ impl<T> Builder<T> {
         self.table.targets.len() - 1
     }
 
+    /// The group for the listener host `host` (none: any host), made
+    /// the first time it is named.
+    pub fn group(&mut self, host: Option<&HostPattern>) -> usize {
+        let table = &mut self.table;
+        let existing = match host {
+            None => table.group_any,
+            Some(HostPattern::Exact(h)) => table.group_exact.get(h.as_str()).copied(),
+            Some(HostPattern::Wildcard(s)) => table
+                .group_wildcards
+                .iter()
+                .find(|(k, _)| **k == **s)
+                .map(|(_, g)| *g),
+        };
+        if let Some(g) = existing {
+            return g;
+        }
+        let g = table.groups.len();
+        table.groups.push(Hosts::default());
+        match host {
+            None => table.group_any = Some(g),
+            Some(HostPattern::Exact(h)) => {
+                table.group_exact.insert(h.as_str().into(), g);
+            }
+            Some(HostPattern::Wildcard(s)) => table.group_wildcards.push((s.as_str().into(), g)),
+        }
+        g
+    }
+
     /// Requests for any of `hosts` (any host, when empty) that meet
     /// `conditions` go to `target`, unless an entry added before takes them.
     ///
     /// # Panics
     /// When `target` was not returned by [`Builder::target`].
     pub fn entry(&mut self, hosts: &[HostPattern], conditions: Conditions, target: usize) {
+        let group = self.group(None);
+        self.entry_in(group, hosts, conditions, target);
+    }
+
+    /// [`Builder::entry`] in the group `group` (from [`Builder::group`]).
+    ///
+    /// # Panics
+    /// When `target` or `group` was not returned by this builder.
+    pub fn entry_in(
+        &mut self,
+        group: usize,
+        hosts: &[HostPattern],
+        conditions: Conditions,
+        target: usize,
+    ) {
         assert!(
             target < self.table.targets.len(),
             "an entry names a target it was not given"
@@ -77,16 +140,17 @@ impl<T> Builder<T> {
         let table = &mut self.table;
         let i = table.entries.len();
         table.entries.push(Entry { conditions, target });
+        let group = &mut table.groups[group];
         if hosts.is_empty() {
-            table.any_host.push(i);
+            group.any_host.push(i);
         }
         for host in hosts {
             match host {
-                HostPattern::Exact(h) => table.exact.entry(h.as_str().into()).or_default().push(i),
+                HostPattern::Exact(h) => group.exact.entry(h.as_str().into()).or_default().push(i),
                 HostPattern::Wildcard(s) => {
-                    match table.wildcards.iter_mut().find(|(k, _)| **k == **s) {
+                    match group.wildcards.iter_mut().find(|(k, _)| **k == **s) {
                         Some((_, list)) => list.push(i),
-                        None => table.wildcards.push((s.as_str().into(), vec![i])),
+                        None => group.wildcards.push((s.as_str().into(), vec![i])),
                     }
                 }
             }
@@ -95,11 +159,23 @@ impl<T> Builder<T> {
 
     pub fn build(mut self) -> Table<T> {
         // Stable: equal lengths keep the order they were named in.
+        for group in &mut self.table.groups {
+            group
+                .wildcards
+                .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        }
         self.table
-            .wildcards
+            .group_wildcards
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         self.table
     }
+}
+
+/// Whether `host` is under the wildcard `.suffix` (one label or more in
+/// front of it).
+#[inline]
+fn under(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len() && host.ends_with(suffix)
 }
 
 impl<T> Table<T> {
@@ -107,22 +183,41 @@ impl<T> Table<T> {
     /// without a host (the default route), else nowhere (404).
     #[inline]
     pub fn find(&self, req: &Lookup<'_>) -> Option<&T> {
-        if let Some(host) = req.host {
-            let host = normalize_host(host);
-            if let Some(list) = self.exact.get(&*host) {
+        let host = req.host.map(normalize_host);
+        let group = match (self.groups.len(), &host) {
+            (0, _) => return None,
+            // skiff's own config: one group, for any host.
+            (1, _) if self.group_any.is_some() => &self.groups[0],
+            (_, host) => &self.groups[self.group_of(host.as_deref())?],
+        };
+        if let Some(host) = &host {
+            if let Some(list) = group.exact.get(&**host) {
                 if let Some(found) = self.first_match(list, req) {
                     return Some(found);
                 }
             }
-            for (suffix, list) in &self.wildcards {
-                if host.len() > suffix.len() && host.ends_with(&**suffix) {
+            for (suffix, list) in &group.wildcards {
+                if under(host, suffix) {
                     if let Some(found) = self.first_match(list, req) {
                         return Some(found);
                     }
                 }
             }
         }
-        self.first_match(&self.any_host, req)
+        self.first_match(&group.any_host, req)
+    }
+
+    /// The group of the most specific listener host `host` matches.
+    fn group_of(&self, host: Option<&str>) -> Option<usize> {
+        if let Some(host) = host {
+            if let Some(&g) = self.group_exact.get(host) {
+                return Some(g);
+            }
+            if let Some((_, g)) = self.group_wildcards.iter().find(|(s, _)| under(host, s)) {
+                return Some(*g);
+            }
+        }
+        self.group_any
     }
 
     #[inline]

@@ -398,3 +398,39 @@ fn config_routes_carry_every_condition() {
         None
     );
 }
+
+/// Conformance's GatewayHTTPListenerIsolation: four listeners on one
+/// port; a request is routed only by the routes of the most specific
+/// listener its host matches, never by a less specific one's.
+#[test]
+fn listeners_sharing_a_port_are_isolated() {
+    let listeners = [
+        (None, "/empty-hostname"),
+        (Some("*.example.com"), "/wildcard-example-com"),
+        (Some("*.foo.example.com"), "/wildcard-foo-example-com"),
+        (Some("abc.foo.example.com"), "/abc-foo-example-com"),
+    ];
+    let routes: Vec<RouteConfig> = listeners
+        .iter()
+        .map(|(host, path)| RouteConfig {
+            listener_host: host.map(|h| match h.strip_prefix('*') {
+                Some(suffix) => HostMatch::Suffix(suffix.into()),
+                None => HostMatch::Exact(h.into()),
+            }),
+            ..RouteConfig::to_cluster(PathMatch::SeparatedPrefix(path.to_string()), &path[1..])
+        })
+        .collect();
+    let t = from_config(&routes, first_cluster).unwrap();
+    let hosts = [
+        "bar.com",
+        "bar.example.com",
+        "bar.foo.example.com",
+        "abc.foo.example.com",
+    ];
+    for (i, host) in hosts.iter().enumerate() {
+        for (j, (_, path)) in listeners.iter().enumerate() {
+            let want = (i == j).then(|| &path[1..]);
+            assert_eq!(find(&t, Some(host), path), want, "{host} {path}");
+        }
+    }
+}

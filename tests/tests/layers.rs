@@ -688,10 +688,18 @@ fn dependency_tree(name: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_config_and_route_crates_build_without_the_proxys_runtime() {
-    for name in ["skiff-config", "skiff-route"] {
+fn the_config_route_and_gateway_crates_build_without_the_proxys_runtime() {
+    for name in ["skiff-config", "skiff-route", "skiff-gateway"] {
         let tree = dependency_tree(name);
-        for runtime in ["tokio", "hyper", "h2", "rustls", "skiff", "skiff-discovery"] {
+        for runtime in [
+            "tokio",
+            "hyper",
+            "h2",
+            "rustls",
+            "kube",
+            "skiff",
+            "skiff-discovery",
+        ] {
             assert!(
                 !tree.contains(runtime),
                 "{name} depends on {runtime} (through Cargo.lock's tree: {tree:?})"

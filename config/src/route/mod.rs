@@ -48,6 +48,12 @@ pub struct RouteConfig {
     /// The hosts it serves; empty: any host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostMatch>,
+    /// The hostname of the Gateway listener the route came from, for
+    /// routes translated from the Gateway API: a request is routed only
+    /// by the routes of the most specific listener hostname it matches
+    /// (listener isolation). None: skiff's own routes, for any host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener_host: Option<HostMatch>,
     pub path: PathMatch,
     /// Upper case, as sent (`GET`); none: any method.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +76,7 @@ impl RouteConfig {
         RouteConfig {
             name: None,
             hosts: Vec::new(),
+            listener_host: None,
             path,
             method: None,
             headers: Vec::new(),

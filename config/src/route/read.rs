@@ -65,6 +65,7 @@ pub(crate) fn read_route(node: &Node, path: &str, diags: &mut Diagnostics) -> Op
     Some(RouteConfig {
         name,
         hosts: matched.hosts,
+        listener_host: None,
         path: matched.path,
         method: matched.method,
         headers: matched.headers,

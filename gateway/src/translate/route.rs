@@ -1,0 +1,597 @@
+//! One HTTPRoute on one Gateway: which listeners take it (its status
+//! says why not), and its rules as route config, one entry per match.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use skiff_config::cluster::ClusterConfig;
+use skiff_config::route::{
+    Action, Backend, HeaderEdits, HeaderMatch, PathMatch, PathRewrite, QueryMatch, Redirect,
+    Rewrite, RouteConfig, RouteRules, ValueMatch,
+};
+use skiff_route::{intersect, HostPattern};
+
+use super::backend::{self, Reference, Unresolved};
+use super::listener::{host_matches, Checked};
+use super::names_gateway;
+use crate::objects::{
+    Gateway, HeaderModifier, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
+    PathModifier,
+};
+use crate::status::{Condition, RouteParentStatus, RouteStatus};
+use crate::world::World;
+
+/// One route entry for one listener, with its place in precedence.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(super) key: Key,
+    pub(super) listener: usize,
+    pub(super) route: RouteConfig,
+}
+
+/// The specification's precedence among matches on one listener, most
+/// specific first: an exact path, then a regular expression (skiff's
+/// choice where the specification leaves it open), then the longest
+/// prefix; a method; more headers; more query parameters; the older
+/// route; its `namespace/name`; rule order; match order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Key {
+    path_rank: u8,
+    prefix: Reverse<usize>,
+    no_method: bool,
+    headers: Reverse<usize>,
+    query: Reverse<usize>,
+    /// Missing timestamps sort last.
+    created: (bool, String),
+    route: String,
+    rule: usize,
+    matched: usize,
+}
+
+/// A rule that cannot be served: the `Accepted` reason and why.
+type Invalid = (&'static str, String);
+
+/// What a rule becomes: an entry per match (before hostnames), or why
+/// it cannot be served.
+type Rule = Result<Vec<(Key, RouteConfig)>, Invalid>;
+
+/// Attaches `route` to the listeners of `gateway` its parent references
+/// select, adding entries and clusters; its status for this controller,
+/// or none when no reference names the Gateway.
+pub(super) fn attach(
+    world: &World,
+    gateway: &Gateway,
+    route: &HttpRoute,
+    controller: &str,
+    listeners: &mut [Checked<'_>],
+    entries: &mut Vec<Entry>,
+    clusters: &mut BTreeMap<String, ClusterConfig>,
+) -> Option<RouteStatus> {
+    let meta = &route.metadata;
+    let parents: Vec<_> = (route.spec.parent_refs.iter())
+        .filter(|p| names_gateway(p, &meta.namespace, gateway))
+        .collect();
+    if parents.is_empty() {
+        return None;
+    }
+    let mut unresolved = Vec::new();
+    let mut route_clusters = BTreeMap::new();
+    let rules: Vec<Rule> = (route.spec.rules.iter().enumerate())
+        .map(|(i, rule)| {
+            translate_rule(world, route, i, rule, &mut route_clusters, &mut unresolved)
+        })
+        .collect();
+    let generation = meta.generation;
+    let resolved = match unresolved.first() {
+        None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
+        Some((reason, _)) => {
+            let all: Vec<&str> = unresolved.iter().map(|(_, m)| m.as_str()).collect();
+            Condition::new("ResolvedRefs", false, reason, all.join("; "), generation)
+        }
+    };
+    let valid = rules.iter().filter(|r| r.is_ok()).count();
+    let hostnames: Vec<HostPattern> = route
+        .spec
+        .hostnames
+        .iter()
+        .map(|h| HostPattern::parse(h))
+        .collect();
+    let mut statuses = Vec::new();
+    // Listeners this route's entries went to already (two references
+    // may select the same listener).
+    let mut done = std::collections::HashSet::new();
+    for parent in parents {
+        let chosen = select(world, route, parent, listeners, &hostnames);
+        let accepted = match &chosen {
+            Err((reason, message)) => {
+                Condition::new("Accepted", false, reason, message.clone(), generation)
+            }
+            Ok(_) if valid == 0 && !rules.is_empty() => {
+                let (reason, message) = rules
+                    .iter()
+                    .find_map(|r| r.as_ref().err())
+                    .cloned()
+                    .unwrap_or(("UnsupportedValue", String::new()));
+                Condition::new("Accepted", false, reason, message, generation)
+            }
+            Ok(_) => Condition::new("Accepted", true, "Accepted", "", generation),
+        };
+        let mut conditions = vec![accepted.clone(), resolved.clone()];
+        if valid > 0 && valid < rules.len() {
+            let dropped: Vec<String> = (rules.iter().enumerate())
+                .filter_map(|(i, r)| r.as_ref().err().map(|(_, m)| format!("rule {i}: {m}")))
+                .collect();
+            let message = format!("Dropped Rule: {}", dropped.join("; "));
+            conditions.push(Condition::new(
+                "PartiallyInvalid",
+                true,
+                "UnsupportedValue",
+                message,
+                generation,
+            ));
+        }
+        if let (Ok(attached), true) = (chosen, accepted.is_true()) {
+            for (listener, hosts) in attached {
+                let l = &mut listeners[listener];
+                let key = meta.key();
+                if !l.attached.contains(&key) {
+                    l.attached.push(key);
+                }
+                if !done.insert(listener) {
+                    continue;
+                }
+                for (key, config) in rules.iter().flatten().flatten() {
+                    entries.push(Entry {
+                        key: key.clone(),
+                        listener,
+                        route: RouteConfig {
+                            hosts: host_matches(&hosts),
+                            ..config.clone()
+                        },
+                    });
+                }
+            }
+            clusters.extend(route_clusters.clone());
+        }
+        statuses.push(RouteParentStatus {
+            parent_ref: parent.clone(),
+            controller_name: controller.to_string(),
+            conditions,
+        });
+    }
+    Some(RouteStatus {
+        kind: "HTTPRoute",
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        parents: statuses,
+    })
+}
+
+/// The listeners a parent reference attaches the route to, each with the
+/// hostnames it serves there (empty: any), or why none does.
+fn select(
+    world: &World,
+    route: &HttpRoute,
+    parent: &crate::objects::ParentRef,
+    listeners: &[Checked<'_>],
+    hostnames: &[HostPattern],
+) -> Result<Vec<(usize, Vec<HostPattern>)>, Invalid> {
+    let candidates: Vec<usize> = (0..listeners.len())
+        .filter(|&i| {
+            let l = listeners[i].spec;
+            parent.section_name.as_ref().is_none_or(|s| *s == l.name)
+                && parent.port.is_none_or(|p| p == l.port)
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err((
+            "NoMatchingParent",
+            "no listener has this sectionName and port".into(),
+        ));
+    }
+    let namespace = &route.metadata.namespace;
+    let allowed: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| allows(world, &listeners[i], namespace))
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            "NotAllowedByListeners",
+            format!("no listener allows HTTPRoutes from namespace {namespace}"),
+        ));
+    }
+    let attached: Vec<(usize, Vec<HostPattern>)> = allowed
+        .into_iter()
+        .filter_map(|i| {
+            let listener = listeners[i].host.as_ref();
+            if hostnames.is_empty() {
+                return Some((i, listener.into_iter().cloned().collect()));
+            }
+            let mut hosts: Vec<HostPattern> = hostnames
+                .iter()
+                .filter_map(|h| intersect(listener, h))
+                .collect();
+            hosts.dedup();
+            (!hosts.is_empty()).then_some((i, hosts))
+        })
+        .collect();
+    if attached.is_empty() {
+        return Err((
+            "NoMatchingListenerHostname",
+            "no listener's hostname matches the route's hostnames".into(),
+        ));
+    }
+    Ok(attached)
+}
+
+/// Whether a listener takes HTTPRoutes from `namespace`.
+fn allows(world: &World, listener: &Checked<'_>, namespace: &str) -> bool {
+    let kind_ok = listener.kinds.iter().any(|k| k.kind == "HTTPRoute");
+    let gateway_namespace = listener.gateway_namespace.as_str();
+    let from = listener
+        .spec
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    let namespace_ok = match from.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+        "All" => true,
+        "Same" => namespace == gateway_namespace,
+        "Selector" => from
+            .and_then(|n| n.selector.as_ref())
+            .is_some_and(|s| s.matches(&world.namespace_labels(namespace))),
+        _ => false,
+    };
+    kind_ok && namespace_ok && listener.takes_routes()
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn unsupported(message: impl Into<String>) -> Invalid {
+    ("UnsupportedValue", message.into())
+}
+
+/// One rule, as route config per match; backend references that do not
+/// resolve are added to `unresolved` (the rule still serves, with 500s
+/// for their share).
+fn translate_rule(
+    world: &World,
+    route: &HttpRoute,
+    index: usize,
+    rule: &HttpRouteRule,
+    clusters: &mut BTreeMap<String, ClusterConfig>,
+    unresolved: &mut Vec<Unresolved>,
+) -> Rule {
+    let meta = &route.metadata;
+    let mut rules = RouteRules::default();
+    let mut redirect = None;
+    filters(&rule.filters, &mut rules, &mut redirect)?;
+    if let Some(t) = &rule.timeouts {
+        if t.backend_request.is_some() {
+            return Err(unsupported("timeouts.backendRequest is not supported yet"));
+        }
+        if let Some(request) = &t.request {
+            let d = duration(request)
+                .ok_or_else(|| unsupported(format!("`{request}` is not a duration")))?;
+            rules.timeout = (!d.is_zero()).then_some(d);
+        }
+    }
+    let mut backends = Vec::new();
+    for r in &rule.backend_refs {
+        let reference = Reference {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+            port: r.port,
+        };
+        let cluster = match backend::resolve(world, "HTTPRoute", meta, &reference, clusters) {
+            Ok(c) => Some(c),
+            Err(problem) => {
+                unresolved.push(problem);
+                None
+            }
+        };
+        let mut edits = RouteRules::default();
+        let mut none = None;
+        filters(&r.filters, &mut edits, &mut none)?;
+        if none.is_some() || edits.rewrite.is_some() {
+            return Err(unsupported("a backend's filters can only edit headers"));
+        }
+        backends.push(Backend {
+            cluster,
+            weight: r.weight.unwrap_or(1),
+            request_headers: edits.request_headers,
+            response_headers: edits.response_headers,
+        });
+    }
+    let action = match redirect {
+        Some(_) if !backends.is_empty() => {
+            return Err((
+                "IncompatibleFilters",
+                "a rule that redirects cannot have backendRefs".into(),
+            ))
+        }
+        Some(_) if rules.rewrite.is_some() => {
+            return Err((
+                "IncompatibleFilters",
+                "RequestRedirect and URLRewrite cannot be combined".into(),
+            ))
+        }
+        Some(r) => Action::Redirect(r),
+        None => Action::Forward(backends),
+    };
+    let name = match &rule.name {
+        Some(n) => format!("HTTPRoute/{}/{n}", meta.key()),
+        None => format!("HTTPRoute/{}/rule/{index}", meta.key()),
+    };
+    let default = [HttpRouteMatch::default()];
+    let matches = match &rule.matches {
+        Some(m) if !m.is_empty() => m.as_slice(),
+        _ => &default,
+    };
+    let mut out = Vec::new();
+    for (m, spec) in matches.iter().enumerate() {
+        let (path, path_rank, prefix) = path_match(spec)?;
+        let prefix_rewrite = |p: &Option<PathRewrite>| matches!(p, Some(PathRewrite::Prefix(_)));
+        let redirects_prefix = matches!(&action, Action::Redirect(r) if prefix_rewrite(&r.path));
+        let rewrites_prefix = rules
+            .rewrite
+            .as_ref()
+            .is_some_and(|r| prefix_rewrite(&r.path));
+        if (redirects_prefix || rewrites_prefix) && !matches!(path, PathMatch::SeparatedPrefix(_)) {
+            return Err(unsupported("ReplacePrefixMatch needs a PathPrefix match"));
+        }
+        let headers = header_matches(&spec.headers)?;
+        let query = query_matches(&spec.query_params)?;
+        let method = match &spec.method {
+            Some(m) if METHODS.contains(&m.as_str()) => Some(m.clone()),
+            Some(m) => return Err(unsupported(format!("method `{m}`"))),
+            None => None,
+        };
+        let key = Key {
+            path_rank,
+            prefix: Reverse(prefix),
+            no_method: method.is_none(),
+            headers: Reverse(headers.len()),
+            query: Reverse(query.len()),
+            created: match &meta.creation_timestamp {
+                Some(t) => (false, t.clone()),
+                None => (true, String::new()),
+            },
+            route: meta.key(),
+            rule: index,
+            matched: m,
+        };
+        out.push((
+            key,
+            RouteConfig {
+                name: Some(name.clone()),
+                hosts: Vec::new(),
+                listener_host: None,
+                path,
+                method,
+                headers,
+                query,
+                action: action.clone(),
+                rules: rules.clone(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// A match's path: the condition, its precedence rank, and its length.
+fn path_match(spec: &HttpRouteMatch) -> Result<(PathMatch, u8, usize), Invalid> {
+    let kind = spec
+        .path
+        .as_ref()
+        .and_then(|p| p.kind.as_deref())
+        .unwrap_or("PathPrefix");
+    let value = spec
+        .path
+        .as_ref()
+        .and_then(|p| p.value.clone())
+        .unwrap_or_else(|| "/".into());
+    match kind {
+        "Exact" | "PathPrefix" if !value.starts_with('/') => Err(unsupported(format!(
+            "path `{value}` does not start with `/`"
+        ))),
+        "Exact" => Ok((PathMatch::Exact(value.clone()), 0, value.len())),
+        "PathPrefix" => Ok((PathMatch::SeparatedPrefix(value.clone()), 2, value.len())),
+        "RegularExpression" => {
+            regex::Regex::new(&value).map_err(|e| unsupported(format!("path `{value}`: {e}")))?;
+            Ok((PathMatch::Regex(value), 1, 0))
+        }
+        other => Err(unsupported(format!("path match type `{other}`"))),
+    }
+}
+
+/// Header matches; only the first of several for one name counts, as
+/// the specification says.
+fn header_matches(specs: &[crate::objects::ValueMatch]) -> Result<Vec<HeaderMatch>, Invalid> {
+    let mut out: Vec<HeaderMatch> = Vec::new();
+    for spec in specs {
+        let name = spec.name.to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(unsupported(format!("`{}` is not a header name", spec.name)));
+        }
+        if out.iter().any(|h| h.name == name) {
+            continue;
+        }
+        out.push(HeaderMatch {
+            name,
+            value: value_match(spec)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Query parameter matches (names are case-sensitive); only the first of
+/// several for one name counts.
+fn query_matches(specs: &[crate::objects::ValueMatch]) -> Result<Vec<QueryMatch>, Invalid> {
+    let mut out: Vec<QueryMatch> = Vec::new();
+    for spec in specs {
+        if spec.name.is_empty() {
+            return Err(unsupported("a query parameter match needs a name"));
+        }
+        if out.iter().any(|q| q.name == spec.name) {
+            continue;
+        }
+        out.push(QueryMatch {
+            name: spec.name.clone(),
+            value: value_match(spec)?,
+        });
+    }
+    Ok(out)
+}
+
+fn value_match(spec: &crate::objects::ValueMatch) -> Result<ValueMatch, Invalid> {
+    match spec.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => Ok(ValueMatch::Exact(spec.value.clone())),
+        "RegularExpression" => match regex::Regex::new(&spec.value) {
+            Ok(_) => Ok(ValueMatch::Regex(spec.value.clone())),
+            Err(e) => Err(unsupported(format!("`{}`: {e}", spec.value))),
+        },
+        other => Err(unsupported(format!("match type `{other}`"))),
+    }
+}
+
+/// Applies `filters` to a rule's (or a backend's) rules; a redirect is
+/// put in `redirect`.
+fn filters(
+    filters: &[HttpRouteFilter],
+    rules: &mut RouteRules,
+    redirect: &mut Option<Redirect>,
+) -> Result<(), Invalid> {
+    for filter in filters {
+        match filter.kind.as_str() {
+            "RequestHeaderModifier" => {
+                let m = filter.request_header_modifier.as_ref();
+                edits(m, &mut rules.request_headers)?;
+            }
+            "ResponseHeaderModifier" => {
+                let m = filter.response_header_modifier.as_ref();
+                edits(m, &mut rules.response_headers)?;
+            }
+            "RequestRedirect" => {
+                let r = filter.request_redirect.clone().unwrap_or_default();
+                let code = r.status_code.unwrap_or(302);
+                if ![301, 302, 303, 307, 308].contains(&code) {
+                    return Err(unsupported(format!("redirect status {code}")));
+                }
+                if let Some(s) = r
+                    .scheme
+                    .as_deref()
+                    .filter(|s| !matches!(*s, "http" | "https"))
+                {
+                    return Err(unsupported(format!("redirect scheme `{s}`")));
+                }
+                let port = match r.port {
+                    Some(p) => Some(
+                        u16::try_from(p)
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| unsupported(format!("port {p}")))?,
+                    ),
+                    None => None,
+                };
+                *redirect = Some(Redirect {
+                    scheme: r.scheme,
+                    host: r.hostname.map(|h| h.to_ascii_lowercase()),
+                    port,
+                    path: path_modifier(r.path.as_ref())?,
+                    code: code as u16,
+                });
+            }
+            "URLRewrite" => {
+                let r = filter.url_rewrite.clone().unwrap_or_default();
+                rules.rewrite = Some(Rewrite {
+                    host: r.hostname.map(|h| h.to_ascii_lowercase()),
+                    path: path_modifier(r.path.as_ref())?,
+                });
+            }
+            other => return Err(unsupported(format!("filter `{other}` is not supported"))),
+        }
+    }
+    Ok(())
+}
+
+fn path_modifier(modifier: Option<&PathModifier>) -> Result<Option<PathRewrite>, Invalid> {
+    let Some(m) = modifier else {
+        return Ok(None);
+    };
+    match m.kind.as_str() {
+        "ReplaceFullPath" => Ok(Some(PathRewrite::Full(
+            m.replace_full_path.clone().unwrap_or_else(|| "/".into()),
+        ))),
+        "ReplacePrefixMatch" => Ok(Some(PathRewrite::Prefix(
+            m.replace_prefix_match.clone().unwrap_or_else(|| "/".into()),
+        ))),
+        other => Err(unsupported(format!("path modifier `{other}`"))),
+    }
+}
+
+/// A header modifier's edits added to `into` (names lowercase).
+fn edits(modifier: Option<&HeaderModifier>, into: &mut HeaderEdits) -> Result<(), Invalid> {
+    let Some(m) = modifier else {
+        return Err(unsupported("a header modifier filter without its settings"));
+    };
+    let valid = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    for (list, to) in [(&m.set, &mut into.set), (&m.add, &mut into.add)] {
+        for nv in list {
+            if !valid(&nv.name) {
+                return Err(unsupported(format!("`{}` is not a header name", nv.name)));
+            }
+            to.push((nv.name.to_ascii_lowercase(), nv.value.clone()));
+        }
+    }
+    for name in &m.remove {
+        if !valid(name) {
+            return Err(unsupported(format!("`{name}` is not a header name")));
+        }
+        into.remove.push(name.to_ascii_lowercase());
+    }
+    Ok(())
+}
+
+/// A GEP-2257 duration: one to four `<number><unit>` parts, units `h`,
+/// `m`, `s`, `ms` (`1h30m`, `500ms`, `0s`).
+pub(super) fn duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text;
+    let mut total = std::time::Duration::ZERO;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(1), 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += unit * n as u32;
+        parts += 1;
+    }
+    (parts > 0 && parts <= 4).then_some(total)
+}

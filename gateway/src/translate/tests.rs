@@ -1,0 +1,699 @@
+//! Cases from the Gateway API conformance suite (`conformance/tests`),
+//! each named after the test it comes from, checked on the translation:
+//! which routes attach where, in which order, and what status says.
+
+use super::*;
+use crate::manifests;
+use crate::status::find;
+use skiff_config::route::{Action, PathMatch};
+use skiff_route::Lookup;
+
+const CONTROLLER: &str = crate::CONTROLLER;
+
+/// The infrastructure the suite's tests share: a class, three namespaces,
+/// backends in `infra`, and the Gateway `infra/same-namespace` (HTTP on
+/// port 80, routes from its own namespace).
+const INFRA: &str = "
+kind: GatewayClass
+metadata: { name: skiff, generation: 1 }
+spec: { controllerName: skiff.io/gateway-controller }
+---
+kind: Namespace
+metadata: { name: infra, labels: { shared: \"yes\" } }
+---
+kind: Namespace
+metadata: { name: apps, labels: { shared: \"yes\" } }
+---
+kind: Namespace
+metadata: { name: other }
+---
+kind: Service
+metadata: { name: backend-v1, namespace: infra }
+spec: { ports: [{ name: http, port: 8080 }] }
+---
+kind: Service
+metadata: { name: backend-v2, namespace: infra }
+spec: { ports: [{ port: 8080, appProtocol: kubernetes.io/h2c }] }
+---
+kind: Service
+metadata: { name: web, namespace: apps }
+spec: { ports: [{ name: http, port: 80 }] }
+---
+kind: Gateway
+metadata: { name: same-namespace, namespace: infra, generation: 3 }
+spec:
+  gatewayClassName: skiff
+  listeners:
+    - { name: http, port: 80, protocol: HTTP, allowedRoutes: { namespaces: { from: Same } } }
+";
+
+fn world(extra: &str) -> World {
+    let mut world = World::default();
+    for (line, object) in manifests::objects(&format!("{INFRA}---\n{extra}")).unwrap() {
+        world
+            .apply(object)
+            .unwrap_or_else(|e| panic!("line {line}: {e}"));
+    }
+    world
+}
+
+fn gateway(world: &World, name: &str) -> Translation {
+    translate(world, ("infra", name), CONTROLLER)
+}
+
+/// The condition `kind` of the route's entry for its first parent.
+fn route_condition<'a>(
+    t: &'a Translation,
+    route: &str,
+    kind: &str,
+) -> &'a crate::status::Condition {
+    let status = t
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .unwrap_or_else(|| panic!("no status for {route}"));
+    find(&status.parents[0].conditions, kind).unwrap_or_else(|| panic!("{route} has no {kind}"))
+}
+
+fn listener_condition<'a>(
+    t: &'a Translation,
+    listener: &str,
+    kind: &str,
+) -> &'a crate::status::Condition {
+    let gw = t.gateway.as_ref().unwrap();
+    let l = gw.listeners.iter().find(|l| l.name == listener).unwrap();
+    find(&l.conditions, kind).unwrap()
+}
+
+/// Which backend cluster (or redirect, or 500) a request to `port` goes to.
+fn route_to(
+    t: &Translation,
+    port: u16,
+    host: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Option<String> {
+    let port = t.ports.iter().find(|p| p.port == port)?;
+    let table = skiff_route::from_config(&port.routes, |r| {
+        Ok::<_, skiff_route::BadPattern>(match &r.action {
+            Action::Redirect(_) => "redirect".to_string(),
+            Action::Forward(b) if b.is_empty() => "500".to_string(),
+            Action::Forward(b) => b[0].cluster.clone().unwrap_or_else(|| "500".into()),
+        })
+    })
+    .unwrap();
+    let mut req = http::Request::get(path_and_query);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let req = req.body(()).unwrap();
+    table.find(&Lookup::of(&req, Some(host))).cloned()
+}
+
+#[test]
+fn simple_same_namespace() {
+    let w = world(
+        "
+kind: HTTPRoute
+metadata: { name: web, namespace: infra, generation: 2 }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ backendRefs: [{ name: backend-v1, port: 8080 }] }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    assert_eq!(t.problem, None);
+    let accepted = route_condition(&t, "web", "Accepted");
+    assert!(accepted.is_true(), "{accepted:?}");
+    assert_eq!(accepted.observed_generation, 2);
+    assert!(route_condition(&t, "web", "ResolvedRefs").is_true());
+    let status = &t.routes[0].parents[0];
+    assert_eq!(status.controller_name, CONTROLLER);
+    assert_eq!(status.parent_ref.name, "same-namespace");
+    let gw = t.gateway.as_ref().unwrap();
+    assert!(find(&gw.conditions, "Accepted").unwrap().is_true());
+    assert!(find(&gw.conditions, "Programmed").unwrap().is_true());
+    assert_eq!(gw.conditions[0].observed_generation, 3);
+    assert_eq!(gw.listeners[0].attached_routes, 1);
+    assert_eq!(gw.listeners[0].supported_kinds[0].kind, "HTTPRoute");
+    assert_eq!(t.ports.len(), 1);
+    assert_eq!(t.ports[0].port, 80);
+    assert_eq!(
+        route_to(&t, 80, "anything.example", "/x", &[]).as_deref(),
+        Some("infra/backend-v1:8080")
+    );
+    assert_eq!(t.clusters.len(), 1);
+    assert_eq!(t.clusters[0].name, "infra/backend-v1:8080");
+    let class = t.class.as_ref().unwrap();
+    assert!(class.1[0].is_true());
+}
+
+#[test]
+fn a_gateway_of_another_controller_is_not_served() {
+    let mut w = world("");
+    w.apply(serde_json::json!({
+        "kind": "GatewayClass", "metadata": { "name": "other" },
+        "spec": { "controllerName": "example.com/other" }
+    }))
+    .unwrap();
+    w.apply(serde_json::json!({
+        "kind": "Gateway", "metadata": { "name": "theirs", "namespace": "infra" },
+        "spec": { "gatewayClassName": "other", "listeners": [] }
+    }))
+    .unwrap();
+    let t = gateway(&w, "theirs");
+    assert!(t
+        .problem
+        .unwrap()
+        .contains("belongs to `example.com/other`"));
+    assert!(t.ports.is_empty() && t.gateway.is_none());
+    assert!(gateway(&w, "missing")
+        .problem
+        .unwrap()
+        .contains("does not exist"));
+}
+
+/// HTTPRouteInvalidParentRefNotMatchingSectionName,
+/// HTTPRouteInvalidParentRefNotMatchingListenerPort,
+/// HTTPRouteInvalidCrossNamespaceParentRef and
+/// HTTPRouteHostnameIntersection's unmatched route.
+#[test]
+fn parent_references_that_select_no_listener_say_why() {
+    let w = world(
+        "
+kind: HTTPRoute
+metadata: { name: section, namespace: infra }
+spec: { parentRefs: [{ name: same-namespace, sectionName: nope }] }
+---
+kind: HTTPRoute
+metadata: { name: port, namespace: infra }
+spec: { parentRefs: [{ name: same-namespace, port: 81 }] }
+---
+kind: HTTPRoute
+metadata: { name: elsewhere, namespace: apps }
+spec: { parentRefs: [{ name: same-namespace, namespace: infra }] }
+---
+kind: HTTPRoute
+metadata: { name: not-mine, namespace: infra }
+spec: { parentRefs: [{ name: some-other-gateway }] }
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    assert_eq!(
+        route_condition(&t, "section", "Accepted").reason,
+        "NoMatchingParent"
+    );
+    assert_eq!(
+        route_condition(&t, "port", "Accepted").reason,
+        "NoMatchingParent"
+    );
+    let elsewhere = route_condition(&t, "elsewhere", "Accepted");
+    assert_eq!(
+        (elsewhere.status, elsewhere.reason),
+        ("False", "NotAllowedByListeners")
+    );
+    assert!(
+        route_condition(&t, "elsewhere", "ResolvedRefs").is_true(),
+        "written even when not accepted"
+    );
+    assert!(
+        t.routes.iter().all(|r| r.name != "not-mine"),
+        "another Gateway's route gets no status from this one"
+    );
+    assert_eq!(t.gateway.as_ref().unwrap().listeners[0].attached_routes, 0);
+}
+
+/// HTTPRouteHostnameIntersection and GatewayHTTPListenerIsolation: a
+/// route serves the intersection of its hostnames with each listener's,
+/// and a listener sharing a port serves only its own routes.
+#[test]
+fn hostnames_intersect_and_listeners_on_one_port_stay_apart() {
+    let w = world(
+        "
+kind: Gateway
+metadata: { name: hosts, namespace: infra }
+spec:
+  gatewayClassName: skiff
+  listeners:
+    - { name: specific, port: 80, protocol: HTTP, hostname: very.specific.com }
+    - { name: wildcard, port: 80, protocol: HTTP, hostname: '*.wildcard.io' }
+    - { name: any, port: 80, protocol: HTTP }
+---
+kind: HTTPRoute
+metadata: { name: specific, namespace: infra, creationTimestamp: '2026-01-01T00:00:00Z' }
+spec:
+  parentRefs: [{ name: hosts }]
+  hostnames: ['*.specific.com', 'foo.bar.wildcard.io', 'wildcard.io']
+  rules: [{ matches: [{ path: { type: PathPrefix, value: /s1 } }], backendRefs: [{ name: backend-v1, port: 8080 }] }]
+---
+kind: HTTPRoute
+metadata: { name: nowhere, namespace: infra }
+spec:
+  parentRefs: [{ name: hosts, sectionName: specific }]
+  hostnames: [non.matching.com]
+  rules: [{ backendRefs: [{ name: backend-v1, port: 8080 }] }]
+---
+kind: HTTPRoute
+metadata: { name: any, namespace: infra, creationTimestamp: '2026-01-02T00:00:00Z' }
+spec:
+  parentRefs: [{ name: hosts, sectionName: any }]
+  rules: [{ backendRefs: [{ name: backend-v2, port: 8080 }] }]
+",
+    );
+    let t = gateway(&w, "hosts");
+    assert_eq!(
+        route_condition(&t, "nowhere", "Accepted").reason,
+        "NoMatchingListenerHostname"
+    );
+    assert!(route_condition(&t, "specific", "Accepted").is_true());
+    let v1 = Some("infra/backend-v1:8080".to_string());
+    let v2 = Some("infra/backend-v2:8080".to_string());
+    // The route's *.specific.com narrowed to the listener's exact host.
+    assert_eq!(route_to(&t, 80, "very.specific.com", "/s1", &[]), v1);
+    assert_eq!(
+        route_to(&t, 80, "very.specific.com:8080", "/s1/x", &[]),
+        v1,
+        "the port is ignored"
+    );
+    // very.specific.com belongs to the `specific` listener alone: its
+    // routes do not match `/`, and the `any` listener's are not tried.
+    assert_eq!(route_to(&t, 80, "very.specific.com", "/", &[]), None);
+    // Other hosts are the hostname-less listener's, where `specific`
+    // serves its own hostnames as written and `any` everything else.
+    assert_eq!(route_to(&t, 80, "foo.specific.com", "/s1", &[]), v1);
+    assert_eq!(route_to(&t, 80, "foo.specific.com", "/", &[]), v2);
+    assert_eq!(route_to(&t, 80, "foo.bar.wildcard.io", "/s1", &[]), v1);
+    assert_eq!(
+        route_to(&t, 80, "bar.wildcard.io", "/s1", &[]),
+        None,
+        "the wildcard listener's, and the route did not name it"
+    );
+    assert_eq!(
+        route_to(&t, 80, "wildcard.io", "/s1", &[]),
+        v1,
+        "not under *.wildcard.io: the any listener's"
+    );
+    let gw = t.gateway.as_ref().unwrap();
+    let attached: Vec<u32> = gw.listeners.iter().map(|l| l.attached_routes).collect();
+    assert_eq!(
+        attached,
+        [1, 1, 2],
+        "`specific` attaches to all three; `any` to its own"
+    );
+}
+
+/// HTTPRouteMatchingAcrossRoutes and HTTPRoutePathMatchOrder: precedence
+/// across every route on a listener.
+#[test]
+fn precedence_across_routes_follows_the_specification() {
+    let w = world(
+        "
+kind: HTTPRoute
+metadata: { name: older, namespace: infra, creationTimestamp: '2026-01-01T00:00:00Z' }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - matches: [{ path: { type: PathPrefix, value: /match } }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+    - matches: [{ path: { type: PathPrefix, value: /match }, headers: [{ name: version, value: one }] }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+---
+kind: HTTPRoute
+metadata: { name: newer, namespace: infra, creationTimestamp: '2026-01-02T00:00:00Z' }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - matches:
+        - { path: { type: PathPrefix, value: /match/prefix/ } }
+        - { path: { type: Exact, value: /match/exact } }
+        - { path: { type: PathPrefix, value: /match }, headers: [{ name: version, value: one }, { name: color, value: blue }] }
+        - { path: { type: PathPrefix, value: /match }, method: POST }
+        - { path: { type: PathPrefix, value: /match }, queryParams: [{ name: animal, value: whale }] }
+      backendRefs: [{ name: backend-v2, port: 8080 }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    let v1 = Some("infra/backend-v1:8080".to_string());
+    let v2 = Some("infra/backend-v2:8080".to_string());
+    let to = |path: &str, headers: &[(&str, &str)]| route_to(&t, 80, "example.com", path, headers);
+    assert_eq!(to("/match", &[]), v1, "the older route, for a tie");
+    assert_eq!(
+        to("/match/prefix/one", &[]),
+        v2,
+        "the longer prefix, though newer"
+    );
+    assert_eq!(to("/match/exact", &[]), v2, "exact beats every prefix");
+    assert_eq!(to("/match/exactly", &[]), v1);
+    assert_eq!(
+        to("/match", &[("version", "one")]),
+        v1,
+        "one header beats none"
+    );
+    assert_eq!(
+        to("/match", &[("version", "one"), ("color", "blue")]),
+        v2,
+        "two beat one"
+    );
+    assert_eq!(
+        to("/match?animal=whale", &[]),
+        v2,
+        "a query match beats none"
+    );
+}
+
+/// HTTPRouteInvalidNonExistentBackendRef, HTTPRouteInvalidBackendRefUnknownKind,
+/// HTTPRouteInvalidCrossNamespaceBackendRef, HTTPRouteReferenceGrant,
+/// HTTPRouteWeight: backends resolve, or keep their share as 500s.
+#[test]
+fn backends_resolve_or_answer_500_for_their_share() {
+    let routes = "
+kind: HTTPRoute
+metadata: { name: missing, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ matches: [{ path: { value: /missing } }], backendRefs: [{ name: nonexistent, port: 8080 }] }]
+---
+kind: HTTPRoute
+metadata: { name: kind, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ matches: [{ path: { value: /kind } }], backendRefs: [{ group: unknown.example, kind: Thing, name: backend-v1, port: 8080 }] }]
+---
+kind: HTTPRoute
+metadata: { name: across, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ matches: [{ path: { value: /across } }], backendRefs: [{ name: web, namespace: apps, port: 80 }] }]
+---
+kind: HTTPRoute
+metadata: { name: split, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - matches: [{ path: { value: /split } }]
+      backendRefs: [{ name: backend-v1, port: 8080, weight: 70 }, { name: nonexistent, port: 8080, weight: 30 }, { name: backend-v2, port: 8080, weight: 0 }]
+---
+kind: HTTPRoute
+metadata: { name: nothing, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ matches: [{ path: { value: /nothing } }] }]
+";
+    let t = gateway(&world(routes), "same-namespace");
+    let condition = |route| route_condition(&t, route, "ResolvedRefs");
+    assert_eq!(condition("missing").reason, "BackendNotFound");
+    assert!(condition("missing").message.contains("infra/nonexistent"));
+    assert!(
+        route_condition(&t, "missing", "Accepted").is_true(),
+        "still served, with 500s"
+    );
+    assert_eq!(condition("kind").reason, "InvalidKind");
+    assert_eq!(condition("across").reason, "RefNotPermitted");
+    assert!(
+        condition("nothing").is_true(),
+        "no backends is not a reference problem"
+    );
+    assert_eq!(
+        route_to(&t, 80, "h", "/missing", &[]).as_deref(),
+        Some("500")
+    );
+    assert_eq!(
+        route_to(&t, 80, "h", "/nothing", &[]).as_deref(),
+        Some("500")
+    );
+    let port = &t.ports[0];
+    let split = port
+        .routes
+        .iter()
+        .find(|r| r.path == PathMatch::SeparatedPrefix("/split".into()))
+        .unwrap();
+    let Action::Forward(backends) = &split.action else {
+        panic!()
+    };
+    let shares: Vec<(Option<&str>, u32)> = backends
+        .iter()
+        .map(|b| (b.cluster.as_deref(), b.weight))
+        .collect();
+    assert_eq!(
+        shares,
+        [
+            (Some("infra/backend-v1:8080"), 70),
+            (None, 30),
+            (Some("infra/backend-v2:8080"), 0)
+        ]
+    );
+    let h2c = t
+        .clusters
+        .iter()
+        .find(|c| c.name == "infra/backend-v2:8080")
+        .unwrap();
+    assert_eq!(
+        h2c.protocol,
+        skiff_config::cluster::UpstreamProtocol::Http2,
+        "appProtocol kubernetes.io/h2c"
+    );
+
+    let grant = "
+---
+kind: ReferenceGrant
+metadata: { name: let-infra-in, namespace: apps }
+spec:
+  from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra }]
+  to: [{ group: '', kind: Service, name: web }]
+";
+    let t = gateway(&world(&format!("{routes}{grant}")), "same-namespace");
+    assert!(route_condition(&t, "across", "ResolvedRefs").is_true());
+    assert_eq!(
+        route_to(&t, 80, "h", "/across", &[]).as_deref(),
+        Some("apps/web:80")
+    );
+}
+
+/// GatewayInvalidRouteKind, GatewayListenerUnsupportedProtocol,
+/// GatewayInvalidTLSConfiguration (missing Secret), and conflicts.
+#[test]
+fn listeners_that_cannot_be_served_say_why() {
+    let w = world(
+        "
+kind: Gateway
+metadata: { name: mixed, namespace: infra, generation: 5 }
+spec:
+  gatewayClassName: skiff
+  listeners:
+    - { name: http, port: 80, protocol: HTTP }
+    - { name: udp, port: 53, protocol: UDP }
+    - { name: kinds, port: 81, protocol: HTTP, allowedRoutes: { kinds: [{ kind: TCPRoute }] } }
+    - { name: https, port: 443, protocol: HTTPS, tls: { certificateRefs: [{ name: missing-cert }] } }
+    - { name: same-a, port: 82, protocol: HTTP, hostname: a.example.com }
+    - { name: same-b, port: 82, protocol: HTTP, hostname: a.example.com }
+---
+kind: HTTPRoute
+metadata: { name: to-https, namespace: infra }
+spec:
+  parentRefs: [{ name: mixed, sectionName: https }]
+  rules: [{ backendRefs: [{ name: backend-v1, port: 8080 }] }]
+",
+    );
+    let t = gateway(&w, "mixed");
+    let gw = t.gateway.as_ref().unwrap();
+    let accepted = find(&gw.conditions, "Accepted").unwrap();
+    assert_eq!(
+        (accepted.status, accepted.reason),
+        ("True", "ListenersNotValid")
+    );
+    assert_eq!(
+        listener_condition(&t, "udp", "Accepted").reason,
+        "UnsupportedProtocol"
+    );
+    assert_eq!(
+        listener_condition(&t, "kinds", "ResolvedRefs").reason,
+        "InvalidRouteKinds"
+    );
+    let kinds = gw.listeners.iter().find(|l| l.name == "kinds").unwrap();
+    assert!(kinds.supported_kinds.is_empty());
+    assert_eq!(
+        listener_condition(&t, "https", "ResolvedRefs").reason,
+        "InvalidCertificateRef"
+    );
+    assert_eq!(
+        listener_condition(&t, "https", "Programmed").status,
+        "False"
+    );
+    assert_eq!(
+        listener_condition(&t, "same-a", "Conflicted").reason,
+        "HostnameConflict"
+    );
+    assert_eq!(
+        listener_condition(&t, "http", "Conflicted").reason,
+        "NoConflicts"
+    );
+    let https = gw.listeners.iter().find(|l| l.name == "https").unwrap();
+    assert_eq!(
+        https.attached_routes, 1,
+        "a listener waiting for its certificate still counts its routes"
+    );
+    assert!(route_condition(&t, "to-https", "Accepted").is_true());
+    let ports: Vec<u16> = t.ports.iter().map(|p| p.port).collect();
+    assert_eq!(ports, [80], "only the listener that can be served is bound");
+    assert_eq!(
+        listener_condition(&t, "http", "Accepted").observed_generation,
+        5
+    );
+}
+
+/// Listener `allowedRoutes.namespaces` by `All` and `Selector`.
+#[test]
+fn routes_from_other_namespaces_by_selector() {
+    let w = world(
+        "
+kind: Gateway
+metadata: { name: shared, namespace: infra }
+spec:
+  gatewayClassName: skiff
+  listeners:
+    - name: http
+      port: 80
+      protocol: HTTP
+      allowedRoutes: { namespaces: { from: Selector, selector: { matchLabels: { shared: \"yes\" } } } }
+---
+kind: HTTPRoute
+metadata: { name: web, namespace: apps }
+spec:
+  parentRefs: [{ name: shared, namespace: infra }]
+  rules: [{ backendRefs: [{ name: web, port: 80 }] }]
+---
+kind: HTTPRoute
+metadata: { name: web, namespace: other }
+spec:
+  parentRefs: [{ name: shared, namespace: infra }]
+  rules: [{ backendRefs: [{ name: web, port: 80 }] }]
+",
+    );
+    let t = gateway(&w, "shared");
+    let status = |ns: &str| {
+        let r = t.routes.iter().find(|r| r.namespace == ns).unwrap();
+        find(&r.parents[0].conditions, "Accepted").unwrap().clone()
+    };
+    assert!(status("apps").is_true());
+    assert_eq!(status("other").reason, "NotAllowedByListeners");
+}
+
+/// Filters: redirects and rewrites become skiff's, an unsupported one
+/// refuses its rule (`UnsupportedValue`, `PartiallyInvalid` when others
+/// stay), and a redirect with backends is `IncompatibleFilters`.
+#[test]
+fn filters_translate_or_refuse_their_rule() {
+    let w = world(
+        "
+kind: HTTPRoute
+metadata: { name: filters, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - matches: [{ path: { type: PathPrefix, value: /old } }]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: { scheme: https, hostname: Example.org, path: { type: ReplacePrefixMatch, replacePrefixMatch: /new }, statusCode: 301 }
+    - matches: [{ path: { type: PathPrefix, value: /api } }]
+      filters:
+        - { type: URLRewrite, urlRewrite: { hostname: internal, path: { type: ReplaceFullPath, replaceFullPath: /v2 } } }
+        - { type: RequestHeaderModifier, requestHeaderModifier: { set: [{ name: X-Set, value: '1' }], add: [{ name: x-add, value: a }], remove: [x-gone] } }
+        - { type: ResponseHeaderModifier, responseHeaderModifier: { set: [{ name: x-resp, value: r }] } }
+      timeouts: { request: 1m30s }
+      backendRefs:
+        - name: backend-v1
+          port: 8080
+          filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { set: [{ name: x-backend, value: v1 }] } }]
+    - matches: [{ path: { value: /mirror } }]
+      filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: backend-v2, port: 8080 } } }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+---
+kind: HTTPRoute
+metadata: { name: incompatible, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - filters: [{ type: RequestRedirect, requestRedirect: { scheme: https } }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    let partial = route_condition(&t, "filters", "PartiallyInvalid");
+    assert!(partial.message.starts_with("Dropped Rule"), "{partial:?}");
+    assert!(partial.message.contains("RequestMirror"));
+    assert!(route_condition(&t, "filters", "Accepted").is_true());
+    assert_eq!(
+        route_condition(&t, "incompatible", "Accepted").reason,
+        "IncompatibleFilters"
+    );
+    let routes = &t.ports[0].routes;
+    let old = routes
+        .iter()
+        .find(|r| r.path == PathMatch::SeparatedPrefix("/old".into()))
+        .unwrap();
+    let Action::Redirect(redirect) = &old.action else {
+        panic!("a redirect")
+    };
+    assert_eq!(redirect.code, 301);
+    assert_eq!(redirect.host.as_deref(), Some("example.org"));
+    assert_eq!(
+        redirect.path,
+        Some(skiff_config::route::PathRewrite::Prefix("/new".into()))
+    );
+    let api = routes
+        .iter()
+        .find(|r| r.path == PathMatch::SeparatedPrefix("/api".into()))
+        .unwrap();
+    assert_eq!(api.name.as_deref(), Some("HTTPRoute/infra/filters/rule/1"));
+    let rewrite = api.rules.rewrite.as_ref().unwrap();
+    assert_eq!(rewrite.host.as_deref(), Some("internal"));
+    assert_eq!(
+        api.rules.request_headers.set,
+        [("x-set".to_string(), "1".to_string())]
+    );
+    assert_eq!(api.rules.request_headers.remove, ["x-gone"]);
+    assert_eq!(api.rules.response_headers.set.len(), 1);
+    assert_eq!(api.rules.timeout, Some(std::time::Duration::from_secs(90)));
+    let Action::Forward(backends) = &api.action else {
+        panic!()
+    };
+    assert_eq!(backends[0].request_headers.set[0].0, "x-backend");
+    assert_eq!(
+        route_to(&t, 80, "h", "/mirror", &[]),
+        None,
+        "the dropped rule is not served"
+    );
+}
+
+#[test]
+fn durations_read_as_gep_2257_writes_them() {
+    use std::time::Duration;
+    let d = route::duration;
+    assert_eq!(d("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(d("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(d("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(d("0s"), Some(Duration::ZERO));
+    assert_eq!(d("1h1m1s1ms"), Some(Duration::from_millis(3_661_001)));
+    for bad in ["", "10", "1.5s", "1d", "s", "1h1m1s1ms1ms", "123456s"] {
+        assert_eq!(d(bad), None, "{bad}");
+    }
+}
+
+/// Objects that cannot be read are named and change nothing.
+#[test]
+fn unreadable_objects_are_refused_by_name() {
+    let mut w = world("");
+    let err = w
+        .apply(serde_json::json!({
+            "kind": "HTTPRoute", "metadata": { "name": "bad", "namespace": "infra" },
+            "spec": { "parentRefs": "not a list" }
+        }))
+        .unwrap_err();
+    assert_eq!(err.object, "HTTPRoute infra/bad");
+    assert!(err.reason.contains("invalid type"), "{err}");
+    assert!(w.http_routes.is_empty());
+    let err = w
+        .apply(serde_json::json!({ "kind": "Gateway", "metadata": {} }))
+        .unwrap_err();
+    assert!(err.reason.contains("metadata.name"));
+}

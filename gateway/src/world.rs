@@ -1,0 +1,200 @@
+//! Everything skiff knows of the cluster's routing objects: what the
+//! watches (or a directory of manifests) delivered, by kind and name.
+//! Translation reads only this, so the same objects always give the same
+//! routes and status.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+
+use crate::objects::{
+    Gateway, GatewayClass, HttpRoute, Meta, Namespace, ReferenceGrant, Service, GATEWAY_GROUP,
+};
+
+/// `(namespace, name)`.
+pub type Key = (String, String);
+
+/// A Secret, as far as a listener's certificate reference needs to know:
+/// whether it is there and of the TLS type with both keys. (Whether its
+/// PEM loads is the proxy's to find out.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub tls: bool,
+}
+
+/// The objects, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub gateway_classes: BTreeMap<String, GatewayClass>,
+    pub gateways: BTreeMap<Key, Gateway>,
+    pub http_routes: BTreeMap<Key, HttpRoute>,
+    pub reference_grants: BTreeMap<Key, ReferenceGrant>,
+    pub services: BTreeMap<Key, Service>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub secrets: BTreeMap<Key, SecretInfo>,
+}
+
+/// An object that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectError {
+    /// `HTTPRoute shop/catalog`.
+    pub object: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.reason)
+    }
+}
+
+/// The kinds [`World::apply`] reads.
+pub const KINDS: [&str; 7] = [
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "Service",
+    "Namespace",
+    "Secret",
+];
+
+fn key(meta: &Meta) -> Key {
+    (meta.namespace.clone(), meta.name.clone())
+}
+
+fn read<T: DeserializeOwned>(value: serde_json::Value, object: &str) -> Result<T, ObjectError> {
+    serde_json::from_value(value).map_err(|e| ObjectError {
+        object: object.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl World {
+    /// Adds or replaces one object from its JSON (as the API server or a
+    /// manifest gives it); an object of another kind is left alone.
+    /// An object that cannot be read changes nothing, and the error names
+    /// it and says why.
+    pub fn apply(&mut self, value: serde_json::Value) -> Result<(), ObjectError> {
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        let meta = value.get("metadata");
+        let text = |field: &str| {
+            meta.and_then(|m| m.get(field))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let object = match text("namespace").as_str() {
+            "" => format!("{kind} {}", text("name")),
+            ns => format!("{kind} {ns}/{}", text("name")),
+        };
+        if text("name").is_empty() {
+            return Err(ObjectError {
+                object,
+                reason: "metadata.name is missing".into(),
+            });
+        }
+        match kind.as_str() {
+            "GatewayClass" => {
+                let class: GatewayClass = read(value, &object)?;
+                self.gateway_classes
+                    .insert(class.metadata.name.clone(), class);
+            }
+            "Gateway" => {
+                let gateway: Gateway = read(value, &object)?;
+                self.gateways.insert(key(&gateway.metadata), gateway);
+            }
+            "HTTPRoute" => {
+                let route: HttpRoute = read(value, &object)?;
+                self.http_routes.insert(key(&route.metadata), route);
+            }
+            "ReferenceGrant" => {
+                let grant: ReferenceGrant = read(value, &object)?;
+                self.reference_grants.insert(key(&grant.metadata), grant);
+            }
+            "Service" => {
+                let service: Service = read(value, &object)?;
+                self.services.insert(key(&service.metadata), service);
+            }
+            "Namespace" => {
+                let namespace: Namespace = read(value, &object)?;
+                self.namespaces
+                    .insert(namespace.metadata.name.clone(), namespace);
+            }
+            "Secret" => {
+                let kind = value
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("Opaque");
+                let data = value.get("data");
+                let has = |k: &str| data.and_then(|d| d.get(k)).is_some();
+                let tls = kind == "kubernetes.io/tls" && has("tls.crt") && has("tls.key");
+                self.secrets
+                    .insert((text("namespace"), text("name")), SecretInfo { tls });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Forgets one object.
+    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        match kind {
+            "GatewayClass" => drop(self.gateway_classes.remove(name)),
+            "Gateway" => drop(self.gateways.remove(&key)),
+            "HTTPRoute" => drop(self.http_routes.remove(&key)),
+            "ReferenceGrant" => drop(self.reference_grants.remove(&key)),
+            "Service" => drop(self.services.remove(&key)),
+            "Namespace" => drop(self.namespaces.remove(name)),
+            "Secret" => drop(self.secrets.remove(&key)),
+            _ => {}
+        }
+    }
+
+    /// A namespace's labels; Kubernetes gives every namespace
+    /// `kubernetes.io/metadata.name`, so that one is there even when the
+    /// Namespace object is not known.
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .get(namespace)
+            .map(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        labels
+            .entry("kubernetes.io/metadata.name".into())
+            .or_insert_with(|| namespace.to_string());
+        labels
+    }
+
+    /// Whether a ReferenceGrant in `to_namespace` lets objects of
+    /// `from_kind` (Gateway API group) in `from_namespace` refer to
+    /// `to_kind` (`to_group`) named `to_name` there.
+    pub fn grants(
+        &self,
+        from_kind: &str,
+        from_namespace: &str,
+        (to_group, to_kind): (&str, &str),
+        to_namespace: &str,
+        to_name: &str,
+    ) -> bool {
+        self.reference_grants
+            .iter()
+            .filter(|((ns, _), _)| ns == to_namespace)
+            .any(|(_, grant)| {
+                let from = grant.spec.from.iter().any(|f| {
+                    f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_namespace
+                });
+                let to = grant.spec.to.iter().any(|t| {
+                    t.group == to_group
+                        && t.kind == to_kind
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
+                });
+                from && to
+            })
+    }
+}
