@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod endpoints;
+pub mod gateway_api;
 pub mod limits;
 pub mod listener;
 pub mod read;
@@ -60,6 +61,9 @@ pub struct Config {
     /// mTLS between sidecars; none: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshConfig>,
+    /// The gateway role: a Gateway API Gateway to serve; none: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_api: Option<gateway_api::GatewayApiConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -138,7 +142,14 @@ impl Config {
     }
 }
 
-const TOP_FIELDS: &[&str] = &["admin", "shutdown", "listeners", "clusters", "mesh"];
+const TOP_FIELDS: &[&str] = &[
+    "admin",
+    "shutdown",
+    "listeners",
+    "clusters",
+    "mesh",
+    "gateway_api",
+];
 
 fn read_config(root: &Node, cx: &Context<'_>, diags: &mut Diagnostics) -> Option<Config> {
     let mut map = MapReader::new(root, "", diags)?;
@@ -171,6 +182,10 @@ fn read_config(root: &Node, cx: &Context<'_>, diags: &mut Diagnostics) -> Option
     };
     let mesh = match map.optional("mesh") {
         Some(node) => sidecar::read_mesh(node, cx, diags).map(Some),
+        None => Some(None),
+    };
+    let gateway_api = match map.optional("gateway_api") {
+        Some(node) => gateway_api::read_gateway_api(node, diags).map(Some),
         None => Some(None),
     };
     map.finish(diags, TOP_FIELDS);
@@ -206,6 +221,7 @@ fn read_config(root: &Node, cx: &Context<'_>, diags: &mut Diagnostics) -> Option
         listeners: listeners.into_iter().map(|(_, l)| l).collect(),
         clusters: clusters.into_iter().map(|(_, c)| c).collect(),
         mesh: mesh?,
+        gateway_api: gateway_api?,
     })
 }
 

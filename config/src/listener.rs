@@ -27,6 +27,11 @@ use crate::yaml::{Diagnostics, MapReader, Node};
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// The port clients reach the listener by, when it is not the one
+    /// bound (a Gateway listener bound with `port_offset`): what a
+    /// redirect keeping the port writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_port: Option<u16>,
     pub routes: Vec<RouteConfig>,
     /// TLS termination; none: plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +117,7 @@ pub(crate) fn read_listener(
     Some(ListenerConfig {
         name: name?,
         listen: listen?,
+        advertised_port: None,
         routes,
         capture: capture.map(|c| c.ok_or(())).transpose().ok()?,
         access_log: access_log?,

@@ -38,8 +38,37 @@ impl Proxy {
     /// whose address is unchanged keep their sockets and get new routes;
     /// clusters keep their endpoints' state. If a new listener cannot bind,
     /// nothing changes and the running config stays.
+    ///
+    /// In the gateway role, `config` is the file's: what the Gateway adds
+    /// is applied with it.
     pub async fn apply(&self, config: Config) -> Result<(), ApplyError> {
         let _serial = self.inner.reload.lock().await;
+        let effective = match &self.inner.gateway {
+            Some(role) => role.generated.load().merged_into(config.clone()),
+            None => config.clone(),
+        };
+        self.apply_locked(effective)?;
+        self.inner.base.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Applies what the Gateway now adds to the file's config; on failure
+    /// the last applied stays.
+    pub(crate) async fn apply_generated(
+        &self,
+        generated: crate::gateway::Generated,
+    ) -> Result<(), ApplyError> {
+        let _serial = self.inner.reload.lock().await;
+        let effective = generated.merged_into((**self.inner.base.load()).clone());
+        self.apply_locked(effective)?;
+        if let Some(role) = &self.inner.gateway {
+            role.generated.store(Arc::new(generated));
+        }
+        Ok(())
+    }
+
+    /// The steps, with the reload lock held.
+    fn apply_locked(&self, config: Config) -> Result<(), ApplyError> {
         let mut prepared = self.prepare(&config)?;
         let clusters = self.apply_clusters(&config, &mut prepared.clusters);
         let mut tables = Vec::with_capacity(config.listeners.len());
@@ -371,4 +400,26 @@ fn retire_unnamed(listeners: &mut HashMap<String, Listener>, config: &Config, gr
 fn same_address(l: &Listener, lc: &ListenerConfig) -> bool {
     // Port 0 asks for any port; a listener bound that way keeps its port.
     l.address == lc.listen || (lc.listen.port() == 0 && l.address.ip() == lc.listen.ip())
+}
+
+/// The gateway role applies its translations through this.
+impl crate::gateway::Applier for crate::Inner {
+    fn apply_generated(
+        self: Arc<Self>,
+        generated: crate::gateway::Generated,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        Box::pin(async move {
+            let proxy = Proxy { inner: self };
+            proxy
+                .apply_generated(generated)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn warm(&self, names: &[String]) -> bool {
+        (self.cluster_list.load().iter())
+            .filter(|c| names.iter().any(|n| **n == *c.name))
+            .all(|c| c.is_warm())
+    }
 }

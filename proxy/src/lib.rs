@@ -12,6 +12,7 @@ mod apply;
 pub mod cli;
 pub(crate) mod clock;
 pub mod cluster;
+mod gateway;
 pub mod http;
 pub mod io;
 pub mod logging;
@@ -80,7 +81,12 @@ impl Drop for ClusterEntry {
 /// Shared state of a running proxy.
 struct Inner {
     config_path: Option<PathBuf>,
+    /// The config applied: the file's, with what the Gateway adds.
     config: ArcSwap<Config>,
+    /// The file's config alone (the gateway role adds to it).
+    base: ArcSwap<Config>,
+    /// The gateway role, when `gateway_api` is set.
+    gateway: Option<Arc<gateway::Role>>,
     registry: Arc<Registry>,
     /// Starts discovery sources; shares one Kubernetes watch per namespace.
     discovery: skiff_discovery::Discovery,
@@ -125,10 +131,13 @@ impl Proxy {
         let registry = Arc::new(Registry::default());
         let discovery = skiff_discovery::Discovery::default();
         let sidecar = server::sidecar::Shared::new(discovery.clone(), registry.clone());
+        let gateway = config.gateway_api.clone().map(gateway::Role::new);
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 config_path,
                 config: ArcSwap::from_pointee(config.clone()),
+                base: ArcSwap::from_pointee(config.clone()),
+                gateway,
                 registry,
                 discovery,
                 clusters: Mutex::new(HashMap::new()),
@@ -154,6 +163,10 @@ impl Proxy {
         proxy.apply(config).await?;
         proxy.inner.started.store(true, Relaxed);
         proxy.spawn_upkeep();
+        if let Some(role) = &proxy.inner.gateway {
+            let weak: std::sync::Weak<Inner> = Arc::downgrade(&proxy.inner);
+            role.start(weak);
+        }
         Ok(proxy)
     }
 
@@ -214,6 +227,7 @@ impl Proxy {
             && !self.inner.draining.load(Relaxed)
             && self.inner.cluster_list.load().iter().all(|c| c.is_warm())
             && self.inner.sidecar.is_ready()
+            && (self.inner.gateway.as_ref()).is_none_or(|g| g.ready.load(Relaxed))
     }
 
     /// Namespaces whose Services the sidecar still waits to list.

@@ -49,8 +49,14 @@ enum Command {
     /// SIGTERM or SIGINT drains and exits.
     Run {
         /// The config file (YAML).
-        #[arg(short, long, required_unless_present = "sidecar")]
+        #[arg(short, long, required_unless_present_any = ["sidecar", "gateway"])]
         config: Option<PathBuf>,
+        /// Serve this Gateway API Gateway (its class's controllerName must
+        /// be skiff.io/gateway-controller), read with its routes from the
+        /// API server; without `-c`, with admin on 0.0.0.0:9901. The same
+        /// as the config's `gateway_api: { gateway: ... }`.
+        #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_gateway)]
+        gateway: Option<skiff_config::gateway_api::GatewayApiConfig>,
         /// Run as a pod's sidecar: without `-c`, with the sidecar defaults
         /// (capture listeners on 4143 and 4140, admin on 0.0.0.0:9901).
         #[arg(long)]
@@ -166,6 +172,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_config::units::parse_duration(s)
 }
 
+fn parse_gateway(s: &str) -> Result<skiff_config::gateway_api::GatewayApiConfig, String> {
+    skiff_config::gateway_api::GatewayApiConfig::parse_reference(s)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let demo = matches!(cli.command, Command::Demo { .. });
@@ -203,6 +213,7 @@ fn main() -> ExitCode {
             config,
             sidecar,
             mesh_dir,
+            gateway,
         } => {
             if config.is_some() && mesh_dir.is_some() {
                 eprintln!("skiff: --mesh-dir is for the sidecar defaults; with -c, give the config file a `mesh:` section");
@@ -210,6 +221,13 @@ fn main() -> ExitCode {
             }
             let loaded = match &config {
                 Some(path) => Config::load(path, &TlsFiles),
+                None if !sidecar => {
+                    // The gateway role alone: admin where probes reach it.
+                    let text = "admin: { listen: 0.0.0.0:9901 }\n";
+                    let base = std::path::Path::new(".");
+                    Config::parse_checked(text, "<gateway defaults>", base, &TlsFiles)
+                        .map_err(skiff_config::ConfigError::Invalid)
+                }
                 None => {
                     let mut text = skiff_config::sidecar::default_config_text(
                         skiff::cli::iptables::host_has_ipv6(),
@@ -222,13 +240,16 @@ fn main() -> ExitCode {
                         .map_err(skiff_config::ConfigError::Invalid)
                 }
             };
-            let loaded = match loaded {
+            let mut loaded = match loaded {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if let Some(gateway) = gateway {
+                loaded.gateway_api = Some(gateway);
+            }
             if sidecar && !loaded.listeners.iter().any(|l| l.capture.is_some()) {
                 tracing::warn!("--sidecar with a config that has no capture listener");
             }

@@ -21,7 +21,10 @@
 //! resourceVersion), so a test can send a malformed slice too.
 //!
 //! Services are served the same way on `/api/v1/namespaces/NS/services`
-//! ([`FakeKube::apply_service`]), for the sidecar's Service watch.
+//! ([`FakeKube::apply_service`]), for the sidecar's Service watch; and so
+//! is every kind in [`RESOURCES`] (the Gateway API's, Namespaces,
+//! Secrets), namespaced or across all namespaces (`/apis/G/V/PLURAL`),
+//! with [`FakeKube::apply_object`] and [`FakeKube::delete_object`].
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +46,88 @@ use tokio::sync::mpsc;
 
 use crate::TestBody;
 
-const PREFIX: &str = "/apis/discovery.k8s.io/v1/namespaces/";
+/// The kinds served: (API path prefix, plural, kind, apiVersion,
+/// namespaced).
+pub const RESOURCES: [(&str, &str, &str, &str, bool); 10] = [
+    (
+        "/apis/discovery.k8s.io/v1",
+        "endpointslices",
+        "EndpointSlice",
+        "discovery.k8s.io/v1",
+        true,
+    ),
+    ("/api/v1", "services", "Service", "v1", true),
+    ("/api/v1", "namespaces", "Namespace", "v1", false),
+    ("/api/v1", "secrets", "Secret", "v1", true),
+    (
+        "/apis/gateway.networking.k8s.io/v1",
+        "gatewayclasses",
+        "GatewayClass",
+        "gateway.networking.k8s.io/v1",
+        false,
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1",
+        "gateways",
+        "Gateway",
+        "gateway.networking.k8s.io/v1",
+        true,
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1",
+        "httproutes",
+        "HTTPRoute",
+        "gateway.networking.k8s.io/v1",
+        true,
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1",
+        "grpcroutes",
+        "GRPCRoute",
+        "gateway.networking.k8s.io/v1",
+        true,
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1beta1",
+        "referencegrants",
+        "ReferenceGrant",
+        "gateway.networking.k8s.io/v1beta1",
+        true,
+    ),
+    (
+        "/apis/coordination.k8s.io/v1",
+        "leases",
+        "Lease",
+        "coordination.k8s.io/v1",
+        true,
+    ),
+];
+
+/// What a request path names: the namespace (`""`: all, or a
+/// cluster-scoped kind) and the kind.
+fn resource(path: &str) -> Option<(String, &'static str)> {
+    RESOURCES
+        .iter()
+        .find_map(|(prefix, plural, kind, _, namespaced)| {
+            let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
+            if rest == *plural {
+                return Some((String::new(), *kind));
+            }
+            let (namespace, tail) = rest.strip_prefix("namespaces/")?.split_once('/')?;
+            (*namespaced && tail == *plural && !namespace.is_empty())
+                .then(|| (namespace.to_string(), *kind))
+        })
+}
+
+fn api_version(kind: &str) -> &'static str {
+    RESOURCES.iter().find(|r| r.2 == kind).map_or("v1", |r| r.3)
+}
+
+/// Whether an object in `namespace` is seen by a list or watch of
+/// `wanted` (`""`: every namespace).
+fn in_namespace(wanted: &str, namespace: &str) -> bool {
+    wanted.is_empty() || wanted == namespace
+}
 
 /// One request the fake answered, for assertions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +306,30 @@ impl FakeKube {
         });
     }
 
+    /// Creates or replaces an object of any kind in [`RESOURCES`] (its
+    /// `kind` and `metadata.namespace` say which and where; cluster-scoped
+    /// kinds have none).
+    pub fn apply_object(&self, object: Value) {
+        let kind = object["kind"]
+            .as_str()
+            .expect("the object has a kind")
+            .to_string();
+        let (_, _, kind, version, _) = RESOURCES
+            .iter()
+            .find(|r| r.2 == kind)
+            .unwrap_or_else(|| panic!("the fake does not serve {kind}"));
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        self.apply_kind(&namespace, object, kind, version, &format!("{kind}/"));
+    }
+
+    /// Deletes an object of a kind in [`RESOURCES`].
+    pub fn delete_object(&self, kind: &str, namespace: &str, name: &str) {
+        self.delete(namespace, &format!("{kind}/{name}"));
+    }
+
     /// Deletes an object and tells the watchers (DELETED).
     pub fn delete(&self, namespace: &str, name: &str) {
         let mut state = self.lock();
@@ -340,22 +448,14 @@ impl FakeKube {
                 (decode(k), decode(v))
             })
             .collect();
-        let slices = path
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.strip_suffix("/endpointslices"))
-            .map(|ns| (ns, "EndpointSlice"));
-        let services = path
-            .strip_prefix("/api/v1/namespaces/")
-            .and_then(|rest| rest.strip_suffix("/services"))
-            .map(|ns| (ns, "Service"));
-        let Some((namespace, kind)) = slices.or(services).filter(|(ns, _)| !ns.contains('/'))
-        else {
+        let Some((namespace, kind)) = resource(path) else {
             return status_response(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                &format!("the fake serves only EndpointSlices and Services, not {path}"),
+                &format!("the fake does not serve {path}"),
             );
         };
+        let namespace = namespace.as_str();
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
         self.lock().calls.push(Call {
             namespace: namespace.into(),
@@ -394,7 +494,7 @@ impl FakeKube {
                     .objects
                     .iter()
                     .filter(|((ns, _), o)| {
-                        ns == namespace && o["kind"] == kind && selects(&selector, o)
+                        in_namespace(namespace, ns) && o["kind"] == kind && selects(&selector, o)
                     })
                     .map(|(_, o)| o.clone())
                     .collect();
@@ -422,7 +522,7 @@ impl FakeKube {
         }
         let body = json!({
             "kind": format!("{kind}List"),
-            "apiVersion": if kind == "Service" { "v1" } else { "discovery.k8s.io/v1" },
+            "apiVersion": api_version(kind),
             "metadata": metadata,
             "items": items,
         });
@@ -450,7 +550,7 @@ impl FakeKube {
             let _ = tx.send(event_line("ERROR", &expired(state.compacted)));
         } else {
             for e in state.history.iter().filter(|e| e.rv > from) {
-                if e.namespace == namespace
+                if in_namespace(namespace, &e.namespace)
                     && e.object["kind"] == kind
                     && selects(&selector, &e.object)
                 {
@@ -490,7 +590,7 @@ impl State {
     fn record(&mut self, event: Event) {
         let line = event_line(event.kind, &event.object);
         self.watchers.retain(|w| {
-            if w.namespace != event.namespace
+            if !in_namespace(&w.namespace, &event.namespace)
                 || event.object["kind"] != w.kind
                 || !selects(&w.selector, &event.object)
             {
@@ -703,13 +803,18 @@ pub struct Pods {
 impl Pods {
     /// Starts `n` pods named `pod-1`.. on `127.0.0.1`.. sharing a port.
     pub async fn start(n: usize) -> Pods {
+        Pods::start_named(n, "pod").await
+    }
+
+    /// Starts `n` pods named `PREFIX-1`.. on `127.0.0.1`.. sharing a port.
+    pub async fn start_named(n: usize, prefix: &str) -> Pods {
         'retry: loop {
             let port = crate::free_port();
             let mut backends = Vec::new();
             for i in 1..=n {
                 let address = SocketAddr::from(([127, 0, 0, i as u8], port));
                 match tokio::net::TcpListener::bind(address).await {
-                    Ok(l) => backends.push(crate::Backend::serve(&format!("pod-{i}"), l)),
+                    Ok(l) => backends.push(crate::Backend::serve(&format!("{prefix}-{i}"), l)),
                     Err(_) => continue 'retry,
                 }
             }

@@ -30,6 +30,7 @@
 //! warning naming it, and its last good version (if any) stays.
 
 mod merge;
+pub mod objects;
 mod service;
 pub mod services;
 

@@ -245,6 +245,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
             limits: Default::default(),
             name: "shop".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertised_port: None,
             capture: None,
             access_log: None,
             routes: SHOP
@@ -257,6 +258,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
         }],
         clusters,
         mesh: None,
+        gateway_api: None,
     }
 }
 

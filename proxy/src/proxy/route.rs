@@ -171,7 +171,7 @@ impl RouteTable {
         })?;
         Ok(RouteTable {
             access_log: None,
-            port: listener.listen.port(),
+            port: listener.advertised_port.unwrap_or(listener.listen.port()),
             tls: listener.tls.is_some(),
             table,
         })
@@ -237,6 +237,7 @@ mod tests {
             limits: Default::default(),
             name: "web".into(),
             listen: "127.0.0.1:1".parse().unwrap(),
+            advertised_port: None,
             capture: None,
             access_log: None,
             routes: clusters

@@ -313,6 +313,7 @@ impl Shared {
                 limits: Default::default(),
                 name: listener.to_string(),
                 listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+                advertised_port: None,
                 routes: vec![RouteConfig {
                     rules: skiff_config::route::RouteRules {
                         request_headers: skiff_config::route::HeaderEdits {

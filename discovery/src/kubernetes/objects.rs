@@ -1,0 +1,186 @@
+//! Whole kinds of objects followed across every namespace, as JSON: what
+//! the gateway role reads (Gateway API objects, Services, Namespaces).
+//! Each kind gets its own kube-runtime watcher (list, then watch; relist
+//! on 410; back off on errors) on the discovery thread, and its events go
+//! to one channel in the order they come, a relist as one event so the
+//! reader can replace the kind's objects whole.
+//!
+//! Faults keep what was known: an unreachable API server leaves the
+//! reader's objects as they were (the error is logged and counted).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, watcher, DefaultBackoff, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::control_runtime;
+
+/// A kind of object to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+/// What the gateway role follows.
+pub const GATEWAY_KINDS: [Kind; 6] = [
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "GatewayClass",
+        plural: "gatewayclasses",
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "Gateway",
+        plural: "gateways",
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "HTTPRoute",
+        plural: "httproutes",
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1beta1",
+        kind: "ReferenceGrant",
+        plural: "referencegrants",
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+    },
+];
+
+/// One change to the objects of a kind.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Every object of `kind`, after a (re)list: they replace what was known.
+    Listed {
+        kind: &'static str,
+        objects: Vec<serde_json::Value>,
+    },
+    /// An object added or changed (with its `kind` set).
+    Applied(serde_json::Value),
+    Deleted {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+}
+
+/// Follows `kinds` until the returned handles are aborted (or `tx` is
+/// closed); failures are counted on `errors`.
+pub fn follow(
+    kinds: &[Kind],
+    tx: UnboundedSender<Change>,
+    errors: Arc<AtomicU64>,
+) -> Vec<tokio::task::AbortHandle> {
+    kinds
+        .iter()
+        .map(|&kind| {
+            let (tx, errors) = (tx.clone(), errors.clone());
+            control_runtime()
+                .spawn(follow_kind(kind, tx, errors))
+                .abort_handle()
+        })
+        .collect()
+}
+
+async fn follow_kind(kind: Kind, tx: UnboundedSender<Change>, errors: Arc<AtomicU64>) {
+    let mut backoff = DefaultBackoff::default();
+    let client = loop {
+        match Client::try_default().await {
+            Ok(client) => break client,
+            Err(e) => {
+                errors.fetch_add(1, Relaxed);
+                let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(
+                    kind = kind.kind,
+                    "no Kubernetes client: {e}; retrying in {wait:?}"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    let resource = ApiResource {
+        group: kind.group.into(),
+        version: kind.version.into(),
+        api_version: if kind.group.is_empty() {
+            kind.version.into()
+        } else {
+            format!("{}/{}", kind.group, kind.version)
+        },
+        kind: kind.kind.into(),
+        plural: kind.plural.into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut relist: Option<Vec<serde_json::Value>> = None;
+    let json = |object: DynamicObject| {
+        let mut value = serde_json::to_value(object).unwrap_or_default();
+        // List items come without their kind.
+        value["kind"] = kind.kind.into();
+        value
+    };
+    while let Some(event) = events.next().await {
+        let change = match event {
+            Ok(Event::Init) => {
+                relist = Some(Vec::new());
+                continue;
+            }
+            Ok(Event::InitApply(object)) => {
+                if let Some(list) = relist.as_mut() {
+                    list.push(json(object));
+                }
+                continue;
+            }
+            Ok(Event::InitDone) => match relist.take() {
+                Some(objects) => Change::Listed {
+                    kind: kind.kind,
+                    objects,
+                },
+                None => continue,
+            },
+            Ok(Event::Apply(object)) => Change::Applied(json(object)),
+            Ok(Event::Delete(object)) => Change::Deleted {
+                kind: kind.kind,
+                namespace: object.metadata.namespace.clone().unwrap_or_default(),
+                name: object.metadata.name.clone().unwrap_or_default(),
+            },
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::info!(kind = kind.kind, "watch expired (410); relisting");
+                continue;
+            }
+            Err(e) => {
+                errors.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    kind = kind.kind,
+                    "Kubernetes API: {e}; the last known objects stay, retrying with backoff"
+                );
+                continue;
+            }
+        };
+        if tx.send(change).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The gateway role: serves one Gateway API `Gateway` read from the API
+//! server, with no control plane. The Gateway API objects (and the
+//! Services and Namespaces they name) are followed cluster-wide
+//! ([`skiff_discovery::kubernetes::objects`]); every change, coalesced for
+//! a moment, is translated by [`skiff_gateway`] into listeners (one per
+//! port, bound at `listen_address` with `port_offset` added) and clusters
+//! (one per Service port, following its EndpointSlices), which are applied
+//! beside the config file's own as a reload is: listeners whose address
+//! stays keep their sockets, so a route edit drops nothing.
+//!
+//! A translation that cannot be applied (a port already taken) leaves the
+//! last good one serving and says why in the log.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use skiff_config::gateway_api::GatewayApiConfig;
+use skiff_config::listener::ListenerConfig;
+use skiff_config::{ClusterConfig, Config};
+use skiff_discovery::kubernetes::objects::{self, Change, GATEWAY_KINDS};
+use skiff_gateway::{Translation, World};
+use tokio::sync::mpsc;
+
+/// What the role needs of the proxy: to apply what the Gateway now adds
+/// (implemented in `apply.rs`, so this module imports nothing above it).
+pub(crate) trait Applier: Send + Sync + 'static {
+    fn apply_generated(
+        self: Arc<Self>,
+        generated: Generated,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+    /// Whether the clusters `names` have their first endpoints.
+    fn warm(&self, names: &[String]) -> bool;
+}
+
+/// How long changes are gathered before one translation: a `kubectl
+/// apply` of several objects becomes one new config, not several.
+const COALESCE: Duration = Duration::from_millis(20);
+/// How long routes wait for a new cluster's first endpoints before they
+/// use it anyway (a Service with no pods stays empty).
+const WARMING: Duration = Duration::from_secs(10);
+
+/// What the Gateway adds to the config file's listeners and clusters.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Generated {
+    pub(crate) listeners: Vec<ListenerConfig>,
+    pub(crate) clusters: Vec<ClusterConfig>,
+}
+
+impl Generated {
+    /// `base` with these listeners and clusters added (the file's own
+    /// win a name they share).
+    pub(crate) fn merged_into(&self, mut base: Config) -> Config {
+        let names: HashSet<String> = base.listeners.iter().map(|l| l.name.clone()).collect();
+        base.listeners.extend(
+            self.listeners
+                .iter()
+                .filter(|l| !names.contains(&l.name))
+                .cloned(),
+        );
+        let names: HashSet<String> = base.clusters.iter().map(|c| c.name.clone()).collect();
+        base.clusters.extend(
+            self.clusters
+                .iter()
+                .filter(|c| !names.contains(&c.name))
+                .cloned(),
+        );
+        base
+    }
+}
+
+/// The role's state, shared with the proxy.
+pub(crate) struct Role {
+    pub(crate) config: GatewayApiConfig,
+    /// What is applied now.
+    pub(crate) generated: ArcSwap<Generated>,
+    /// Set once the objects were listed and their translation applied.
+    pub(crate) ready: AtomicBool,
+    /// API errors (watches), for the log and `/clusters`.
+    pub(crate) errors: Arc<AtomicU64>,
+    /// The watches, stopped with the role.
+    watches: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        for watch in self.watches.lock().drain(..) {
+            watch.abort();
+        }
+    }
+}
+
+impl Role {
+    pub(crate) fn new(config: GatewayApiConfig) -> Arc<Role> {
+        Arc::new(Role {
+            config,
+            generated: ArcSwap::from_pointee(Generated::default()),
+            ready: AtomicBool::new(false),
+            errors: Arc::default(),
+            watches: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts following the objects; `proxy` gets each new translation.
+    pub(crate) fn start(self: &Arc<Role>, proxy: Weak<dyn Applier>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.watches.lock() = objects::follow(&GATEWAY_KINDS, tx, self.errors.clone());
+        tokio::spawn(run(Arc::downgrade(self), proxy, rx));
+    }
+}
+
+async fn run(role: Weak<Role>, proxy: Weak<dyn Applier>, mut rx: mpsc::UnboundedReceiver<Change>) {
+    let mut world = World::default();
+    let mut listed: BTreeSet<&'static str> = BTreeSet::new();
+    let mut last: Option<Generated> = None;
+    while let Some(change) = rx.recv().await {
+        take(&mut world, &mut listed, change);
+        // Gather what else arrives in the moment after.
+        tokio::time::sleep(COALESCE).await;
+        while let Ok(change) = rx.try_recv() {
+            take(&mut world, &mut listed, change);
+        }
+        if listed.len() < GATEWAY_KINDS.len() {
+            continue;
+        }
+        let (Some(role), Some(proxy)) = (role.upgrade(), proxy.upgrade()) else {
+            return;
+        };
+        let translation = skiff_gateway::translate(
+            &world,
+            (&role.config.namespace, &role.config.name),
+            skiff_gateway::CONTROLLER,
+        );
+        if let Some(problem) = &translation.problem {
+            tracing::warn!("gateway: {problem}; nothing of it is served");
+        }
+        let generated = generate(&role.config, &translation);
+        if last.as_ref() == Some(&generated) {
+            continue;
+        }
+        // Clusters first, as Envoy warms them: a route moved to a new
+        // Service keeps its old backends until the new one's endpoints
+        // are known, so no request meets an empty cluster.
+        let previous = last.clone().unwrap_or_default();
+        let fresh: Vec<String> = (generated.clusters.iter())
+            .filter(|c| !previous.clusters.iter().any(|p| p.name == c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        if !fresh.is_empty() && !previous.listeners.is_empty() {
+            let mut warming = previous.clone();
+            warming.clusters.extend(
+                (generated.clusters.iter())
+                    .filter(|c| fresh.contains(&c.name))
+                    .cloned(),
+            );
+            if proxy.clone().apply_generated(warming).await.is_ok() {
+                let deadline = tokio::time::Instant::now() + WARMING;
+                while !proxy.warm(&fresh) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        match proxy.apply_generated(generated.clone()).await {
+            Ok(()) => {
+                tracing::info!(
+                    gateway = %format!("{}/{}", role.config.namespace, role.config.name),
+                    listeners = generated.listeners.len(),
+                    routes = generated.listeners.iter().map(|l| l.routes.len()).sum::<usize>(),
+                    clusters = generated.clusters.len(),
+                    "gateway applied"
+                );
+                last = Some(generated);
+                role.ready.store(true, Relaxed);
+            }
+            Err(e) => {
+                tracing::error!("gateway: the new translation is refused, the last one stays: {e}")
+            }
+        }
+    }
+}
+
+/// Takes one change into `world`; an object that cannot be read is
+/// logged with its name, and what was known of it stays.
+fn take(world: &mut World, listed: &mut BTreeSet<&'static str>, change: Change) {
+    let apply = |world: &mut World, object| {
+        if let Err(e) = world.apply(object) {
+            tracing::warn!("gateway: {e}; skipped");
+        }
+    };
+    match change {
+        Change::Listed { kind, objects } => {
+            clear(world, kind);
+            for object in objects {
+                apply(world, object);
+            }
+            listed.insert(kind);
+        }
+        Change::Applied(object) => apply(world, object),
+        Change::Deleted {
+            kind,
+            namespace,
+            name,
+        } => world.remove(kind, &namespace, &name),
+    }
+}
+
+/// Forgets every object of `kind`, before a relist puts back what is there.
+fn clear(world: &mut World, kind: &str) {
+    match kind {
+        "GatewayClass" => world.gateway_classes.clear(),
+        "Gateway" => world.gateways.clear(),
+        "HTTPRoute" => world.http_routes.clear(),
+        "ReferenceGrant" => world.reference_grants.clear(),
+        "Service" => world.services.clear(),
+        "Namespace" => world.namespaces.clear(),
+        "Secret" => world.secrets.clear(),
+        _ => {}
+    }
+}
+
+/// The listeners and clusters a translation makes: a listener per port,
+/// named `gateway-PORT`, bound at the role's address with the offset
+/// added, and speaking of the Gateway's own port to clients.
+fn generate(config: &GatewayApiConfig, translation: &Translation) -> Generated {
+    let listeners = translation
+        .ports
+        .iter()
+        // HTTPS needs the listeners' certificates from Secrets, which
+        // the gateway role does not read yet; such ports are not bound.
+        .filter(|p| !p.tls)
+        .filter_map(|p| {
+            let Some(bound) = p.port.checked_add(config.port_offset) else {
+                tracing::warn!(
+                    "gateway: port {} + offset {} is past 65535; not bound",
+                    p.port,
+                    config.port_offset
+                );
+                return None;
+            };
+            Some(ListenerConfig {
+                name: format!("gateway-{}", p.port),
+                listen: SocketAddr::new(config.listen_address, bound),
+                advertised_port: Some(p.port),
+                routes: p.routes.clone(),
+                tls: None,
+                capture: None,
+                access_log: None,
+                limits: Default::default(),
+            })
+        })
+        .collect();
+    Generated {
+        listeners,
+        clusters: translation.clusters.clone(),
+    }
+}

@@ -1,0 +1,290 @@
+//! The gateway role end to end: a real `skiff run` serves a Gateway API
+//! `Gateway` it reads, with its HTTPRoutes, Services and EndpointSlices,
+//! from the fake API server (the real wire protocol, through a
+//! kubeconfig), and real backends answer. Routes are edited, split and
+//! removed live.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_tests::fake_kube::{endpoint_slice, ready_pod, FakeKube, Pods};
+use skiff_tests::{
+    admin_get, collect_body, empty, free_port, wait_for_async, Client, Load, SkiffProcess, TempDir,
+};
+
+const SOON: Duration = Duration::from_secs(20);
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The shop's objects: skiff's GatewayClass, the Gateway `shop/web` with
+/// one HTTP listener on port 80, and Services `catalog` and
+/// `catalog-v2` (port 8080, named `http`) whose slices point at `pods`.
+fn shop(fake: &FakeKube, catalog: &Pods, v2: &Pods) {
+    fake.apply_object(json!({
+        "kind": "GatewayClass", "metadata": { "name": "skiff", "generation": 1 },
+        "spec": { "controllerName": "skiff.io/gateway-controller" }
+    }));
+    fake.apply_object(json!({ "kind": "Namespace", "metadata": { "name": "shop" } }));
+    fake.apply_object(json!({
+        "kind": "Gateway", "metadata": { "name": "web", "namespace": "shop", "generation": 1 },
+        "spec": { "gatewayClassName": "skiff", "listeners": [{ "name": "http", "port": 80, "protocol": "HTTP" }] }
+    }));
+    for (name, pods) in [("catalog", catalog), ("catalog-v2", v2)] {
+        fake.apply_object(json!({
+            "kind": "Service", "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "ports": [{ "name": "http", "port": 8080, "targetPort": pods.port }] }
+        }));
+        let endpoints: Vec<Value> = (1..=pods.backends.len())
+            .map(|i| ready_pod(&pods.ip(i)))
+            .collect();
+        fake.apply(
+            "shop",
+            endpoint_slice(
+                &format!("{name}-1"),
+                name,
+                &[("http", pods.port)],
+                &endpoints,
+            ),
+        );
+    }
+}
+
+fn route(name: &str, spec: Value) -> Value {
+    json!({
+        "kind": "HTTPRoute",
+        "metadata": { "name": name, "namespace": "shop", "generation": 1, "creationTimestamp": "2026-12-01T00:00:00Z" },
+        "spec": spec,
+    })
+}
+
+struct Gateway {
+    _process: SkiffProcess,
+    /// Where the Gateway's port 80 is bound (80 + the offset).
+    port80: SocketAddr,
+    admin: SocketAddr,
+    _dir: TempDir,
+}
+
+async fn start(fake: &FakeKube, tag: &str) -> Gateway {
+    let dir = TempDir::new(tag);
+    let kubeconfig = fake.write_kubeconfig(&dir.0);
+    let (bound, admin) = (free_port(), addr(free_port()));
+    let config = dir.write(
+        "skiff.yaml",
+        &format!(
+            "admin: {{ listen: {admin} }}\n\
+             shutdown: {{ drain_delay: 0s, grace_period: 10s }}\n\
+             gateway_api:\n  gateway: {{ namespace: shop, name: web }}\n  listen_address: 127.0.0.1\n  port_offset: {}\n",
+            bound - 80
+        ),
+    );
+    let process =
+        SkiffProcess::start_with_env(&config, admin, &[], &[("KUBECONFIG", &kubeconfig)]).await;
+    let gateway = Gateway {
+        _process: process,
+        port80: addr(bound),
+        admin,
+        _dir: dir,
+    };
+    wait_for_async("the gateway to be ready", SOON, || async move {
+        matches!(admin_get(admin, "/ready").await, Ok((s, _)) if s == 200)
+    })
+    .await;
+    gateway
+}
+
+/// GETs `path` as `host`: (status, `x-backend`, `location`).
+async fn get(
+    address: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut client = Client::h1(address).await.expect("connect");
+    let mut req = http::Request::get(path).header("host", host);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = client
+        .send(req.body(empty()).unwrap())
+        .await
+        .expect("response");
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (status, backend, location) = (
+        resp.status().as_u16(),
+        header("x-backend"),
+        header("location"),
+    );
+    collect_body(resp.into_body()).await;
+    (status, backend, location)
+}
+
+/// Which Service's pods answered: `v1-N` are catalog's, `v2-N`
+/// catalog-v2's.
+fn service_of(backend: &str) -> &str {
+    backend.split('-').next().unwrap_or("")
+}
+
+#[tokio::test]
+async fn serves_a_gateways_routes_and_follows_their_changes() {
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(2, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    fake.apply_object(route(
+        "catalog",
+        json!({
+            "parentRefs": [{ "name": "web" }],
+            "hostnames": ["shop.example.com"],
+            "rules": [
+                {
+                    "matches": [{ "path": { "type": "PathPrefix", "value": "/catalog" } }],
+                    "backendRefs": [
+                        { "name": "catalog", "port": 8080, "weight": 90 },
+                        { "name": "catalog-v2", "port": 8080, "weight": 10 }
+                    ]
+                },
+                {
+                    "matches": [{ "path": { "type": "PathPrefix", "value": "/catalog" }, "headers": [{ "name": "x-canary", "value": "1" }] }],
+                    "backendRefs": [{ "name": "catalog-v2", "port": 8080 }]
+                },
+                {
+                    "matches": [{ "path": { "type": "PathPrefix", "value": "/old" } }],
+                    "filters": [{ "type": "RequestRedirect", "requestRedirect": { "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/catalog" } } }]
+                },
+                {
+                    "matches": [{ "path": { "type": "Exact", "value": "/missing" } }],
+                    "backendRefs": [{ "name": "nowhere", "port": 8080 }]
+                }
+            ]
+        }),
+    ));
+    let gw = start(&fake, "gateway-api").await;
+    let host = "shop.example.com";
+
+    // The split, measured: 1,000 requests at 90/10; v2's count is
+    // binomial (sd 9.5), 5 deviations either way.
+    let mut to_v2 = 0;
+    for _ in 0..1000 {
+        let (status, backend, _) = get(gw.port80, host, "/catalog/items", &[]).await;
+        assert_eq!(status, 200, "{backend}");
+        to_v2 += usize::from(service_of(&backend) == "v2");
+    }
+    assert!(
+        (52..=148).contains(&to_v2),
+        "catalog-v2 served {to_v2} of 1,000"
+    );
+
+    // A header match is more specific than the same path without one.
+    for _ in 0..20 {
+        let (_, backend, _) = get(gw.port80, host, "/catalog", &[("x-canary", "1")]).await;
+        assert_eq!(service_of(&backend), "v2");
+    }
+    // Hostnames: the route names shop.example.com only; the port in Host
+    // is ignored.
+    assert_eq!(
+        get(gw.port80, "shop.example.com:80", "/catalog", &[])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(gw.port80, "other.example.com", "/catalog", &[]).await.0,
+        404
+    );
+    // A redirect on the Gateway's port 80 names no port, though skiff is
+    // bound elsewhere.
+    let (status, _, location) = get(gw.port80, host, "/old/7?x=1", &[]).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (302, "http://shop.example.com/catalog/7?x=1")
+    );
+    // A backend that does not resolve is answered 500.
+    assert_eq!(get(gw.port80, host, "/missing", &[]).await.0, 500);
+
+    // The routes as skiff serves them, named by the objects.
+    let (_, config) = admin_get(gw.admin, "/config").await.unwrap();
+    assert!(config.contains("HTTPRoute/shop/catalog/rule/0"), "{config}");
+
+    // Edited: the hostnames go, so any host is served (the load below
+    // sends `test.local`).
+    let catalog_rule = |backends: Value| {
+        json!({
+            "parentRefs": [{ "name": "web" }],
+            "rules": [{ "matches": [{ "path": { "type": "PathPrefix", "value": "/catalog" } }], "backendRefs": backends }]
+        })
+    };
+    fake.apply_object(route(
+        "catalog",
+        catalog_rule(json!([{ "name": "catalog", "port": 8080 }])),
+    ));
+    let any_host = || async move { get(gw.port80, "test.local", "/catalog/x", &[]).await.0 == 200 };
+    wait_for_async("the route for any host", SOON, any_host).await;
+
+    // Edited under load: every request answered while the route moves
+    // all of /catalog to v2.
+    let load = Load::start(gw.port80, "/catalog/x", 4, false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.apply_object(route(
+        "catalog",
+        catalog_rule(json!([{ "name": "catalog-v2", "port": 8080 }])),
+    ));
+    let moved = || async move {
+        let (_, backend, _) = get(gw.port80, "test.local", "/catalog/x", &[]).await;
+        service_of(&backend) == "v2"
+    };
+    wait_for_async("the edited route", SOON, moved).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed, errors) = load.stop().await;
+    let first: Vec<&String> = errors.iter().take(5).collect();
+    assert!(
+        ok > 0 && failed == 0,
+        "{ok} ok, {failed} failed, first: {first:?}"
+    );
+    for _ in 0..20 {
+        let (_, backend, _) = get(gw.port80, "any.host", "/catalog/x", &[]).await;
+        assert_eq!(
+            service_of(&backend),
+            "v2",
+            "all of it moved, for any host now"
+        );
+    }
+
+    // Removed: nothing routes there any more.
+    fake.delete_object("HTTPRoute", "shop", "catalog");
+    let gone = || async move { get(gw.port80, "any.host", "/catalog/x", &[]).await.0 == 404 };
+    wait_for_async("the deleted route", SOON, gone).await;
+}
+
+/// A Gateway skiff does not serve (another controller's class) binds
+/// nothing, and the process stays up and says why.
+#[tokio::test]
+async fn a_gateway_of_another_class_is_not_served() {
+    let fake = FakeKube::start_new().await;
+    fake.apply_object(json!({
+        "kind": "GatewayClass", "metadata": { "name": "other" },
+        "spec": { "controllerName": "example.com/other" }
+    }));
+    fake.apply_object(json!({
+        "kind": "Gateway", "metadata": { "name": "web", "namespace": "shop" },
+        "spec": { "gatewayClassName": "other", "listeners": [{ "name": "http", "port": 80, "protocol": "HTTP" }] }
+    }));
+    let gw = start(&fake, "gateway-api-other").await;
+    assert!(
+        Client::h1(gw.port80).await.is_err(),
+        "port 80 (+offset) is not bound"
+    );
+    let (_, config) = admin_get(gw.admin, "/config").await.unwrap();
+    assert!(!config.contains("gateway-80"), "{config}");
+}
