@@ -7,6 +7,7 @@
 //!   gateway: { namespace: shop, name: web }   # the Gateway this deployment serves
 //!   listen_address: 0.0.0.0                   # default
 //!   port_offset: 0                            # added to every listener port
+//!   lease_duration: 15s                       # status writer election among replicas
 //! ```
 //!
 //! `port_offset: 10000` binds the Gateway's port 80 as 10080, which an
@@ -14,6 +15,7 @@
 //! front maps it), so redirects and host matching speak of 80.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -26,7 +28,14 @@ pub struct GatewayApiConfig {
     pub name: String,
     pub listen_address: IpAddr,
     pub port_offset: u16,
+    /// How long the status writer's Lease lasts unrenewed: another
+    /// replica takes over this long after the writer is gone.
+    #[serde(serialize_with = "crate::units::ser_duration")]
+    pub lease_duration: Duration,
 }
+
+/// The Lease duration client-go's leader election uses by default.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 impl GatewayApiConfig {
     /// The Gateway `namespace/name`, bound on every address, no offset.
@@ -36,6 +45,7 @@ impl GatewayApiConfig {
             name: name.to_string(),
             listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port_offset: 0,
+            lease_duration: DEFAULT_LEASE_DURATION,
         }
     }
 
@@ -96,12 +106,22 @@ pub(crate) fn read_gateway_api(node: &Node, diags: &mut Diagnostics) -> Option<G
         }
     };
     let port_offset = map.uint_or("port_offset", 0..=65535, 0, diags);
-    map.finish(diags, &["gateway", "listen_address", "port_offset"]);
+    let lease_duration = map.duration_at_least(
+        "lease_duration",
+        Duration::from_secs(1),
+        DEFAULT_LEASE_DURATION,
+        diags,
+    );
+    map.finish(
+        diags,
+        &["gateway", "listen_address", "port_offset", "lease_duration"],
+    );
     let (namespace, name) = gateway?;
     Some(GatewayApiConfig {
         namespace,
         name,
         listen_address: listen_address?,
         port_offset: port_offset? as u16,
+        lease_duration: lease_duration?,
     })
 }

@@ -9,7 +9,8 @@
 //! stays keep their sockets, so a route edit drops nothing.
 //!
 //! A translation that cannot be applied (a port already taken) leaves the
-//! last good one serving and says why in the log.
+//! last good one serving and says why in the log. Status is written by one
+//! replica ([`crate::gateway_status`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -22,9 +23,12 @@ use parking_lot::Mutex;
 use skiff_config::gateway_api::GatewayApiConfig;
 use skiff_config::listener::ListenerConfig;
 use skiff_config::{ClusterConfig, Config};
+use skiff_discovery::kubernetes::lease;
 use skiff_discovery::kubernetes::objects::{self, Change, GATEWAY_KINDS};
 use skiff_gateway::{Translation, World};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+use crate::gateway_status::{self, Written};
 
 /// What the role needs of the proxy: to apply what the Gateway now adds
 /// (implemented in `apply.rs`, so this module imports nothing above it).
@@ -106,82 +110,157 @@ impl Role {
         })
     }
 
-    /// Starts following the objects; `proxy` gets each new translation.
+    /// Starts following the objects and the status writer's election;
+    /// `proxy` gets each new translation.
     pub(crate) fn start(self: &Arc<Role>, proxy: Weak<dyn Applier>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.watches.lock() = objects::follow(&GATEWAY_KINDS, tx, self.errors.clone());
-        tokio::spawn(run(Arc::downgrade(self), proxy, rx));
+        let mut watches = objects::follow(&GATEWAY_KINDS, tx, self.errors.clone());
+        let (leader, election) = lease::run(lease::Election {
+            namespace: self.config.namespace.clone(),
+            name: format!("skiff-gateway-{}", self.config.name),
+            identity: identity(),
+            duration: self.config.lease_duration,
+        });
+        watches.push(election);
+        *self.watches.lock() = watches;
+        tokio::spawn(run(Arc::downgrade(self), proxy, rx, leader));
     }
 }
 
-async fn run(role: Weak<Role>, proxy: Weak<dyn Applier>, mut rx: mpsc::UnboundedReceiver<Change>) {
+async fn run(
+    role: Weak<Role>,
+    proxy: Weak<dyn Applier>,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+    mut leader: watch::Receiver<bool>,
+) {
     let mut world = World::default();
     let mut listed: BTreeSet<&'static str> = BTreeSet::new();
     let mut last: Option<Generated> = None;
-    while let Some(change) = rx.recv().await {
-        take(&mut world, &mut listed, change);
-        // Gather what else arrives in the moment after.
-        tokio::time::sleep(COALESCE).await;
-        while let Ok(change) = rx.try_recv() {
-            take(&mut world, &mut listed, change);
-        }
-        if listed.len() < GATEWAY_KINDS.len() {
-            continue;
-        }
-        let (Some(role), Some(proxy)) = (role.upgrade(), proxy.upgrade()) else {
-            return;
-        };
-        let translation = skiff_gateway::translate(
-            &world,
-            (&role.config.namespace, &role.config.name),
-            skiff_gateway::CONTROLLER,
-        );
-        if let Some(problem) = &translation.problem {
-            tracing::warn!("gateway: {problem}; nothing of it is served");
-        }
-        let generated = generate(&role.config, &translation);
-        if last.as_ref() == Some(&generated) {
-            continue;
-        }
-        // Clusters first, as Envoy warms them: a route moved to a new
-        // Service keeps its old backends until the new one's endpoints
-        // are known, so no request meets an empty cluster.
-        let previous = last.clone().unwrap_or_default();
-        let fresh: Vec<String> = (generated.clusters.iter())
-            .filter(|c| !previous.clusters.iter().any(|p| p.name == c.name))
-            .map(|c| c.name.clone())
-            .collect();
-        if !fresh.is_empty() && !previous.listeners.is_empty() {
-            let mut warming = previous.clone();
-            warming.clusters.extend(
-                (generated.clusters.iter())
-                    .filter(|c| fresh.contains(&c.name))
-                    .cloned(),
-            );
-            if proxy.clone().apply_generated(warming).await.is_ok() {
-                let deadline = tokio::time::Instant::now() + WARMING;
-                while !proxy.warm(&fresh) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut translation: Option<Translation> = None;
+    let mut written = Written::default();
+    loop {
+        tokio::select! {
+            change = rx.recv() => {
+                let Some(change) = change else { return };
+                take(&mut world, &mut listed, change);
+                // Gather what else arrives in the moment after.
+                tokio::time::sleep(COALESCE).await;
+                while let Ok(change) = rx.try_recv() {
+                    take(&mut world, &mut listed, change);
                 }
+                if listed.len() < GATEWAY_KINDS.len() {
+                    continue;
+                }
+                let (Some(role), Some(proxy)) = (role.upgrade(), proxy.upgrade()) else {
+                    return;
+                };
+                let t = skiff_gateway::translate(
+                    &world,
+                    (&role.config.namespace, &role.config.name),
+                    skiff_gateway::CONTROLLER,
+                );
+                if let Some(problem) = &t.problem {
+                    tracing::warn!("gateway: {problem}; nothing of it is served");
+                }
+                let generated = generate(&role.config, &t);
+                if last.as_ref() != Some(&generated)
+                    && serve(&role, proxy, last.as_ref(), &generated).await
+                {
+                    last = Some(generated);
+                }
+                translation = Some(t);
+            }
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let leading = *leader.borrow();
+                if !leading {
+                    continue;
+                }
+                // A new writer writes everything once.
+                written.clear();
             }
         }
-        match proxy.apply_generated(generated.clone()).await {
-            Ok(()) => {
-                tracing::info!(
-                    gateway = %format!("{}/{}", role.config.namespace, role.config.name),
-                    listeners = generated.listeners.len(),
-                    routes = generated.listeners.iter().map(|l| l.routes.len()).sum::<usize>(),
-                    clusters = generated.clusters.len(),
-                    "gateway applied"
-                );
-                last = Some(generated);
-                role.ready.store(true, Relaxed);
-            }
-            Err(e) => {
-                tracing::error!("gateway: the new translation is refused, the last one stays: {e}")
+        let leading = *leader.borrow();
+        if let (true, Some(t), Some(role)) = (leading, &translation, role.upgrade()) {
+            let addresses = addresses(&role.config);
+            gateway_status::write(t, &addresses, skiff_gateway::CONTROLLER, &mut written).await;
+        }
+    }
+}
+
+/// Applies `generated` (its new clusters warmed first, as Envoy does: a
+/// route moved to a new Service keeps its old backends until the new
+/// one's endpoints are known, so no request meets an empty cluster);
+/// whether it is served now.
+async fn serve(
+    role: &Role,
+    proxy: Arc<dyn Applier>,
+    last: Option<&Generated>,
+    generated: &Generated,
+) -> bool {
+    let previous = last.cloned().unwrap_or_default();
+    let fresh: Vec<String> = (generated.clusters.iter())
+        .filter(|c| !previous.clusters.iter().any(|p| p.name == c.name))
+        .map(|c| c.name.clone())
+        .collect();
+    if !fresh.is_empty() && !previous.listeners.is_empty() {
+        let mut warming = previous.clone();
+        warming.clusters.extend(
+            (generated.clusters.iter())
+                .filter(|c| fresh.contains(&c.name))
+                .cloned(),
+        );
+        if proxy.clone().apply_generated(warming).await.is_ok() {
+            let deadline = tokio::time::Instant::now() + WARMING;
+            while !proxy.warm(&fresh) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
+    match proxy.apply_generated(generated.clone()).await {
+        Ok(()) => {
+            tracing::info!(
+                gateway = %format!("{}/{}", role.config.namespace, role.config.name),
+                listeners = generated.listeners.len(),
+                routes = generated.listeners.iter().map(|l| l.routes.len()).sum::<usize>(),
+                clusters = generated.clusters.len(),
+                "gateway applied"
+            );
+            role.ready.store(true, Relaxed);
+            true
+        }
+        Err(e) => {
+            tracing::error!("gateway: the new translation is refused, the last one stays: {e}");
+            false
+        }
+    }
+}
+
+/// The Gateway's addresses for its status: the pod's IP (`POD_IP`, from
+/// the downward API), else the address listeners bind when it is one.
+fn addresses(config: &GatewayApiConfig) -> Vec<serde_json::Value> {
+    let ip = std::env::var("POD_IP")
+        .ok()
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .or_else(|| {
+            (!config.listen_address.is_unspecified()).then(|| config.listen_address.to_string())
+        });
+    ip.map(|ip| vec![serde_json::json!({ "type": "IPAddress", "value": ip })])
+        .unwrap_or_default()
+}
+
+/// Who this replica is, for the Lease: the pod's name (`POD_NAME`), else
+/// the host's name and the process id.
+fn identity() -> String {
+    if let Ok(name) = std::env::var("POD_NAME") {
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// Takes one change into `world`; an object that cannot be read is

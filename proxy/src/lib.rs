@@ -13,6 +13,7 @@ pub mod cli;
 pub(crate) mod clock;
 pub mod cluster;
 mod gateway;
+mod gateway_status;
 pub mod http;
 pub mod io;
 pub mod logging;

@@ -123,6 +123,40 @@ fn api_version(kind: &str) -> &'static str {
     RESOURCES.iter().find(|r| r.2 == kind).map_or("v1", |r| r.3)
 }
 
+/// One object's path: `…/namespaces/NS/PLURAL/NAME[/status]`, or
+/// `…/PLURAL/NAME[/status]` for a cluster-scoped kind.
+struct ObjectPath {
+    namespace: String,
+    kind: &'static str,
+    name: String,
+    status: bool,
+}
+
+fn object_path(path: &str) -> Option<ObjectPath> {
+    RESOURCES
+        .iter()
+        .find_map(|(prefix, plural, kind, _, namespaced)| {
+            let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
+            let parts: Vec<&str> = rest.split('/').collect();
+            let (namespace, tail) = match (parts.as_slice(), namespaced) {
+                (["namespaces", ns, tail @ ..], true) if !tail.is_empty() => (ns.to_string(), tail),
+                (tail, false) => (String::new(), tail),
+                _ => return None,
+            };
+            match tail {
+                [p, name] if p == plural => Some((namespace, name.to_string(), false)),
+                [p, name, "status"] if p == plural => Some((namespace, name.to_string(), true)),
+                _ => None,
+            }
+            .map(|(namespace, name, status)| ObjectPath {
+                namespace,
+                kind,
+                name,
+                status,
+            })
+        })
+}
+
 /// Whether an object in `namespace` is seen by a list or watch of
 /// `wanted` (`""`: every namespace).
 fn in_namespace(wanted: &str, namespace: &str) -> bool {
@@ -219,7 +253,7 @@ impl FakeKube {
                 let conn = tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let fake = fake_conn.clone();
-                        async move { Ok::<_, Infallible>(fake.answer(req)) }
+                        async move { Ok::<_, Infallible>(fake.answer(req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -435,12 +469,29 @@ impl FakeKube {
         self.lock().calls.iter().filter(|c| !c.watch).count()
     }
 
-    fn answer(&self, req: Request<Incoming>) -> Response<TestBody> {
-        let path = req.uri().path();
-        let query: BTreeMap<String, String> = req
-            .uri()
-            .query()
-            .unwrap_or("")
+    async fn answer(&self, req: Request<Incoming>) -> Response<TestBody> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query_text = req.uri().query().unwrap_or("").to_string();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        if let Some(target) = object_path(&path) {
+            return self.one(&method, target, &body);
+        }
+        if method == http::Method::POST {
+            return match resource(&path) {
+                Some((namespace, kind)) => self.create(&namespace, kind, &body),
+                None => status_response(StatusCode::NOT_FOUND, "NotFound", &path),
+            };
+        }
+        self.collection(&path, &query_text)
+    }
+
+    /// A list or a watch.
+    fn collection(&self, path: &str, query: &str) -> Response<TestBody> {
+        let query: BTreeMap<String, String> = query
             .split('&')
             .filter(|kv| !kv.is_empty())
             .map(|kv| {
@@ -468,6 +519,116 @@ impl FakeKube {
         } else {
             self.list(namespace, kind, &query)
         }
+    }
+
+    /// Reads, replaces, or replaces the status of, one object.
+    fn one(&self, method: &http::Method, target: ObjectPath, body: &[u8]) -> Response<TestBody> {
+        let key = (
+            target.namespace.clone(),
+            format!("{}/{}", target.kind, target.name),
+        );
+        let mut state = self.lock();
+        state.calls.push(Call {
+            namespace: target.namespace.clone(),
+            kind: target.kind,
+            watch: false,
+            query: BTreeMap::from([
+                ("method".to_string(), method.to_string()),
+                ("name".to_string(), target.name.clone()),
+            ]),
+        });
+        let Some(current) = state.objects.get(&key).cloned() else {
+            let message = format!("{} \"{}\" not found", target.kind, target.name);
+            return status_response(StatusCode::NOT_FOUND, "NotFound", &message);
+        };
+        if *method == http::Method::GET {
+            return json_response(StatusCode::OK, &current);
+        }
+        if *method != http::Method::PUT {
+            return status_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                method.as_str(),
+            );
+        }
+        let Ok(sent) = serde_json::from_slice::<Value>(body) else {
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body is not JSON",
+            );
+        };
+        let version = sent["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        if !version.is_empty()
+            && version
+                != current["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+        {
+            let message = "the object has been modified; please apply your changes to the latest version and try again";
+            return status_response(StatusCode::CONFLICT, "Conflict", message);
+        }
+        let mut object = if target.status {
+            let mut object = current.clone();
+            object["status"] = sent["status"].clone();
+            object
+        } else {
+            let mut object = sent;
+            object["kind"] = current["kind"].clone();
+            object["apiVersion"] = current["apiVersion"].clone();
+            object["metadata"]["namespace"] = current["metadata"]["namespace"].clone();
+            object
+        };
+        state.rv += 1;
+        let rv = state.rv;
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
+        state.objects.insert(key, object.clone());
+        state.record(Event {
+            rv,
+            namespace: target.namespace,
+            kind: "MODIFIED",
+            object: object.clone(),
+        });
+        json_response(StatusCode::OK, &object)
+    }
+
+    /// Creates an object (`POST` to its collection).
+    fn create(&self, namespace: &str, kind: &'static str, body: &[u8]) -> Response<TestBody> {
+        let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body is not JSON",
+            );
+        };
+        let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+            return status_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "metadata.name is required",
+            );
+        };
+        let key = (namespace.to_string(), format!("{kind}/{name}"));
+        if self.lock().objects.contains_key(&key) {
+            let message = format!("{kind} \"{name}\" already exists");
+            return status_response(StatusCode::CONFLICT, "AlreadyExists", &message);
+        }
+        object["metadata"]["namespace"] = namespace.into();
+        self.apply_kind(
+            namespace,
+            object,
+            kind,
+            api_version(kind),
+            &format!("{kind}/"),
+        );
+        let created = self.lock().objects.get(&key).cloned().unwrap_or_default();
+        json_response(StatusCode::CREATED, &created)
+    }
+
+    /// An object of a kind in [`RESOURCES`] as stored now (with its status).
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = (namespace.to_string(), format!("{kind}/{name}"));
+        self.lock().objects.get(&key).cloned()
     }
 
     fn list(

@@ -69,6 +69,11 @@ struct Gateway {
 }
 
 async fn start(fake: &FakeKube, tag: &str) -> Gateway {
+    start_as(fake, tag, "gw-0").await
+}
+
+/// A gateway replica named `pod` (its Lease identity), with a 2 s Lease.
+async fn start_as(fake: &FakeKube, tag: &str, pod: &str) -> Gateway {
     let dir = TempDir::new(tag);
     let kubeconfig = fake.write_kubeconfig(&dir.0);
     let (bound, admin) = (free_port(), addr(free_port()));
@@ -77,12 +82,15 @@ async fn start(fake: &FakeKube, tag: &str) -> Gateway {
         &format!(
             "admin: {{ listen: {admin} }}\n\
              shutdown: {{ drain_delay: 0s, grace_period: 10s }}\n\
-             gateway_api:\n  gateway: {{ namespace: shop, name: web }}\n  listen_address: 127.0.0.1\n  port_offset: {}\n",
+             gateway_api:\n  gateway: {{ namespace: shop, name: web }}\n  listen_address: 127.0.0.1\n  port_offset: {}\n  lease_duration: 2s\n",
             bound - 80
         ),
     );
-    let process =
-        SkiffProcess::start_with_env(&config, admin, &[], &[("KUBECONFIG", &kubeconfig)]).await;
+    let env = [
+        ("KUBECONFIG", kubeconfig.as_path()),
+        ("POD_NAME", std::path::Path::new(pod)),
+    ];
+    let process = SkiffProcess::start_with_env(&config, admin, &[], &env).await;
     let gateway = Gateway {
         _process: process,
         port80: addr(bound),
@@ -287,4 +295,129 @@ async fn a_gateway_of_another_class_is_not_served() {
     );
     let (_, config) = admin_get(gw.admin, "/config").await.unwrap();
     assert!(!config.contains("gateway-80"), "{config}");
+}
+
+/// The condition `kind` of this controller's entry in `route`'s status.
+fn route_condition(fake: &FakeKube, route: &str, kind: &str) -> Option<Value> {
+    let object = fake.object("HTTPRoute", "shop", route)?;
+    let parents = object["status"]["parents"].as_array()?.clone();
+    let ours = parents
+        .iter()
+        .find(|p| p["controllerName"] == "skiff.io/gateway-controller")?;
+    ours["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+fn lease_holder(fake: &FakeKube) -> Option<String> {
+    let lease = fake.object("Lease", "shop", "skiff-gateway-web")?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+/// Status as conformance reads it, written by the one replica holding
+/// the Lease, and taken over by the other when the writer stops.
+#[tokio::test]
+async fn status_is_written_by_one_replica_and_handed_over() {
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    let mut good = route(
+        "catalog",
+        json!({ "parentRefs": [{ "name": "web" }], "rules": [{ "backendRefs": [{ "name": "catalog", "port": 8080 }] }] }),
+    );
+    // Another controller's entry, which must stay as it is.
+    good["status"] = json!({ "parents": [{
+        "parentRef": { "name": "theirs" }, "controllerName": "example.com/other",
+        "conditions": [{ "type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z" }]
+    }]});
+    fake.apply_object(good);
+    fake.apply_object(route(
+        "broken",
+        json!({ "parentRefs": [{ "name": "web" }], "rules": [{ "matches": [{ "path": { "value": "/broken" } }], "backendRefs": [{ "name": "nowhere", "port": 8080 }] }] }),
+    ));
+    fake.apply_object(route(
+        "elsewhere",
+        json!({ "parentRefs": [{ "name": "web", "sectionName": "nope" }], "rules": [] }),
+    ));
+    let a = start_as(&fake, "gateway-status-a", "gw-a").await;
+    let b = start_as(&fake, "gateway-status-b", "gw-b").await;
+
+    let written = || async {
+        route_condition(&fake, "catalog", "ResolvedRefs").is_some()
+            && route_condition(&fake, "broken", "ResolvedRefs").is_some()
+            && route_condition(&fake, "elsewhere", "Accepted").is_some()
+            && fake
+                .object("Gateway", "shop", "web")
+                .is_some_and(|g| g["status"]["listeners"].is_array())
+    };
+    wait_for_async("status to be written", SOON, written).await;
+    let accepted = route_condition(&fake, "catalog", "Accepted").unwrap();
+    assert_eq!(
+        (
+            accepted["status"].as_str(),
+            accepted["observedGeneration"].as_i64()
+        ),
+        (Some("True"), Some(1))
+    );
+    assert!(accepted["lastTransitionTime"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let catalog_status = fake.object("HTTPRoute", "shop", "catalog").unwrap()["status"].clone();
+    assert_eq!(
+        catalog_status["parents"][0]["controllerName"], "example.com/other",
+        "{catalog_status}"
+    );
+    assert_eq!(catalog_status["parents"].as_array().unwrap().len(), 2);
+    let broken = route_condition(&fake, "broken", "ResolvedRefs").unwrap();
+    assert_eq!(
+        (broken["status"].as_str(), broken["reason"].as_str()),
+        (Some("False"), Some("BackendNotFound"))
+    );
+    let elsewhere = route_condition(&fake, "elsewhere", "Accepted").unwrap();
+    assert_eq!(elsewhere["reason"], "NoMatchingParent");
+    let gateway = fake.object("Gateway", "shop", "web").unwrap();
+    let conditions = gateway["status"]["conditions"].as_array().unwrap().clone();
+    for kind in ["Accepted", "Programmed"] {
+        let c = conditions.iter().find(|c| c["type"] == kind).unwrap();
+        assert_eq!(c["status"], "True", "{kind}: {c}");
+    }
+    let listener = &gateway["status"]["listeners"][0];
+    assert_eq!(listener["name"], "http");
+    assert_eq!(
+        listener["attachedRoutes"], 2,
+        "catalog and broken; not elsewhere"
+    );
+    assert_eq!(listener["supportedKinds"][0]["kind"], "HTTPRoute");
+    let class = fake.object("GatewayClass", "", "skiff").unwrap();
+    assert_eq!(class["status"]["conditions"][0]["type"], "Accepted");
+
+    // One writer: the Lease names one of the two.
+    let holder = lease_holder(&fake).expect("a Lease");
+    assert!(holder == "gw-a" || holder == "gw-b", "{holder}");
+    let (writer, standby) = if holder == "gw-a" { (a, b) } else { (b, a) };
+    drop(writer);
+
+    // The route is fixed: the other replica, once it holds the Lease,
+    // writes the new generation.
+    fake.apply_object(json!({
+        "kind": "HTTPRoute",
+        "metadata": { "name": "broken", "namespace": "shop", "generation": 2, "creationTimestamp": "2026-12-01T00:00:00Z" },
+        "spec": { "parentRefs": [{ "name": "web" }], "rules": [{ "matches": [{ "path": { "value": "/broken" } }], "backendRefs": [{ "name": "catalog", "port": 8080 }] }] }
+    }));
+    let fixed = || async {
+        route_condition(&fake, "broken", "ResolvedRefs")
+            .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == 2)
+    };
+    wait_for_async("the other replica to write status", SOON, fixed).await;
+    assert_ne!(
+        lease_holder(&fake).as_deref(),
+        Some(holder.as_str()),
+        "the Lease changed hands"
+    );
+    assert_eq!(get(standby.port80, "x", "/broken", &[]).await.0, 200);
 }

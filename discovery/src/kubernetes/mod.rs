@@ -29,10 +29,12 @@
 //! whose endpoints changed. A slice that cannot be read is skipped with a
 //! warning naming it, and its last good version (if any) stays.
 
+pub mod lease;
 mod merge;
 pub mod objects;
 mod service;
 pub mod services;
+pub mod status;
 
 pub use merge::{merge, Slice, SliceError};
 pub use service::ServiceEndpoints;

@@ -46,6 +46,8 @@ pub struct Translation {
     /// The GatewayClass's name and its conditions, when it is skiff's.
     pub class: Option<(String, Vec<Condition>)>,
     pub gateway: Option<GatewayStatus>,
+    /// The Gateway's `(namespace, name)`, when it is served.
+    pub gateway_name: Option<(String, String)>,
     pub routes: Vec<RouteStatus>,
     /// Why nothing is served, when nothing is.
     pub problem: Option<String>,
@@ -107,6 +109,7 @@ pub fn translate(world: &World, (namespace, name): (&str, &str), controller: &st
         clusters: clusters.into_values().collect(),
         class: Some((class.metadata.name.clone(), class_status)),
         gateway: Some(gateway_status(gateway, &listeners)),
+        gateway_name: Some(key),
         routes,
         problem: None,
     }
