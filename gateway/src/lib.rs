@@ -15,9 +15,11 @@
 //! - [`translate`]: listeners, attachment, rules, precedence, backends.
 //! - [`status`]: conditions, reasons and generations.
 //! - [`manifests`]: YAML manifests read as the API server would serve them.
+//! - [`report`]: what `skiff check --manifests` prints.
 
 pub mod manifests;
 pub mod objects;
+pub mod report;
 pub mod status;
 pub mod translate;
 pub mod world;

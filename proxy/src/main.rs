@@ -68,10 +68,20 @@ enum Command {
         mesh_dir: Option<PathBuf>,
     },
     /// Validate a config file; prints every mistake as file:line:col: field: message.
+    /// With --manifests, check Kubernetes manifests offline instead: what
+    /// each Gateway of skiff's class would serve, and every problem.
     Check {
         /// The config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required_unless_present = "manifests")]
+        config: Option<PathBuf>,
+        /// Gateway API manifests (files or directories of YAML), read as
+        /// the gateway role reads the objects from the API server.
+        #[arg(long, num_args = 1.., value_name = "PATH", conflicts_with = "config")]
+        manifests: Vec<PathBuf>,
+        /// The namespace of manifests' objects that name none (as
+        /// `kubectl apply -n`).
+        #[arg(short, long, default_value = "default", requires = "manifests")]
+        namespace: String,
     },
     /// Run the e-commerce demo in this process: services, skiff, traffic and a live table.
     Demo {
@@ -194,7 +204,28 @@ fn main() -> ExitCode {
     }
 
     match cli.command {
-        Command::Check { config } => match Config::load(&config, &TlsFiles) {
+        Command::Check {
+            config: None,
+            manifests,
+            namespace,
+        } => match skiff::cli::manifests::check(&manifests, &namespace) {
+            Ok((text, ok)) => {
+                print!("{text}");
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("skiff: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check {
+            config: Some(config),
+            ..
+        } => match Config::load(&config, &TlsFiles) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} listeners, {} clusters)",

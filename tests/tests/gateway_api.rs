@@ -421,3 +421,99 @@ async fn status_is_written_by_one_replica_and_handed_over() {
     );
     assert_eq!(get(standby.port80, "x", "/broken", &[]).await.0, 200);
 }
+
+fn check_manifests(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(skiff_tests::skiff_bin())
+        .args(["check", "--manifests"])
+        .args(args)
+        .output()
+        .expect("run skiff check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// deploy/gateway-api: Kubernetes accepts the core objects, skiff's own
+/// config in the ConfigMap reads, and the Gateway with the shop's routes
+/// translates with no problem (`skiff check --manifests`, offline).
+#[test]
+fn the_deploy_manifests_validate_and_translate_with_no_problem() {
+    skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("deploy/gateway-api");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/gateway-api")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let configmap = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
+    let config: String = configmap
+        .lines()
+        .skip_while(|l| !l.starts_with("  skiff.yaml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let parsed = skiff_config::Config::parse(&config, "configmap", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gateway = parsed.gateway_api.expect("the gateway role");
+    assert_eq!(
+        (
+            gateway.namespace.as_str(),
+            gateway.name.as_str(),
+            gateway.port_offset
+        ),
+        ("shop", "web", 10000)
+    );
+
+    let services = root.join("deploy/kustomize/shop/services.yaml");
+    let (ok, text) = check_manifests(&[
+        dir.to_str().unwrap(),
+        services.to_str().unwrap(),
+        "-n",
+        "shop",
+    ]);
+    assert!(ok, "{text}");
+    for line in [
+        "port 80 (http): 3 routes",
+        "shop/product-catalog:80 (90), shop/product-catalog-canary:80 (10)",
+        "prefix /auth [header x-client]",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // Without the Services, every backend is a problem, named.
+    let (ok, text) = check_manifests(&[dir.to_str().unwrap(), "-n", "shop"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("HTTPRoute shop/order (parent web): ResolvedRefs False (BackendNotFound): Service shop/order does not exist"), "{text}");
+    assert!(text.contains("3 problems"), "{text}");
+}
+
+/// An object that cannot be read is named with its file and line.
+#[test]
+fn unreadable_manifests_are_named_by_file_and_line() {
+    let dir = TempDir::new("manifests");
+    let file = dir.write(
+        "bad.yaml",
+        "kind: GatewayClass\nmetadata: { name: skiff }\nspec: { controllerName: skiff.io/gateway-controller }\n---\nkind: HTTPRoute\nmetadata: { name: r }\nspec: { parentRefs: oops }\n",
+    );
+    let (ok, text) = check_manifests(&[file.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("bad.yaml:5: HTTPRoute default/r: invalid type"),
+        "{text}"
+    );
+}
