@@ -32,6 +32,9 @@ pub struct World {
     pub services: BTreeMap<Key, Service>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub secrets: BTreeMap<Key, SecretInfo>,
+    /// Whether Secrets are known at all (a reader that does not follow
+    /// them cannot say a certificate's Secret is missing).
+    pub reads_secrets: bool,
 }
 
 /// An object that could not be read.

@@ -141,7 +141,11 @@ fn check<'a>(world: &World, gateway: &Gateway, spec: &'a Listener) -> Checked<'a
     }
     let (kinds, mut unresolved) = route_kinds(spec, refused.is_none());
     let mut certificates = Vec::new();
-    if tls && refused.is_none() {
+    if tls && refused.is_none() && !world.reads_secrets {
+        let message =
+            "skiff does not read certificates from Secrets yet: HTTPS listeners are not served";
+        unresolved = unresolved.or(Some(("InvalidCertificateRef", message.to_string())));
+    } else if tls && refused.is_none() {
         match certificate_refs(world, gateway, spec) {
             Ok(found) => certificates = found,
             Err(problem) => unresolved = unresolved.or(Some(problem)),

@@ -48,7 +48,10 @@ spec:
 ";
 
 fn world(extra: &str) -> World {
-    let mut world = World::default();
+    let mut world = World {
+        reads_secrets: true,
+        ..World::default()
+    };
     for (line, object) in manifests::objects(&format!("{INFRA}---\n{extra}")).unwrap() {
         world
             .apply(object)
