@@ -542,6 +542,16 @@ spec:
         listener_condition(&t, "http", "Accepted").observed_generation,
         5
     );
+
+    // A reader that does not follow Secrets says so, not that one is missing.
+    let mut w = w;
+    w.reads_secrets = false;
+    let t = gateway(&w, "mixed");
+    let https = listener_condition(&t, "https", "ResolvedRefs");
+    assert!(
+        https.message.contains("does not read certificates"),
+        "{https:?}"
+    );
 }
 
 /// Listener `allowedRoutes.namespaces` by `All` and `Selector`.
