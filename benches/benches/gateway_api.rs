@@ -33,7 +33,8 @@ fn world(n: usize, hosts: usize) -> World {
     for i in 0..n {
         let rules: Vec<_> = (0..5)
             .map(|j| {
-                let mut m = json!({ "path": { "type": "PathPrefix", "value": format!("/r{i}/p{j}") } });
+                let mut m =
+                    json!({ "path": { "type": "PathPrefix", "value": format!("/r{i}/p{j}") } });
                 if j == 2 {
                     m["headers"] = json!([{ "name": "x-version", "value": "2" }]);
                 }
@@ -70,7 +71,9 @@ fn matching(c: &mut Criterion) {
             // A route in the middle, its last rule: the host's entries up
             // to it are tried first.
             let i = n / 2;
-            let req = http::Request::get(format!("/r{i}/p4/items")).body(()).expect("a request");
+            let req = http::Request::get(format!("/r{i}/p4/items"))
+                .body(())
+                .expect("a request");
             let host = format!("h{}.example.com", i % hosts);
             assert!(t.find(&Lookup::of(&req, Some(&host))).is_some());
             group.bench_with_input(BenchmarkId::new(shape, n), &n, |b, _| {

@@ -56,6 +56,24 @@ impl PathCondition {
         PathCondition::Segments(value.strip_suffix('/').unwrap_or(value).to_string())
     }
 
+    /// The first path segment every path this matches has (`api` for
+    /// `/api/v1/`), or `None` when it can match paths of any (`/`, `/ap`
+    /// as a byte prefix, an expression).
+    pub fn first_segment(&self) -> Option<&str> {
+        match self {
+            PathCondition::Prefix(p) => {
+                let rest = p.strip_prefix('/')?;
+                Some(&rest[..rest.find('/')?])
+            }
+            PathCondition::Segments(p) => {
+                let rest = p.strip_prefix('/').filter(|r| !r.is_empty())?;
+                rest.split('/').next()
+            }
+            PathCondition::Exact(p) => p.strip_prefix('/')?.split('/').next(),
+            PathCondition::Regex(_) => None,
+        }
+    }
+
     #[inline]
     pub fn matches(&self, path: &str) -> bool {
         match self {

@@ -434,3 +434,42 @@ fn listeners_sharing_a_port_are_isolated() {
         }
     }
 }
+
+/// A host with many entries is indexed by first path segment; lookups
+/// must find exactly what trying every entry in order finds.
+#[test]
+fn an_indexed_host_finds_what_a_scan_finds() {
+    let kinds = |i: usize| match i % 7 {
+        0 => PathMatch::SeparatedPrefix(format!("/s{}", i % 5)),
+        1 => PathMatch::Prefix(format!("/s{}/", i % 5)),
+        2 => PathMatch::Prefix(format!("/s{}", i % 3)),
+        3 => PathMatch::Exact(format!("/s{}/x", i % 5)),
+        4 => PathMatch::Regex(format!("/s[0-{}]/y.*", i % 4)),
+        5 => PathMatch::Exact("/".into()),
+        _ => PathMatch::SeparatedPrefix(format!("/s{}/x", i % 5)),
+    };
+    let routes: Vec<RouteConfig> = (0..60)
+        .map(|i| RouteConfig::to_cluster(kinds(i), &format!("c{i}")))
+        .collect();
+    let t = from_config(&routes, first_cluster).unwrap();
+    let conditions: Vec<Conditions> = routes
+        .iter()
+        .map(|r| config_conditions(r).unwrap())
+        .collect();
+    let paths = [
+        "/", "/s0", "/s0/", "/s0/x", "/s1/x/z", "/s2/y1", "/s3/yy", "/s4", "/s12", "/s1x", "/t",
+        "", "*", "/s0/y", "/s4/x",
+    ];
+    for path in paths {
+        let req = http::Request::get("/").body(()).unwrap();
+        let lookup = Lookup {
+            path,
+            ..Lookup::of(&req, None)
+        };
+        let scan = conditions
+            .iter()
+            .position(|c| c.matches(&lookup))
+            .map(|i| format!("c{i}"));
+        assert_eq!(t.find(&lookup).cloned(), scan, "{path:?}");
+    }
+}

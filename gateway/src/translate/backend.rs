@@ -25,13 +25,16 @@ pub(super) struct Reference<'a> {
 }
 
 /// Resolves `reference` made by the `route_kind` `route`; the cluster it
-/// names is added to `clusters` once, and its name returned.
+/// names is added to `new` unless `known` has it, and its name returned.
 pub(super) fn resolve(
     world: &World,
     route_kind: &str,
     route: &Meta,
     reference: &Reference<'_>,
-    clusters: &mut BTreeMap<String, ClusterConfig>,
+    (known, new): (
+        &BTreeMap<String, ClusterConfig>,
+        &mut BTreeMap<String, ClusterConfig>,
+    ),
 ) -> Result<String, Unresolved> {
     let group = reference.group.unwrap_or("");
     let kind = reference.kind.unwrap_or("Service");
@@ -90,7 +93,10 @@ pub(super) fn resolve(
         _ => UpstreamProtocol::Http1,
     };
     let cluster = format!("{name}:{port}");
-    clusters.entry(cluster.clone()).or_insert_with(|| {
+    if known.contains_key(&cluster) {
+        return Ok(cluster);
+    }
+    new.entry(cluster.clone()).or_insert_with(|| {
         let target = ServiceTarget {
             namespace: namespace.to_string(),
             service: reference.name.to_string(),

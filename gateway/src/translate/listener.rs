@@ -41,7 +41,7 @@ pub(super) struct Checked<'a> {
     conflict: Option<&'static str>,
     pub(super) certificates: Vec<Certificate>,
     /// Routes attached (counted once each).
-    pub(super) attached: Vec<String>,
+    pub(super) attached: u32,
 }
 
 impl Checked<'_> {
@@ -91,7 +91,7 @@ impl Checked<'_> {
         ListenerStatus {
             name: self.spec.name.clone(),
             supported_kinds: self.kinds.clone(),
-            attached_routes: self.attached.len() as u32,
+            attached_routes: self.attached,
             conditions: vec![accepted, programmed, resolved, conflicted],
         }
     }
@@ -162,7 +162,7 @@ fn check<'a>(world: &World, gateway: &Gateway, spec: &'a Listener) -> Checked<'a
         unresolved,
         conflict: None,
         certificates,
-        attached: Vec::new(),
+        attached: 0,
     }
 }
 
@@ -331,8 +331,12 @@ pub(super) fn host_matches(patterns: &[HostPattern]) -> Vec<HostMatch> {
 
 /// The ports to serve: every port with a listener that serves, its
 /// entries in precedence order, each tagged with its listener's hostname.
-pub(super) fn ports(listeners: &[Checked<'_>], mut entries: Vec<Entry>) -> Vec<Port> {
-    entries.sort_by(|a, b| a.key.cmp(&b.key));
+pub(super) fn ports(listeners: &[Checked<'_>], entries: Vec<Entry>) -> Vec<Port> {
+    // The order is sorted, not the entries: a route's config is large,
+    // and moving thousands of them about costs more than the rest.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by(|&a, &b| entries[a].key.cmp(&entries[b].key));
+    let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
     let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
     for l in listeners.iter().filter(|l| l.serves()) {
         let port = ports.entry(l.port).or_insert_with(|| Port {
@@ -343,7 +347,7 @@ pub(super) fn ports(listeners: &[Checked<'_>], mut entries: Vec<Entry>) -> Vec<P
         });
         port.certificates.extend(l.certificates.iter().cloned());
     }
-    for entry in entries {
+    for entry in order.into_iter().filter_map(|i| entries[i].take()) {
         let l = &listeners[entry.listener];
         if !l.serves() {
             continue;

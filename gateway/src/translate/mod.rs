@@ -89,11 +89,11 @@ pub fn translate(world: &World, (namespace, name): (&str, &str), controller: &st
     let mut clusters = BTreeMap::new();
     let mut entries = Vec::new();
     let mut routes = Vec::new();
-    for route in sorted_routes(world) {
+    for (rank, route) in sorted_routes(world).into_iter().enumerate() {
         let status = route::attach(
             world,
             gateway,
-            route,
+            (rank, route),
             controller,
             &mut listeners,
             &mut entries,
@@ -119,11 +119,11 @@ pub fn translate(world: &World, (namespace, name): (&str, &str), controller: &st
 /// precedence are broken by.
 fn sorted_routes(world: &World) -> Vec<&crate::objects::HttpRoute> {
     let mut routes: Vec<_> = world.http_routes.values().collect();
-    routes.sort_by(|a, b| {
-        let created = |r: &crate::objects::HttpRoute| r.metadata.creation_timestamp.clone();
-        created(a)
-            .cmp(&created(b))
-            .then_with(|| a.metadata.key().cmp(&b.metadata.key()))
+    // Missing timestamps sort last.
+    routes.sort_by_key(|r| {
+        let m = &r.metadata;
+        let created = m.creation_timestamp.as_deref();
+        (created.is_none(), created, &m.namespace, &m.name)
     });
     routes
 }

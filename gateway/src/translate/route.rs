@@ -41,9 +41,9 @@ pub(crate) struct Key {
     no_method: bool,
     headers: Reverse<usize>,
     query: Reverse<usize>,
-    /// Missing timestamps sort last.
-    created: (bool, String),
-    route: String,
+    /// The route's place among routes, oldest first, then by
+    /// `namespace/name`.
+    route: usize,
     rule: usize,
     matched: usize,
 }
@@ -61,7 +61,7 @@ type Rule = Result<Vec<(Key, RouteConfig)>, Invalid>;
 pub(super) fn attach(
     world: &World,
     gateway: &Gateway,
-    route: &HttpRoute,
+    (rank, route): (usize, &HttpRoute),
     controller: &str,
     listeners: &mut [Checked<'_>],
     entries: &mut Vec<Entry>,
@@ -78,7 +78,8 @@ pub(super) fn attach(
     let mut route_clusters = BTreeMap::new();
     let rules: Vec<Rule> = (route.spec.rules.iter().enumerate())
         .map(|(i, rule)| {
-            translate_rule(world, route, i, rule, &mut route_clusters, &mut unresolved)
+            let clusters = (&*clusters, &mut route_clusters);
+            translate_rule(world, (rank, route), i, rule, clusters, &mut unresolved)
         })
         .collect();
     let generation = meta.generation;
@@ -132,14 +133,12 @@ pub(super) fn attach(
         }
         if let (Ok(attached), true) = (chosen, accepted.is_true()) {
             for (listener, hosts) in attached {
-                let l = &mut listeners[listener];
-                let key = meta.key();
-                if !l.attached.contains(&key) {
-                    l.attached.push(key);
-                }
+                // A route counts once on a listener, however many of its
+                // references select it.
                 if !done.insert(listener) {
                     continue;
                 }
+                listeners[listener].attached += 1;
                 for (key, config) in rules.iter().flatten().flatten() {
                     entries.push(Entry {
                         key: key.clone(),
@@ -151,7 +150,7 @@ pub(super) fn attach(
                     });
                 }
             }
-            clusters.extend(route_clusters.clone());
+            clusters.append(&mut route_clusters);
         }
         statuses.push(RouteParentStatus {
             parent_ref: parent.clone(),
@@ -257,10 +256,13 @@ fn unsupported(message: impl Into<String>) -> Invalid {
 /// for their share).
 fn translate_rule(
     world: &World,
-    route: &HttpRoute,
+    (rank, route): (usize, &HttpRoute),
     index: usize,
     rule: &HttpRouteRule,
-    clusters: &mut BTreeMap<String, ClusterConfig>,
+    (known, new): (
+        &BTreeMap<String, ClusterConfig>,
+        &mut BTreeMap<String, ClusterConfig>,
+    ),
     unresolved: &mut Vec<Unresolved>,
 ) -> Rule {
     let meta = &route.metadata;
@@ -286,6 +288,7 @@ fn translate_rule(
             namespace: r.namespace.as_deref(),
             port: r.port,
         };
+        let clusters = (known, &mut *new);
         let cluster = match backend::resolve(world, "HTTPRoute", meta, &reference, clusters) {
             Ok(c) => Some(c),
             Err(problem) => {
@@ -356,11 +359,7 @@ fn translate_rule(
             no_method: method.is_none(),
             headers: Reverse(headers.len()),
             query: Reverse(query.len()),
-            created: match &meta.creation_timestamp {
-                Some(t) => (false, t.clone()),
-                None => (true, String::new()),
-            },
-            route: meta.key(),
+            route: rank,
             rule: index,
             matched: m,
         };
