@@ -142,6 +142,7 @@ async fn run(
         tokio::select! {
             change = rx.recv() => {
                 let Some(change) = change else { return };
+                let received = std::time::Instant::now();
                 take(&mut world, &mut listed, change);
                 // Gather what else arrives in the moment after.
                 tokio::time::sleep(COALESCE).await;
@@ -154,7 +155,8 @@ async fn run(
                 let (Some(role), Some(proxy)) = (role.upgrade(), proxy.upgrade()) else {
                     return;
                 };
-                let t = skiff_gateway::translate(
+                let translating = std::time::Instant::now();
+                let mut t = skiff_gateway::translate(
                     &world,
                     (&role.config.namespace, &role.config.name),
                     skiff_gateway::CONTROLLER,
@@ -162,9 +164,10 @@ async fn run(
                 if let Some(problem) = &t.problem {
                     tracing::warn!("gateway: {problem}; nothing of it is served");
                 }
-                let generated = generate(&role.config, &t);
+                let generated = generate(&role.config, &mut t);
+                let timing = (received, translating.elapsed());
                 if last.as_ref() != Some(&generated)
-                    && serve(&role, proxy, last.as_ref(), &generated).await
+                    && serve(&role, proxy, last.as_ref(), &generated, timing).await
                 {
                     last = Some(generated);
                 }
@@ -199,7 +202,9 @@ async fn serve(
     proxy: Arc<dyn Applier>,
     last: Option<&Generated>,
     generated: &Generated,
+    (received, translate): (std::time::Instant, Duration),
 ) -> bool {
+    let applying = std::time::Instant::now();
     let previous = last.cloned().unwrap_or_default();
     let fresh: Vec<String> = (generated.clusters.iter())
         .filter(|c| !previous.clusters.iter().any(|p| p.name == c.name))
@@ -226,6 +231,9 @@ async fn serve(
                 listeners = generated.listeners.len(),
                 routes = generated.listeners.iter().map(|l| l.routes.len()).sum::<usize>(),
                 clusters = generated.clusters.len(),
+                translate_ms = translate.as_secs_f64() * 1e3,
+                apply_ms = applying.elapsed().as_secs_f64() * 1e3,
+                since_change_ms = received.elapsed().as_secs_f64() * 1e3,
                 "gateway applied"
             );
             role.ready.store(true, Relaxed);
@@ -305,10 +313,11 @@ fn clear(world: &mut World, kind: &str) {
 /// The listeners and clusters a translation makes: a listener per port,
 /// named `gateway-PORT`, bound at the role's address with the offset
 /// added, and speaking of the Gateway's own port to clients.
-fn generate(config: &GatewayApiConfig, translation: &Translation) -> Generated {
-    let listeners = translation
-        .ports
-        .iter()
+/// The routes and clusters are taken out of `translation` (what stays is
+/// its status).
+fn generate(config: &GatewayApiConfig, translation: &mut Translation) -> Generated {
+    let listeners = std::mem::take(&mut translation.ports)
+        .into_iter()
         // HTTPS needs the listeners' certificates from Secrets, which
         // the gateway role does not read yet; such ports are not bound.
         .filter(|p| !p.tls)
@@ -325,7 +334,7 @@ fn generate(config: &GatewayApiConfig, translation: &Translation) -> Generated {
                 name: format!("gateway-{}", p.port),
                 listen: SocketAddr::new(config.listen_address, bound),
                 advertised_port: Some(p.port),
-                routes: p.routes.clone(),
+                routes: p.routes,
                 tls: None,
                 capture: None,
                 access_log: None,
@@ -335,6 +344,6 @@ fn generate(config: &GatewayApiConfig, translation: &Translation) -> Generated {
         .collect();
     Generated {
         listeners,
-        clusters: translation.clusters.clone(),
+        clusters: std::mem::take(&mut translation.clusters),
     }
 }
