@@ -47,7 +47,7 @@ pub(crate) trait Applier: Send + Sync + 'static {
 const COALESCE: Duration = Duration::from_millis(20);
 /// How long routes wait for a new cluster's first endpoints before they
 /// use it anyway (a Service with no pods stays empty).
-const WARMING: Duration = Duration::from_secs(10);
+pub(crate) const WARMING: Duration = Duration::from_secs(10);
 
 /// What the Gateway adds to the config file's listeners and clusters.
 #[derive(Debug, Default, Clone, PartialEq)]

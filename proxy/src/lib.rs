@@ -177,7 +177,10 @@ impl Proxy {
             return Ok(());
         };
         let result = match Config::load(&path, &tls::certs::TlsFiles) {
-            Ok(config) => self.apply(config).await,
+            Ok(config) => {
+                self.warm_new_clusters(&config).await;
+                self.apply(config).await
+            }
             Err(e) => Err(e.into()),
         };
         self.inner.registry.reload(result.is_ok());
@@ -186,6 +189,36 @@ impl Proxy {
             Err(e) => tracing::error!("config reload refused, the running config stays:\n{e}"),
         }
         result
+    }
+
+    /// Starts the clusters `config` adds beside the running routes and
+    /// gives them up to [`gateway::WARMING`] for their first endpoints (and health
+    /// checks), as Envoy warms clusters before routes use them: a route
+    /// moved to a new Kubernetes cluster keeps its old one until the new
+    /// one's endpoints are known, instead of answering 503 meanwhile.
+    async fn warm_new_clusters(&self, config: &Config) {
+        let base = self.inner.base.load_full();
+        let fresh: Vec<&skiff_config::ClusterConfig> = (config.clusters.iter())
+            .filter(|c| base.cluster(&c.name).is_none())
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let mut warming = (*base).clone();
+        warming.clusters.extend(fresh.iter().map(|c| (*c).clone()));
+        if self.apply(warming).await.is_err() {
+            // The real apply reports what is wrong.
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + gateway::WARMING;
+        let warm = || {
+            (self.inner.cluster_list.load().iter())
+                .filter(|c| fresh.iter().any(|f| *f.name == *c.name))
+                .all(|c| c.is_warm())
+        };
+        while !warm() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn spawn_upkeep(&self) {

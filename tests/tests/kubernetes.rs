@@ -393,6 +393,50 @@ async fn scale_up_and_down_under_steady_traffic_loses_no_request() {
     assert!(ok > 0);
 }
 
+/// A reload that moves the route to a new Kubernetes cluster: the new
+/// cluster gets its endpoints before the route uses it (Envoy's cluster
+/// warming), so no request meets it empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moving_a_route_to_a_new_service_loses_no_request() {
+    let (old, new) = (
+        Pods::start_named(1, "old").await,
+        Pods::start_named(1, "new").await,
+    );
+    let fake = FakeKube::start_new().await;
+    let slice = |name: &str, service: &str, pods: &Pods| {
+        endpoint_slice(
+            name,
+            service,
+            &[("http", pods.port)],
+            &[ready_pod(&pods.ip(1))],
+        )
+    };
+    fake.apply("shop", slice("web-1", "web", &old));
+    fake.apply("shop", slice("web2-1", "web2", &new));
+    let skiff = start_skiff(&fake, "k8s-reload-move", &app_cluster()).await;
+    skiff.wait_ready().await;
+    let load = Load::start(skiff.listen, "/", 4, false);
+    wait_for("traffic", SOON, || load.ok.load(Relaxed) > 50).await;
+
+    let moved = config_text(
+        skiff.listen,
+        skiff.admin,
+        &kubernetes_cluster("app2", "shop", "web2", "http"),
+    )
+    .replace("cluster: app\n", "cluster: app2\n");
+    skiff.dir.write("skiff.yaml", &moved);
+    wait_for("the new Service to take the traffic", SOON, || {
+        new.pod(1).requests() > 50
+    })
+    .await;
+    let (ok, failed, errors) = load.stop().await;
+    let first: Vec<&String> = errors.iter().take(5).collect();
+    assert!(
+        ok > 0 && failed == 0,
+        "{ok} ok, {failed} failed, first: {first:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_of_three_pods_under_steady_traffic_loses_no_request() {
     // Pods 1-3 are the old version, 4-6 the new.
