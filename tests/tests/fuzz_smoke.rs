@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Fuzzing time per target unless `SKIFF_FUZZ_SECONDS` says otherwise:
-/// eleven targets stay within five minutes, the build aside.
+/// twelve targets stay within five minutes, the build aside.
 const DEFAULT_SECONDS: u64 = 20;
 
 fn workspace() -> PathBuf {
