@@ -61,6 +61,21 @@ skiff_config() {
     make_cert
     tls="    tls: { cert: $WORK/cert.pem, key: $WORK/key.pem }"
   fi
+  # RICH=1: the route also matches a header, rewrites the path and edits
+  # the response's headers (what a Gateway API rule often does).
+  local route="      - match: { path_prefix: / }
+        cluster: up"
+  # RICH=2: the header match and the response edit, no rewrite.
+  if [ "${RICH:-0}" = 1 ]; then
+    route="      - match: { path_prefix: /, headers: [{ name: x-canary, present: false }] }
+        cluster: up
+        rewrite: { path_prefix: / }
+        response_headers: { set: { x-served-by: skiff } }"
+  elif [ "${RICH:-0}" = 2 ]; then
+    route="      - match: { path_prefix: /, headers: [{ name: x-canary, present: false }] }
+        cluster: up
+        response_headers: { set: { x-served-by: skiff } }"
+  fi
   cat > "$WORK/$1.yaml" <<EOT
 admin: { listen: 127.0.0.1:$(($2 + OFF)) }
 listeners:
@@ -68,8 +83,7 @@ listeners:
     listen: 127.0.0.1:$(($3 + OFF))
 $tls
     routes:
-      - match: { path_prefix: / }
-        cluster: up
+$route
 clusters:
   - name: up
     lb: round_robin
