@@ -912,3 +912,29 @@ impl RssPeak {
         self.peak.load(Relaxed)
     }
 }
+
+/// Runs `kubernetes-validate --strict` over every YAML file in `dir`
+/// (relative to the workspace root) and fails with its output unless it
+/// accepts them all; returns the files, sorted.
+pub fn validate_manifests(dir: &str) -> Vec<PathBuf> {
+    require_python_module("kubernetes_validate", "kubernetes-validate");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    files
+}

@@ -352,25 +352,8 @@ fn mistakes_in_gateway_routes_are_reported_with_their_field() {
 
 #[test]
 fn gateway_manifests_are_valid_and_carry_a_valid_skiff_config() {
-    skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
+    let files = skiff_tests::validate_manifests("deploy/gateway");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway");
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-        .expect("deploy/gateway")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    let out = std::process::Command::new("kubernetes-validate")
-        .arg("--strict")
-        .args(&files)
-        .output()
-        .expect("run kubernetes-validate");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     let all: String = files
         .iter()
         .map(|f| std::fs::read_to_string(f).expect("manifest"))

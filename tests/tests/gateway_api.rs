@@ -441,25 +441,9 @@ fn check_manifests(args: &[&str]) -> (bool, String) {
 /// translates with no problem (`skiff check --manifests`, offline).
 #[test]
 fn the_deploy_manifests_validate_and_translate_with_no_problem() {
-    skiff_tests::require_python_module("kubernetes_validate", "kubernetes-validate");
+    skiff_tests::validate_manifests("deploy/gateway-api");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("deploy/gateway-api");
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-        .expect("deploy/gateway-api")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    let out = std::process::Command::new("kubernetes-validate")
-        .arg("--strict")
-        .args(&files)
-        .output()
-        .expect("run kubernetes-validate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 
     let configmap = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
     let config: String = configmap

@@ -30,6 +30,23 @@ pub struct Kind {
     pub plural: &'static str,
 }
 
+impl Kind {
+    /// How kube's dynamic API names it.
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version: if self.group.is_empty() {
+                self.version.into()
+            } else {
+                format!("{}/{}", self.group, self.version)
+            },
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+}
+
 /// What the gateway role follows.
 pub const GATEWAY_KINDS: [Kind; 6] = [
     Kind {
@@ -121,17 +138,7 @@ async fn follow_kind(kind: Kind, tx: UnboundedSender<Change>, errors: Arc<Atomic
             }
         }
     };
-    let resource = ApiResource {
-        group: kind.group.into(),
-        version: kind.version.into(),
-        api_version: if kind.group.is_empty() {
-            kind.version.into()
-        } else {
-            format!("{}/{}", kind.group, kind.version)
-        },
-        kind: kind.kind.into(),
-        plural: kind.plural.into(),
-    };
+    let resource = kind.api_resource();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     let mut relist: Option<Vec<serde_json::Value>> = None;

@@ -3,7 +3,7 @@
 //! replace with the resourceVersion read, again on 409 Conflict (someone
 //! wrote in between), so what other controllers wrote is never lost.
 
-use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::api::{DynamicObject, PostParams};
 use kube::{Api, Client};
 
 use super::objects::Kind;
@@ -22,17 +22,7 @@ pub async fn write(
     name: &str,
     make: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
 ) -> Result<bool, kube::Error> {
-    let resource = ApiResource {
-        group: kind.group.into(),
-        version: kind.version.into(),
-        api_version: if kind.group.is_empty() {
-            kind.version.into()
-        } else {
-            format!("{}/{}", kind.group, kind.version)
-        },
-        kind: kind.kind.into(),
-        plural: kind.plural.into(),
-    };
+    let resource = kind.api_resource();
     let api: Api<DynamicObject> = if namespace.is_empty() {
         Api::all_with(client, &resource)
     } else {
