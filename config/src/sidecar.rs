@@ -224,6 +224,7 @@ impl MeshConfig {
                 allow: self.allow.clone(),
                 identity_header: Some(self.identity_header.clone()),
             }),
+            inline: Vec::new(),
         }
     }
 }

@@ -81,6 +81,32 @@ pub struct ClientAuth {
     pub identity_header: Option<String>,
 }
 
+/// A certificate chain and its key given as PEM text, not files: a
+/// Kubernetes Secret read from the API server (the gateway role). Never
+/// read from the config file; `/config` shows where it came from, never
+/// the key.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct InlineCert {
+    /// Where it came from, for errors and `/config`: `Secret shop/web-tls`.
+    pub source: String,
+    /// The SNI names it is served for (exact or `*.suffix`); empty: the
+    /// default certificate.
+    pub names: Vec<String>,
+    #[serde(skip)]
+    pub cert: std::sync::Arc<[u8]>,
+    #[serde(skip)]
+    pub key: std::sync::Arc<[u8]>,
+}
+
+impl std::fmt::Debug for InlineCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineCert")
+            .field("source", &self.source)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
 /// TLS termination on a listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListenerTls {
@@ -88,6 +114,9 @@ pub struct ListenerTls {
     pub default: Option<CertFiles>,
     pub certificates: Vec<SniCert>,
     pub client_auth: Option<ClientAuth>,
+    /// Certificates given as PEM (from Secrets), after the files' own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inline: Vec<InlineCert>,
 }
 
 impl ListenerTls {
@@ -276,6 +305,7 @@ pub(crate) fn read_listener_tls(
         default,
         certificates,
         client_auth: client_auth?,
+        inline: Vec::new(),
     })
 }
 

@@ -14,10 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(objects) = skiff_gateway::manifests::objects(text) else {
         return;
     };
-    let mut world = World {
-        reads_secrets: true,
-        ..World::default()
-    };
+    let mut world = World::default();
     for (_, object) in objects {
         let _ = world.apply(object);
     }

@@ -25,7 +25,7 @@ pub mod translate;
 pub mod world;
 
 pub use translate::{translate, Certificate, Port, Translation};
-pub use world::{ObjectError, World};
+pub use world::{ObjectError, Pem, SecretInfo, World};
 
 /// The `controllerName` of GatewayClasses skiff serves.
 pub const CONTROLLER: &str = "skiff.io/gateway-controller";

@@ -4,6 +4,7 @@
 //! routes and status.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
@@ -15,11 +16,72 @@ use crate::objects::{
 pub type Key = (String, String);
 
 /// A Secret, as far as a listener's certificate reference needs to know:
-/// whether it is there and of the TLS type with both keys. (Whether its
-/// PEM loads is the proxy's to find out.)
+/// whether it is of the TLS type with both keys, and their PEM text.
+/// Whether the PEM loads is for a reader with a TLS library to find out
+/// (the proxy): it sets `problem`, and keeps in `pem` the last
+/// certificate that did load, so a bad edit leaves the listener serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretInfo {
     pub tls: bool,
+    /// `tls.crt` and `tls.key`, decoded.
+    pub pem: Option<Pem>,
+    /// Why the Secret's certificate cannot be served.
+    pub problem: Option<String>,
+}
+
+/// A certificate chain and its private key, as PEM text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pem {
+    pub cert: Arc<[u8]>,
+    pub key: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pem({} bytes of certificate)", self.cert.len())
+    }
+}
+
+impl SecretInfo {
+    /// Reads a Secret object: `data` (base64, as the API server gives it)
+    /// or `stringData` (plain, as a manifest may write it).
+    fn read(value: &serde_json::Value) -> SecretInfo {
+        let kind = value
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("Opaque");
+        let field = |k: &str| -> Option<Vec<u8>> {
+            use base64::Engine as _;
+            let encoded = value.get("data").and_then(|d| d.get(k)?.as_str());
+            if let Some(encoded) = encoded {
+                return base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok();
+            }
+            let plain = value.get("stringData").and_then(|d| d.get(k)?.as_str())?;
+            Some(plain.as_bytes().to_vec())
+        };
+        if kind != "kubernetes.io/tls" {
+            // Other Secrets' data is never needed: not kept.
+            return SecretInfo {
+                tls: false,
+                pem: None,
+                problem: None,
+            };
+        }
+        let pem = match (field("tls.crt"), field("tls.key")) {
+            (Some(cert), Some(key)) => Some(Pem {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            _ => None,
+        };
+        SecretInfo {
+            tls: pem.is_some(),
+            pem,
+            problem: None,
+        }
+    }
 }
 
 /// The objects, by kind.
@@ -32,9 +94,6 @@ pub struct World {
     pub services: BTreeMap<Key, Service>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub secrets: BTreeMap<Key, SecretInfo>,
-    /// Whether Secrets are known at all (a reader that does not follow
-    /// them cannot say a certificate's Secret is missing).
-    pub reads_secrets: bool,
 }
 
 /// An object that could not be read.
@@ -129,15 +188,9 @@ impl World {
                     .insert(namespace.metadata.name.clone(), namespace);
             }
             "Secret" => {
-                let kind = value
-                    .get("type")
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("Opaque");
-                let data = value.get("data");
-                let has = |k: &str| data.and_then(|d| d.get(k)).is_some();
-                let tls = kind == "kubernetes.io/tls" && has("tls.crt") && has("tls.key");
+                let secret = SecretInfo::read(&value);
                 self.secrets
-                    .insert((text("namespace"), text("name")), SecretInfo { tls });
+                    .insert((text("namespace"), text("name")), secret);
             }
             _ => {}
         }

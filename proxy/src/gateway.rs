@@ -12,7 +12,7 @@
 //! last good one serving and says why in the log. Status is written by one
 //! replica ([`crate::gateway_status`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -22,10 +22,12 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use skiff_config::gateway_api::GatewayApiConfig;
 use skiff_config::listener::ListenerConfig;
+use skiff_config::tls::{InlineCert, ListenerTls};
 use skiff_config::{ClusterConfig, Config};
 use skiff_discovery::kubernetes::lease;
 use skiff_discovery::kubernetes::objects::{self, Change, GATEWAY_KINDS};
-use skiff_gateway::{Translation, World};
+use skiff_gateway::world::Key;
+use skiff_gateway::{Pem, SecretInfo, Translation, World};
 use tokio::sync::{mpsc, watch};
 
 use crate::gateway_status::{self, Written};
@@ -274,26 +276,73 @@ fn identity() -> String {
 /// Takes one change into `world`; an object that cannot be read is
 /// logged with its name, and what was known of it stays.
 fn take(world: &mut World, listed: &mut BTreeSet<&'static str>, change: Change) {
-    let apply = |world: &mut World, object| {
-        if let Err(e) = world.apply(object) {
-            tracing::warn!("gateway: {e}; skipped");
-        }
-    };
     match change {
         Change::Listed { kind, objects } => {
+            // A relist replaces the Secrets, but a bad one still keeps
+            // the certificate it had.
+            let before = match kind {
+                "Secret" => std::mem::take(&mut world.secrets),
+                _ => BTreeMap::new(),
+            };
             clear(world, kind);
             for object in objects {
-                apply(world, object);
+                apply(world, object, Some(&before));
             }
             listed.insert(kind);
         }
-        Change::Applied(object) => apply(world, object),
+        Change::Applied(object) => apply(world, object, None),
         Change::Deleted {
             kind,
             namespace,
             name,
         } => world.remove(kind, &namespace, &name),
     }
+}
+
+/// Takes one object into `world`. A TLS Secret's certificate is loaded to
+/// see that it can be served; one that cannot keeps the last that could
+/// (as `before` has it, else as `world` did), with the reason for the
+/// listener's status.
+fn apply(world: &mut World, object: serde_json::Value, before: Option<&BTreeMap<Key, SecretInfo>>) {
+    let secret = (object.get("kind").and_then(|k| k.as_str()) == Some("Secret")).then(|| {
+        let text = |f: &str| object["metadata"][f].as_str().unwrap_or("").to_string();
+        (text("namespace"), text("name"))
+    });
+    // What is in the world is always a certificate that loads, or none.
+    let last_good = secret.as_ref().and_then(|key| {
+        let before = before.unwrap_or(&world.secrets);
+        before.get(key).and_then(|b| b.pem.clone())
+    });
+    if let Err(e) = world.apply(object) {
+        tracing::warn!("gateway: {e}; skipped");
+        return;
+    }
+    if let Some(key) = secret {
+        if let Some(problem) = check_secret(world, &key, last_good) {
+            tracing::warn!(
+                "gateway: Secret {}/{}: {problem}; its certificate is not used",
+                key.0,
+                key.1
+            );
+        }
+    }
+}
+
+/// Loads the certificate of the Secret `key` in `world` as a listener
+/// would. One that does not load is replaced by `last_good` and the
+/// reason (naming `tls.crt` or `tls.key`) is noted for the listener's
+/// status, and returned.
+pub(crate) fn check_secret(world: &mut World, key: &Key, last_good: Option<Pem>) -> Option<String> {
+    let info = world.secrets.get_mut(key)?;
+    let pem = info.pem.as_ref()?;
+    let source = format!("Secret {}/{}", key.0, key.1);
+    let e = crate::tls::certs::pair_from_pem(&pem.cert, &pem.key, &source).err()?;
+    let file = e.path.display().to_string();
+    let file = file.rsplit(' ').next().unwrap_or_default();
+    let problem = format!("{file}: {}", e.message);
+    info.pem = last_good;
+    info.problem = Some(problem.clone());
+    Some(problem)
 }
 
 /// Forgets every object of `kind`, before a relist puts back what is there.
@@ -310,6 +359,26 @@ fn clear(world: &mut World, kind: &str) {
     }
 }
 
+/// An HTTPS port's TLS: each listener's certificates for its hostname
+/// (SNI), a listener without one giving the default.
+fn listener_tls(certificates: &[skiff_gateway::Certificate]) -> ListenerTls {
+    let inline = certificates
+        .iter()
+        .map(|c| InlineCert {
+            source: format!("Secret {}/{}", c.namespace, c.secret),
+            names: c.hostname.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            cert: c.pem.cert.clone(),
+            key: c.pem.key.clone(),
+        })
+        .collect();
+    ListenerTls {
+        default: None,
+        certificates: Vec::new(),
+        client_auth: None,
+        inline,
+    }
+}
+
 /// The listeners and clusters a translation makes: a listener per port,
 /// named `gateway-PORT`, bound at the role's address with the offset
 /// added, and speaking of the Gateway's own port to clients.
@@ -318,9 +387,6 @@ fn clear(world: &mut World, kind: &str) {
 fn generate(config: &GatewayApiConfig, translation: &mut Translation) -> Generated {
     let listeners = std::mem::take(&mut translation.ports)
         .into_iter()
-        // HTTPS needs the listeners' certificates from Secrets, which
-        // the gateway role does not read yet; such ports are not bound.
-        .filter(|p| !p.tls)
         .filter_map(|p| {
             let Some(bound) = p.port.checked_add(config.port_offset) else {
                 tracing::warn!(
@@ -334,8 +400,8 @@ fn generate(config: &GatewayApiConfig, translation: &mut Translation) -> Generat
                 name: format!("gateway-{}", p.port),
                 listen: SocketAddr::new(config.listen_address, bound),
                 advertised_port: Some(p.port),
+                tls: p.tls.then(|| listener_tls(&p.certificates)),
                 routes: p.routes,
-                tls: None,
                 capture: None,
                 access_log: None,
                 limits: Default::default(),

@@ -11,7 +11,9 @@
 //!   given `resourceVersion`: ADDED, MODIFIED, DELETED, BOOKMARK (only when
 //!   `allowWatchBookmarks` asks for them), and ERROR with a 410 Expired
 //!   Status when that version is older than the last compaction;
-//! - `labelSelector` with `key`, `!key`, `key=value` and `key!=value` terms;
+//! - `labelSelector` with `key`, `!key`, `key=value` and `key!=value` terms,
+//!   and `fieldSelector` with `path=value` and `path!=value` (`type`,
+//!   `metadata.name`, any dotted path);
 //! - and the faults a real one has: streams it ends on its own
 //!   ([`FakeKube::end_watches`]), compaction that expires every watcher
 //!   ([`FakeKube::expire_watches`]), and going away entirely and coming
@@ -186,7 +188,7 @@ struct Watcher {
     namespace: String,
     /// The kind of object watched (`EndpointSlice`, `Service`).
     kind: &'static str,
-    selector: String,
+    selector: Selector,
     bookmarks: bool,
     tx: mpsc::UnboundedSender<Bytes>,
 }
@@ -650,12 +652,12 @@ impl FakeKube {
                 }
             },
             None => {
-                let selector = query.get("labelSelector").cloned().unwrap_or_default();
+                let selector = Selector::of(query);
                 let items: Vec<Value> = state
                     .objects
                     .iter()
                     .filter(|((ns, _), o)| {
-                        in_namespace(namespace, ns) && o["kind"] == kind && selects(&selector, o)
+                        in_namespace(namespace, ns) && o["kind"] == kind && selector.selects(o)
                     })
                     .map(|(_, o)| o.clone())
                     .collect();
@@ -701,7 +703,7 @@ impl FakeKube {
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let selector = query.get("labelSelector").cloned().unwrap_or_default();
+        let selector = Selector::of(query);
         let bookmarks = query
             .get("allowWatchBookmarks")
             .is_some_and(|v| v == "true");
@@ -713,7 +715,7 @@ impl FakeKube {
             for e in state.history.iter().filter(|e| e.rv > from) {
                 if in_namespace(namespace, &e.namespace)
                     && e.object["kind"] == kind
-                    && selects(&selector, &e.object)
+                    && selector.selects(&e.object)
                 {
                     let _ = tx.send(event_line(e.kind, &e.object));
                 }
@@ -753,7 +755,7 @@ impl State {
         self.watchers.retain(|w| {
             if !in_namespace(&w.namespace, &event.namespace)
                 || event.object["kind"] != w.kind
-                || !selects(&w.selector, &event.object)
+                || !w.selector.selects(&event.object)
             {
                 return !w.tx.is_closed();
             }
@@ -835,20 +837,50 @@ fn json_response(code: StatusCode, body: &Value) -> Response<TestBody> {
         .expect("json response")
 }
 
-/// Whether `object`'s labels match a selector of comma-separated terms:
-/// `key`, `!key`, `key=value` (or `==`), `key!=value`.
-fn selects(selector: &str, object: &Value) -> bool {
-    let labels = &object["metadata"]["labels"];
-    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+/// A list's or watch's `labelSelector` and `fieldSelector`.
+struct Selector {
+    labels: String,
+    fields: String,
+}
+
+impl Selector {
+    fn of(query: &BTreeMap<String, String>) -> Selector {
+        let get = |k: &str| query.get(k).cloned().unwrap_or_default();
+        Selector {
+            labels: get("labelSelector"),
+            fields: get("fieldSelector"),
+        }
+    }
+
+    fn selects(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        let field = |path: &str| {
+            let at = path.split('.').try_fold(object, |v, k| v.get(k))?;
+            Some(match at {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
+        selects(&self.labels, |k| {
+            labels.get(k).and_then(Value::as_str).map(String::from)
+        }) && selects(&self.fields, field)
+    }
+}
+
+/// Whether the values `value` looks up match a selector of
+/// comma-separated terms: `key`, `!key`, `key=value` (or `==`),
+/// `key!=value` (field selectors use only the last two).
+fn selects(selector: &str, value: impl Fn(&str) -> Option<String>) -> bool {
+    let label = &value;
     selector
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .all(|term| {
             if let Some((k, v)) = term.split_once("!=") {
-                label(k.trim()) != Some(v.trim())
+                label(k.trim()).as_deref() != Some(v.trim())
             } else if let Some((k, v)) = term.split_once('=') {
-                label(k.trim()) == Some(v.trim_start_matches('=').trim())
+                label(k.trim()).as_deref() == Some(v.trim_start_matches('=').trim())
             } else if let Some(k) = term.strip_prefix('!') {
                 label(k.trim()).is_none()
             } else {

@@ -275,6 +275,148 @@ async fn serves_a_gateways_routes_and_follows_their_changes() {
     wait_for_async("the deleted route", SOON, gone).await;
 }
 
+/// A `kubernetes.io/tls` Secret as the API server holds it (`data` in
+/// base64).
+fn tls_secret(namespace: &str, name: &str, cert: &str, key: &str) -> Value {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({
+        "kind": "Secret", "apiVersion": "v1", "type": "kubernetes.io/tls",
+        "metadata": { "name": name, "namespace": namespace },
+        "data": { "tls.crt": b64(cert), "tls.key": b64(key) },
+    })
+}
+
+/// The condition `kind` of the Gateway's listener `listener`.
+fn listener_condition(fake: &FakeKube, listener: &str, kind: &str) -> Option<Value> {
+    let gateway = fake.object("Gateway", "shop", "web")?;
+    let listeners = gateway["status"]["listeners"].as_array()?.clone();
+    let ours = listeners.iter().find(|l| l["name"] == listener)?;
+    ours["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+/// HTTPS listeners serve the certificates of the Secrets they name, each
+/// for its listener's hostname (SNI); a Secret in another namespace needs
+/// a ReferenceGrant; a rotated Secret serves the next handshake; one
+/// edited into something that does not load leaves the last certificate
+/// serving and says why in the listener's status. The HTTP listener
+/// beside them answers every request meanwhile.
+#[tokio::test]
+async fn https_listeners_serve_certificates_from_secrets() {
+    use skiff_tests::tls::{curl, Ca, Subject};
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    let https = |name: &str, host: &str, secret: Value| {
+        json!({ "name": name, "port": 443, "protocol": "HTTPS", "hostname": host,
+                "tls": { "certificateRefs": [secret] } })
+    };
+    fake.apply_object(json!({
+        "kind": "Gateway", "metadata": { "name": "web", "namespace": "shop", "generation": 2 },
+        "spec": { "gatewayClassName": "skiff", "listeners": [
+            { "name": "http", "port": 80, "protocol": "HTTP" },
+            https("shop", "shop.example.com", json!({ "name": "shop-cert" })),
+            https("org", "*.example.org", json!({ "name": "org-cert", "namespace": "certs" })),
+        ] }
+    }));
+    let ca = Ca::new("gateway CA");
+    let issue = |ca: &Ca, dns: &str| {
+        ca.issue(Subject {
+            dns: &[dns],
+            ..Default::default()
+        })
+    };
+    let shop_cert = issue(&ca, "shop.example.com");
+    fake.apply_object(tls_secret("shop", "shop-cert", &shop_cert.cert, &shop_cert.key));
+    let org = issue(&ca, "*.example.org");
+    fake.apply_object(tls_secret("certs", "org-cert", &org.cert, &org.key));
+    fake.apply_object(route(
+        "catalog",
+        json!({ "parentRefs": [{ "name": "web" }], "rules": [{ "backendRefs": [{ "name": "catalog", "port": 8080 }] }] }),
+    ));
+    let gw = start(&fake, "gateway-api-https").await;
+    let port443 = addr(gw.port80.port() + 363);
+    let dir = TempDir::new("gateway-api-https-ca");
+    let ca_file = ca.write(&dir.0, "ca");
+    let fetch = |host: &'static str, ca_file: std::path::PathBuf| async move {
+        let url = format!("https://{host}:{}/catalog", port443.port());
+        let ca = ca_file.display().to_string();
+        curl(host, port443, &["-D", "-", "-o", "/dev/null", "--cacert", &ca, &url]).await
+    };
+    wait_for_async("HTTPS for shop.example.com", SOON, || {
+        let ca_file = ca_file.clone();
+        async move {
+            let out = fetch("shop.example.com", ca_file).await;
+            out.ok && out.stdout.contains("x-backend: v1-")
+        }
+    })
+    .await;
+    let load = Load::start(gw.port80, "/catalog/x", 2, false);
+
+    // The other namespace's Secret is not the Gateway's to use yet.
+    wait_for_async("RefNotPermitted on the org listener", SOON, || async {
+        listener_condition(&fake, "org", "ResolvedRefs")
+            .is_some_and(|c| c["reason"] == "RefNotPermitted")
+    })
+    .await;
+    let out = fetch("www.example.org", ca_file.clone()).await;
+    assert!(!out.ok, "no certificate for *.example.org yet: {out:?}");
+    fake.apply_object(json!({
+        "kind": "ReferenceGrant", "metadata": { "name": "gateway-certs", "namespace": "certs" },
+        "spec": {
+            "from": [{ "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "shop" }],
+            "to": [{ "group": "", "kind": "Secret", "name": "org-cert" }]
+        }
+    }));
+    wait_for_async("HTTPS for *.example.org", SOON, || {
+        let ca_file = ca_file.clone();
+        async move { fetch("www.example.org", ca_file).await.ok }
+    })
+    .await;
+    assert!(fetch("shop.example.com", ca_file.clone()).await.ok);
+
+    // Rotated to a certificate of another CA: new handshakes get it.
+    let rotated_ca = Ca::new("rotated CA");
+    let rotated_file = rotated_ca.write(&dir.0, "rotated");
+    let rotated = issue(&rotated_ca, "shop.example.com");
+    fake.apply_object(tls_secret("shop", "shop-cert", &rotated.cert, &rotated.key));
+    wait_for_async("the rotated certificate", SOON, || {
+        let rotated_file = rotated_file.clone();
+        async move { fetch("shop.example.com", rotated_file).await.ok }
+    })
+    .await;
+
+    // Edited into what does not load (the suite's malformed Secret): the
+    // rotated certificate stays, and the listener's status says why.
+    fake.apply_object(tls_secret("shop", "shop-cert", "Hello world\n", "Hello world\n"));
+    wait_for_async("InvalidCertificateRef on the shop listener", SOON, || async {
+        listener_condition(&fake, "shop", "ResolvedRefs").is_some_and(|c| {
+            c["reason"] == "InvalidCertificateRef"
+                && c["message"].as_str().unwrap_or("").contains("tls.crt")
+        })
+    })
+    .await;
+    let programmed = listener_condition(&fake, "shop", "Programmed").unwrap();
+    assert_eq!(programmed["status"], "True", "{programmed}");
+    let out = fetch("shop.example.com", rotated_file.clone()).await;
+    assert!(out.ok, "the last good certificate still serves: {out:?}");
+    assert!(fetch("www.example.org", ca_file.clone()).await.ok);
+
+    let (ok, failed, errors) = load.stop().await;
+    let first: Vec<&String> = errors.iter().take(5).collect();
+    assert!(
+        ok > 0 && failed == 0,
+        "HTTP beside the changes: {ok} ok, {failed} failed, first: {first:?}"
+    );
+}
+
 /// A Gateway skiff does not serve (another controller's class) binds
 /// nothing, and the process stays up and says why.
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Whole kinds of objects followed across every namespace, as JSON: what
-//! the gateway role reads (Gateway API objects, Services, Namespaces).
+//! the gateway role reads (Gateway API objects, Services, Namespaces, TLS
+//! Secrets).
 //! Each kind gets its own kube-runtime watcher (list, then watch; relist
 //! on 410; back off on errors) on the discovery thread, and its events go
 //! to one channel in the order they come, a relist as one event so the
@@ -28,6 +29,8 @@ pub struct Kind {
     pub version: &'static str,
     pub kind: &'static str,
     pub plural: &'static str,
+    /// Only the objects this field selector picks (`type=kubernetes.io/tls`).
+    pub fields: Option<&'static str>,
 }
 
 impl Kind {
@@ -48,42 +51,56 @@ impl Kind {
 }
 
 /// What the gateway role follows.
-pub const GATEWAY_KINDS: [Kind; 6] = [
+pub const GATEWAY_KINDS: [Kind; 7] = [
     Kind {
         group: "gateway.networking.k8s.io",
         version: "v1",
         kind: "GatewayClass",
         plural: "gatewayclasses",
+        fields: None,
     },
     Kind {
         group: "gateway.networking.k8s.io",
         version: "v1",
         kind: "Gateway",
         plural: "gateways",
+        fields: None,
     },
     Kind {
         group: "gateway.networking.k8s.io",
         version: "v1",
         kind: "HTTPRoute",
         plural: "httproutes",
+        fields: None,
     },
     Kind {
         group: "gateway.networking.k8s.io",
         version: "v1beta1",
         kind: "ReferenceGrant",
         plural: "referencegrants",
+        fields: None,
     },
     Kind {
         group: "",
         version: "v1",
         kind: "Service",
         plural: "services",
+        fields: None,
     },
     Kind {
         group: "",
         version: "v1",
         kind: "Namespace",
         plural: "namespaces",
+        fields: None,
+    },
+    // HTTPS listeners' certificates; no other Secret is read.
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        fields: Some("type=kubernetes.io/tls"),
     },
 ];
 
@@ -140,7 +157,11 @@ async fn follow_kind(kind: Kind, tx: UnboundedSender<Change>, errors: Arc<Atomic
     };
     let resource = kind.api_resource();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut config = watcher::Config::default();
+    if let Some(fields) = kind.fields {
+        config = config.fields(fields);
+    }
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     let mut relist: Option<Vec<serde_json::Value>> = None;
     let json = |object: DynamicObject| {
         let mut value = serde_json::to_value(object).unwrap_or_default();

@@ -10,19 +10,20 @@ use super::route::Entry;
 use super::Port;
 use crate::objects::{Gateway, Listener, RouteGroupKind, GATEWAY_GROUP};
 use crate::status::{Condition, ListenerStatus};
-use crate::world::World;
+use crate::world::{Pem, World};
 
 /// The route kinds an HTTP or HTTPS listener takes.
 const ROUTE_KINDS: [&str; 1] = ["HTTPRoute"];
 
-/// A certificate an HTTPS listener serves: the Secret's name, and the
-/// listener hostname it is for (none: the default).
+/// A certificate an HTTPS listener serves: the Secret's name and PEM,
+/// and the listener hostname it is for (none: the default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {
     pub listener: String,
     pub hostname: Option<String>,
     pub namespace: String,
     pub secret: String,
+    pub pem: Pem,
 }
 
 /// A listener, checked.
@@ -40,6 +41,9 @@ pub(super) struct Checked<'a> {
     unresolved: Option<(&'static str, String)>,
     conflict: Option<&'static str>,
     pub(super) certificates: Vec<Certificate>,
+    /// Served, but not with what a Secret holds now (`ResolvedRefs`
+    /// False, `Programmed` True): why.
+    stale: Option<String>,
     /// Routes attached (counted once each).
     pub(super) attached: u32,
 }
@@ -65,9 +69,10 @@ impl Checked<'_> {
             None => c("Accepted", true, "Accepted", ""),
             Some((reason, message)) => c("Accepted", false, reason, message),
         };
-        let resolved = match &self.unresolved {
-            None => c("ResolvedRefs", true, "ResolvedRefs", ""),
-            Some((reason, message)) => c("ResolvedRefs", false, reason, message),
+        let resolved = match (&self.unresolved, &self.stale) {
+            (Some((reason, message)), _) => c("ResolvedRefs", false, reason, message),
+            (None, Some(message)) => c("ResolvedRefs", false, "InvalidCertificateRef", message),
+            (None, None) => c("ResolvedRefs", true, "ResolvedRefs", ""),
         };
         let conflicted = match self.conflict {
             None => c("Conflicted", false, "NoConflicts", ""),
@@ -141,13 +146,13 @@ fn check<'a>(world: &World, gateway: &Gateway, spec: &'a Listener) -> Checked<'a
     }
     let (kinds, mut unresolved) = route_kinds(spec, refused.is_none());
     let mut certificates = Vec::new();
-    if tls && refused.is_none() && !world.reads_secrets {
-        let message =
-            "skiff does not read certificates from Secrets yet: HTTPS listeners are not served";
-        unresolved = unresolved.or(Some(("InvalidCertificateRef", message.to_string())));
-    } else if tls && refused.is_none() {
+    let mut stale = None;
+    if tls && refused.is_none() {
         match certificate_refs(world, gateway, spec) {
-            Ok(found) => certificates = found,
+            Ok(found) => {
+                certificates = found.certificates;
+                stale = found.stale;
+            }
             Err(problem) => unresolved = unresolved.or(Some(problem)),
         }
     }
@@ -162,6 +167,7 @@ fn check<'a>(world: &World, gateway: &Gateway, spec: &'a Listener) -> Checked<'a
         unresolved,
         conflict: None,
         certificates,
+        stale,
         attached: 0,
     }
 }
@@ -216,7 +222,7 @@ fn certificate_refs(
     world: &World,
     gateway: &Gateway,
     spec: &Listener,
-) -> Result<Vec<Certificate>, (&'static str, String)> {
+) -> Result<Found, (&'static str, String)> {
     let refs = spec
         .tls
         .as_ref()
@@ -228,7 +234,7 @@ fn certificate_refs(
             "an HTTPS listener needs a certificate".into(),
         ));
     }
-    let mut found = Vec::new();
+    let mut found = Found::default();
     for r in refs {
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
@@ -275,15 +281,39 @@ fn certificate_refs(
                     ),
                 ))
             }
-            Some(_) => found.push(Certificate {
-                listener: spec.name.clone(),
-                hostname: spec.hostname.clone(),
-                namespace,
-                secret: r.name.clone(),
-            }),
+            Some(s) => {
+                if let Some(problem) = &s.problem {
+                    let served = match s.pem {
+                        Some(_) => "its last valid certificate is served",
+                        None => "the listener is not served",
+                    };
+                    found.stale = Some(format!("Secret {name}: {problem}; {served}"));
+                }
+                // Without PEM there is nothing to serve: the
+                // certificate never loaded.
+                let Some(pem) = s.pem.clone() else {
+                    let why = found.stale.take().unwrap_or_default();
+                    return Err(("InvalidCertificateRef", why));
+                };
+                found.certificates.push(Certificate {
+                    listener: spec.name.clone(),
+                    hostname: spec.hostname.clone(),
+                    namespace,
+                    secret: r.name.clone(),
+                    pem,
+                });
+            }
         }
     }
     Ok(found)
+}
+
+/// A listener's certificates, and why one is not the Secret's current
+/// content (a Secret edited into one that does not load).
+#[derive(Debug, Default)]
+struct Found {
+    certificates: Vec<Certificate>,
+    stale: Option<String>,
 }
 
 /// Listeners on one port must agree on the protocol (else

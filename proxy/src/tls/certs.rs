@@ -42,13 +42,18 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// The certificates of a PEM file, in order (leaf first for a chain).
 pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    certs_from_pem(&read(path)?, path)
+}
+
+/// The certificates of PEM text read from `origin` (a file, or a Secret's
+/// `tls.crt`).
+fn certs_from_pem(pem: &[u8], origin: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::new(path, format!("not a valid PEM certificate file: {e}")))?;
+        .map_err(|e| TlsError::new(origin, format!("not a valid PEM certificate file: {e}")))?;
     if certs.is_empty() {
         return Err(TlsError::new(
-            path,
+            origin,
             "no certificate in it (expected a -----BEGIN CERTIFICATE----- block)",
         ));
     }
@@ -57,10 +62,13 @@ pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+    key_from_pem(&read(path)?, path)
+}
+
+fn key_from_pem(pem: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         TlsError::new(
-            path,
+            origin,
             format!(
                 "no usable private key in it (expected a PKCS#8, PKCS#1 or SEC1 PEM block): {e}"
             ),
@@ -72,6 +80,30 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
 pub(crate) fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = load_certs(cert)?;
     let der = load_key(key)?;
+    pair(chain, der, (cert, key))
+}
+
+/// A certificate chain with its key from PEM text (a Secret's `tls.crt`
+/// and `tls.key`); errors name `source` and the key.
+pub(crate) fn pair_from_pem(
+    cert: &[u8],
+    key: &[u8],
+    source: &str,
+) -> Result<CertifiedKey, TlsError> {
+    let (cert_origin, key_origin) = (
+        PathBuf::from(format!("{source} tls.crt")),
+        PathBuf::from(format!("{source} tls.key")),
+    );
+    let chain = certs_from_pem(cert, &cert_origin)?;
+    let der = key_from_pem(key, &key_origin)?;
+    pair(chain, der, (&cert_origin, &key_origin))
+}
+
+fn pair(
+    chain: Vec<CertificateDer<'static>>,
+    der: PrivateKeyDer<'static>,
+    (cert, key): (&Path, &Path),
+) -> Result<CertifiedKey, TlsError> {
     CertifiedKey::from_der(chain, der, &provider()).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => TlsError::new(
             key,

@@ -85,7 +85,9 @@ impl ServerTls {
             ticketer,
             sessions,
         });
-        tokio::spawn(watch(Arc::downgrade(&server)));
+        if !server.settings.files().is_empty() {
+            tokio::spawn(watch(Arc::downgrade(&server)));
+        }
         Ok(server)
     }
 
@@ -206,6 +208,13 @@ fn load_checked(
     expires: &mut Option<i64>,
 ) -> Result<CertifiedKey, TlsError> {
     let pair = certs::load_pair(cert, key)?;
+    check_validity(&pair, &cert.display().to_string(), expires);
+    Ok(pair)
+}
+
+/// Warns when `pair` (from `origin`) is not valid now, and notes when it
+/// expires.
+fn check_validity(pair: &CertifiedKey, origin: &str, expires: &mut Option<i64>) {
     let leaf = pair.end_entity_cert().map(|c| c.as_ref()).unwrap_or(&[]);
     if let Some(validity) = identity::validity(leaf) {
         let now = std::time::SystemTime::now()
@@ -213,13 +222,12 @@ fn load_checked(
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         if now > validity.not_after {
-            tracing::warn!(cert = %cert.display(), "the certificate has expired; clients will refuse it");
+            tracing::warn!(cert = %origin, "the certificate has expired; clients will refuse it");
         } else if now < validity.not_before {
-            tracing::warn!(cert = %cert.display(), "the certificate is not valid yet; clients will refuse it");
+            tracing::warn!(cert = %origin, "the certificate is not valid yet; clients will refuse it");
         }
         *expires = Some(expires.map_or(validity.not_after, |e| e.min(validity.not_after)));
     }
-    Ok(pair)
 }
 
 impl CertSet {
@@ -256,16 +264,31 @@ impl CertSet {
             } else {
                 sni.names.clone()
             };
-            for name in names {
-                // The first certificate listed for a name wins.
-                match name.strip_prefix("*.") {
-                    Some(suffix) => set.wildcard.entry(suffix.to_owned()),
-                    None => set.exact.entry(name),
-                }
-                .or_insert_with(|| key.clone());
+            set.add(names, &key);
+        }
+        for inline in &settings.inline {
+            let key = certs::pair_from_pem(&inline.cert, &inline.key, &inline.source)?;
+            check_validity(&key, &inline.source, &mut set.expires);
+            let key = Arc::new(key);
+            if inline.names.is_empty() {
+                set.default.get_or_insert(key);
+            } else {
+                set.add(inline.names.clone(), &key);
             }
         }
         Ok(set)
+    }
+
+    /// Serves `key` for `names`; the first certificate listed for a name
+    /// wins.
+    fn add(&mut self, names: Vec<String>, key: &Arc<CertifiedKey>) {
+        for name in names {
+            match name.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.entry(suffix.to_owned()),
+                None => self.exact.entry(name),
+            }
+            .or_insert_with(|| key.clone());
+        }
     }
 
     fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
