@@ -1,5 +1,5 @@
 //! Kubernetes' routing objects, read directly (no control plane): the
-//! Gateway API's `GatewayClass`, `Gateway`, `HTTPRoute` and
+//! Gateway API's `GatewayClass`, `Gateway`, `HTTPRoute`, `GRPCRoute` and
 //! `ReferenceGrant`, with the `Service`s, `Namespace`s and `Secret`s they
 //! name, translated into skiff's own route and cluster config
 //! ([`skiff_config`]) and the status the specification asks for.

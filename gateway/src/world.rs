@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::objects::{
-    Gateway, GatewayClass, HttpRoute, Meta, Namespace, ReferenceGrant, Service, GATEWAY_GROUP,
+    Gateway, GatewayClass, GrpcRoute, HttpRoute, Meta, Namespace, ReferenceGrant, Service,
+    GATEWAY_GROUP,
 };
 
 /// `(namespace, name)`.
@@ -90,6 +91,7 @@ pub struct World {
     pub gateway_classes: BTreeMap<String, GatewayClass>,
     pub gateways: BTreeMap<Key, Gateway>,
     pub http_routes: BTreeMap<Key, HttpRoute>,
+    pub grpc_routes: BTreeMap<Key, GrpcRoute>,
     pub reference_grants: BTreeMap<Key, ReferenceGrant>,
     pub services: BTreeMap<Key, Service>,
     pub namespaces: BTreeMap<String, Namespace>,
@@ -111,10 +113,11 @@ impl std::fmt::Display for ObjectError {
 }
 
 /// The kinds [`World::apply`] reads.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "GatewayClass",
     "Gateway",
     "HTTPRoute",
+    "GRPCRoute",
     "ReferenceGrant",
     "Service",
     "Namespace",
@@ -174,6 +177,10 @@ impl World {
                 let route: HttpRoute = read(value, &object)?;
                 self.http_routes.insert(key(&route.metadata), route);
             }
+            "GRPCRoute" => {
+                let route: GrpcRoute = read(value, &object)?;
+                self.grpc_routes.insert(key(&route.metadata), route);
+            }
             "ReferenceGrant" => {
                 let grant: ReferenceGrant = read(value, &object)?;
                 self.reference_grants.insert(key(&grant.metadata), grant);
@@ -204,6 +211,7 @@ impl World {
             "GatewayClass" => drop(self.gateway_classes.remove(name)),
             "Gateway" => drop(self.gateways.remove(&key)),
             "HTTPRoute" => drop(self.http_routes.remove(&key)),
+            "GRPCRoute" => drop(self.grpc_routes.remove(&key)),
             "ReferenceGrant" => drop(self.reference_grants.remove(&key)),
             "Service" => drop(self.services.remove(&key)),
             "Namespace" => drop(self.namespaces.remove(name)),

@@ -351,6 +351,7 @@ fn clear(world: &mut World, kind: &str) {
         "GatewayClass" => world.gateway_classes.clear(),
         "Gateway" => world.gateways.clear(),
         "HTTPRoute" => world.http_routes.clear(),
+        "GRPCRoute" => world.grpc_routes.clear(),
         "ReferenceGrant" => world.reference_grants.clear(),
         "Service" => world.services.clear(),
         "Namespace" => world.namespaces.clear(),

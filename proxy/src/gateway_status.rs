@@ -75,7 +75,8 @@ pub(crate) async fn write(
     }
     // Routes written before that no longer name the Gateway: our entries go.
     let gone: Vec<(&'static str, String, String)> = (written.0.keys())
-        .filter(|k| k.0 == "HTTPRoute" && !wanted.iter().any(|(w, _)| w == *k))
+        .filter(|k| matches!(k.0, "HTTPRoute" | "GRPCRoute"))
+        .filter(|k| !wanted.iter().any(|(w, _)| w == *k))
         .cloned()
         .collect();
     for key in gone {

@@ -834,10 +834,16 @@ pub fn require_python_module(module: &str, package: &str) {
 impl PyPeer {
     /// Starts `script server` and reads the port it prints.
     pub fn server(script: &str) -> PyPeer {
+        PyPeer::server_with(script, &[])
+    }
+
+    /// Starts `script server ARGS...` and reads the port it prints.
+    pub fn server_with(script: &str, args: &[&str]) -> PyPeer {
         use std::io::BufRead;
         let mut child = Command::new("python3")
             .arg(py_script(script))
             .arg("server")
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start python peer");
@@ -863,19 +869,26 @@ impl Drop for PyPeer {
 
 /// Runs `script client ARGS...` to completion; returns (success, output).
 pub async fn py_client(script: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["client"];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = py_run(script, &all).await;
+    let text = format!("{stdout}{stderr}");
+    (ok && text.contains("OK"), text)
+}
+
+/// Runs `script ARGS...` to completion; returns (success, stdout, stderr).
+pub async fn py_run(script: &str, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new("python3")
         .arg(py_script(script))
-        .arg("client")
         .args(args)
         .output()
         .await
         .expect("run python client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success() && text.contains("OK"), text)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Reads a response body to its end, counting bytes without keeping them.

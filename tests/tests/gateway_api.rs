@@ -334,7 +334,12 @@ async fn https_listeners_serve_certificates_from_secrets() {
         })
     };
     let shop_cert = issue(&ca, "shop.example.com");
-    fake.apply_object(tls_secret("shop", "shop-cert", &shop_cert.cert, &shop_cert.key));
+    fake.apply_object(tls_secret(
+        "shop",
+        "shop-cert",
+        &shop_cert.cert,
+        &shop_cert.key,
+    ));
     let org = issue(&ca, "*.example.org");
     fake.apply_object(tls_secret("certs", "org-cert", &org.cert, &org.key));
     fake.apply_object(route(
@@ -348,7 +353,12 @@ async fn https_listeners_serve_certificates_from_secrets() {
     let fetch = |host: &'static str, ca_file: std::path::PathBuf| async move {
         let url = format!("https://{host}:{}/catalog", port443.port());
         let ca = ca_file.display().to_string();
-        curl(host, port443, &["-D", "-", "-o", "/dev/null", "--cacert", &ca, &url]).await
+        curl(
+            host,
+            port443,
+            &["-D", "-", "-o", "/dev/null", "--cacert", &ca, &url],
+        )
+        .await
     };
     wait_for_async("HTTPS for shop.example.com", SOON, || {
         let ca_file = ca_file.clone();
@@ -395,13 +405,22 @@ async fn https_listeners_serve_certificates_from_secrets() {
 
     // Edited into what does not load (the suite's malformed Secret): the
     // rotated certificate stays, and the listener's status says why.
-    fake.apply_object(tls_secret("shop", "shop-cert", "Hello world\n", "Hello world\n"));
-    wait_for_async("InvalidCertificateRef on the shop listener", SOON, || async {
-        listener_condition(&fake, "shop", "ResolvedRefs").is_some_and(|c| {
-            c["reason"] == "InvalidCertificateRef"
-                && c["message"].as_str().unwrap_or("").contains("tls.crt")
-        })
-    })
+    fake.apply_object(tls_secret(
+        "shop",
+        "shop-cert",
+        "Hello world\n",
+        "Hello world\n",
+    ));
+    wait_for_async(
+        "InvalidCertificateRef on the shop listener",
+        SOON,
+        || async {
+            listener_condition(&fake, "shop", "ResolvedRefs").is_some_and(|c| {
+                c["reason"] == "InvalidCertificateRef"
+                    && c["message"].as_str().unwrap_or("").contains("tls.crt")
+            })
+        },
+    )
     .await;
     let programmed = listener_condition(&fake, "shop", "Programmed").unwrap();
     assert_eq!(programmed["status"], "True", "{programmed}");
@@ -415,6 +434,135 @@ async fn https_listeners_serve_certificates_from_secrets() {
         ok > 0 && failed == 0,
         "HTTP beside the changes: {ok} ok, {failed} failed, first: {first:?}"
     );
+}
+
+/// Makes `n` gRPC calls of `method` as `authority` through `address`
+/// with a real client (grpcio): how many each server answered, the
+/// status codes of the failures, and the last reply.
+async fn grpc_calls(
+    address: SocketAddr,
+    authority: &str,
+    method: &str,
+    n: usize,
+    metadata: &[&str],
+) -> Value {
+    let (target, count) = (address.to_string(), n.to_string());
+    let mut args = vec!["calls", &target, authority, method, &count];
+    args.extend_from_slice(metadata);
+    let (ok, stdout, stderr) = skiff_tests::py_run("grpc_echo.py", &args).await;
+    assert!(ok, "grpc client: {stdout}{stderr}");
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// A GRPCRoute served to a real gRPC client (grpcio, h2c with prior
+/// knowledge) by real gRPC servers: service and method matching, a
+/// header match with a header modifier, a 70/30 split, an unresolvable
+/// backend answered `UNAVAILABLE` and an unrouted call `UNIMPLEMENTED`
+/// (the statuses GRPCRoute asks for), over backends that speak HTTP/2
+/// although their Service port declares no `appProtocol`.
+#[tokio::test]
+async fn grpc_routes_serve_a_real_grpc_client() {
+    skiff_tests::require_python_module("grpc", "grpcio");
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    let servers = [
+        skiff_tests::PyPeer::server_with("grpc_echo.py", &["127.0.0.1:0", "grpc-v1"]),
+        skiff_tests::PyPeer::server_with("grpc_echo.py", &["127.0.0.1:0", "grpc-v2"]),
+    ];
+    for (name, server) in ["grpc-v1", "grpc-v2"].iter().zip(&servers) {
+        fake.apply_object(json!({
+            "kind": "Service", "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "ports": [{ "name": "grpc", "port": 9000, "targetPort": server.port }] }
+        }));
+        fake.apply(
+            "shop",
+            endpoint_slice(
+                &format!("{name}-1"),
+                name,
+                &[("grpc", server.port)],
+                &[ready_pod("127.0.0.1")],
+            ),
+        );
+    }
+    let backend = |name: &str, weight: u32| json!({ "name": name, "port": 9000, "weight": weight });
+    fake.apply_object(json!({
+        "kind": "GRPCRoute",
+        "metadata": { "name": "shop-grpc", "namespace": "shop", "generation": 3 },
+        "spec": {
+            "parentRefs": [{ "name": "web" }],
+            "hostnames": ["grpc.example.com"],
+            "rules": [
+                { "matches": [{ "method": { "service": "shop.Catalog", "method": "List" } }],
+                  "backendRefs": [backend("grpc-v1", 1)] },
+                { "matches": [{ "method": { "service": "shop.Catalog" }, "headers": [{ "name": "x-version", "value": "two" }] }],
+                  "filters": [{ "type": "RequestHeaderModifier", "requestHeaderModifier": { "add": [{ "name": "x-routed", "value": "by-header" }] } }],
+                  "backendRefs": [backend("grpc-v2", 1)] },
+                { "matches": [{ "method": { "service": "shop.Split" } }],
+                  "backendRefs": [backend("grpc-v1", 70), backend("grpc-v2", 30)] },
+                { "matches": [{ "method": { "type": "RegularExpression", "service": "shop\\.Broken.*" } }],
+                  "backendRefs": [backend("no-such-service", 1)] }
+            ]
+        }
+    }));
+    let gw = start(&fake, "gateway-api-grpc").await;
+    let host = "grpc.example.com";
+    wait_for_async("the GRPCRoute", SOON, || async {
+        let r = grpc_calls(gw.port80, host, "/shop.Catalog/List", 1, &[]).await;
+        r["servers"]["grpc-v1"] == 1
+    })
+    .await;
+
+    let r = grpc_calls(gw.port80, host, "/shop.Catalog/List", 5, &["x-version=two"]).await;
+    assert_eq!(r["servers"]["grpc-v1"], 5, "the exact method wins: {r}");
+    let r = grpc_calls(gw.port80, host, "/shop.Catalog/Get", 5, &["x-version=two"]).await;
+    assert_eq!(r["servers"]["grpc-v2"], 5, "{r}");
+    assert_eq!(r["last"]["metadata"]["x-routed"], "by-header", "{r}");
+    assert_eq!(r["last"]["method"], "/shop.Catalog/Get", "{r}");
+    let r = grpc_calls(gw.port80, host, "/shop.Catalog/Get", 1, &[]).await;
+    assert_eq!(
+        r["codes"]["UNIMPLEMENTED"], 1,
+        "no rule matches without the header: {r}"
+    );
+
+    // 1,000 calls split 70/30: 300 expected for v2, σ ≈ 14.5; 5σ bound.
+    let r = grpc_calls(gw.port80, host, "/shop.Split/Any", 1000, &[]).await;
+    let to_v2 = r["servers"]["grpc-v2"].as_u64().unwrap_or(0);
+    let to_v1 = r["servers"]["grpc-v1"].as_u64().unwrap_or(0);
+    assert_eq!(to_v1 + to_v2, 1000, "every call answered: {r}");
+    assert!((228..=372).contains(&to_v2), "v2 took {to_v2} of 1000: {r}");
+
+    let r = grpc_calls(gw.port80, host, "/shop.BrokenService/Call", 2, &[]).await;
+    assert_eq!(r["codes"]["UNAVAILABLE"], 2, "an unresolvable backend: {r}");
+    let r = grpc_calls(gw.port80, "other.example.com", "/shop.Catalog/List", 1, &[]).await;
+    assert_eq!(
+        r["codes"]["UNIMPLEMENTED"], 1,
+        "another host has no route: {r}"
+    );
+
+    // Status: accepted, with the unresolvable reference named.
+    wait_for_async("the GRPCRoute's status", SOON, || async {
+        let object = fake.object("GRPCRoute", "shop", "shop-grpc");
+        let parents = object
+            .as_ref()
+            .and_then(|o| o["status"]["parents"].as_array().cloned());
+        parents.unwrap_or_default().iter().any(|p| {
+            let conditions = p["conditions"].as_array().cloned().unwrap_or_default();
+            let has = |kind: &str, status: &str, reason: &str| {
+                conditions.iter().any(|c| {
+                    c["type"] == kind
+                        && c["status"] == status
+                        && c["reason"] == reason
+                        && c["observedGeneration"] == 3
+                })
+            };
+            has("Accepted", "True", "Accepted") && has("ResolvedRefs", "False", "BackendNotFound")
+        })
+    })
+    .await;
 }
 
 /// A Gateway skiff does not serve (another controller's class) binds

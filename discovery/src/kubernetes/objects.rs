@@ -51,7 +51,7 @@ impl Kind {
 }
 
 /// What the gateway role follows.
-pub const GATEWAY_KINDS: [Kind; 7] = [
+pub const GATEWAY_KINDS: [Kind; 8] = [
     Kind {
         group: "gateway.networking.k8s.io",
         version: "v1",
@@ -71,6 +71,13 @@ pub const GATEWAY_KINDS: [Kind; 7] = [
         version: "v1",
         kind: "HTTPRoute",
         plural: "httproutes",
+        fields: None,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "GRPCRoute",
+        plural: "grpcroutes",
         fields: None,
     },
     Kind {

@@ -26,15 +26,19 @@ pub(super) struct Reference<'a> {
 
 /// Resolves `reference` made by the `route_kind` `route`; the cluster it
 /// names is added to `new` unless `known` has it, and its name returned.
+/// With `h2` (a GRPCRoute's backends) the cluster speaks HTTP/2 whatever
+/// the port's `appProtocol`; one that does not say `kubernetes.io/h2c`
+/// is a cluster of its own, `NS/NAME:PORT/h2c`, beside the HTTP/1.1 one
+/// an HTTPRoute would use.
 pub(super) fn resolve(
     world: &World,
-    route_kind: &str,
-    route: &Meta,
+    (route_kind, route): (&str, &Meta),
     reference: &Reference<'_>,
     (known, new): (
         &BTreeMap<String, ClusterConfig>,
         &mut BTreeMap<String, ClusterConfig>,
     ),
+    h2: bool,
 ) -> Result<String, Unresolved> {
     let group = reference.group.unwrap_or("");
     let kind = reference.kind.unwrap_or("Service");
@@ -90,9 +94,14 @@ pub(super) fn resolve(
                 format!("Service {name} port {port} wants WebSocket over TLS, which skiff does not originate"),
             ))
         }
+        _ if h2 => UpstreamProtocol::Http2,
         _ => UpstreamProtocol::Http1,
     };
-    let cluster = format!("{name}:{port}");
+    let declared_h2 = spec.app_protocol.as_deref() == Some("kubernetes.io/h2c");
+    let cluster = match h2 && !declared_h2 {
+        true => format!("{name}:{port}/h2c"),
+        false => format!("{name}:{port}"),
+    };
     if known.contains_key(&cluster) {
         return Ok(cluster);
     }

@@ -12,8 +12,9 @@ use crate::objects::{Gateway, Listener, RouteGroupKind, GATEWAY_GROUP};
 use crate::status::{Condition, ListenerStatus};
 use crate::world::{Pem, World};
 
-/// The route kinds an HTTP or HTTPS listener takes.
-const ROUTE_KINDS: [&str; 1] = ["HTTPRoute"];
+/// The route kinds an HTTP or HTTPS listener takes (gRPC arrives as h2c
+/// with prior knowledge, or as HTTP/2 by ALPN).
+const ROUTE_KINDS: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
 
 /// A certificate an HTTPS listener serves: the Secret's name and PEM,
 /// and the listener hostname it is for (none: the default).

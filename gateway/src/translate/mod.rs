@@ -1,5 +1,5 @@
 //! One Gateway, translated: its listeners into ports that skiff binds,
-//! the HTTPRoutes attached to them into route config in the
+//! the HTTPRoutes and GRPCRoutes attached to them into route config in the
 //! specification's precedence, their backends into clusters, and the
 //! status of the GatewayClass, the Gateway, its listeners and each route.
 //!
@@ -11,6 +11,7 @@
 //! match, sorted across every route on the port.
 
 mod backend;
+mod grpc;
 mod listener;
 mod route;
 
@@ -115,15 +116,17 @@ pub fn translate(world: &World, (namespace, name): (&str, &str), controller: &st
     }
 }
 
-/// Routes oldest first, then by `namespace/name`: the order ties in
-/// precedence are broken by.
-fn sorted_routes(world: &World) -> Vec<&crate::objects::HttpRoute> {
-    let mut routes: Vec<_> = world.http_routes.values().collect();
+/// Routes of both kinds oldest first, then by `namespace/name`: the
+/// order ties in precedence are broken by.
+fn sorted_routes(world: &World) -> Vec<route::AnyRoute<'_>> {
+    let http = world.http_routes.values().map(route::AnyRoute::Http);
+    let grpc = world.grpc_routes.values().map(route::AnyRoute::Grpc);
+    let mut routes: Vec<_> = http.chain(grpc).collect();
     // Missing timestamps sort last.
     routes.sort_by_key(|r| {
-        let m = &r.metadata;
+        let m = r.meta();
         let created = m.creation_timestamp.as_deref();
-        (created.is_none(), created, &m.namespace, &m.name)
+        (created.is_none(), created, &m.namespace, &m.name, r.kind())
     });
     routes
 }

@@ -1,5 +1,6 @@
-//! One HTTPRoute on one Gateway: which listeners take it (its status
-//! says why not), and its rules as route config, one entry per match.
+//! One HTTPRoute or GRPCRoute on one Gateway: which listeners take it
+//! (its status says why not), and its rules as route config, one entry
+//! per match (a GRPCRoute's rules are made in `grpc.rs`).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -15,8 +16,8 @@ use super::backend::{self, Reference, Unresolved};
 use super::listener::{host_matches, Checked};
 use super::names_gateway;
 use crate::objects::{
-    Gateway, HeaderModifier, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
-    PathModifier,
+    BackendRef, Gateway, GrpcRoute, HeaderModifier, HttpRoute, HttpRouteFilter, HttpRouteMatch,
+    HttpRouteRule, Meta, ParentRef, PathModifier,
 };
 use crate::status::{Condition, RouteParentStatus, RouteStatus};
 use crate::world::World;
@@ -33,27 +34,74 @@ pub(crate) struct Entry {
 /// specific first: an exact path, then a regular expression (skiff's
 /// choice where the specification leaves it open), then the longest
 /// prefix; a method; more headers; more query parameters; the older
-/// route; its `namespace/name`; rule order; match order.
+/// route; its `namespace/name`; rule order; match order. A GRPCRoute's
+/// matches rank by the characters of their service, then of their
+/// method, then headers (its paths and methods are all alike here).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Key {
-    path_rank: u8,
-    prefix: Reverse<usize>,
-    no_method: bool,
-    headers: Reverse<usize>,
-    query: Reverse<usize>,
+    pub(super) path_rank: u8,
+    pub(super) prefix: Reverse<usize>,
+    pub(super) no_method: bool,
+    pub(super) grpc_service: Reverse<usize>,
+    pub(super) grpc_method: Reverse<usize>,
+    pub(super) headers: Reverse<usize>,
+    pub(super) query: Reverse<usize>,
     /// The route's place among routes, oldest first, then by
     /// `namespace/name`.
-    route: usize,
-    rule: usize,
-    matched: usize,
+    pub(super) route: usize,
+    pub(super) rule: usize,
+    pub(super) matched: usize,
 }
 
 /// A rule that cannot be served: the `Accepted` reason and why.
-type Invalid = (&'static str, String);
+pub(super) type Invalid = (&'static str, String);
 
 /// What a rule becomes: an entry per match (before hostnames), or why
 /// it cannot be served.
-type Rule = Result<Vec<(Key, RouteConfig)>, Invalid>;
+pub(super) type Rule = Result<Vec<(Key, RouteConfig)>, Invalid>;
+
+/// A route of either kind, as attaching it to listeners sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AnyRoute<'a> {
+    Http(&'a HttpRoute),
+    Grpc(&'a GrpcRoute),
+}
+
+impl<'a> AnyRoute<'a> {
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            AnyRoute::Http(_) => "HTTPRoute",
+            AnyRoute::Grpc(_) => "GRPCRoute",
+        }
+    }
+
+    pub(crate) fn meta(self) -> &'a Meta {
+        match self {
+            AnyRoute::Http(r) => &r.metadata,
+            AnyRoute::Grpc(r) => &r.metadata,
+        }
+    }
+
+    fn parent_refs(self) -> &'a [ParentRef] {
+        match self {
+            AnyRoute::Http(r) => &r.spec.parent_refs,
+            AnyRoute::Grpc(r) => &r.spec.parent_refs,
+        }
+    }
+
+    fn hostnames(self) -> &'a [String] {
+        match self {
+            AnyRoute::Http(r) => &r.spec.hostnames,
+            AnyRoute::Grpc(r) => &r.spec.hostnames,
+        }
+    }
+}
+
+/// The clusters known before this route, and those it adds.
+pub(super) type Clusters<'c> = (
+    &'c BTreeMap<String, ClusterConfig>,
+    &'c mut BTreeMap<String, ClusterConfig>,
+);
 
 /// Attaches `route` to the listeners of `gateway` its parent references
 /// select, adding entries and clusters; its status for this controller,
@@ -61,14 +109,14 @@ type Rule = Result<Vec<(Key, RouteConfig)>, Invalid>;
 pub(super) fn attach(
     world: &World,
     gateway: &Gateway,
-    (rank, route): (usize, &HttpRoute),
+    (rank, route): (usize, AnyRoute<'_>),
     controller: &str,
     listeners: &mut [Checked<'_>],
     entries: &mut Vec<Entry>,
     clusters: &mut BTreeMap<String, ClusterConfig>,
 ) -> Option<RouteStatus> {
-    let meta = &route.metadata;
-    let parents: Vec<_> = (route.spec.parent_refs.iter())
+    let meta = route.meta();
+    let parents: Vec<_> = (route.parent_refs().iter())
         .filter(|p| names_gateway(p, &meta.namespace, gateway))
         .collect();
     if parents.is_empty() {
@@ -76,12 +124,20 @@ pub(super) fn attach(
     }
     let mut unresolved = Vec::new();
     let mut route_clusters = BTreeMap::new();
-    let rules: Vec<Rule> = (route.spec.rules.iter().enumerate())
-        .map(|(i, rule)| {
-            let clusters = (&*clusters, &mut route_clusters);
-            translate_rule(world, (rank, route), i, rule, clusters, &mut unresolved)
-        })
-        .collect();
+    let rules: Vec<Rule> = match route {
+        AnyRoute::Http(http) => (http.spec.rules.iter().enumerate())
+            .map(|(i, rule)| {
+                let clusters = (&*clusters, &mut route_clusters);
+                translate_rule(world, (rank, http), i, rule, clusters, &mut unresolved)
+            })
+            .collect(),
+        AnyRoute::Grpc(grpc) => (grpc.spec.rules.iter().enumerate())
+            .map(|(i, rule)| {
+                let clusters = (&*clusters, &mut route_clusters);
+                super::grpc::translate_rule(world, (rank, grpc), i, rule, clusters, &mut unresolved)
+            })
+            .collect(),
+    };
     let generation = meta.generation;
     let resolved = match unresolved.first() {
         None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "", generation),
@@ -92,8 +148,7 @@ pub(super) fn attach(
     };
     let valid = rules.iter().filter(|r| r.is_ok()).count();
     let hostnames: Vec<HostPattern> = route
-        .spec
-        .hostnames
+        .hostnames()
         .iter()
         .map(|h| HostPattern::parse(h))
         .collect();
@@ -159,7 +214,7 @@ pub(super) fn attach(
         });
     }
     Some(RouteStatus {
-        kind: "HTTPRoute",
+        kind: route.kind(),
         namespace: meta.namespace.clone(),
         name: meta.name.clone(),
         parents: statuses,
@@ -170,7 +225,7 @@ pub(super) fn attach(
 /// hostnames it serves there (empty: any), or why none does.
 fn select(
     world: &World,
-    route: &HttpRoute,
+    route: AnyRoute<'_>,
     parent: &crate::objects::ParentRef,
     listeners: &[Checked<'_>],
     hostnames: &[HostPattern],
@@ -188,15 +243,16 @@ fn select(
             "no listener has this sectionName and port".into(),
         ));
     }
-    let namespace = &route.metadata.namespace;
+    let namespace = &route.meta().namespace;
+    let kind = route.kind();
     let allowed: Vec<usize> = candidates
         .into_iter()
-        .filter(|&i| allows(world, &listeners[i], namespace))
+        .filter(|&i| allows(world, &listeners[i], kind, namespace))
         .collect();
     if allowed.is_empty() {
         return Err((
             "NotAllowedByListeners",
-            format!("no listener allows HTTPRoutes from namespace {namespace}"),
+            format!("no listener allows {kind}s from namespace {namespace}"),
         ));
     }
     let attached: Vec<(usize, Vec<HostPattern>)> = allowed
@@ -223,9 +279,9 @@ fn select(
     Ok(attached)
 }
 
-/// Whether a listener takes HTTPRoutes from `namespace`.
-fn allows(world: &World, listener: &Checked<'_>, namespace: &str) -> bool {
-    let kind_ok = listener.kinds.iter().any(|k| k.kind == "HTTPRoute");
+/// Whether a listener takes routes of `kind` from `namespace`.
+fn allows(world: &World, listener: &Checked<'_>, kind: &str, namespace: &str) -> bool {
+    let kind_ok = listener.kinds.iter().any(|k| k.kind == kind);
     let gateway_namespace = listener.gateway_namespace.as_str();
     let from = listener
         .spec
@@ -247,7 +303,7 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-fn unsupported(message: impl Into<String>) -> Invalid {
+pub(super) fn unsupported(message: impl Into<String>) -> Invalid {
     ("UnsupportedValue", message.into())
 }
 
@@ -279,36 +335,14 @@ fn translate_rule(
             rules.timeout = (!d.is_zero()).then_some(d);
         }
     }
-    let mut backends = Vec::new();
-    for r in &rule.backend_refs {
-        let reference = Reference {
-            group: r.group.as_deref(),
-            kind: r.kind.as_deref(),
-            name: &r.name,
-            namespace: r.namespace.as_deref(),
-            port: r.port,
-        };
-        let clusters = (known, &mut *new);
-        let cluster = match backend::resolve(world, "HTTPRoute", meta, &reference, clusters) {
-            Ok(c) => Some(c),
-            Err(problem) => {
-                unresolved.push(problem);
-                None
-            }
-        };
-        let mut edits = RouteRules::default();
-        let mut none = None;
-        filters(&r.filters, &mut edits, &mut none)?;
-        if none.is_some() || edits.rewrite.is_some() {
-            return Err(unsupported("a backend's filters can only edit headers"));
-        }
-        backends.push(Backend {
-            cluster,
-            weight: r.weight.unwrap_or(1),
-            request_headers: edits.request_headers,
-            response_headers: edits.response_headers,
-        });
-    }
+    let route_of = (AnyRoute::Http(route), false);
+    let backends = backends(
+        world,
+        route_of,
+        &rule.backend_refs,
+        (known, new),
+        unresolved,
+    )?;
     let action = match redirect {
         Some(_) if !backends.is_empty() => {
             return Err((
@@ -357,6 +391,8 @@ fn translate_rule(
             path_rank,
             prefix: Reverse(prefix),
             no_method: method.is_none(),
+            grpc_service: Reverse(0),
+            grpc_method: Reverse(0),
             headers: Reverse(headers.len()),
             query: Reverse(query.len()),
             route: rank,
@@ -379,6 +415,51 @@ fn translate_rule(
         ));
     }
     Ok(out)
+}
+
+/// A rule's backends: each reference resolved to a cluster (speaking
+/// HTTP/2 whatever the Service port says when `h2`: gRPC's), or none
+/// with the reason in `unresolved`; a backend's filters may edit
+/// headers only.
+pub(super) fn backends(
+    world: &World,
+    (route, h2): (AnyRoute<'_>, bool),
+    refs: &[BackendRef],
+    (known, new): Clusters<'_>,
+    unresolved: &mut Vec<Unresolved>,
+) -> Result<Vec<Backend>, Invalid> {
+    let mut backends = Vec::new();
+    for r in refs {
+        let reference = Reference {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+            port: r.port,
+        };
+        let clusters = (known, &mut *new);
+        let from = (route.kind(), route.meta());
+        let cluster = match backend::resolve(world, from, &reference, clusters, h2) {
+            Ok(c) => Some(c),
+            Err(problem) => {
+                unresolved.push(problem);
+                None
+            }
+        };
+        let mut edits = RouteRules::default();
+        let mut none = None;
+        filters(&r.filters, &mut edits, &mut none)?;
+        if none.is_some() || edits.rewrite.is_some() {
+            return Err(unsupported("a backend's filters can only edit headers"));
+        }
+        backends.push(Backend {
+            cluster,
+            weight: r.weight.unwrap_or(1),
+            request_headers: edits.request_headers,
+            response_headers: edits.response_headers,
+        });
+    }
+    Ok(backends)
 }
 
 /// A match's path: the condition, its precedence rank, and its length.
@@ -409,7 +490,9 @@ fn path_match(spec: &HttpRouteMatch) -> Result<(PathMatch, u8, usize), Invalid> 
 
 /// Header matches; only the first of several for one name counts, as
 /// the specification says.
-fn header_matches(specs: &[crate::objects::ValueMatch]) -> Result<Vec<HeaderMatch>, Invalid> {
+pub(super) fn header_matches(
+    specs: &[crate::objects::ValueMatch],
+) -> Result<Vec<HeaderMatch>, Invalid> {
     let mut out: Vec<HeaderMatch> = Vec::new();
     for spec in specs {
         let name = spec.name.to_ascii_lowercase();
@@ -463,7 +546,7 @@ fn value_match(spec: &crate::objects::ValueMatch) -> Result<ValueMatch, Invalid>
 
 /// Applies `filters` to a rule's (or a backend's) rules; a redirect is
 /// put in `redirect`.
-fn filters(
+pub(super) fn filters(
     filters: &[HttpRouteFilter],
     rules: &mut RouteRules,
     redirect: &mut Option<Redirect>,

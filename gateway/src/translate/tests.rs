@@ -581,7 +581,10 @@ data: { tls.crt: T1JHLUNFUlQ=, tls.key: T1JHLUtFWQ== }
         .iter()
         .map(|c| (c.secret.as_str(), c.hostname.as_deref(), &*c.pem.cert))
         .collect();
-    assert_eq!(served, [("shop-cert", Some("shop.example.com"), &b"SHOP-CERT"[..])]);
+    assert_eq!(
+        served,
+        [("shop-cert", Some("shop.example.com"), &b"SHOP-CERT"[..])]
+    );
 
     let grant = "
 ---
@@ -595,7 +598,11 @@ spec:
     let t = gateway(&w, "tls");
     assert!(listener_condition(&t, "other", "ResolvedRefs").is_true());
     let https = t.ports.iter().find(|p| p.port == 443).unwrap();
-    let org = https.certificates.iter().find(|c| c.secret == "org-cert").unwrap();
+    let org = https
+        .certificates
+        .iter()
+        .find(|c| c.secret == "org-cert")
+        .unwrap();
     assert_eq!(
         (&*org.pem.cert, &*org.pem.key, org.hostname.as_deref()),
         (&b"ORG-CERT"[..], &b"ORG-KEY"[..], Some("*.example.org")),
@@ -614,7 +621,10 @@ spec:
     let t = gateway(&w, "tls");
     let resolved = listener_condition(&t, "own", "ResolvedRefs");
     assert_eq!(resolved.reason, "InvalidCertificateRef");
-    assert!(resolved.message.contains("tls.crt: not a valid PEM"), "{resolved:?}");
+    assert!(
+        resolved.message.contains("tls.crt: not a valid PEM"),
+        "{resolved:?}"
+    );
     assert_eq!(listener_condition(&t, "own", "Programmed").status, "False");
     let https = t.ports.iter().find(|p| p.port == 443).unwrap();
     assert!(https.certificates.iter().all(|c| c.secret != "shop-cert"));
@@ -624,7 +634,9 @@ spec:
     let resolved = listener_condition(&t, "own", "ResolvedRefs");
     assert_eq!(resolved.reason, "InvalidCertificateRef");
     assert!(
-        resolved.message.contains("last valid certificate is served"),
+        resolved
+            .message
+            .contains("last valid certificate is served"),
         "{resolved:?}"
     );
     assert!(listener_condition(&t, "own", "Programmed").is_true());
@@ -799,4 +811,198 @@ fn unreadable_objects_are_refused_by_name() {
         .apply(serde_json::json!({ "kind": "Gateway", "metadata": {} }))
         .unwrap_err();
     assert!(err.reason.contains("metadata.name"));
+}
+
+/// GRPCRouteExactMethodMatching, GRPCRouteHeaderMatching: service and
+/// method become the request path, headers match as an HTTPRoute's do,
+/// and precedence goes by service, then method, then headers. Backends
+/// speak HTTP/2 whatever the Service port declares.
+#[test]
+fn grpc_routes_match_service_method_and_headers() {
+    let w = world(
+        "
+kind: GRPCRoute
+metadata: { name: exact, namespace: infra, generation: 4 }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - matches: [{ method: { service: echo.Echo, method: Echo } }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+    - matches: [{ method: { service: echo.Echo, method: EchoTwo } }]
+      backendRefs: [{ name: backend-v2, port: 8080 }]
+    - matches: [{ method: { service: echo.Echo } }]
+      backendRefs: [{ name: web, namespace: apps, port: 80 }]
+    - matches: [{ method: { method: Health } }]
+      backendRefs: [{ name: backend-v2, port: 8080 }]
+    - matches: [{ method: { type: RegularExpression, service: \"shop\\\\.v[0-9]+\\\\.Catalog\" } }]
+      backendRefs: [{ name: backend-v2, port: 8080 }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    let accepted = route_condition(&t, "exact", "Accepted");
+    assert!(accepted.is_true(), "{accepted:?}");
+    assert_eq!(
+        t.routes.iter().find(|r| r.name == "exact").unwrap().kind,
+        "GRPCRoute"
+    );
+    let gw = t.gateway.as_ref().unwrap();
+    let kinds: Vec<&str> = gw.listeners[0]
+        .supported_kinds
+        .iter()
+        .map(|k| k.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["HTTPRoute", "GRPCRoute"]);
+    assert_eq!(gw.listeners[0].attached_routes, 1);
+    let to = |host: &str, path: &str, headers: &[(&str, &str)]| {
+        route_to(&t, 80, host, path, headers).unwrap_or_default()
+    };
+    let h = "any.host";
+    assert_eq!(to(h, "/echo.Echo/Echo", &[]), "infra/backend-v1:8080/h2c");
+    assert_eq!(to(h, "/echo.Echo/EchoTwo", &[]), "infra/backend-v2:8080");
+    assert_eq!(
+        to(h, "/echo.Echo/EchoThree", &[]),
+        "500",
+        "the service's rule, whose Service in another namespace has no ReferenceGrant"
+    );
+    let resolved = route_condition(&t, "exact", "ResolvedRefs");
+    assert_eq!(resolved.reason, "RefNotPermitted", "{resolved:?}");
+    assert!(
+        resolved.message.contains("GRPCRoutes of infra"),
+        "{resolved:?}"
+    );
+    let t = gateway(
+        &world(&format!(
+            "{}\n---\nkind: ReferenceGrant\nmetadata: {{ name: g, namespace: apps }}\nspec:\n  from: [{{ group: gateway.networking.k8s.io, kind: GRPCRoute, namespace: infra }}]\n  to: [{{ group: \"\", kind: Service }}]\n",
+            "kind: GRPCRoute\nmetadata: { name: svc, namespace: infra }\nspec:\n  parentRefs: [{ name: same-namespace }]\n  rules:\n    - matches: [{ method: { service: echo.Echo } }]\n      backendRefs: [{ name: web, namespace: apps, port: 80 }]\n    - matches: [{ method: { method: Health } }]\n      backendRefs: [{ name: backend-v2, port: 8080 }]\n    - matches: [{ method: { type: RegularExpression, service: \"shop\\\\.v[0-9]+\\\\.Catalog\" } }]\n      backendRefs: [{ name: backend-v1, port: 8080 }]\n"
+        )),
+        "same-namespace",
+    );
+    let to = |path: &str| route_to(&t, 80, "h", path, &[]).unwrap_or_default();
+    assert_eq!(
+        to("/echo.Echo/Anything"),
+        "apps/web:80/h2c",
+        "a service alone is a prefix"
+    );
+    assert_eq!(to("/echo.Echox/Anything"), "", "of whole service names");
+    assert_eq!(
+        to("/other.Svc/Health"),
+        "infra/backend-v2:8080",
+        "a method alone, any service"
+    );
+    assert_eq!(to("/shop.v2.Catalog/List"), "infra/backend-v1:8080/h2c");
+    assert_eq!(to("/shop.vx.Catalog/List"), "");
+
+    // The suite's header cases: the most headers win, in any rule order.
+    let w = world(
+        "
+kind: GRPCRoute
+metadata: { name: headers, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  hostnames: [grpc.example.com]
+  rules:
+    - matches: [{ headers: [{ name: version, value: one }] }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+    - matches: [{ headers: [{ name: version, value: two }] }]
+      backendRefs: [{ name: backend-v2, port: 8080 }]
+    - matches: [{ headers: [{ name: version, value: two }, { name: color, value: orange }] }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+    - matches: [{ headers: [{ name: color, value: blue }] }, { headers: [{ name: color, value: green }] }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    let to = |headers: &[(&str, &str)]| {
+        route_to(&t, 80, "grpc.example.com", "/echo.Echo/Echo", headers).unwrap_or_default()
+    };
+    assert_eq!(to(&[("version", "one")]), "infra/backend-v1:8080/h2c");
+    assert_eq!(to(&[("version", "two")]), "infra/backend-v2:8080");
+    assert_eq!(
+        to(&[("version", "two"), ("color", "orange")]),
+        "infra/backend-v1:8080/h2c"
+    );
+    assert_eq!(to(&[("color", "green")]), "infra/backend-v1:8080/h2c");
+    assert_eq!(to(&[("color", "red")]), "");
+    assert_eq!(
+        route_to(
+            &t,
+            80,
+            "other.example.com",
+            "/echo.Echo/Echo",
+            &[("version", "one")]
+        ),
+        None,
+        "hostnames apply as an HTTPRoute's"
+    );
+    let clusters: Vec<(&str, skiff_config::cluster::UpstreamProtocol)> = t
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.protocol))
+        .collect();
+    assert!(
+        clusters.contains(&(
+            "infra/backend-v1:8080/h2c",
+            skiff_config::cluster::UpstreamProtocol::Http2
+        )),
+        "{clusters:?}"
+    );
+}
+
+/// What a GRPCRoute cannot carry is refused in its status: filters of
+/// HTTPRoute only, invalid names, an empty method match; a listener that
+/// allows only HTTPRoutes does not take it.
+#[test]
+fn grpc_routes_refuse_what_they_cannot_carry() {
+    let w = world(
+        "
+kind: GRPCRoute
+metadata: { name: redirect, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ filters: [{ type: RequestRedirect, requestRedirect: { statusCode: 301 } }], backendRefs: [{ name: backend-v1, port: 8080 }] }]
+---
+kind: GRPCRoute
+metadata: { name: bad-name, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ matches: [{ method: { service: \"echo/Echo\" } }], backendRefs: [{ name: backend-v1, port: 8080 }] }]
+---
+kind: GRPCRoute
+metadata: { name: empty, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ matches: [{ method: { type: Exact } }], backendRefs: [{ name: backend-v1, port: 8080 }] }]
+---
+kind: Gateway
+metadata: { name: http-only, namespace: infra }
+spec:
+  gatewayClassName: skiff
+  listeners:
+    - { name: http, port: 80, protocol: HTTP, allowedRoutes: { kinds: [{ kind: HTTPRoute }] } }
+---
+kind: GRPCRoute
+metadata: { name: elsewhere, namespace: infra }
+spec:
+  parentRefs: [{ name: http-only }]
+  rules: [{ backendRefs: [{ name: backend-v1, port: 8080 }] }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    for (route, says) in [
+        ("redirect", "RequestRedirect"),
+        ("bad-name", "not a gRPC service name"),
+        ("empty", "needs a service, a method or both"),
+    ] {
+        let accepted = route_condition(&t, route, "Accepted");
+        assert_eq!(
+            (accepted.status, accepted.reason),
+            ("False", "UnsupportedValue")
+        );
+        assert!(accepted.message.contains(says), "{route}: {accepted:?}");
+    }
+    assert!(t.ports[0].routes.is_empty());
+    let t = gateway(&w, "http-only");
+    let accepted = route_condition(&t, "elsewhere", "Accepted");
+    assert_eq!(accepted.reason, "NotAllowedByListeners");
+    assert!(accepted.message.contains("GRPCRoutes"), "{accepted:?}");
 }

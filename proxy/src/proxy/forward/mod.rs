@@ -41,7 +41,9 @@ use skiff_route::Lookup;
 use access_log::{log_local, AccessEntry};
 use failure::Failure;
 use headers::is_upgrade;
-use response::{failure_response, respond, too_large, unavailable_response};
+use response::{
+    failure_response, grpc_local, grpc_status, is_grpc, respond, too_large, unavailable_response,
+};
 use retry::{admit, buffer_body, Tries};
 use send::{send, Sent};
 use upgrade::upgrade_request;
@@ -76,10 +78,12 @@ pub(crate) fn handle<'a>(
             Some(Target::Split(split)) => match split.pick() {
                 Some(route) => route,
                 None => {
-                    let resp = local(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "this route has no backend that can take the request\n",
-                    );
+                    // gRPC clients read UNAVAILABLE, as GRPCRoute asks.
+                    let why = "this route has no backend that can take the request";
+                    let resp = match is_grpc(&req) {
+                        true => grpc_local(grpc_status::UNAVAILABLE, why),
+                        false => local(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
+                    };
                     log_local(access, &resp, None, 0);
                     return resp;
                 }
@@ -91,10 +95,11 @@ pub(crate) fn handle<'a>(
             }
             None => {
                 listener.unrouted.fetch_add(1, Relaxed);
-                let resp = local(
-                    StatusCode::NOT_FOUND,
-                    "no route matches this host and path\n",
-                );
+                let why = "no route matches this host and path";
+                let resp = match is_grpc(&req) {
+                    true => grpc_local(grpc_status::UNIMPLEMENTED, why),
+                    false => local(StatusCode::NOT_FOUND, format!("{why}\n")),
+                };
                 log_local(access, &resp, None, 0);
                 return resp;
             }

@@ -100,6 +100,46 @@ pub(crate) fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Prox
     resp
 }
 
+/// Whether a request is a gRPC call (`application/grpc`, `+proto`,
+/// `+json`); gRPC-Web is not: its errors travel in its own framing.
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .and_then(|v| v.strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+}
+
+/// gRPC status codes skiff answers with itself.
+pub(crate) mod grpc_status {
+    pub(crate) const UNIMPLEMENTED: u8 = 12;
+    pub(crate) const UNAVAILABLE: u8 = 14;
+}
+
+/// A gRPC call answered by skiff itself, as gRPC clients read it: a
+/// trailers-only response (HTTP 200, one header block with
+/// `grpc-status` and the percent-encoded `grpc-message`).
+pub(crate) fn grpc_local(code: u8, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Local(None));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.bytes() {
+        match b {
+            b' '..=b'~' if b != b'%' => encoded.push(b as char),
+            _ => encoded.push_str(&format!("%{b:02X}")),
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
 /// What finishing a response does: ends the in-flight count, records the
 /// duration, and returns a keep-alive connection to its pool.
 #[derive(Debug)]
