@@ -91,20 +91,7 @@ pub(crate) fn read_gateway_api(node: &Node, diags: &mut Diagnostics) -> Option<G
         g.finish(diags, &["namespace", "name"]);
         Some((namespace?, name?))
     });
-    let address_path = map.path_of("listen_address");
-    let listen_address = match map.optional("listen_address") {
-        None => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        Some(n) => {
-            let text = read::string(n, &address_path, diags);
-            text.and_then(|t| match t.parse::<IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    diags.error(n, &address_path, format!("`{t}` is not an IP address"));
-                    None
-                }
-            })
-        }
-    };
+    let listen_address = read_listen_address(&mut map, diags);
     let port_offset = map.uint_or("port_offset", 0..=65535, 0, diags);
     let lease_duration = map.duration_at_least(
         "lease_duration",
@@ -124,4 +111,30 @@ pub(crate) fn read_gateway_api(node: &Node, diags: &mut Diagnostics) -> Option<G
         port_offset: port_offset? as u16,
         lease_duration: lease_duration?,
     })
+}
+
+/// `listen_address`: an IP address, all of them by default.
+pub(crate) fn read_listen_address(
+    map: &mut MapReader<'_>,
+    diags: &mut Diagnostics,
+) -> Option<IpAddr> {
+    let address_path = map.path_of("listen_address");
+    match map.optional("listen_address") {
+        None => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        Some(n) => {
+            let text = read::string(n, &address_path, diags);
+            text.and_then(|t| match t.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    diags.error(n, &address_path, format!("`{t}` is not an IP address"));
+                    None
+                }
+            })
+        }
+    }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain), for other sections.
+pub(crate) fn object_name(name: &str) -> bool {
+    is_object_name(name)
 }

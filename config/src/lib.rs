@@ -19,6 +19,7 @@
 pub mod cluster;
 pub mod endpoints;
 pub mod gateway_api;
+pub mod ingress;
 pub mod limits;
 pub mod listener;
 pub mod read;
@@ -64,6 +65,9 @@ pub struct Config {
     /// The gateway role: a Gateway API Gateway to serve; none: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_api: Option<gateway_api::GatewayApiConfig>,
+    /// The ingress role: Ingress objects of one class to serve; none: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<ingress::IngressConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -149,6 +153,7 @@ const TOP_FIELDS: &[&str] = &[
     "clusters",
     "mesh",
     "gateway_api",
+    "ingress",
 ];
 
 fn read_config(root: &Node, cx: &Context<'_>, diags: &mut Diagnostics) -> Option<Config> {
@@ -188,6 +193,18 @@ fn read_config(root: &Node, cx: &Context<'_>, diags: &mut Diagnostics) -> Option
         Some(node) => gateway_api::read_gateway_api(node, diags).map(Some),
         None => Some(None),
     };
+    let ingress_node = map.optional("ingress");
+    let ingress = match ingress_node {
+        Some(node) => ingress::read_ingress(node, diags).map(Some),
+        None => Some(None),
+    };
+    if let (Some(node), Some(Some(_))) = (ingress_node, &gateway_api) {
+        diags.error(
+            node,
+            "ingress",
+            "serve a Gateway (`gateway_api`) or an Ingress class (`ingress`), not both",
+        );
+    }
     map.finish(diags, TOP_FIELDS);
 
     // Duplicates are found on the raw items, so an item with another
@@ -222,6 +239,7 @@ fn read_config(root: &Node, cx: &Context<'_>, diags: &mut Diagnostics) -> Option
         clusters: clusters.into_iter().map(|(_, c)| c).collect(),
         mesh: mesh?,
         gateway_api: gateway_api?,
+        ingress: ingress?,
     })
 }
 

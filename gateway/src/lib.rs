@@ -24,7 +24,9 @@ pub mod status;
 pub mod translate;
 pub mod world;
 
-pub use translate::{translate, Certificate, Port, Translation};
+pub use translate::{
+    translate, translate_ingress, Certificate, IngressPorts, Port, Translation, INGRESS_CONTROLLER,
+};
 pub use world::{ObjectError, Pem, SecretInfo, World};
 
 /// The `controllerName` of GatewayClasses skiff serves.

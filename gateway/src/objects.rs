@@ -19,6 +19,7 @@ pub struct Meta {
     /// RFC 3339 (`2026-12-08T01:00:00Z`), which sorts as text.
     pub creation_timestamp: Option<String>,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Meta {
@@ -398,4 +399,87 @@ pub struct ServicePortSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct Namespace {
     pub metadata: Meta,
+}
+
+/// A `networking.k8s.io/v1` Ingress.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Ingress {
+    pub metadata: Meta,
+    pub spec: IngressSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressSpec {
+    pub ingress_class_name: Option<String>,
+    pub default_backend: Option<IngressBackend>,
+    pub tls: Vec<IngressTls>,
+    pub rules: Vec<IngressRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressTls {
+    pub hosts: Vec<String>,
+    pub secret_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressRule {
+    /// None: every host.
+    pub host: Option<String>,
+    pub http: Option<IngressHttp>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressHttp {
+    pub paths: Vec<IngressPath>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressPath {
+    pub path: Option<String>,
+    /// `Exact`, `Prefix` or `ImplementationSpecific`.
+    pub path_type: Option<String>,
+    pub backend: IngressBackend,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressBackend {
+    pub service: Option<IngressServiceBackend>,
+    /// A reference to another kind of object, which skiff does not serve.
+    pub resource: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressServiceBackend {
+    pub name: String,
+    pub port: ServiceBackendPort,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceBackendPort {
+    pub name: Option<String>,
+    pub number: Option<u32>,
+}
+
+/// A `networking.k8s.io/v1` IngressClass.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressClass {
+    pub metadata: Meta,
+    pub spec: IngressClassSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressClassSpec {
+    pub controller: String,
 }

@@ -1,12 +1,13 @@
 //! What `skiff check --manifests` prints: for every Gateway of skiff's
 //! class among the objects, what it would serve (ports, routes in
 //! precedence order, their backends) and every problem its status would
-//! report, naming the object, the field's condition and the reason.
+//! report, naming the object, the field's condition and the reason; and
+//! the same for every IngressClass of skiff's controller.
 
 use skiff_config::route::{Action, PathMatch};
 
 use crate::status::Condition;
-use crate::translate::translate;
+use crate::translate::{translate, translate_ingress, IngressPorts, INGRESS_CONTROLLER};
 use crate::world::World;
 
 /// The text to print, and how many problems it found.
@@ -35,17 +36,7 @@ pub fn check(world: &World, controller: &str) -> Report {
             controller,
         );
         report.text.push_str(&format!("Gateway {key}\n"));
-        for port in &t.ports {
-            let scheme = if port.tls { "https" } else { "http" };
-            report.text.push_str(&format!(
-                "  port {} ({scheme}): {} routes\n",
-                port.port,
-                port.routes.len()
-            ));
-            for route in &port.routes {
-                report.text.push_str(&format!("    {}\n", describe(route)));
-            }
-        }
+        ports(&mut report, &t);
         if let Some(status) = &t.gateway {
             problems(&mut report, &format!("Gateway {key}"), &status.conditions);
             for l in &status.listeners {
@@ -66,12 +57,46 @@ pub fn check(world: &World, controller: &str) -> Report {
             }
         }
     }
+    let classes = world
+        .ingress_classes
+        .values()
+        .filter(|c| c.spec.controller == INGRESS_CONTROLLER);
+    for class in classes {
+        any = true;
+        let name = &class.metadata.name;
+        let t = translate_ingress(world, name, IngressPorts::default());
+        report.text.push_str(&format!(
+            "IngressClass {name}: {} Ingresses\n",
+            t.ingresses.len()
+        ));
+        ports(&mut report, &t);
+        for warning in &t.warnings {
+            report.problems += 1;
+            report.text.push_str(&format!("  problem: {warning}\n"));
+        }
+    }
     if !any {
         report.text.push_str(&format!(
-            "no Gateway of a GatewayClass with controllerName {controller}\n"
+            "no Gateway of a GatewayClass with controllerName {controller}, \
+             and no IngressClass with controller {INGRESS_CONTROLLER}\n"
         ));
     }
     report
+}
+
+/// The ports of a translation, each route on a line.
+fn ports(report: &mut Report, t: &crate::Translation) {
+    for port in &t.ports {
+        let scheme = if port.tls { "https" } else { "http" };
+        report.text.push_str(&format!(
+            "  port {} ({scheme}): {} routes\n",
+            port.port,
+            port.routes.len()
+        ));
+        for route in &port.routes {
+            report.text.push_str(&format!("    {}\n", describe(route)));
+        }
+    }
 }
 
 /// Adds a line for each condition that says something is wrong.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::objects::{
-    Gateway, GatewayClass, GrpcRoute, HttpRoute, Meta, Namespace, ReferenceGrant, Service,
-    GATEWAY_GROUP,
+    Gateway, GatewayClass, GrpcRoute, HttpRoute, Ingress, IngressClass, Meta, Namespace,
+    ReferenceGrant, Service, GATEWAY_GROUP,
 };
 
 /// `(namespace, name)`.
@@ -96,6 +96,8 @@ pub struct World {
     pub services: BTreeMap<Key, Service>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub secrets: BTreeMap<Key, SecretInfo>,
+    pub ingresses: BTreeMap<Key, Ingress>,
+    pub ingress_classes: BTreeMap<String, IngressClass>,
 }
 
 /// An object that could not be read.
@@ -113,7 +115,7 @@ impl std::fmt::Display for ObjectError {
 }
 
 /// The kinds [`World::apply`] reads.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 10] = [
     "GatewayClass",
     "Gateway",
     "HTTPRoute",
@@ -122,6 +124,8 @@ pub const KINDS: [&str; 8] = [
     "Service",
     "Namespace",
     "Secret",
+    "Ingress",
+    "IngressClass",
 ];
 
 fn key(meta: &Meta) -> Key {
@@ -181,6 +185,15 @@ impl World {
                 let route: GrpcRoute = read(value, &object)?;
                 self.grpc_routes.insert(key(&route.metadata), route);
             }
+            "Ingress" => {
+                let ingress: Ingress = read(value, &object)?;
+                self.ingresses.insert(key(&ingress.metadata), ingress);
+            }
+            "IngressClass" => {
+                let class: IngressClass = read(value, &object)?;
+                self.ingress_classes
+                    .insert(class.metadata.name.clone(), class);
+            }
             "ReferenceGrant" => {
                 let grant: ReferenceGrant = read(value, &object)?;
                 self.reference_grants.insert(key(&grant.metadata), grant);
@@ -212,6 +225,8 @@ impl World {
             "Gateway" => drop(self.gateways.remove(&key)),
             "HTTPRoute" => drop(self.http_routes.remove(&key)),
             "GRPCRoute" => drop(self.grpc_routes.remove(&key)),
+            "Ingress" => drop(self.ingresses.remove(&key)),
+            "IngressClass" => drop(self.ingress_classes.remove(name)),
             "ReferenceGrant" => drop(self.reference_grants.remove(&key)),
             "Service" => drop(self.services.remove(&key)),
             "Namespace" => drop(self.namespaces.remove(name)),

@@ -1,5 +1,6 @@
 //! The gateway role: serves one Gateway API `Gateway` read from the API
-//! server, with no control plane. The Gateway API objects (and the
+//! server, with no control plane; or, the same way, the Ingress objects
+//! of one class (the ingress role). The Gateway API objects (and the
 //! Services and Namespaces they name) are followed cluster-wide
 //! ([`skiff_discovery::kubernetes::objects`]); every change, coalesced for
 //! a moment, is translated by [`skiff_gateway`] into listeners (one per
@@ -21,11 +22,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use skiff_config::gateway_api::GatewayApiConfig;
+use skiff_config::ingress::IngressConfig;
 use skiff_config::listener::ListenerConfig;
 use skiff_config::tls::{InlineCert, ListenerTls};
 use skiff_config::{ClusterConfig, Config};
 use skiff_discovery::kubernetes::lease;
-use skiff_discovery::kubernetes::objects::{self, Change, GATEWAY_KINDS};
+use skiff_discovery::kubernetes::objects::{self, Change, Kind, GATEWAY_KINDS, INGRESS_KINDS};
 use skiff_gateway::world::Key;
 use skiff_gateway::{Pem, SecretInfo, Translation, World};
 use tokio::sync::{mpsc, watch};
@@ -80,9 +82,99 @@ impl Generated {
     }
 }
 
+/// What the role serves: a Gateway, or an Ingress class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Serves {
+    Gateway(GatewayApiConfig),
+    Ingress(IngressConfig),
+}
+
+impl Serves {
+    /// What the config asks for, if anything.
+    pub(crate) fn of(config: &Config) -> Option<Serves> {
+        let gateway = config.gateway_api.clone().map(Serves::Gateway);
+        gateway.or_else(|| config.ingress.clone().map(Serves::Ingress))
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        match self {
+            Serves::Gateway(_) => &GATEWAY_KINDS,
+            Serves::Ingress(_) => &INGRESS_KINDS,
+        }
+    }
+
+    /// `Gateway shop/web`, `Ingress class skiff`: for the log.
+    fn describe(&self) -> String {
+        match self {
+            Serves::Gateway(g) => format!("Gateway {}/{}", g.namespace, g.name),
+            Serves::Ingress(i) => format!("Ingress class {}", i.class),
+        }
+    }
+
+    /// The status writer's Lease: namespace, name, duration.
+    fn lease(&self) -> (String, String, Duration) {
+        match self {
+            Serves::Gateway(g) => (
+                g.namespace.clone(),
+                format!("skiff-gateway-{}", g.name),
+                g.lease_duration,
+            ),
+            Serves::Ingress(i) => {
+                let namespace = i.namespace.clone().or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|n| !n.is_empty())
+                });
+                (
+                    namespace.unwrap_or_else(|| "default".into()),
+                    format!("skiff-ingress-{}", i.class),
+                    i.lease_duration,
+                )
+            }
+        }
+    }
+
+    fn listen_address(&self) -> std::net::IpAddr {
+        match self {
+            Serves::Gateway(g) => g.listen_address,
+            Serves::Ingress(i) => i.listen_address,
+        }
+    }
+
+    fn port_offset(&self) -> u16 {
+        match self {
+            Serves::Gateway(g) => g.port_offset,
+            Serves::Ingress(i) => i.port_offset,
+        }
+    }
+
+    /// The prefix of the listeners' names: `gateway-80`, `ingress-443`.
+    fn listener_prefix(&self) -> &'static str {
+        match self {
+            Serves::Gateway(_) => "gateway",
+            Serves::Ingress(_) => "ingress",
+        }
+    }
+
+    fn translate(&self, world: &World) -> Translation {
+        match self {
+            Serves::Gateway(g) => {
+                skiff_gateway::translate(world, (&g.namespace, &g.name), skiff_gateway::CONTROLLER)
+            }
+            Serves::Ingress(i) => {
+                let ports = skiff_gateway::IngressPorts {
+                    http: i.http_port,
+                    https: i.https_port,
+                };
+                skiff_gateway::translate_ingress(world, &i.class, ports)
+            }
+        }
+    }
+}
+
 /// The role's state, shared with the proxy.
 pub(crate) struct Role {
-    pub(crate) config: GatewayApiConfig,
+    pub(crate) config: Serves,
     /// What is applied now.
     pub(crate) generated: ArcSwap<Generated>,
     /// Set once the objects were listed and their translation applied.
@@ -102,7 +194,7 @@ impl Drop for Role {
 }
 
 impl Role {
-    pub(crate) fn new(config: GatewayApiConfig) -> Arc<Role> {
+    pub(crate) fn new(config: Serves) -> Arc<Role> {
         Arc::new(Role {
             config,
             generated: ArcSwap::from_pointee(Generated::default()),
@@ -116,12 +208,13 @@ impl Role {
     /// `proxy` gets each new translation.
     pub(crate) fn start(self: &Arc<Role>, proxy: Weak<dyn Applier>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut watches = objects::follow(&GATEWAY_KINDS, tx, self.errors.clone());
+        let mut watches = objects::follow(self.config.kinds(), tx, self.errors.clone());
+        let (namespace, name, duration) = self.config.lease();
         let (leader, election) = lease::run(lease::Election {
-            namespace: self.config.namespace.clone(),
-            name: format!("skiff-gateway-{}", self.config.name),
+            namespace,
+            name,
             identity: identity(),
-            duration: self.config.lease_duration,
+            duration,
         });
         watches.push(election);
         *self.watches.lock() = watches;
@@ -140,6 +233,8 @@ async fn run(
     let mut last: Option<Generated> = None;
     let mut translation: Option<Translation> = None;
     let mut written = Written::default();
+    // Warnings already logged: each is said once, while it holds.
+    let mut warned: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             change = rx.recv() => {
@@ -151,21 +246,21 @@ async fn run(
                 while let Ok(change) = rx.try_recv() {
                     take(&mut world, &mut listed, change);
                 }
-                if listed.len() < GATEWAY_KINDS.len() {
-                    continue;
-                }
                 let (Some(role), Some(proxy)) = (role.upgrade(), proxy.upgrade()) else {
                     return;
                 };
+                if listed.len() < role.config.kinds().len() {
+                    continue;
+                }
                 let translating = std::time::Instant::now();
-                let mut t = skiff_gateway::translate(
-                    &world,
-                    (&role.config.namespace, &role.config.name),
-                    skiff_gateway::CONTROLLER,
-                );
+                let mut t = role.config.translate(&world);
                 if let Some(problem) = &t.problem {
                     tracing::warn!("gateway: {problem}; nothing of it is served");
                 }
+                for warning in t.warnings.iter().filter(|w| !warned.contains(*w)) {
+                    tracing::warn!("gateway: {warning}");
+                }
+                warned = t.warnings.iter().cloned().collect();
                 let generated = generate(&role.config, &mut t);
                 let timing = (received, translating.elapsed());
                 if last.as_ref() != Some(&generated)
@@ -229,7 +324,7 @@ async fn serve(
     match proxy.apply_generated(generated.clone()).await {
         Ok(()) => {
             tracing::info!(
-                gateway = %format!("{}/{}", role.config.namespace, role.config.name),
+                serves = %role.config.describe(),
                 listeners = generated.listeners.len(),
                 routes = generated.listeners.iter().map(|l| l.routes.len()).sum::<usize>(),
                 clusters = generated.clusters.len(),
@@ -248,15 +343,27 @@ async fn serve(
     }
 }
 
-/// The Gateway's addresses for its status: the pod's IP (`POD_IP`, from
-/// the downward API), else the address listeners bind when it is one.
-fn addresses(config: &GatewayApiConfig) -> Vec<serde_json::Value> {
+/// The addresses for status, as a Gateway's `addresses` write them: an
+/// Ingress's configured `status_address` (an IP, or a hostname), else the
+/// pod's IP (`POD_IP`, from the downward API), else the address
+/// listeners bind when it is one.
+fn addresses(config: &Serves) -> Vec<serde_json::Value> {
+    if let Serves::Ingress(IngressConfig {
+        status_address: Some(address),
+        ..
+    }) = config
+    {
+        let kind = match address.parse::<std::net::IpAddr>() {
+            Ok(_) => "IPAddress",
+            Err(_) => "Hostname",
+        };
+        return vec![serde_json::json!({ "type": kind, "value": address })];
+    }
+    let listen = config.listen_address();
     let ip = std::env::var("POD_IP")
         .ok()
         .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
-        .or_else(|| {
-            (!config.listen_address.is_unspecified()).then(|| config.listen_address.to_string())
-        });
+        .or_else(|| (!listen.is_unspecified()).then(|| listen.to_string()));
     ip.map(|ip| vec![serde_json::json!({ "type": "IPAddress", "value": ip })])
         .unwrap_or_default()
 }
@@ -356,6 +463,8 @@ fn clear(world: &mut World, kind: &str) {
         "Service" => world.services.clear(),
         "Namespace" => world.namespaces.clear(),
         "Secret" => world.secrets.clear(),
+        "Ingress" => world.ingresses.clear(),
+        "IngressClass" => world.ingress_classes.clear(),
         _ => {}
     }
 }
@@ -385,21 +494,21 @@ fn listener_tls(certificates: &[skiff_gateway::Certificate]) -> ListenerTls {
 /// added, and speaking of the Gateway's own port to clients.
 /// The routes and clusters are taken out of `translation` (what stays is
 /// its status).
-fn generate(config: &GatewayApiConfig, translation: &mut Translation) -> Generated {
+fn generate(config: &Serves, translation: &mut Translation) -> Generated {
     let listeners = std::mem::take(&mut translation.ports)
         .into_iter()
         .filter_map(|p| {
-            let Some(bound) = p.port.checked_add(config.port_offset) else {
+            let Some(bound) = p.port.checked_add(config.port_offset()) else {
                 tracing::warn!(
                     "gateway: port {} + offset {} is past 65535; not bound",
                     p.port,
-                    config.port_offset
+                    config.port_offset()
                 );
                 return None;
             };
             Some(ListenerConfig {
-                name: format!("gateway-{}", p.port),
-                listen: SocketAddr::new(config.listen_address, bound),
+                name: format!("{}-{}", config.listener_prefix(), p.port),
+                listen: SocketAddr::new(config.listen_address(), bound),
                 advertised_port: Some(p.port),
                 tls: p.tls.then(|| listener_tls(&p.certificates)),
                 routes: p.routes,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use skiff_discovery::kubernetes::objects::{Kind, GATEWAY_KINDS};
+use skiff_discovery::kubernetes::objects::{Kind, GATEWAY_KINDS, INGRESS_KINDS};
 use skiff_discovery::kubernetes::status;
 use skiff_gateway::Translation;
 
@@ -27,8 +27,8 @@ impl Written {
 }
 
 fn kind(name: &str) -> &'static Kind {
-    GATEWAY_KINDS
-        .iter()
+    (GATEWAY_KINDS.iter())
+        .chain(INGRESS_KINDS.iter())
         .find(|k| k.kind == name)
         .expect("a kind the role follows")
 }
@@ -73,15 +73,32 @@ pub(crate) async fn write(
             ours,
         ));
     }
-    // Routes written before that no longer name the Gateway: our entries go.
+    // An Ingress's status is where clients reach it (`loadBalancer`).
+    let load_balancer: Vec<Value> = addresses
+        .iter()
+        .map(|a| match a["type"].as_str() {
+            Some("Hostname") => serde_json::json!({ "hostname": a["value"] }),
+            _ => serde_json::json!({ "ip": a["value"] }),
+        })
+        .collect();
+    for (namespace, name) in &translation.ingresses {
+        let ours = serde_json::json!({ "loadBalancer": { "ingress": load_balancer } });
+        wanted.push((("Ingress", namespace.clone(), name.clone()), ours));
+    }
+    // Routes written before that no longer name the Gateway: our entries
+    // go; Ingresses no longer served: the address goes.
     let gone: Vec<(&'static str, String, String)> = (written.0.keys())
-        .filter(|k| matches!(k.0, "HTTPRoute" | "GRPCRoute"))
+        .filter(|k| matches!(k.0, "HTTPRoute" | "GRPCRoute" | "Ingress"))
         .filter(|k| !wanted.iter().any(|(w, _)| w == *k))
         .cloned()
         .collect();
     for key in gone {
-        let ours =
-            serde_json::json!({ "kind": key.0, "namespace": key.1, "name": key.2, "parents": [] });
+        let ours = match key.0 {
+            "Ingress" => serde_json::json!({ "loadBalancer": {}, "parents": [] }),
+            _ => {
+                serde_json::json!({ "kind": key.0, "namespace": key.1, "name": key.2, "parents": [] })
+            }
+        };
         wanted.push((key, ours));
     }
     for (key, ours) in wanted {
@@ -103,6 +120,14 @@ pub(crate) async fn write(
                 "Gateway" => {
                     let gateway = translation.gateway.as_ref()?;
                     skiff_gateway::status::gateway(existing, gateway, addresses, &now)
+                }
+                "Ingress" => {
+                    let mut status = match existing {
+                        Value::Object(_) => existing.clone(),
+                        _ => serde_json::json!({}),
+                    };
+                    status["loadBalancer"] = ours["loadBalancer"].clone();
+                    Some(status)
                 }
                 _ => {
                     let route = (translation.routes.iter()).find(|r| {

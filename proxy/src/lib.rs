@@ -86,7 +86,8 @@ struct Inner {
     config: ArcSwap<Config>,
     /// The file's config alone (the gateway role adds to it).
     base: ArcSwap<Config>,
-    /// The gateway role, when `gateway_api` is set.
+    /// The gateway (or ingress) role, when `gateway_api` (or `ingress`)
+    /// is set.
     gateway: Option<Arc<gateway::Role>>,
     registry: Arc<Registry>,
     /// Starts discovery sources; shares one Kubernetes watch per namespace.
@@ -132,7 +133,7 @@ impl Proxy {
         let registry = Arc::new(Registry::default());
         let discovery = skiff_discovery::Discovery::default();
         let sidecar = server::sidecar::Shared::new(discovery.clone(), registry.clone());
-        let gateway = config.gateway_api.clone().map(gateway::Role::new);
+        let gateway = gateway::Serves::of(&config).map(gateway::Role::new);
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 config_path,

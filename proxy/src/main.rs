@@ -49,7 +49,7 @@ enum Command {
     /// SIGTERM or SIGINT drains and exits.
     Run {
         /// The config file (YAML).
-        #[arg(short, long, required_unless_present_any = ["sidecar", "gateway"])]
+        #[arg(short, long, required_unless_present_any = ["sidecar", "gateway", "ingress_class"])]
         config: Option<PathBuf>,
         /// Serve this Gateway API Gateway (its class's controllerName must
         /// be skiff.io/gateway-controller), read with its routes from the
@@ -57,6 +57,12 @@ enum Command {
         /// as the config's `gateway_api: { gateway: ... }`.
         #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_gateway)]
         gateway: Option<skiff_config::gateway_api::GatewayApiConfig>,
+        /// Serve the Ingress objects of this class (its IngressClass, if
+        /// any, must name skiff.io/ingress-controller), read from the API
+        /// server; without `-c`, with admin on 0.0.0.0:9901. The same as
+        /// the config's `ingress: { class: ... }`.
+        #[arg(long, value_name = "CLASS", value_parser = parse_ingress_class, conflicts_with = "gateway")]
+        ingress_class: Option<skiff_config::ingress::IngressConfig>,
         /// Run as a pod's sidecar: without `-c`, with the sidecar defaults
         /// (capture listeners on 4143 and 4140, admin on 0.0.0.0:9901).
         #[arg(long)]
@@ -182,6 +188,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_config::units::parse_duration(s)
 }
 
+fn parse_ingress_class(s: &str) -> Result<skiff_config::ingress::IngressConfig, String> {
+    skiff_config::ingress::IngressConfig::parse_class(s)
+}
+
 fn parse_gateway(s: &str) -> Result<skiff_config::gateway_api::GatewayApiConfig, String> {
     skiff_config::gateway_api::GatewayApiConfig::parse_reference(s)
 }
@@ -245,6 +255,7 @@ fn main() -> ExitCode {
             sidecar,
             mesh_dir,
             gateway,
+            ingress_class,
         } => {
             if config.is_some() && mesh_dir.is_some() {
                 eprintln!("skiff: --mesh-dir is for the sidecar defaults; with -c, give the config file a `mesh:` section");
@@ -253,7 +264,8 @@ fn main() -> ExitCode {
             let loaded = match &config {
                 Some(path) => Config::load(path, &TlsFiles),
                 None if !sidecar => {
-                    // The gateway role alone: admin where probes reach it.
+                    // The gateway (or ingress) role alone: admin where
+                    // probes reach it.
                     let text = "admin: { listen: 0.0.0.0:9901 }\n";
                     let base = std::path::Path::new(".");
                     Config::parse_checked(text, "<gateway defaults>", base, &TlsFiles)
@@ -280,6 +292,11 @@ fn main() -> ExitCode {
             };
             if let Some(gateway) = gateway {
                 loaded.gateway_api = Some(gateway);
+                loaded.ingress = None;
+            }
+            if let Some(ingress) = ingress_class {
+                loaded.ingress = Some(ingress);
+                loaded.gateway_api = None;
             }
             if sidecar && !loaded.listeners.iter().any(|l| l.capture.is_some()) {
                 tracing::warn!("--sidecar with a config that has no capture listener");

@@ -24,8 +24,8 @@
 //!
 //! Services are served the same way on `/api/v1/namespaces/NS/services`
 //! ([`FakeKube::apply_service`]), for the sidecar's Service watch; and so
-//! is every kind in [`RESOURCES`] (the Gateway API's, Namespaces,
-//! Secrets), namespaced or across all namespaces (`/apis/G/V/PLURAL`),
+//! is every kind in [`RESOURCES`] (the Gateway API's, Ingresses and
+//! IngressClasses, Namespaces, Secrets), namespaced or across all namespaces (`/apis/G/V/PLURAL`),
 //! with [`FakeKube::apply_object`] and [`FakeKube::delete_object`].
 
 use parking_lot::{Mutex, MutexGuard};
@@ -50,7 +50,7 @@ use crate::TestBody;
 
 /// The kinds served: (API path prefix, plural, kind, apiVersion,
 /// namespaced).
-pub const RESOURCES: [(&str, &str, &str, &str, bool); 10] = [
+pub const RESOURCES: [(&str, &str, &str, &str, bool); 12] = [
     (
         "/apis/discovery.k8s.io/v1",
         "endpointslices",
@@ -61,6 +61,20 @@ pub const RESOURCES: [(&str, &str, &str, &str, bool); 10] = [
     ("/api/v1", "services", "Service", "v1", true),
     ("/api/v1", "namespaces", "Namespace", "v1", false),
     ("/api/v1", "secrets", "Secret", "v1", true),
+    (
+        "/apis/networking.k8s.io/v1",
+        "ingresses",
+        "Ingress",
+        "networking.k8s.io/v1",
+        true,
+    ),
+    (
+        "/apis/networking.k8s.io/v1",
+        "ingressclasses",
+        "IngressClass",
+        "networking.k8s.io/v1",
+        false,
+    ),
     (
         "/apis/gateway.networking.k8s.io/v1",
         "gatewayclasses",

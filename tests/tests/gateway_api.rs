@@ -776,6 +776,49 @@ fn the_deploy_manifests_validate_and_translate_with_no_problem() {
     assert!(text.contains("3 problems"), "{text}");
 }
 
+/// The shop as an Ingress (`deploy/ingress`): valid manifests, a config
+/// in the ingress role, and with the shop's Services every path served
+/// and nothing wrong.
+#[test]
+fn the_ingress_deploy_manifests_validate_and_translate_with_no_problem() {
+    skiff_tests::validate_manifests("deploy/ingress");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("deploy/ingress");
+    let configmap = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
+    let config: String = configmap
+        .lines()
+        .skip_while(|l| !l.starts_with("  skiff.yaml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let parsed = skiff_config::Config::parse(&config, "configmap", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ingress = parsed.ingress.expect("the ingress role");
+    assert_eq!(
+        (ingress.class.as_str(), ingress.port_offset),
+        ("skiff", 10000)
+    );
+
+    let services = root.join("deploy/kustomize/shop/services.yaml");
+    let (ok, text) = check_manifests(&[
+        dir.to_str().unwrap(),
+        services.to_str().unwrap(),
+        "-n",
+        "shop",
+    ]);
+    assert!(ok, "{text}");
+    for line in [
+        "IngressClass skiff: 1 Ingresses",
+        "port 80 (http): 3 routes",
+        "Ingress/shop/shop/rule/0/path/0: shop.example.com prefix /catalog -> shop/product-catalog:80 (1)",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let (ok, text) = check_manifests(&[dir.to_str().unwrap(), "-n", "shop"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("Ingress shop/shop: rules[0].http.paths[1]: Service shop/order does not exist; answered 500"), "{text}");
+}
+
 /// An object that cannot be read is named with its file and line.
 #[test]
 fn unreadable_manifests_are_named_by_file_and_line() {
@@ -790,4 +833,159 @@ fn unreadable_manifests_are_named_by_file_and_line() {
         text.contains("bad.yaml:5: HTTPRoute default/r: invalid type"),
         "{text}"
     );
+}
+
+/// Ingress objects of the class `skiff`, served as ingress-nginx serves
+/// them: host and path rules (a port by name, `Exact` before a shorter
+/// `Prefix`), the cluster's default class taking Ingresses that name
+/// none, another class's left alone, `defaultBackend` for the rest, TLS
+/// from the Secret with plain HTTP redirected to HTTPS (308), and
+/// `status.loadBalancer` written with the configured address. A deleted
+/// Ingress stops being served.
+#[tokio::test]
+async fn ingresses_of_a_class_are_served_with_tls_and_status() {
+    use skiff_tests::tls::{curl, Ca, Subject};
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    fake.apply_object(json!({
+        "kind": "IngressClass",
+        "metadata": { "name": "skiff", "annotations": { "ingressclass.kubernetes.io/is-default-class": "true" } },
+        "spec": { "controller": "skiff.io/ingress-controller" }
+    }));
+    let ca = Ca::new("ingress CA");
+    let cert = ca.issue(Subject {
+        dns: &["shop.example.com"],
+        ..Default::default()
+    });
+    fake.apply_object(tls_secret("shop", "shop-tls", &cert.cert, &cert.key));
+    let service = |name: &str, port: Value| json!({ "service": { "name": name, "port": port } });
+    let ingress = |name: &str, spec: Value| {
+        json!({ "kind": "Ingress", "apiVersion": "networking.k8s.io/v1",
+                "metadata": { "name": name, "namespace": "shop" }, "spec": spec })
+    };
+    fake.apply_object(ingress(
+        "shop",
+        json!({
+            "ingressClassName": "skiff",
+            "tls": [{ "hosts": ["shop.example.com"], "secretName": "shop-tls" }],
+            "defaultBackend": service("catalog-v2", json!({ "number": 8080 })),
+            "rules": [{ "host": "shop.example.com", "http": { "paths": [
+                { "path": "/catalog", "pathType": "Prefix", "backend": service("catalog", json!({ "name": "http" })) },
+                { "path": "/catalog/new", "pathType": "Exact", "backend": service("catalog-v2", json!({ "number": 8080 })) }
+            ] } }]
+        }),
+    ));
+    fake.apply_object(ingress(
+        "plain",
+        json!({ "rules": [{ "host": "plain.example.com", "http": { "paths": [
+            { "path": "/", "pathType": "Prefix", "backend": service("catalog", json!({ "number": 8080 })) }
+        ] } }] }),
+    ));
+    fake.apply_object(ingress(
+        "theirs",
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": "theirs.example.com", "http": { "paths": [
+            { "path": "/", "pathType": "Prefix", "backend": service("catalog", json!({ "number": 8080 })) }
+        ] } }] }),
+    ));
+
+    let dir = TempDir::new("ingress");
+    let kubeconfig = fake.write_kubeconfig(&dir.0);
+    let (bound, admin) = (free_port(), addr(free_port()));
+    let config = dir.write(
+        "skiff.yaml",
+        &format!(
+            "admin: {{ listen: {admin} }}\n\
+             shutdown: {{ drain_delay: 0s, grace_period: 10s }}\n\
+             ingress:\n  class: skiff\n  listen_address: 127.0.0.1\n  port_offset: {}\n  \
+             status_address: 203.0.113.7\n  namespace: shop\n  lease_duration: 2s\n",
+            bound - 80
+        ),
+    );
+    let env = [
+        ("KUBECONFIG", kubeconfig.as_path()),
+        ("POD_NAME", std::path::Path::new("ingress-0")),
+    ];
+    let _process = SkiffProcess::start_with_env(&config, admin, &[], &env).await;
+    wait_for_async("the ingress to be ready", SOON, || async move {
+        matches!(admin_get(admin, "/ready").await, Ok((s, _)) if s == 200)
+    })
+    .await;
+    let (port80, port443) = (addr(bound), addr(bound + 363));
+
+    let (status, _, location) = get(port80, "shop.example.com", "/catalog/a?x=1", &[]).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (308, "https://shop.example.com/catalog/a?x=1"),
+        "a TLS host is redirected to HTTPS"
+    );
+    let ca_file = ca.write(&dir.0, "ca");
+    let https = |path: &'static str| {
+        let ca = ca_file.display().to_string();
+        async move {
+            let url = format!("https://shop.example.com:{}{path}", port443.port());
+            let out = curl(
+                "shop.example.com",
+                port443,
+                &["-D", "-", "-o", "/dev/null", "--cacert", &ca, &url],
+            )
+            .await;
+            assert!(out.ok, "{out:?}");
+            let backend = out
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("x-backend: "));
+            backend.unwrap_or_default().trim().to_string()
+        }
+    };
+    assert_eq!(
+        service_of(&https("/catalog/a").await),
+        "v1",
+        "by the port's name"
+    );
+    assert_eq!(
+        service_of(&https("/catalog/new").await),
+        "v2",
+        "Exact over a shorter Prefix"
+    );
+    assert_eq!(
+        service_of(&https("/elsewhere").await),
+        "v2",
+        "the default backend"
+    );
+    let (status, backend, _) = get(port80, "plain.example.com", "/x", &[]).await;
+    assert_eq!(
+        (status, service_of(&backend)),
+        (200, "v1"),
+        "the default class's"
+    );
+    let (_, backend, _) = get(port80, "theirs.example.com", "/x", &[]).await;
+    assert_eq!(
+        service_of(&backend),
+        "v2",
+        "nginx's Ingress is not served: default backend"
+    );
+
+    wait_for_async("status.loadBalancer", SOON, || async {
+        let object = fake.object("Ingress", "shop", "shop");
+        object.is_some_and(|o| o["status"]["loadBalancer"]["ingress"][0]["ip"] == "203.0.113.7")
+    })
+    .await;
+    let plain = fake.object("Ingress", "shop", "plain").unwrap();
+    assert_eq!(
+        plain["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "203.0.113.7"
+    );
+    let theirs = fake.object("Ingress", "shop", "theirs").unwrap();
+    assert!(theirs["status"].get("loadBalancer").is_none(), "{theirs}");
+
+    fake.delete_object("Ingress", "shop", "plain");
+    wait_for_async("the deleted Ingress", SOON, || async move {
+        let (_, backend, _) = get(port80, "plain.example.com", "/x", &[]).await;
+        service_of(&backend) == "v2"
+    })
+    .await;
 }

@@ -1,6 +1,6 @@
 //! Whole kinds of objects followed across every namespace, as JSON: what
-//! the gateway role reads (Gateway API objects, Services, Namespaces, TLS
-//! Secrets).
+//! the gateway and ingress roles read (Gateway API objects, Ingresses,
+//! Services, Namespaces, TLS Secrets).
 //! Each kind gets its own kube-runtime watcher (list, then watch; relist
 //! on 410; back off on errors) on the discovery thread, and its events go
 //! to one channel in the order they come, a relist as one event so the
@@ -102,6 +102,38 @@ pub const GATEWAY_KINDS: [Kind; 8] = [
         fields: None,
     },
     // HTTPS listeners' certificates; no other Secret is read.
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        fields: Some("type=kubernetes.io/tls"),
+    },
+];
+
+/// What the ingress role follows.
+pub const INGRESS_KINDS: [Kind; 4] = [
+    Kind {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "Ingress",
+        plural: "ingresses",
+        fields: None,
+    },
+    Kind {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "IngressClass",
+        plural: "ingressclasses",
+        fields: None,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        fields: None,
+    },
     Kind {
         group: "",
         version: "v1",

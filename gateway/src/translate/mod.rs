@@ -12,6 +12,7 @@
 
 mod backend;
 mod grpc;
+mod ingress;
 mod listener;
 mod route;
 
@@ -24,6 +25,7 @@ use crate::objects::{Gateway, GATEWAY_GROUP};
 use crate::status::{Condition, GatewayStatus, RouteStatus};
 use crate::world::World;
 
+pub use ingress::{translate_ingress, IngressPorts, INGRESS_CONTROLLER};
 pub use listener::Certificate;
 
 /// What skiff serves for one port of the Gateway.
@@ -52,6 +54,11 @@ pub struct Translation {
     pub routes: Vec<RouteStatus>,
     /// Why nothing is served, when nothing is.
     pub problem: Option<String>,
+    /// The Ingresses served (`namespace`, `name`), whose status gets the
+    /// address.
+    pub ingresses: Vec<(String, String)>,
+    /// What is wrong with them (Ingress has no conditions to say it in).
+    pub warnings: Vec<String>,
 }
 
 /// Translates the Gateway `namespace/name`, which skiff serves when its
@@ -113,6 +120,8 @@ pub fn translate(world: &World, (namespace, name): (&str, &str), controller: &st
         gateway_name: Some(key),
         routes,
         problem: None,
+        ingresses: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 

@@ -1006,3 +1006,234 @@ spec:
     assert_eq!(accepted.reason, "NotAllowedByListeners");
     assert!(accepted.message.contains("GRPCRoutes"), "{accepted:?}");
 }
+
+const INGRESS_INFRA: &str = "
+kind: IngressClass
+metadata: { name: skiff, annotations: { ingressclass.kubernetes.io/is-default-class: \"true\" } }
+spec: { controller: skiff.io/ingress-controller }
+---
+kind: Service
+metadata: { name: shop, namespace: web }
+spec: { ports: [{ name: http, port: 80 }] }
+---
+kind: Service
+metadata: { name: api, namespace: web }
+spec: { ports: [{ name: http, port: 8080 }] }
+---
+kind: Service
+metadata: { name: fallback, namespace: web }
+spec: { ports: [{ port: 80 }] }
+---
+kind: Secret
+metadata: { name: shop-tls, namespace: web }
+type: kubernetes.io/tls
+stringData: { tls.crt: CERT, tls.key: KEY }
+";
+
+fn ingress_world(extra: &str) -> World {
+    let mut world = World::default();
+    for (line, object) in manifests::objects(&format!("{INGRESS_INFRA}---\n{extra}")).unwrap() {
+        world
+            .apply(object)
+            .unwrap_or_else(|e| panic!("line {line}: {e}"));
+    }
+    world
+}
+
+/// Where a request to an Ingress port goes: a cluster, "redirect LOCATION
+/// parts", "500", or none.
+fn ingress_to(t: &Translation, port: u16, host: &str, path: &str) -> Option<String> {
+    let port = t.ports.iter().find(|p| p.port == port)?;
+    let table = skiff_route::from_config(&port.routes, |r| {
+        Ok::<_, skiff_route::BadPattern>(match &r.action {
+            Action::Redirect(to) => format!("redirect {:?} {}", to.scheme, to.code),
+            Action::Forward(b) => b[0].cluster.clone().unwrap_or_else(|| "500".into()),
+        })
+    })
+    .unwrap();
+    let req = http::Request::get(path).body(()).unwrap();
+    table.find(&Lookup::of(&req, Some(host))).cloned()
+}
+
+/// Ingress paths as the Ingress specification orders them (longest
+/// first, `Exact` before `Prefix`), ingress-nginx's `ImplementationSpecific`
+/// as a plain prefix, hosts exact and wildcard, the default backend, a
+/// port by name, and what cannot be served named in the warnings.
+#[test]
+fn ingress_rules_route_as_ingress_nginx_does() {
+    let w = ingress_world(
+        "
+kind: Ingress
+metadata: { name: shop, namespace: web, creationTimestamp: \"2026-01-01T00:00:00Z\" }
+spec:
+  ingressClassName: skiff
+  defaultBackend: { service: { name: fallback, port: { number: 80 } } }
+  rules:
+    - host: shop.example.com
+      http:
+        paths:
+          - { path: /, pathType: Prefix, backend: { service: { name: shop, port: { name: http } } } }
+          - { path: /api, pathType: Prefix, backend: { service: { name: api, port: { number: 8080 } } } }
+          - { path: /api/v2, pathType: Exact, backend: { service: { name: shop, port: { number: 80 } } } }
+          - { path: /legacy, pathType: ImplementationSpecific, backend: { service: { name: api, port: { number: 8080 } } } }
+          - { path: /gone, pathType: Exact, backend: { service: { name: missing, port: { number: 80 } } } }
+    - host: \"*.example.org\"
+      http:
+        paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { name: nope } } } }]
+---
+kind: Ingress
+metadata: { name: newer, namespace: web, creationTimestamp: \"2026-02-01T00:00:00Z\" }
+spec:
+  defaultBackend: { service: { name: shop, port: { number: 80 } } }
+  rules:
+    - http:
+        paths: [{ path: /any-host, pathType: Exact, backend: { service: { name: api, port: { number: 8080 } } } }]
+---
+kind: Ingress
+metadata: { name: legacy, namespace: web, annotations: { kubernetes.io/ingress.class: skiff } }
+spec:
+  rules: [{ host: legacy.example.com, http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { number: 8080 } } } }] } }]
+---
+kind: Ingress
+metadata: { name: theirs, namespace: web }
+spec:
+  ingressClassName: nginx
+  rules: [{ host: theirs.example.com, http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { number: 8080 } } } }] } }]
+",
+    );
+    let t = translate_ingress(&w, "skiff", IngressPorts::default());
+    assert_eq!(t.problem, None);
+    let served: Vec<&str> = t.ingresses.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        served,
+        ["shop", "newer", "legacy"],
+        "oldest first; not nginx's"
+    );
+    let to = |host: &str, path: &str| ingress_to(&t, 80, host, path).unwrap_or_default();
+    let h = "shop.example.com";
+    assert_eq!(to(h, "/cart"), "web/shop:80");
+    assert_eq!(to(h, "/api"), "web/api:8080");
+    assert_eq!(to(h, "/api/v1"), "web/api:8080");
+    assert_eq!(to(h, "/apis"), "web/shop:80", "Prefix is by whole segments");
+    assert_eq!(to(h, "/api/v2"), "web/shop:80", "the longer, exact path");
+    assert_eq!(
+        to(h, "/legacy-page"),
+        "web/api:8080",
+        "ImplementationSpecific: plain prefix"
+    );
+    assert_eq!(to(h, "/gone"), "500");
+    assert_eq!(to("www.example.org", "/"), "500", "no port named `nope`");
+    assert_eq!(to("legacy.example.com", "/x"), "web/api:8080");
+    assert_eq!(
+        to("theirs.example.com", "/x"),
+        "web/fallback:80",
+        "another class's host"
+    );
+    assert_eq!(to("any.host", "/any-host"), "web/api:8080");
+    assert_eq!(
+        to("any.host", "/else"),
+        "web/fallback:80",
+        "the oldest default backend"
+    );
+    let warnings = t.warnings.join("\n");
+    for says in [
+        "Ingress web/shop: rules[0].http.paths[4]: Service web/missing does not exist",
+        "Ingress web/shop: rules[1].http.paths[0]: Service api has no port named `nope`",
+        "Ingress web/newer: defaultBackend: an older Ingress's default backend is served",
+    ] {
+        assert!(warnings.contains(says), "{says}\nnot in:\n{warnings}");
+    }
+    assert_eq!(t.ports.len(), 1, "no TLS, no HTTPS port");
+
+    // Without a default class, an Ingress that names none is not served.
+    let mut w = w;
+    w.ingress_classes
+        .get_mut("skiff")
+        .unwrap()
+        .metadata
+        .annotations
+        .clear();
+    let t = translate_ingress(&w, "skiff", IngressPorts::default());
+    let served: Vec<&str> = t.ingresses.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(served, ["shop", "legacy"]);
+    // Another controller's IngressClass of that name: nothing is served.
+    w.ingress_classes.get_mut("skiff").unwrap().spec.controller = "k8s.io/ingress-nginx".into();
+    let t = translate_ingress(&w, "skiff", IngressPorts::default());
+    assert!(t.ports.is_empty());
+    assert!(t.problem.unwrap().contains("k8s.io/ingress-nginx"));
+}
+
+/// Ingress TLS: the Secret's certificate for the entry's hosts on the
+/// HTTPS port, those hosts redirected there from HTTP (308) unless the
+/// Ingress turns it off, and a missing Secret leaving its hosts on HTTP.
+#[test]
+fn ingress_tls_serves_https_and_redirects_plain_http() {
+    let w = ingress_world(
+        "
+kind: Ingress
+metadata: { name: shop, namespace: web }
+spec:
+  tls: [{ hosts: [shop.example.com], secretName: shop-tls }]
+  rules:
+    - host: shop.example.com
+      http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: shop, port: { number: 80 } } } }] }
+---
+kind: Ingress
+metadata: { name: api, namespace: web, annotations: { nginx.ingress.kubernetes.io/ssl-redirect: \"false\" } }
+spec:
+  tls: [{ hosts: [api.example.com], secretName: shop-tls }, { hosts: [broken.example.com], secretName: missing }]
+  rules:
+    - host: api.example.com
+      http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { number: 8080 } } } }] }
+    - host: broken.example.com
+      http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { number: 8080 } } } }] }
+",
+    );
+    let t = translate_ingress(
+        &w,
+        "skiff",
+        IngressPorts {
+            http: 80,
+            https: 443,
+        },
+    );
+    let https = t
+        .ports
+        .iter()
+        .find(|p| p.port == 443)
+        .expect("an HTTPS port");
+    assert!(https.tls);
+    let certs: Vec<(Option<&str>, &str)> = https
+        .certificates
+        .iter()
+        .map(|c| (c.hostname.as_deref(), c.secret.as_str()))
+        .collect();
+    assert_eq!(
+        certs,
+        [
+            (Some("api.example.com"), "shop-tls"),
+            (Some("shop.example.com"), "shop-tls")
+        ]
+    );
+    assert_eq!(
+        ingress_to(&t, 443, "shop.example.com", "/x").unwrap(),
+        "web/shop:80"
+    );
+    assert_eq!(
+        ingress_to(&t, 80, "shop.example.com", "/x").unwrap(),
+        "redirect Some(\"https\") 308"
+    );
+    assert_eq!(
+        ingress_to(&t, 80, "api.example.com", "/x").unwrap(),
+        "web/api:8080"
+    );
+    assert_eq!(
+        ingress_to(&t, 80, "broken.example.com", "/x").unwrap(),
+        "web/api:8080"
+    );
+    assert_eq!(ingress_to(&t, 443, "broken.example.com", "/x"), None);
+    assert!(t
+        .warnings
+        .iter()
+        .any(|w| w.contains("tls[1]: Secret web/missing does not exist")));
+}

@@ -259,6 +259,7 @@ fn demo_config(replicas: &[Arc<Replica>], admin: SocketAddr) -> Config {
         clusters,
         mesh: None,
         gateway_api: None,
+        ingress: None,
     }
 }
 
