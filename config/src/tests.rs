@@ -417,3 +417,32 @@ clusters:
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_route_overrides_the_clusters_retries_and_per_try_timeout() {
+    let with = |rules: &str| {
+        format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    routes:\n      - cluster: a\n        {rules}\nclusters:\n  - name: a\n    endpoints: [127.0.0.1:1]\n"
+        )
+    };
+    let c = parse(&with(
+        "retries: { attempts: 3, status_codes: [500, 503], backoff: 50ms }\n        per_try_timeout: 1s",
+    ))
+    .unwrap();
+    let rules = &c.listeners[0].routes[0].rules;
+    let retries = rules.retries.as_ref().unwrap();
+    assert_eq!(retries.attempts, 3);
+    assert_eq!(retries.status_codes, [500, 503]);
+    assert_eq!(retries.backoff, Some(Duration::from_millis(50)));
+    assert_eq!(rules.per_try_timeout, Some(Duration::from_secs(1)));
+    let err = parse(&with("retries: { status_codes: [200] }")).unwrap_err();
+    assert!(
+        err.contains("listeners[0].routes[0].retries.status_codes[0]: 200 is out of range"),
+        "{err}"
+    );
+    let err = parse(&with("per_try_timeout: 0s")).unwrap_err();
+    assert!(
+        err.contains("per_try_timeout: give a duration above zero"),
+        "{err}"
+    );
+}

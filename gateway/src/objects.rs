@@ -190,6 +190,16 @@ pub struct HttpRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     pub backend_refs: Vec<BackendRef>,
     pub timeouts: Option<Timeouts>,
+    pub retry: Option<HttpRouteRetry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteRetry {
+    pub codes: Vec<u32>,
+    pub attempts: Option<u32>,
+    /// A GEP-2257 duration.
+    pub backoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -85,6 +85,11 @@ pub struct BackendControl {
     pub released: std::sync::atomic::AtomicBool,
     /// When not 0, the status of every response (a failing backend).
     pub status: std::sync::atomic::AtomicU16,
+    /// How many of the next responses get `failure_status` (a backend
+    /// that recovers after N failures, as the Gateway API suite's echo
+    /// server does with `succeedAfter`).
+    pub failures_left: AtomicU64,
+    pub failure_status: std::sync::atomic::AtomicU16,
     /// When not 0, the status of `/healthz` (200 otherwise).
     pub health_status: std::sync::atomic::AtomicU16,
     /// `/healthz` requests that identified themselves as skiff's checks
@@ -292,6 +297,14 @@ async fn backend_respond(
     let forced = ctl.status.load(Relaxed);
     if let Ok(status) = http::StatusCode::from_u16(forced) {
         *resp.status_mut() = status;
+    }
+    let failing = ctl
+        .failures_left
+        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        let status = http::StatusCode::from_u16(ctl.failure_status.load(Relaxed));
+        *resp.status_mut() = status.unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     }
     resp
 }

@@ -436,6 +436,94 @@ async fn https_listeners_serve_certificates_from_secrets() {
     );
 }
 
+/// HTTPRouteRetry and HTTPRouteTimeoutBackendRequest: a rule's `retry`
+/// tries again on its codes only, as many times as it says (the
+/// backend recovers after N failures, as the suite's echo server does);
+/// `timeouts.backendRequest` bounds each try, and a slow try is tried
+/// again within `timeouts.request`.
+#[tokio::test]
+async fn rule_retries_and_backend_request_timeouts() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    let rule = |prefix: &str, extra: Value| {
+        let mut rule = json!({
+            "matches": [{ "path": { "type": "PathPrefix", "value": prefix } }],
+            "backendRefs": [{ "name": "catalog", "port": 8080 }]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            rule[k] = v.clone();
+        }
+        rule
+    };
+    fake.apply_object(route(
+        "retries",
+        json!({
+            "parentRefs": [{ "name": "web" }],
+            "rules": [
+                rule("/retry/code-500-attempts-3", json!({ "retry": { "codes": [500], "attempts": 3, "backoff": "1ms" } })),
+                rule("/retry/code-all-attempts-2", json!({ "retry": { "codes": [500, 502, 503, 504], "attempts": 2 } })),
+                rule("/slow", json!({ "timeouts": { "request": "5s", "backendRequest": "200ms" },
+                                      "retry": { "codes": [504], "attempts": 1 } })),
+            ]
+        }),
+    ));
+    let gw = start(&fake, "gateway-api-retry").await;
+    wait_for_async("the route", SOON, || async {
+        get(gw.port80, "a", "/retry/code-500-attempts-3", &[])
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let control = &catalog.pod(1).control;
+    let case = |path: &'static str, status: u16, fail: u64| async move {
+        control.failure_status.store(status, Relaxed);
+        control.failures_left.store(fail, Relaxed);
+        let before = control.requests.load(Relaxed);
+        let answered = get(gw.port80, "a", path, &[]).await.0;
+        let tries = control.requests.load(Relaxed) - before;
+        control.failures_left.store(0, Relaxed);
+        (answered, tries)
+    };
+    let three = "/retry/code-500-attempts-3";
+    assert_eq!(
+        case(three, 500, 2).await,
+        (200, 3),
+        "succeeds after 2 retries"
+    );
+    assert_eq!(
+        case(three, 500, 4).await,
+        (500, 4),
+        "3 retries, then the 500"
+    );
+    assert_eq!(
+        case(three, 503, 2).await,
+        (503, 1),
+        "503 is not among its codes"
+    );
+    let all = "/retry/code-all-attempts-2";
+    assert_eq!(case(all, 502, 1).await, (200, 2));
+    assert_eq!(case(all, 504, 3).await, (504, 3));
+
+    // Each try is bounded by backendRequest (200ms), the 504 it makes is
+    // tried once more, and the request ends well within its 5s.
+    let started = std::time::Instant::now();
+    let (status, _, _) = get(gw.port80, "a", "/slow/1000", &[]).await;
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, _, _) = get(gw.port80, "a", "/slow/10", &[]).await;
+    assert_eq!(status, 200);
+}
+
 /// Makes `n` gRPC calls of `method` as `authority` through `address`
 /// with a real client (grpcio): how many each server answered, the
 /// status codes of the failures, and the last reply.

@@ -244,6 +244,23 @@ pub struct Redirect {
     pub code: u16,
 }
 
+/// A route's own retry policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteRetries {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Statuses answered that are tried again (502, 503 and 504 when the
+    /// route does not say).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<u16>,
+    /// The least wait before a retry; none: the cluster's.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_optional_duration"
+    )]
+    pub backoff: Option<Duration>,
+}
+
 /// The parts of one route beyond its match and its backends.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct RouteRules {
@@ -259,6 +276,18 @@ pub struct RouteRules {
         serialize_with = "ser_optional_duration"
     )]
     pub timeout: Option<Duration>,
+    /// To response headers, each try, instead of the cluster's
+    /// `retries.per_try_timeout` (the Gateway API's `backendRequest`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_optional_duration"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    /// How this route's requests are tried again, instead of the
+    /// cluster's attempts, statuses and backoff (the retry budget stays
+    /// the cluster's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RouteRetries>,
     /// Largest request body forwarded (`413` past it); none: no limit.
     #[serde(
         skip_serializing_if = "Option::is_none",

@@ -3,18 +3,20 @@
 
 use super::{
     Action, Backend, HeaderEdits, HeaderMatch, HostMatch, PathMatch, PathRewrite, QueryMatch,
-    Redirect, Rewrite, RouteConfig, RouteRules, ValueMatch,
+    Redirect, Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
 };
 use crate::read;
 use crate::yaml::{Diagnostics, MapReader, Node, Value};
 
 /// The route fields besides `name`, `match`, `cluster`, `backends` and
 /// `redirect`.
-const RULE_FIELDS: [&str; 5] = [
+const RULE_FIELDS: [&str; 7] = [
     "rewrite",
     "request_headers",
     "response_headers",
     "timeout",
+    "per_try_timeout",
+    "retries",
     "max_request_body",
 ];
 
@@ -454,6 +456,24 @@ fn read_rules(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<RouteR
             None => ok = false,
         }
     }
+    let per_try_path = map.path_of("per_try_timeout");
+    if let Some(n) = map.optional("per_try_timeout") {
+        match read::duration(n, &per_try_path, diags) {
+            Some(d) if d.is_zero() => {
+                diags.error(n, &per_try_path, "give a duration above zero");
+                ok = false;
+            }
+            Some(d) => rules.per_try_timeout = Some(d),
+            None => ok = false,
+        }
+    }
+    let retries_path = map.path_of("retries");
+    if let Some(n) = map.optional("retries") {
+        match read_route_retries(n, &retries_path, diags) {
+            Some(r) => rules.retries = Some(r),
+            None => ok = false,
+        }
+    }
     let body_path = map.path_of("max_request_body");
     if let Some(n) = map.optional("max_request_body") {
         match crate::limits::read_max_request_body(n, &body_path, diags) {
@@ -462,6 +482,36 @@ fn read_rules(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<RouteR
         }
     }
     ok.then_some(rules)
+}
+
+/// `retries: { attempts: 3, status_codes: [500, 503], backoff: 100ms }`.
+fn read_route_retries(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<RouteRetries> {
+    let mut m = MapReader::new(node, path, diags)?;
+    let attempts = m.uint_or("attempts", 0..=10, 2, diags);
+    let codes_path = m.path_of("status_codes");
+    let status_codes = match m.optional("status_codes") {
+        None => Some(Vec::new()),
+        Some(list) => read::seq(list, &codes_path, diags).and_then(|items| {
+            let codes: Vec<Option<u16>> = (items.iter().enumerate())
+                .map(|(i, n)| {
+                    let at = format!("{codes_path}[{i}]");
+                    read::uint(n, &at, 400..=599, diags).map(|c| c as u16)
+                })
+                .collect();
+            codes.into_iter().collect()
+        }),
+    };
+    let backoff_path = m.path_of("backoff");
+    let backoff = match m.optional("backoff") {
+        None => Some(None),
+        Some(n) => read::duration(n, &backoff_path, diags).map(Some),
+    };
+    m.finish(diags, &["attempts", "status_codes", "backoff"]);
+    Some(RouteRetries {
+        attempts: attempts?,
+        status_codes: status_codes?,
+        backoff: backoff?,
+    })
 }
 
 /// `rewrite: { path_prefix: /v2/ | path: /full, host: name }`.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use skiff_config::cluster::ClusterConfig;
 use skiff_config::route::{
     Action, Backend, HeaderEdits, HeaderMatch, PathMatch, PathRewrite, QueryMatch, Redirect,
-    Rewrite, RouteConfig, RouteRules, ValueMatch,
+    Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
 };
 use skiff_route::{intersect, HostPattern};
 
@@ -326,14 +326,43 @@ fn translate_rule(
     let mut redirect = None;
     filters(&rule.filters, &mut rules, &mut redirect)?;
     if let Some(t) = &rule.timeouts {
-        if t.backend_request.is_some() {
-            return Err(unsupported("timeouts.backendRequest is not supported yet"));
+        let read = |text: &Option<String>| -> Result<Option<std::time::Duration>, Invalid> {
+            let Some(text) = text else { return Ok(None) };
+            let d =
+                duration(text).ok_or_else(|| unsupported(format!("`{text}` is not a duration")))?;
+            // `0s`: no timeout.
+            Ok((!d.is_zero()).then_some(d))
+        };
+        rules.timeout = read(&t.request)?;
+        rules.per_try_timeout = read(&t.backend_request)?;
+        if let (Some(request), Some(backend)) = (rules.timeout, rules.per_try_timeout) {
+            if backend > request {
+                return Err(unsupported(
+                    "timeouts.backendRequest is longer than timeouts.request",
+                ));
+            }
         }
-        if let Some(request) = &t.request {
-            let d = duration(request)
-                .ok_or_else(|| unsupported(format!("`{request}` is not a duration")))?;
-            rules.timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(r) = &rule.retry {
+        let mut status_codes = Vec::new();
+        for &code in &r.codes {
+            if !(400..=599).contains(&code) {
+                return Err(unsupported(format!("retry code {code}")));
+            }
+            status_codes.push(code as u16);
         }
+        let backoff = match &r.backoff {
+            None => None,
+            Some(text) => Some(
+                duration(text).ok_or_else(|| unsupported(format!("`{text}` is not a duration")))?,
+            ),
+        };
+        rules.retries = Some(RouteRetries {
+            // Unsaid: skiff's default, the cluster's 2.
+            attempts: r.attempts.unwrap_or(2).min(10),
+            status_codes,
+            backoff,
+        });
     }
     let route_of = (AnyRoute::Http(route), false);
     let backends = backends(

@@ -1237,3 +1237,62 @@ spec:
         .iter()
         .any(|w| w.contains("tls[1]: Secret web/missing does not exist")));
 }
+
+/// HTTPRouteRetry, HTTPRouteTimeoutBackendRequest: a rule's retry and
+/// backend request timeout become the route's own policy; what the
+/// specification refuses is refused.
+#[test]
+fn retries_and_backend_request_timeouts_translate() {
+    let w = world(
+        "
+kind: HTTPRoute
+metadata: { name: retry, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - retry: { codes: [500, 503], attempts: 3, backoff: 100ms }
+      timeouts: { request: 10s, backendRequest: 2s }
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+---
+kind: HTTPRoute
+metadata: { name: longer, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ timeouts: { request: 1s, backendRequest: 2s }, backendRefs: [{ name: backend-v1, port: 8080 }] }]
+---
+kind: HTTPRoute
+metadata: { name: code, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules: [{ retry: { codes: [302] }, backendRefs: [{ name: backend-v1, port: 8080 }] }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    let rules = &t.ports[0].routes[0].rules;
+    assert_eq!(rules.timeout, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        rules.per_try_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+    let retries = rules.retries.as_ref().unwrap();
+    assert_eq!(
+        (
+            retries.attempts,
+            retries.status_codes.as_slice(),
+            retries.backoff
+        ),
+        (
+            3,
+            &[500u16, 503][..],
+            Some(std::time::Duration::from_millis(100))
+        )
+    );
+    for (route, says) in [
+        ("longer", "backendRequest is longer"),
+        ("code", "retry code 302"),
+    ] {
+        let accepted = route_condition(&t, route, "Accepted");
+        assert_eq!(accepted.reason, "UnsupportedValue");
+        assert!(accepted.message.contains(says), "{accepted:?}");
+    }
+}

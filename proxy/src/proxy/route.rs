@@ -40,6 +40,10 @@ pub struct Route {
     pub(crate) response: Option<Box<HeaderOps>>,
     /// Overrides the cluster's request timeout.
     pub(crate) timeout: Option<Duration>,
+    /// Overrides the cluster's per-try timeout.
+    pub(crate) per_try_timeout: Option<Duration>,
+    /// Overrides the cluster's retry attempts, statuses and backoff.
+    pub(crate) retries: Option<Box<skiff_config::route::RouteRetries>>,
     /// Largest request body forwarded (`413` past it).
     pub(crate) max_request_body: Option<u64>,
 }
@@ -222,6 +226,8 @@ fn backend_route(
         ),
         response: HeaderOps::of(&[&rules.response_headers, &backend.response_headers]),
         timeout: rules.timeout,
+        per_try_timeout: rules.per_try_timeout,
+        retries: rules.retries.clone().map(Box::new),
         max_request_body: rules.max_request_body,
     })
 }

@@ -182,7 +182,8 @@ fn forward<'a>(
         if let Some(entry) = trip.access.as_mut() {
             entry.routed(&cluster.name, &req);
         }
-        let retryable = retry::retryable(&mut req, &settings.retries, upgrade);
+        let policy = retry::policy(route, &settings.retries);
+        let retryable = retry::retryable(&mut req, &policy, upgrade);
         let mut replay_body = None;
         if retryable && !req.body().is_end_stream() {
             match buffer_body(&mut req, settings.timeouts.request).await {
@@ -199,6 +200,7 @@ fn forward<'a>(
             upgrade,
             retryable,
             replay_body,
+            policy,
         );
         loop {
             let in_flight = match admit(cluster, limits.max_requests, tries.avoid) {
@@ -288,7 +290,7 @@ impl Trip<'_> {
         }
         // A success is recorded when the body has ended whole
         // (`Completion::finish`): one broken mid-body is a failure.
-        if let Some(again) = tries.again_after(status, back, &cluster.stats.budget) {
+        if let Some(again) = tries.again_after(status, back, (&cluster.stats.budget, self.route)) {
             // The answer is dropped unread, and its connection with it.
             drop((resp, conn, in_flight));
             return Next::Again(again);

@@ -255,6 +255,30 @@ pub(super) fn retryable(req: &mut Request<UpstreamBody>, policy: &Retries, upgra
     policy.attempts > 0 && !upgrade && (is_idempotent(req.method()) || marked_retryable(req))
 }
 
+/// The retry policy of a request to `route`: the cluster's, with what
+/// the route overrides (attempts, backoff, per-try timeout).
+#[inline]
+pub(super) fn policy(route: &Route, cluster: &Retries) -> Retries {
+    let mut policy = *cluster;
+    if let Some(r) = &route.retries {
+        policy.attempts = r.attempts;
+        policy.backoff = r.backoff.unwrap_or(policy.backoff);
+    }
+    if let Some(t) = route.per_try_timeout {
+        policy.per_try_timeout = t;
+    }
+    policy
+}
+
+/// Whether an answer with `status` is tried again: the route's statuses,
+/// else 502, 503 and 504.
+fn retried_status(route_codes: Option<&[u16]>, status: StatusCode) -> bool {
+    match route_codes {
+        Some(codes) if !codes.is_empty() => codes.contains(&status.as_u16()),
+        _ => matches!(status.as_u16(), 502..=504),
+    }
+}
+
 /// How one request is tried and tried again: what a retry sends, the
 /// limits of each try, and what the tries so far have left.
 pub(super) struct Tries {
@@ -289,8 +313,8 @@ impl Tries {
         upgrade: bool,
         retryable: bool,
         replay_body: Option<UpstreamBody>,
+        policy: Retries,
     ) -> Tries {
-        let policy = settings.retries;
         // A refused HTTP/2 stream was not processed, so any request can go
         // again; keeping an HTTP/1 client's raw head for it costs nothing.
         let refusable = policy.attempts > 0
@@ -368,10 +392,11 @@ impl Tries {
         &self,
         status: StatusCode,
         back: Option<Request<UpstreamBody>>,
-        budget: &RetryBudget,
+        (budget, route): (&RetryBudget, &Route),
     ) -> Option<Request<UpstreamBody>> {
+        let codes = route.retries.as_ref().map(|r| r.status_codes.as_slice());
         let retry = self.retried < self.policy.attempts
-            && matches!(status.as_u16(), 502..=504)
+            && retried_status(codes, status)
             && self.retryable
             && self.replay.allowed()
             && budget.try_retry(self.policy.budget_percent, self.policy.min_per_second);
