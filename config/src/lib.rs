@@ -269,11 +269,13 @@ fn check_route_clusters(
             if let Some(node) = route.get("cluster") {
                 named.push((node, format!("listeners[{li}].routes[{ri}].cluster")));
             }
-            if let Some(Value::Seq(backends)) = route.get("backends").map(|n| &n.value) {
-                for (bi, backend) in backends.iter().enumerate() {
-                    if let Some(node) = backend.get("cluster") {
-                        let at = format!("listeners[{li}].routes[{ri}].backends[{bi}].cluster");
-                        named.push((node, at));
+            for list in ["backends", "mirror"] {
+                if let Some(Value::Seq(items)) = route.get(list).map(|n| &n.value) {
+                    for (bi, item) in items.iter().enumerate() {
+                        if let Some(node) = item.get("cluster") {
+                            let at = format!("listeners[{li}].routes[{ri}].{list}[{bi}].cluster");
+                            named.push((node, at));
+                        }
                     }
                 }
             }

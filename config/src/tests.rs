@@ -440,6 +440,20 @@ fn a_route_overrides_the_clusters_retries_and_per_try_timeout() {
         err.contains("listeners[0].routes[0].retries.status_codes[0]: 200 is out of range"),
         "{err}"
     );
+    let c = parse(&with(
+        "mirror: [{ cluster: a, percent: 12.5 }, { cluster: a }]",
+    ))
+    .unwrap();
+    let mirrors = &c.listeners[0].routes[0].rules.mirrors;
+    assert_eq!(
+        mirrors.iter().map(|m| m.per_million).collect::<Vec<_>>(),
+        [125_000, 1_000_000]
+    );
+    let err = parse(&with("mirror: [{ cluster: ghost }]")).unwrap_err();
+    assert!(
+        err.contains("routes[0].mirror[0].cluster: no cluster named `ghost`"),
+        "{err}"
+    );
     let err = parse(&with("per_try_timeout: 0s")).unwrap_err();
     assert!(
         err.contains("per_try_timeout: give a duration above zero"),

@@ -241,6 +241,24 @@ pub struct HttpRouteFilter {
     pub response_header_modifier: Option<HeaderModifier>,
     pub request_redirect: Option<RequestRedirect>,
     pub url_rewrite: Option<UrlRewrite>,
+    pub request_mirror: Option<RequestMirror>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RequestMirror {
+    /// Its `weight` and `filters` are not part of a mirror's reference.
+    pub backend_ref: BackendRef,
+    pub percent: Option<u32>,
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Fraction {
+    pub numerator: u32,
+    /// Default 100.
+    pub denominator: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

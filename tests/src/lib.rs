@@ -90,6 +90,8 @@ pub struct BackendControl {
     /// server does with `succeedAfter`).
     pub failures_left: AtomicU64,
     pub failure_status: std::sync::atomic::AtomicU16,
+    /// The length of the last body `/sink` read.
+    pub last_sink: AtomicU64,
     /// When not 0, the status of `/healthz` (200 otherwise).
     pub health_status: std::sync::atomic::AtomicU16,
     /// `/healthz` requests that identified themselves as skiff's checks
@@ -252,6 +254,7 @@ async fn backend_respond(
                 Err(_) => break,
             }
         }
+        ctl.last_sink.store(n, Relaxed);
         builder.body(full(n.to_string()))
     } else if path == "/headers" {
         let mut map = serde_json::Map::new();

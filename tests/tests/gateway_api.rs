@@ -524,6 +524,103 @@ async fn rule_retries_and_backend_request_timeouts() {
     assert_eq!(status, 200);
 }
 
+/// HTTPRouteRequestMirror and HTTPRouteRequestPercentageMirror: the
+/// mirror gets a copy of every request (its body too) while the client
+/// gets the real backend's answer; a share of 20% mirrors about a fifth;
+/// and a mirror that hangs never slows the request.
+#[tokio::test]
+async fn request_mirrors_get_copies_and_never_slow_the_request() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    let mirrored = |prefix: &str, mirror: Value| {
+        json!({
+            "matches": [{ "path": { "type": "PathPrefix", "value": prefix } }],
+            "filters": [{ "type": "RequestMirror", "requestMirror": mirror }],
+            "backendRefs": [{ "name": "catalog", "port": 8080 }]
+        })
+    };
+    let to_v2 = json!({ "name": "catalog-v2", "port": 8080 });
+    fake.apply_object(route(
+        "mirror",
+        json!({
+            "parentRefs": [{ "name": "web" }],
+            "rules": [
+                mirrored("/mirror", json!({ "backendRef": to_v2 })),
+                mirrored("/percent", json!({ "backendRef": to_v2, "percent": 20 })),
+                mirrored("/sink", json!({ "backendRef": to_v2 })),
+            ]
+        }),
+    ));
+    let gw = start(&fake, "gateway-api-mirror").await;
+    wait_for_async("the route", SOON, || async {
+        get(gw.port80, "a", "/mirror/x", &[]).await.0 == 200
+    })
+    .await;
+    let mirror = &v2.pod(1).control;
+    wait_for_async("the first copy", SOON, || async {
+        mirror.requests.load(Relaxed) == 1
+    })
+    .await;
+
+    for _ in 0..20 {
+        let (status, backend, _) = get(gw.port80, "a", "/mirror/x", &[]).await;
+        assert_eq!(
+            (status, service_of(&backend)),
+            (200, "v1"),
+            "the real answer"
+        );
+    }
+    wait_for_async("20 more copies", SOON, || async {
+        mirror.requests.load(Relaxed) == 21
+    })
+    .await;
+
+    // A body is copied whole.
+    let mut client = Client::h1(gw.port80).await.unwrap();
+    let body = vec![b'x'; 5000];
+    let req = http::Request::post("/sink")
+        .header("host", "a")
+        .body(skiff_tests::full(body))
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    collect_body(resp.into_body()).await;
+    wait_for_async("the body's copy", SOON, || async {
+        mirror.last_sink.load(Relaxed) == 5000
+    })
+    .await;
+
+    // 20% of 500: 100 expected, σ ≈ 8.9; 5σ bound.
+    let before = mirror.requests.load(Relaxed);
+    for _ in 0..500 {
+        assert_eq!(get(gw.port80, "a", "/percent/x", &[]).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let copies = mirror.requests.load(Relaxed) - before;
+    assert!(
+        (55..=145).contains(&copies),
+        "{copies} copies of 500 at 20%"
+    );
+
+    // The mirror hangs for 5 s on every request: the requests do not wait.
+    mirror.delay_ms.store(5000, Relaxed);
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        assert_eq!(get(gw.port80, "a", "/mirror/x", &[]).await.0, 200);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "10 requests took {took:?} beside a hung mirror"
+    );
+    mirror.delay_ms.store(0, Relaxed);
+}
+
 /// Makes `n` gRPC calls of `method` as `authority` through `address`
 /// with a real client (grpcio): how many each server answered, the
 /// status codes of the failures, and the last reply.

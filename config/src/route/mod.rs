@@ -86,13 +86,17 @@ impl RouteConfig {
         }
     }
 
-    /// The clusters its backends name.
+    /// The clusters its backends and mirrors name.
     pub fn clusters(&self) -> impl Iterator<Item = &str> {
         let backends = match &self.action {
             Action::Forward(backends) => backends.as_slice(),
             Action::Redirect(_) => &[],
         };
-        backends.iter().filter_map(|b| b.cluster.as_deref())
+        let mirrors = self.rules.mirrors.iter().map(|m| m.cluster.as_str());
+        backends
+            .iter()
+            .filter_map(|b| b.cluster.as_deref())
+            .chain(mirrors)
     }
 }
 
@@ -244,6 +248,14 @@ pub struct Redirect {
     pub code: u16,
 }
 
+/// A cluster that gets copies of a route's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mirror {
+    pub cluster: String,
+    /// Of every million requests, how many are copied (1,000,000: all).
+    pub per_million: u32,
+}
+
 /// A route's own retry policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteRetries {
@@ -288,6 +300,11 @@ pub struct RouteRules {
     /// the cluster's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<RouteRetries>,
+    /// Clusters that get a copy of (a share of) the requests, fire and
+    /// forget: their answers are dropped, and they never slow the
+    /// request itself.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
     /// Largest request body forwarded (`413` past it); none: no limit.
     #[serde(
         skip_serializing_if = "Option::is_none",

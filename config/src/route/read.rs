@@ -2,15 +2,16 @@
 //! where it is, and a route with one is left out whole.
 
 use super::{
-    Action, Backend, HeaderEdits, HeaderMatch, HostMatch, PathMatch, PathRewrite, QueryMatch,
-    Redirect, Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
+    Action, Backend, HeaderEdits, HeaderMatch, HostMatch, Mirror, PathMatch, PathRewrite,
+    QueryMatch, Redirect, Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
 };
 use crate::read;
 use crate::yaml::{Diagnostics, MapReader, Node, Value};
 
 /// The route fields besides `name`, `match`, `cluster`, `backends` and
 /// `redirect`.
-const RULE_FIELDS: [&str; 7] = [
+const RULE_FIELDS: [&str; 8] = [
+    "mirror",
     "rewrite",
     "request_headers",
     "response_headers",
@@ -474,6 +475,13 @@ fn read_rules(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<RouteR
             None => ok = false,
         }
     }
+    let mirror_path = map.path_of("mirror");
+    if let Some(n) = map.optional("mirror") {
+        match read_mirrors(n, &mirror_path, diags) {
+            Some(m) => rules.mirrors = m,
+            None => ok = false,
+        }
+    }
     let body_path = map.path_of("max_request_body");
     if let Some(n) = map.optional("max_request_body") {
         match crate::limits::read_max_request_body(n, &body_path, diags) {
@@ -482,6 +490,51 @@ fn read_rules(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<RouteR
         }
     }
     ok.then_some(rules)
+}
+
+/// `mirror: [{ cluster: shadow, percent: 10 }]` (`percent` may have
+/// decimals; 100 by default).
+fn read_mirrors(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Vec<Mirror>> {
+    let items = read::seq(node, path, diags)?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let Some(mut m) = MapReader::new(item, &at, diags) else {
+            ok = false;
+            continue;
+        };
+        let cluster_path = m.path_of("cluster");
+        let cluster = m
+            .required("cluster", diags)
+            .and_then(|n| read::string(n, &cluster_path, diags));
+        let percent_path = m.path_of("percent");
+        let percent = match m.optional("percent") {
+            None => Some(100.0),
+            Some(n) => {
+                read::string(n, &percent_path, diags).and_then(|t| match t.trim().parse::<f64>() {
+                    Ok(p) if (0.0..=100.0).contains(&p) => Some(p),
+                    _ => {
+                        diags.error(
+                            n,
+                            &percent_path,
+                            format!("`{t}` is not a percentage (0 to 100)"),
+                        );
+                        None
+                    }
+                })
+            }
+        };
+        m.finish(diags, &["cluster", "percent"]);
+        match (cluster, percent) {
+            (Some(cluster), Some(percent)) => out.push(Mirror {
+                cluster,
+                per_million: (percent * 10_000.0).round() as u32,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// `retries: { attempts: 3, status_codes: [500, 503], backoff: 100ms }`.

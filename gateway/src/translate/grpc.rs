@@ -13,8 +13,13 @@ use super::route::{self, unsupported, AnyRoute, Clusters, Invalid, Key, Rule};
 use crate::objects::{GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule};
 use crate::world::World;
 
-/// The filters a GRPCRoute rule or backend may carry here.
-const FILTERS: [&str; 2] = ["RequestHeaderModifier", "ResponseHeaderModifier"];
+/// The filters a GRPCRoute rule may carry here (a backend: the header
+/// modifiers only).
+const FILTERS: [&str; 3] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+];
 
 pub(super) fn translate_rule(
     world: &World,
@@ -40,7 +45,9 @@ pub(super) fn translate_rule(
     let mut rules = RouteRules::default();
     route::filters(&rule.filters, &mut rules, &mut None)?;
     let from = (AnyRoute::Grpc(route), true);
-    let backends = route::backends(world, from, &rule.backend_refs, clusters, unresolved)?;
+    let (known, new) = clusters;
+    rules.mirrors = route::mirrors(world, from, &rule.filters, (known, &mut *new), unresolved)?;
+    let backends = route::backends(world, from, &rule.backend_refs, (known, new), unresolved)?;
     let action = Action::Forward(backends);
     let name = match &rule.name {
         Some(n) => format!("GRPCRoute/{}/{n}", meta.key()),

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use skiff_config::cluster::ClusterConfig;
 use skiff_config::route::{
-    Action, Backend, HeaderEdits, HeaderMatch, PathMatch, PathRewrite, QueryMatch, Redirect,
-    Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
+    Action, Backend, HeaderEdits, HeaderMatch, Mirror, PathMatch, PathRewrite, QueryMatch,
+    Redirect, Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
 };
 use skiff_route::{intersect, HostPattern};
 
@@ -325,6 +325,9 @@ fn translate_rule(
     let mut rules = RouteRules::default();
     let mut redirect = None;
     filters(&rule.filters, &mut rules, &mut redirect)?;
+    let from = (AnyRoute::Http(route), false);
+    let clusters = (known, &mut *new);
+    rules.mirrors = mirrors(world, from, &rule.filters, clusters, unresolved)?;
     if let Some(t) = &rule.timeouts {
         let read = |text: &Option<String>| -> Result<Option<std::time::Duration>, Invalid> {
             let Some(text) = text else { return Ok(None) };
@@ -478,7 +481,8 @@ pub(super) fn backends(
         let mut edits = RouteRules::default();
         let mut none = None;
         filters(&r.filters, &mut edits, &mut none)?;
-        if none.is_some() || edits.rewrite.is_some() {
+        let mirrors = r.filters.iter().any(|f| f.kind == "RequestMirror");
+        if none.is_some() || edits.rewrite.is_some() || mirrors {
             return Err(unsupported("a backend's filters can only edit headers"));
         }
         backends.push(Backend {
@@ -489,6 +493,59 @@ pub(super) fn backends(
         });
     }
     Ok(backends)
+}
+
+/// A rule's `RequestMirror` filters: each mirror's cluster and share; one
+/// whose backend does not resolve is left out, the reason in
+/// `unresolved`.
+pub(super) fn mirrors(
+    world: &World,
+    (route, h2): (AnyRoute<'_>, bool),
+    filters: &[HttpRouteFilter],
+    (known, new): Clusters<'_>,
+    unresolved: &mut Vec<Unresolved>,
+) -> Result<Vec<Mirror>, Invalid> {
+    let mut out = Vec::new();
+    for filter in filters.iter().filter(|f| f.kind == "RequestMirror") {
+        let Some(m) = &filter.request_mirror else {
+            return Err(unsupported("a RequestMirror filter without its settings"));
+        };
+        let per_million = match (m.percent, &m.fraction) {
+            (Some(_), Some(_)) => {
+                return Err(unsupported("a mirror takes percent or fraction, not both"))
+            }
+            (Some(p), None) if p <= 100 => p * 10_000,
+            (None, Some(f)) => {
+                let denominator = f.denominator.unwrap_or(100);
+                if denominator == 0 || f.numerator > denominator {
+                    return Err(unsupported(format!(
+                        "mirror fraction {}/{denominator}",
+                        f.numerator
+                    )));
+                }
+                (u64::from(f.numerator) * 1_000_000 / u64::from(denominator)) as u32
+            }
+            (None, None) => 1_000_000,
+            (Some(p), None) => return Err(unsupported(format!("mirror percent {p}"))),
+        };
+        let r = &m.backend_ref;
+        let reference = Reference {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+            port: r.port,
+        };
+        let from = (route.kind(), route.meta());
+        match backend::resolve(world, from, &reference, (known, &mut *new), h2) {
+            Ok(cluster) => out.push(Mirror {
+                cluster,
+                per_million,
+            }),
+            Err(problem) => unresolved.push(problem),
+        }
+    }
+    Ok(out)
 }
 
 /// A match's path: the condition, its precedence rank, and its length.
@@ -620,6 +677,8 @@ pub(super) fn filters(
                     code: code as u16,
                 });
             }
+            // Resolved by `mirrors`, which needs the world.
+            "RequestMirror" => {}
             "URLRewrite" => {
                 let r = filter.url_rewrite.clone().unwrap_or_default();
                 rules.rewrite = Some(Rewrite {

@@ -719,8 +719,8 @@ spec:
         - name: backend-v1
           port: 8080
           filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { set: [{ name: x-backend, value: v1 }] } }]
-    - matches: [{ path: { value: /mirror } }]
-      filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: backend-v2, port: 8080 } } }]
+    - matches: [{ path: { value: /extension } }]
+      filters: [{ type: ExtensionRef, extensionRef: { group: example.com, kind: Thing, name: x } }]
       backendRefs: [{ name: backend-v1, port: 8080 }]
 ---
 kind: HTTPRoute
@@ -735,7 +735,7 @@ spec:
     let t = gateway(&w, "same-namespace");
     let partial = route_condition(&t, "filters", "PartiallyInvalid");
     assert!(partial.message.starts_with("Dropped Rule"), "{partial:?}");
-    assert!(partial.message.contains("RequestMirror"));
+    assert!(partial.message.contains("ExtensionRef"), "{partial:?}");
     assert!(route_condition(&t, "filters", "Accepted").is_true());
     assert_eq!(
         route_condition(&t, "incompatible", "Accepted").reason,
@@ -1295,4 +1295,54 @@ spec:
         assert_eq!(accepted.reason, "UnsupportedValue");
         assert!(accepted.message.contains(says), "{accepted:?}");
     }
+}
+
+/// HTTPRouteRequestMirror, HTTPRouteRequestMultipleMirrors,
+/// HTTPRouteRequestPercentageMirror: each mirror's cluster and share;
+/// an unresolvable mirror is left out and named in ResolvedRefs.
+#[test]
+fn request_mirrors_translate_with_their_share() {
+    let w = world(
+        "
+kind: HTTPRoute
+metadata: { name: mirror, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - filters:
+        - { type: RequestMirror, requestMirror: { backendRef: { name: backend-v2, port: 8080 } } }
+        - { type: RequestMirror, requestMirror: { backendRef: { name: web, namespace: apps, port: 80 }, percent: 20 } }
+        - { type: RequestMirror, requestMirror: { backendRef: { name: backend-v1, port: 8080 }, fraction: { numerator: 25, denominator: 50 } } }
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+---
+kind: HTTPRoute
+metadata: { name: both, namespace: infra }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  rules:
+    - filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: backend-v2, port: 8080 }, percent: 5, fraction: { numerator: 1 } } }]
+      backendRefs: [{ name: backend-v1, port: 8080 }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    let route = &t.ports[0].routes[0];
+    let mirrors: Vec<(&str, u32)> = route
+        .rules
+        .mirrors
+        .iter()
+        .map(|m| (m.cluster.as_str(), m.per_million))
+        .collect();
+    assert_eq!(
+        mirrors,
+        [
+            ("infra/backend-v2:8080", 1_000_000),
+            ("infra/backend-v1:8080", 500_000)
+        ]
+    );
+    let resolved = route_condition(&t, "mirror", "ResolvedRefs");
+    assert_eq!(resolved.reason, "RefNotPermitted", "{resolved:?}");
+    assert!(route_condition(&t, "mirror", "Accepted").is_true());
+    assert!(t.clusters.iter().any(|c| c.name == "infra/backend-v2:8080"));
+    let both = route_condition(&t, "both", "Accepted");
+    assert!(both.message.contains("percent or fraction"), "{both:?}");
 }

@@ -40,6 +40,8 @@ pub(crate) enum UpstreamBody {
     /// Of unknown length, on a route with `max_request_body` (boxed: rare,
     /// and it holds one of the others).
     Capped(Box<CappedBody>),
+    /// Copied for mirrors as it streams (boxed: rare).
+    Tee(Box<TeeBody>),
 }
 
 impl Body for UpstreamBody {
@@ -62,6 +64,7 @@ impl Body for UpstreamBody {
                 })
             }
             UpstreamBody::Capped(b) => Pin::new(&mut **b).poll_frame(cx),
+            UpstreamBody::Tee(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -75,6 +78,7 @@ impl Body for UpstreamBody {
                 data.as_ref().is_none_or(|d| d.is_empty()) && trailers.is_none()
             }
             UpstreamBody::Capped(b) => b.is_end_stream(),
+            UpstreamBody::Tee(b) => b.inner.is_end_stream(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Body for UpstreamBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             UpstreamBody::Capped(b) => b.size_hint(),
+            UpstreamBody::Tee(b) => b.inner.size_hint(),
         }
     }
 }
@@ -192,5 +197,93 @@ mod tests {
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"0123456789");
         assert!(!exceeded.get());
+    }
+}
+
+/// What a [`TeeBody`] copies: the frames, and whether the body ended
+/// whole.
+#[derive(Debug)]
+pub(crate) enum Copied {
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+    End,
+}
+
+/// A request body copied for mirrors as it streams to its upstream.
+/// Copying never waits: when the copies fall behind (the channel is
+/// full) or pass `limit` bytes, copying stops and the mirrors give up,
+/// and the request itself goes on as if nothing were copied.
+#[derive(Debug)]
+pub(crate) struct TeeBody {
+    inner: UpstreamBody,
+    tx: Option<tokio::sync::mpsc::Sender<Copied>>,
+    left: usize,
+}
+
+impl TeeBody {
+    /// `inner`, copied up to `limit` bytes into the receiver returned.
+    pub(crate) fn new(
+        inner: UpstreamBody,
+        limit: usize,
+    ) -> (TeeBody, tokio::sync::mpsc::Receiver<Copied>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let body = TeeBody {
+            inner,
+            tx: Some(tx),
+            left: limit,
+        };
+        (body, rx)
+    }
+
+    fn copy(&mut self, frame: &Frame<Bytes>) {
+        let Some(tx) = &self.tx else { return };
+        let copy = match (frame.data_ref(), frame.trailers_ref()) {
+            (Some(d), _) if d.len() <= self.left => {
+                self.left -= d.len();
+                Some(Copied::Data(d.clone()))
+            }
+            (None, Some(t)) => Some(Copied::Trailers(t.clone())),
+            _ => None,
+        };
+        let sent = copy.is_some_and(|c| tx.try_send(c).is_ok());
+        if !sent {
+            self.tx = None;
+        } else if self.inner.is_end_stream() {
+            self.end();
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.try_send(Copied::End);
+        }
+    }
+}
+
+impl Body for TeeBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => this.copy(frame),
+            Poll::Ready(None) => this.end(),
+            Poll::Ready(Some(Err(_))) => this.tx = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -44,6 +44,9 @@ pub struct Route {
     pub(crate) per_try_timeout: Option<Duration>,
     /// Overrides the cluster's retry attempts, statuses and backoff.
     pub(crate) retries: Option<Box<skiff_config::route::RouteRetries>>,
+    /// Clusters that get copies of its requests (empty: none; no
+    /// allocation).
+    pub(crate) mirrors: Box<[crate::proxy::forward::mirror::Mirror]>,
     /// Largest request body forwarded (`413` past it).
     pub(crate) max_request_body: Option<u64>,
 }
@@ -216,6 +219,20 @@ fn backend_route(
             cluster: name.to_string(),
         })?;
     let rules = &route.rules;
+    let mut mirrors = Vec::with_capacity(rules.mirrors.len());
+    for m in &rules.mirrors {
+        let cluster = clusters
+            .get(&m.cluster)
+            .ok_or_else(|| RouteError::UnknownCluster {
+                listener: listener.name.clone(),
+                cluster: m.cluster.clone(),
+            })?;
+        mirrors.push(crate::proxy::forward::mirror::Mirror {
+            cluster: cluster.clone(),
+            requests: registry.requests(&listener.name, &m.cluster),
+            per_million: m.per_million,
+        });
+    }
     Ok(Route {
         cluster: cluster.clone(),
         requests: registry.requests(&listener.name, name),
@@ -228,6 +245,7 @@ fn backend_route(
         timeout: rules.timeout,
         per_try_timeout: rules.per_try_timeout,
         retries: rules.retries.clone().map(Box::new),
+        mirrors: mirrors.into_boxed_slice(),
         max_request_body: rules.max_request_body,
     })
 }

@@ -111,8 +111,9 @@ pub(crate) struct Failed {
 pub(crate) fn can_send(req: &mut Request<UpstreamBody>) -> bool {
     match req.body_mut() {
         UpstreamBody::Empty | UpstreamBody::Buffered { .. } => true,
-        // Streamed under the route's body limit: hyper's client sends it.
-        UpstreamBody::Capped(_) => false,
+        // Streamed under the route's body limit, or copied to mirrors as
+        // it streams: hyper's client sends it.
+        UpstreamBody::Capped(_) | UpstreamBody::Tee(_) => false,
         UpstreamBody::Http2(b) => match b.take_whole() {
             Some(data) => {
                 *req.body_mut() = UpstreamBody::Buffered {

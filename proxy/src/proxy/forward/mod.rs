@@ -9,6 +9,7 @@
 mod access_log;
 mod failure;
 mod headers;
+pub(crate) mod mirror;
 mod response;
 mod retry;
 mod send;
@@ -124,6 +125,9 @@ pub(crate) fn handle<'a>(
                 None
             }
         };
+        if !route.mirrors.is_empty() {
+            mirror::start(&route.mirrors, &mut req, peer);
+        }
         let response = forward(req, route, peer, start, raw_head, access, capped).await;
         route.requests.record(response.status().as_u16());
         response
