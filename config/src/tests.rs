@@ -454,6 +454,19 @@ fn a_route_overrides_the_clusters_retries_and_per_try_timeout() {
         err.contains("routes[0].mirror[0].cluster: no cluster named `ghost`"),
         "{err}"
     );
+    let c = parse(&with(
+        "cors: { allow_origins: [\"https://*.example.com\", \"*\"], allow_methods: [GET], allow_credentials: true }",
+    ))
+    .unwrap();
+    let cors = c.listeners[0].routes[0].rules.cors.as_ref().unwrap();
+    assert_eq!(cors.allow_origins, ["https://*.example.com", "*"]);
+    assert!(cors.allow_credentials);
+    assert_eq!(cors.max_age, Duration::from_secs(5));
+    let err = parse(&with("cors: { allow_origins: [example.com] }")).unwrap_err();
+    assert!(
+        err.contains("cors.allow_origins: `example.com` is not `*` or scheme://host[:port]"),
+        "{err}"
+    );
     let err = parse(&with("per_try_timeout: 0s")).unwrap_err();
     assert!(
         err.contains("per_try_timeout: give a duration above zero"),

@@ -242,6 +242,19 @@ pub struct HttpRouteFilter {
     pub request_redirect: Option<RequestRedirect>,
     pub url_rewrite: Option<UrlRewrite>,
     pub request_mirror: Option<RequestMirror>,
+    pub cors: Option<CorsFilter>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CorsFilter {
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: Option<bool>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    /// Seconds; default 5.
+    pub max_age: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -621,6 +621,81 @@ async fn request_mirrors_get_copies_and_never_slow_the_request() {
     mirror.delay_ms.store(0, Relaxed);
 }
 
+/// HTTPRouteCORS: a preflight from an allowed origin (exact, or under a
+/// wildcard) is answered by skiff and never reaches the backend; the
+/// answer to a request from it says so; another origin gets nothing.
+#[tokio::test]
+async fn cors_preflights_are_answered_and_answers_marked() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    fake.apply_object(route(
+        "cors",
+        json!({
+            "parentRefs": [{ "name": "web" }],
+            "rules": [{
+                "matches": [{ "path": { "type": "PathPrefix", "value": "/cors-1" } }],
+                "filters": [{ "type": "CORS", "cors": {
+                    "allowOrigins": ["https://www.foo.com", "https://*.bar.com"],
+                    "allowMethods": ["GET", "OPTIONS"],
+                    "allowHeaders": ["x-header-1", "x-header-2"],
+                    "exposeHeaders": ["x-header-3", "x-header-4"],
+                    "allowCredentials": true,
+                    "maxAge": 3600
+                } }],
+                "backendRefs": [{ "name": "catalog", "port": 8080 }]
+            }]
+        }),
+    ));
+    let gw = start(&fake, "gateway-api-cors").await;
+    wait_for_async("the route", SOON, || async {
+        get(gw.port80, "a", "/cors-1", &[]).await.0 == 200
+    })
+    .await;
+    let send = |method: &'static str, origin: &'static str, preflight: bool| async move {
+        let mut client = Client::h1(gw.port80).await.unwrap();
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri("/cors-1")
+            .header("host", "a")
+            .header("origin", origin);
+        if preflight {
+            req = req
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "x-header-1, x-header-2");
+        }
+        let resp = client.send(req.body(empty()).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        collect_body(resp.into_body()).await;
+        (status, headers)
+    };
+    let backend = &catalog.pod(1).control;
+    let before = backend.requests.load(Relaxed);
+    let (status, h) = send("OPTIONS", "https://xpto.www.bar.com", true).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["access-control-allow-origin"], "https://xpto.www.bar.com");
+    assert_eq!(h["access-control-allow-methods"], "GET, OPTIONS");
+    assert_eq!(h["access-control-allow-headers"], "x-header-1, x-header-2");
+    assert_eq!(h["access-control-expose-headers"], "x-header-3, x-header-4");
+    assert_eq!(h["access-control-max-age"], "3600");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(backend.requests.load(Relaxed), before, "answered by skiff");
+
+    let (status, h) = send("GET", "https://www.foo.com", false).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["access-control-allow-origin"], "https://www.foo.com");
+    assert_eq!(h["x-backend"], "v1-1");
+    for (method, preflight) in [("OPTIONS", true), ("GET", false)] {
+        let (_, h) = send(method, "https://foobar.com", preflight).await;
+        assert!(h.get("access-control-allow-origin").is_none(), "{h:?}");
+    }
+}
+
 /// Makes `n` gRPC calls of `method` as `authority` through `address`
 /// with a real client (grpcio): how many each server answered, the
 /// status codes of the failures, and the last reply.

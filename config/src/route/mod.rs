@@ -248,6 +248,51 @@ pub struct Redirect {
     pub code: u16,
 }
 
+/// A route's CORS policy (the Gateway API's `CORS` filter, Envoy's CORS
+/// filter). `*` in a list allows anything; an origin may be
+/// `https://*.example.com` (any name under it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(serialize_with = "crate::units::ser_duration")]
+    pub max_age: Duration,
+}
+
+impl Cors {
+    /// Whether `origin` is a valid entry of `allow_origins`: `*`, or
+    /// `scheme://host[:port]` whose host may start with `*.`.
+    pub fn valid_origin(origin: &str) -> bool {
+        if origin == "*" {
+            return true;
+        }
+        let Some((scheme, rest)) = origin.split_once("://") else {
+            return false;
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        };
+        let host = host.strip_prefix("*.").unwrap_or(host);
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            && !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            && port.is_none_or(|p| p.parse::<u16>().is_ok())
+    }
+}
+
 /// A cluster that gets copies of a route's requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mirror {
@@ -305,6 +350,10 @@ pub struct RouteRules {
     /// request itself.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Mirror>,
+    /// Cross-origin requests from browsers: preflights answered by skiff,
+    /// the answers of allowed origins marked so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
     /// Largest request body forwarded (`413` past it); none: no limit.
     #[serde(
         skip_serializing_if = "Option::is_none",

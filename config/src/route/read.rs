@@ -2,7 +2,7 @@
 //! where it is, and a route with one is left out whole.
 
 use super::{
-    Action, Backend, HeaderEdits, HeaderMatch, HostMatch, Mirror, PathMatch, PathRewrite,
+    Action, Backend, Cors, HeaderEdits, HeaderMatch, HostMatch, Mirror, PathMatch, PathRewrite,
     QueryMatch, Redirect, Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
 };
 use crate::read;
@@ -10,7 +10,8 @@ use crate::yaml::{Diagnostics, MapReader, Node, Value};
 
 /// The route fields besides `name`, `match`, `cluster`, `backends` and
 /// `redirect`.
-const RULE_FIELDS: [&str; 8] = [
+const RULE_FIELDS: [&str; 9] = [
+    "cors",
     "mirror",
     "rewrite",
     "request_headers",
@@ -475,6 +476,13 @@ fn read_rules(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<RouteR
             None => ok = false,
         }
     }
+    let cors_path = map.path_of("cors");
+    if let Some(n) = map.optional("cors") {
+        match read_cors(n, &cors_path, diags) {
+            Some(c) => rules.cors = Some(c),
+            None => ok = false,
+        }
+    }
     let mirror_path = map.path_of("mirror");
     if let Some(n) = map.optional("mirror") {
         match read_mirrors(n, &mirror_path, diags) {
@@ -490,6 +498,86 @@ fn read_rules(map: &mut MapReader<'_>, diags: &mut Diagnostics) -> Option<RouteR
         }
     }
     ok.then_some(rules)
+}
+
+/// `cors: { allow_origins: [https://shop.example.com], allow_methods: [GET],
+/// allow_headers: [x-client], expose_headers: [x-trace], allow_credentials: true,
+/// max_age: 1h }`.
+fn read_cors(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Cors> {
+    let mut m = MapReader::new(node, path, diags)?;
+    let token = |t: &str| {
+        t == "*"
+            || (!t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+    };
+    let origins = cors_list(
+        &mut m,
+        "allow_origins",
+        Cors::valid_origin,
+        "`*` or scheme://host[:port]",
+        diags,
+    );
+    let methods = cors_list(&mut m, "allow_methods", token, "a method or `*`", diags);
+    let headers = cors_list(
+        &mut m,
+        "allow_headers",
+        token,
+        "a header name or `*`",
+        diags,
+    );
+    let expose = cors_list(
+        &mut m,
+        "expose_headers",
+        token,
+        "a header name or `*`",
+        diags,
+    );
+    let credentials_path = m.path_of("allow_credentials");
+    let credentials = match m.optional("allow_credentials") {
+        None => Some(false),
+        Some(n) => read::boolean(n, &credentials_path, diags),
+    };
+    let max_age = m.duration_or("max_age", std::time::Duration::from_secs(5), diags);
+    m.finish(
+        diags,
+        &[
+            "allow_origins",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "allow_credentials",
+            "max_age",
+        ],
+    );
+    Some(Cors {
+        allow_origins: origins?,
+        allow_methods: methods?,
+        allow_headers: headers?,
+        expose_headers: expose?,
+        allow_credentials: credentials?,
+        max_age: max_age?,
+    })
+}
+
+/// A list of a `cors` section, each item checked.
+fn cors_list(
+    m: &mut MapReader<'_>,
+    name: &str,
+    check: impl Fn(&str) -> bool,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Option<Vec<String>> {
+    let at = m.path_of(name);
+    let Some(n) = m.optional(name) else {
+        return Some(Vec::new());
+    };
+    let items = read::string_list(n, &at, diags)?;
+    if let Some(bad) = items.iter().find(|i| !check(i)) {
+        diags.error(n, &at, format!("`{bad}` is not {what}"));
+        return None;
+    }
+    Some(items)
 }
 
 /// `mirror: [{ cluster: shadow, percent: 10 }]` (`percent` may have

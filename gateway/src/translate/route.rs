@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use skiff_config::cluster::ClusterConfig;
 use skiff_config::route::{
-    Action, Backend, HeaderEdits, HeaderMatch, Mirror, PathMatch, PathRewrite, QueryMatch,
+    Action, Backend, Cors, HeaderEdits, HeaderMatch, Mirror, PathMatch, PathRewrite, QueryMatch,
     Redirect, Rewrite, RouteConfig, RouteRetries, RouteRules, ValueMatch,
 };
 use skiff_route::{intersect, HostPattern};
@@ -482,7 +482,7 @@ pub(super) fn backends(
         let mut none = None;
         filters(&r.filters, &mut edits, &mut none)?;
         let mirrors = r.filters.iter().any(|f| f.kind == "RequestMirror");
-        if none.is_some() || edits.rewrite.is_some() || mirrors {
+        if none.is_some() || edits.rewrite.is_some() || edits.cors.is_some() || mirrors {
             return Err(unsupported("a backend's filters can only edit headers"));
         }
         backends.push(Backend {
@@ -679,6 +679,23 @@ pub(super) fn filters(
             }
             // Resolved by `mirrors`, which needs the world.
             "RequestMirror" => {}
+            "CORS" => {
+                let Some(c) = &filter.cors else {
+                    return Err(unsupported("a CORS filter without its settings"));
+                };
+                if let Some(o) = c.allow_origins.iter().find(|o| !Cors::valid_origin(o)) {
+                    return Err(unsupported(format!("CORS origin `{o}`")));
+                }
+                let header = |h: &String| h.to_ascii_lowercase();
+                rules.cors = Some(Cors {
+                    allow_origins: c.allow_origins.clone(),
+                    allow_methods: c.allow_methods.clone(),
+                    allow_headers: c.allow_headers.iter().map(header).collect(),
+                    expose_headers: c.expose_headers.iter().map(header).collect(),
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                    max_age: std::time::Duration::from_secs(c.max_age.unwrap_or(5).into()),
+                });
+            }
             "URLRewrite" => {
                 let r = filter.url_rewrite.clone().unwrap_or_default();
                 rules.rewrite = Some(Rewrite {

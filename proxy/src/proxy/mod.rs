@@ -4,6 +4,7 @@
 //! ([`forward`]): retries, header rewriting, upgrades, local answers, the
 //! access log.
 
+pub(crate) mod cors;
 pub mod forward;
 pub mod route;
 pub(crate) mod rules;

@@ -47,6 +47,8 @@ pub struct Route {
     /// Clusters that get copies of its requests (empty: none; no
     /// allocation).
     pub(crate) mirrors: Box<[crate::proxy::forward::mirror::Mirror]>,
+    /// Cross-origin requests: preflights answered, answers marked.
+    pub(crate) cors: Option<Box<crate::proxy::cors::CorsPolicy>>,
     /// Largest request body forwarded (`413` past it).
     pub(crate) max_request_body: Option<u64>,
 }
@@ -246,6 +248,7 @@ fn backend_route(
         per_try_timeout: rules.per_try_timeout,
         retries: rules.retries.clone().map(Box::new),
         mirrors: mirrors.into_boxed_slice(),
+        cors: (rules.cors.as_ref()).map(|c| Box::new(crate::proxy::cors::CorsPolicy::of(c))),
         max_request_body: rules.max_request_body,
     })
 }

@@ -105,6 +105,24 @@ pub(crate) fn handle<'a>(
                 return resp;
             }
         };
+        // A preflight from an allowed origin is answered here; the answer
+        // to any other request from one is marked below. (Boxed: the
+        // origin is kept across the await, and every request's future
+        // would grow by a header value.)
+        let cors_origin = match &route.cors {
+            None => None,
+            Some(policy) => match policy.allowed_origin(&req) {
+                None => None,
+                Some(origin) => {
+                    if let Some(resp) = policy.preflight(&req, &origin) {
+                        route.requests.record(resp.status().as_u16());
+                        log_local(access, &resp, None, 0);
+                        return resp;
+                    }
+                    Some(Box::new(origin))
+                }
+            },
+        };
         let capped = match route.max_request_body {
             None => None,
             Some(limit) => match cap_body(&mut req, limit) {
@@ -128,8 +146,11 @@ pub(crate) fn handle<'a>(
         if !route.mirrors.is_empty() {
             mirror::start(&route.mirrors, &mut req, peer);
         }
-        let response = forward(req, route, peer, start, raw_head, access, capped).await;
+        let mut response = forward(req, route, peer, start, raw_head, access, capped).await;
         route.requests.record(response.status().as_u16());
+        if let (Some(origin), Some(policy)) = (cors_origin, &route.cors) {
+            policy.mark(&origin, response.headers_mut());
+        }
         response
     }
 }
