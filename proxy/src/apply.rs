@@ -247,6 +247,11 @@ impl Proxy {
                             || x.routes.iter().any(|r| r.clusters().any(|rc| rc == c)))
                 })
             },
+            |l, route| {
+                listeners.iter().any(|x| {
+                    x.name == l && x.routes.iter().any(|r| r.name.as_deref() == Some(route))
+                })
+            },
             |l| listeners.iter().any(|x| x.name == l),
         );
         registry.tls.retain(|l| {

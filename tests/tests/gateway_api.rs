@@ -522,6 +522,35 @@ async fn rule_retries_and_backend_request_timeouts() {
     );
     let (status, _, _) = get(gw.port80, "a", "/slow/10", &[]).await;
     assert_eq!(status, 200);
+
+    // Counted by route name too, the HTTPRoute's rule named.
+    let (_, metrics) = admin_get(gw.admin, "/metrics").await.unwrap();
+    let by_rule = |rule: &str, class: &str| {
+        skiff_tests::metric_value(
+            &metrics,
+            "skiff_route_requests_total",
+            &[
+                ("listener", "gateway-80"),
+                ("route", rule),
+                ("code_class", class),
+            ],
+        )
+    };
+    assert_eq!(
+        by_rule("HTTPRoute/shop/retries/rule/1", "5xx"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        by_rule("HTTPRoute/shop/retries/rule/1", "2xx"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        by_rule("HTTPRoute/shop/retries/rule/2", "5xx"),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 /// HTTPRouteRequestMirror and HTTPRouteRequestPercentageMirror: the

@@ -213,6 +213,23 @@ pub fn render_into(out: &mut String, registry: &Registry, clusters: &[Arc<Cluste
         }
     }
 
+    let name = "skiff_route_requests_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Requests answered, by listener, named route (a config route's name, or HTTPRoute/NS/NAME/rule/N) and status class.",
+    );
+    let rows: Vec<RequestsRow> = registry.route_requests.lock().values().cloned().collect();
+    for (labels, counters) in &rows {
+        for (i, class) in CODE_CLASSES.iter().enumerate() {
+            let n = counters.get(i);
+            if n > 0 {
+                sample(out, &[name], &[labels, ",code_class=\"", class, "\""], n);
+            }
+        }
+    }
+
     let name = "skiff_unrouted_requests_total";
     header(
         out,

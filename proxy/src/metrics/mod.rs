@@ -247,6 +247,10 @@ pub struct Registry {
     /// `skiff_requests_total` rows by (listener, cluster), each with its
     /// labels (`listener="…",cluster="…"`) written when it is made.
     pub(crate) requests: Mutex<BTreeMap<(String, String), RequestsRow>>,
+    /// `skiff_route_requests_total` rows by (listener, route name), for
+    /// named routes (bounded by the routes of the config and the
+    /// Gateway API objects).
+    pub(crate) route_requests: Mutex<BTreeMap<(String, String), RequestsRow>>,
     /// Requests that matched no route, by listener.
     pub(crate) unrouted: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     /// Open downstream connections by listener.
@@ -274,6 +278,19 @@ impl Registry {
                     label("listener", listener),
                     label("cluster", cluster)
                 );
+                (labels.into(), Arc::default())
+            });
+        counters.clone()
+    }
+
+    /// The counter row for requests from `listener` that took the route
+    /// named `route`; resolved when a route table is built.
+    pub(crate) fn route_requests(&self, listener: &str, route: &str) -> Arc<CodeCounters> {
+        let mut map = self.route_requests.lock();
+        let (_, counters) = map
+            .entry((listener.to_string(), route.to_string()))
+            .or_insert_with(|| {
+                let labels = format!("{},{}", label("listener", listener), label("route", route));
                 (labels.into(), Arc::default())
             });
         counters.clone()
@@ -313,9 +330,13 @@ impl Registry {
     pub(crate) fn retain(
         &self,
         keep: impl Fn(&str, &str) -> bool,
+        keep_route: impl Fn(&str, &str) -> bool,
         keep_listener: impl Fn(&str) -> bool,
     ) {
         self.requests.lock().retain(|(l, c), _| keep(l, c));
+        self.route_requests
+            .lock()
+            .retain(|(l, r), _| keep_route(l, r));
         self.unrouted.lock().retain(|l, _| keep_listener(l));
         self.connections
             .lock()

@@ -34,6 +34,8 @@ pub struct Route {
     pub(crate) cluster: Arc<Cluster>,
     /// `skiff_requests_total{listener, cluster}`.
     pub(crate) requests: Arc<CodeCounters>,
+    /// `skiff_route_requests_total{listener, route}`, when it has a name.
+    pub(crate) named: Option<Arc<CodeCounters>>,
     /// Rewrites and request header edits; none for a plain route.
     pub(crate) edits: Option<Box<Edits>>,
     /// Response header edits; none for a plain route.
@@ -51,6 +53,17 @@ pub struct Route {
     pub(crate) cors: Option<Box<crate::proxy::cors::CorsPolicy>>,
     /// Largest request body forwarded (`413` past it).
     pub(crate) max_request_body: Option<u64>,
+}
+
+impl Route {
+    /// Counts an answer with `status`, by cluster and by route name.
+    #[inline]
+    pub(crate) fn record(&self, status: u16) {
+        self.requests.record(status);
+        if let Some(named) = &self.named {
+            named.record(status);
+        }
+    }
 }
 
 /// Backends chosen by weight, request by request.
@@ -238,6 +251,7 @@ fn backend_route(
     Ok(Route {
         cluster: cluster.clone(),
         requests: registry.requests(&listener.name, name),
+        named: (route.name.as_deref()).map(|n| registry.route_requests(&listener.name, n)),
         edits: Edits::of(
             rules.rewrite.as_ref(),
             &route.path,

@@ -115,7 +115,7 @@ pub(crate) fn handle<'a>(
                 None => None,
                 Some(origin) => {
                     if let Some(resp) = policy.preflight(&req, &origin) {
-                        route.requests.record(resp.status().as_u16());
+                        route.record(resp.status().as_u16());
                         log_local(access, &resp, None, 0);
                         return resp;
                     }
@@ -129,7 +129,7 @@ pub(crate) fn handle<'a>(
                 Ok(exceeded) => exceeded,
                 Err(_) => {
                     let resp = too_large(limit);
-                    route.requests.record(resp.status().as_u16());
+                    route.record(resp.status().as_u16());
                     log_local(access, &resp, None, 0);
                     return resp;
                 }
@@ -147,7 +147,7 @@ pub(crate) fn handle<'a>(
             mirror::start(&route.mirrors, &mut req, peer);
         }
         let mut response = forward(req, route, peer, start, raw_head, access, capped).await;
-        route.requests.record(response.status().as_u16());
+        route.record(response.status().as_u16());
         if let (Some(origin), Some(policy)) = (cors_origin, &route.cors) {
             policy.mark(&origin, response.headers_mut());
         }
