@@ -157,7 +157,8 @@ pub(super) fn attach(
     // may select the same listener).
     let mut done = std::collections::HashSet::new();
     for parent in parents {
-        let chosen = select(world, route, parent, listeners, &hostnames);
+        let chosen = select(world, route, parent, listeners, &hostnames)
+            .and_then(|attached| other_kind_first(route, attached, listeners));
         let accepted = match &chosen {
             Err((reason, message)) => {
                 Condition::new("Accepted", false, reason, message.clone(), generation)
@@ -194,6 +195,9 @@ pub(super) fn attach(
                     continue;
                 }
                 listeners[listener].attached += 1;
+                listeners[listener]
+                    .served
+                    .push((route.kind(), meta.key(), hosts.clone()));
                 for (key, config) in rules.iter().flatten().flatten() {
                     entries.push(Entry {
                         key: key.clone(),
@@ -277,6 +281,46 @@ fn select(
         ));
     }
     Ok(attached)
+}
+
+/// The listeners `attached` where no route of the other kind (HTTPRoute,
+/// GRPCRoute) already serves one of the same hostnames: the
+/// specification accepts only the older of the two there (routes are
+/// attached oldest first, so the one already there wins).
+fn other_kind_first(
+    route: AnyRoute<'_>,
+    attached: Vec<(usize, Vec<HostPattern>)>,
+    listeners: &[Checked<'_>],
+) -> Result<Vec<(usize, Vec<HostPattern>)>, Invalid> {
+    let overlap = |a: &[HostPattern], b: &[HostPattern]| {
+        a.is_empty()
+            || b.is_empty()
+            || a.iter()
+                .any(|x| b.iter().any(|y| intersect(Some(x), y).is_some()))
+    };
+    let mut blocked_by = None;
+    let kept: Vec<(usize, Vec<HostPattern>)> = attached
+        .into_iter()
+        .filter(|(i, hosts)| {
+            let other = listeners[*i]
+                .served
+                .iter()
+                .find(|(kind, _, theirs)| *kind != route.kind() && overlap(hosts, theirs));
+            if let Some((kind, name, _)) = other {
+                blocked_by = Some(format!("{kind} {name}"));
+            }
+            other.is_none()
+        })
+        .collect();
+    match (kept.is_empty(), blocked_by) {
+        (true, Some(other)) => Err((
+            "NotAllowedByListeners",
+            format!(
+                "the older {other} serves the same hostnames on this listener, and an HTTPRoute and a GRPCRoute may not share one"
+            ),
+        )),
+        _ => Ok(kept),
+    }
 }
 
 /// Whether a listener takes routes of `kind` from `namespace`.

@@ -1346,3 +1346,46 @@ spec:
     let both = route_condition(&t, "both", "Accepted");
     assert!(both.message.contains("percent or fraction"), "{both:?}");
 }
+
+/// An HTTPRoute and a GRPCRoute that share a hostname on one listener:
+/// only the older is accepted; with different hostnames both are.
+#[test]
+fn http_and_grpc_routes_sharing_a_hostname_accept_the_older() {
+    let w = world(
+        "
+kind: HTTPRoute
+metadata: { name: web, namespace: infra, creationTimestamp: \"2026-01-01T00:00:00Z\" }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  hostnames: [\"*.example.com\"]
+  rules: [{ backendRefs: [{ name: backend-v1, port: 8080 }] }]
+---
+kind: GRPCRoute
+metadata: { name: same-host, namespace: infra, creationTimestamp: \"2026-02-01T00:00:00Z\" }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  hostnames: [grpc.example.com]
+  rules: [{ backendRefs: [{ name: backend-v2, port: 8080 }] }]
+---
+kind: GRPCRoute
+metadata: { name: other-host, namespace: infra, creationTimestamp: \"2026-02-01T00:00:00Z\" }
+spec:
+  parentRefs: [{ name: same-namespace }]
+  hostnames: [grpc.example.org]
+  rules: [{ backendRefs: [{ name: backend-v2, port: 8080 }] }]
+",
+    );
+    let t = gateway(&w, "same-namespace");
+    assert!(route_condition(&t, "web", "Accepted").is_true());
+    let refused = route_condition(&t, "same-host", "Accepted");
+    assert_eq!(
+        (refused.status, refused.reason),
+        ("False", "NotAllowedByListeners")
+    );
+    assert!(
+        refused.message.contains("HTTPRoute infra/web"),
+        "{refused:?}"
+    );
+    assert!(route_condition(&t, "other-host", "Accepted").is_true());
+    assert_eq!(t.gateway.as_ref().unwrap().listeners[0].attached_routes, 2);
+}
