@@ -25,7 +25,8 @@ pub mod translate;
 pub mod world;
 
 pub use translate::{
-    translate, translate_ingress, Certificate, IngressPorts, Port, Translation, INGRESS_CONTROLLER,
+    mesh_routes, mesh_status, translate, translate_ingress, Certificate, IngressPorts, MeshRoutes,
+    Port, Translation, INGRESS_CONTROLLER,
 };
 pub use world::{ObjectError, Pem, SecretInfo, World};
 

@@ -7,7 +7,9 @@
 use skiff_config::route::{Action, PathMatch};
 
 use crate::status::Condition;
-use crate::translate::{translate, translate_ingress, IngressPorts, INGRESS_CONTROLLER};
+use crate::translate::{
+    mesh_routes, mesh_status, translate, translate_ingress, IngressPorts, INGRESS_CONTROLLER,
+};
 use crate::world::World;
 
 /// The text to print, and how many problems it found.
@@ -75,10 +77,58 @@ pub fn check(world: &World, controller: &str) -> Report {
             report.text.push_str(&format!("  problem: {warning}\n"));
         }
     }
-    if !any {
+    // The mesh: routes whose parent is a Service, as that Service's own
+    // namespace's clients (and every other client without consumer
+    // routes) take them.
+    let statuses = mesh_status(world, controller);
+    let mut services: Vec<(String, String)> = statuses
+        .iter()
+        .flat_map(|s| s.parents.iter().map(move |p| (s, p)))
+        .map(|(s, p)| {
+            let ns = p
+                .parent_ref
+                .namespace
+                .clone()
+                .unwrap_or_else(|| s.namespace.clone());
+            (ns, p.parent_ref.name.clone())
+        })
+        .collect();
+    services.sort();
+    services.dedup();
+    for (namespace, name) in &services {
+        let key = (namespace.clone(), name.clone());
+        let Some(service) = world.services.get(&key) else {
+            continue;
+        };
+        any = true;
+        for port in &service.spec.ports {
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            if let Some(routes) = mesh_routes(world, (namespace, name), number, namespace) {
+                report.text.push_str(&format!(
+                    "Service {namespace}/{name} port {number} (mesh): {} routes\n",
+                    routes.routes.len()
+                ));
+                for route in &routes.routes {
+                    report.text.push_str(&format!("    {}\n", describe(route)));
+                }
+            }
+        }
+    }
+    for route in &statuses {
+        for parent in &route.parents {
+            let what = format!(
+                "{} {}/{} (parent Service {})",
+                route.kind, route.namespace, route.name, parent.parent_ref.name
+            );
+            problems(&mut report, &what, &parent.conditions);
+        }
+    }
+    if !any && statuses.is_empty() {
         report.text.push_str(&format!(
             "no Gateway of a GatewayClass with controllerName {controller}, \
-             and no IngressClass with controller {INGRESS_CONTROLLER}\n"
+             no IngressClass with controller {INGRESS_CONTROLLER}, no mesh route\n"
         ));
     }
     report

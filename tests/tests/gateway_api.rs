@@ -1108,6 +1108,32 @@ fn the_ingress_deploy_manifests_validate_and_translate_with_no_problem() {
     assert!(text.contains("Ingress shop/shop: rules[0].http.paths[1]: Service shop/order does not exist; answered 500"), "{text}");
 }
 
+/// Mesh routes (a Service as parent) are read offline too: what the
+/// Service's clients would take, and every problem.
+#[test]
+fn mesh_routes_are_checked_offline() {
+    let dir = TempDir::new("mesh-manifests");
+    let file = dir.write(
+        "mesh.yaml",
+        "kind: Service\nmetadata: { name: catalog, namespace: shop }\nspec: { ports: [{ name: http, port: 80 }] }\n---\n\
+         kind: Service\nmetadata: { name: catalog-v2, namespace: shop }\nspec: { ports: [{ name: http, port: 80 }] }\n---\n\
+         kind: HTTPRoute\nmetadata: { name: canary, namespace: shop }\nspec:\n  parentRefs: [{ group: \"\", kind: Service, name: catalog, port: 80 }]\n  \
+         rules: [{ backendRefs: [{ name: catalog, port: 80, weight: 90 }, { name: catalog-v2, port: 80, weight: 10 }] }]\n---\n\
+         kind: HTTPRoute\nmetadata: { name: broken, namespace: shop }\nspec:\n  parentRefs: [{ group: \"\", kind: Service, name: missing }]\n  \
+         rules: [{ backendRefs: [{ name: catalog, port: 80 }] }]\n",
+    );
+    let (ok, text) = check_manifests(&[file.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    for line in [
+        "Service shop/catalog port 80 (mesh): 1 routes",
+        "shop/catalog:80 (90), shop/catalog-v2:80 (10)",
+        "HTTPRoute shop/broken (parent Service missing): Accepted False (NoMatchingParent): Service shop/missing does not exist",
+        "1 problem",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
 /// An object that cannot be read is named with its file and line.
 #[test]
 fn unreadable_manifests_are_named_by_file_and_line() {

@@ -24,12 +24,22 @@ pub(super) struct Reference<'a> {
     pub(super) port: Option<u32>,
 }
 
+/// How a reference is resolved beyond what it names.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Terms<'a> {
+    /// A GRPCRoute's backends: the cluster speaks HTTP/2 whatever the
+    /// port's `appProtocol`; one that does not say `kubernetes.io/h2c` is
+    /// a cluster of its own, `NS/NAME:PORT/h2c`, beside the HTTP/1.1 one
+    /// an HTTPRoute would use.
+    pub(super) h2: bool,
+    /// In the mesh, the route's parent Service `(namespace, name)`: a
+    /// consumer route may send to the Service it shapes in another
+    /// namespace without a ReferenceGrant.
+    pub(super) parent_service: Option<(&'a str, &'a str)>,
+}
+
 /// Resolves `reference` made by the `route_kind` `route`; the cluster it
 /// names is added to `new` unless `known` has it, and its name returned.
-/// With `h2` (a GRPCRoute's backends) the cluster speaks HTTP/2 whatever
-/// the port's `appProtocol`; one that does not say `kubernetes.io/h2c`
-/// is a cluster of its own, `NS/NAME:PORT/h2c`, beside the HTTP/1.1 one
-/// an HTTPRoute would use.
 pub(super) fn resolve(
     world: &World,
     (route_kind, route): (&str, &Meta),
@@ -38,8 +48,9 @@ pub(super) fn resolve(
         &BTreeMap<String, ClusterConfig>,
         &mut BTreeMap<String, ClusterConfig>,
     ),
-    h2: bool,
+    terms: Terms<'_>,
 ) -> Result<String, Unresolved> {
+    let h2 = terms.h2;
     let group = reference.group.unwrap_or("");
     let kind = reference.kind.unwrap_or("Service");
     let namespace = reference.namespace.unwrap_or(&route.namespace);
@@ -54,6 +65,7 @@ pub(super) fn resolve(
     // Checked before existence, so a refused reference never tells
     // whether the Service is there.
     if namespace != route.namespace
+        && terms.parent_service != Some((namespace, reference.name))
         && !world.grants(
             route_kind,
             &route.namespace,

@@ -28,6 +28,7 @@ pub(super) fn translate_rule(
     rule: &GrpcRouteRule,
     clusters: Clusters<'_>,
     unresolved: &mut Vec<Unresolved>,
+    parent_service: Option<(&str, &str)>,
 ) -> Rule {
     let meta = &route.metadata;
     let all_filters = rule
@@ -44,7 +45,11 @@ pub(super) fn translate_rule(
     }
     let mut rules = RouteRules::default();
     route::filters(&rule.filters, &mut rules, &mut None)?;
-    let from = (AnyRoute::Grpc(route), true);
+    let terms = super::backend::Terms {
+        h2: true,
+        parent_service,
+    };
+    let from = (AnyRoute::Grpc(route), terms);
     let (known, new) = clusters;
     rules.mirrors = route::mirrors(world, from, &rule.filters, (known, &mut *new), unresolved)?;
     let backends = route::backends(world, from, &rule.backend_refs, (known, new), unresolved)?;

@@ -359,7 +359,7 @@ fn resolve(
         ("Ingress", meta),
         &reference,
         (&known, clusters),
-        false,
+        Default::default(),
     ) {
         Ok(cluster) => Some(cluster),
         Err((_, why)) => {

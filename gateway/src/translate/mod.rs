@@ -14,6 +14,7 @@ mod backend;
 mod grpc;
 mod ingress;
 mod listener;
+mod mesh;
 mod route;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use crate::world::World;
 
 pub use ingress::{translate_ingress, IngressPorts, INGRESS_CONTROLLER};
 pub use listener::Certificate;
+pub use mesh::{mesh_routes, mesh_status, MeshRoutes};
 
 /// What skiff serves for one port of the Gateway.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use skiff_config::route::{
 };
 use skiff_route::{intersect, HostPattern};
 
-use super::backend::{self, Reference, Unresolved};
+use super::backend::{self, Reference, Terms, Unresolved};
 use super::listener::{host_matches, Checked};
 use super::names_gateway;
 use crate::objects::{
@@ -82,7 +82,7 @@ impl<'a> AnyRoute<'a> {
         }
     }
 
-    fn parent_refs(self) -> &'a [ParentRef] {
+    pub(super) fn parent_refs(self) -> &'a [ParentRef] {
         match self {
             AnyRoute::Http(r) => &r.spec.parent_refs,
             AnyRoute::Grpc(r) => &r.spec.parent_refs,
@@ -128,13 +128,30 @@ pub(super) fn attach(
         AnyRoute::Http(http) => (http.spec.rules.iter().enumerate())
             .map(|(i, rule)| {
                 let clusters = (&*clusters, &mut route_clusters);
-                translate_rule(world, (rank, http), i, rule, clusters, &mut unresolved)
+                translate_rule(
+                    world,
+                    (rank, http),
+                    i,
+                    rule,
+                    clusters,
+                    &mut unresolved,
+                    None,
+                )
             })
             .collect(),
         AnyRoute::Grpc(grpc) => (grpc.spec.rules.iter().enumerate())
             .map(|(i, rule)| {
                 let clusters = (&*clusters, &mut route_clusters);
-                super::grpc::translate_rule(world, (rank, grpc), i, rule, clusters, &mut unresolved)
+                let unresolved = &mut unresolved;
+                super::grpc::translate_rule(
+                    world,
+                    (rank, grpc),
+                    i,
+                    rule,
+                    clusters,
+                    unresolved,
+                    None,
+                )
             })
             .collect(),
     };
@@ -354,7 +371,7 @@ pub(super) fn unsupported(message: impl Into<String>) -> Invalid {
 /// One rule, as route config per match; backend references that do not
 /// resolve are added to `unresolved` (the rule still serves, with 500s
 /// for their share).
-fn translate_rule(
+pub(super) fn translate_rule(
     world: &World,
     (rank, route): (usize, &HttpRoute),
     index: usize,
@@ -364,12 +381,17 @@ fn translate_rule(
         &mut BTreeMap<String, ClusterConfig>,
     ),
     unresolved: &mut Vec<Unresolved>,
+    parent_service: Option<(&str, &str)>,
 ) -> Rule {
     let meta = &route.metadata;
     let mut rules = RouteRules::default();
     let mut redirect = None;
     filters(&rule.filters, &mut rules, &mut redirect)?;
-    let from = (AnyRoute::Http(route), false);
+    let terms = Terms {
+        h2: false,
+        parent_service,
+    };
+    let from = (AnyRoute::Http(route), terms);
     let clusters = (known, &mut *new);
     rules.mirrors = mirrors(world, from, &rule.filters, clusters, unresolved)?;
     if let Some(t) = &rule.timeouts {
@@ -411,14 +433,7 @@ fn translate_rule(
             backoff,
         });
     }
-    let route_of = (AnyRoute::Http(route), false);
-    let backends = backends(
-        world,
-        route_of,
-        &rule.backend_refs,
-        (known, new),
-        unresolved,
-    )?;
+    let backends = backends(world, from, &rule.backend_refs, (known, new), unresolved)?;
     let action = match redirect {
         Some(_) if !backends.is_empty() => {
             return Err((
@@ -499,7 +514,7 @@ fn translate_rule(
 /// headers only.
 pub(super) fn backends(
     world: &World,
-    (route, h2): (AnyRoute<'_>, bool),
+    (route, terms): (AnyRoute<'_>, Terms<'_>),
     refs: &[BackendRef],
     (known, new): Clusters<'_>,
     unresolved: &mut Vec<Unresolved>,
@@ -515,7 +530,7 @@ pub(super) fn backends(
         };
         let clusters = (known, &mut *new);
         let from = (route.kind(), route.meta());
-        let cluster = match backend::resolve(world, from, &reference, clusters, h2) {
+        let cluster = match backend::resolve(world, from, &reference, clusters, terms) {
             Ok(c) => Some(c),
             Err(problem) => {
                 unresolved.push(problem);
@@ -544,7 +559,7 @@ pub(super) fn backends(
 /// `unresolved`.
 pub(super) fn mirrors(
     world: &World,
-    (route, h2): (AnyRoute<'_>, bool),
+    (route, terms): (AnyRoute<'_>, Terms<'_>),
     filters: &[HttpRouteFilter],
     (known, new): Clusters<'_>,
     unresolved: &mut Vec<Unresolved>,
@@ -581,7 +596,7 @@ pub(super) fn mirrors(
             port: r.port,
         };
         let from = (route.kind(), route.meta());
-        match backend::resolve(world, from, &reference, (known, &mut *new), h2) {
+        match backend::resolve(world, from, &reference, (known, &mut *new), terms) {
             Ok(cluster) => out.push(Mirror {
                 cluster,
                 per_million,

@@ -1389,3 +1389,184 @@ spec:
     assert!(route_condition(&t, "other-host", "Accepted").is_true());
     assert_eq!(t.gateway.as_ref().unwrap().listeners[0].attached_routes, 2);
 }
+
+/// The mesh suite's objects: Services `echo`, `echo-v1`, `echo-v2` in
+/// `mesh` (ports 80 and 8080), and a consumer namespace.
+const MESH: &str = "
+kind: Service
+metadata: { name: echo, namespace: mesh }
+spec: { ports: [{ name: http, port: 80 }, { name: http-alt, port: 8080 }] }
+---
+kind: Service
+metadata: { name: echo-v1, namespace: mesh }
+spec: { ports: [{ name: http, port: 80 }, { name: http-alt, port: 8080 }] }
+---
+kind: Service
+metadata: { name: echo-v2, namespace: mesh }
+spec: { ports: [{ name: http, port: 80 }, { name: http-alt, port: 8080 }] }
+";
+
+fn mesh_world(extra: &str) -> World {
+    let mut world = World::default();
+    for (line, object) in manifests::objects(&format!("{MESH}---\n{extra}")).unwrap() {
+        world
+            .apply(object)
+            .unwrap_or_else(|e| panic!("line {line}: {e}"));
+    }
+    world
+}
+
+/// Where a mesh client's request goes: the first backend's cluster, or
+/// none when the Service has no routes for it.
+fn mesh_to(world: &World, service: &str, port: u16, client: &str, path: &str) -> Option<String> {
+    let routes = mesh_routes(world, ("mesh", service), port, client)?;
+    let table = skiff_route::from_config(&routes.routes, |r| {
+        Ok::<_, skiff_route::BadPattern>(match &r.action {
+            Action::Redirect(_) => "redirect".to_string(),
+            Action::Forward(b) if b.is_empty() => "500".to_string(),
+            Action::Forward(b) => {
+                let edit = r.rules.response_headers.set.first().map(|(_, v)| v.clone());
+                format!(
+                    "{}{}",
+                    b[0].cluster.clone().unwrap_or("500".into()),
+                    edit.map(|e| format!(" +{e}")).unwrap_or_default()
+                )
+            }
+        })
+    })
+    .unwrap();
+    let req = http::Request::get(path).body(()).unwrap();
+    Some(
+        table
+            .find(&Lookup::of(&req, Some(service)))
+            .cloned()
+            .unwrap_or_else(|| "404".into()),
+    )
+}
+
+/// MeshConsumerRoute, MeshPorts, MeshFrontend and the simple cases: a
+/// producer route for every client, a consumer route for its namespace's
+/// clients only and in place of the producer's, a parent port that
+/// limits the route to it, and a Service with no route left alone.
+#[test]
+fn mesh_routes_for_producers_consumers_and_ports() {
+    let w = mesh_world(
+        "
+kind: HTTPRoute
+metadata: { name: mesh-split-v1, namespace: mesh }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: echo-v1, port: 80 }]
+  rules:
+    - filters: [{ type: ResponseHeaderModifier, responseHeaderModifier: { set: [{ name: X-Header-Set, value: v1 }] } }]
+      backendRefs: [{ name: echo-v1, port: 80 }]
+---
+kind: HTTPRoute
+metadata: { name: mesh-split-v2, namespace: mesh }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: echo-v2 }]
+  rules:
+    - filters: [{ type: ResponseHeaderModifier, responseHeaderModifier: { set: [{ name: X-Header-Set, value: v2 }] } }]
+      backendRefs: [{ name: echo-v2, port: 80 }]
+---
+kind: HTTPRoute
+metadata: { name: mesh-echo-add-header, namespace: consumer }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: echo-v1, namespace: mesh }]
+  rules:
+    - filters: [{ type: ResponseHeaderModifier, responseHeaderModifier: { set: [{ name: X-Header-Set, value: consumer } ] } }]
+      backendRefs: [{ name: echo-v1, namespace: mesh, port: 80 }]
+---
+kind: HTTPRoute
+metadata: { name: to-a-gateway, namespace: mesh }
+spec:
+  parentRefs: [{ name: some-gateway }]
+  rules: [{ backendRefs: [{ name: echo, port: 80 }] }]
+",
+    );
+    // MeshPorts: the route names port 80 of echo-v1; 8080 is left alone.
+    assert_eq!(
+        mesh_to(&w, "echo-v1", 80, "mesh", "/").as_deref(),
+        Some("mesh/echo-v1:80 +v1")
+    );
+    assert_eq!(mesh_to(&w, "echo-v1", 8080, "mesh", "/"), None);
+    // No port: every port of echo-v2.
+    assert_eq!(
+        mesh_to(&w, "echo-v2", 80, "mesh", "/").as_deref(),
+        Some("mesh/echo-v2:80 +v2")
+    );
+    assert_eq!(
+        mesh_to(&w, "echo-v2", 8080, "mesh", "/").as_deref(),
+        Some("mesh/echo-v2:80 +v2")
+    );
+    // MeshConsumerRoute: the consumer namespace's clients take its route,
+    // in place of the producer's; others take the producer's.
+    assert_eq!(
+        mesh_to(&w, "echo-v1", 80, "consumer", "/").as_deref(),
+        Some("mesh/echo-v1:80 +consumer")
+    );
+    assert_eq!(
+        mesh_to(&w, "echo-v1", 80, "elsewhere", "/").as_deref(),
+        Some("mesh/echo-v1:80 +v1")
+    );
+    // A Service no route names, and a Gateway's route: plain balancing.
+    assert_eq!(mesh_to(&w, "echo", 80, "mesh", "/"), None);
+
+    let status = mesh_status(&w, CONTROLLER);
+    let names: Vec<&str> = status.iter().map(|s| s.name.as_str()).collect();
+    assert!(!names.contains(&"to-a-gateway"), "{names:?}");
+    for s in &status {
+        let accepted = find(&s.parents[0].conditions, "Accepted").unwrap();
+        assert!(accepted.is_true(), "{}: {accepted:?}", s.name);
+        assert_eq!(s.parents[0].parent_ref.kind.as_deref(), Some("Service"));
+    }
+}
+
+/// Mesh route status: a missing parent Service or port, a rule that
+/// cannot be served, an unresolvable backend; and a request no rule of a
+/// routed Service matches is answered 404.
+#[test]
+fn mesh_route_status_and_unmatched_requests() {
+    let w = mesh_world(
+        "
+kind: HTTPRoute
+metadata: { name: missing, namespace: mesh, generation: 2 }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: nope }, { group: \"\", kind: Service, name: echo, port: 9999 }]
+  rules: [{ backendRefs: [{ name: echo, port: 80 }] }]
+---
+kind: HTTPRoute
+metadata: { name: partial, namespace: mesh }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: echo }]
+  rules:
+    - matches: [{ path: { type: PathPrefix, value: /v1 } }]
+      backendRefs: [{ name: echo-v1, port: 80 }, { name: gone, port: 80 }]
+",
+    );
+    let status = mesh_status(&w, CONTROLLER);
+    let missing = status.iter().find(|s| s.name == "missing").unwrap();
+    for (parent, says) in missing
+        .parents
+        .iter()
+        .zip(["Service mesh/nope does not exist", "has no port 9999"])
+    {
+        let accepted = find(&parent.conditions, "Accepted").unwrap();
+        assert_eq!(
+            (accepted.status, accepted.reason),
+            ("False", "NoMatchingParent")
+        );
+        assert!(accepted.message.contains(says), "{accepted:?}");
+        assert_eq!(accepted.observed_generation, 2);
+    }
+    let partial = status.iter().find(|s| s.name == "partial").unwrap();
+    let resolved = find(&partial.parents[0].conditions, "ResolvedRefs").unwrap();
+    assert_eq!(resolved.reason, "BackendNotFound");
+    assert_eq!(
+        mesh_to(&w, "echo", 80, "mesh", "/v1/x").as_deref(),
+        Some("mesh/echo-v1:80")
+    );
+    assert_eq!(
+        mesh_to(&w, "echo", 80, "mesh", "/other").as_deref(),
+        Some("404")
+    );
+}
