@@ -91,6 +91,10 @@ pub struct CaptureConfig {
     /// lookup (a new connection); the next starts them again.
     #[serde(serialize_with = "ser_duration")]
     pub watch_idle_timeout: Duration,
+    /// Outbound: HTTPRoutes and GRPCRoutes whose parent is a Service
+    /// (the Gateway API's mesh, GAMMA) shape the traffic to it; they are
+    /// read cluster-wide, which the sidecar's RBAC must allow.
+    pub routes: bool,
 }
 
 impl CaptureConfig {
@@ -113,6 +117,7 @@ const CAPTURE_FIELDS: &[&str] = &[
     "opaque_ports",
     "namespaces",
     "watch_idle_timeout",
+    "routes",
 ];
 
 /// Reads a listener's `capture:` mapping.
@@ -159,8 +164,14 @@ pub(crate) fn read_capture(
     };
     let watch_idle_timeout =
         map.duration_or("watch_idle_timeout", DEFAULT_WATCH_IDLE_TIMEOUT, diags);
+    let routes_path = map.path_of("routes");
+    let routes = match map.optional("routes") {
+        None => Some(false),
+        Some(n) => read::boolean(n, &routes_path, diags),
+    };
     map.finish(diags, CAPTURE_FIELDS);
     Some(CaptureConfig {
+        routes: routes?,
         direction: direction?,
         detect_timeout: detect_timeout?,
         opaque_ports,

@@ -217,6 +217,24 @@ impl World {
         Ok(())
     }
 
+    /// Forgets every object of `kind`, before a relist puts back what is
+    /// there.
+    pub fn clear(&mut self, kind: &str) {
+        match kind {
+            "GatewayClass" => self.gateway_classes.clear(),
+            "Gateway" => self.gateways.clear(),
+            "HTTPRoute" => self.http_routes.clear(),
+            "GRPCRoute" => self.grpc_routes.clear(),
+            "ReferenceGrant" => self.reference_grants.clear(),
+            "Service" => self.services.clear(),
+            "Namespace" => self.namespaces.clear(),
+            "Secret" => self.secrets.clear(),
+            "Ingress" => self.ingresses.clear(),
+            "IngressClass" => self.ingress_classes.clear(),
+            _ => {}
+        }
+    }
+
     /// Forgets one object.
     pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
         let key = (namespace.to_string(), name.to_string());

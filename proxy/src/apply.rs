@@ -78,6 +78,12 @@ impl Proxy {
             tables.push(table);
         }
         self.inner.sidecar.set_mesh(config.mesh.as_ref());
+        let routes = (config.listeners.iter()).any(|l| {
+            l.capture
+                .as_ref()
+                .is_some_and(|c| c.direction == Direction::Outbound && c.routes)
+        });
+        self.inner.sidecar.follow_routes(routes);
         self.swap_listeners(&config, tables, &mut prepared);
         if config.admin.listen != self.inner.config.load().admin.listen {
             tracing::warn!(

@@ -391,7 +391,7 @@ fn take(world: &mut World, listed: &mut BTreeSet<&'static str>, change: Change) 
                 "Secret" => std::mem::take(&mut world.secrets),
                 _ => BTreeMap::new(),
             };
-            clear(world, kind);
+            world.clear(kind);
             for object in objects {
                 apply(world, object, Some(&before));
             }
@@ -450,23 +450,6 @@ pub(crate) fn check_secret(world: &mut World, key: &Key, last_good: Option<Pem>)
     info.pem = last_good;
     info.problem = Some(problem.clone());
     Some(problem)
-}
-
-/// Forgets every object of `kind`, before a relist puts back what is there.
-fn clear(world: &mut World, kind: &str) {
-    match kind {
-        "GatewayClass" => world.gateway_classes.clear(),
-        "Gateway" => world.gateways.clear(),
-        "HTTPRoute" => world.http_routes.clear(),
-        "GRPCRoute" => world.grpc_routes.clear(),
-        "ReferenceGrant" => world.reference_grants.clear(),
-        "Service" => world.services.clear(),
-        "Namespace" => world.namespaces.clear(),
-        "Secret" => world.secrets.clear(),
-        "Ingress" => world.ingresses.clear(),
-        "IngressClass" => world.ingress_classes.clear(),
-        _ => {}
-    }
 }
 
 /// An HTTPS port's TLS: each listener's certificates for its hostname

@@ -1134,6 +1134,14 @@ fn mesh_routes_are_checked_offline() {
     }
 }
 
+/// The sidecar's RBAC for the mesh's routes (and the rest of
+/// `deploy/kubernetes`) validates.
+#[test]
+fn the_mesh_routes_rbac_validates() {
+    let files = skiff_tests::validate_manifests("deploy/kubernetes");
+    assert!(files.iter().any(|f| f.ends_with("mesh-routes-rbac.yaml")));
+}
+
 /// An object that cannot be read is named with its file and line.
 #[test]
 fn unreadable_manifests_are_named_by_file_and_line() {

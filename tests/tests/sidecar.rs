@@ -572,6 +572,17 @@ struct Shop {
 
 impl Shop {
     async fn start(test: &str) -> Option<Shop> {
+        Shop::start_with(test, None, "shop").await
+    }
+
+    /// The shop with the client's sidecar run with `client_config` (the
+    /// `--sidecar` defaults when none) in the Kubernetes namespace
+    /// `client_namespace`.
+    async fn start_with(
+        test: &str,
+        client_config: Option<&str>,
+        client_namespace: &str,
+    ) -> Option<Shop> {
         if !require_netns(test) {
             return None;
         }
@@ -619,13 +630,18 @@ impl Shop {
         let kubeconfig = fake.write_kubeconfig(&dir.0);
 
         skiff_iptables(client, &[]);
+        let client_config = client_config.map(|text| dir.write("client.yaml", text));
+        let args = match &client_config {
+            None => vec!["run", "--sidecar"],
+            Some(path) => vec!["run", "-c", path.to_str().expect("path")],
+        };
         let client_skiff = client.skiff(
             skiff_config::sidecar::PROXY_UID,
             &[
                 ("KUBECONFIG", kubeconfig.to_str().expect("path")),
-                ("SKIFF_POD_NAMESPACE", "shop"),
+                ("SKIFF_POD_NAMESPACE", client_namespace),
             ],
-            &["run", "--sidecar"],
+            &args,
             &dir.path("client-skiff.log"),
         );
         // pod-1's sidecar captures inbound only (it calls no Service).
@@ -702,6 +718,122 @@ fn distinct(mut names: Vec<String>) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// GETs `path` from the client pod to the catalog's ClusterIP: the pod
+/// that answered and the `x-route` header the mesh's route set.
+async fn routed(shop: &Shop, path: &str) -> (String, String) {
+    let mut client = shop.client().h1(addr(CATALOG)).await.expect("connect");
+    let req = http::Request::get(path)
+        .header("host", "catalog.shop")
+        .body(skiff_tests::empty())
+        .unwrap();
+    let resp = client
+        .send(req)
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}\n{}", shop.logs()));
+    let header = |n: &str| {
+        (resp.headers().get(n))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let seen = (header("x-backend"), header("x-route"));
+    skiff_tests::collect_body(resp.into_body()).await;
+    seen
+}
+
+/// The Gateway API's mesh (GAMMA) in the sidecar: a producer route (in
+/// the Service's namespace) shapes every client's calls to the catalog
+/// (a path to another Service, a response header), a consumer route in
+/// the client's own namespace takes its place for that client, and
+/// removing it puts the producer's back: all live, on one pod's sidecar
+/// reached through its real capture rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_routes_producer_and_consumer_shape_a_services_calls() {
+    let config = "admin: { listen: 0.0.0.0:9901 }\n\
+        listeners:\n\
+        \x20 - name: inbound\n    listen: 0.0.0.0:4143\n    capture: { direction: inbound }\n\
+        \x20 - name: outbound\n    listen: 127.0.0.1:4140\n    capture: { direction: outbound, namespaces: [shop], routes: true }\n";
+    let test = "mesh_routes_producer_and_consumer_shape_a_services_calls";
+    let Some(shop) = Shop::start_with(test, Some(config), "frontend").await else {
+        return;
+    };
+    // catalog-v2: the third pod alone, never called by its own address.
+    shop.fake.apply_service(
+        "shop",
+        service("catalog-v2", "198.19.0.11", &[("http", 80, 8080)]),
+    );
+    shop.fake.apply(
+        "shop",
+        endpoint_slice(
+            "catalog-v2-x1",
+            "catalog-v2",
+            &[("http", 8080)],
+            &[ready_pod(POD_IPS[2])],
+        ),
+    );
+    let set = |value: &str| {
+        serde_json::json!([{ "type": "ResponseHeaderModifier",
+            "responseHeaderModifier": { "set": [{ "name": "x-route", "value": value }] } }])
+    };
+    let parent = serde_json::json!([{ "group": "", "kind": "Service", "name": "catalog", "namespace": "shop", "port": 80 }]);
+    shop.fake.apply_object(serde_json::json!({
+        "kind": "HTTPRoute",
+        "metadata": { "name": "catalog-producer", "namespace": "shop", "generation": 1 },
+        "spec": { "parentRefs": parent, "rules": [
+            { "matches": [{ "path": { "type": "PathPrefix", "value": "/v2" } }],
+              "filters": set("producer-v2"),
+              "backendRefs": [{ "name": "catalog-v2", "port": 80 }] },
+            { "filters": set("producer"), "backendRefs": [{ "name": "catalog", "port": 80 }] }
+        ] }
+    }));
+    wait_for_async("the producer route", READY_WITHIN, || async {
+        routed(&shop, "/v2/item").await.1 == "producer-v2"
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            routed(&shop, "/v2/item").await,
+            ("pod-3".to_string(), "producer-v2".to_string()),
+            "/v2 goes to catalog-v2 (pod-3 alone)"
+        );
+    }
+    let mut pods = Vec::new();
+    for _ in 0..30 {
+        let (pod, route) = routed(&shop, "/other").await;
+        assert_eq!(route, "producer");
+        pods.push(pod);
+    }
+    assert_eq!(distinct(pods), ["pod-1", "pod-2", "pod-3"]);
+
+    // A consumer route in the client's namespace replaces the producer's
+    // for this client: no /v2 rule any more.
+    shop.fake.apply_object(serde_json::json!({
+        "kind": "HTTPRoute",
+        "metadata": { "name": "catalog-consumer", "namespace": "frontend", "generation": 1 },
+        "spec": { "parentRefs": parent, "rules": [
+            { "filters": set("consumer"), "backendRefs": [{ "name": "catalog", "namespace": "shop", "port": 80 }] }
+        ] }
+    }));
+    wait_for_async("the consumer route", READY_WITHIN, || async {
+        routed(&shop, "/v2/item").await.1 == "consumer"
+    })
+    .await;
+    let mut pods = Vec::new();
+    for _ in 0..30 {
+        let (pod, route) = routed(&shop, "/v2/item").await;
+        assert_eq!(route, "consumer", "{}", shop.logs());
+        pods.push(pod);
+    }
+    assert_eq!(distinct(pods), ["pod-1", "pod-2", "pod-3"]);
+
+    shop.fake
+        .delete_object("HTTPRoute", "frontend", "catalog-consumer");
+    wait_for_async("the producer route again", READY_WITHIN, || async {
+        routed(&shop, "/v2/item").await.1 == "producer-v2"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

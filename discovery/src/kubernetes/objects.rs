@@ -143,6 +143,40 @@ pub const INGRESS_KINDS: [Kind; 4] = [
     },
 ];
 
+/// What a sidecar follows for the mesh's routes (GAMMA): routes whose
+/// parent is a Service, the Services they name, and the grants between
+/// namespaces.
+pub const MESH_KINDS: [Kind; 4] = [
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "HTTPRoute",
+        plural: "httproutes",
+        fields: None,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind: "GRPCRoute",
+        plural: "grpcroutes",
+        fields: None,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1beta1",
+        kind: "ReferenceGrant",
+        plural: "referencegrants",
+        fields: None,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        fields: None,
+    },
+];
+
 /// One change to the objects of a kind.
 #[derive(Debug, Clone)]
 pub enum Change {

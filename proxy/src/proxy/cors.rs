@@ -8,10 +8,8 @@
 //! the browser refuses it.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request};
 use skiff_config::route::Cors;
-
-use crate::proxy::forward::local as response_local;
 
 /// An allowed origin.
 #[derive(Debug)]
@@ -138,20 +136,15 @@ impl CorsPolicy {
             .then(|| origin.clone())
     }
 
-    /// The answer to a preflight from `origin` (an allowed one), or none
-    /// when `req` is not a preflight.
-    pub(crate) fn preflight<B>(
-        &self,
-        req: &Request<B>,
-        origin: &HeaderValue,
-    ) -> Option<Response<crate::proxy::forward::ProxyBody>> {
+    /// The headers of the answer (`200`, no body) to a preflight from
+    /// `origin` (an allowed one), or none when `req` is not a preflight.
+    pub(crate) fn preflight<B>(&self, req: &Request<B>, origin: &HeaderValue) -> Option<HeaderMap> {
         let asked = req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD);
         if req.method() != Method::OPTIONS || asked.is_none() {
             return None;
         }
-        let mut resp = response_local(StatusCode::OK, "");
-        let h = resp.headers_mut();
-        h.remove(header::CONTENT_TYPE);
+        let mut answer = HeaderMap::new();
+        let h = &mut answer;
         self.mark_origin(origin, h);
         let methods = match &self.methods {
             Allowed::Any => asked.cloned(),
@@ -174,7 +167,7 @@ impl CorsPolicy {
             h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
         }
         h.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
-        Some(resp)
+        Some(answer)
     }
 
     /// Marks the answer to a request from `origin` (an allowed one).
@@ -258,8 +251,7 @@ mod tests {
             Some(("GET", "x-header-1, x-header-2")),
         );
         let origin = p.allowed_origin(&req).unwrap();
-        let resp = p.preflight(&req, &origin).expect("a preflight");
-        let h = resp.headers();
+        let h = p.preflight(&req, &origin).expect("a preflight");
         assert_eq!(h["access-control-allow-origin"], "https://www.bar.com");
         assert_eq!(h["access-control-allow-methods"], "GET, OPTIONS");
         assert_eq!(h["access-control-allow-headers"], "x-header-1, x-header-2");
@@ -280,8 +272,7 @@ mod tests {
             Some(("PUT", "x-header-1, x-header-2")),
         );
         let origin = p.allowed_origin(&req).unwrap();
-        let resp = p.preflight(&req, &origin).unwrap();
-        let h = resp.headers();
+        let h = p.preflight(&req, &origin).unwrap();
         assert_eq!(h["access-control-allow-origin"], "https://foobar.com:12345");
         assert_eq!(h["access-control-allow-methods"], "PUT");
         assert_eq!(h["access-control-allow-headers"], "x-header-1, x-header-2");

@@ -114,7 +114,9 @@ pub(crate) fn handle<'a>(
             Some(policy) => match policy.allowed_origin(&req) {
                 None => None,
                 Some(origin) => {
-                    if let Some(resp) = policy.preflight(&req, &origin) {
+                    if let Some(headers) = policy.preflight(&req, &origin) {
+                        let mut resp = Response::new(ProxyBody::Local(None));
+                        *resp.headers_mut() = headers;
                         route.record(resp.status().as_u16());
                         log_local(access, &resp, None, 0);
                         return resp;

@@ -18,6 +18,7 @@
 
 pub mod detect;
 pub(crate) mod mesh;
+mod routes;
 mod serve;
 
 pub(crate) use serve::{Accepted, Captured, Shared};

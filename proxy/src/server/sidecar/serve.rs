@@ -33,6 +33,7 @@ use tokio::task::AbortHandle;
 
 use super::detect::{detect, Protocol};
 use super::mesh::{self, Mesh, Opening};
+use super::routes::Routing;
 use crate::cluster::{self, Cluster};
 use crate::metrics::tls::Failure;
 use crate::metrics::Registry;
@@ -51,6 +52,7 @@ use skiff_config::route::RouteConfig;
 use skiff_config::sidecar::MeshConfig;
 use skiff_config::sidecar::{CaptureConfig, Direction, PROXY_UID};
 use skiff_config::tls::UpstreamTls;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// How long the first connection to a new destination waits for its
 /// endpoints (the namespace's first EndpointSlice list) before being
@@ -90,6 +92,16 @@ pub(crate) enum Accepted {
 #[derive(Debug)]
 struct Target {
     cluster: Arc<Cluster>,
+    /// An outbound Service port the mesh's routes may shape:
+    /// `(namespace, name, port)`.
+    service: Option<(String, String, u16)>,
+    listener: Arc<str>,
+    access_log: Option<AccessLog>,
+    /// Inbound with the mesh: the identity header plaintext requests lose.
+    strip_header: Option<String>,
+    /// The clusters the mesh's routes send to (other Services), each with
+    /// its EndpointSlice follower.
+    backends: Mutex<HashMap<String, (Arc<Cluster>, AbortHandle)>>,
     /// Held by every HTTP connection being served to this destination.
     state: Arc<ListenerState>,
     /// The same for connections that arrived over mesh TLS (`state` itself
@@ -119,6 +131,8 @@ struct Reach {
     source: Source,
     protocol: UpstreamProtocol,
     tls: TargetTls,
+    /// An outbound Service port the mesh's routes may shape.
+    service: Option<(String, String, u16)>,
 }
 
 /// A destination's TLS, when the mesh gives it some.
@@ -136,6 +150,9 @@ struct TargetTls {
 impl Drop for Target {
     fn drop(&mut self) {
         self.follower.abort();
+        for (_, follower) in self.backends.lock().values() {
+            follower.abort();
+        }
     }
 }
 
@@ -150,6 +167,8 @@ pub(crate) struct Shared {
     services: Mutex<Option<(Vec<String>, ServiceIndex, Duration)>>,
     targets: Mutex<HashMap<String, Arc<Target>>>,
     mesh: ArcSwapOption<Mesh>,
+    /// The mesh's routes, when an outbound listener asks for them.
+    routing: Mutex<Option<Arc<Routing>>>,
 }
 
 impl Shared {
@@ -160,7 +179,120 @@ impl Shared {
             services: Mutex::default(),
             targets: Mutex::default(),
             mesh: ArcSwapOption::empty(),
+            routing: Mutex::default(),
         }
+    }
+
+    /// Follows the mesh's routes (from now on, once), or stops.
+    pub(crate) fn follow_routes(self: &Arc<Self>, on: bool) {
+        let mut routing = self.routing.lock();
+        match (on, routing.is_some()) {
+            (true, false) => {
+                let namespace = std::env::var(skiff_config::sidecar::NAMESPACE_ENV)
+                    .ok()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "default".into());
+                let shared = Arc::downgrade(self);
+                let refresh = move || {
+                    let Some(shared) = shared.upgrade() else {
+                        return false;
+                    };
+                    shared.refresh_routes();
+                    true
+                };
+                *routing = Some(Routing::start(refresh, namespace));
+            }
+            (false, true) => {
+                *routing = None;
+                drop(routing);
+                self.refresh_routes();
+            }
+            _ => {}
+        }
+    }
+
+    /// Rebuilds the route table of every outbound destination from the
+    /// mesh's routes as they are now.
+    pub(crate) fn refresh_routes(&self) {
+        let targets: Vec<Arc<Target>> = self.targets.lock().values().cloned().collect();
+        for target in targets.iter().filter(|t| t.service.is_some()) {
+            // Outbound destinations strip no header: one table for both.
+            let table = Arc::new(self.route_table(target, None));
+            target.state.routes.table.store(table.clone());
+            if !Arc::ptr_eq(&target.state, &target.tls_state) {
+                target.tls_state.routes.table.store(table);
+            }
+        }
+    }
+
+    /// A destination's route table: the mesh's routes for its Service
+    /// when there are any (their backends' clusters made and followed
+    /// here), else its one route to its own cluster.
+    fn route_table(&self, target: &Target, strip_header: Option<&str>) -> RouteTable {
+        let name = target.cluster.name.to_string();
+        let mut clusters = HashMap::from([(name.clone(), target.cluster.clone())]);
+        let routing = self.routing.lock().clone();
+        let mesh_routes = match (&target.service, &routing) {
+            (Some((namespace, service, port)), Some(r)) if r.listed.load(Relaxed) => {
+                let world = r.world.lock();
+                skiff_gateway::mesh_routes(&world, (namespace, service), *port, &r.client_namespace)
+            }
+            _ => None,
+        };
+        let routes = match mesh_routes {
+            None => vec![RouteConfig::to_cluster(
+                PathMatch::Prefix("/".into()),
+                &name,
+            )],
+            Some(mesh) => {
+                let mut backends = target.backends.lock();
+                for config in mesh.clusters {
+                    let backend = backends.entry(config.name.clone()).or_insert_with(|| {
+                        let source = config.source.clone();
+                        let cluster = Arc::new(Cluster::with_connector(config, None));
+                        let follower = cluster::follow(&cluster, &self.discovery, &source);
+                        (cluster, follower)
+                    });
+                    clusters.insert(backend.0.name.to_string(), backend.0.clone());
+                }
+                mesh.routes
+            }
+        };
+        let routes = routes
+            .into_iter()
+            .map(|mut r| {
+                if let Some(header) = strip_header {
+                    r.rules.request_headers.remove.push(header.to_string());
+                }
+                r
+            })
+            .collect();
+        let listener_config = ListenerConfig {
+            limits: Default::default(),
+            name: target.listener.to_string(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            advertised_port: None,
+            routes,
+            tls: None,
+            capture: None,
+            access_log: None,
+        };
+        let mut table = match RouteTable::build(&listener_config, &clusters, &self.registry) {
+            Ok(table) => table,
+            Err(e) => {
+                tracing::warn!(cluster = %name, "mesh routes refused, the Service is balanced as it is: {e}");
+                let plain = ListenerConfig {
+                    routes: vec![RouteConfig::to_cluster(
+                        PathMatch::Prefix("/".into()),
+                        &name,
+                    )],
+                    ..listener_config
+                };
+                RouteTable::build(&plain, &clusters, &self.registry).unwrap_or_default()
+            }
+        };
+        table.access_log = target.access_log;
+        table
     }
 
     /// Starts watching the Services of `namespaces` (once; a new set of
@@ -204,18 +336,25 @@ impl Shared {
     /// False until the watched namespaces' Services are listed: before,
     /// a Service's address would pass through unbalanced.
     pub(crate) fn is_ready(&self) -> bool {
-        self.services
-            .lock()
-            .as_ref()
-            .is_none_or(|(_, index, _)| index.is_listed())
+        let routes = (self.routing.lock().as_ref()).is_none_or(|r| r.listed.load(Relaxed));
+        routes
+            && self
+                .services
+                .lock()
+                .as_ref()
+                .is_none_or(|(_, index, _)| index.is_listed())
     }
 
     /// The namespaces whose Services are not listed yet (empty when ready).
     pub(crate) fn waiting_for(&self) -> Vec<String> {
-        match self.services.lock().as_ref() {
+        let mut waiting = match self.services.lock().as_ref() {
             Some((namespaces, index, _)) if !index.is_listed() => namespaces.clone(),
             _ => Vec::new(),
+        };
+        if (self.routing.lock().as_ref()).is_some_and(|r| !r.listed.load(Relaxed)) {
+            waiting.push("the mesh's routes (cluster-wide)".into());
         }
+        waiting
     }
 
     async fn lookup(&self, destination: SocketAddr) -> Option<Arc<ServiceRef>> {
@@ -225,12 +364,12 @@ impl Shared {
 
     /// The clusters of the destinations in use, for the admin server.
     pub(crate) fn clusters(&self) -> Vec<Arc<Cluster>> {
-        let mut list: Vec<Arc<Cluster>> = self
-            .targets
-            .lock()
-            .values()
-            .map(|t| t.cluster.clone())
-            .collect();
+        let mut list: Vec<Arc<Cluster>> = Vec::new();
+        for t in self.targets.lock().values() {
+            list.push(t.cluster.clone());
+            list.extend(t.backends.lock().values().map(|(c, _)| c.clone()));
+        }
+        list.dedup_by(|a, b| a.name == b.name);
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
@@ -246,6 +385,9 @@ impl Shared {
         let mut targets = self.targets.lock();
         for t in targets.values() {
             t.cluster.sweep();
+            for (backend, _) in t.backends.lock().values() {
+                backend.sweep();
+            }
         }
         targets.retain(|name, t| {
             let open = Arc::strong_count(t) > 1 || t.serving();
@@ -295,6 +437,7 @@ impl Shared {
             source,
             protocol,
             tls,
+            service,
         } = how;
         let mut targets = self.targets.lock();
         if let Some(t) = targets.get(&name) {
@@ -307,34 +450,11 @@ impl Shared {
         });
         let cluster = Arc::new(Cluster::with_connector(config, connector));
         let follower = cluster::follow(&cluster, &self.discovery, &source);
-        let clusters = HashMap::from([(name.clone(), cluster.clone())]);
-        let table = |remove_headers: Vec<String>| {
-            let listener_config = ListenerConfig {
-                limits: Default::default(),
-                name: listener.to_string(),
-                listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-                advertised_port: None,
-                routes: vec![RouteConfig {
-                    rules: skiff_config::route::RouteRules {
-                        request_headers: skiff_config::route::HeaderEdits {
-                            remove: remove_headers,
-                            ..Default::default()
-                        },
-                        ..Default::default()
-                    },
-                    ..RouteConfig::to_cluster(PathMatch::Prefix("/".into()), &name)
-                }],
-                tls: None,
-                capture: None,
-                access_log: None,
-            };
-            let mut table =
-                RouteTable::build(&listener_config, &clusters, &self.registry).unwrap_or_default();
-            table.access_log = access_log;
+        let state = || {
             Arc::new(ListenerState {
                 routes: ListenerRoutes {
                     name: listener.clone(),
-                    table: ArcSwap::from_pointee(table),
+                    table: ArcSwap::from_pointee(RouteTable::default()),
                     unrouted: self.registry.unrouted(listener),
                 },
                 connections: self.registry.connections(listener),
@@ -346,20 +466,36 @@ impl Shared {
                 tls: Default::default(),
             })
         };
-        let tls_state = table(Vec::new());
-        let state = match &tls.strip_header {
+        let tls_state = state();
+        let plaintext = match &tls.strip_header {
             // Plaintext clients may not claim an identity.
-            Some(header) => table(vec![header.clone()]),
+            Some(_) => state(),
             None => tls_state.clone(),
         };
         let target = Arc::new(Target {
             cluster,
-            state,
+            service,
+            listener: listener.clone(),
+            access_log,
+            strip_header: tls.strip_header,
+            backends: Mutex::default(),
+            state: plaintext,
             tls_state,
             opaque_tls: tls.opaque,
             follower,
             last_used: Mutex::new(std::time::Instant::now()),
         });
+        // Tables before any connection can use the target.
+        target
+            .tls_state
+            .routes
+            .table
+            .store(Arc::new(self.route_table(&target, None)));
+        if !Arc::ptr_eq(&target.state, &target.tls_state) {
+            let strip = target.strip_header.as_deref();
+            let table = self.route_table(&target, strip);
+            target.state.routes.table.store(Arc::new(table));
+        }
         tracing::info!(listener = %listener, cluster = %name, "new destination");
         targets.insert(name, target.clone());
         target
@@ -484,10 +620,24 @@ impl Captured {
             },
             None => TargetTls::default(),
         };
+        // With mesh mTLS to the Service, its routes' other backends would
+        // be dialled in plaintext: such a Service keeps its plain
+        // balancing (said once, at its first connection).
+        let meshed = mesh.is_some() && service.mtls;
+        if meshed && self.config.routes {
+            tracing::info!(service = %name, "mesh routes are not applied to a Service reached over mesh mTLS yet");
+        }
         let how = Reach {
             source: Source::Kubernetes(service.target()),
             protocol: upstream,
             tls,
+            service: (self.config.routes && !meshed).then(|| {
+                (
+                    service.namespace.clone(),
+                    service.service.clone(),
+                    service.port,
+                )
+            }),
         };
         let access_log = self.access_log;
         Some(
@@ -512,6 +662,7 @@ impl Captured {
                 strip_header: mesh.map(|m| m.config.identity_header.clone()),
                 ..TargetTls::default()
             },
+            service: None,
         };
         self.sidecar
             .target(&self.listener, self.access_log, name, how)
