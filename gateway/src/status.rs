@@ -159,13 +159,25 @@ pub fn gateway(
 /// A route's `status`: other controllers' `parents` entries stay as they
 /// are and in their order; ours are replaced by `ours` (an entry of ours
 /// for a parent no longer referenced goes).
-pub fn route(existing: &Value, ours: &RouteStatus, controller: &str, now: &str) -> Option<Value> {
+///
+/// `owned` says which of this controller's entries (by `parentRef`, with
+/// the route's namespace for a reference that leaves its own out) this
+/// writer answers for: those are replaced by `ours`; the controller's
+/// other entries (another Gateway's writer, the mesh's) stay as they are.
+pub fn route(
+    existing: &Value,
+    ours: &RouteStatus,
+    controller: &str,
+    now: &str,
+    owned: &dyn Fn(&Value, &str) -> bool,
+) -> Option<Value> {
     let mut status = existing.clone();
     if !status.is_object() {
         status = json!({});
     }
     let old = existing["parents"].as_array().cloned().unwrap_or_default();
-    let mine = |p: &Value| p["controllerName"] == controller;
+    let mine =
+        |p: &Value| p["controllerName"] == controller && owned(&p["parentRef"], &ours.namespace);
     let mut parents: Vec<Value> = old.iter().filter(|p| !mine(p)).cloned().collect();
     for entry in &ours.parents {
         let parent_ref = serde_json::to_value(&entry.parent_ref).unwrap_or_default();
@@ -236,11 +248,25 @@ mod tests {
                 conditions: vec![Condition::new("Accepted", true, "Accepted", "", 1)],
             }],
         };
-        let merged = route(&existing, &ours, "skiff.io/gateway-controller", "T").unwrap();
+        // This writer answers for the Gateway `web` only: the entry of
+        // skiff's for the Gateway `gone` is another writer's and stays.
+        let owned = |p: &Value, _: &str| p["name"] == "web";
+        let merged = route(&existing, &ours, "skiff.io/gateway-controller", "T", &owned).unwrap();
         let parents = merged["parents"].as_array().unwrap();
-        assert_eq!(parents.len(), 2);
+        assert_eq!(parents.len(), 3);
         assert_eq!(parents[0]["controllerName"], "example.com/other");
-        assert_eq!(parents[1]["parentRef"]["name"], "web");
-        assert_eq!(parents[1]["conditions"][0]["lastTransitionTime"], "T");
+        assert_eq!(parents[1]["parentRef"]["name"], "gone");
+        assert_eq!(parents[2]["parentRef"]["name"], "web");
+        assert_eq!(parents[2]["conditions"][0]["lastTransitionTime"], "T");
+        // Answering for every entry of skiff's, `gone` goes.
+        let merged = route(
+            &existing,
+            &ours,
+            "skiff.io/gateway-controller",
+            "T",
+            &|_, _| true,
+        )
+        .unwrap();
+        assert_eq!(merged["parents"].as_array().unwrap().len(), 2);
     }
 }

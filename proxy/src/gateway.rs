@@ -159,7 +159,23 @@ impl Serves {
     fn translate(&self, world: &World) -> Translation {
         match self {
             Serves::Gateway(g) => {
-                skiff_gateway::translate(world, (&g.namespace, &g.name), skiff_gateway::CONTROLLER)
+                let controller = skiff_gateway::CONTROLLER;
+                let mut t = skiff_gateway::translate(world, (&g.namespace, &g.name), controller);
+                if t.gateway.is_some() {
+                    // The mesh's routes (a Service as parent) have their
+                    // status written by the Gateway's writer too.
+                    for mesh in skiff_gateway::mesh_status(world, controller) {
+                        let key = (mesh.kind, &mesh.namespace, &mesh.name);
+                        let same = |r: &&mut skiff_gateway::status::RouteStatus| {
+                            (r.kind, &r.namespace, &r.name) == key
+                        };
+                        match t.routes.iter_mut().find(same) {
+                            Some(r) => r.parents.extend(mesh.parents),
+                            None => t.routes.push(mesh),
+                        }
+                    }
+                }
+                t
             }
             Serves::Ingress(i) => {
                 let ports = skiff_gateway::IngressPorts {

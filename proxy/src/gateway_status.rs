@@ -55,6 +55,22 @@ pub(crate) async fn write(
         }
     };
     let now = now();
+    // The route status entries this writer answers for: those of its
+    // Gateway, and (a Gateway's writer) those whose parent is a Service.
+    let gateway = translation.gateway_name.clone();
+    let owned = move |parent: &Value, route_namespace: &str| {
+        let text = |k: &str| parent[k].as_str();
+        match (text("group"), text("kind")) {
+            (Some(""), Some("Service")) => gateway.is_some(),
+            (None | Some(skiff_gateway::objects::GATEWAY_GROUP), None | Some("Gateway")) => {
+                gateway.as_ref().is_some_and(|(ns, name)| {
+                    text("name") == Some(name.as_str())
+                        && text("namespace").unwrap_or(route_namespace) == ns
+                })
+            }
+            _ => false,
+        }
+    };
     let mut wanted: Vec<((&'static str, String, String), Value)> = Vec::new();
     if let Some((class, conditions)) = &translation.class {
         let ours = serde_json::to_value(conditions).unwrap_or_default();
@@ -144,6 +160,7 @@ pub(crate) async fn write(
                         route.unwrap_or(&empty),
                         controller,
                         &now,
+                        &owned,
                     )
                 }
             }

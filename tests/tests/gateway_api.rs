@@ -725,6 +725,57 @@ async fn cors_preflights_are_answered_and_answers_marked() {
     }
 }
 
+/// The mesh's routes (a Service as parent) get their status from the
+/// Gateway's elected writer: one route attached to the Gateway and to a
+/// Service has both entries, and a route on a missing Service says so.
+#[tokio::test]
+async fn mesh_route_status_is_written_by_the_gateways_writer() {
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    fake.apply_object(route(
+        "both",
+        json!({
+            "parentRefs": [{ "name": "web" }, { "group": "", "kind": "Service", "name": "catalog", "port": 8080 }],
+            "rules": [{ "backendRefs": [{ "name": "catalog", "port": 8080 }] }]
+        }),
+    ));
+    fake.apply_object(route(
+        "nowhere",
+        json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "missing" }],
+            "rules": [{ "backendRefs": [{ "name": "catalog", "port": 8080 }] }]
+        }),
+    ));
+    let _gw = start(&fake, "gateway-api-mesh-status").await;
+    let entry = |route: &str, parent: &str| {
+        let object = fake.object("HTTPRoute", "shop", route)?;
+        let parents = object["status"]["parents"].as_array()?.clone();
+        let ours = parents
+            .into_iter()
+            .find(|p| p["parentRef"]["name"] == parent)?;
+        let accepted = (ours["conditions"].as_array()?.iter())
+            .find(|c| c["type"] == "Accepted")?
+            .clone();
+        Some((
+            accepted["status"].as_str()?.to_string(),
+            accepted["reason"].as_str()?.to_string(),
+        ))
+    };
+    wait_for_async("both parents' status", SOON, || async {
+        entry("both", "web") == Some(("True".into(), "Accepted".into()))
+            && entry("both", "catalog") == Some(("True".into(), "Accepted".into()))
+    })
+    .await;
+    wait_for_async("the missing Service's status", SOON, || async {
+        entry("nowhere", "missing") == Some(("False".into(), "NoMatchingParent".into()))
+    })
+    .await;
+}
+
 /// Makes `n` gRPC calls of `method` as `authority` through `address`
 /// with a real client (grpcio): how many each server answered, the
 /// status codes of the failures, and the last reply.
