@@ -776,6 +776,67 @@ async fn mesh_route_status_is_written_by_the_gateways_writer() {
     .await;
 }
 
+/// A listener added to the Gateway is bound, changed in place, and
+/// closed when removed, without a restart and without a failed request
+/// on the listener beside it.
+#[tokio::test]
+async fn listeners_are_added_changed_and_removed_live() {
+    let fake = FakeKube::start_new().await;
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    fake.apply_object(route(
+        "catalog",
+        json!({ "parentRefs": [{ "name": "web" }], "rules": [{ "backendRefs": [{ "name": "catalog", "port": 8080 }] }] }),
+    ));
+    let gw = start(&fake, "gateway-api-listeners").await;
+    wait_for_async("the route", SOON, || async {
+        get(gw.port80, "a", "/x", &[]).await.0 == 200
+    })
+    .await;
+    let load = Load::start(gw.port80, "/catalog/x", 2, false);
+    let gateway = |extra: Option<Value>| {
+        let mut listeners = vec![json!({ "name": "http", "port": 80, "protocol": "HTTP" })];
+        listeners.extend(extra);
+        json!({
+            "kind": "Gateway", "metadata": { "name": "web", "namespace": "shop", "generation": 2 },
+            "spec": { "gatewayClassName": "skiff", "listeners": listeners }
+        })
+    };
+    let port90 = addr(gw.port80.port() + 10);
+    fake.apply_object(gateway(Some(
+        json!({ "name": "extra", "port": 90, "protocol": "HTTP" }),
+    )));
+    wait_for_async("the new listener bound", SOON, || async {
+        match Client::h1(port90).await {
+            Ok(_) => get(port90, "a", "/x", &[]).await.0 == 200,
+            Err(_) => false,
+        }
+    })
+    .await;
+    fake.apply_object(gateway(Some(
+        json!({ "name": "extra", "port": 90, "protocol": "HTTP", "hostname": "only.example.com" }),
+    )));
+    wait_for_async("the listener's hostname", SOON, || async {
+        get(port90, "a", "/x", &[]).await.0 == 404
+    })
+    .await;
+    assert_eq!(get(port90, "only.example.com", "/x", &[]).await.0, 200);
+    fake.apply_object(gateway(None));
+    wait_for_async("the removed listener closed", SOON, || async {
+        Client::h1(port90).await.is_err()
+    })
+    .await;
+    let (ok, failed, errors) = load.stop().await;
+    let first: Vec<&String> = errors.iter().take(5).collect();
+    assert!(
+        ok > 0 && failed == 0,
+        "port 80 beside the changes: {ok} ok, {failed} failed, first: {first:?}"
+    );
+}
+
 /// Makes `n` gRPC calls of `method` as `authority` through `address`
 /// with a real client (grpcio): how many each server answered, the
 /// status codes of the failures, and the last reply.
@@ -1106,6 +1167,8 @@ fn the_deploy_manifests_validate_and_translate_with_no_problem() {
         "port 80 (http): 3 routes",
         "shop/product-catalog:80 (90), shop/product-catalog-canary:80 (10)",
         "prefix /auth [header x-client]",
+        "Service shop/product-catalog port 80 (mesh): 1 routes",
+        "Service shop/user-auth port 80 (mesh): 1 routes",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -1113,7 +1176,8 @@ fn the_deploy_manifests_validate_and_translate_with_no_problem() {
     let (ok, text) = check_manifests(&[dir.to_str().unwrap(), "-n", "shop"]);
     assert!(!ok, "{text}");
     assert!(text.contains("HTTPRoute shop/order (parent web): ResolvedRefs False (BackendNotFound): Service shop/order does not exist"), "{text}");
-    assert!(text.contains("3 problems"), "{text}");
+    assert!(text.contains("HTTPRoute shop/user-auth-mesh (parent Service user-auth): Accepted False (NoMatchingParent): Service shop/user-auth does not exist"), "{text}");
+    assert!(text.contains("7 problems"), "{text}");
 }
 
 /// The shop as an Ingress (`deploy/ingress`): valid manifests, a config
