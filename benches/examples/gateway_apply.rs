@@ -8,7 +8,7 @@
 //! fake API server. One route's backend weight is edited `EDITS` times;
 //! skiff logs each apply with `translate_ms` (translation and table
 //! build), `apply_ms` (the proxy's reload step) and `since_change_ms`
-//! (from the first event, including the 20 ms in which further events
+//! (from the first event, including the quiet 5 ms in which further events
 //! are gathered). Memory: the process's RSS with no routes, then with
 //! all of them.
 

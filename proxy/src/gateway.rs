@@ -46,9 +46,6 @@ pub(crate) trait Applier: Send + Sync + 'static {
     fn warm(&self, names: &[String]) -> bool;
 }
 
-/// How long changes are gathered before one translation: a `kubectl
-/// apply` of several objects becomes one new config, not several.
-const COALESCE: Duration = Duration::from_millis(20);
 /// How long routes wait for a new cluster's first endpoints before they
 /// use it anyway (a Service with no pods stays empty).
 pub(crate) const WARMING: Duration = Duration::from_secs(10);
@@ -258,10 +255,7 @@ async fn run(
                 let received = std::time::Instant::now();
                 take(&mut world, &mut listed, change);
                 // Gather what else arrives in the moment after.
-                tokio::time::sleep(COALESCE).await;
-                while let Ok(change) = rx.try_recv() {
-                    take(&mut world, &mut listed, change);
-                }
+                objects::gather(&mut rx, |change| take(&mut world, &mut listed, change)).await;
                 let (Some(role), Some(proxy)) = (role.upgrade(), proxy.upgrade()) else {
                     return;
                 };

@@ -194,6 +194,34 @@ pub enum Change {
     },
 }
 
+/// After a first change, the changes that follow it closely: taken one by
+/// one until [`QUIET`] passes without another, or [`GATHER_AT_MOST`] since
+/// the first. A `kubectl apply` of several objects (events a few
+/// milliseconds apart) becomes one change, and a lone edit waits only
+/// the quiet moment.
+pub async fn gather(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>,
+    mut take: impl FnMut(Change),
+) {
+    let deadline = tokio::time::Instant::now() + GATHER_AT_MOST;
+    loop {
+        let wait = QUIET.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if wait.is_zero() {
+            return;
+        }
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(change)) => take(change),
+            // Quiet (or the sender is gone): what there is, is taken.
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// How long without a further change ends a gathering.
+pub const QUIET: Duration = Duration::from_millis(5);
+/// The longest a gathering lasts.
+pub const GATHER_AT_MOST: Duration = Duration::from_millis(50);
+
 /// Follows `kinds` until the returned handles are aborted (or `tx` is
 /// closed); failures are counted on `errors`.
 pub fn follow(

@@ -15,16 +15,12 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use skiff_discovery::kubernetes::objects::{self, Change, MESH_KINDS};
 use skiff_gateway::World;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-
-/// How long changes are gathered before the tables are rebuilt.
-const COALESCE: Duration = Duration::from_millis(20);
 
 /// The objects the mesh's routes are made from, as the watches left them.
 pub(crate) struct Routing {
@@ -84,10 +80,7 @@ async fn follow(
     while let Some(change) = rx.recv().await {
         let Some(r) = routing.upgrade() else { return };
         take(&r, &mut listed, change);
-        tokio::time::sleep(COALESCE).await;
-        while let Ok(change) = rx.try_recv() {
-            take(&r, &mut listed, change);
-        }
+        objects::gather(&mut rx, |change| take(&r, &mut listed, change)).await;
         if listed.len() < MESH_KINDS.len() {
             continue;
         }
