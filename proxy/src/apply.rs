@@ -4,7 +4,7 @@
 //! then clusters, route tables and listeners are swapped in, and metric
 //! series of what is gone are dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,20 +244,25 @@ impl Proxy {
     fn forget_series(&self, config: &Config, prepared: &Prepared) {
         let registry = &self.inner.registry;
         let listeners = &config.listeners;
+        // Looked up once per series: a Gateway's thousands of named routes
+        // would make a scan per series quadratic.
+        let named: HashSet<(&str, &str)> = (listeners.iter())
+            .flat_map(|l| {
+                (l.routes.iter()).filter_map(move |r| Some((l.name.as_str(), r.name.as_deref()?)))
+            })
+            .collect();
+        let routed: HashSet<(&str, &str)> = (listeners.iter())
+            .flat_map(|l| {
+                (l.routes.iter()).flat_map(move |r| r.clusters().map(move |c| (l.name.as_str(), c)))
+            })
+            .collect();
         registry.retain(
             |l, c| {
                 // A capture listener's series are its destinations'.
-                listeners.iter().any(|x| {
-                    x.name == l
-                        && (x.capture.is_some()
-                            || x.routes.iter().any(|r| r.clusters().any(|rc| rc == c)))
-                })
+                routed.contains(&(l, c))
+                    || listeners.iter().any(|x| x.name == l && x.capture.is_some())
             },
-            |l, route| {
-                listeners.iter().any(|x| {
-                    x.name == l && x.routes.iter().any(|r| r.name.as_deref() == Some(route))
-                })
-            },
+            |l, route| named.contains(&(l, route)),
             |l| listeners.iter().any(|x| x.name == l),
         );
         registry.tls.retain(|l| {
