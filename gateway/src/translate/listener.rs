@@ -47,10 +47,10 @@ pub(super) struct Checked<'a> {
     stale: Option<String>,
     /// Routes attached (counted once each).
     pub(super) attached: u32,
-    /// The routes served here: kind, `namespace/name`, and the hostnames
-    /// they serve on this listener (empty: any), for the rule that an
-    /// HTTPRoute and a GRPCRoute may not share a hostname.
-    pub(super) served: Vec<(&'static str, String, Vec<HostPattern>)>,
+    /// The routes served here, HTTPRoutes then GRPCRoutes: `namespace/name`
+    /// and the hostnames they serve on this listener (empty: any), for the
+    /// rule that an HTTPRoute and a GRPCRoute may not share a hostname.
+    pub(super) served: [Vec<(String, Vec<HostPattern>)>; 2],
 }
 
 impl Checked<'_> {
@@ -174,7 +174,7 @@ fn check<'a>(world: &World, gateway: &Gateway, spec: &'a Listener) -> Checked<'a
         certificates,
         stale,
         attached: 0,
-        served: Vec::new(),
+        served: Default::default(),
     }
 }
 

@@ -75,6 +75,14 @@ impl<'a> AnyRoute<'a> {
         }
     }
 
+    /// 0 for HTTPRoutes, 1 for GRPCRoutes.
+    fn kind_index(self) -> usize {
+        match self {
+            AnyRoute::Http(_) => 0,
+            AnyRoute::Grpc(_) => 1,
+        }
+    }
+
     pub(crate) fn meta(self) -> &'a Meta {
         match self {
             AnyRoute::Http(r) => &r.metadata,
@@ -212,9 +220,7 @@ pub(super) fn attach(
                     continue;
                 }
                 listeners[listener].attached += 1;
-                listeners[listener]
-                    .served
-                    .push((route.kind(), meta.key(), hosts.clone()));
+                listeners[listener].served[route.kind_index()].push((meta.key(), hosts.clone()));
                 for (key, config) in rules.iter().flatten().flatten() {
                     entries.push(Entry {
                         key: key.clone(),
@@ -319,11 +325,12 @@ fn other_kind_first(
     let kept: Vec<(usize, Vec<HostPattern>)> = attached
         .into_iter()
         .filter(|(i, hosts)| {
-            let other = listeners[*i]
-                .served
+            let other_kind = 1 - route.kind_index();
+            let other = listeners[*i].served[other_kind]
                 .iter()
-                .find(|(kind, _, theirs)| *kind != route.kind() && overlap(hosts, theirs));
-            if let Some((kind, name, _)) = other {
+                .find(|(_, theirs)| overlap(hosts, theirs));
+            if let Some((name, _)) = other {
+                let kind = ["HTTPRoute", "GRPCRoute"][other_kind];
                 blocked_by = Some(format!("{kind} {name}"));
             }
             other.is_none()
