@@ -295,7 +295,18 @@ async fn run(
         let leading = *leader.borrow();
         if let (true, Some(t), Some(role)) = (leading, &translation, role.upgrade()) {
             let addresses = addresses(&role.config);
-            gateway_status::write(t, &addresses, skiff_gateway::CONTROLLER, &mut written).await;
+            let gateway = match &role.config {
+                Serves::Gateway(g) => Some((g.namespace.clone(), g.name.clone())),
+                Serves::Ingress(_) => None,
+            };
+            gateway_status::write(
+                t,
+                &addresses,
+                skiff_gateway::CONTROLLER,
+                &mut written,
+                gateway,
+            )
+            .await;
         }
     }
 }

@@ -41,11 +41,15 @@ fn now() -> String {
 }
 
 /// Writes what `translation` says of every object, where it changed.
+/// `gateway`: the Gateway this writer serves, if any (it answers for
+/// its entries in routes' status even once the Gateway is gone, so they
+/// are removed).
 pub(crate) async fn write(
     translation: &Translation,
     addresses: &[Value],
     controller: &str,
     written: &mut Written,
+    gateway: Option<(String, String)>,
 ) {
     let client = match status::client().await {
         Ok(c) => c,
@@ -57,7 +61,6 @@ pub(crate) async fn write(
     let now = now();
     // The route status entries this writer answers for: those of its
     // Gateway, and (a Gateway's writer) those whose parent is a Service.
-    let gateway = translation.gateway_name.clone();
     let owned = move |parent: &Value, route_namespace: &str| {
         let text = |k: &str| parent[k].as_str();
         match (text("group"), text("kind")) {

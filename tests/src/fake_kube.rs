@@ -219,6 +219,8 @@ struct State {
     pages: HashMap<String, (u64, Vec<Value>)>,
     next_token: u64,
     calls: Vec<Call>,
+    /// Kinds answered 404, as a cluster without their CRD answers.
+    unserved: Vec<&'static str>,
 }
 
 /// A fake API server; see the module docs. Cheap to clone.
@@ -480,6 +482,12 @@ impl FakeKube {
         names
     }
 
+    /// Answers every request for `kind` 404 from now on, as a cluster
+    /// without its CRD does.
+    pub fn unserve(&self, kind: &'static str) {
+        self.lock().unserved.push(kind);
+    }
+
     /// LIST requests answered so far (each page counts).
     pub fn lists(&self) -> usize {
         self.lock().calls.iter().filter(|c| !c.watch).count()
@@ -493,6 +501,17 @@ impl FakeKube {
             Ok(b) => b.to_bytes(),
             Err(_) => Bytes::new(),
         };
+        let unserved = resource(&path)
+            .map(|(_, kind)| kind)
+            .or_else(|| object_path(&path).map(|t| t.kind))
+            .is_some_and(|kind| self.lock().unserved.contains(&kind));
+        if unserved {
+            return status_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
         if let Some(target) = object_path(&path) {
             return self.one(&method, target, &body);
         }

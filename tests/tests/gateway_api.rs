@@ -966,6 +966,28 @@ async fn grpc_routes_serve_a_real_grpc_client() {
     .await;
 }
 
+/// A cluster without the GRPCRoute CRD (Gateway API before v1.1): the
+/// gateway takes it as no GRPCRoutes and serves its HTTPRoutes.
+#[tokio::test]
+async fn a_kind_the_cluster_does_not_serve_is_taken_as_none() {
+    let fake = FakeKube::start_new().await;
+    fake.unserve("GRPCRoute");
+    let (catalog, v2) = (
+        Pods::start_named(1, "v1").await,
+        Pods::start_named(1, "v2").await,
+    );
+    shop(&fake, &catalog, &v2);
+    fake.apply_object(route(
+        "catalog",
+        json!({ "parentRefs": [{ "name": "web" }], "rules": [{ "backendRefs": [{ "name": "catalog", "port": 8080 }] }] }),
+    ));
+    let gw = start(&fake, "gateway-api-no-grpcroute").await;
+    wait_for_async("the route", SOON, || async {
+        get(gw.port80, "a", "/x", &[]).await.0 == 200
+    })
+    .await;
+}
+
 /// A Gateway skiff does not serve (another controller's class) binds
 /// nothing, and the process stays up and says why.
 #[tokio::test]

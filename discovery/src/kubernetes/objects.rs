@@ -264,6 +264,8 @@ async fn follow_kind(kind: Kind, tx: UnboundedSender<Change>, errors: Arc<Atomic
     }
     let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     let mut relist: Option<Vec<serde_json::Value>> = None;
+    // Whether the kind was found missing (said once).
+    let mut absent = false;
     let json = |object: DynamicObject| {
         let mut value = serde_json::to_value(object).unwrap_or_default();
         // List items come without their kind.
@@ -298,6 +300,28 @@ async fn follow_kind(kind: Kind, tx: UnboundedSender<Change>, errors: Arc<Atomic
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                 tracing::info!(kind = kind.kind, "watch expired (410); relisting");
                 continue;
+            }
+            // The kind does not exist in this cluster (a CRD not
+            // installed, as GRPCRoute before Gateway API v1.1): there are
+            // none of it, which the reader may go on with; the list is
+            // tried again, and objects come if the CRD is installed.
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.code == 404 =>
+            {
+                if !absent {
+                    absent = true;
+                    tracing::warn!(
+                        kind = kind.kind,
+                        "the API server does not serve {}s (is its CRD installed?); taken as none",
+                        kind.kind
+                    );
+                    Change::Listed {
+                        kind: kind.kind,
+                        objects: Vec::new(),
+                    }
+                } else {
+                    continue;
+                }
             }
             Err(e) => {
                 errors.fetch_add(1, Relaxed);

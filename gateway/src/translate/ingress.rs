@@ -113,10 +113,15 @@ pub fn translate_ingress(world: &World, class: &str, ports: IngressPorts) -> Tra
     let mut entries = Vec::new();
     let mut certificates: Vec<Certificate> = Vec::new();
     let mut default_backend = None;
+    // TLS is a host's, whichever Ingress gives it (as ingress-nginx
+    // merges them): every Ingress's rules for a host with a certificate
+    // are served on HTTPS.
+    let tls_hosts: Vec<Option<HostPattern>> = (ingresses.iter())
+        .flat_map(|ingress| tls(world, ingress, &mut certificates, &mut t.warnings))
+        .collect();
     for (rank, ingress) in ingresses.iter().enumerate() {
         let meta = &ingress.metadata;
         let what = format!("Ingress {}", meta.key());
-        let tls_hosts = tls(world, ingress, &mut certificates, &mut t.warnings);
         let redirect = !SSL_REDIRECT
             .iter()
             .any(|a| meta.annotations.get(*a).map(String::as_str) == Some("false"));
@@ -125,6 +130,7 @@ pub fn translate_ingress(world: &World, class: &str, ports: IngressPorts) -> Tra
             let host = host.map(|h| HostPattern::parse(&h.to_ascii_lowercase()));
             let covered = tls_hosts.iter().any(|t| match (t, &host) {
                 (None, _) => true,
+                (Some(t), Some(h @ HostPattern::Exact(name))) => t == h || t.matches(name),
                 (Some(t), Some(h)) => t == h,
                 (Some(_), None) => false,
             });

@@ -1570,3 +1570,47 @@ spec:
         Some("404")
     );
 }
+
+/// TLS is a host's, whichever Ingress gives it: another Ingress's rules
+/// for that host are served on HTTPS (and redirected there) too, and a
+/// wildcard TLS host covers the names under it.
+#[test]
+fn ingress_tls_is_merged_by_host() {
+    let w = ingress_world(
+        "
+kind: Ingress
+metadata: { name: shop, namespace: web, creationTimestamp: \"2026-01-01T00:00:00Z\" }
+spec:
+  tls: [{ hosts: [shop.example.com, \"*.api.example.com\"], secretName: shop-tls }]
+  rules:
+    - host: shop.example.com
+      http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: shop, port: { number: 80 } } } }] }
+---
+kind: Ingress
+metadata: { name: api, namespace: web, creationTimestamp: \"2026-02-01T00:00:00Z\" }
+spec:
+  rules:
+    - host: shop.example.com
+      http: { paths: [{ path: /api, pathType: Prefix, backend: { service: { name: api, port: { number: 8080 } } } }] }
+    - host: v1.api.example.com
+      http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { number: 8080 } } } }] }
+",
+    );
+    let t = translate_ingress(&w, "skiff", IngressPorts::default());
+    assert_eq!(
+        ingress_to(&t, 443, "shop.example.com", "/api/x").unwrap(),
+        "web/api:8080"
+    );
+    assert_eq!(
+        ingress_to(&t, 443, "shop.example.com", "/cart").unwrap(),
+        "web/shop:80"
+    );
+    assert_eq!(
+        ingress_to(&t, 80, "shop.example.com", "/api/x").unwrap(),
+        "redirect Some(\"https\") 308"
+    );
+    assert_eq!(
+        ingress_to(&t, 443, "v1.api.example.com", "/").unwrap(),
+        "web/api:8080"
+    );
+}

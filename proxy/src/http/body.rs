@@ -218,6 +218,10 @@ pub(crate) struct TeeBody {
     inner: UpstreamBody,
     tx: Option<tokio::sync::mpsc::Sender<Copied>>,
     left: usize,
+    /// The body's declared length, when it has one: a client that stops
+    /// polling once it is sent (HTTP/1 with a length) never sees the end.
+    declared: Option<u64>,
+    copied: u64,
 }
 
 impl TeeBody {
@@ -227,10 +231,13 @@ impl TeeBody {
         limit: usize,
     ) -> (TeeBody, tokio::sync::mpsc::Receiver<Copied>) {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let declared = inner.size_hint().exact();
         let body = TeeBody {
             inner,
             tx: Some(tx),
             left: limit,
+            declared,
+            copied: 0,
         };
         (body, rx)
     }
@@ -240,6 +247,7 @@ impl TeeBody {
         let copy = match (frame.data_ref(), frame.trailers_ref()) {
             (Some(d), _) if d.len() <= self.left => {
                 self.left -= d.len();
+                self.copied += d.len() as u64;
                 Some(Copied::Data(d.clone()))
             }
             (None, Some(t)) => Some(Copied::Trailers(t.clone())),
@@ -248,7 +256,7 @@ impl TeeBody {
         let sent = copy.is_some_and(|c| tx.try_send(c).is_ok());
         if !sent {
             self.tx = None;
-        } else if self.inner.is_end_stream() {
+        } else if self.inner.is_end_stream() || self.declared == Some(self.copied) {
             self.end();
         }
     }

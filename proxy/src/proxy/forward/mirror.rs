@@ -27,6 +27,9 @@ use crate::metrics::CodeCounters;
 /// The largest request body copied; a request with a longer one is not
 /// mirrored.
 pub(crate) const MAX_MIRROR_BODY: usize = 64 * 1024;
+/// How long a copy may take, answer read, when its cluster sets no
+/// request timeout: a hung mirror must not keep tasks and connections.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A cluster that gets copies of a route's requests.
 #[derive(Debug)]
@@ -149,7 +152,10 @@ async fn send_copy(
         waiting: &cluster.stats.pending,
         max: limits.max_pending,
     };
-    let timeout = settings.timeouts.request;
+    let timeout = match settings.timeouts.request {
+        t if t.is_zero() => MIRROR_TIMEOUT,
+        t => t,
+    };
     let (result, _) = send(
         req,
         endpoint.pool(),
@@ -165,7 +171,7 @@ async fn send_copy(
     };
     requests.record(resp.status().as_u16());
     let mut body = resp.into_body();
-    let whole = tokio::time::timeout(timeout.max(Duration::from_millis(1)), async {
+    let whole = tokio::time::timeout(timeout, async {
         while let Some(frame) =
             std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
         {

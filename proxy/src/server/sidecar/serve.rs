@@ -246,7 +246,17 @@ impl Shared {
             )],
             Some(mesh) => {
                 let mut backends = target.backends.lock();
-                for config in mesh.clusters {
+                // The sidecar's own settings (no request timeout, no
+                // breaker a pod would hit), and HTTP/2 where the client
+                // speaks it, as for the destination itself.
+                let client_h2 = target.cluster.settings().protocol == UpstreamProtocol::Http2;
+                for translated in mesh.clusters {
+                    let protocol = match client_h2 {
+                        true => UpstreamProtocol::Http2,
+                        false => translated.protocol,
+                    };
+                    let config =
+                        destination_settings(&translated.name, &translated.source, protocol);
                     let backend = backends.entry(config.name.clone()).or_insert_with(|| {
                         let source = config.source.clone();
                         let cluster = Arc::new(Cluster::with_connector(config, None));
@@ -369,8 +379,9 @@ impl Shared {
             list.push(t.cluster.clone());
             list.extend(t.backends.lock().values().map(|(c, _)| c.clone()));
         }
-        list.dedup_by(|a, b| a.name == b.name);
+
         list.sort_by(|a, b| a.name.cmp(&b.name));
+        list.dedup_by(|a, b| a.name == b.name);
         list
     }
 
@@ -620,10 +631,10 @@ impl Captured {
             },
             None => TargetTls::default(),
         };
-        // With mesh mTLS to the Service, its routes' other backends would
-        // be dialled in plaintext: such a Service keeps its plain
-        // balancing (said once, at its first connection).
-        let meshed = mesh.is_some() && service.mtls;
+        // With mesh mTLS, the routes' other backends would be dialled in
+        // plaintext: while the mesh is on, Services keep their plain
+        // balancing (said at each new destination).
+        let meshed = mesh.is_some();
         if meshed && self.config.routes {
             tracing::info!(service = %name, "mesh routes are not applied to a Service reached over mesh mTLS yet");
         }
