@@ -722,6 +722,10 @@ async fn cors_preflights_are_answered_and_answers_marked() {
     for (method, preflight) in [("OPTIONS", true), ("GET", false)] {
         let (_, h) = send(method, "https://foobar.com", preflight).await;
         assert!(h.get("access-control-allow-origin").is_none(), "{h:?}");
+        assert_eq!(
+            h["vary"], "origin",
+            "a cache must not serve it to an allowed origin"
+        );
     }
 }
 

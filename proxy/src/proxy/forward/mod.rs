@@ -150,8 +150,16 @@ pub(crate) fn handle<'a>(
         }
         let mut response = forward(req, route, peer, start, raw_head, access, capped).await;
         route.record(response.status().as_u16());
-        if let (Some(origin), Some(policy)) = (cors_origin, &route.cors) {
-            policy.mark(&origin, response.headers_mut());
+        if let Some(policy) = &route.cors {
+            match cors_origin {
+                Some(origin) => policy.mark(&origin, response.headers_mut()),
+                // The answer depends on the origin all the same: a cache
+                // must not give it to an allowed one.
+                None => {
+                    let vary = http::HeaderValue::from_static("origin");
+                    response.headers_mut().append(http::header::VARY, vary);
+                }
+            }
         }
         response
     }
