@@ -50,132 +50,69 @@ impl Kind {
     }
 }
 
+const fn gateway_api(kind: &'static str, plural: &'static str) -> Kind {
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        kind,
+        plural,
+        fields: None,
+    }
+}
+
+const fn core(kind: &'static str, plural: &'static str) -> Kind {
+    Kind {
+        group: "",
+        version: "v1",
+        kind,
+        plural,
+        fields: None,
+    }
+}
+
+pub const GATEWAY_CLASS: Kind = gateway_api("GatewayClass", "gatewayclasses");
+pub const GATEWAY: Kind = gateway_api("Gateway", "gateways");
+pub const HTTP_ROUTE: Kind = gateway_api("HTTPRoute", "httproutes");
+pub const GRPC_ROUTE: Kind = gateway_api("GRPCRoute", "grpcroutes");
+pub const REFERENCE_GRANT: Kind = Kind {
+    version: "v1beta1",
+    ..gateway_api("ReferenceGrant", "referencegrants")
+};
+pub const SERVICE: Kind = core("Service", "services");
+pub const NAMESPACE: Kind = core("Namespace", "namespaces");
+/// HTTPS listeners' certificates; no other Secret is read.
+pub const TLS_SECRET: Kind = Kind {
+    fields: Some("type=kubernetes.io/tls"),
+    ..core("Secret", "secrets")
+};
+pub const INGRESS: Kind = Kind {
+    group: "networking.k8s.io",
+    ..core("Ingress", "ingresses")
+};
+pub const INGRESS_CLASS: Kind = Kind {
+    group: "networking.k8s.io",
+    ..core("IngressClass", "ingressclasses")
+};
+
 /// What the gateway role follows.
 pub const GATEWAY_KINDS: [Kind; 8] = [
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        kind: "GatewayClass",
-        plural: "gatewayclasses",
-        fields: None,
-    },
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        kind: "Gateway",
-        plural: "gateways",
-        fields: None,
-    },
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        kind: "HTTPRoute",
-        plural: "httproutes",
-        fields: None,
-    },
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        kind: "GRPCRoute",
-        plural: "grpcroutes",
-        fields: None,
-    },
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1beta1",
-        kind: "ReferenceGrant",
-        plural: "referencegrants",
-        fields: None,
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Service",
-        plural: "services",
-        fields: None,
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Namespace",
-        plural: "namespaces",
-        fields: None,
-    },
-    // HTTPS listeners' certificates; no other Secret is read.
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Secret",
-        plural: "secrets",
-        fields: Some("type=kubernetes.io/tls"),
-    },
+    GATEWAY_CLASS,
+    GATEWAY,
+    HTTP_ROUTE,
+    GRPC_ROUTE,
+    REFERENCE_GRANT,
+    SERVICE,
+    NAMESPACE,
+    TLS_SECRET,
 ];
 
 /// What the ingress role follows.
-pub const INGRESS_KINDS: [Kind; 4] = [
-    Kind {
-        group: "networking.k8s.io",
-        version: "v1",
-        kind: "Ingress",
-        plural: "ingresses",
-        fields: None,
-    },
-    Kind {
-        group: "networking.k8s.io",
-        version: "v1",
-        kind: "IngressClass",
-        plural: "ingressclasses",
-        fields: None,
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Service",
-        plural: "services",
-        fields: None,
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Secret",
-        plural: "secrets",
-        fields: Some("type=kubernetes.io/tls"),
-    },
-];
+pub const INGRESS_KINDS: [Kind; 4] = [INGRESS, INGRESS_CLASS, SERVICE, TLS_SECRET];
 
 /// What a sidecar follows for the mesh's routes (GAMMA): routes whose
 /// parent is a Service, the Services they name, and the grants between
 /// namespaces.
-pub const MESH_KINDS: [Kind; 4] = [
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        kind: "HTTPRoute",
-        plural: "httproutes",
-        fields: None,
-    },
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1",
-        kind: "GRPCRoute",
-        plural: "grpcroutes",
-        fields: None,
-    },
-    Kind {
-        group: "gateway.networking.k8s.io",
-        version: "v1beta1",
-        kind: "ReferenceGrant",
-        plural: "referencegrants",
-        fields: None,
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Service",
-        plural: "services",
-        fields: None,
-    },
-];
+pub const MESH_KINDS: [Kind; 4] = [HTTP_ROUTE, GRPC_ROUTE, REFERENCE_GRANT, SERVICE];
 
 /// One change to the objects of a kind.
 #[derive(Debug, Clone)]

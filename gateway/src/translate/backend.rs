@@ -38,6 +38,19 @@ pub(super) struct Terms<'a> {
     pub(super) parent_service: Option<(&'a str, &'a str)>,
 }
 
+impl<'a> Reference<'a> {
+    /// What a route's backend (or mirror) reference names.
+    pub(super) fn of(r: &'a crate::objects::BackendRef) -> Reference<'a> {
+        Reference {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            name: &r.name,
+            namespace: r.namespace.as_deref(),
+            port: r.port,
+        }
+    }
+}
+
 /// Resolves `reference` made by the `route_kind` `route`; the cluster it
 /// names is added to `new` unless `known` has it, and its name returned.
 pub(super) fn resolve(

@@ -528,13 +528,7 @@ pub(super) fn backends(
 ) -> Result<Vec<Backend>, Invalid> {
     let mut backends = Vec::new();
     for r in refs {
-        let reference = Reference {
-            group: r.group.as_deref(),
-            kind: r.kind.as_deref(),
-            name: &r.name,
-            namespace: r.namespace.as_deref(),
-            port: r.port,
-        };
+        let reference = Reference::of(r);
         let clusters = (known, &mut *new);
         let from = (route.kind(), route.meta());
         let cluster = match backend::resolve(world, from, &reference, clusters, terms) {
@@ -595,13 +589,7 @@ pub(super) fn mirrors(
             (Some(p), None) => return Err(unsupported(format!("mirror percent {p}"))),
         };
         let r = &m.backend_ref;
-        let reference = Reference {
-            group: r.group.as_deref(),
-            kind: r.kind.as_deref(),
-            name: &r.name,
-            namespace: r.namespace.as_deref(),
-            port: r.port,
-        };
+        let reference = Reference::of(r);
         let from = (route.kind(), route.meta());
         match backend::resolve(world, from, &reference, (known, &mut *new), terms) {
             Ok(cluster) => out.push(Mirror {
